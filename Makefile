@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` and `make test`. Each builds .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PROMPT ?= a red circle moving to the right
+OUT ?= outputs/demo.mp4
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench clean
+
+$(VENV)/.core: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core setup.py
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.core
+	$(PY) experiments/sample.py --checkpoint=checkpoints/shapes --prompt="$(PROMPT)" --out=$(OUT)
+
+test: $(VENV)/.test
+	$(PY) -m pytest -n 2 -q $(PYTEST_ARGS) tests
+
+bench: $(VENV)/.test
+	$(PY) experiments/benchmark.py dit --json=outputs/bench_dit.json
+
+clean:
+	rm -rf $(VENV) outputs
