@@ -33,7 +33,7 @@ TEST = [
     # Parity references (CPU wheel from a local file; see README).
     "torch==2.13.0",
     "diffusers==0.42.1",
-    "transformers==5.23.0",
+    "transformers==5.24.0",
 ]
 
 setup(
