@@ -1,0 +1,272 @@
+"""The spacetime Diffusion Transformer (Wan 2.1 `WanTransformer3DModel` layout).
+
+Video latents x: [B, T, H, W, C] are cut into (pt, ph, pw) spacetime patches -> tokens in
+(t, h, w) order; blocks of self-attention (3D RoPE, RMS qk-norm over the full width),
+cross-attention to text and a GELU MLP, modulated (adaLN) by the timestep, predict the
+rectified-flow velocity with the input's shape. Any (T, H, W) divisible by the patch works:
+the token count is never fixed. Blocks are stacked on a leading 'layers' axis and run with
+`jax.lax.scan` (compile time flat in depth) or unrolled, with an optional remat policy.
+
+Parameter names mirror diffusers so `convert/wan.py` maps Wan weights with a flat key map.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from einops import rearrange
+from flax import nnx
+
+from sora_jax.models import attention as attn_lib
+from sora_jax.models import layers
+from sora_jax.models import rope
+from sora_jax.parallel.mesh import constrain
+
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    'dots_all': jax.checkpoint_policies.checkpoint_dots,
+}
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    in_channels: int = 16          # latent channels (+ C + 1 with frame-mask conditioning)
+    out_channels: int = 16
+    dim: int = 1536
+    num_heads: int = 12
+    ffn_dim: int = 8960
+    depth: int = 30
+    text_dim: int = 4096
+    freq_dim: int = 256
+    eps: float = 1e-6
+    cross_attn_norm: bool = True
+    rope_theta: float = 10000.0
+    timestep_scale: float = 1000.0  # t in [0, 1] -> Wan timesteps in [0, 1000]
+    attention: str = 'auto'
+    attention_chunk: int = 512
+    dtype: str = 'float32'          # compute dtype
+    param_dtype: str = 'float32'    # master weights
+    scan_layers: bool = True
+    remat: str = 'none'
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> 'DiTConfig':
+        d = dict(cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f'unknown DiT config keys {unknown}; valid keys: {sorted(names)}.')
+        if 'patch_size' in d:
+            d['patch_size'] = tuple(d['patch_size'])
+        c = cls(**d)
+        c.validate()
+        return c
+
+    def validate(self) -> None:
+        if self.dim % self.num_heads:
+            raise ValueError(f'model.dim={self.dim} is not divisible by model.num_heads='
+                             f'{self.num_heads}; pick heads that divide the width.')
+        if (self.dim // self.num_heads) % 2:
+            raise ValueError(f'head dim {self.dim // self.num_heads} must be even for RoPE; '
+                             'change model.dim or model.num_heads.')
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f'model.remat={self.remat!r} is not one of {sorted(REMAT_POLICIES)}.')
+        for k in ('dtype', 'param_dtype'):
+            if getattr(self, k) not in DTYPES:
+                raise ValueError(f'model.{k}={getattr(self, k)!r} is not one of {sorted(DTYPES)}.')
+        attn_lib.resolve_impl(self.attention) if self.attention != 'auto' else None
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            raise ValueError(f'model.patch_size={self.patch_size} must be 3 positive ints (t, h, w).')
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def num_params(self) -> int:
+        """Parameter count, computed from shapes (no allocation)."""
+        state = nnx.state(nnx.eval_shape(lambda: DiT(self, rngs=nnx.Rngs(0))), nnx.Param)
+        return sum(math.prod(x.shape) for x in jax.tree.leaves(state))
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with RMS qk-norm over the full width and optional 3D RoPE."""
+
+    def __init__(self, dim: int, heads: int, *, eps: float, rngs: nnx.Rngs, dtype, param_dtype,
+                 impl: str = 'auto', chunk: int = 512):
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.heads = heads
+        self.impl = impl
+        self.chunk = chunk
+        self.to_q = layers.linear(dim, dim, ('embed', 'heads'), **kw)
+        self.to_k = layers.linear(dim, dim, ('embed', 'heads'), **kw)
+        self.to_v = layers.linear(dim, dim, ('embed', 'heads'), **kw)
+        self.to_out = layers.linear(dim, dim, ('heads', 'embed'), **kw)
+        self.norm_q = layers.RMSNorm(dim, eps=eps)
+        self.norm_k = layers.RMSNorm(dim, eps=eps)
+
+    def __call__(self, x, context=None, context_mask=None, angles=None):
+        """x: [B, N, D]; context: [B, L, D] (None = self-attention); mask: [B, L]."""
+        src = x if context is None else context
+        q = self.norm_q(self.to_q(x))
+        k = self.norm_k(self.to_k(src))
+        v = self.to_v(src)
+        q, k, v = (rearrange(a, 'b n (h d) -> b n h d', h=self.heads) for a in (q, k, v))
+        if angles is not None:
+            q = rope.apply_rope(q, angles)
+            k = rope.apply_rope(k, angles)
+        q = constrain(q, ('act_batch', 'act_length', 'act_heads', None))
+        out = attn_lib.dot_product_attention(q, k, v, context_mask, impl=self.impl,
+                                             chunk_size=self.chunk)
+        return self.to_out(rearrange(out, 'b n h d -> b n (h d)'))
+
+
+class DiTBlock(nnx.Module):
+    """Self-attention (modulated, gated) -> cross-attention -> FFN (modulated, gated)."""
+
+    def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+        dt, pdt = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+        kw = dict(eps=cfg.eps, rngs=rngs, dtype=dt, param_dtype=pdt, impl=cfg.attention,
+                  chunk=cfg.attention_chunk)
+        self.norm1 = layers.LayerNorm(cfg.dim, eps=cfg.eps)
+        self.attn1 = Attention(cfg.dim, cfg.num_heads, **kw)
+        self.norm2 = layers.LayerNorm(cfg.dim, eps=cfg.eps, affine=cfg.cross_attn_norm)
+        self.attn2 = Attention(cfg.dim, cfg.num_heads, **kw)
+        self.ffn = layers.FeedForward(cfg.dim, cfg.ffn_dim, rngs=rngs, dtype=dt, param_dtype=pdt)
+        self.norm3 = layers.LayerNorm(cfg.dim, eps=cfg.eps)
+        init = jax.random.normal(rngs.params(), (1, 6, cfg.dim), jnp.float32) / math.sqrt(cfg.dim)
+        self.scale_shift_table = nnx.Param(init, out_sharding=(None, None, 'norm'))
+        self.dtype = dt
+
+    def __call__(self, x, context, context_mask, temb6, angles):
+        """x: [B, N, D]; temb6: [B, 6, D] float32 (time projection); angles: [N, head_dim/2]."""
+        mod = self.scale_shift_table[...] + temb6
+        shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = jnp.split(mod, 6, axis=1)
+        h = layers.modulate(self.norm1(x), shift_msa, scale_msa).astype(self.dtype)
+        x = (x.astype(jnp.float32) + self.attn1(h, angles=angles) * gate_msa).astype(x.dtype)
+        h = self.norm2(x).astype(self.dtype)
+        x = x + self.attn2(h, context, context_mask).astype(x.dtype)
+        h = layers.modulate(self.norm3(x), c_shift, c_scale).astype(self.dtype)
+        x = (x.astype(jnp.float32) + self.ffn(h).astype(jnp.float32) * c_gate).astype(x.dtype)
+        return constrain(x, ('act_batch', 'act_length', 'act_embed'))
+
+
+class PatchEmbed(nnx.Module):
+    """Conv3d with kernel = stride = patch, as a reshape + matmul. kernel: [pt, ph, pw, C, D]."""
+
+    def __init__(self, patch, cin: int, dim: int, *, rngs: nnx.Rngs, dtype, param_dtype):
+        fan_in = cin * math.prod(patch)
+        init = nnx.initializers.variance_scaling(1.0, 'fan_in', 'uniform', in_axis=(0, 1, 2, 3),
+                                                 out_axis=4)
+        self.patch = tuple(patch)
+        self.kernel = nnx.Param(init(rngs.params(), (*patch, cin, dim), param_dtype),
+                                out_sharding=('patch', 'patch', 'patch', 'conv_in', 'embed'))
+        self.bias = nnx.Param(jnp.zeros((dim,), param_dtype), out_sharding=('embed',))
+        self.dtype = dtype
+        del fan_in
+
+    def __call__(self, x):
+        pt, ph, pw = self.patch
+        tok = rearrange(x, 'b (f pt) (h ph) (w pw) c -> b (f h w) (pt ph pw c)', pt=pt, ph=ph, pw=pw)
+        k = self.kernel[...].reshape(-1, self.kernel.shape[-1])
+        return tok.astype(self.dtype) @ k.astype(self.dtype) + self.bias[...].astype(self.dtype)
+
+
+class ConditionEmbedder(nnx.Module):
+    """Timestep -> temb (and its 6-way projection); text features -> model width."""
+
+    def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+        pdt = DTYPES[cfg.param_dtype]
+        self.freq_dim = cfg.freq_dim
+        self.time_embedder = layers.MLPEmbedder(cfg.freq_dim, cfg.dim, act='silu', rngs=rngs,
+                                                in_axis='kv', param_dtype=pdt)
+        self.time_proj = layers.linear(cfg.dim, 6 * cfg.dim, ('embed', 'mod'), rngs=rngs,
+                                       param_dtype=pdt)
+        self.text_embedder = layers.MLPEmbedder(cfg.text_dim, cfg.dim, act='gelu', rngs=rngs,
+                                                in_axis='kv', dtype=DTYPES[cfg.dtype],
+                                                param_dtype=pdt)
+
+    def __call__(self, timestep, context):
+        temb = self.time_embedder(layers.timestep_embedding(timestep, self.freq_dim))  # f32
+        temb6 = self.time_proj(jax.nn.silu(temb)).reshape(temb.shape[0], 6, -1)
+        return temb, temb6, self.text_embedder(context)
+
+
+class DiT(nnx.Module):
+    """velocity = DiT(x_t: [B, T, H, W, Cin], t: [B] in [0, 1], context: [B, L, text_dim])."""
+
+    def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+        cfg.validate()
+        self.cfg = cfg
+        dt, pdt = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+        self.patch_embedding = PatchEmbed(cfg.patch_size, cfg.in_channels, cfg.dim, rngs=rngs,
+                                          dtype=dt, param_dtype=pdt)
+        self.condition_embedder = ConditionEmbedder(cfg, rngs=rngs)
+
+        @nnx.split_rngs(splits=cfg.depth)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
+        def make_blocks(r):
+            return DiTBlock(cfg, rngs=r)
+
+        self.blocks = make_blocks(rngs)
+        self.norm_out = layers.LayerNorm(cfg.dim, eps=cfg.eps)
+        self.proj_out = layers.linear(cfg.dim, cfg.out_channels * math.prod(cfg.patch_size),
+                                      ('embed', None), rngs=rngs, dtype=dt, param_dtype=pdt)
+        init = jax.random.normal(rngs.params(), (1, 2, cfg.dim), jnp.float32) / math.sqrt(cfg.dim)
+        self.scale_shift_table = nnx.Param(init, out_sharding=(None, None, 'norm'))
+
+    def check_input(self, shape) -> tuple[int, int, int]:
+        """Token grid for an input shape, or a ValueError naming the bad dimension."""
+        if len(shape) != 5:
+            raise ValueError(f'DiT input must be [B, T, H, W, C], got shape {tuple(shape)}.')
+        _, t, h, w, c = shape
+        if c != self.cfg.in_channels:
+            raise ValueError(f'DiT input has {c} channels but model.in_channels='
+                             f'{self.cfg.in_channels}.')
+        grid = []
+        for name, n, p in zip(('frames', 'height', 'width'), (t, h, w), self.cfg.patch_size):
+            if n % p:
+                raise ValueError(f'latent {name}={n} is not divisible by patch size {p}; use a '
+                                 f'multiple of {p} (patch_size={self.cfg.patch_size}).')
+            grid.append(n // p)
+        return tuple(grid)
+
+    def __call__(self, x, t, context, context_mask=None):
+        cfg = self.cfg
+        b, tt, hh, ww, _ = x.shape
+        grid = self.check_input(x.shape)
+        angles = rope.rope_angles(grid, cfg.head_dim, cfg.rope_theta)
+        h = self.patch_embedding(x)  # [B, N, D]
+        h = constrain(h, ('act_batch', 'act_length', 'act_embed'))
+        temb, temb6, ctx = self.condition_embedder(t.astype(jnp.float32) * cfg.timestep_scale,
+                                                   context)
+        h = self._run_blocks(h, ctx, context_mask, temb6, angles)
+        shift, scale = jnp.split(self.scale_shift_table[...] + temb[:, None], 2, axis=1)
+        h = layers.modulate(self.norm_out(h), shift, scale).astype(DTYPES[cfg.dtype])
+        out = self.proj_out(h).astype(jnp.float32)
+        pt, ph, pw = cfg.patch_size
+        return rearrange(out, 'b (f h w) (pt ph pw c) -> b (f pt) (h ph) (w pw) c',
+                         f=grid[0], h=grid[1], w=grid[2], pt=pt, ph=ph, pw=pw)
+
+    def _run_blocks(self, h, ctx, ctx_mask, temb6, angles):
+        gdef, state = nnx.split(self.blocks)
+
+        def body(carry, block_state):
+            block = nnx.merge(gdef, block_state)
+            return block(carry, ctx, ctx_mask, temb6, angles), None
+
+        policy = REMAT_POLICIES[self.cfg.remat]
+        if self.cfg.remat != 'none':
+            body = jax.checkpoint(body, policy=policy, prevent_cse=not self.cfg.scan_layers)
+        if self.cfg.scan_layers:
+            h, _ = jax.lax.scan(body, h, state)
+            return h
+        for i in range(self.cfg.depth):
+            h, _ = body(h, jax.tree.map(lambda a: a[i], state))
+        return h
