@@ -120,3 +120,33 @@ def test_key_map_covers_both_sides(case):
     for path, (shape, _) in targets.items():
         if path.startswith('layers/'):
             assert {l for t, l in slots if t == path} == set(range(shape[0]))
+
+
+def test_tokenizer_matches_transformers(tmp_path):
+    """Both backends give transformers' T5Tokenizer ids/mask under Wan's call (max_length pad)."""
+    import sentencepiece as spm
+    sents = ['A red circle moves left across a blue background.',
+             'Un cuadrado verde gira lentamente sobre fondo negro.',
+             'Two yellow triangles bounce up and down.']
+    sp_dir, tj_dir = tmp_path / 'sp', tmp_path / 'tj'
+    os.makedirs(sp_dir)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sents * 20), model_prefix=str(sp_dir / "spiece"), vocab_size=40,
+        model_type='unigram', pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
+        minloglevel=2)
+    hf = transformers.T5Tokenizer.from_pretrained(str(sp_dir), extra_ids=10)
+    hf.save_pretrained(str(tj_dir))
+    assert os.path.exists(tj_dir / 'tokenizer.json')
+    prompts = ['A red circle moves', sents[1] * 4, 'Two  yellow\ttriangles', '']
+    ref = transformers.AutoTokenizer.from_pretrained(str(tj_dir))(
+        [umt5.prompt_clean(p) for p in prompts], padding='max_length', max_length=24,
+        truncation=True, add_special_tokens=True, return_attention_mask=True)
+    for folder, backend in ((tj_dir, 'tokenizers'), (sp_dir, 'sentencepiece')):
+        tok = umt5.UMT5Tokenizer.from_dir(str(folder))
+        assert tok.backend == backend
+        ids, mask = tok(prompts, max_length=24)
+        np.testing.assert_array_equal(ids, np.array(ref['input_ids']))
+        np.testing.assert_array_equal(mask, np.array(ref['attention_mask']))
+    # sentinels are special tokens in tokenizer.json (as in umt5-xxl's)
+    ids, _ = umt5.UMT5Tokenizer.from_dir(str(tj_dir))('red <extra_id_3> circle', max_length=12)
+    assert hf.convert_tokens_to_ids('<extra_id_3>') in ids[0].tolist()

@@ -1,0 +1,127 @@
+"""Converter mechanics: raw safetensors reader vs torch's, bf16 preserved, strict errors, Orbax."""
+import json
+import os
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from sora_jax.convert import wan
+from sora_jax.models import umt5
+
+HF_KW = dict(vocab_size=50, d_model=16, d_kv=4, num_heads=2, d_ff=24, num_layers=2,
+             relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0)
+
+
+@pytest.fixture(scope='module')
+def bf16_folder(tmp_path_factory):
+    """A sharded bf16 UMT5 folder with both tied embedding keys, as some exports ship."""
+    torch.manual_seed(0)
+    model = transformers.UMT5EncoderModel(transformers.UMT5Config(**HF_KW)).to(torch.bfloat16)
+    sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    folder = tmp_path_factory.mktemp('te_bf16')
+    keys = sorted(sd)
+    shards = {'model-00001-of-00002.safetensors': keys[::2],
+              'model-00002-of-00002.safetensors': keys[1::2]}
+    weight_map = {}
+    for fname, ks in shards.items():
+        save_file({k: sd[k].clone() for k in ks}, str(folder / fname))
+        weight_map.update({k: fname for k in ks})
+    (folder / 'model.safetensors.index.json').write_text(json.dumps({'weight_map': weight_map}))
+    (folder / 'config.json').write_text(model.config.to_json_string())
+    return str(folder), sd
+
+
+def _targets(folder):
+    from flax import nnx
+    cfg = umt5.UMT5Config.from_hf(folder)
+    abstract = nnx.split(nnx.eval_shape(lambda: umt5.UMT5Encoder(cfg, rngs=nnx.Rngs(0))))[1]
+    return cfg, wan.state_targets(abstract)
+
+
+def test_raw_reader_matches_torch_reader_bitwise(bf16_folder):
+    folder, sd = bf16_folder
+    reader = wan.SafetensorsFolder(folder)
+    assert set(reader.keys()) == set(sd)
+    for fname in os.listdir(folder):
+        if not fname.endswith('.safetensors'):
+            continue
+        with safe_open(os.path.join(folder, fname), 'pt') as f:
+            for k in f.keys():
+                ours = reader.get(k)
+                assert ours.dtype == ml_dtypes.bfloat16 and reader.dtype(k) == ours.dtype
+                ref = f.get_tensor(k).view(torch.int16).numpy()
+                np.testing.assert_array_equal(ours.view(np.int16), ref)
+
+
+def test_bf16_preserved_and_layout(bf16_folder):
+    folder, sd = bf16_folder
+    cfg, targets = _targets(folder)
+    flat = wan.convert(folder, wan.umt5_key_map(cfg.num_layers), targets)
+    assert set(flat) == set(targets)
+    assert all(v.dtype == ml_dtypes.bfloat16 for v in flat.values())
+    bits = lambda t: t.view(torch.int16).numpy()
+    q1 = sd['encoder.block.1.layer.0.SelfAttention.q.weight']          # [out, in]
+    np.testing.assert_array_equal(flat['layers/q/kernel'][1].view(np.int16), bits(q1).T)
+    wo0 = sd['encoder.block.0.layer.1.DenseReluDense.wo.weight']
+    assert flat['layers/wo/kernel'].shape == (2, HF_KW['d_ff'], HF_KW['d_model'])
+    np.testing.assert_array_equal(flat['layers/wo/kernel'][0].view(np.int16), bits(wo0).T)
+    np.testing.assert_array_equal(flat['shared/embedding'].view(np.int16), bits(sd['shared.weight']))
+    f32 = wan.convert(folder, wan.umt5_key_map(cfg.num_layers), targets, dtype=np.float32)
+    assert f32['layers/q/kernel'].dtype == np.float32
+    np.testing.assert_array_equal(f32['layers/q/kernel'][1], q1.float().numpy().T)
+
+
+def test_alias_used_when_primary_missing(tmp_path, bf16_folder):
+    folder, sd = bf16_folder
+    sd = dict(sd)
+    shared = sd.pop('shared.weight')
+    save_file(sd, str(tmp_path / 'model.safetensors'))
+    (tmp_path / 'config.json').write_text(open(os.path.join(folder, 'config.json')).read())
+    cfg, targets = _targets(str(tmp_path))
+    flat = wan.convert(str(tmp_path), wan.umt5_key_map(cfg.num_layers), targets)
+    np.testing.assert_array_equal(flat['shared/embedding'].view(np.int16),
+                                  shared.view(torch.int16).numpy())
+
+
+def test_errors_list_unmapped_and_unfilled(tmp_path, bf16_folder):
+    folder, sd = bf16_folder
+    sd = {k: v for k, v in sd.items() if k != 'encoder.block.1.layer.1.DenseReluDense.wi_0.weight'}
+    sd['encoder.block.0.layer.0.SelfAttention.extra.weight'] = torch.zeros(2)
+    save_file(sd, str(tmp_path / 'model.safetensors'))
+    cfg, targets = _targets(folder)
+    with pytest.raises(ValueError) as err:
+        wan.convert(str(tmp_path), wan.umt5_key_map(cfg.num_layers), targets)
+    msg = str(err.value)
+    assert 'encoder.block.0.layer.0.SelfAttention.extra.weight' in msg
+    assert 'layers/wi_0/kernel[layers [1]]' in msg
+
+
+def test_shape_mismatch_is_a_clear_error(bf16_folder):
+    folder, _ = bf16_folder
+    cfg, targets = _targets(folder)
+    targets = dict(targets, **{'layers/q/kernel': ((2, 16, 16), None)})
+    with pytest.raises(ValueError, match='layers/q/kernel.*config does not match'):
+        wan.convert(folder, wan.umt5_key_map(cfg.num_layers), targets)
+
+
+def test_orbax_round_trip_and_cli_component(tmp_path, bf16_folder):
+    folder, _ = bf16_folder
+    src = tmp_path / 'wan'
+    os.makedirs(src)
+    os.symlink(folder, src / 'text_encoder')
+    wan.convert_folder(str(src), str(tmp_path / 'out'), ['text_encoder'])
+    cfg, targets = _targets(folder)
+    ref = wan.convert(folder, wan.umt5_key_map(cfg.num_layers), targets)
+    back = wan.restore_params(str(tmp_path / 'out' / 'text_encoder' / 'params'))
+    assert set(back) == set(ref)
+    for k in ref:
+        assert back[k].dtype == ref[k].dtype
+        np.testing.assert_array_equal(back[k].view(np.int16), ref[k].view(np.int16))
+    assert os.path.exists(tmp_path / 'out' / 'text_encoder' / 'config.json')
+    with pytest.raises(ValueError, match='not convertible'):
+        wan.convert_folder(str(src), str(tmp_path / 'out'), ['unet'])
