@@ -16,8 +16,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('src', None, 'Diffusers-layout Wan folder (transformer/, vae/, text_encoder/).',
                     required=True)
 flags.DEFINE_string('dst', None, 'Output folder for the Orbax checkpoints.', required=True)
-flags.DEFINE_list('components', ['transformer', 'vae', 'text_encoder'],
-                  'Which sub-folders to convert.')
+flags.DEFINE_list('components', sorted(wan.CONVERTERS),
+                  'Which sub-folders to convert (transformer, vae, text_encoder).')
 
 
 def main(argv):

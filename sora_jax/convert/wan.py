@@ -154,6 +154,62 @@ def umt5_key_map(num_layers: int) -> KeyMap:
     return KeyMap(rules, {'encoder.embed_tokens.weight': 'shared.weight'})
 
 
+def dit_key_map(depth: int) -> KeyMap:
+    """diffusers `WanTransformer3DModel` (T2V) state dict -> `sora_jax.models.dit.DiT`."""
+    rules = {
+        'patch_embedding.weight': Rule('patch_embedding/kernel', transform='conv3d'),
+        'patch_embedding.bias': Rule('patch_embedding/bias'),
+        'condition_embedder.time_proj.weight': Rule('condition_embedder/time_proj/kernel',
+                                                    transform='linear'),
+        'condition_embedder.time_proj.bias': Rule('condition_embedder/time_proj/bias'),
+        'proj_out.weight': Rule('proj_out/kernel', transform='linear'),
+        'proj_out.bias': Rule('proj_out/bias'),
+        'scale_shift_table': Rule('scale_shift_table'),
+    }
+    for emb in ('time_embedder', 'text_embedder'):
+        for lin in ('linear_1', 'linear_2'):
+            src, dst = f'condition_embedder.{emb}.{lin}', f'condition_embedder/{emb}/{lin}'
+            rules[f'{src}.weight'] = Rule(f'{dst}/kernel', transform='linear')
+            rules[f'{src}.bias'] = Rule(f'{dst}/bias')
+    linears = {f'{a}.{n}': f'{a}/{n}' for a in ('attn1', 'attn2') for n in ('to_q', 'to_k', 'to_v')}
+    linears.update({'attn1.to_out.0': 'attn1/to_out', 'attn2.to_out.0': 'attn2/to_out',
+                    'ffn.net.0.proj': 'ffn/proj_in', 'ffn.net.2': 'ffn/proj_out'})
+    for i in range(depth):
+        p = f'blocks.{i}'
+        rules[f'{p}.scale_shift_table'] = Rule('blocks/scale_shift_table', i)
+        rules[f'{p}.norm2.weight'] = Rule('blocks/norm2/weight', i)
+        rules[f'{p}.norm2.bias'] = Rule('blocks/norm2/bias', i)
+        for a in ('attn1', 'attn2'):
+            for n in ('norm_q', 'norm_k'):
+                rules[f'{p}.{a}.{n}.weight'] = Rule(f'blocks/{a}/{n}/weight', i)
+        for src, dst in linears.items():
+            rules[f'{p}.{src}.weight'] = Rule(f'blocks/{dst}/kernel', i, 'linear')
+            rules[f'{p}.{src}.bias'] = Rule(f'blocks/{dst}/bias', i)
+    return KeyMap(rules)
+
+
+def dit_config_from_hf(hf: Mapping[str, Any] | str, **overrides):
+    """diffusers transformer `config.json` (dict, file or folder) -> `DiTConfig`."""
+    from sora_jax.models.dit import DiTConfig
+    if isinstance(hf, (str, os.PathLike)):
+        path = os.path.join(hf, 'config.json') if os.path.isdir(hf) else hf
+        with open(path) as f:
+            hf = json.load(f)
+    if hf.get('qk_norm', 'rms_norm_across_heads') != 'rms_norm_across_heads':
+        raise ValueError(f"qk_norm={hf['qk_norm']!r}: only 'rms_norm_across_heads' (Wan 2.1) is "
+                         'supported.')
+    if hf.get('image_dim') or hf.get('added_kv_proj_dim'):
+        raise ValueError('image-to-video Wan (image_dim / added_kv_proj_dim set) is not supported '
+                         'yet; convert a T2V checkpoint.')
+    kw = dict(patch_size=tuple(hf['patch_size']), in_channels=hf['in_channels'],
+              out_channels=hf['out_channels'], num_heads=hf['num_attention_heads'],
+              dim=hf['num_attention_heads'] * hf['attention_head_dim'], ffn_dim=hf['ffn_dim'],
+              depth=hf['num_layers'], text_dim=hf['text_dim'], freq_dim=hf['freq_dim'],
+              eps=hf.get('eps', 1e-6), cross_attn_norm=hf.get('cross_attn_norm', True))
+    kw.update(overrides)
+    return DiTConfig.from_config(kw)
+
+
 # ----------------------------------------------------------------------------- converting
 
 
@@ -317,17 +373,43 @@ def convert_text_encoder(src: str, dst: str) -> dict[str, np.ndarray]:
     make = lambda: umt5.UMT5Encoder(cfg, rngs=nnx.Rngs(0))
     targets = state_targets(nnx.split(nnx.eval_shape(make))[1])
     flat = convert(src, umt5_key_map(cfg.num_layers), targets)
+    _write(src, dst, flat)
+    return flat
+
+
+def load_dit(src: str, **config_overrides):
+    """Wan `transformer/` folder -> a ready `DiT` (params keep the checkpoint dtype)."""
+    from flax import nnx
+    from sora_jax.models.dit import DiT
+    cfg = dit_config_from_hf(src, **config_overrides)
+    make = lambda: DiT(cfg, rngs=nnx.Rngs(0))
+    targets = state_targets(nnx.split(nnx.eval_shape(make))[1])
+    return build(make, convert(src, dit_key_map(cfg.depth), targets))
+
+
+def convert_transformer(src: str, dst: str) -> dict[str, np.ndarray]:
+    """`<wan>/transformer` -> Orbax params at `dst/params` + the diffusers config.json beside them."""
+    from flax import nnx
+    from sora_jax.models.dit import DiT
+    cfg = dit_config_from_hf(src)
+    targets = state_targets(nnx.split(nnx.eval_shape(lambda: DiT(cfg, rngs=nnx.Rngs(0))))[1])
+    flat = convert(src, dit_key_map(cfg.depth), targets)
+    _write(src, dst, flat)
+    return flat
+
+
+def _write(src: str, dst: str, flat: Mapping[str, np.ndarray]) -> None:
     os.makedirs(dst, exist_ok=True)
     with open(os.path.join(src, 'config.json')) as f, \
          open(os.path.join(dst, 'config.json'), 'w') as g:
         g.write(f.read())
     save_params(flat, os.path.join(dst, 'params'))
-    return flat
 
 
-# Component name (diffusers folder) -> converter. DiT and VAE join once their models land.
+# Component name (diffusers folder) -> converter. The VAE joins once models/vae.py lands.
 CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     'text_encoder': convert_text_encoder,
+    'transformer': convert_transformer,
 }
 
 
