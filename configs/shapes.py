@@ -1,0 +1,116 @@
+"""The shapes family: the demo model trained on synthetic captioned shapes videos (en + es).
+
+Args (`--config=configs/shapes.py:ARG`):
+  dit    text-to-video DiT + byte text encoder (pixel space unless `autoencoder` names a VAE
+         checkpoint directory).
+  tiny   the same, tiny and fast: what the tests and the quickstart colab train.
+
+  python experiments/train.py --config=configs/shapes.py:dit --workdir=workdirs/shapes_dit
+  python experiments/sample.py --checkpoint=workdirs/shapes_dit --prompt="a red circle moving to the left" --out=outputs/red.mp4
+"""
+import ml_collections as mlc
+
+# Attribute combinations never generated for training; the judge evaluates on them.
+HOLDOUT = (('red', 'triangle'), ('blue', 'square'), ('green', 'circle'))
+
+
+def get_config(arg: str = 'dit') -> mlc.ConfigDict:
+    c = mlc.ConfigDict()
+    c.seed = 0                      # every random draw folds from this
+    c.objective = 'flow'            # train/objectives/<objective>.py
+    c.autoencoder = 'none'          # 'none' (pixel space) or a VAE checkpoint directory
+    c.latent_channels = 3           # channels the DiT sees (3 in pixel space, VAE z_dim otherwise)
+
+    c.data = mlc.ConfigDict()
+    c.data.name = 'shapes'          # 'shapes' (synthetic, built on demand) or 'video_folder'
+    c.data.data_dir = 'data_cache'  # where tfds builds/reads array_record files
+    c.data.num_train = 2048         # synthetic train clips
+    c.data.num_validation = 64      # synthetic held-out clips
+    c.data.num_frames = 8           # T of each clip (used when data.sizes is empty)
+    c.data.height = 16              # H
+    c.data.width = 16               # W
+    c.data.sizes = ()               # ((T, H, W), ...) size buckets; overrides the three above
+    c.data.holdout = HOLDOUT        # (color, shape) combinations held out of training
+    c.data.spanish_prob = 0.5       # probability a caption is the Spanish one
+    c.data.worker_count = 0         # grain worker processes (0: in the training process)
+    c.data.max_objects = 2          # shapes per clip, 1..max_objects
+
+    c.text = mlc.ConfigDict()
+    c.text.max_length = 128         # bytes (+ BOS); longer prompts are truncated with a warning
+    c.text.dim = 128                # byte encoder width (= model.text_dim)
+    c.text.depth = 2                # encoder layers
+    c.text.num_heads = 4            # encoder heads
+    c.text.mlp_ratio = 4            # FFN width / dim
+    c.text.dtype = 'float32'        # compute dtype
+
+    c.model = mlc.ConfigDict()
+    c.model.patch_size = (2, 2, 2)  # (t, h, w) patch
+    c.model.dim = 192               # width
+    c.model.num_heads = 4           # heads (head dim = dim / heads, even)
+    c.model.ffn_dim = 512           # MLP hidden width
+    c.model.depth = 6               # blocks
+    c.model.text_dim = 128          # = text.dim
+    c.model.freq_dim = 256          # sinusoidal timestep features
+    c.model.eps = 1e-6              # norm epsilon
+    c.model.cross_attn_norm = True  # affine LayerNorm before cross-attention
+    c.model.rope_theta = 10000.0    # RoPE base
+    c.model.timestep_scale = 1000.0 # t in [0,1] -> model timesteps
+    c.model.attention = 'auto'      # auto | xla | cudnn | chunked | splash
+    c.model.attention_chunk = 512   # query/key chunk of the 'chunked' kernel
+    c.model.dtype = 'float32'       # compute dtype (bfloat16 on accelerators)
+    c.model.param_dtype = 'float32' # master weights
+    c.model.scan_layers = True      # lax.scan over blocks (compile time flat in depth)
+    c.model.remat = 'none'          # none | full | dots | dots_all
+
+    c.flow = mlc.ConfigDict()
+    c.flow.timestep_sampling = 'logit_normal'  # logit_normal | uniform
+    c.flow.logit_mean = 0.0         # logit-normal location
+    c.flow.logit_std = 1.0          # logit-normal scale
+    c.flow.shift = 1.0              # training timestep shift
+    c.flow.text_dropout = 0.1       # probability of the empty prompt (for CFG)
+
+    c.train = mlc.ConfigDict()
+    c.train.num_steps = 3000        # optimizer steps
+    c.train.batch_size = 32         # global batch
+    c.train.grad_accum_steps = 1    # micro-batches per step (batch_size divisible by it)
+    c.train.learning_rate = 3e-4    # peak LR
+    c.train.min_lr_ratio = 0.1      # final LR / peak
+    c.train.warmup_steps = 200      # linear warmup
+    c.train.weight_decay = 0.01     # AdamW
+    c.train.b1 = 0.9                # AdamW
+    c.train.b2 = 0.99               # AdamW
+    c.train.grad_clip = 1.0         # global-norm clip
+    c.train.ema_decay = 0.999       # EMA of params (sampled by default)
+    c.train.log_every = 50          # steps between TensorBoard scalars
+    c.train.checkpoint_every = 500  # steps between checkpoints
+    c.train.eval_every = 500        # steps between held-out evaluations (0: never)
+    c.train.keep_checkpoints = 2    # newest checkpoints kept
+    c.train.max_nonfinite = 20      # stop after this many non-finite steps in a row
+
+    c.mesh = mlc.ConfigDict()
+    c.mesh.shape = (-1, 1, 1, 1)    # (data, fsdp, tensor, sequence); -1 = the remaining devices
+    c.mesh.rules = ()               # ((logical, mesh axis), ...) overrides of parallel/mesh.py
+
+    c.sample = mlc.ConfigDict()
+    c.sample.num_frames = 8         # default clip length
+    c.sample.height = 16            # default height
+    c.sample.width = 16             # default width
+    c.sample.steps = 25             # sampling steps
+    c.sample.sampler = 'euler'      # euler | heun | unipc | dpmpp_2m
+    c.sample.guidance_scale = 4.0   # classifier-free guidance
+    c.sample.shift = 1.0            # sampling timestep shift
+    c.sample.fps = 8                # frames per second of written videos
+
+    if arg == 'tiny':
+        c.data.num_train = 64
+        c.data.num_validation = 8
+        c.data.num_frames, c.data.height, c.data.width = 4, 8, 8
+        c.text.dim, c.text.depth = 32, 1
+        c.model.dim, c.model.num_heads, c.model.ffn_dim, c.model.depth = 32, 2, 64, 2
+        c.model.text_dim = 32
+        c.train.num_steps, c.train.batch_size, c.train.warmup_steps = 4, 8, 1
+        c.train.log_every, c.train.checkpoint_every, c.train.eval_every = 2, 2, 0
+        c.sample.num_frames, c.sample.height, c.sample.width, c.sample.steps = 4, 8, 8, 4
+    elif arg != 'dit':
+        raise ValueError(f'configs/shapes.py: unknown arg {arg!r}; use dit, vae or tiny.')
+    return c

@@ -1,0 +1,34 @@
+"""Text encoder + DiT as one trainable module: the velocity model of text-to-video training.
+
+`encode_text` runs once per prompt; `velocity` runs every sampling step on the cached text
+features. Frame-mask conditioning (image-to-video, extend, ...) arrives as extra input
+channels built by `diffusion/conditioning.py`; this module does not know about it.
+"""
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from sora_jax.models.dit import DiT, DiTConfig
+from sora_jax.models.text import PAD, ByteEncoderConfig, ByteTextEncoder
+
+
+class Denoiser(nnx.Module):
+    def __init__(self, text_cfg: ByteEncoderConfig, dit_cfg: DiTConfig, *, rngs: nnx.Rngs):
+        if dit_cfg.text_dim != text_cfg.dim:
+            raise ValueError(f'model.text_dim={dit_cfg.text_dim} must equal text.dim='
+                             f'{text_cfg.dim}.')
+        self.text = ByteTextEncoder(text_cfg, rngs=rngs)
+        self.dit = DiT(dit_cfg, rngs=rngs)
+
+    def encode_text(self, ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """ids: [B, L] -> (context [B, L, D], mask [B, L])."""
+        mask = ids != PAD
+        return self.text(ids, mask), mask
+
+    def velocity(self, x, t, context, context_mask):
+        return self.dit(x, t, context, context_mask)
+
+    def __call__(self, x, t, ids):
+        ctx, mask = self.encode_text(ids)
+        return self.dit(x, t, ctx, mask)

@@ -1,0 +1,59 @@
+"""Text-to-video rectified-flow objective: the Denoiser (byte text encoder + DiT) predicts the
+velocity of x_t = (1 - t) x0 + t eps. Text is dropped to the empty prompt with probability
+`flow.text_dropout` so the model learns the unconditional velocity for classifier-free guidance.
+
+Batches hold `latents` [B, T, H, W, C] (pre-encoded by a VAE) or, in pixel space, `video`
+[B, T, H, W, 3] in [-1, 1]; plus `text_ids` [B, L].
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sora_jax.diffusion import flow
+from sora_jax.models.denoiser import Denoiser
+from sora_jax.models.dit import DiTConfig
+from sora_jax.models.text import BOS, PAD, ByteEncoderConfig
+
+
+def dit_config(config) -> DiTConfig:
+    """DiT config with channels derived from the data (pixels or VAE latents)."""
+    c = int(config.latent_channels)
+    return DiTConfig.from_config(dict(config.model.to_dict(), in_channels=c, out_channels=c))
+
+
+def build_model(config, rngs: nnx.Rngs) -> Denoiser:
+    return Denoiser(ByteEncoderConfig.from_config(config.text), dit_config(config), rngs=rngs)
+
+
+def null_text(ids: jax.Array) -> jax.Array:
+    """The empty prompt in the shape of ids: BOS then padding."""
+    return jnp.zeros_like(ids).at[:, 0].set(BOS)
+
+
+def data_of(batch) -> jax.Array:
+    return batch['latents'] if 'latents' in batch else batch['video']
+
+
+def loss_fn(model: Denoiser, batch, rng: jax.Array, config):
+    x0 = data_of(batch).astype(jnp.float32)
+    ids = batch['text_ids']
+    b = x0.shape[0]
+    k_t, k_n, k_drop = jax.random.split(rng, 3)
+    f = config.flow
+    t = flow.sample_timesteps(k_t, b, method=f.timestep_sampling, mean=f.logit_mean,
+                              std=f.logit_std, shift=f.shift)
+    noise = jax.random.normal(k_n, x0.shape, jnp.float32)
+    x_t = flow.add_noise(x0, noise, t)
+    drop = jax.random.bernoulli(k_drop, f.text_dropout, (b,))
+    ids = jnp.where(drop[:, None], null_text(ids), ids)
+    v = model(x_t, t, ids)
+    loss = flow.flow_loss(v, flow.velocity_target(x0, noise))
+    return loss, {'flow_loss': loss, 't_mean': t.mean()}
+
+
+def batch_spec(config) -> dict:
+    """Which batch keys this objective reads (the loop passes only these to the device)."""
+    del config
+    return {'text_ids': PAD}

@@ -1,0 +1,118 @@
+"""VAE objective: L1 reconstruction + KL to N(0, I), plus an optional hinge-GAN term from a small
+3D patch discriminator once `vae.disc_start` steps have passed.
+
+`config.vae` holds the model fields of `sora_jax.models.vae.VAEConfig` (base_dim, z_dim, ...)
+and these objective knobs (defaults in brackets):
+  kl_weight [1e-6]          weight of the KL term (SD / Wan convention, see below)
+  sample_posterior [True]   decode a posterior sample (else the mean)
+  disc_start [0]            step from which the adversarial terms are on
+  disc_weight [0.1]         weight of the generator's adversarial loss
+  disc_dim [32], disc_layers [2]   width / depth of `PatchDiscriminator3D`
+
+Both terms are per-element means over the video: rec = mean|x - x'|, kl = (KL summed over the
+latent) / (elements in one video), so `kl_weight` means what it means in the SD/Wan recipe where
+both are sums. `batch['video']`: float32 [B, T, H, W, 3] in [-1, 1], T = 1 + 4k for Wan.
+
+The trainer calls `loss_fn(model, batch, rng, config)`; a GAN trainer also passes
+`step=` and `disc=` and updates the discriminator with `disc_loss_fn`.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sora_jax.evaluation.metrics import psnr
+from sora_jax.models.vae import WanVAE, posterior_kl, posterior_sample
+
+DEFAULTS = dict(kl_weight=1e-6, sample_posterior=True, disc_start=0, disc_weight=0.1,
+                disc_dim=32, disc_layers=2)
+
+
+def _opt(config, key: str):
+    vae = config['vae'] if 'vae' in config else {}
+    return vae[key] if key in vae else DEFAULTS[key]
+
+
+def build_model(config, rngs: nnx.Rngs) -> WanVAE:
+    return WanVAE(config.vae, rngs=rngs)
+
+
+class PatchDiscriminator3D(nnx.Module):
+    """PatchGAN in 3D: video [B, T, H, W, 3] -> logits [B, T', H / 2^(n+1), W / 2^(n+1), 1]."""
+
+    def __init__(self, dim: int = 32, num_layers: int = 2, in_channels: int = 3, *,
+                 rngs: nnx.Rngs):
+        self.conv_in = nnx.Conv(in_channels, dim, (3, 4, 4), strides=(1, 2, 2), padding='SAME',
+                                rngs=rngs)
+        layers, norms, d = [], [], dim
+        for i in range(num_layers):
+            out = dim * 2 ** (i + 1)
+            layers.append(nnx.Conv(d, out, (3, 4, 4), strides=(2, 2, 2), padding='SAME', rngs=rngs))
+            norms.append(nnx.GroupNorm(out, num_groups=min(32, out // 4 or 1), rngs=rngs))
+            d = out
+        self.layers, self.norms = nnx.List(layers), nnx.List(norms)
+        self.conv_out = nnx.Conv(d, 1, (3, 3, 3), padding='SAME', rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jax.nn.leaky_relu(self.conv_in(x), 0.2)
+        for conv, norm in zip(self.layers, self.norms):
+            x = jax.nn.leaky_relu(norm(conv(x)), 0.2)
+        return self.conv_out(x)
+
+
+def build_discriminator(config, rngs: nnx.Rngs) -> PatchDiscriminator3D:
+    return PatchDiscriminator3D(int(_opt(config, 'disc_dim')), int(_opt(config, 'disc_layers')),
+                                rngs=rngs)
+
+
+def reconstruct(model: WanVAE, video: jax.Array, rng: jax.Array, config):
+    """(recon unclipped [B, T, H, W, 3], mean, logvar) with the objective's posterior sampling."""
+    k_post, k_drop = jax.random.split(rng)
+    dropout_key = k_drop if model.config.dropout > 0 else None
+    mean, logvar = model.encode(video, dropout_key=dropout_key)
+    z = posterior_sample(mean, logvar, k_post) if _opt(config, 'sample_posterior') else mean
+    recon = model.decode(z, clip=False, dropout_key=dropout_key)
+    return recon, mean, logvar
+
+
+def _gan_on(step, config) -> jax.Array:
+    return (jnp.asarray(step) >= int(_opt(config, 'disc_start'))).astype(jnp.float32)
+
+
+def loss_fn(model: WanVAE, batch: dict, rng: jax.Array, config, *, step: Any = 0,
+            disc: Optional[PatchDiscriminator3D] = None):
+    """(loss, metrics): L1 + kl_weight * KL (+ disc_weight * generator hinge loss once on)."""
+    video = batch['video'].astype(jnp.float32)
+    recon, mean, logvar = reconstruct(model, video, rng, config)
+    rec = jnp.mean(jnp.abs(recon - video))
+    kl = jnp.mean(posterior_kl(mean, logvar)) / (video[0].size)
+    loss = rec + float(_opt(config, 'kl_weight')) * kl
+    adv = jnp.zeros(())
+    if disc is not None:
+        adv = -jnp.mean(disc(recon))
+        loss = loss + float(_opt(config, 'disc_weight')) * _gan_on(step, config) * adv
+    metrics = dict(
+        loss=loss, rec_loss=rec, kl=kl, adv_loss=adv,
+        psnr=psnr(jax.lax.stop_gradient(jnp.clip(recon, -1, 1)), video),
+        latent_std=jnp.std(jax.lax.stop_gradient(mean)),
+        logvar=jnp.mean(jax.lax.stop_gradient(logvar)),
+    )
+    return loss, metrics
+
+
+def disc_loss_fn(disc: PatchDiscriminator3D, model: WanVAE, batch: dict, rng: jax.Array, config,
+                 *, step: Any = 0):
+    """(loss, metrics) of the discriminator: hinge loss on real videos vs reconstructions.
+
+    Pass the same `rng` as to `loss_fn` to score the very reconstruction the generator saw
+    (recomputed here, without gradient to the VAE). Zero before `vae.disc_start`.
+    """
+    video = batch['video'].astype(jnp.float32)
+    recon = jax.lax.stop_gradient(reconstruct(model, video, rng, config)[0])
+    real, fake = disc(video), disc(recon)
+    hinge = jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake))
+    loss = 0.5 * hinge * _gan_on(step, config)
+    return loss, dict(disc_loss=loss, logits_real=jnp.mean(real), logits_fake=jnp.mean(fake))
