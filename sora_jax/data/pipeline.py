@@ -228,6 +228,13 @@ def make_dataset(source: Any, *, batch_size: int, seed: int, tokenize: Tokenize,
     raise ValueError(f"num_epochs must be None (forever) or >= 1, got {num_epochs}.")
   if worker_count < 0:
     raise ValueError(f"worker_count must be >= 0, got {worker_count}.")
+  sizes = _declared_sizes(source)
+  if shard_count > 1 and len(sizes) > 1:
+    logging.warning(
+        "Dataset declares %d clip sizes %s and %d hosts: buckets are formed per host, "
+        "so hosts may emit batches of different sizes at the same step. For multi-host "
+        "training of one global batch, build one dataset per size.", len(sizes), sizes,
+        shard_count)
   ds = grain.MapDataset.source(source)[shard_index::shard_count]
   if shuffle:
     ds = ds.shuffle(seed=int(seed) & 0xFFFFFFFF)
@@ -250,6 +257,13 @@ def make_dataset(source: Any, *, batch_size: int, seed: int, tokenize: Tokenize,
 
 def _to_plain_numpy(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return {k: np.array(v, copy=True) for k, v in batch.items()}
+
+
+def _declared_sizes(source: Any) -> list:
+  """Clip sizes a tfds data source declares in its metadata ([] when unknown)."""
+  info = getattr(source, "dataset_info", None)
+  metadata = getattr(info, "metadata", None) or {}
+  return list(metadata.get("sizes", []))
 
 
 def make_iterator(source: Any, **kwargs: Any) -> grain.DatasetIterator:

@@ -1,6 +1,9 @@
 """tfds shapes builder + grain pipeline: round trip, batches, shards, buckets, resume."""
 import collections
 import json
+import sys
+
+import cloudpickle
 
 import grain
 import numpy as np
@@ -213,7 +216,18 @@ def test_finite_iterator_state_near_the_end(buckets):
   _assert_same(full, head + tail)
 
 
-def test_worker_processes_match_and_resume(one_size):
+@pytest.fixture
+def tokenizer_picklable_by_value():
+  """Worker processes are spawned: ship this module's tokenizer by value, so the
+  test does not depend on how pytest named/imported this module."""
+  module = sys.modules[__name__]
+  cloudpickle.register_pickle_by_value(module)
+  yield
+  cloudpickle.unregister_pickle_by_value(module)
+
+
+def test_worker_processes_match_and_resume(one_size, tokenizer_picklable_by_value):
+  del tokenizer_picklable_by_value
   kw = dict(batch_size=4, seed=0, tokenize=byte_tokenize, num_epochs=1,
             shard_index=0, shard_count=1, worker_count=2)
   it = P.make_iterator(one_size["train"], **kw)
