@@ -1,0 +1,311 @@
+"""Euler / Heun / UniPC / DPM-Solver++(2M) samplers over one velocity function.
+
+`sample(velocity_fn, noise, method=..., num_steps=...)` integrates dx/dt = v(x, t) from t = 1
+(noise) to t = 0 (data) over the times of `make_sigmas` (or given ``sigmas``). The diffusion code
+knows only ``velocity_fn(x_t: [B, ...], t: [B]) -> v: [B, ...]``, never the model.
+
+How the loop compiles: all per-step scalars (step sizes, multistep coefficients, model times) are
+computed on the host in float64 from the schedule and fed as rows of a table, so every method has
+ONE step function whose body calls ``velocity_fn`` once (Heun: twice, the second in a `lax.cond`).
+``loop='scan'`` (default) runs the steps in `jax.lax.scan` -- the model is traced and compiled
+once and the whole sampler can sit inside the caller's `jax.jit`. ``loop='python'`` jits that step
+once and calls it per step from Python, so a host-side ``callback(i, t_next, x)`` (e.g. tqdm) can
+run between steps. To reuse compiled code across calls, keep the same ``velocity_fn`` object and
+wrap `sample` in the caller's `jax.jit` (the schedule is static: ``num_steps``, ``shift``, ...).
+
+Schedules and solvers follow diffusers' flow-matching conventions (the Wan 2.1 sampler is
+``UniPCMultistepScheduler(prediction_type='flow_prediction', use_flow_sigmas=True, flow_shift=s)``):
+* euler: ``x <- x + (t_next - t) v`` (FlowMatchEulerDiscreteScheduler.step).
+* heun: trapezoidal 2nd order with the velocity re-evaluated at t_next; plain Euler on the final step
+  to t = 0 (k-diffusion convention: no model call at t = 0).
+* dpmpp_2m: DPM-Solver++(2M) midpoint in data prediction x0 = x - t v, with alpha = 1 - t,
+  sigma = t, lambda = log(alpha / sigma); first order on the first and on the final step.
+* unipc: UniPC-bh2, order 2 predictor + UniC corrector, lower order at warm-up and on the final
+  step, exactly as diffusers' UniPCMultistepScheduler with solver_order=2, lower_order_final=True.
+For the multistep solvers a schedule starting at t = 1 has its first time moved to 1 - 1e-6 (for the
+coefficients and the model time), as diffusers does, since lambda(1) = -inf.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sora_jax.diffusion.flow import shift_time, unshift_time
+
+METHODS = ('euler', 'heun', 'unipc', 'dpmpp_2m')
+VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
+_FIRST_SIGMA_EPS = 1e-6
+
+
+# ----------------------------------------------------------------------------- schedule
+
+def make_sigmas(num_steps: int, shift: float = 1.0, *, t_start: float = 1.0,
+                num_train_timesteps: int | None = 1000) -> np.ndarray:
+    """Descending sampling times [num_steps + 1] (float64): t_0 = t_start, ..., t_N = 0.
+
+    Wan / diffusers UniPC flow convention: ``u = linspace(u0, u0 / num_train_timesteps, N + 1)[:-1]``
+    with ``u0 = unshift_time(t_start, shift)``, then ``t = shift_time(u, shift)`` and a final 0
+    appended. With t_start = 1 this is exactly ``UniPCMultistepScheduler(use_flow_sigmas=True,
+    flow_shift=shift).set_timesteps(N).sigmas`` (before its 1 - 1e-6 clamp of the first value).
+    t_start < 1 (SDEdit) spaces the N steps over [t_start, 0] in the same (unshifted) way.
+    The last step always jumps from about shift_time(1/N + 1/num_train_timesteps) to 0;
+    ``num_train_timesteps=None`` gives evenly spaced ``u = linspace(u0, 0, N + 1)`` instead (a schedule
+    that refines uniformly with N, as order-of-accuracy studies need).
+    """
+    if num_steps < 1:
+        raise ValueError(f'num_steps must be >= 1, got {num_steps}.')
+    if not 0.0 < t_start <= 1.0:
+        raise ValueError(f't_start must be in (0, 1], got {t_start}; t_start = 0 needs no sampling.')
+    u0 = float(unshift_time(np.float64(t_start), shift))
+    u_end = u0 / num_train_timesteps if num_train_timesteps else 0.0
+    u = np.linspace(u0, u_end, num_steps + 1, dtype=np.float64)[:-1]
+    t = shift_time(u, shift)
+    return np.concatenate([t, [0.0]]).astype(np.float64)
+
+
+def _check_sigmas(sigmas) -> np.ndarray:
+    s = np.asarray(sigmas, dtype=np.float64)
+    if s.ndim != 1 or s.shape[0] < 2:
+        raise ValueError(f'sigmas must be 1-D with >= 2 entries (t_0 ... t_N), got shape {s.shape}.')
+    if np.any(np.diff(s) >= 0) or s[0] > 1.0 or s[-1] < 0.0:
+        raise ValueError(f'sigmas must descend strictly within [0, 1], got {s}; use make_sigmas().')
+    return s
+
+
+def _lam(sig: np.ndarray) -> np.ndarray:
+    """lambda = log(alpha / sigma) for the flow path alpha = 1 - t, sigma = t (inf at t = 0)."""
+    with np.errstate(divide='ignore'):
+        return np.log(1.0 - sig) - np.log(sig)
+
+
+# ----------------------------------------------------------------------------- coefficient tables
+
+def _unipc_coeffs(sig: np.ndarray) -> np.ndarray:
+    """[N, 8] rows (ce, ca, cb, cc, cd, pa, pb, pc) of the UniPC-bh2 (order 2) step.
+
+    With m = x - t v (data prediction), m1 / m2 the previous two predictions and x_last the corrected
+    sample of the previous step:
+      corrector  xc    = ce x + ca x_last + cb m1 + cc (m2 - m1) + cd (m - m1)
+      predictor  x_new = pa xc + pb m + pc (m1 - m)
+    Mirrors diffusers multistep_uni_c_bh_update / multistep_uni_p_bh_update (predict_x0, bh2).
+    """
+    n = sig.shape[0] - 1
+    alpha, lam = 1.0 - sig, _lam(sig)
+    order = [min(2, n - i, i + 1) for i in range(n)]
+    rows = np.zeros((n, 8), np.float64)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        for i in range(n):
+            if i == 0:
+                rows[i, 0] = 1.0
+            else:  # UniC with the order of the previous predictor
+                h = lam[i] - lam[i - 1]
+                hh = -h
+                h_phi_1 = np.expm1(hh)
+                b_h = np.expm1(hh)
+                rows[i, 1] = sig[i] / sig[i - 1]
+                rows[i, 2] = -alpha[i] * h_phi_1
+                if order[i - 1] == 1:
+                    rows[i, 4] = -alpha[i] * b_h * 0.5
+                else:
+                    r1 = (lam[i - 2] - lam[i - 1]) / h
+                    h_phi_k, fact, b = h_phi_1 / hh - 1.0, 1, []
+                    for k in (1, 2):
+                        b.append(h_phi_k * fact / b_h)
+                        fact *= k + 1
+                        h_phi_k = h_phi_k / hh - 1.0 / fact
+                    rho = np.linalg.solve(np.array([[1.0, 1.0], [r1, 1.0]]), np.array(b))
+                    rows[i, 3] = -alpha[i] * b_h * rho[0] / r1
+                    rows[i, 4] = -alpha[i] * b_h * rho[1]
+            h = lam[i + 1] - lam[i]  # UniP
+            hh = -h
+            h_phi_1 = np.expm1(hh)
+            rows[i, 5] = sig[i + 1] / sig[i]
+            rows[i, 6] = -alpha[i + 1] * h_phi_1
+            if order[i] == 2:
+                r1 = (lam[i - 1] - lam[i]) / h
+                rows[i, 7] = -alpha[i + 1] * np.expm1(hh) * 0.5 / r1
+    return rows
+
+
+def _dpmpp_2m_coeffs(sig: np.ndarray) -> np.ndarray:
+    """[N, 3] rows (a, b0, b1): x_new = a x + b0 m + b1 m_prev (DPM-Solver++ 2M, midpoint)."""
+    n = sig.shape[0] - 1
+    alpha, lam = 1.0 - sig, _lam(sig)
+    rows = np.zeros((n, 3), np.float64)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        for i in range(n):
+            h = lam[i + 1] - lam[i]
+            e = np.expm1(-h)  # -1 on the final step to t = 0
+            rows[i, 0] = sig[i + 1] / sig[i]
+            if i == 0 or i == n - 1:
+                rows[i, 1] = -alpha[i + 1] * e
+            else:
+                r = (lam[i] - lam[i - 1]) / h
+                rows[i, 1] = -alpha[i + 1] * e * (1.0 + 0.5 / r)
+                rows[i, 2] = alpha[i + 1] * e * 0.5 / r
+    return rows
+
+
+# ----------------------------------------------------------------------------- guidance
+
+def cfg_velocity(model_fn: VelocityFn, guidance_scale: float,
+                 guidance_interval: tuple[float, float] = (0.0, 1.0), *,
+                 cond_fn: VelocityFn | None = None) -> VelocityFn:
+    """Classifier-free guidance as a velocity function.
+
+    Batching contract (one model call per step): ``model_fn(x2: [2B, ...], t2: [2B]) -> [2B, ...]``
+    gets ``concat([x, x])`` and ``concat([t, t])``; the pipeline builds it over text embeddings
+    ``concat([cond, uncond])`` (conditional first), so rows [:B] are conditional and [B:] are
+    unconditional. Returns ``v = v_c + (s - 1) (v_c - v_u)`` with s = guidance_scale where
+    ``t_lo <= t <= t_hi`` and s = 1 (pure conditional) elsewhere; s = 1 returns v_c exactly.
+    If ``cond_fn(x: [B, ...], t: [B])`` (the conditional model alone) is given, steps whose times all
+    lie outside the interval skip the unconditional half (a `lax.cond`; the model then compiles for
+    both batch sizes).
+    """
+    t_lo, t_hi = guidance_interval
+    if not 0.0 <= t_lo <= t_hi <= 1.0:
+        raise ValueError(f'guidance_interval must satisfy 0 <= t_lo <= t_hi <= 1, got {guidance_interval}.')
+
+    def guided(x, t):
+        out = model_fn(jnp.concatenate([x, x], 0), jnp.concatenate([t, t], 0))
+        v_c, v_u = jnp.split(out, 2, axis=0)
+        inside = (t >= t_lo) & (t <= t_hi)
+        s = jnp.where(inside, guidance_scale, 1.0).astype(v_c.dtype)
+        s = s.reshape(s.shape + (1,) * (v_c.ndim - 1))
+        return v_c + (s - 1.0) * (v_c - v_u)
+
+    if cond_fn is None:
+        return guided
+
+    def velocity(x, t):
+        any_inside = jnp.any((t >= t_lo) & (t <= t_hi))
+        return jax.lax.cond(any_inside, guided, lambda xx, tt: cond_fn(xx, tt).astype(x.dtype), x, t)
+
+    return velocity
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def _tables(method: str, sig: np.ndarray, quantize: int | None):
+    """Per-step host tables: t (math), t_model (what velocity_fn sees), and method coefficients."""
+    sig = sig.copy()
+    if method in ('unipc', 'dpmpp_2m') and abs(sig[0] - 1.0) < _FIRST_SIGMA_EPS:
+        sig[0] -= _FIRST_SIGMA_EPS
+    sig32 = sig.astype(np.float32).astype(np.float64)  # coefficients from the f32 schedule (diffusers)
+    t_model = np.floor(sig * quantize) / quantize if quantize else sig32
+    n = sig.shape[0] - 1
+    if method == 'euler':
+        coef = (sig32[1:] - sig32[:-1])[:, None]
+    elif method == 'heun':
+        coef = np.stack([sig32[1:] - sig32[:-1], t_model[1:], (np.arange(n) == n - 1)
+                         | (sig32[1:] == 0.0)], axis=1).astype(np.float64)
+    elif method == 'unipc':
+        coef = _unipc_coeffs(sig32)
+    else:
+        coef = _dpmpp_2m_coeffs(sig32)
+    if not np.all(np.isfinite(coef)):
+        raise ValueError(f'non-finite {method} coefficients for sigmas {sig}; use make_sigmas().')
+    return sig32, t_model, coef
+
+
+def _make_step(method: str, velocity_fn: VelocityFn, step_callback, dtype):
+    """One step: (state, (t, t_next, t_model, coef)) -> (state, x_new). state[0] is x."""
+
+    def vel(x, tm):
+        t = jnp.full((x.shape[0],), tm, dtype)
+        return velocity_fn(x, t).astype(dtype)
+
+    def step(state, row):
+        t, t_next, tm, c = row
+        x = state[0]
+        if method == 'euler':
+            x_new = x + c[0] * vel(x, tm)
+            new = (x_new,)
+        elif method == 'heun':
+            v1 = vel(x, tm)
+            x_e = x + c[0] * v1
+            x_new = jax.lax.cond(c[2] > 0.5, lambda: x_e,
+                                 lambda: x + c[0] * 0.5 * (v1 + vel(x_e, c[1])))
+            new = (x_new,)
+        elif method == 'dpmpp_2m':
+            m = x - t * vel(x, tm)
+            x_new = c[0] * x + c[1] * m + c[2] * state[1]
+            new = (x_new, m)
+        else:  # unipc
+            _, m1, m2, x_last = state
+            m = x - t * vel(x, tm)
+            xc = c[0] * x + c[1] * x_last + c[2] * m1 + c[3] * (m2 - m1) + c[4] * (m - m1)
+            x_new = c[5] * xc + c[6] * m + c[7] * (m1 - m)
+            new = (x_new, m, m1, xc)
+        if step_callback is not None:
+            x_new = step_callback(x_new, t_next).astype(dtype)
+            new = (x_new,) + tuple(new[1:])
+        return new, x_new
+
+    return step
+
+
+def sample(velocity_fn: VelocityFn, noise: jax.Array, *, method: str = 'unipc', num_steps: int = 50,
+           shift: float = 1.0, sigmas=None, t_start: float = 1.0, guidance: float | None = None,
+           guidance_interval: tuple[float, float] = (0.0, 1.0), step_callback=None,
+           timestep_quantization: int | None = None, loop: str = 'scan', callback=None,
+           return_trajectory: bool = False):
+    """Integrate from ``noise`` (the state at t = sigmas[0]) to t = 0 and return x0.
+
+    The state is kept in float32 (float64 if ``noise`` is float64 under ``jax.enable_x64``).
+
+    velocity_fn: ``(x_t: [B, ...], t: [B]) -> v``; with ``guidance`` set it is the batched
+      cond/uncond model of `cfg_velocity` (``[2B, ...] -> [2B, ...]``), wrapped here with
+      ``cfg_velocity(velocity_fn, guidance, guidance_interval)``.
+    method: one of 'euler', 'heun', 'unipc', 'dpmpp_2m'.
+    num_steps / shift / t_start: schedule ``make_sigmas(num_steps, shift, t_start=t_start)``;
+      ignored when ``sigmas`` ([N + 1], descending to 0) is given. t_start = 0 returns ``noise``.
+    step_callback: traceable ``(x, t_next) -> x`` applied to the state at t = sigmas[0] and after
+      every step, e.g. conditioning's re-imposition of known latents.
+    timestep_quantization: if n, velocity_fn sees ``floor(t * n) / n`` (diffusers UniPC passes the
+      integer timestep ``int(1000 t)`` to Wan); the solver math always uses the exact t.
+    loop: 'scan' (jit-friendly, one trace) or 'python' (jitted step, host ``callback(i, t_next, x)``).
+    return_trajectory: also return the states after every step, [N, B, ...].
+    """
+    if method not in METHODS:
+        raise ValueError(f'unknown sampler {method!r}; use one of {METHODS}.')
+    if loop not in ('scan', 'python'):
+        raise ValueError(f"loop must be 'scan' or 'python', got {loop!r}.")
+    if callback is not None and loop != 'python':
+        raise ValueError("a host callback needs loop='python'.")
+    if guidance is not None:
+        velocity_fn = cfg_velocity(velocity_fn, guidance, guidance_interval)
+    if sigmas is None and t_start == 0.0:  # SDEdit at strength 0: nothing to integrate
+        x = jnp.asarray(noise, jnp.promote_types(jnp.asarray(noise).dtype, jnp.float32))
+        return (x, x[None][:0]) if return_trajectory else x
+    sig = make_sigmas(num_steps, shift, t_start=t_start) if sigmas is None else _check_sigmas(sigmas)
+    sig32, t_model, coef = _tables(method, sig, timestep_quantization)
+    n = sig.shape[0] - 1
+    dtype = jnp.promote_types(jnp.asarray(noise).dtype, jnp.float32)  # f32, or f64 under x64
+    rows = (jnp.asarray(sig32[:-1], dtype), jnp.asarray(sig32[1:], dtype),
+            jnp.asarray(t_model[:-1], dtype), jnp.asarray(coef, dtype))
+
+    x = jnp.asarray(noise, dtype)
+    if step_callback is not None:
+        x = step_callback(x, jnp.asarray(sig32[0], dtype)).astype(dtype)
+    zeros = jnp.zeros_like(x)
+    state = {'euler': (x,), 'heun': (x,), 'dpmpp_2m': (x, zeros), 'unipc': (x, zeros, zeros, x)}[method]
+    step = _make_step(method, velocity_fn, step_callback, dtype)
+
+    if loop == 'scan':
+        body = step if return_trajectory else (lambda st, row: (step(st, row)[0], None))
+        state, traj = jax.lax.scan(body, state, rows)
+    else:
+        jstep = jax.jit(step)
+        traj = []
+        for i in range(n):
+            state, x_i = jstep(state, tuple(r[i] for r in rows))
+            if return_trajectory:
+                traj.append(x_i)
+            if callback is not None:
+                callback(i, float(sig32[i + 1]), state[0])
+        traj = jnp.stack(traj) if return_trajectory else None
+    return (state[0], traj) if return_trajectory else state[0]
