@@ -1,0 +1,269 @@
+"""Frame-mask conditioning in latent space (Open-Sora 2.0 style): one model for every mode.
+
+Representation:
+* ``mask: [B, T_lat]`` float, 1 where a latent frame is known;
+* ``known: [B, T_lat, H, W, C]`` clean latents of the known frames (zeros elsewhere);
+* `model_input(x_t, mask, known)` = ``concat([x_t, known * mask, mask], -1)``: the DiT takes 2C + 1
+  input channels when conditioning is enabled (C for t2v-only models).
+
+Modes: 't2v' (nothing known), 'i2v' (first latent frame), 'extend' (first k), 'extend_backward'
+(last k), 'connect' (first k_head and last k_tail, middle generated), 'loop' (first frame known and
+the same latent pinned to the last frame), 'v2v' (SDEdit: nothing known, sampling starts from a
+noised input video, see `sdedit_start`), 't2i' (one latent frame, nothing known).
+
+Sampling: build ``velocity_fn = lambda x, t: dit(model_input(x, mask, known), t, ...)`` and pass
+``step_callback=replace_callback(mask, known, noise)`` to `samplers.sample`, so known frames follow
+the same noising path ``(1 - t) known + t noise`` the model saw in training, and are exact at t = 0.
+Training: ``known = x0``, ``mask = random_training_mask(...)``, and ``flow_loss(..., mask=1 - mask)``
+so the conditioned frames carry no loss.
+
+Loop (wrap-around): the last latent frame is pinned to the first frame's latent, so the clip ends
+where it starts. With a causal VAE the last latent decodes to the last ``temporal_factor`` pixel
+frames, which then approximate frame 0; drop them (``plan['keep_pixel_frames']`` of
+`frame_plan`) and play the rest on repeat: the frame before the cut was generated to run into frame 0.
+(A crossfade of those frames into the head is the alternative when the pinned latent decodes with
+visible artefacts: the first-frame latent is an image code, reused here in a 4-frame slot.)
+
+Causal VAE frame map: T pixel frames <-> 1 + (T - 1) / temporal_factor latent frames; latent 0 is
+pixel frame 0 alone, latent l >= 1 covers pixel frames [1 + (l - 1) f, l f].
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sora_jax.diffusion.flow import add_noise
+
+MODES = ('t2v', 'i2v', 'extend', 'extend_backward', 'connect', 'loop', 'v2v', 't2i')
+TRAIN_MODES = ('t2v', 'i2v', 'extend', 'extend_backward', 'connect', 'loop')
+
+
+def _check_mode(mode: str, allowed=MODES) -> None:
+    if mode not in allowed:
+        raise ValueError(f'unknown conditioning mode {mode!r}; use one of {allowed}.')
+
+
+# ----------------------------------------------------------------------------- frame bookkeeping
+
+def num_latent_frames(num_pixel_frames: int, temporal_factor: int = 4) -> int:
+    """1 + (T - 1) / temporal_factor; T must be 1 + k * temporal_factor."""
+    if num_pixel_frames < 1 or (num_pixel_frames - 1) % temporal_factor:
+        raise ValueError(f'num_pixel_frames {num_pixel_frames} must be 1 + k * {temporal_factor} for the '
+                         f'causal VAE; use e.g. {1 + max(0, (num_pixel_frames - 1) // temporal_factor) * temporal_factor}.')
+    return 1 + (num_pixel_frames - 1) // temporal_factor
+
+
+def pixel_frames_of_latent(latent_index: int, temporal_factor: int = 4) -> range:
+    """Pixel frames decoded from one latent frame: [0] for latent 0, else [1 + (l-1) f, l f]."""
+    if latent_index < 0:
+        raise ValueError(f'latent_index must be >= 0, got {latent_index}.')
+    if latent_index == 0:
+        return range(0, 1)
+    return range(1 + (latent_index - 1) * temporal_factor, 1 + latent_index * temporal_factor)
+
+
+def latent_of_pixel_frame(pixel_index: int, temporal_factor: int = 4) -> int:
+    """Latent frame holding a pixel frame: 0 for frame 0, else 1 + (p - 1) // f."""
+    if pixel_index < 0:
+        raise ValueError(f'pixel_index must be >= 0, got {pixel_index}.')
+    return 0 if pixel_index == 0 else 1 + (pixel_index - 1) // temporal_factor
+
+
+def latent_mask_for_mode(mode: str, num_latent: int, num_known: int | tuple[int, int] = 1) -> np.ndarray:
+    """Known latent frames of a mode: bool [num_latent].
+
+    num_known: k for 'extend' / 'extend_backward', (k_head, k_tail) for 'connect' (an int means
+    the same k at both ends); ignored by the other modes.
+    """
+    _check_mode(mode)
+    m = np.zeros(num_latent, bool)
+    if mode == 't2i' and num_latent != 1:
+        raise ValueError(f"'t2i' has one latent frame, got {num_latent}; use 't2v' for videos.")
+    if mode in ('t2v', 'v2v', 't2i'):
+        return m
+    if mode in ('i2v', 'loop'):
+        if mode == 'loop' and num_latent < 2:
+            raise ValueError(f"'loop' needs >= 2 latent frames, got {num_latent}.")
+        m[0] = True
+        m[-1] |= mode == 'loop'
+        return m
+    head, tail = {'extend': (num_known, 0), 'extend_backward': (0, num_known),
+                  'connect': num_known if isinstance(num_known, tuple) else (num_known, num_known)}[mode]
+    if head < 0 or tail < 0 or head + tail >= num_latent or head + tail == 0:
+        raise ValueError(f'{mode!r} with {num_latent} latent frames cannot have known (head, tail) = '
+                         f'({head}, {tail}); keep 1 <= known < {num_latent} so something is generated.')
+    m[:head] = True
+    if tail:
+        m[num_latent - tail:] = True
+    return m
+
+
+def frame_plan(mode: str, num_pixel_frames: int, *, temporal_factor: int = 4,
+               num_known_pixel_frames: int | tuple[int, int] = 1) -> dict:
+    """Which pixel frames feed which latent frames for a mode (causal VAE).
+
+    num_known_pixel_frames: frames supplied by the user: k for 'extend' (the first k) and
+    'extend_backward' (the last k), (k_head, k_tail) for 'connect'. Only latent frames whose pixel
+    frames are all supplied become known. Returns a dict with
+      'num_latent_frames', 'latent_mask' (bool [T_lat]), 'latent_to_pixel' (list of ranges),
+      'known_pixel_frames' (sorted pixel indices that determine the known latents) and
+      'keep_pixel_frames' (frames to keep after decoding; drops the pinned tail for 'loop').
+    Backward / connect tails: encode the full-length video (placeholder frames in front) so the
+    tail latents carry the causal context they have at that position.
+    """
+    _check_mode(mode)
+    t_lat = num_latent_frames(num_pixel_frames, temporal_factor)
+    l2p = [pixel_frames_of_latent(i, temporal_factor) for i in range(t_lat)]
+    k = num_known_pixel_frames
+    head_px, tail_px = {'extend': (k, 0), 'extend_backward': (0, k)}.get(
+        mode, k if isinstance(k, tuple) else (k, k))
+    if mode in ('extend', 'extend_backward', 'connect'):
+        if head_px < 0 or tail_px < 0 or head_px + tail_px > num_pixel_frames:
+            raise ValueError(f'{mode!r}: known pixel frames {num_known_pixel_frames} do not fit in '
+                             f'{num_pixel_frames} frames.')
+        head = sum(1 for r in l2p if r.stop <= head_px)           # latents fully inside the head
+        tail = sum(1 for r in l2p[1:] if r.start >= num_pixel_frames - tail_px)
+        mask = latent_mask_for_mode(mode, t_lat, {'extend': head, 'extend_backward': tail}.get(mode, (head, tail)))
+    else:
+        mask = latent_mask_for_mode(mode, t_lat)
+    known_px = sorted({p for i in np.flatnonzero(mask) for p in l2p[i]})
+    if mode == 'loop':
+        known_px = [0]  # the pinned last latent is a copy of latent 0
+    keep = num_pixel_frames - temporal_factor if mode == 'loop' else num_pixel_frames
+    return {'num_latent_frames': t_lat, 'latent_mask': mask, 'latent_to_pixel': l2p,
+            'known_pixel_frames': known_px, 'keep_pixel_frames': keep}
+
+
+# ----------------------------------------------------------------------------- tensors
+
+def build_condition(mode: str, latent_shape: tuple[int, ...], cond_latents: jax.Array | None = None,
+                    tail_latents: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(mask [B, T_lat] float32, known [B, T_lat, H, W, C]) for sampling in a mode.
+
+    latent_shape: (B, T_lat, H, W, C) of the latents to generate.
+    cond_latents: [B, k, H, W, C] encoded conditioning frames: the image (k >= 1, frame 0 used) for
+      'i2v' / 'loop', the first k latents for 'extend', the last k for 'extend_backward', the head
+      for 'connect' (with ``tail_latents`` the tail). None for 't2v', 'v2v', 't2i'.
+    """
+    _check_mode(mode)
+    b, t_lat = latent_shape[:2]
+    known = jnp.zeros(latent_shape, jnp.float32)
+    if mode in ('t2v', 'v2v', 't2i'):
+        mask = latent_mask_for_mode(mode, t_lat)
+        return jnp.broadcast_to(jnp.asarray(mask, jnp.float32), (b, t_lat)), known
+    if cond_latents is None or (mode == 'connect' and tail_latents is None):
+        raise ValueError(f'mode {mode!r} needs cond_latents' + (' and tail_latents' if mode == 'connect' else '') + '.')
+    if cond_latents.shape[0] != b or cond_latents.shape[2:] != tuple(latent_shape[2:]):
+        raise ValueError(f'cond_latents {cond_latents.shape} does not match latents {latent_shape} '
+                         'in batch / H / W / C.')
+    c = cond_latents.astype(jnp.float32)
+    k = c.shape[1]
+    if mode in ('i2v', 'loop'):
+        known = known.at[:, 0].set(c[:, 0])
+        if mode == 'loop':
+            known = known.at[:, -1].set(c[:, 0])
+        num_known = 1
+    elif mode == 'extend':
+        known, num_known = known.at[:, :k].set(c), k
+    elif mode == 'extend_backward':
+        known, num_known = known.at[:, t_lat - k:].set(c), k
+    else:  # connect
+        kt = tail_latents.shape[1]
+        known = known.at[:, :k].set(c).at[:, t_lat - kt:].set(tail_latents.astype(jnp.float32))
+        num_known = (k, kt)
+    mask = jnp.asarray(latent_mask_for_mode(mode, t_lat, num_known), jnp.float32)
+    return jnp.broadcast_to(mask, (b, t_lat)), known
+
+
+def _frames(mask: jax.Array, x: jax.Array) -> jax.Array:
+    """mask [B, T] -> [B, T, 1, ..., 1] against x [B, T, H, W, C]."""
+    if mask.shape != x.shape[:2]:
+        raise ValueError(f'mask {mask.shape} must be [B, T_lat] = {x.shape[:2]}.')
+    return mask.reshape(mask.shape + (1,) * (x.ndim - 2))
+
+
+def model_input(x_t: jax.Array, mask: jax.Array, known: jax.Array) -> jax.Array:
+    """DiT input [B, T, H, W, 2C + 1] = concat([x_t, known * mask, mask], -1)."""
+    m = _frames(mask, x_t).astype(x_t.dtype)
+    cond = known.astype(x_t.dtype) * m
+    return jnp.concatenate([x_t, cond, jnp.broadcast_to(m, x_t.shape[:-1] + (1,))], axis=-1)
+
+
+def apply_known(x: jax.Array, mask: jax.Array, known: jax.Array) -> jax.Array:
+    """Paste known latents: x where mask == 0, known (bit-exact) where mask == 1."""
+    return jnp.where(_frames(mask, x) > 0.5, known.astype(x.dtype), x)
+
+
+def replace_callback(mask: jax.Array, known: jax.Array, noise: jax.Array):
+    """`samplers.sample` step_callback: known frames <- (1 - t) known + t noise (exact at t = 0)."""
+
+    def callback(x, t):
+        tb = jnp.full((x.shape[0],), t, x.dtype)
+        return apply_known(x, mask, add_noise(known.astype(x.dtype), noise.astype(x.dtype), tb))
+
+    return callback
+
+
+def sdedit_start(x0_video_latents: jax.Array, noise: jax.Array, strength: float) -> tuple[jax.Array, float]:
+    """Video-to-video (SDEdit) start: (x_start, t_start) with t_start = strength.
+
+    x_start = (1 - strength) x0 + strength noise: strength 0 returns the input exactly (no steps to
+    run), strength 1 is pure noise (the input is ignored). Sample with
+    ``samplers.sample(..., t_start=t_start)``; strength is the noise level t itself (already in
+    shifted time), so the same strength keeps the same amount of the input at any shift.
+    """
+    strength = float(strength)
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f'strength must be in [0, 1], got {strength}.')
+    if strength == 0.0:
+        return x0_video_latents, 0.0
+    if strength == 1.0:
+        return noise, 1.0
+    return add_noise(x0_video_latents, noise, jnp.float32(strength)), strength
+
+
+def random_training_mask(rng: jax.Array, batch: int, num_latent: int, probs: dict[str, float], *,
+                         return_modes: bool = False):
+    """Random conditioning masks for training one model for all modes: [B, T_lat] float32.
+
+    probs: mode -> probability over TRAIN_MODES (normalised; missing modes have 0), e.g.
+      {'t2v': 0.5, 'i2v': 0.2, 'extend': 0.1, 'extend_backward': 0.05, 'connect': 0.1, 'loop': 0.05}.
+    Each example draws a mode, then its sizes: extend / extend_backward know k ~ U{1..T-1} frames,
+    connect knows k_head ~ U{1..T-2} and k_tail ~ U{1..T-1-k_head}, loop the first and last frame
+    (with real data as ``known`` it trains the two-end case; at sampling the tail is the head latent).
+    A mode impossible at this T_lat (anything but t2v at T_lat = 1, connect at T_lat = 2) gives an
+    all-zero (t2v) mask. Deterministic per ``rng``; jittable (probs and sizes are static).
+    return_modes: also return the drawn mode indices [B] into TRAIN_MODES.
+    """
+    bad = set(probs) - set(TRAIN_MODES)
+    if bad:
+        raise ValueError(f'unknown training modes {sorted(bad)}; use keys from {TRAIN_MODES}.')
+    p = np.array([float(probs.get(m, 0.0)) for m in TRAIN_MODES])
+    if np.any(p < 0) or p.sum() <= 0:
+        raise ValueError(f'probs must be >= 0 with a positive sum, got {probs}.')
+    t = num_latent
+    k_mode, k1, k2 = jax.random.split(rng, 3)
+    modes = jax.random.choice(k_mode, len(TRAIN_MODES), (batch,), p=jnp.asarray(p / p.sum()))
+    idx = jnp.arange(t)[None, :]                                    # [1, T]
+    u1 = jax.random.uniform(k1, (batch, 1))
+    u2 = jax.random.uniform(k2, (batch, 1))
+    k_ext = 1 + jnp.floor(u1 * max(t - 1, 1)).astype(jnp.int32)     # 1..T-1
+    k_head = 1 + jnp.floor(u1 * max(t - 2, 1)).astype(jnp.int32)    # 1..T-2
+    k_tail = 1 + jnp.floor(u2 * jnp.maximum(t - 1 - k_head, 1)).astype(jnp.int32)
+    feasible = {'t2v': True, 'i2v': t >= 2, 'extend': t >= 2, 'extend_backward': t >= 2,
+                'connect': t >= 3, 'loop': t >= 2}
+    masks = {
+        't2v': jnp.zeros((batch, t), bool),
+        'i2v': jnp.broadcast_to(idx == 0, (batch, t)),
+        'extend': idx < k_ext,
+        'extend_backward': idx >= t - k_ext,
+        'connect': (idx < k_head) | (idx >= t - k_tail),
+        'loop': jnp.broadcast_to((idx == 0) | (idx == t - 1), (batch, t)),
+    }
+    mask = jnp.zeros((batch, t), bool)
+    for i, name in enumerate(TRAIN_MODES):
+        if feasible[name]:
+            mask = jnp.where((modes == i)[:, None], masks[name], mask)
+    mask = mask.astype(jnp.float32)
+    return (mask, modes) if return_modes else mask

@@ -1,0 +1,177 @@
+"""Frame-mask conditioning: masks per mode, causal frame map, model input, paste, SDEdit, training masks."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sora_jax.diffusion import conditioning as cond
+from sora_jax.diffusion import samplers
+
+B, T, H, W, C = 2, 5, 3, 4, 6
+
+
+def _latents(seed, shape=(B, T, H, W, C)):
+    return jax.random.normal(jax.random.key(seed), shape)
+
+
+def test_latent_masks_per_mode():
+    m = lambda *a: cond.latent_mask_for_mode(*a).astype(int).tolist()
+    assert m('t2v', 5) == [0, 0, 0, 0, 0]
+    assert m('v2v', 5) == [0, 0, 0, 0, 0]
+    assert m('t2i', 1) == [0]
+    assert m('i2v', 5) == [1, 0, 0, 0, 0]
+    assert m('extend', 5, 2) == [1, 1, 0, 0, 0]
+    assert m('extend_backward', 5, 2) == [0, 0, 0, 1, 1]
+    assert m('connect', 5, (2, 1)) == [1, 1, 0, 0, 1]
+    assert m('connect', 5, 1) == [1, 0, 0, 0, 1]
+    assert m('loop', 5) == [1, 0, 0, 0, 1]
+    with pytest.raises(ValueError, match='cannot have known'):
+        cond.latent_mask_for_mode('extend', 5, 5)
+    with pytest.raises(ValueError, match="'t2i' has one latent frame"):
+        cond.latent_mask_for_mode('t2i', 3)
+    with pytest.raises(ValueError, match='unknown conditioning mode'):
+        cond.latent_mask_for_mode('inpaint', 3)
+
+
+def test_causal_frame_map():
+    assert cond.num_latent_frames(81) == 21 and cond.num_latent_frames(1) == 1
+    assert cond.num_latent_frames(9, temporal_factor=2) == 5
+    with pytest.raises(ValueError, match='1 \\+ k \\* 4'):
+        cond.num_latent_frames(16)
+    assert list(cond.pixel_frames_of_latent(0)) == [0]
+    assert list(cond.pixel_frames_of_latent(1)) == [1, 2, 3, 4]
+    assert list(cond.pixel_frames_of_latent(3)) == [9, 10, 11, 12]
+    for p in range(17):  # the two maps are inverse
+        assert p in cond.pixel_frames_of_latent(cond.latent_of_pixel_frame(p))
+
+
+def test_frame_plan_modes():
+    plan = cond.frame_plan('extend', 17, num_known_pixel_frames=9)   # latents 0,1,2 = pixels 0..8
+    assert plan['num_latent_frames'] == 5
+    assert plan['latent_mask'].astype(int).tolist() == [1, 1, 1, 0, 0]
+    assert plan['known_pixel_frames'] == list(range(9))
+    plan = cond.frame_plan('extend', 17, num_known_pixel_frames=7)   # latent 2 only partly known
+    assert plan['latent_mask'].astype(int).tolist() == [1, 1, 0, 0, 0]
+    plan = cond.frame_plan('extend_backward', 17, num_known_pixel_frames=8)
+    assert plan['latent_mask'].astype(int).tolist() == [0, 0, 0, 1, 1]
+    assert plan['known_pixel_frames'] == list(range(9, 17))
+    plan = cond.frame_plan('connect', 17, num_known_pixel_frames=(5, 4))
+    assert plan['latent_mask'].astype(int).tolist() == [1, 1, 0, 0, 1]
+    assert plan['known_pixel_frames'] == [0, 1, 2, 3, 4, 13, 14, 15, 16]
+    plan = cond.frame_plan('i2v', 17)
+    assert plan['known_pixel_frames'] == [0] and plan['keep_pixel_frames'] == 17
+    plan = cond.frame_plan('loop', 17)
+    assert plan['latent_mask'].astype(int).tolist() == [1, 0, 0, 0, 1]
+    assert plan['known_pixel_frames'] == [0] and plan['keep_pixel_frames'] == 13
+    assert cond.frame_plan('t2i', 1)['num_latent_frames'] == 1
+    assert [list(r) for r in cond.frame_plan('t2v', 9, temporal_factor=4)['latent_to_pixel']] == \
+        [[0], [1, 2, 3, 4], [5, 6, 7, 8]]
+
+
+def test_build_condition_modes():
+    shape = (B, T, H, W, C)
+    img = _latents(1, (B, 1, H, W, C))
+    mask, known = cond.build_condition('t2v', shape)
+    assert mask.shape == (B, T) and float(mask.sum()) == 0 and float(jnp.abs(known).sum()) == 0
+    mask, known = cond.build_condition('i2v', shape, img)
+    assert mask[0].tolist() == [1, 0, 0, 0, 0]
+    np.testing.assert_array_equal(known[:, 0], img[:, 0])
+    assert float(jnp.abs(known[:, 1:]).sum()) == 0
+    mask, known = cond.build_condition('loop', shape, img)
+    assert mask[1].tolist() == [1, 0, 0, 0, 1]
+    np.testing.assert_array_equal(known[:, -1], img[:, 0])
+    head = _latents(2, (B, 2, H, W, C))
+    mask, known = cond.build_condition('extend', shape, head)
+    assert mask[0].tolist() == [1, 1, 0, 0, 0]
+    np.testing.assert_array_equal(known[:, :2], head)
+    mask, known = cond.build_condition('extend_backward', shape, head)
+    assert mask[0].tolist() == [0, 0, 0, 1, 1]
+    np.testing.assert_array_equal(known[:, 3:], head)
+    mask, known = cond.build_condition('connect', shape, head, img)
+    assert mask[0].tolist() == [1, 1, 0, 0, 1]
+    np.testing.assert_array_equal(known[:, -1], img[:, 0])
+    with pytest.raises(ValueError, match='needs cond_latents'):
+        cond.build_condition('i2v', shape)
+
+
+def test_model_input_and_apply_known():
+    x = _latents(3)
+    known = _latents(4)
+    mask = jnp.array([[1.0, 0, 0, 0, 1], [0, 0, 1, 0, 0]])
+    inp = cond.model_input(x, mask, known)
+    assert inp.shape == (B, T, H, W, 2 * C + 1)
+    np.testing.assert_array_equal(inp[..., :C], x)
+    np.testing.assert_array_equal(inp[0, 0, ..., C:2 * C], known[0, 0])
+    assert float(jnp.abs(inp[0, 1:4, ..., C:2 * C]).sum()) == 0
+    np.testing.assert_array_equal(inp[..., -1], jnp.broadcast_to(mask[:, :, None, None], (B, T, H, W)))
+    out = cond.apply_known(x, mask, known)
+    np.testing.assert_array_equal(out[0, 0], known[0, 0])
+    np.testing.assert_array_equal(out[0, 4], known[0, 4])
+    np.testing.assert_array_equal(out[1, 2], known[1, 2])
+    np.testing.assert_array_equal(out[0, 1:4], x[0, 1:4])
+    with pytest.raises(ValueError, match='must be \\[B, T_lat\\]'):
+        cond.apply_known(x, mask[:, :3], known)
+
+
+def test_replace_callback_pins_known_frames_through_sampling():
+    known = _latents(5)
+    noise = _latents(6)
+    mask, known = cond.build_condition('connect', known.shape, known[:, :2], known[:, -1:])
+    vel = lambda x, t: noise - jnp.tanh(x)  # any smooth field
+    for method in ('euler', 'unipc'):
+        x = samplers.sample(vel, noise, method=method, num_steps=6, shift=3.0,
+                            step_callback=cond.replace_callback(mask, known, noise))
+        np.testing.assert_array_equal(x[:, :2], known[:, :2])
+        np.testing.assert_array_equal(x[:, -1], known[:, -1])
+        assert float(jnp.abs(x[:, 2:4] - known[:, 2:4]).min()) > 0
+
+
+def test_sdedit_start():
+    x0, noise = _latents(7), _latents(8)
+    xs, ts = cond.sdedit_start(x0, noise, 0.0)
+    assert ts == 0.0
+    np.testing.assert_array_equal(xs, x0)
+    np.testing.assert_array_equal(samplers.sample(lambda x, t: x, xs, t_start=ts), x0)
+    xs1, ts1 = cond.sdedit_start(x0, noise, 1.0)
+    xs2, _ = cond.sdedit_start(x0 + 5.0, noise, 1.0)
+    assert ts1 == 1.0
+    np.testing.assert_array_equal(xs1, noise)
+    np.testing.assert_array_equal(xs2, noise)
+    xs, ts = cond.sdedit_start(x0, noise, 0.3)
+    assert ts == pytest.approx(0.3)
+    np.testing.assert_allclose(xs, 0.7 * x0 + 0.3 * noise, atol=1e-6)
+    with pytest.raises(ValueError, match='strength'):
+        cond.sdedit_start(x0, noise, 1.5)
+
+
+def test_random_training_mask_probabilities_and_determinism():
+    probs = {'t2v': 0.4, 'i2v': 0.2, 'extend': 0.1, 'extend_backward': 0.1, 'connect': 0.1, 'loop': 0.1}
+    n, t = 20000, 6
+    mask, modes = cond.random_training_mask(jax.random.key(0), n, t, probs, return_modes=True)
+    mask, modes = np.asarray(mask), np.asarray(modes)
+    assert mask.shape == (n, t) and mask.dtype == np.float32
+    freq = np.bincount(modes, minlength=6) / n
+    np.testing.assert_allclose(freq, [probs[m] for m in cond.TRAIN_MODES], atol=0.012)
+    by = {name: mask[modes == i] for i, name in enumerate(cond.TRAIN_MODES)}
+    assert by['t2v'].sum() == 0
+    assert np.all(by['i2v'] == [1, 0, 0, 0, 0, 0])
+    assert np.all(by['loop'] == [1, 0, 0, 0, 0, 1])
+    ext = by['extend']                       # a known prefix of length 1..T-1, all lengths occur
+    k = ext.sum(1)
+    assert np.all(ext == (np.arange(t)[None] < k[:, None])) and set(k) == set(range(1, t))
+    bwd = by['extend_backward']
+    k = bwd.sum(1)
+    assert np.all(bwd == (np.arange(t)[None] >= t - k[:, None])) and set(k) == set(range(1, t))
+    con = by['connect']                      # both ends known, a generated gap in between
+    assert np.all(con[:, 0] == 1) and np.all(con[:, -1] == 1) and np.all(con.sum(1) <= t - 1)
+    assert np.all(np.abs(np.diff(con, axis=1)).sum(1) == 2)
+    # Deterministic per key, different across keys; jittable.
+    again = cond.random_training_mask(jax.random.key(0), n, t, probs)
+    np.testing.assert_array_equal(again, mask)
+    assert not np.array_equal(cond.random_training_mask(jax.random.key(1), n, t, probs), mask)
+    jitted = jax.jit(lambda k: cond.random_training_mask(k, 64, t, probs))(jax.random.key(0))
+    np.testing.assert_array_equal(jitted, cond.random_training_mask(jax.random.key(0), 64, t, probs))
+    # One latent frame (images): every mode falls back to t2v.
+    assert float(cond.random_training_mask(jax.random.key(0), 100, 1, probs).sum()) == 0
+    with pytest.raises(ValueError, match='unknown training modes'):
+        cond.random_training_mask(jax.random.key(0), 4, t, {'v2v': 1.0})
