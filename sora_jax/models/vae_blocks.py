@@ -203,7 +203,9 @@ class AttentionBlock(nnx.Module):
     def __init__(self, dim: int, *, rngs: nnx.Rngs):
         self.norm = RMSNorm(dim)
         self.to_qkv = nnx.Conv(dim, dim * 3, kernel_size=(1, 1), rngs=rngs)
-        self.proj = nnx.Conv(dim, dim, kernel_size=(1, 1), rngs=rngs)
+        # Zero-initialised output projection (as Wan's original code): attention starts as identity.
+        self.proj = nnx.Conv(dim, dim, kernel_size=(1, 1), kernel_init=nnx.initializers.zeros_init(),
+                             rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, h, w, c = x.shape
