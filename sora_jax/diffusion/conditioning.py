@@ -29,6 +29,8 @@ pixel frame 0 alone, latent l >= 1 covers pixel frames [1 + (l - 1) f, l f].
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -242,9 +244,17 @@ def random_training_mask(rng: jax.Array, batch: int, num_latent: int, probs: dic
     p = np.array([float(probs.get(m, 0.0)) for m in TRAIN_MODES])
     if np.any(p < 0) or p.sum() <= 0:
         raise ValueError(f'probs must be >= 0 with a positive sum, got {probs}.')
-    t = num_latent
+    if batch < 1 or num_latent < 1:
+        raise ValueError(f'batch ({batch}) and num_latent ({num_latent}) must be >= 1.')
+    mask, modes = _random_mask(rng, int(batch), int(num_latent), tuple(p / p.sum()))
+    return (mask, modes) if return_modes else mask
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _random_mask(rng: jax.Array, batch: int, t: int, p: tuple[float, ...]):
+    """Jitted body of `random_training_mask` (sizes and probabilities static)."""
     k_mode, k1, k2 = jax.random.split(rng, 3)
-    modes = jax.random.choice(k_mode, len(TRAIN_MODES), (batch,), p=jnp.asarray(p / p.sum()))
+    modes = jax.random.choice(k_mode, len(TRAIN_MODES), (batch,), p=jnp.asarray(p))
     idx = jnp.arange(t)[None, :]                                    # [1, T]
     u1 = jax.random.uniform(k1, (batch, 1))
     u2 = jax.random.uniform(k2, (batch, 1))
@@ -265,5 +275,4 @@ def random_training_mask(rng: jax.Array, batch: int, num_latent: int, probs: dic
     for i, name in enumerate(TRAIN_MODES):
         if feasible[name]:
             mask = jnp.where((modes == i)[:, None], masks[name], mask)
-    mask = mask.astype(jnp.float32)
-    return (mask, modes) if return_modes else mask
+    return mask.astype(jnp.float32), modes

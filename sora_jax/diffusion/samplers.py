@@ -6,7 +6,7 @@ knows only ``velocity_fn(x_t: [B, ...], t: [B]) -> v: [B, ...]``, never the mode
 
 How the loop compiles: all per-step scalars (step sizes, multistep coefficients, model times) are
 computed on the host in float64 from the schedule and fed as rows of a table, so every method has
-ONE step function whose body calls ``velocity_fn`` once (Heun: twice, the second in a `lax.cond`).
+ONE step function whose body calls ``velocity_fn`` exactly once (Heun runs 2 stages per step).
 ``loop='scan'`` (default) runs the steps in `jax.lax.scan` -- the model is traced and compiled
 once and the whole sampler can sit inside the caller's `jax.jit`. ``loop='python'`` jits that step
 once and calls it per step from Python, so a host-side ``callback(i, t_next, x)`` (e.g. tqdm) can
@@ -16,7 +16,8 @@ wrap `sample` in the caller's `jax.jit` (the schedule is static: ``num_steps``, 
 Schedules and solvers follow diffusers' flow-matching conventions (the Wan 2.1 sampler is
 ``UniPCMultistepScheduler(prediction_type='flow_prediction', use_flow_sigmas=True, flow_shift=s)``):
 * euler: ``x <- x + (t_next - t) v`` (FlowMatchEulerDiscreteScheduler.step).
-* heun: trapezoidal 2nd order with the velocity re-evaluated at t_next; plain Euler on the final step
+* heun: trapezoidal 2nd order with the velocity re-evaluated at t_next (2 model calls per step,
+  run as 2 scan stages through one call site); plain Euler on the final step
   to t = 0 (k-diffusion convention: no model call at t = 0).
 * dpmpp_2m: DPM-Solver++(2M) midpoint in data prediction x0 = x - t v, with alpha = 1 - t,
   sigma = t, lambda = log(alpha / sigma); first order on the first and on the final step.
@@ -190,60 +191,80 @@ def cfg_velocity(model_fn: VelocityFn, guidance_scale: float,
 # ----------------------------------------------------------------------------- sampling
 
 def _tables(method: str, sig: np.ndarray, quantize: int | None):
-    """Per-step host tables: t (math), t_model (what velocity_fn sees), and method coefficients."""
+    """Host tables, one row per model evaluation ("stage"; a Heun step has two).
+
+    Returns rows (t, t_next, t_model, coef) as float64 arrays over stages, ``done`` (bool [S]: the
+    stage completes a step) and ``t_first`` (the schedule's first time as the solver sees it).
+    t is the solver time, t_model what velocity_fn sees, t_next the time reached by the step.
+    """
     sig = sig.copy()
     if method in ('unipc', 'dpmpp_2m') and abs(sig[0] - 1.0) < _FIRST_SIGMA_EPS:
         sig[0] -= _FIRST_SIGMA_EPS
     sig32 = sig.astype(np.float32).astype(np.float64)  # coefficients from the f32 schedule (diffusers)
     t_model = np.floor(sig * quantize) / quantize if quantize else sig32
     n = sig.shape[0] - 1
+    t, t_next, tm, done = sig32[:-1], sig32[1:], t_model[:-1], np.ones(n, bool)
     if method == 'euler':
         coef = (sig32[1:] - sig32[:-1])[:, None]
-    elif method == 'heun':
-        coef = np.stack([sig32[1:] - sig32[:-1], t_model[1:], (np.arange(n) == n - 1)
-                         | (sig32[1:] == 0.0)], axis=1).astype(np.float64)
+    elif method == 'heun':  # stages: (step i, first eval) and, except on the final step, (i, second)
+        stages = []
+        for i in range(n - 1):
+            stages += [(i, True), (i, False)]
+        stages.append((n - 1, True))
+        idx = np.array([i for i, _ in stages])
+        first = np.array([f for _, f in stages])
+        done = ~first | (idx == n - 1)
+        t, t_next = sig32[idx], sig32[idx + 1]
+        tm = np.where(first, t_model[idx], t_model[idx + 1])
+        coef = np.stack([t_next - t, first, done], axis=1).astype(np.float64)
     elif method == 'unipc':
         coef = _unipc_coeffs(sig32)
     else:
         coef = _dpmpp_2m_coeffs(sig32)
     if not np.all(np.isfinite(coef)):
         raise ValueError(f'non-finite {method} coefficients for sigmas {sig}; use make_sigmas().')
-    return sig32, t_model, coef
+    return (t, t_next, tm, coef), done, sig32[0]
 
 
 def _make_step(method: str, velocity_fn: VelocityFn, step_callback, dtype):
-    """One step: (state, (t, t_next, t_model, coef)) -> (state, x_new). state[0] is x."""
+    """One stage: (state, (t, t_next, t_model, coef)) -> (state, x). state[0] is x.
+
+    Every method has exactly one ``velocity_fn`` call site, so a big model is traced and compiled
+    once (Heun alternates predictor / corrector stages with `jnp.where` selects).
+    """
 
     def vel(x, tm):
-        t = jnp.full((x.shape[0],), tm, dtype)
-        return velocity_fn(x, t).astype(dtype)
+        tt = jnp.full((x.shape[0],), tm, dtype)
+        return velocity_fn(x, tt).astype(dtype)
 
     def step(state, row):
         t, t_next, tm, c = row
         x = state[0]
         if method == 'euler':
-            x_new = x + c[0] * vel(x, tm)
-            new = (x_new,)
-        elif method == 'heun':
-            v1 = vel(x, tm)
-            x_e = x + c[0] * v1
-            x_new = jax.lax.cond(c[2] > 0.5, lambda: x_e,
-                                 lambda: x + c[0] * 0.5 * (v1 + vel(x_e, c[1])))
-            new = (x_new,)
+            new = (x + c[0] * vel(x, tm),)
+            done = True
+        elif method == 'heun':  # state (x, x_euler, v_first); c = (dt, is_first, completes_step)
+            _, x_e, v1 = state
+            first, done = c[1] > 0.5, c[2] > 0.5
+            v = vel(jnp.where(first, x, x_e), tm)
+            x_e_new = x + c[0] * v
+            x_new = jnp.where(first, jnp.where(done, x_e_new, x), x + c[0] * 0.5 * (v1 + v))
+            new = (x_new, jnp.where(first, x_e_new, x_e), jnp.where(first, v, v1))
         elif method == 'dpmpp_2m':
             m = x - t * vel(x, tm)
-            x_new = c[0] * x + c[1] * m + c[2] * state[1]
-            new = (x_new, m)
+            new = (c[0] * x + c[1] * m + c[2] * state[1], m)
+            done = True
         else:  # unipc
             _, m1, m2, x_last = state
             m = x - t * vel(x, tm)
             xc = c[0] * x + c[1] * x_last + c[2] * m1 + c[3] * (m2 - m1) + c[4] * (m - m1)
-            x_new = c[5] * xc + c[6] * m + c[7] * (m1 - m)
-            new = (x_new, m, m1, xc)
+            new = (c[5] * xc + c[6] * m + c[7] * (m1 - m), m, m1, xc)
+            done = True
+        x_new = new[0]
         if step_callback is not None:
-            x_new = step_callback(x_new, t_next).astype(dtype)
-            new = (x_new,) + tuple(new[1:])
-        return new, x_new
+            x_cb = step_callback(x_new, t_next).astype(dtype)
+            x_new = x_cb if done is True else jnp.where(done, x_cb, x_new)
+        return (x_new,) + tuple(new[1:]), x_new
 
     return step
 
@@ -282,30 +303,34 @@ def sample(velocity_fn: VelocityFn, noise: jax.Array, *, method: str = 'unipc', 
         x = jnp.asarray(noise, jnp.promote_types(jnp.asarray(noise).dtype, jnp.float32))
         return (x, x[None][:0]) if return_trajectory else x
     sig = make_sigmas(num_steps, shift, t_start=t_start) if sigmas is None else _check_sigmas(sigmas)
-    sig32, t_model, coef = _tables(method, sig, timestep_quantization)
-    n = sig.shape[0] - 1
+    rows64, done, t_first = _tables(method, sig, timestep_quantization)
     dtype = jnp.promote_types(jnp.asarray(noise).dtype, jnp.float32)  # f32, or f64 under x64
-    rows = (jnp.asarray(sig32[:-1], dtype), jnp.asarray(sig32[1:], dtype),
-            jnp.asarray(t_model[:-1], dtype), jnp.asarray(coef, dtype))
+    rows = tuple(jnp.asarray(r, dtype) for r in rows64)
 
     x = jnp.asarray(noise, dtype)
     if step_callback is not None:
-        x = step_callback(x, jnp.asarray(sig32[0], dtype)).astype(dtype)
+        x = step_callback(x, jnp.asarray(t_first, dtype)).astype(dtype)
     zeros = jnp.zeros_like(x)
-    state = {'euler': (x,), 'heun': (x,), 'dpmpp_2m': (x, zeros), 'unipc': (x, zeros, zeros, x)}[method]
+    state = {'euler': (x,), 'heun': (x, zeros, zeros), 'dpmpp_2m': (x, zeros),
+             'unipc': (x, zeros, zeros, x)}[method]
     step = _make_step(method, velocity_fn, step_callback, dtype)
 
     if loop == 'scan':
         body = step if return_trajectory else (lambda st, row: (step(st, row)[0], None))
         state, traj = jax.lax.scan(body, state, rows)
+        if return_trajectory:
+            traj = traj[np.flatnonzero(done)]
     else:
         jstep = jax.jit(step)
-        traj = []
-        for i in range(n):
-            state, x_i = jstep(state, tuple(r[i] for r in rows))
+        traj, i = [], 0
+        for s_idx in range(done.shape[0]):
+            state, x_s = jstep(state, tuple(r[s_idx] for r in rows))
+            if not done[s_idx]:
+                continue
             if return_trajectory:
-                traj.append(x_i)
+                traj.append(x_s)
             if callback is not None:
-                callback(i, float(sig32[i + 1]), state[0])
+                callback(i, float(rows64[1][s_idx]), state[0])
+            i += 1
         traj = jnp.stack(traj) if return_trajectory else None
     return (state[0], traj) if return_trajectory else state[0]

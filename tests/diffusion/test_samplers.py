@@ -171,3 +171,15 @@ def test_timestep_quantization_feeds_integer_times(eps):
     sig = samplers.make_sigmas(4, 5.0)
     expected = np.floor(np.concatenate([[1 - 1e-6], sig[1:-1]]) * 1000) / 1000
     np.testing.assert_allclose(seen, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize('loop', ['scan', 'python'])
+def test_velocity_traced_once_per_sample(eps, loop):
+    """The (big) model has one call site: traced once per sampling run, for every method."""
+    for m in samplers.METHODS:
+        traces = []
+        def vel(x, t):
+            traces.append(1)  # runs at trace time only
+            return gaussian_velocity(x, t)
+        samplers.sample(vel, eps[:2], method=m, num_steps=5, loop=loop)
+        assert len(traces) == 1, (m, loop, len(traces))
