@@ -22,6 +22,7 @@ CORE = [
     "sentencepiece>=0.2",
     "numpy>=2.0",
     "Pillow>=10",
+    "importlib_resources>=6",  # tensorflow-datasets imports it without declaring it
 ]
 
 TEST = [
