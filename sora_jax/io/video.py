@@ -138,3 +138,29 @@ def show_videos(videos: Any, *, fps: float = 8.0, titles: Any = None,
             for v in videos]
   _configure_ffmpeg()
   return mediapy.show_videos(videos, fps=fps, titles=titles, codec=codec, **kwargs)
+
+
+def read_image(path: str | os.PathLike, *, height: int | None = None,
+               width: int | None = None) -> np.ndarray:
+  """Reads an image (png/jpg/...) into uint8 `[H, W, 3]`, resized to (height, width) if given."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise ValueError(f"Image file {str(path)!r} does not exist; check the path.")
+  try:
+    image = np.asarray(mediapy.read_image(path))
+  except Exception as e:  # PIL raises several types for undecodable files
+    raise ValueError(f"Cannot decode image {str(path)!r}: {e}") from e
+  if image.ndim == 2:
+    image = np.repeat(image[..., None], 3, -1)
+  image = image[..., :3]
+  if height and width and image.shape[:2] != (height, width):
+    image = to_uint8(mediapy.resize_image(to_float(image), (height, width)))
+  return image.astype(np.uint8, copy=False)
+
+
+def resize_video(frames: Any, height: int, width: int) -> np.ndarray:
+  """uint8 `[T, H, W, 3]` -> uint8 `[T, height, width, 3]` (Lanczos via mediapy)."""
+  frames = np.asarray(frames)
+  if frames.shape[1:3] == (height, width):
+    return frames
+  return to_uint8(mediapy.resize_video(to_float(frames), (height, width)))

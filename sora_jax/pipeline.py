@@ -1,0 +1,299 @@
+"""TextToVideo: prompt(s) -> video frames. The one inference API that scripts and colabs use.
+
+    pipe = TextToVideo.from_checkpoint('checkpoints/shapes')
+    frames = pipe('a red circle moving to the left', num_frames=17, num_inference_steps=25,
+                  guidance_scale=4.0, seed=0)          # uint8 [B, T, H, W, 3]
+
+Modes (`mode=`): 't2v' (default), 't2i' (one frame), 'i2v' (`image=` is frame 0), 'extend'
+(`video=` is the head, generate what follows), 'extend_backward' (`video=` is the tail),
+'connect' (`video=(head, tail)`), 'loop' (`image=` starts and ends the clip), 'v2v' (SDEdit of
+`video=` at `strength=`). Known frames are conditioned through frame masks in latent space
+(`diffusion/conditioning.py`): as extra DiT input channels when the model was trained with
+`conditioning.enabled`, and always by re-imposing the known latents along the noising path.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+from tqdm import tqdm
+
+from sora_jax.diffusion import conditioning as cond_lib
+from sora_jax.diffusion import samplers
+from sora_jax.io import video as video_io
+from sora_jax.models.text import ByteTokenizer
+from sora_jax.train import checkpoint as ckpt
+from sora_jax.train import frozen_vae
+from sora_jax.train.frozen_vae import FrozenVAE
+from sora_jax.train.objectives import flow as flow_objective
+
+MAX_FRAMES = 1024
+
+
+class TextToVideo:
+    """Byte-text Denoiser (+ optional VAE) sampling with any sampler, CFG and frame masks."""
+
+    def __init__(self, config, params, vae: FrozenVAE | None = None):
+        self.config = config
+        model = nnx.eval_shape(lambda: flow_objective.build_model(config, nnx.Rngs(0)))
+        self.graphdef = nnx.graphdef(model)
+        self.params = params
+        self.vae = vae
+        self.tokenizer = ByteTokenizer(config.text.max_length)
+        self.patch = tuple(config.model.patch_size)
+        self.latent_channels = int(config.latent_channels)
+        self.conditioned = bool(config.get('conditioning', {}).get('enabled', False))
+        self._jit_sample = jax.jit(self._sample, static_argnames=(
+            'method', 'num_steps', 'shift', 'guidance', 'interval', 't_start'))
+        self._bar = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, ema: bool = True) -> 'TextToVideo':
+        """A training workdir (or shipped bundle): `<path>/checkpoints/<step>/`."""
+        path = os.fspath(path)
+        cdir = os.path.join(path, 'checkpoints')
+        if not os.path.isdir(cdir):
+            raise ValueError(f'{path!r} is not a checkpoint: {cdir} does not exist. Pass a '
+                             'training --workdir or checkpoints/shapes.')
+        config = ckpt.load_config(cdir)
+        abstract = nnx.state(nnx.eval_shape(lambda: flow_objective.build_model(config, nnx.Rngs(0))),
+                             nnx.Param)
+        params, step = ckpt.restore_params(cdir, abstract, ema=ema)
+        logging.info('Loaded %s params of step %d from %s', 'EMA' if ema else 'raw', step, path)
+        return cls(config, params, load_vae(config.autoencoder, relative_to=path))
+
+    @classmethod
+    def from_config(cls, config, seed: int = 0, vae: FrozenVAE | None = None) -> 'TextToVideo':
+        """Randomly initialised (tests, smoke runs)."""
+        model = flow_objective.build_model(config, nnx.Rngs(seed))
+        return cls(config, nnx.state(model, nnx.Param), vae)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def temporal_factor(self) -> int:
+        return self.vae.temporal_factor if self.vae else 1
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.vae.spatial_factor if self.vae else 1
+
+    def check_size(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """Latent (T, H, W) for a pixel size, or a ValueError naming a valid size."""
+        if not isinstance(num_frames, (int, np.integer)) or not 1 <= num_frames <= MAX_FRAMES:
+            raise ValueError(f'num_frames={num_frames!r} must be an int in [1, {MAX_FRAMES}].')
+        tf, sf = self.temporal_factor, self.spatial_factor
+        pt, ph, pw = self.patch
+        if tf > 1:
+            if (num_frames - 1) % tf:
+                k = max(1, round((num_frames - 1) / tf))
+                raise ValueError(f'num_frames={num_frames} is not 1 + {tf}k (causal VAE); use '
+                                 f'{1 + k * tf} (or 1 for an image).')
+            lt = 1 + (num_frames - 1) // tf
+        else:
+            lt = num_frames
+        if lt % pt:
+            raise ValueError(f'num_frames={num_frames} gives {lt} latent frames, not divisible by the '
+                             f'temporal patch {pt}; use {((lt + pt - 1) // pt) * pt * max(tf, 1)}.')
+        out = [lt]
+        for name, n, p in (('height', height, ph), ('width', width, pw)):
+            m = sf * p
+            if not isinstance(n, (int, np.integer)) or n < m or n % m:
+                raise ValueError(f'{name}={n!r} must be a positive multiple of {m} (VAE factor {sf} '
+                                 f'x patch {p}); e.g. {max(m, (int(n) // m) * m if isinstance(n, int) else m)}.')
+            out.append(n // sf)
+        return tuple(out)
+
+    # ------------------------------------------------------------------ the call
+    def __call__(self, prompt: str | Sequence[str], *, num_frames: int | None = None,
+                 height: int | None = None, width: int | None = None,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 negative_prompt: str | Sequence[str] = '', sampler: str | None = None,
+                 shift: float | None = None, seed: int = 0, mode: str = 't2v', image=None,
+                 video=None, strength: float = 0.7, guidance_interval=(0.0, 1.0),
+                 progress: bool = True) -> np.ndarray:
+        """Returns uint8 frames [B, T, H, W, 3] (T = num_frames, less the pinned tail for 'loop')."""
+        s = self.config.sample
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or any((not isinstance(p, str)) or not p.strip() for p in prompts):
+            raise ValueError(f'prompt must be a non-empty string (or list of them), got {prompt!r}.')
+        negs = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(negs) != len(prompts):
+            raise ValueError(f'{len(negs)} negative prompts for {len(prompts)} prompts; give one or '
+                             'one per prompt.')
+        if mode not in cond_lib.MODES:
+            raise ValueError(f'mode={mode!r} is not one of {cond_lib.MODES}.')
+        if mode == 't2i':
+            num_frames = 1
+        num_frames = int(s.num_frames if num_frames is None else num_frames)
+        height = int(s.height if height is None else height)
+        width = int(s.width if width is None else width)
+        steps = int(s.steps if num_inference_steps is None else num_inference_steps)
+        if steps < 1 or steps > 1000:
+            raise ValueError(f'num_inference_steps={steps} must be in [1, 1000].')
+        guidance = float(s.guidance_scale if guidance_scale is None else guidance_scale)
+        method = s.sampler if sampler is None else sampler
+        if method not in samplers.METHODS:
+            raise ValueError(f'sampler={method!r} is not one of {samplers.METHODS}.')
+        shift = float(s.shift if shift is None else shift)
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f'strength={strength} must be in [0, 1].')
+        lt, lh, lw = self.check_size(num_frames, height, width)
+        b = len(prompts)
+        ids, _ = self.tokenizer(prompts)
+        neg_ids, _ = self.tokenizer(negs)
+        latent_shape = (b, lt, lh, lw, self.latent_channels)
+
+        mask, known, keep = self._condition(mode, b, num_frames, height, width, image, video)
+        k_noise = jax.random.key(seed)
+        noise = jax.random.normal(k_noise, latent_shape, jnp.float32)
+        t_start = 1.0
+        if mode == 'v2v':
+            noise, t_start = cond_lib.sdedit_start(known, noise, strength)
+            mask = jnp.zeros_like(mask)
+            if t_start == 0.0:
+                return self._to_uint8(self._decode(noise))[:, :keep]
+        with tqdm(total=steps, desc='sampling', disable=not progress) as bar:
+            self._bar = bar
+            lat = self._jit_sample(self.params, jnp.asarray(ids), jnp.asarray(neg_ids), noise,
+                                   mask, known, method=method, num_steps=steps, shift=shift,
+                                   guidance=guidance, interval=tuple(map(float, guidance_interval)),
+                                   t_start=float(t_start))
+            lat = jax.block_until_ready(lat)
+        return self._to_uint8(self._decode(lat))[:, :keep]
+
+    # ------------------------------------------------------------------ internals
+    def _tick(self, *_):
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def _sample(self, params, ids, neg_ids, noise, mask, known, *, method, num_steps, shift,
+                guidance, interval, t_start):
+        model = nnx.merge(self.graphdef, params)
+        all_ids = jnp.concatenate([ids, neg_ids], 0)
+        ctx, ctx_mask = model.encode_text(all_ids)
+        mask2 = jnp.concatenate([mask, mask], 0)
+        known2 = jnp.concatenate([known, known], 0)
+        counter = {'calls': 0}
+
+        def velocity(x, t):  # x: [2B, ...] cond rows then uncond rows
+            if self.conditioned:
+                x = cond_lib.model_input(x, mask2, known2)
+            return model.velocity(x, t, ctx, ctx_mask)
+
+        def model_fn(x, t):
+            counter['calls'] += 1
+            jax.debug.callback(self._tick, t[0])
+            return velocity(x, t)
+
+        def cond_only(x, t):  # outside the guidance interval: conditional rows only
+            b = x.shape[0]
+            if self.conditioned:
+                x = cond_lib.model_input(x, mask, known)
+            return model.velocity(x, t, ctx[:b], ctx_mask[:b])
+
+        guided = samplers.cfg_velocity(model_fn, guidance, interval, cond_fn=cond_only)
+        callback = cond_lib.replace_callback(mask, known, noise) if not self._all_zero(mask) else None
+        return samplers.sample(guided, noise, method=method, num_steps=num_steps, shift=shift,
+                               t_start=t_start, step_callback=callback)
+
+    @staticmethod
+    def _all_zero(mask) -> bool:
+        try:
+            return not bool(np.asarray(mask).any())
+        except jax.errors.TracerArrayConversionError:
+            return False
+
+    def _encode(self, pixels: jax.Array) -> jax.Array:
+        """[B, T, H, W, 3] in [-1, 1] -> latents (identity in pixel space)."""
+        return pixels if self.vae is None else self.vae.encode(pixels)
+
+    def _decode(self, latents: jax.Array) -> jax.Array:
+        return latents if self.vae is None else self.vae.decode(latents)
+
+    @staticmethod
+    def _to_uint8(x) -> np.ndarray:
+        return video_io.to_uint8(jax.device_get(x))
+
+    def _condition(self, mode, b, num_frames, height, width, image, video):
+        """(mask [B, T_lat], known latents [B, T_lat, h, w, C], frames to keep)."""
+        tf = self.temporal_factor
+        lt, lh, lw = self.check_size(num_frames, height, width)
+        zeros = (jnp.zeros((b, lt), jnp.float32),
+                 jnp.zeros((b, lt, lh, lw, self.latent_channels), jnp.float32))
+        if mode in ('t2v', 't2i'):
+            if image is not None or video is not None:
+                raise ValueError(f"mode={mode!r} takes no image/video; use mode='i2v' or 'v2v'.")
+            return (*zeros, num_frames)
+        buf = np.zeros((b, num_frames, height, width, 3), np.float32)
+
+        def frames(x, name, ndim):
+            if x is None:
+                raise ValueError(f'mode={mode!r} needs {name}=.')
+            x = np.asarray(x)
+            if x.ndim == ndim:
+                x = np.broadcast_to(x[None], (b, *x.shape))
+            if x.ndim != ndim + 1 or x.shape[0] != b or x.shape[-3:-1] != (height, width):
+                raise ValueError(f'{name} has shape {x.shape}; expected {"[T, " if ndim == 4 else "["}'
+                                 f'{height}, {width}, 3] (resize it to height x width).')
+            return x.astype(np.float32) / 127.5 - 1.0 if x.dtype == np.uint8 else x.astype(np.float32)
+
+        if mode in ('i2v', 'loop'):
+            buf[:, 0] = frames(image, 'image', 3)
+            plan = cond_lib.frame_plan(mode, num_frames, temporal_factor=max(tf, 1))
+        elif mode == 'v2v':
+            v = frames(video, 'video', 4)
+            if v.shape[1] != num_frames:
+                raise ValueError(f'video has {v.shape[1]} frames; v2v needs num_frames={num_frames}.')
+            lat = self._encode(jnp.asarray(v))
+            return zeros[0], lat, num_frames
+        elif mode in ('extend', 'extend_backward'):
+            v = frames(video, 'video', 4)
+            k = v.shape[1]
+            if k >= num_frames:
+                raise ValueError(f'video has {k} frames; {mode} needs num_frames > {k}.')
+            if mode == 'extend':
+                buf[:, :k] = v
+            else:
+                buf[:, num_frames - k:] = v
+            plan = cond_lib.frame_plan(mode, num_frames, temporal_factor=max(tf, 1),
+                                       num_known_pixel_frames=k)
+        elif mode == 'connect':
+            if not isinstance(video, (tuple, list)) or len(video) != 2:
+                raise ValueError("mode='connect' needs video=(head_frames, tail_frames).")
+            head, tail = frames(video[0], 'video[0]', 4), frames(video[1], 'video[1]', 4)
+            kh, kt = head.shape[1], tail.shape[1]
+            if kh + kt >= num_frames:
+                raise ValueError(f'head ({kh}) + tail ({kt}) frames leave nothing to generate in '
+                                 f'num_frames={num_frames}.')
+            buf[:, :kh] = head
+            buf[:, num_frames - kt:] = tail
+            plan = cond_lib.frame_plan(mode, num_frames, temporal_factor=max(tf, 1),
+                                       num_known_pixel_frames=(kh, kt))
+        else:
+            raise ValueError(f'mode={mode!r} is not supported.')
+        lat = self._encode(jnp.asarray(buf))
+        mask_t = jnp.asarray(plan['latent_mask'], jnp.float32)
+        if not bool(mask_t.any()):
+            raise ValueError(f'mode={mode!r}: the given frames cover no whole latent frame; give '
+                             f'at least 1 + {tf}k frames.')
+        if mode == 'loop':
+            lat = lat.at[:, -1].set(lat[:, 0])
+        known = lat * mask_t[None, :, None, None, None]
+        return jnp.broadcast_to(mask_t, (b, lt)), known, plan['keep_pixel_frames']
+
+
+def load_vae(autoencoder: str, relative_to: str | None = None) -> FrozenVAE | None:
+    """The frozen VAE named by config.autoencoder ('none' or a VAE checkpoint directory,
+    absolute, relative to the DiT checkpoint (shipped bundles) or to the working directory)."""
+    if autoencoder in (None, '', 'none'):
+        return None
+    path = autoencoder
+    if not os.path.isabs(path) and relative_to and os.path.isdir(os.path.join(relative_to, path)):
+        path = os.path.join(relative_to, path)
+    return frozen_vae.load(path)

@@ -1,0 +1,84 @@
+"""A trained VAE, frozen: load it from its checkpoint and encode / decode under jit.
+
+Used by DiT training on latents (`config.autoencoder` = a VAE training workdir) and by the
+inference pipeline. Latents are normalised with the VAE's per-channel mean/std (and an extra
+`latent_scale` when the VAE config sets one) so the DiT sees roughly unit-variance inputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sora_jax.train import checkpoint as ckpt
+
+
+@dataclasses.dataclass
+class FrozenVAE:
+    graphdef: Any
+    state: Any
+    config: Any
+
+    @property
+    def module(self):
+        return nnx.merge(self.graphdef, self.state)
+
+    @functools.cached_property
+    def temporal_factor(self) -> int:
+        return self.module.temporal_factor
+
+    @functools.cached_property
+    def spatial_factor(self) -> int:
+        return self.module.spatial_factor
+
+    @functools.cached_property
+    def z_dim(self) -> int:
+        return int(self.config.vae.z_dim)
+
+    def encode(self, video: jax.Array) -> jax.Array:
+        """video [B, T, H, W, 3] in [-1, 1] -> normalised latents (posterior mean)."""
+        return _encode(self.graphdef, self.state, video)
+
+    def decode(self, latents: jax.Array) -> jax.Array:
+        """normalised latents -> video [B, T, H, W, 3] in [-1, 1] (chunked causal decode)."""
+        return _decode(self.graphdef, self.state, latents)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(graphdef, state, video):
+    vae = nnx.merge(graphdef, state)
+    mean, _ = vae.encode_chunked(video)
+    return vae.normalize_latents(mean)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decode(graphdef, state, latents):
+    vae = nnx.merge(graphdef, state)
+    return vae.decode_chunked(vae.denormalize_latents(latents))
+
+
+def load(path: str | os.PathLike, *, ema: bool = True) -> FrozenVAE:
+    """A VAE training workdir (`<path>/checkpoints/<step>`) -> FrozenVAE."""
+    from sora_jax.train.objectives import vae as vae_objective
+
+    path = os.fspath(path)
+    cdir = os.path.join(path, 'checkpoints')
+    if not os.path.isdir(cdir):
+        raise ValueError(f'autoencoder checkpoint {path!r} not found ({cdir} does not exist); '
+                         "set config.autoencoder to a VAE training workdir, or 'none'.")
+    config = ckpt.load_config(cdir)
+    if config.objective != 'vae':
+        raise ValueError(f'{path!r} holds a {config.objective!r} model, not a VAE; point '
+                         'config.autoencoder at the workdir of a configs/...:vae run.')
+    abstract = nnx.state(nnx.eval_shape(lambda: vae_objective.build_model(config, nnx.Rngs(0))),
+                         nnx.Param)
+    params, _ = ckpt.restore_params(cdir, abstract, ema=ema)
+    model = vae_objective.build_model(config, nnx.Rngs(0))  # non-param constants, then weights
+    nnx.update(model, params)
+    graphdef, state = nnx.split(model)
+    return FrozenVAE(graphdef, state, config)
