@@ -69,10 +69,15 @@ def ssim_per_frame(a: jax.Array, b: jax.Array, *, filter_size: int = 11,
     b = to_unit_range(b).reshape(-1, h, w, c)
     g = _gaussian_window(min(filter_size, h, w), filter_sigma)
     c1, c2 = k1 ** 2, k2 ** 2
+    # (Co)variances from frame-centred values: same maths, far less float32 cancellation.
+    ma = jnp.mean(a, axis=(1, 2, 3), keepdims=True)
+    mb = jnp.mean(b, axis=(1, 2, 3), keepdims=True)
+    a, b = a - ma, b - mb
     mu_a, mu_b = _filter(a, g), _filter(b, g)
     var_a = _filter(a * a, g) - mu_a ** 2
     var_b = _filter(b * b, g) - mu_b ** 2
     cov = _filter(a * b, g) - mu_a * mu_b
+    mu_a, mu_b = mu_a + ma, mu_b + mb
     num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
     den = (mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2)
     return jnp.mean(num / den, axis=(-3, -2, -1)).reshape(lead)

@@ -11,9 +11,38 @@ from sora_jax.models import vae as V
 T, H, W = 9, 16, 24  # 3 latent frames, 4x6 latent pixels with the tiny config
 
 
+def numpy_init_vae(cfg, seed=0):
+    """A WanVAE with torch-default-like random weights drawn by numpy (no XLA compile per
+    parameter shape, which dominates eager init time on a busy CPU)."""
+    vae = nnx.eval_shape(lambda: V.WanVAE(cfg, rngs=nnx.Rngs(0)))
+    rs = np.random.RandomState(seed)
+    flat = dict(nnx.to_flat_state(nnx.state(vae, nnx.Param)))
+    for path, var in flat.items():
+        shape = var.shape
+        if path[-1] == 'kernel' and 'proj' not in path:  # proj is zero-initialised like Wan
+            value = rs.uniform(-1, 1, shape) / np.sqrt(np.prod(shape[:-1]))
+        else:
+            value = np.full(shape, 1.0 if path[-1] == 'gamma' else 0.0)
+        var.set_value(jnp.asarray(value, jnp.float32))
+    nnx.update(vae, nnx.from_flat_state(flat))
+    return vae
+
+
 @pytest.fixture(scope='module')
 def vae():
-    return V.WanVAE(V.tiny_config(), rngs=nnx.Rngs(0))
+    return numpy_init_vae(V.tiny_config())
+
+
+def test_real_init_matches_abstract_structure():
+    cfg = V.VAEConfig(base_dim=4, z_dim=2, dim_mult=(1, 1), num_res_blocks=1,
+                      temperal_downsample=(True,), latents_mean=None, latents_std=None)
+    real = nnx.state(V.WanVAE(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+    attn_proj = real['encoder']['mid_block']['attentions'][0]['proj']['kernel'][...]
+    assert float(jnp.max(jnp.abs(attn_proj))) == 0.0  # zero-init like Wan
+    shapes = jax.tree.map(jnp.shape, real)
+    abstract = jax.tree.map(jnp.shape, nnx.state(nnx.eval_shape(
+        lambda: V.WanVAE(cfg, rngs=nnx.Rngs(0))), nnx.Param))
+    assert shapes == abstract
 
 
 @pytest.fixture(scope='module')

@@ -1,0 +1,107 @@
+"""VAE objective: KL sanity, loss terms, a gradient step lowers the loss, GAN gating."""
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+import pytest
+from flax import nnx
+
+from sora_jax.evaluation.metrics import psnr
+from sora_jax.models import vae as V
+from sora_jax.train.objectives import vae as obj
+
+
+def _config(**kw):
+    c = mlc.ConfigDict()
+    c.vae = mlc.ConfigDict(dict(
+        base_dim=4, z_dim=4, dim_mult=(1, 2), num_res_blocks=1, temperal_downsample=(True,),
+        latents_mean=None, latents_std=None, kl_weight=1e-3, sample_posterior=True,
+        disc_start=10, disc_weight=0.5, disc_dim=8, disc_layers=1, **kw))
+    return c
+
+
+@pytest.fixture(scope='module')
+def config():
+    return _config()
+
+
+@pytest.fixture(scope='module')
+def setup(config):
+    model = obj.build_model(config, nnx.Rngs(0))
+    disc = obj.build_discriminator(config, nnx.Rngs(1))
+    video = jax.random.uniform(jax.random.key(2), (2, 3, 8, 8, 3), minval=-1.0, maxval=1.0)
+    return model, disc, {'video': video}
+
+
+def test_kl_zero_for_prior_and_positive_otherwise():
+    zeros = jnp.zeros((2, 3, 4, 4, 4))
+    np.testing.assert_array_equal(V.posterior_kl(zeros, zeros), [0.0, 0.0])
+    mean = jax.random.normal(jax.random.key(0), zeros.shape)
+    logvar = 0.5 * jax.random.normal(jax.random.key(1), zeros.shape)
+    assert bool(jnp.all(V.posterior_kl(mean, logvar) > 0))
+    # Closed form per element: 0.5 (mu^2 + sigma^2 - 1 - log sigma^2); mu = 1, sigma = 1 -> 0.5
+    np.testing.assert_allclose(V.posterior_kl(zeros + 1.0, zeros), [0.5 * 192] * 2, rtol=1e-6)
+
+
+def test_posterior_sample_statistics():
+    mean, logvar = jnp.full((1, 20000), 2.0), jnp.full((1, 20000), np.log(0.25))
+    z = V.posterior_sample(mean, logvar, jax.random.key(0))
+    assert float(jnp.mean(z)) == pytest.approx(2.0, abs=0.02)
+    assert float(jnp.std(z)) == pytest.approx(0.5, abs=0.02)
+
+
+def _loss(graphdef, params, batch, rng, config, **kw):
+    return obj.loss_fn(nnx.merge(graphdef, params), batch, rng, config, **kw)
+
+
+def test_loss_terms(setup, config):
+    model, _, batch = setup
+    rng = jax.random.key(3)
+    loss, m = jax.jit(lambda b, r: obj.loss_fn(model, b, r, config))(batch, rng)
+    recon, mean, logvar = obj.reconstruct(model, batch['video'], rng, config)
+    rec = float(jnp.mean(jnp.abs(recon - batch['video'])))
+    kl = float(jnp.mean(V.posterior_kl(mean, logvar))) / (3 * 8 * 8 * 3)
+    assert float(m['rec_loss']) == pytest.approx(rec, rel=1e-5)
+    assert float(m['kl']) == pytest.approx(kl, rel=1e-5)
+    assert float(loss) == pytest.approx(rec + 1e-3 * kl, rel=1e-5)
+    assert float(m['psnr']) == pytest.approx(float(psnr(jnp.clip(recon, -1, 1), batch['video'])),
+                                             abs=1e-3)
+    assert float(m['adv_loss']) == 0.0
+
+
+def test_gradient_step_lowers_loss(setup, config):
+    model, _, batch = setup
+    graphdef, params = nnx.split(model, nnx.Param)
+    rng = jax.random.key(4)  # same rng: the same posterior sample before and after
+    f = jax.jit(jax.value_and_grad(lambda p: _loss(graphdef, p, batch, rng, config), has_aux=True))
+    (loss0, _), grads = f(params)
+    gnorm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
+    assert float(gnorm) > 0
+    new = jax.tree.map(lambda p, g: p - 0.05 * g / gnorm, params, grads)
+    (loss1, _), _ = f(new)
+    assert float(loss1) < float(loss0) - 1e-4, (float(loss0), float(loss1))
+
+
+def test_adversarial_terms_switch_on_at_disc_start(setup, config):
+    model, disc, batch = setup
+    rng = jax.random.key(5)
+    base, _ = obj.loss_fn(model, batch, rng, config)
+    before, m_before = obj.loss_fn(model, batch, rng, config, step=9, disc=disc)
+    after, m_after = obj.loss_fn(model, batch, rng, config, step=10, disc=disc)
+    assert float(before) == pytest.approx(float(base), rel=1e-6)
+    assert float(after) == pytest.approx(float(base) + 0.5 * float(m_after['adv_loss']), rel=1e-5)
+    d_before, _ = obj.disc_loss_fn(disc, model, batch, rng, config, step=9)
+    d_after, dm = obj.disc_loss_fn(disc, model, batch, rng, config, step=10)
+    assert float(d_before) == 0.0
+    # hinge loss of near-zero logits is ~ 0.5 * (1 + 1)
+    assert float(d_after) == pytest.approx(
+        0.5 * (float(jnp.mean(jax.nn.relu(1 - disc(batch['video']))))
+               + float(jnp.mean(jax.nn.relu(1 + disc(obj.reconstruct(model, batch['video'], rng,
+                                                                        config)[0]))))), rel=1e-5)
+    logits = disc(batch['video'])
+    assert logits.shape == (2, 2, 2, 2, 1)  # [B, T/2, H/4, W/4, 1] with one strided layer
+    # The discriminator's gradient step lowers its own loss.
+    gd, dp = nnx.split(disc, nnx.Param)
+    dl = lambda p: obj.disc_loss_fn(nnx.merge(gd, p), model, batch, rng, config, step=10)[0]
+    g = jax.grad(dl)(dp)
+    assert float(dl(jax.tree.map(lambda p, g: p - 0.01 * g, dp, g))) < float(d_after)
