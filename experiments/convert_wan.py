@@ -1,31 +1,34 @@
 r"""Convert a Wan 2.1 diffusers folder (safetensors) into sora_jax Orbax checkpoints.
 
-  python experiments/convert_wan.py --src=/data/Wan2.1-T2V-1.3B-Diffusers --dst=/data/wan13b_jax \
-      --components=text_encoder
+  python experiments/convert_wan.py --src=/data/Wan2.1-T2V-1.3B-Diffusers \
+      --dst=checkpoints/wan21_t2v_1.3b [--components=text_encoder,transformer,vae]
 
-Writes `dst/<component>/params` (Orbax) and `dst/<component>/config.json`; the `tokenizer/`
-folder is copied along with the text encoder. Tensors stream from memory-mapped files one at a
-time and keep their dtype (bf16 stays bf16). Fails with a ValueError listing any unmapped source
-key or unfilled parameter.
+Writes `dst/<component>/params` (Orbax) and `dst/<component>/config.json` (the HF config, kept
+as the source of the hyper-parameters) for each component; the `tokenizer/` folder is copied
+along with the text encoder. Load the result with
+`sora_jax.convert.checkpoint.load_wan(dst)` (what experiments/sample.py does).
+
+Tensors stream from memory-mapped files one at a time and keep their dtype (bf16 stays bf16).
+Fails with a ValueError listing any unmapped source key or unfilled parameter.
 """
 from absl import app, flags, logging
 
 from sora_jax.convert import wan
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('src', None, 'Diffusers-layout Wan folder (transformer/, vae/, text_encoder/).',
-                    required=True)
+flags.DEFINE_string('src', None, 'Diffusers-layout Wan folder (transformer/, vae/, text_encoder/, '
+                    'tokenizer/).', required=True)
 flags.DEFINE_string('dst', None, 'Output folder for the Orbax checkpoints.', required=True)
-flags.DEFINE_list('components', sorted(wan.CONVERTERS),
-                  'Which sub-folders to convert (transformer, vae, text_encoder).')
+flags.DEFINE_list('components', list(wan.COMPONENTS),
+                  f'Which sub-folders to convert ({", ".join(wan.COMPONENTS)}).')
 
 
 def main(argv):
     del argv
     missing = [c for c in FLAGS.components if c not in wan.CONVERTERS]
     if missing:
-        raise ValueError(f'--components: {missing} not convertible yet; available: '
-                         f'{sorted(wan.CONVERTERS)}. Pass e.g. --components=text_encoder.')
+        raise ValueError(f'--components: {missing} not convertible; available: '
+                         f'{sorted(wan.CONVERTERS)}. Pass e.g. --components=text_encoder,vae.')
     wan.convert_folder(FLAGS.src, FLAGS.dst, FLAGS.components)
     logging.info('wrote %s', FLAGS.dst)
 

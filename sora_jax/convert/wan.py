@@ -8,6 +8,7 @@ a stacked leading layer axis (scanned blocks) and the layout transpose:
   linear  torch [out, in]              -> [in, out]
   conv3d  torch [out, in, kt, kh, kw]  -> [kt, kh, kw, in, out]
   conv2d  torch [out, in, kh, kw]      -> [kh, kw, in, out]
+  flatten torch [C, 1, 1(, 1)]         -> [C]   (VAE RMS gains)
 
 `convert` is strict: any source key without a rule, any rule whose source is missing, and any
 target parameter (or stacked slot) left unfilled raises one ValueError listing them all.
@@ -19,101 +20,23 @@ model is never held twice. bfloat16 stays bfloat16 (`ml_dtypes`) unless a `dtype
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
-import struct
 from typing import Any, Callable, Iterable, Mapping
 
-import ml_dtypes
 import numpy as np
 from absl import logging
 
-_ST_DTYPES = {
-    'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16,
-    'F8_E4M3': ml_dtypes.float8_e4m3fn, 'F8_E5M2': ml_dtypes.float8_e5m2,
-    'I64': np.int64, 'I32': np.int32, 'I16': np.int16, 'I8': np.int8, 'U8': np.uint8,
-    'BOOL': np.bool_,
-}
+from sora_jax.convert.checkpoint import restore_params, save_params  # re-exported
+from sora_jax.convert.safetensors import SafetensorsFolder  # re-exported
 
 _TRANSPOSES = {
     'none': None,
     'linear': (1, 0),
     'conv2d': (2, 3, 1, 0),
     'conv3d': (2, 3, 4, 1, 0),
+    'flatten': None,            # RMS gains [C, 1, 1(, 1)] -> [C]
 }
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-class SafetensorsFolder:
-    """Lazy reader over a folder of safetensors: one file, or shards + `*.safetensors.index.json`.
-
-    `get(key)` returns a read-only memory-mapped view (no copy, no torch); `shape`/`dtype` come
-    from the headers alone.
-    """
-
-    def __init__(self, path: str):
-        if os.path.isfile(path):
-            files = [path]
-        elif os.path.isdir(path):
-            files = sorted(glob.glob(os.path.join(path, '*.safetensors')))
-        else:
-            raise ValueError(f'{path!r} does not exist; pass a folder of *.safetensors files '
-                             '(e.g. <wan>/text_encoder) or one .safetensors file.')
-        if not files:
-            raise ValueError(f'No *.safetensors in {path!r} (found: {sorted(os.listdir(path))}).')
-        index = glob.glob(os.path.join(path, '*.safetensors.index.json')) if os.path.isdir(path) else []
-        if len(index) > 1:
-            raise ValueError(f'Several index files in {path!r}: {index}; keep one.')
-        self._entries: dict[str, tuple[str, dict]] = {}
-        for f in files:
-            for key, info in _read_header(f).items():
-                if key in self._entries:
-                    raise ValueError(f'Tensor {key!r} is in both {self._entries[key][0]} and {f}.')
-                self._entries[key] = (f, info)
-        if index:
-            with open(index[0]) as fh:
-                weight_map = json.load(fh)['weight_map']
-            base = os.path.dirname(index[0])
-            missing = {k for k, f in weight_map.items()
-                       if k not in self._entries or
-                       os.path.abspath(self._entries[k][0]) != os.path.abspath(os.path.join(base, f))}
-            if missing:
-                raise ValueError(f'{index[0]} lists {len(missing)} tensors not found in its shards '
-                                 f'(e.g. {sorted(missing)[:5]}); the download is incomplete.')
-        self._maps: dict[str, np.memmap] = {}
-
-    def keys(self) -> list[str]:
-        return sorted(self._entries)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._entries[key][1]['shape'])
-
-    def dtype(self, key: str) -> np.dtype:
-        return np.dtype(_ST_DTYPES[self._entries[key][1]['dtype']])
-
-    def get(self, key: str) -> np.ndarray:
-        fname, info = self._entries[key]
-        if fname not in self._maps:
-            self._maps[fname] = np.memmap(fname, dtype=np.uint8, mode='r')
-        start, end = info['data_offsets']
-        base = info['_base']
-        raw = self._maps[fname][base + start: base + end]
-        return raw.view(self.dtype(key)).reshape(self.shape(key))
-
-
-def _read_header(fname: str) -> dict[str, dict]:
-    with open(fname, 'rb') as f:
-        (n,) = struct.unpack('<Q', f.read(8))
-        header = json.loads(f.read(n))
-    header.pop('__metadata__', None)
-    for key, info in header.items():
-        if info['dtype'] not in _ST_DTYPES:
-            raise ValueError(f'{fname}: tensor {key!r} has unsupported dtype {info["dtype"]}.')
-        info['_base'] = 8 + n
-    return header
 
 
 # ----------------------------------------------------------------------------- key maps
@@ -191,10 +114,7 @@ def dit_key_map(depth: int) -> KeyMap:
 def dit_config_from_hf(hf: Mapping[str, Any] | str, **overrides):
     """diffusers transformer `config.json` (dict, file or folder) -> `DiTConfig`."""
     from sora_jax.models.dit import DiTConfig
-    if isinstance(hf, (str, os.PathLike)):
-        path = os.path.join(hf, 'config.json') if os.path.isdir(hf) else hf
-        with open(path) as f:
-            hf = json.load(f)
+    hf = _read_json(hf)
     if hf.get('qk_norm', 'rms_norm_across_heads') != 'rms_norm_across_heads':
         raise ValueError(f"qk_norm={hf['qk_norm']!r}: only 'rms_norm_across_heads' (Wan 2.1) is "
                          'supported.')
@@ -208,6 +128,108 @@ def dit_config_from_hf(hf: Mapping[str, Any] | str, **overrides):
               eps=hf.get('eps', 1e-6), cross_attn_norm=hf.get('cross_attn_norm', True))
     kw.update(overrides)
     return DiTConfig.from_config(kw)
+
+
+def vae_key_map(cfg) -> KeyMap:
+    """diffusers `AutoencoderKLWan` (Wan 2.1 layout) state dict -> `sora_jax.models.vae.WanVAE`.
+
+    Walks the module lists the way diffusers builds them (`WanEncoder3d` / `WanDecoder3d`), so
+    the map follows from the config alone. torch RMS gains `[C, 1, 1(, 1)]` flatten to `[C]`;
+    `resample.1` (the conv after the pad / upsample op) is our `resample`.
+    """
+    rules: dict[str, Rule] = {}
+
+    def conv(src, dst, kind='conv3d'):
+        rules[f'{src}.weight'] = Rule(f'{dst}/kernel', transform=kind)
+        rules[f'{src}.bias'] = Rule(f'{dst}/bias')
+
+    def resnet(src, dst, in_dim, out_dim):
+        for n in ('norm1', 'norm2'):
+            rules[f'{src}.{n}.gamma'] = Rule(f'{dst}/{n}/gamma', transform='flatten')
+        conv(f'{src}.conv1', f'{dst}/conv1')
+        conv(f'{src}.conv2', f'{dst}/conv2')
+        if in_dim != out_dim:
+            conv(f'{src}.conv_shortcut', f'{dst}/conv_shortcut')
+
+    def attention(src, dst):
+        rules[f'{src}.norm.gamma'] = Rule(f'{dst}/norm/gamma', transform='flatten')
+        conv(f'{src}.to_qkv', f'{dst}/to_qkv', 'conv2d')
+        conv(f'{src}.proj', f'{dst}/proj', 'conv2d')
+
+    def resample(src, dst, mode):
+        conv(f'{src}.resample.1', f'{dst}/resample', 'conv2d')
+        if mode.endswith('3d'):
+            conv(f'{src}.time_conv', f'{dst}/time_conv')
+
+    def mid(src, dst, dim):
+        resnet(f'{src}.resnets.0', f'{dst}/resnets/0', dim, dim)
+        attention(f'{src}.attentions.0', f'{dst}/attentions/0')
+        resnet(f'{src}.resnets.1', f'{dst}/resnets/1', dim, dim)
+
+    def io(side):
+        conv(f'{side}.conv_in', f'{side}/conv_in')
+        conv(f'{side}.conv_out', f'{side}/conv_out')
+        rules[f'{side}.norm_out.gamma'] = Rule(f'{side}/norm_out/gamma', transform='flatten')
+
+    n_levels = len(cfg.dim_mult)
+    dims = [cfg.base_dim * u for u in (1, *cfg.dim_mult)]
+    idx, scale = 0, 1.0
+    for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+        for _ in range(cfg.num_res_blocks):
+            resnet(f'encoder.down_blocks.{idx}', f'encoder/down_blocks/{idx}', in_dim, out_dim)
+            idx, in_dim = idx + 1, out_dim
+            if scale in cfg.attn_scales:
+                attention(f'encoder.down_blocks.{idx}', f'encoder/down_blocks/{idx}')
+                idx += 1
+        if i != n_levels - 1:
+            mode = 'downsample3d' if cfg.temperal_downsample[i] else 'downsample2d'
+            resample(f'encoder.down_blocks.{idx}', f'encoder/down_blocks/{idx}', mode)
+            idx, scale = idx + 1, scale / 2.0
+    mid('encoder.mid_block', 'encoder/mid_block', dims[-1])
+    io('encoder')
+
+    dims = [cfg.base_dim * u for u in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]
+    up_time = tuple(cfg.temperal_downsample[::-1])
+    mid('decoder.mid_block', 'decoder/mid_block', dims[0])
+    for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+        in_dim = in_dim // 2 if i > 0 else in_dim  # Wan 2.1: the upsampler halved the channels
+        for j in range(cfg.num_res_blocks + 1):
+            resnet(f'decoder.up_blocks.{i}.resnets.{j}', f'decoder/up_blocks/{i}/resnets/{j}',
+                   in_dim, out_dim)
+            in_dim = out_dim
+        if i != n_levels - 1:
+            resample(f'decoder.up_blocks.{i}.upsamplers.0', f'decoder/up_blocks/{i}/upsamplers/0',
+                     'upsample3d' if up_time[i] else 'upsample2d')
+    io('decoder')
+    conv('quant_conv', 'quant_conv')
+    conv('post_quant_conv', 'post_quant_conv')
+    return KeyMap(rules)
+
+
+def vae_config_from_hf(hf: Mapping[str, Any] | str, **overrides):
+    """diffusers vae `config.json` (dict, file or folder) -> `VAEConfig` (Wan 2.1 layout only)."""
+    from sora_jax.models import vae
+    hf = _read_json(hf)
+    if hf.get('is_residual') or hf.get('patch_size'):
+        raise ValueError(f"VAE config has is_residual={hf.get('is_residual')}, patch_size="
+                         f"{hf.get('patch_size')}: that is the Wan 2.2 VAE; only the Wan 2.1 "
+                         'layout (is_residual false, patch_size null) converts.')
+    if hf.get('decoder_base_dim') not in (None, hf.get('base_dim', 96)):
+        raise ValueError(f"decoder_base_dim={hf['decoder_base_dim']} != base_dim="
+                         f"{hf.get('base_dim')}: our WanVAE uses one base width for both sides.")
+    names = ('base_dim', 'z_dim', 'dim_mult', 'num_res_blocks', 'attn_scales',
+             'temperal_downsample', 'latents_mean', 'latents_std', 'in_channels', 'out_channels')
+    kw = {k: hf[k] for k in names if k in hf}
+    kw.update(overrides)
+    return vae.from_config(kw)
+
+
+def _read_json(hf: Mapping[str, Any] | str) -> dict:
+    if isinstance(hf, (str, os.PathLike)):
+        path = os.path.join(hf, 'config.json') if os.path.isdir(hf) else hf
+        with open(path) as f:
+            return json.load(f)
+    return dict(hf)
 
 
 # ----------------------------------------------------------------------------- converting
@@ -257,7 +279,9 @@ def convert(reader: SafetensorsFolder | str, key_map: KeyMap,
         shape, _ = targets[rule.target]
         x = reader.get(key)
         perm = _TRANSPOSES[rule.transform]
-        if perm is not None:
+        if rule.transform == 'flatten':
+            x = x.reshape(-1)
+        elif perm is not None:
             if x.ndim != len(perm):
                 raise ValueError(f'{key}: shape {x.shape} is not a {rule.transform} weight.')
             x = x.transpose(perm)
@@ -314,111 +338,108 @@ def build(make_model: Callable[[], Any], flat: Mapping[str, np.ndarray]):
     return nnx.merge(graphdef, apply_to_state(abstract, flat))
 
 
+# ----------------------------------------------------------------------------- components
+
+COMPONENTS = ('text_encoder', 'transformer', 'vae')   # diffusers sub-folder names
+
+
+def component_spec(component: str, hf_config: Mapping[str, Any] | str, **overrides):
+    """(our config, model factory, KeyMap) for one Wan component from its HF `config.json`."""
+    from flax import nnx
+    if component == 'text_encoder':
+        from sora_jax.models import umt5
+        cfg = umt5.UMT5Config.from_hf(_read_json(hf_config), **overrides)
+        return cfg, lambda: umt5.UMT5Encoder(cfg, rngs=nnx.Rngs(0)), umt5_key_map(cfg.num_layers)
+    if component == 'transformer':
+        from sora_jax.models.dit import DiT
+        cfg = dit_config_from_hf(hf_config, **overrides)
+        return cfg, lambda: DiT(cfg, rngs=nnx.Rngs(0)), dit_key_map(cfg.depth)
+    if component == 'vae':
+        from sora_jax.models.vae import WanVAE
+        cfg = vae_config_from_hf(hf_config, **overrides)
+        return cfg, lambda: WanVAE(cfg, rngs=nnx.Rngs(0)), vae_key_map(cfg)
+    raise ValueError(f'component {component!r} is not convertible; choose from {COMPONENTS}.')
+
+
+def _targets(make) -> dict[str, tuple[tuple[int, ...], Any]]:
+    from flax import nnx
+    return state_targets(nnx.split(nnx.eval_shape(make))[1])
+
+
+def load_component(src: str, component: str, weights_dtype: Any = None, **config_overrides):
+    """A diffusers sub-folder (config.json + safetensors) -> a ready NNX module.
+
+    weights_dtype: cast the weights (None: keep the checkpoint dtype)."""
+    _, make, key_map = component_spec(component, src, **config_overrides)
+    return build(make, convert(src, key_map, _targets(make), dtype=weights_dtype))
+
+
 def load_umt5(src: str, dtype: Any = None, **config_overrides):
-    """Wan `text_encoder/` folder (config.json + safetensors) -> a ready `UMT5Encoder`."""
-    from flax import nnx
-    from sora_jax.models import umt5
-    reader = SafetensorsFolder(src)
+    """Wan `text_encoder/` folder -> a ready `UMT5Encoder` (dtype: the checkpoint's by default)."""
+    import jax.numpy as jnp
     if dtype is None:
-        dtype = reader.dtype('encoder.final_layer_norm.weight')
-    config_overrides.setdefault('param_dtype', dtype)
-    config_overrides.setdefault('dtype', dtype)
-    cfg = umt5.UMT5Config.from_hf(src, **config_overrides)
-    make = lambda: umt5.UMT5Encoder(cfg, rngs=nnx.Rngs(0))
-    targets = state_targets(nnx.split(nnx.eval_shape(make))[1])
-    return build(make, convert(reader, umt5_key_map(cfg.num_layers), targets, dtype=dtype))
-
-
-# ----------------------------------------------------------------------------- Orbax
-
-
-def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for path, arr in flat.items():
-        node = tree
-        *parents, leaf = path.split('/')
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = arr
-    return tree
-
-
-def flatten(tree: Mapping, prefix: str = '') -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in tree.items():
-        path = f'{prefix}/{k}' if prefix else str(k)
-        out.update(flatten(v, path) if isinstance(v, Mapping) else {path: np.asarray(v)})
-    return out
-
-
-def save_params(flat: Mapping[str, np.ndarray], path: str) -> None:
-    """Writes the nested params pytree as an Orbax (StandardCheckpointer) checkpoint at `path`."""
-    import orbax.checkpoint as ocp
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.abspath(path), unflatten(flat), force=True)
-    ckptr.wait_until_finished()
-
-
-def restore_params(path: str) -> dict[str, np.ndarray]:
-    """Reads a checkpoint written by `save_params` back as a flat dict of numpy arrays."""
-    import orbax.checkpoint as ocp
-    return flatten(ocp.StandardCheckpointer().restore(os.path.abspath(path)))
-
-
-def convert_text_encoder(src: str, dst: str) -> dict[str, np.ndarray]:
-    """`<wan>/text_encoder` -> Orbax params at `dst/params` + the HF config.json beside them."""
-    from flax import nnx
-    from sora_jax.models import umt5
-    cfg = umt5.UMT5Config.from_hf(src)
-    make = lambda: umt5.UMT5Encoder(cfg, rngs=nnx.Rngs(0))
-    targets = state_targets(nnx.split(nnx.eval_shape(make))[1])
-    flat = convert(src, umt5_key_map(cfg.num_layers), targets)
-    _write(src, dst, flat)
-    return flat
+        dtype = SafetensorsFolder(src).dtype('encoder.final_layer_norm.weight')
+    config_overrides.setdefault('param_dtype', jnp.dtype(dtype))
+    config_overrides.setdefault('dtype', jnp.dtype(dtype))
+    return load_component(src, 'text_encoder', dtype, **config_overrides)
 
 
 def load_dit(src: str, **config_overrides):
     """Wan `transformer/` folder -> a ready `DiT` (params keep the checkpoint dtype)."""
-    from flax import nnx
-    from sora_jax.models.dit import DiT
-    cfg = dit_config_from_hf(src, **config_overrides)
-    make = lambda: DiT(cfg, rngs=nnx.Rngs(0))
-    targets = state_targets(nnx.split(nnx.eval_shape(make))[1])
-    return build(make, convert(src, dit_key_map(cfg.depth), targets))
+    return load_component(src, 'transformer', **config_overrides)
 
 
-def convert_transformer(src: str, dst: str) -> dict[str, np.ndarray]:
-    """`<wan>/transformer` -> Orbax params at `dst/params` + the diffusers config.json beside them."""
-    from flax import nnx
-    from sora_jax.models.dit import DiT
-    cfg = dit_config_from_hf(src)
-    targets = state_targets(nnx.split(nnx.eval_shape(lambda: DiT(cfg, rngs=nnx.Rngs(0))))[1])
-    flat = convert(src, dit_key_map(cfg.depth), targets)
-    _write(src, dst, flat)
-    return flat
+def load_vae(src: str, dtype: Any = np.float32, **config_overrides):
+    """Wan `vae/` folder -> a ready `WanVAE` (float32 by default, as Wan runs its VAE)."""
+    return load_component(src, 'vae', dtype, **config_overrides)
 
 
-def _write(src: str, dst: str, flat: Mapping[str, np.ndarray]) -> None:
+def convert_component(src: str, dst: str, component: str) -> dict[str, np.ndarray]:
+    """`<wan>/<component>` -> Orbax params at `dst/params` + the HF config.json beside them."""
+    _, make, key_map = component_spec(component, src)
+    flat = convert(src, key_map, _targets(make))
     os.makedirs(dst, exist_ok=True)
     with open(os.path.join(src, 'config.json')) as f, \
          open(os.path.join(dst, 'config.json'), 'w') as g:
         g.write(f.read())
     save_params(flat, os.path.join(dst, 'params'))
+    return flat
 
 
-# Component name (diffusers folder) -> converter. The VAE joins once models/vae.py lands.
+def convert_text_encoder(src: str, dst: str) -> dict[str, np.ndarray]:
+    return convert_component(src, dst, 'text_encoder')
+
+
+def convert_transformer(src: str, dst: str) -> dict[str, np.ndarray]:
+    return convert_component(src, dst, 'transformer')
+
+
+def convert_vae(src: str, dst: str) -> dict[str, np.ndarray]:
+    return convert_component(src, dst, 'vae')
+
+
+# Component name (diffusers folder) -> converter (src folder, dst folder).
 CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     'text_encoder': convert_text_encoder,
     'transformer': convert_transformer,
+    'vae': convert_vae,
 }
 
 
-def convert_folder(src: str, dst: str, components: Iterable[str]) -> None:
-    """Converts the named diffusers sub-folders of `src` into `dst/<component>/`."""
+def convert_folder(src: str, dst: str, components: Iterable[str] = COMPONENTS) -> None:
+    """Converts the named diffusers sub-folders of `src` into `dst/<component>/{params,config.json}`.
+
+    The `tokenizer/` folder is copied along with the text encoder.
+    """
+    components = list(components)
     for comp in components:
         if comp not in CONVERTERS:
-            raise ValueError(f'component {comp!r} is not convertible yet; choose from '
+            raise ValueError(f'component {comp!r} is not convertible; choose from '
                              f'{sorted(CONVERTERS)}.')
+        if not os.path.isdir(os.path.join(src, comp)):
+            raise ValueError(f'{os.path.join(src, comp)!r} does not exist; --src must be a '
+                             f'diffusers Wan folder holding {sorted(CONVERTERS)} sub-folders.')
+    for comp in components:
         logging.info('converting %s', comp)
         CONVERTERS[comp](os.path.join(src, comp), os.path.join(dst, comp))
     tok = os.path.join(src, 'tokenizer')

@@ -1,4 +1,5 @@
-"""Converter mechanics: raw safetensors reader vs torch's, bf16 preserved, strict errors, Orbax."""
+"""Converter mechanics: raw safetensors reader vs torch's, bf16 preserved, strict errors, Orbax;
+then a whole tiny random Wan folder through experiments/convert_wan.py and `load_wan`."""
 import json
 import os
 
@@ -11,7 +12,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sora_jax.convert import wan
+from sora_jax.convert.safetensors import SafetensorsFolder
 from sora_jax.models import umt5
+from tests.parity.wan_fixture import make_tiny_wan_folder
 
 HF_KW = dict(vocab_size=50, d_model=16, d_kv=4, num_heads=2, d_ff=24, num_layers=2,
              relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0)
@@ -45,7 +48,7 @@ def _targets(folder):
 
 def test_raw_reader_matches_torch_reader_bitwise(bf16_folder):
     folder, sd = bf16_folder
-    reader = wan.SafetensorsFolder(folder)
+    reader = SafetensorsFolder(folder)
     assert set(reader.keys()) == set(sd)
     for fname in os.listdir(folder):
         if not fname.endswith('.safetensors'):
@@ -125,3 +128,103 @@ def test_orbax_round_trip_and_cli_component(tmp_path, bf16_folder):
     assert os.path.exists(tmp_path / 'out' / 'text_encoder' / 'config.json')
     with pytest.raises(ValueError, match='not convertible'):
         wan.convert_folder(str(src), str(tmp_path / 'out'), ['unet'])
+
+
+# ----------------------------------------------------------------------------- a whole Wan folder
+
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+
+
+@pytest.fixture(scope='module')
+def tiny_wan(tmp_path_factory):
+    """The tiny random diffusers Wan folder, converted by the real CLI in a subprocess."""
+    import subprocess
+    import sys
+    src = make_tiny_wan_folder(str(tmp_path_factory.mktemp('wan_src')))
+    dst = str(tmp_path_factory.mktemp('wan_dst'))
+    proc = subprocess.run([sys.executable, 'experiments/convert_wan.py', f'--src={src}',
+                           f'--dst={dst}'], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return src, dst
+
+
+def test_cli_writes_orbax_layout(tiny_wan):
+    src, dst = tiny_wan
+    assert sorted(os.listdir(dst)) == ['text_encoder', 'tokenizer', 'transformer', 'vae']
+    for comp in wan.COMPONENTS:
+        assert sorted(os.listdir(os.path.join(dst, comp))) == ['config.json', 'params']
+        with open(os.path.join(src, comp, 'config.json')) as a, \
+             open(os.path.join(dst, comp, 'config.json')) as b:
+            assert json.load(a) == json.load(b)
+    assert sorted(os.listdir(os.path.join(dst, 'tokenizer'))) == sorted(
+        os.listdir(os.path.join(src, 'tokenizer')))
+
+
+def test_load_wan_params_equal_the_safetensors(tiny_wan):
+    from flax import nnx
+    from sora_jax.convert.checkpoint import load_wan
+    from sora_jax.models.dit import DiT
+    from sora_jax.models.umt5 import UMT5Encoder, UMT5Tokenizer
+    from sora_jax.models.vae import WanVAE
+    src, dst = tiny_wan
+    models = load_wan(dst)
+    assert isinstance(models.text_encoder, UMT5Encoder) and isinstance(models.transformer, DiT)
+    assert isinstance(models.vae, WanVAE) and isinstance(models.tokenizer, UMT5Tokenizer)
+    assert sorted(models.configs) == sorted(wan.COMPONENTS)
+    n_arrays, n_expected = 0, 0
+    for comp in wan.COMPONENTS:
+        cfg, make, key_map = wan.component_spec(comp, os.path.join(src, comp))
+        ref = wan.convert(os.path.join(src, comp), key_map, wan.state_targets(
+            nnx.split(nnx.eval_shape(make))[1]))
+        got = wan.state_targets(nnx.state(getattr(models, comp)))
+        assert set(got) == set(ref)
+        n_expected += len(ref)
+        for path, arr in nnx.to_flat_state(nnx.state(getattr(models, comp))):
+            np.testing.assert_array_equal(np.asarray(arr[...]), ref['/'.join(map(str, path))])
+            n_arrays += 1
+    assert n_arrays == n_expected >= 200
+    # one spot check straight against the torch layout
+    sd = safe_open(os.path.join(src, 'transformer', 'diffusion_pytorch_model.safetensors'), 'np')
+    np.testing.assert_array_equal(np.asarray(models.transformer.blocks.attn1.to_q.kernel[...][1]),
+                                  sd.get_tensor('blocks.1.attn1.to_q.weight').T)
+
+
+def test_load_wan_dtype_and_text_path_matches_transformers(tiny_wan):
+    import jax.numpy as jnp
+    from sora_jax.convert.checkpoint import load_wan
+    from sora_jax.models.umt5 import encode_prompt, prompt_clean
+    src, dst = tiny_wan
+    bf16 = load_wan(dst, dtype=jnp.bfloat16)
+    assert bf16.configs['transformer'].param_dtype == 'bfloat16'
+    assert bf16.transformer.proj_out.kernel[...].dtype == jnp.bfloat16
+    assert bf16.text_encoder.shared.embedding[...].dtype == jnp.bfloat16
+    assert bf16.vae.decoder.conv_out.kernel[...].dtype == jnp.float32  # vae_dtype default
+
+    models = load_wan(dst)
+    prompts = ['A red circle moves to the left.', 'Un cuadrado verde gira &amp; para']
+    ref_tok = transformers.AutoTokenizer.from_pretrained(os.path.join(src, 'tokenizer'))(
+        [prompt_clean(p) for p in prompts], padding='max_length', max_length=20,
+        truncation=True, add_special_tokens=True, return_attention_mask=True, return_tensors='pt')
+    ids, mask = models.tokenizer(prompts, max_length=20)
+    np.testing.assert_array_equal(ids, ref_tok['input_ids'].numpy())
+    np.testing.assert_array_equal(mask, ref_tok['attention_mask'].numpy())
+    te = transformers.UMT5EncoderModel.from_pretrained(os.path.join(src, 'text_encoder')).eval()
+    with torch.no_grad():
+        ref = te(ref_tok['input_ids'], ref_tok['attention_mask']).last_hidden_state.numpy()
+    ref = ref * mask[..., None]  # Wan zeroes the padded positions
+    out = np.asarray(encode_prompt(models.text_encoder, jnp.asarray(ids), jnp.asarray(mask)))
+    assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+
+
+def test_load_wan_errors(tmp_path, tiny_wan):
+    from sora_jax.convert.checkpoint import load_wan
+    _, dst = tiny_wan
+    with pytest.raises(ValueError, match='does not exist'):
+        load_wan(str(tmp_path / 'nope'))
+    with pytest.raises(ValueError, match='holds none of'):
+        load_wan(str(tmp_path))
+    with pytest.raises(ValueError, match='unknown components'):
+        load_wan(dst, overrides={'unet': {}})
+    with pytest.raises(ValueError, match='does not exist'):
+        wan.convert_folder(str(tmp_path), str(tmp_path / 'out'), ['vae'])

@@ -1,0 +1,160 @@
+"""Wan 2.1 text-to-video (Apache-2.0 open weights) loaded into sora_jax.
+
+Args (`--config=configs/wan21.py:ARG`):
+  t2v_1.3b   Wan2.1-T2V-1.3B: DiT 1,418,996,800 params (30 blocks x 1536), 480x832, flow shift 3.0.
+  t2v_14b    Wan2.1-T2V-14B: DiT 14,288,491,584 params (40 blocks x 5120), 720x1280, flow shift 5.0.
+             Append ',480p' (`t2v_14b,480p`) for 480x832 with shift 3.0.
+  tiny       a random tiny Wan (same layout, a few hundred KB) that the tests build with
+             `tests/parity/wan_fixture.py:make_tiny_wan_folder` and convert; not a real model.
+Both real sizes share the UMT5-XXL text encoder (5,680,910,336 params) and the causal video VAE
+(126,892,531 params). Parameter counts are `DiTConfig.num_params()`, equal to diffusers'
+`WanTransformer3DModel` built on the meta device (tests/test_configs_wan21.py).
+
+Convert the diffusers weights once (streams tensor by tensor; bf16 stays bf16), then sample:
+
+  huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers --local-dir /data/Wan2.1-T2V-1.3B-Diffusers
+  python experiments/convert_wan.py --src=/data/Wan2.1-T2V-1.3B-Diffusers --dst=checkpoints/wan21_t2v_1.3b
+  python experiments/sample.py --checkpoint=checkpoints/wan21_t2v_1.3b \
+      --prompt="A cat and a dog baking a cake together in a kitchen." --out=outputs/wan_cat.mp4 \
+      --num_frames=81 --height=480 --width=832 --steps=50 --guidance_scale=5.0 --seed=0
+
+  (14B: Wan-AI/Wan2.1-T2V-14B-Diffusers -> checkpoints/wan21_t2v_14b, --height=720 --width=1280.)
+`sora_jax.convert.checkpoint.load_wan(DST)` returns (text_encoder, tokenizer, transformer, vae,
+configs) for any other script.
+
+Mesh suggestions for sampling (`mesh.shape` = (data, fsdp, tensor, sequence); not yet measured):
+  1.3B, 480p (32,760 tokens):   1 x H100: (1, 1, 1, 1).   v5p-8 (4 chips): (1, 1, 1, 4).
+                                8 x H100: (1, 1, 1, 8) (12 heads do not split 8 ways; split the
+                                sequence instead, weights replicated: 2.8 GB in bf16).
+  14B, 720p (75,600 tokens):    8 x H100: (1, 1, 1, 8), weights replicated (28.6 GB bf16 + UMT5
+                                11.4 GB fit in 80 GB), or (1, 1, 8, 1) tensor parallel (40 heads,
+                                8 | 40) when memory is short. v5p-8: (1, 1, 1, 4) (95 GB / chip).
+"""
+import ml_collections as mlc
+
+# Wan's own default negative prompt (wan/configs/shared_config.py `sample_neg_prompt`).
+WAN_NEGATIVE_PROMPT = (
+    '色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，'
+    'JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，'
+    '手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走')
+# The English version used in diffusers' WanPipeline example (pipeline_wan.py).
+WAN_NEGATIVE_PROMPT_EN = (
+    'Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, '
+    'images, static, overall gray, worst quality, low quality, JPEG compression residue, ugly, '
+    'incomplete, extra fingers, poorly drawn hands, poorly drawn faces, deformed, disfigured, '
+    'misshapen limbs, fused fingers, still picture, messy background, three legs, many people in '
+    'the background, walking backwards')
+
+WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+                      0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
+WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+                     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+
+_SIZES = {  # arg -> (num_heads, ffn_dim, depth, hub id)
+    't2v_1.3b': (12, 8960, 30, 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers'),
+    't2v_14b': (40, 13824, 40, 'Wan-AI/Wan2.1-T2V-14B-Diffusers'),
+}
+_RESOLUTIONS = {'480p': (480, 832, 3.0), '720p': (720, 1280, 5.0)}  # -> (H, W, flow shift)
+
+
+def get_config(arg: str = 't2v_1.3b') -> mlc.ConfigDict:
+    name, _, res = arg.partition(',')
+    if name not in (*_SIZES, 'tiny'):
+        raise ValueError(f'configs/wan21.py: unknown arg {arg!r}; use t2v_1.3b, t2v_14b '
+                         '(optionally ",480p" / ",720p") or tiny.')
+    res = res or ('720p' if name == 't2v_14b' else '480p')
+    if res not in _RESOLUTIONS:
+        raise ValueError(f'configs/wan21.py: resolution {res!r} in {arg!r}; use 480p or 720p.')
+    c = mlc.ConfigDict()
+    c.seed = 0                        # every random draw folds from this
+    c.hf_id = _SIZES.get(name, (None,) * 4)[3] or ''  # hub repo of the diffusers weights
+    c.checkpoint = f'checkpoints/wan21_{name}'  # converted folder (experiments/convert_wan.py --dst)
+
+    c.model = mlc.ConfigDict()        # sora_jax.models.dit.DiTConfig
+    c.model.patch_size = (1, 2, 2)    # (t, h, w) patch over latents
+    c.model.in_channels = 16          # latent channels in (= vae.z_dim)
+    c.model.out_channels = 16         # velocity channels out
+    c.model.dim = 1536                # width = num_heads * 128
+    c.model.num_heads = 12            # attention heads (head dim 128)
+    c.model.ffn_dim = 8960            # MLP hidden width
+    c.model.depth = 30                # blocks
+    c.model.text_dim = 4096           # text embedding width (= text.d_model)
+    c.model.freq_dim = 256            # sinusoidal timestep features
+    c.model.eps = 1e-6                # norm epsilon
+    c.model.cross_attn_norm = True    # affine LayerNorm before cross-attention
+    c.model.rope_theta = 10000.0      # RoPE base
+    c.model.timestep_scale = 1000.0   # t in [0, 1] -> Wan timesteps in [0, 1000]
+    c.model.attention = 'auto'        # auto | xla | cudnn | chunked | splash
+    c.model.attention_chunk = 512     # query/key chunk of the 'chunked' kernel
+    c.model.dtype = 'bfloat16'        # compute dtype (Wan runs its DiT in bf16)
+    c.model.param_dtype = 'bfloat16'  # weights as loaded
+    c.model.scan_layers = True        # lax.scan over blocks (compile time flat in depth)
+    c.model.remat = 'none'            # none | full | dots | dots_all (training only)
+
+    c.vae = mlc.ConfigDict()          # sora_jax.models.vae.VAEConfig (= diffusers AutoencoderKLWan)
+    c.vae.base_dim = 96               # channels of the first level
+    c.vae.z_dim = 16                  # latent channels
+    c.vae.dim_mult = (1, 2, 4, 4)     # channel multiplier per level
+    c.vae.num_res_blocks = 2          # residual blocks per encoder level (+1 in the decoder)
+    c.vae.attn_scales = ()            # scales with encoder attention (none in Wan 2.1)
+    c.vae.temperal_downsample = (False, True, True)  # per level: also halve time (4x in total)
+    c.vae.dropout = 0.0               # dropout in residual blocks (training only)
+    c.vae.latents_mean = WAN21_LATENTS_MEAN  # per-channel latent mean (diffusion space shift)
+    c.vae.latents_std = WAN21_LATENTS_STD    # per-channel latent std (diffusion space scale)
+    c.vae.in_channels = 3             # video channels in
+    c.vae.out_channels = 3            # video channels out
+    c.vae.tile_sample_min_size = 256  # tile size in pixels for tiled encode/decode
+    c.vae.tile_sample_stride = 192    # tile stride in pixels (overlap = size - stride)
+    c.vae.dtype = 'float32'           # VAE param dtype at load (Wan decodes in float32)
+
+    c.text = mlc.ConfigDict()         # sora_jax.models.umt5.UMT5Config (umt5-xxl encoder)
+    c.text.vocab_size = 256384        # rows of the token table
+    c.text.d_model = 4096             # width (= model.text_dim)
+    c.text.d_kv = 64                  # per-head width
+    c.text.num_heads = 64             # attention heads
+    c.text.d_ff = 10240               # gated-GELU FFN width
+    c.text.num_layers = 24            # encoder blocks (each with its own bias table)
+    c.text.num_buckets = 32           # relative position buckets
+    c.text.max_distance = 128         # distances >= this share the last bucket
+    c.text.eps = 1e-6                 # RMS norm epsilon
+    c.text.dtype = 'bfloat16'         # compute dtype (Wan: t5_dtype bf16)
+    c.text.param_dtype = 'bfloat16'   # weights as loaded
+    c.text.max_length = 512           # tokens, padded/truncated (Wan text_len; zeroed past the end)
+
+    height, width, shift = _RESOLUTIONS[res]
+    c.sample = mlc.ConfigDict()
+    c.sample.sampler = 'unipc'        # UniPC multistep, flow prediction (Wan's solver)
+    c.sample.steps = 50               # sampling steps
+    c.sample.guidance_scale = 5.0     # classifier-free guidance
+    c.sample.shift = shift            # flow shift: 3.0 at 480p, 5.0 at 720p
+    c.sample.num_frames = 81          # frames (1 + 4k; 81 -> 21 latent frames)
+    c.sample.height = height          # pixels (multiple of 16)
+    c.sample.width = width            # pixels (multiple of 16)
+    c.sample.fps = 16                 # frames per second of written videos
+    c.sample.negative_prompt = WAN_NEGATIVE_PROMPT  # Wan's default (English: WAN_NEGATIVE_PROMPT_EN)
+
+    c.mesh = mlc.ConfigDict()
+    c.mesh.shape = (1, 1, 1, -1)      # (data, fsdp, tensor, sequence); -1 = the remaining devices
+    c.mesh.rules = ()                 # ((logical, mesh axis), ...) overrides of parallel/mesh.py
+
+    if name == 't2v_14b':
+        c.model.num_heads, c.model.ffn_dim, c.model.depth = _SIZES[name][:3]
+        c.model.dim = 128 * c.model.num_heads
+    elif name == 'tiny':
+        c.model.dim, c.model.num_heads, c.model.ffn_dim, c.model.depth = 24, 2, 48, 2
+        c.model.in_channels = c.model.out_channels = 4
+        c.model.text_dim = 32
+        c.model.freq_dim = 32
+        c.model.dtype = c.model.param_dtype = 'float32'
+        c.vae.base_dim, c.vae.z_dim, c.vae.num_res_blocks = 4, 4, 1
+        c.vae.dim_mult = (1, 2, 2, 2)  # keeps Wan's 8x space / 4x time
+        c.vae.latents_mean = (0.1, -0.2, 0.05, 0.3)
+        c.vae.latents_std = (1.2, 0.8, 1.5, 0.9)
+        c.vae.tile_sample_min_size, c.vae.tile_sample_stride = 32, 24
+        c.text.vocab_size, c.text.d_model, c.text.d_kv, c.text.num_heads = 128, 32, 8, 4
+        c.text.d_ff, c.text.num_layers, c.text.num_buckets, c.text.max_distance = 48, 2, 8, 16
+        c.text.dtype = c.text.param_dtype = 'float32'
+        c.text.max_length = 32
+        c.sample.steps, c.sample.num_frames, c.sample.height, c.sample.width = 4, 5, 32, 32
+        c.checkpoint = ''
+    return c

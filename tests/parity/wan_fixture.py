@@ -1,0 +1,99 @@
+"""A tiny random Wan 2.1 folder in the diffusers layout, for conversion and pipeline round trips.
+
+`make_tiny_wan_folder(path)` saves a `diffusers.WanPipeline` built from `configs/wan21.py:tiny`
+(random weights, seeded) with `save_pretrained`, so `path` looks exactly like a hub download:
+
+  model_index.json
+  transformer/   config.json + diffusion_pytorch_model*.safetensors  (WanTransformer3DModel)
+  vae/           config.json + diffusion_pytorch_model.safetensors   (AutoencoderKLWan)
+  text_encoder/  config.json + model.safetensors                     (UMT5EncoderModel)
+  tokenizer/     tokenizer.json, tokenizer_config.json, ...          (a 70-piece T5 tokenizer)
+  scheduler/     scheduler_config.json                               (UniPC, flow prediction)
+
+`diffusers.WanPipeline.from_pretrained(path)` loads it, so a test can run the reference pipeline
+on the same weights. Needs torch, diffusers, transformers and sentencepiece (the [test] extra).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+
+CONFIG_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan21.py')
+SENTENCES = ('A red circle moves to the left across a blue background.',
+             'Un cuadrado verde gira lentamente sobre un fondo negro.',
+             'Two yellow triangles bounce up and down, then stop.',
+             'A cat and a dog baking a cake together in a kitchen.')
+
+
+def tiny_config():
+    """`configs/wan21.py:tiny` (configs/ is not a package, so it is loaded by path)."""
+    spec = importlib.util.spec_from_file_location('wan21_config', CONFIG_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config('tiny')
+
+
+def diffusers_kwargs(c) -> dict:
+    """Our config's model / vae / text sections as diffusers / transformers constructor kwargs."""
+    m, v, t = c.model, c.vae, c.text
+    return {
+        'transformer': dict(patch_size=tuple(m.patch_size), num_attention_heads=m.num_heads,
+                            attention_head_dim=m.dim // m.num_heads, in_channels=m.in_channels,
+                            out_channels=m.out_channels, text_dim=m.text_dim,
+                            freq_dim=m.freq_dim, ffn_dim=m.ffn_dim, num_layers=m.depth,
+                            cross_attn_norm=m.cross_attn_norm, qk_norm='rms_norm_across_heads',
+                            eps=m.eps),
+        'vae': dict(base_dim=v.base_dim, z_dim=v.z_dim, dim_mult=list(v.dim_mult),
+                    num_res_blocks=v.num_res_blocks, attn_scales=list(v.attn_scales),
+                    temperal_downsample=list(v.temperal_downsample),
+                    latents_mean=list(v.latents_mean), latents_std=list(v.latents_std)),
+        'text_encoder': dict(vocab_size=t.vocab_size, d_model=t.d_model, d_kv=t.d_kv,
+                             num_heads=t.num_heads, d_ff=t.d_ff, num_layers=t.num_layers,
+                             relative_attention_num_buckets=t.num_buckets,
+                             relative_attention_max_distance=t.max_distance,
+                             layer_norm_epsilon=t.eps, feed_forward_proj='gated-gelu',
+                             dropout_rate=0.0, tie_word_embeddings=False),
+    }
+
+
+def _tokenizer(vocab_size: int):
+    import sentencepiece as spm
+    import transformers
+    with tempfile.TemporaryDirectory() as d:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(list(SENTENCES) * 20), model_prefix=os.path.join(d, 'spiece'),
+            vocab_size=60, model_type='unigram', pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+            character_coverage=1.0, minloglevel=2)
+        tok = transformers.T5Tokenizer.from_pretrained(d, extra_ids=10)
+    if len(tok) > vocab_size:
+        raise ValueError(f'tokenizer has {len(tok)} pieces > text.vocab_size={vocab_size}.')
+    return tok
+
+
+def make_tiny_wan_folder(path: str, seed: int = 0) -> str:
+    """Writes the tiny random Wan folder (see the module docstring) into `path`; returns `path`."""
+    import diffusers
+    import torch
+    import transformers
+    c = tiny_config()
+    kw = diffusers_kwargs(c)
+    torch.manual_seed(seed)
+    transformer = diffusers.WanTransformer3DModel(**kw['transformer']).eval()
+    vae = diffusers.AutoencoderKLWan(**kw['vae']).eval()
+    text_encoder = transformers.UMT5EncoderModel(
+        transformers.UMT5Config(**kw['text_encoder'])).eval()
+    with torch.no_grad():  # randomise the one/zero-initialised norms and biases as well
+        for model in (transformer, vae, text_encoder):
+            for name, p in model.named_parameters():
+                if 'norm' in name or name.endswith('gamma'):
+                    p.copy_(1.0 + 0.3 * torch.randn_like(p) if not name.endswith('bias')
+                            else 0.3 * torch.randn_like(p))
+    scheduler = diffusers.UniPCMultistepScheduler(
+        prediction_type='flow_prediction', use_flow_sigmas=True, num_train_timesteps=1000,
+        flow_shift=c.sample.shift)
+    pipe = diffusers.WanPipeline(tokenizer=_tokenizer(c.text.vocab_size),
+                                 text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                                 transformer=transformer)
+    pipe.save_pretrained(path)
+    return path
