@@ -16,6 +16,13 @@ target parameter (or stacked slot) left unfilled raises one ValueError listing t
 Reading streams tensor by tensor from memory-mapped files (the safetensors header is parsed
 directly, no torch needed); each target array is allocated once and filled in place, so a 14B
 model is never held twice. bfloat16 stays bfloat16 (`ml_dtypes`) unless a `dtype` is given.
+
+Components (diffusers sub-folder -> module, key map, config parser):
+  text_encoder  UMT5Encoder  umt5_key_map  UMT5Config.from_hf
+  transformer   DiT          dit_key_map   dit_config_from_hf
+  vae           WanVAE       vae_key_map   vae_config_from_hf
+`load_component(src, name)` builds one straight from safetensors; `convert_folder` writes the
+Orbax layout that `sora_jax.convert.checkpoint.load_wan` reads back.
 """
 from __future__ import annotations
 

@@ -78,6 +78,7 @@ def make_tiny_wan_folder(path: str, seed: int = 0) -> str:
     import transformers
     c = tiny_config()
     kw = diffusers_kwargs(c)
+    torch.set_num_threads(1)  # tiny modules: threads only add contention on small CI runners
     torch.manual_seed(seed)
     transformer = diffusers.WanTransformer3DModel(**kw['transformer']).eval()
     vae = diffusers.AutoencoderKLWan(**kw['vae']).eval()
