@@ -101,7 +101,9 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
     c.sample.shift = 1.0            # sampling timestep shift
     c.sample.fps = 8                # frames per second of written videos
 
-    if arg == 'tiny':
+    if arg in ('vae', 'tiny_vae'):
+        _vae(c, tiny=arg == 'tiny_vae')
+    elif arg == 'tiny':
         c.data.num_train = 64
         c.data.num_validation = 8
         c.data.num_frames, c.data.height, c.data.width = 4, 8, 8
@@ -112,5 +114,40 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
         c.train.log_every, c.train.checkpoint_every, c.train.eval_every = 2, 2, 0
         c.sample.num_frames, c.sample.height, c.sample.width, c.sample.steps = 4, 8, 8, 4
     elif arg != 'dit':
-        raise ValueError(f'configs/shapes.py: unknown arg {arg!r}; use dit, vae or tiny.')
+        raise ValueError(f'configs/shapes.py: unknown arg {arg!r}; use dit, vae, tiny or tiny_vae.')
     return c
+
+
+def _vae(c: mlc.ConfigDict, tiny: bool) -> None:
+    """The causal video VAE of the shapes family: 4x time, 4x space."""
+    c.objective = 'vae'
+    for k in ('text', 'model', 'flow', 'sample'):
+        del c[k]
+    c.data.spanish_prob = 0.0
+    c.data.num_frames = 9           # 1 + 4k frames (causal, so it also codes 17-frame clips)
+    c.data.height = c.data.width = 32
+    c.vae = mlc.ConfigDict()
+    c.vae.base_dim = 8              # channels of the first level
+    c.vae.z_dim = 8                 # latent channels
+    c.vae.dim_mult = (1, 2, 2)      # per level; 2 downsamplings -> 4x space
+    c.vae.num_res_blocks = 1        # residual blocks per level
+    c.vae.attn_scales = ()          # encoder attention scales
+    c.vae.temperal_downsample = (True, True)  # both levels halve time -> 4x time
+    c.vae.dropout = 0.0             # dropout in residual blocks
+    c.vae.latents_mean = None       # per-channel latent mean (None: 0)
+    c.vae.latents_std = None        # per-channel latent std (None: 1)
+    c.vae.tile_sample_min_size = 64 # tiled encode/decode tile (pixels)
+    c.vae.tile_sample_stride = 48   # tile stride (pixels)
+    c.vae.kl_weight = 1e-6          # KL weight (per-element convention of objectives/vae.py)
+    c.vae.sample_posterior = True   # decode a posterior sample in training
+    c.train.num_steps = 1500
+    c.train.batch_size = 4
+    c.train.learning_rate = 1e-3
+    c.train.warmup_steps = 100
+    c.train.ema_decay = 0.99
+    if tiny:
+        c.data.num_train, c.data.num_validation = 16, 4
+        c.data.num_frames, c.data.height, c.data.width = 5, 16, 16
+        c.vae.base_dim, c.vae.z_dim = 8, 4
+        c.train.num_steps, c.train.batch_size, c.train.warmup_steps = 4, 4, 1
+        c.train.log_every, c.train.checkpoint_every, c.train.eval_every = 2, 2, 0
