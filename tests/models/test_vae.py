@@ -218,50 +218,12 @@ def test_tiled_encode_close_to_untiled(vae, wide):
     assert mean_err < 0.05 * float(jnp.std(ref)), mean_err
 
 
-# ---- parity with the PyTorch reference ----------------------------------------------------
-
-def _load_torch_weights(vae, torch_model):
-    """diffusers AutoencoderKLWan state dict -> our NNX state (the converter's key rules)."""
-    flat = dict(nnx.to_flat_state(nnx.state(vae, nnx.Param)))
-    ours = {'.'.join(map(str, k)): k for k in flat}
-    filled = set()
-    for key, value in torch_model.state_dict().items():
-        key, value = key.replace('resample.1.', 'resample.'), value.numpy()
-        if key.endswith('.weight'):
-            key = key[:-len('weight')] + 'kernel'
-            value = value.transpose((2, 3, 4, 1, 0) if value.ndim == 5 else (2, 3, 1, 0))
-        elif key.endswith('.gamma'):
-            value = value.reshape(-1)
-        assert flat[ours[key]].shape == value.shape, key
-        flat[ours[key]].set_value(jnp.asarray(value))
-        filled.add(key)
-    assert filled == set(ours)  # every parameter on both sides is mapped
-    nnx.update(vae, nnx.from_flat_state(flat))
-
-
-@pytest.mark.parametrize('cfg', [
-    V.tiny_config(),
-    V.VAEConfig(base_dim=4, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1,
-                temperal_downsample=(False, True, True), latents_mean=None, latents_std=None),
-], ids=['tiny_4x4', 'wan_layout_4x8'])
-def test_parity_with_diffusers(cfg):
-    torch = pytest.importorskip('torch')
-    wan = pytest.importorskip('diffusers.models.autoencoders.autoencoder_kl_wan')
-    torch.manual_seed(0)
-    ref = wan.AutoencoderKLWan(base_dim=cfg.base_dim, z_dim=cfg.z_dim, dim_mult=list(cfg.dim_mult),
-                               num_res_blocks=cfg.num_res_blocks,
-                               temperal_downsample=list(cfg.temperal_downsample)).eval()
-    with torch.no_grad():
-        for p in ref.parameters():  # random gains and biases too, not just the default init
-            p.copy_(torch.randn_like(p) * 0.2)
-    vae = nnx.eval_shape(lambda: V.WanVAE(cfg, rngs=nnx.Rngs(0)))  # every leaf is replaced
-    _load_torch_weights(vae, ref)
-    x = np.random.RandomState(0).uniform(-1, 1, (1, 5, 16, 16, 3)).astype(np.float32)
-    with torch.no_grad():
-        post = ref.encode(torch.from_numpy(x).permute(0, 4, 1, 2, 3)).latent_dist
-        t_mean = post.mean.permute(0, 2, 3, 4, 1).numpy()
-        t_dec = ref.decode(post.mean).sample.permute(0, 2, 3, 4, 1).numpy()
-    mean, _ = jax.jit(vae.encode_chunked)(jnp.asarray(x))
-    np.testing.assert_allclose(mean, t_mean, atol=1e-5)  # measured ~2e-7
-    dec = jax.jit(vae.decode)(jnp.asarray(t_mean))
-    np.testing.assert_allclose(dec, t_dec, atol=1e-5)  # measured ~8e-7
+def test_streaming_equals_chunked_and_compiles_once_per_chunk_shape(vae, fns, video, latents):
+    mean = jnp.concatenate([m for m, _ in V.stream_encode(vae, np.asarray(video))], axis=1)
+    np.testing.assert_allclose(mean, latents, atol=1e-5)
+    frames = jnp.concatenate(list(V.stream_decode(vae, latents, clip=False)), axis=1)
+    np.testing.assert_allclose(frames, fns['decode_chunked'](latents), atol=1e-5)
+    longer = jnp.concatenate([latents, latents], axis=1)  # 6 latent frames: no new compile
+    assert len(list(V.stream_decode(vae, longer))) == 6
+    first, nxt = V._stream_fns(nnx.graphdef(vae), 'decode')
+    assert (first._cache_size(), nxt._cache_size()) == (1, 1)
