@@ -228,3 +228,15 @@ def test_load_wan_errors(tmp_path, tiny_wan):
         load_wan(dst, overrides={'unet': {}})
     with pytest.raises(ValueError, match='does not exist'):
         wan.convert_folder(str(tmp_path), str(tmp_path / 'out'), ['vae'])
+
+
+def test_reference_pipeline_loads_the_fixture(tiny_wan):
+    from tests.parity.wan_fixture import load_reference_pipeline
+    src, _ = tiny_wan
+    pipe = load_reference_pipeline(src)
+    assert pipe.vae.config.z_dim == pipe.transformer.config.in_channels == 4
+    assert pipe.scheduler.config.prediction_type == 'flow_prediction'
+    with torch.no_grad():
+        emb = pipe.encode_prompt('a red circle', do_classifier_free_guidance=False,
+                                 max_sequence_length=16)[0]
+    assert tuple(emb.shape) == (1, 16, pipe.text_encoder.config.d_model)

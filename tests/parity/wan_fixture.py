@@ -10,8 +10,9 @@
   tokenizer/     tokenizer.json, tokenizer_config.json, ...          (a 70-piece T5 tokenizer)
   scheduler/     scheduler_config.json                               (UniPC, flow prediction)
 
-`diffusers.WanPipeline.from_pretrained(path)` loads it, so a test can run the reference pipeline
-on the same weights. Needs torch, diffusers, transformers and sentencepiece (the [test] extra).
+`load_reference_pipeline(path)` gives the diffusers `WanPipeline` over the same weights (plain
+`WanPipeline.from_pretrained` would need the `accelerate` package), so a test can compare a
+sora_jax sample with the reference one. Needs torch, diffusers, transformers and sentencepiece (the [test] extra).
 """
 from __future__ import annotations
 
@@ -98,3 +99,34 @@ def make_tiny_wan_folder(path: str, seed: int = 0) -> str:
                                  transformer=transformer)
     pipe.save_pretrained(path)
     return path
+
+
+def load_reference_pipeline(path: str):
+    """`diffusers.WanPipeline` over a Wan folder, without `accelerate`.
+
+    `WanPipeline.from_pretrained` needs the `accelerate` package for `WanTransformer3DModel`
+    (`_keep_in_fp32_modules` forces low_cpu_mem_usage, which needs accelerate); the [test] extra
+    does not install it, so the diffusers models are built from their config and filled here.
+    """
+    import glob
+
+    import diffusers
+    import transformers
+    from safetensors.torch import load_file
+
+    def diffusers_model(cls, sub):
+        folder = os.path.join(path, sub)
+        model = cls.from_config(cls.load_config(folder))
+        state = {}
+        for f in sorted(glob.glob(os.path.join(folder, '*.safetensors'))):
+            state.update(load_file(f))
+        model.load_state_dict(state, strict=True)
+        return model.eval()
+
+    return diffusers.WanPipeline(
+        tokenizer=transformers.AutoTokenizer.from_pretrained(os.path.join(path, 'tokenizer')),
+        text_encoder=transformers.UMT5EncoderModel.from_pretrained(
+            os.path.join(path, 'text_encoder')).eval(),
+        vae=diffusers_model(diffusers.AutoencoderKLWan, 'vae'),
+        scheduler=diffusers.UniPCMultistepScheduler.from_pretrained(path, subfolder='scheduler'),
+        transformer=diffusers_model(diffusers.WanTransformer3DModel, 'transformer'))
