@@ -20,6 +20,8 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
     c.objective = 'flow'            # train/objectives/<objective>.py
     c.autoencoder = 'none'          # 'none' (pixel space) or a VAE checkpoint directory
     c.latent_channels = 3           # channels the DiT sees (3 in pixel space, VAE z_dim otherwise)
+    c.latent_mean = ()              # per-channel latent stats; filled from the data when empty
+    c.latent_std = ()
 
     c.data = mlc.ConfigDict()
     c.data.name = 'shapes'          # 'shapes' (synthetic, built on demand) or 'video_folder'
@@ -68,6 +70,12 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
     c.flow.logit_std = 1.0          # logit-normal scale
     c.flow.shift = 1.0              # training timestep shift
     c.flow.text_dropout = 0.1       # probability of the empty prompt (for CFG)
+
+    c.conditioning = mlc.ConfigDict()
+    c.conditioning.enabled = False  # frame-mask conditioning (i2v, extend, connect, loop)
+    c.conditioning.probs = {        # training mode probabilities (normalised)
+        't2v': 0.5, 'i2v': 0.2, 'extend': 0.1, 'extend_backward': 0.05, 'connect': 0.1,
+        'loop': 0.05}
 
     c.train = mlc.ConfigDict()
     c.train.num_steps = 3000        # optimizer steps
@@ -121,7 +129,7 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
 def _vae(c: mlc.ConfigDict, tiny: bool) -> None:
     """The causal video VAE of the shapes family: 4x time, 4x space."""
     c.objective = 'vae'
-    for k in ('text', 'model', 'flow', 'sample'):
+    for k in ('text', 'model', 'flow', 'sample', 'latent_mean', 'latent_std'):
         del c[k]
     c.data.spanish_prob = 0.0
     c.data.num_frames = 9           # 1 + 4k frames (causal, so it also codes 17-frame clips)

@@ -66,7 +66,10 @@ class TextToVideo:
                              nnx.Param)
         params, step = ckpt.restore_params(cdir, abstract, ema=ema)
         logging.info('Loaded %s params of step %d from %s', 'EMA' if ema else 'raw', step, path)
-        return cls(config, params, load_vae(config.autoencoder, relative_to=path))
+        vae = load_vae(config.autoencoder, relative_to=path)
+        if vae is not None:
+            vae = vae.with_stats(config.get('latent_mean', ()), config.get('latent_std', ()))
+        return cls(config, params, vae)
 
     @classmethod
     def from_config(cls, config, seed: int = 0, vae: FrozenVAE | None = None) -> 'TextToVideo':

@@ -64,7 +64,8 @@ def choose_language(seed: int, example_id: int, spanish_prob: float) -> int:
 
 
 class ExampleTransform:
-  """Raw tfds example -> {'video': f32 [T,H,W,3], 'text_ids': i32 [L], 'id': i64}.
+  """Raw tfds example -> {'video': f32 [T,H,W,3], 'text_ids': i32 [L], 'id': i64}
+  ('latents' f32 [T',h,w,C] instead of 'video' for pre-encoded examples).
 
   The caption language is drawn from (seed, id); an empty caption in the chosen
   language (e.g. a video folder without Spanish captions) falls back to the other.
@@ -84,9 +85,12 @@ class ExampleTransform:
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
       raise ValueError(f"tokenize must return an integer vector [L], got {ids.dtype} "
                        f"{ids.shape} for {text!r}.")
-    return {"video": to_float(np.asarray(ex["video"])),
-            "text_ids": ids.astype(np.int32),
-            "id": np.int64(ex_id)}
+    out = {"text_ids": ids.astype(np.int32), "id": np.int64(ex_id)}
+    if "latents" in ex:  # pre-encoded by a VAE (data/latents.py)
+      out["latents"] = np.asarray(ex["latents"], np.float32)
+    else:
+      out["video"] = to_float(np.asarray(ex["video"]))
+    return out
 
 
 def stack_batch(elements: Sequence[Mapping[str, np.ndarray]], pad_id: int = 0) -> dict:
@@ -96,13 +100,18 @@ def stack_batch(elements: Sequence[Mapping[str, np.ndarray]], pad_id: int = 0) -
   text = np.full((len(elements), length), pad_id, np.int32)
   for i, e in enumerate(elements):
     text[i, :len(e["text_ids"])] = e["text_ids"]
-  return {"video": np.stack([e["video"] for e in elements]),
+  key = _data_key(elements[0])
+  return {key: np.stack([e[key] for e in elements]),
           "text_ids": text,
           "id": np.asarray([e["id"] for e in elements], np.int64)}
 
 
+def _data_key(element: Mapping[str, np.ndarray]) -> str:
+  return "latents" if "latents" in element else "video"
+
+
 def _bucket_key(element: Mapping[str, np.ndarray]) -> tuple[int, ...]:
-  return tuple(int(d) for d in np.shape(element["video"])[:3])  # (T, H, W)
+  return tuple(int(d) for d in np.shape(element[_data_key(element)])[:3])  # (T, H, W)
 
 
 class BucketBatchIterDataset(grain.IterDataset):

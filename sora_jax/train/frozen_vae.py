@@ -23,6 +23,16 @@ class FrozenVAE:
     graphdef: Any
     state: Any
     config: Any
+    step: int = -1     # checkpoint step the weights came from
+    mean: Any = None   # extra per-channel latent stats of the DiT's data (config.latent_mean)
+    std: Any = None
+
+    def with_stats(self, mean, std) -> 'FrozenVAE':
+        """The same VAE normalising latents by per-channel (mean, std) (empty: identity)."""
+        if not len(mean):
+            return dataclasses.replace(self, mean=None, std=None)
+        return dataclasses.replace(self, mean=jnp.asarray(mean, jnp.float32),
+                                   std=jnp.asarray(std, jnp.float32))
 
     @property
     def module(self):
@@ -42,11 +52,15 @@ class FrozenVAE:
 
     def encode(self, video: jax.Array) -> jax.Array:
         """video [B, T, H, W, 3] in [-1, 1] -> normalised latents (posterior mean)."""
-        return _encode(self.graphdef, self.state, video)
+        z = _encode(self.graphdef, self.state, video)
+        return z if self.mean is None else (z - self.mean) / self.std
 
     def decode(self, latents: jax.Array) -> jax.Array:
         """normalised latents -> video [B, T, H, W, 3] in [-1, 1] (chunked causal decode)."""
+        if self.mean is not None:
+            latents = latents * self.std + self.mean
         return _decode(self.graphdef, self.state, latents)
+
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -77,8 +91,8 @@ def load(path: str | os.PathLike, *, ema: bool = True) -> FrozenVAE:
                          'config.autoencoder at the workdir of a configs/...:vae run.')
     abstract = nnx.state(nnx.eval_shape(lambda: vae_objective.build_model(config, nnx.Rngs(0))),
                          nnx.Param)
-    params, _ = ckpt.restore_params(cdir, abstract, ema=ema)
+    params, step = ckpt.restore_params(cdir, abstract, ema=ema)
     model = vae_objective.build_model(config, nnx.Rngs(0))  # non-param constants, then weights
     nnx.update(model, params)
     graphdef, state = nnx.split(model)
-    return FrozenVAE(graphdef, state, config)
+    return FrozenVAE(graphdef, state, config, step)

@@ -38,7 +38,27 @@ def objective_module(config):
 
 
 def make_sources(config) -> dict[str, Any]:
-    """{split: random-access source} for config.data."""
+    """{split: random-access source} for config.data; VAE latents when config.autoencoder is set
+    (encoded once into a cache, normalised by config.latent_mean/std)."""
+    sources = _pixel_sources(config)
+    if config.get('autoencoder', 'none') in ('none', '', None):
+        return sources
+    from sora_jax.data import latents as latents_lib
+    from sora_jax.train import frozen_vae
+    vae = frozen_vae.load(config.autoencoder)
+    out = latents_lib.cache_dir(config.data.data_dir, config.data.to_dict(), config.autoencoder,
+                                vae.step)
+    latents_lib.encode_dataset(sources, vae.encode, out, batch_size=8)
+    if not len(config.latent_mean):
+        stats = latents_lib.load_stats(out)
+        config.latent_mean, config.latent_std = tuple(stats['mean']), tuple(stats['std'])
+        logging.info('latent stats: mean %s std %s', np.round(stats['mean'], 3),
+                     np.round(stats['std'], 3))
+    return {s: latents_lib.open_split(out, s, config.latent_mean, config.latent_std)
+            for s in sources}
+
+
+def _pixel_sources(config) -> dict[str, Any]:
     d = config.data
     if d.name == 'shapes':
         from sora_jax.data.builders.shapes import ShapesConfig, build_shapes

@@ -3,6 +3,7 @@ and the fix."""
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 
@@ -60,6 +61,21 @@ def _check_sizes(config) -> None:
 
 
 def _vae_factors(config) -> tuple[int, int]:
-    if config.get('autoencoder', 'none') == 'none':
+    """(temporal, spatial) factors of config.autoencoder, read from its saved config."""
+    path = config.get('autoencoder', 'none')
+    if path in ('none', '', None):
+        if config.get('latent_channels', 3) != 3:
+            raise _err('latent_channels', config.latent_channels,
+                       "must be 3 in pixel space (autoencoder='none').")
         return 1, 1
-    return int(config.get('vae_temporal_factor', 4)), int(config.get('vae_spatial_factor', 8))
+    cdir = os.path.join(path, 'checkpoints')
+    if not os.path.isdir(cdir):
+        raise _err('autoencoder', path, f'{cdir} does not exist; train a VAE first '
+                   '(experiments/train.py --config=configs/shapes.py:vae --workdir=...) or use '
+                   "'none' for pixel space.")
+    from sora_jax.train import checkpoint as ckpt
+    vae = ckpt.load_config(cdir).vae
+    if config.get('latent_channels') != vae.z_dim:
+        raise _err('latent_channels', config.get('latent_channels'),
+                   f'must equal the VAE z_dim={vae.z_dim} of {path}.')
+    return 2 ** sum(bool(t) for t in vae.temperal_downsample), 2 ** (len(vae.dim_mult) - 1)

@@ -11,16 +11,23 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sora_jax.diffusion import conditioning
 from sora_jax.diffusion import flow
 from sora_jax.models.denoiser import Denoiser
 from sora_jax.models.dit import DiTConfig
 from sora_jax.models.text import BOS, PAD, ByteEncoderConfig
 
 
+def conditioning_enabled(config) -> bool:
+    return bool(config.get('conditioning', {}).get('enabled', False))
+
+
 def dit_config(config) -> DiTConfig:
-    """DiT config with channels derived from the data (pixels or VAE latents)."""
+    """DiT config with channels derived from the data (pixels or VAE latents): C in and out, or
+    2C + 1 in with frame-mask conditioning (noisy latents, known latents, mask)."""
     c = int(config.latent_channels)
-    return DiTConfig.from_config(dict(config.model.to_dict(), in_channels=c, out_channels=c))
+    cin = 2 * c + 1 if conditioning_enabled(config) else c
+    return DiTConfig.from_config(dict(config.model.to_dict(), in_channels=cin, out_channels=c))
 
 
 def build_model(config, rngs: nnx.Rngs) -> Denoiser:
@@ -48,9 +55,21 @@ def loss_fn(model: Denoiser, batch, rng: jax.Array, config):
     x_t = flow.add_noise(x0, noise, t)
     drop = jax.random.bernoulli(k_drop, f.text_dropout, (b,))
     ids = jnp.where(drop[:, None], null_text(ids), ids)
-    v = model(x_t, t, ids)
-    loss = flow.flow_loss(v, flow.velocity_target(x0, noise))
-    return loss, {'flow_loss': loss, 't_mean': t.mean()}
+    loss_weight = None
+    metrics = {}
+    if conditioning_enabled(config):
+        # One model for every mode: random frame masks; the clean known latents arrive as extra
+        # channels (x_t itself stays on the noising path, as at sampling) and carry no loss.
+        mask = conditioning.random_training_mask(jax.random.fold_in(rng, 7), b, x0.shape[1],
+                                                 dict(config.conditioning.probs))
+        x_in = conditioning.model_input(x_t, mask, x0)
+        loss_weight = 1.0 - mask
+        metrics['known_frac'] = mask.mean()
+    else:
+        x_in = x_t
+    v = model(x_in, t, ids)
+    loss = flow.flow_loss(v, flow.velocity_target(x0, noise), mask=loss_weight)
+    return loss, dict(metrics, flow_loss=loss, t_mean=t.mean())
 
 
 def batch_spec(config) -> dict:
