@@ -9,7 +9,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
+config_flags.DEFINE_config_file(
+    'config', None, 'Sampling defaults for a converted Wan folder (default configs/wan21.py:t2v_1.3b); '
+    'shapes-family checkpoints carry their own config.')
 flags.DEFINE_string('checkpoint', None, 'Training workdir or shipped bundle (e.g. checkpoints/shapes).')
 flags.DEFINE_multi_string('prompt', None, 'Prompt(s); repeat the flag for a batch.')
 flags.DEFINE_string('out', 'outputs/sample.mp4', 'Output .mp4 or .gif (a batch adds _0, _1, ...); '
@@ -19,7 +23,7 @@ flags.DEFINE_integer('height', None, 'Height in pixels; default from the config.
 flags.DEFINE_integer('width', None, 'Width in pixels; default from the config.')
 flags.DEFINE_integer('steps', None, 'Sampling steps; default from the config.')
 flags.DEFINE_float('guidance_scale', None, 'Classifier-free guidance scale.')
-flags.DEFINE_string('negative_prompt', '', 'Negative prompt.')
+flags.DEFINE_string('negative_prompt', None, 'Negative prompt (default: the config\'s, else empty).')
 flags.DEFINE_string('sampler', None, 'euler | heun | unipc | dpmpp_2m.')
 flags.DEFINE_float('shift', None, 'Timestep shift.')
 flags.DEFINE_integer('seed', 0, 'Random seed.')
@@ -38,7 +42,14 @@ def main(argv):
     from sora_jax.pipeline import TextToVideo
 
     F = flags.FLAGS
-    pipe = TextToVideo.from_checkpoint(F.checkpoint, ema=F.ema)
+    if os.path.isfile(os.path.join(F.checkpoint, 'transformer', 'config.json')):
+        config = F.config
+        if config is None:
+            from configs import wan21
+            config = wan21.get_config('t2v_1.3b')
+        pipe = TextToVideo.from_wan(F.checkpoint, config)
+    else:
+        pipe = TextToVideo.from_checkpoint(F.checkpoint, ema=F.ema)
     s = pipe.config.sample
     height = F.height or s.height
     width = F.width or s.width

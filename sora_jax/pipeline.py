@@ -10,6 +10,10 @@ Modes (`mode=`): 't2v' (default), 't2i' (one frame), 'i2v' (`image=` is frame 0)
 `video=` at `strength=`). Known frames are conditioned through frame masks in latent space
 (`diffusion/conditioning.py`): as extra DiT input channels when the model was trained with
 `conditioning.enabled`, and always by re-imposing the known latents along the noising path.
+
+Two model families share this class: the shapes family (byte-level text encoder trained with
+the DiT, our causal VAE; `from_checkpoint`) and Wan 2.1 converted weights (UMT5 + Wan DiT +
+Wan VAE; `from_wan`). A text encoder is any callable prompts -> (context, mask | None).
 """
 from __future__ import annotations
 
@@ -35,21 +39,47 @@ from sora_jax.train.objectives import flow as flow_objective
 MAX_FRAMES = 1024
 
 
-class TextToVideo:
-    """Byte-text Denoiser (+ optional VAE) sampling with any sampler, CFG and frame masks."""
+class ByteText:
+    """The shapes family's byte-level encoder (its params live in the Denoiser checkpoint)."""
 
-    def __init__(self, config, params, vae: FrozenVAE | None = None):
+    def __init__(self, graphdef, params, max_length: int):
+        self.graphdef, self.params = graphdef, params
+        self.tokenizer = ByteTokenizer(max_length)
+        self._encode = jax.jit(lambda p, ids: nnx.merge(graphdef, p)(ids, ids != 0))
+
+    def __call__(self, prompts: Sequence[str]):
+        ids, mask = self.tokenizer(list(prompts))
+        return self._encode(self.params, jnp.asarray(ids)), jnp.asarray(mask)
+
+
+class UMT5Text:
+    """Wan's UMT5 encoder: padded to max_length, padded positions zeroed, no attention mask."""
+
+    def __init__(self, module, tokenizer, max_length: int = 512):
+        from sora_jax.models import umt5
+        self.tokenizer, self.max_length = tokenizer, max_length
+        graphdef, self.state = nnx.split(module)
+        self._encode = jax.jit(lambda st, ids, m: umt5.encode_prompt(nnx.merge(graphdef, st), ids, m))
+
+    def __call__(self, prompts: Sequence[str]):
+        ids, mask = self.tokenizer(list(prompts), max_length=self.max_length)
+        return self._encode(self.state, jnp.asarray(ids), jnp.asarray(mask)), None
+
+
+class TextToVideo:
+    """Text encoder + DiT (+ optional VAE): any sampler, CFG, frame-mask modes."""
+
+    def __init__(self, config, dit_graphdef, dit_params, text, vae: FrozenVAE | None = None):
         self.config = config
-        model = nnx.eval_shape(lambda: flow_objective.build_model(config, nnx.Rngs(0)))
-        self.graphdef = nnx.graphdef(model)
-        self.params = params
+        self.graphdef = dit_graphdef
+        self.params = dit_params
+        self.text = text
         self.vae = vae
-        self.tokenizer = ByteTokenizer(config.text.max_length)
         self.patch = tuple(config.model.patch_size)
-        self.latent_channels = int(config.latent_channels)
+        self.latent_channels = int(config.get('latent_channels', config.model.get('out_channels', 3)))
         self.conditioned = bool(config.get('conditioning', {}).get('enabled', False))
         self._jit_sample = jax.jit(self._sample, static_argnames=(
-            'method', 'num_steps', 'shift', 'guidance', 'interval', 't_start'))
+            'method', 'num_steps', 'shift', 'guidance', 'interval', 't_start', 'quantization'))
         self._bar = None
 
     # ------------------------------------------------------------------ construction
@@ -69,13 +99,43 @@ class TextToVideo:
         vae = load_vae(config.autoencoder, relative_to=path)
         if vae is not None:
             vae = vae.with_stats(config.get('latent_mean', ()), config.get('latent_std', ()))
-        return cls(config, params, vae)
+        return cls._from_denoiser(config, params, vae)
 
     @classmethod
     def from_config(cls, config, seed: int = 0, vae: FrozenVAE | None = None) -> 'TextToVideo':
-        """Randomly initialised (tests, smoke runs)."""
+        """Randomly initialised shapes-family model (tests, smoke runs)."""
         model = flow_objective.build_model(config, nnx.Rngs(seed))
-        return cls(config, nnx.state(model, nnx.Param), vae)
+        return cls._from_denoiser(config, nnx.state(model, nnx.Param), vae)
+
+    @classmethod
+    def _from_denoiser(cls, config, params, vae) -> 'TextToVideo':
+        model = nnx.eval_shape(lambda: flow_objective.build_model(config, nnx.Rngs(0)))
+        text = ByteText(nnx.graphdef(model.text), params['text'], config.text.max_length)
+        return cls(config, nnx.graphdef(model.dit), params['dit'], text, vae)
+
+    @classmethod
+    def from_wan(cls, path: str | os.PathLike, config=None) -> 'TextToVideo':
+        """A Wan 2.1 folder converted by experiments/convert_wan.py; `config` supplies the sampling
+        defaults (configs/wan21.py), e.g. UniPC, 50 steps, guidance 5, shift, negative prompt."""
+        from sora_jax.convert.checkpoint import load_wan
+        m = load_wan(os.fspath(path))
+        if m.transformer is None or m.text_encoder is None or m.tokenizer is None:
+            raise ValueError(f'{os.fspath(path)!r} lacks transformer/, text_encoder/ or tokenizer/; '
+                             're-run experiments/convert_wan.py on the full Wan folder.')
+        dit_cfg = m.configs['transformer']
+        if config is None:
+            raise ValueError('from_wan needs the sampling config (configs/wan21.py:...).')
+        config = config.copy_and_resolve_references()
+        config.unlock()
+        config.model.patch_size = tuple(dit_cfg.patch_size)
+        config.latent_channels = int(dit_cfg.out_channels)
+        vae = None
+        if m.vae is not None:
+            gd, st = nnx.split(m.vae)
+            vae = FrozenVAE(gd, st, config)
+        graphdef, params = nnx.split(m.transformer)
+        max_len = int(config.text.get('max_length', 512))
+        return cls(config, graphdef, params, UMT5Text(m.text_encoder, m.tokenizer, max_len), vae)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -116,7 +176,7 @@ class TextToVideo:
     def __call__(self, prompt: str | Sequence[str], *, num_frames: int | None = None,
                  height: int | None = None, width: int | None = None,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                 negative_prompt: str | Sequence[str] = '', sampler: str | None = None,
+                 negative_prompt: str | Sequence[str] | None = None, sampler: str | None = None,
                  shift: float | None = None, seed: int = 0, mode: str = 't2v', image=None,
                  video=None, strength: float = 0.7, guidance_interval=(0.0, 1.0),
                  progress: bool = True) -> np.ndarray:
@@ -125,6 +185,8 @@ class TextToVideo:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any((not isinstance(p, str)) or not p.strip() for p in prompts):
             raise ValueError(f'prompt must be a non-empty string (or list of them), got {prompt!r}.')
+        if negative_prompt is None:
+            negative_prompt = s.get('negative_prompt', '')
         negs = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
         if len(negs) != len(prompts):
             raise ValueError(f'{len(negs)} negative prompts for {len(prompts)} prompts; give one or '
@@ -148,8 +210,7 @@ class TextToVideo:
             raise ValueError(f'strength={strength} must be in [0, 1].')
         lt, lh, lw = self.check_size(num_frames, height, width)
         b = len(prompts)
-        ids, _ = self.tokenizer(prompts)
-        neg_ids, _ = self.tokenizer(negs)
+        ctx, ctx_mask = self.text(prompts + negs)  # cond rows, then uncond rows
         latent_shape = (b, lt, lh, lw, self.latent_channels)
 
         mask, known, keep = self._condition(mode, b, num_frames, height, width, image, video)
@@ -163,10 +224,11 @@ class TextToVideo:
                 return self._to_uint8(self._decode(noise))[:, :keep]
         with tqdm(total=steps, desc='sampling', disable=not progress) as bar:
             self._bar = bar
-            lat = self._jit_sample(self.params, jnp.asarray(ids), jnp.asarray(neg_ids), noise,
-                                   mask, known, method=method, num_steps=steps, shift=shift,
-                                   guidance=guidance, interval=tuple(map(float, guidance_interval)),
-                                   t_start=float(t_start))
+            lat = self._jit_sample(self.params, ctx, ctx_mask, noise, mask, known, method=method,
+                                   num_steps=steps, shift=shift, guidance=guidance,
+                                   interval=tuple(map(float, guidance_interval)),
+                                   t_start=float(t_start),
+                                   quantization=s.get('timestep_quantization', None))
             lat = jax.block_until_ready(lat)
         return self._to_uint8(self._decode(lat))[:, :keep]
 
@@ -175,22 +237,18 @@ class TextToVideo:
         if self._bar is not None:
             self._bar.update(1)
 
-    def _sample(self, params, ids, neg_ids, noise, mask, known, *, method, num_steps, shift,
-                guidance, interval, t_start):
-        model = nnx.merge(self.graphdef, params)
-        all_ids = jnp.concatenate([ids, neg_ids], 0)
-        ctx, ctx_mask = model.encode_text(all_ids)
+    def _sample(self, params, ctx, ctx_mask, noise, mask, known, *, method, num_steps, shift,
+                guidance, interval, t_start, quantization):
+        dit = nnx.merge(self.graphdef, params)
         mask2 = jnp.concatenate([mask, mask], 0)
         known2 = jnp.concatenate([known, known], 0)
-        counter = {'calls': 0}
 
         def velocity(x, t):  # x: [2B, ...] cond rows then uncond rows
             if self.conditioned:
                 x = cond_lib.model_input(x, mask2, known2)
-            return model.velocity(x, t, ctx, ctx_mask)
+            return dit(x, t, ctx, ctx_mask)
 
         def model_fn(x, t):
-            counter['calls'] += 1
             jax.debug.callback(self._tick, t[0])
             return velocity(x, t)
 
@@ -198,12 +256,13 @@ class TextToVideo:
             b = x.shape[0]
             if self.conditioned:
                 x = cond_lib.model_input(x, mask, known)
-            return model.velocity(x, t, ctx[:b], ctx_mask[:b])
+            return dit(x, t, ctx[:b], None if ctx_mask is None else ctx_mask[:b])
 
         guided = samplers.cfg_velocity(model_fn, guidance, interval, cond_fn=cond_only)
         callback = cond_lib.replace_callback(mask, known, noise) if not self._all_zero(mask) else None
         return samplers.sample(guided, noise, method=method, num_steps=num_steps, shift=shift,
-                               t_start=t_start, step_callback=callback)
+                               t_start=t_start, step_callback=callback,
+                               timestep_quantization=quantization)
 
     @staticmethod
     def _all_zero(mask) -> bool:
