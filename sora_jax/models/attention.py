@@ -9,6 +9,10 @@ mask: [B, Nk] (True = attend) or None. Implementations:
   'splash'  Pallas splash attention on TPU
   'auto'    cudnn on GPU, splash on TPU, xla elsewhere
 All return [B, Nq, H, D] in q's dtype and agree numerically (tests/models/test_attention.py).
+
+`context_parallel='ulysses'|'ring'` runs the chosen kernel with tokens sharded over the
+sequence mesh axis (`parallel/context.py`: all-to-all heads<->tokens, or a key/value ring);
+'none' (default) leaves the sharding to XLA.
 """
 from __future__ import annotations
 
@@ -30,7 +34,12 @@ def resolve_impl(impl: str) -> str:
     return {'gpu': 'cudnn', 'tpu': 'splash'}.get(platform, 'xla')
 
 
-def dot_product_attention(q, k, v, mask=None, *, impl: str = 'auto', chunk_size: int = 512):
+def dot_product_attention(q, k, v, mask=None, *, impl: str = 'auto', chunk_size: int = 512,
+                          context_parallel: str = 'none'):
+    if context_parallel != 'none':
+        from sora_jax.parallel import context  # parallel/context.py calls back with 'none'
+        return context.context_parallel_attention(q, k, v, mask, method=context_parallel,
+                                                  impl=impl, chunk_size=chunk_size)
     impl = resolve_impl(impl)
     if impl == 'chunked':
         return chunked_attention(q, k, v, mask, chunk_size=chunk_size)

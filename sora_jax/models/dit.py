@@ -51,6 +51,7 @@ class DiTConfig:
     timestep_scale: float = 1000.0  # t in [0, 1] -> Wan timesteps in [0, 1000]
     attention: str = 'auto'
     attention_chunk: int = 512
+    context_parallel: str = 'none'  # none | ulysses | ring: self-attention over the sequence axis
     dtype: str = 'float32'          # compute dtype
     param_dtype: str = 'float32'    # master weights
     scan_layers: bool = True
@@ -82,6 +83,9 @@ class DiTConfig:
             if getattr(self, k) not in DTYPES:
                 raise ValueError(f'model.{k}={getattr(self, k)!r} is not one of {sorted(DTYPES)}.')
         attn_lib.resolve_impl(self.attention) if self.attention != 'auto' else None
+        if self.context_parallel not in ('none', 'ulysses', 'ring'):
+            raise ValueError(f'model.context_parallel={self.context_parallel!r} is not one of '
+                             "('none', 'ulysses', 'ring').")
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise ValueError(f'model.patch_size={self.patch_size} must be 3 positive ints (t, h, w).')
 
@@ -99,11 +103,12 @@ class Attention(nnx.Module):
     """Multi-head attention with RMS qk-norm over the full width and optional 3D RoPE."""
 
     def __init__(self, dim: int, heads: int, *, eps: float, rngs: nnx.Rngs, dtype, param_dtype,
-                 impl: str = 'auto', chunk: int = 512):
+                 impl: str = 'auto', chunk: int = 512, context_parallel: str = 'none'):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.heads = heads
         self.impl = impl
         self.chunk = chunk
+        self.context_parallel = context_parallel  # used by self-attention only
         self.to_q = layers.linear(dim, dim, ('embed', 'heads'), **kw)
         self.to_k = layers.linear(dim, dim, ('embed', 'heads'), **kw)
         self.to_v = layers.linear(dim, dim, ('embed', 'heads'), **kw)
@@ -122,8 +127,9 @@ class Attention(nnx.Module):
             q = rope.apply_rope(q, angles)
             k = rope.apply_rope(k, angles)
         q = constrain(q, ('act_batch', 'act_length', 'act_heads', None))
-        out = attn_lib.dot_product_attention(q, k, v, context_mask, impl=self.impl,
-                                             chunk_size=self.chunk)
+        out = attn_lib.dot_product_attention(
+            q, k, v, context_mask, impl=self.impl, chunk_size=self.chunk,
+            context_parallel=self.context_parallel if context is None else 'none')
         return self.to_out(rearrange(out, 'b n h d -> b n (h d)'))
 
 
@@ -133,7 +139,7 @@ class DiTBlock(nnx.Module):
     def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
         dt, pdt = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
         kw = dict(eps=cfg.eps, rngs=rngs, dtype=dt, param_dtype=pdt, impl=cfg.attention,
-                  chunk=cfg.attention_chunk)
+                  chunk=cfg.attention_chunk, context_parallel=cfg.context_parallel)
         self.norm1 = layers.LayerNorm(cfg.dim, eps=cfg.eps)
         self.attn1 = Attention(cfg.dim, cfg.num_heads, **kw)
         self.norm2 = layers.LayerNorm(cfg.dim, eps=cfg.eps, affine=cfg.cross_attn_norm)
