@@ -295,19 +295,36 @@ def detect(frames) -> list[dict[str, Any]]:
     return objects
 
 
-def judge_clip(frames, attrs: Mapping[str, str]) -> dict[str, Any]:
-    """Does the clip show `attrs` (shape, color, motion)? Judges the largest detected object.
+def judge_objects(objects: list[dict[str, Any]], attrs: Mapping[str, str]) -> dict[str, Any]:
+    """Verdict on `detect` output for `attrs` (shape, color, motion): the largest object decides.
 
     Returns {"shape", "color", "motion": bool per attribute, "all": all three, "found": an object
-    was detected, "num_objects": int, "flicker": temporal_flicker, "measured": the largest
-    object's detect() dict (None if nothing was found)}.
+    was detected, "num_objects": int, "measured": the largest object's detect() dict or None}.
     """
     want = shapes._as_attrs(attrs)
-    objects = detect(frames)
     verdict: dict[str, Any] = {"found": bool(objects), "num_objects": len(objects),
-                               "flicker": temporal_flicker(frames),
                                "measured": objects[0] if objects else None}
     for key in ("shape", "color", "motion"):
         verdict[key] = bool(objects) and objects[0][key] == want[key]
     verdict["all"] = verdict["shape"] and verdict["color"] and verdict["motion"]
     return verdict
+
+
+def judge_clip(frames, attrs: Mapping[str, str]) -> dict[str, Any]:
+    """Does the clip uint8 [T, H, W, 3] show `attrs` (a dict or (shape, color, motion) tuple)?
+
+    `judge_objects(detect(frames), attrs)` plus "flicker": `temporal_flicker(frames)`.
+    """
+    shapes._as_attrs(attrs)  # a bad attribute fails before the work
+    return {**judge_objects(detect(frames), attrs), "flicker": temporal_flicker(frames)}
+
+
+def degrade(video, blur: float = 1.0, noise: float = 8.0, seed: int = 0) -> np.ndarray:
+    """A stand-in for a VAE round trip: Gaussian blur (sigma px, spatial) + Gaussian noise
+    (std in 0..255 units), rounded back to uint8 [..., H, W, 3]."""
+    x = np.asarray(video).astype(np.float32)
+    if blur > 0:
+        x = ndimage.gaussian_filter(x, [0] * (x.ndim - 3) + [blur, blur, 0])
+    if noise > 0:
+        x = x + noise * np.random.default_rng(seed).standard_normal(x.shape)
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)

@@ -1,0 +1,197 @@
+"""Prompt-following evaluation of a shapes checkpoint, and of the judge itself.
+
+  # the model: N prompts per (shape, colour, motion) in each language, judged from pixels
+  python experiments/evaluate.py --checkpoint=checkpoints/shapes --suite=shapes --json=outputs/eval.json
+  python experiments/evaluate.py --checkpoint=... --suite=shapes --holdout_only --num_per_combo=4
+  # the judge: real one-shape dataset clips (optionally blurred + noised like a VAE round trip)
+  python experiments/evaluate.py --suite=ground_truth --json=outputs/judge.json [--blur=1 --noise=8]
+
+Prints a table (accuracy per attribute per language, seen vs held-out combinations, background
+flicker) and writes the same figures as JSON. One-shape prompts are built with
+`shapes.caption`; held-out combinations come from the checkpoint's `data.holdout` (else
+`configs/shapes.py:HOLDOUT`).
+"""
+import itertools
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+flags.DEFINE_string('checkpoint', None, 'Training workdir or shipped bundle (suite=shapes).')
+flags.DEFINE_enum('suite', 'shapes', ['shapes', 'ground_truth'], 'What to evaluate.')
+flags.DEFINE_string('json', None, 'Write the figures here as JSON.')
+flags.DEFINE_integer('num_per_combo', 1, 'Samples per (shape, colour, motion) and language.')
+flags.DEFINE_integer('steps', 25, 'Sampling steps.')
+flags.DEFINE_float('guidance_scale', None, 'Classifier-free guidance; default from the config.')
+flags.DEFINE_list('languages', ['en', 'es'], 'Caption languages.')
+flags.DEFINE_bool('holdout_only', False, 'Only the held-out combinations.')
+flags.DEFINE_integer('batch_size', 32, 'Prompts per sampling call.')
+flags.DEFINE_integer('num_frames', None, 'Frames; default from the config (ground_truth: 17).')
+flags.DEFINE_integer('height', None, 'Height; default from the config (ground_truth: 32).')
+flags.DEFINE_integer('width', None, 'Width; default from the config (ground_truth: 32).')
+flags.DEFINE_integer('seed', 0, 'Sampling seed (batch i uses seed + i); dataset seed for ground_truth.')
+flags.DEFINE_integer('num_clips', 500, 'ground_truth: clips to judge.')
+flags.DEFINE_float('blur', 0.0, 'ground_truth: Gaussian blur sigma (px) applied before judging.')
+flags.DEFINE_float('noise', 0.0, 'ground_truth: Gaussian noise std (0..255) applied before judging.')
+flags.DEFINE_bool('ema', True, 'Sample the EMA parameters.')
+
+ATTRS = ('shape', 'color', 'motion', 'all')
+
+
+def combinations(holdout, holdout_only: bool = False) -> list[dict]:
+    """Every (shape, colour, motion) as attribute dicts with a `held_out` flag."""
+    from sora_jax.data import shapes
+    out = []
+    for shape, color, motion in itertools.product(shapes.SHAPES, shapes.COLORS, shapes.MOTIONS):
+        a = {'shape': shape, 'color': color, 'motion': motion}
+        a['held_out'] = shapes.is_held_out(a, holdout)
+        if a['held_out'] or not holdout_only:
+            out.append(a)
+    return out
+
+
+def _record(verdict: dict, attrs: dict, **extra) -> dict:
+    m = verdict['measured'] or {}
+    return {**extra, **{k: attrs[k] for k in ('shape', 'color', 'motion')},
+            **{f'{k}_ok': bool(verdict[k]) for k in ATTRS},
+            'seen': {k: m.get(k) for k in ('shape', 'color', 'motion')},
+            'num_objects': verdict['num_objects'], 'flicker': verdict['flicker']}
+
+
+def summarize(records: list[dict]) -> dict:
+    """Accuracy per attribute (and all three) + mean flicker, per language, seen vs held-out."""
+    import numpy as np
+
+    def group(rs):
+        if not rs:
+            return None
+        out = {'n': len(rs), **{k: float(np.mean([r[f'{k}_ok'] for r in rs])) for k in ATTRS}}
+        out['flicker'] = float(np.mean([r['flicker'] for r in rs]))
+        out['one_object'] = float(np.mean([r['num_objects'] == 1 for r in rs]))
+        return out
+
+    langs = sorted({r['lang'] for r in records})
+    groups = {}
+    for lang in langs + (['all'] if len(langs) > 1 else []):
+        rs = [r for r in records if lang in ('all', r['lang'])]
+        for split, keep in (('', lambda r: True), ('/seen', lambda r: not r['held_out']),
+                            ('/held_out', lambda r: r['held_out'])):
+            g = group([r for r in rs if keep(r)])
+            if g is not None:
+                groups[lang + split] = g
+    by_value = {}
+    for key in ('shape', 'color', 'motion'):
+        for value in sorted({r[key] for r in records}):
+            rs = [r for r in records if r[key] == value]
+            by_value[f'{key}={value}'] = float(np.mean([r[f'{key}_ok'] for r in rs]))
+    return {'groups': groups, 'by_value': by_value}
+
+
+def table(summary: dict) -> str:
+    head = f"{'group':<16}{'n':>6}" + ''.join(f'{k:>9}' for k in ATTRS) + f"{'1 obj':>8}{'flicker':>9}"
+    lines = [head, '-' * len(head)]
+    for name, g in summary['groups'].items():
+        lines.append(f'{name:<16}{g["n"]:>6}' + ''.join(f'{g[k]:>9.3f}' for k in ATTRS)
+                     + f'{g["one_object"]:>8.3f}{g["flicker"]:>9.2f}')
+    return '\n'.join(lines)
+
+
+def evaluate_shapes(pipe, *, num_per_combo=1, languages=('en', 'es'), holdout=(),
+                    holdout_only=False, steps=25, guidance_scale=None, num_frames=None,
+                    height=None, width=None, batch_size=32, seed=0, progress=True) -> dict:
+    """Samples one-shape prompts with `pipe` (a TextToVideo), judges them; summary + records."""
+    from sora_jax.data import shapes
+    from sora_jax.evaluation import shapes_judge
+    for lang in languages:
+        if lang not in shapes.LANGS:
+            raise ValueError(f'Unknown language {lang!r}; use a subset of {shapes.LANGS}.')
+    jobs = [(a, lang, rep) for rep in range(num_per_combo)
+            for a in combinations(holdout, holdout_only) for lang in languages]
+    records, t_sample, t_judge = [], 0.0, 0.0
+    for b, start in enumerate(range(0, len(jobs), batch_size)):
+        chunk = jobs[start:start + batch_size]
+        prompts = [shapes.caption(a, lang) for a, lang, _ in chunk]
+        t0 = time.perf_counter()
+        videos = pipe(prompts, num_frames=num_frames, height=height, width=width,
+                      num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed + b,
+                      progress=progress)
+        t1 = time.perf_counter()
+        for (a, lang, rep), prompt, video in zip(chunk, prompts, videos):
+            verdict = shapes_judge.judge_clip(video, a)
+            records.append(_record(verdict, a, lang=lang, held_out=a['held_out'], prompt=prompt,
+                                   repeat=rep))
+        t_sample += t1 - t0
+        t_judge += time.perf_counter() - t1
+        logging.info('batch %d: %d/%d clips judged', b, len(records), len(jobs))
+    summary = summarize(records)
+    summary['timing'] = {'sample_s_per_clip': t_sample / max(len(records), 1),
+                         'judge_ms_per_clip': 1e3 * t_judge / max(len(records), 1)}
+    summary['records'] = records
+    return summary
+
+
+def evaluate_ground_truth(*, num_clips=500, num_frames=17, height=32, width=32, seed=0,
+                          blur=0.0, noise=0.0) -> dict:
+    """Judges real one-shape dataset clips against their own attributes: the judge's accuracy."""
+    from configs import shapes as shapes_config
+    from sora_jax.data import shapes
+    from sora_jax.evaluation import shapes_judge
+    records, t_judge = [], 0.0
+    for i in range(num_clips):
+        ex = shapes.generate(seed, i, num_frames=num_frames, height=height, width=width,
+                             max_objects=1)
+        video = ex['video']
+        if blur > 0 or noise > 0:
+            video = shapes_judge.degrade(video, blur, noise, seed=i)
+        obj = ex['scene'].objects[0]
+        t0 = time.perf_counter()
+        verdict = shapes_judge.judge_clip(video, obj)
+        t_judge += time.perf_counter() - t0
+        records.append(_record(verdict, obj, lang='gt', index=i,
+                               held_out=shapes.is_held_out(obj, shapes_config.HOLDOUT)))
+    summary = summarize(records)
+    summary['timing'] = {'judge_ms_per_clip': 1e3 * t_judge / max(num_clips, 1)}
+    summary['records'] = records
+    return summary
+
+
+def main(argv):
+    del argv
+    F = flags.FLAGS
+    if F.suite == 'ground_truth':
+        summary = evaluate_ground_truth(
+            num_clips=F.num_clips, num_frames=F.num_frames or 17, height=F.height or 32,
+            width=F.width or 32, seed=F.seed, blur=F.blur, noise=F.noise)
+        settings = {'num_clips': F.num_clips, 'blur': F.blur, 'noise': F.noise}
+    else:
+        if not F.checkpoint:
+            raise ValueError('--suite=shapes needs --checkpoint=DIR (a workdir or checkpoints/shapes).')
+        from configs import shapes as shapes_config
+        from sora_jax.pipeline import TextToVideo
+        pipe = TextToVideo.from_checkpoint(F.checkpoint, ema=F.ema)
+        holdout = tuple(tuple(c) for c in pipe.config.get('data', {}).get('holdout', shapes_config.HOLDOUT))
+        summary = evaluate_shapes(
+            pipe, num_per_combo=F.num_per_combo, languages=tuple(F.languages), holdout=holdout,
+            holdout_only=F.holdout_only, steps=F.steps, guidance_scale=F.guidance_scale,
+            num_frames=F.num_frames, height=F.height, width=F.width, batch_size=F.batch_size,
+            seed=F.seed)
+        settings = {'checkpoint': F.checkpoint, 'num_per_combo': F.num_per_combo, 'steps': F.steps,
+                    'guidance_scale': F.guidance_scale, 'languages': list(F.languages),
+                    'holdout': [list(c) for c in holdout], 'holdout_only': F.holdout_only}
+    summary['suite'], summary['settings'] = F.suite, settings
+    print(table(summary))
+    print('by value: ' + ', '.join(f'{k} {v:.2f}' for k, v in summary['by_value'].items()))
+    print(f"timing: {summary['timing']}", flush=True)
+    if F.json:
+        os.makedirs(os.path.dirname(os.path.abspath(F.json)), exist_ok=True)
+        with open(F.json, 'w') as f:
+            json.dump(summary, f, indent=1, default=lambda x: x.tolist() if hasattr(x, 'tolist') else str(x))
+        print(f'wrote {F.json}')
+
+
+if __name__ == '__main__':
+    app.run(main)
