@@ -33,6 +33,14 @@ def setup(config):
     return model, disc, {'video': video}
 
 
+def test_build_model_real_init(setup):
+    model = setup[0]
+    proj = model.encoder.mid_block.attentions[0].proj.kernel[...]
+    assert float(jnp.max(jnp.abs(proj))) == 0.0  # zero-initialised like Wan: attention = identity
+    conv = model.encoder.conv_in.kernel[...]
+    assert conv.shape == (3, 3, 3, 3, 4) and float(jnp.std(conv)) > 0.05
+
+
 def test_kl_zero_for_prior_and_positive_otherwise():
     zeros = jnp.zeros((2, 3, 4, 4, 4))
     np.testing.assert_array_equal(V.posterior_kl(zeros, zeros), [0.0, 0.0])
