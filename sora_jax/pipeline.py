@@ -179,8 +179,11 @@ class TextToVideo:
                  negative_prompt: str | Sequence[str] | None = None, sampler: str | None = None,
                  shift: float | None = None, seed: int = 0, mode: str = 't2v', image=None,
                  video=None, strength: float = 0.7, guidance_interval=(0.0, 1.0),
-                 progress: bool = True) -> np.ndarray:
-        """Returns uint8 frames [B, T, H, W, 3] (T = num_frames, less the pinned tail for 'loop')."""
+                 output_type: str = 'np', progress: bool = True) -> np.ndarray:
+        """Returns uint8 frames [B, T, H, W, 3] (T = num_frames, less the pinned tail for 'loop'),
+        or with output_type='latent' the sampled latents [B, T', h, w, C] (float32)."""
+        if output_type not in ('np', 'latent'):
+            raise ValueError(f"output_type={output_type!r} must be 'np' or 'latent'.")
         s = self.config.sample
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any((not isinstance(p, str)) or not p.strip() for p in prompts):
@@ -221,7 +224,7 @@ class TextToVideo:
             noise, t_start = cond_lib.sdedit_start(known, noise, strength)
             mask = jnp.zeros_like(mask)
             if t_start == 0.0:
-                return self._to_uint8(self._decode(noise))[:, :keep]
+                return noise if output_type == 'latent' else self._to_uint8(self._decode(noise))[:, :keep]
         with tqdm(total=steps, desc='sampling', disable=not progress) as bar:
             self._bar = bar
             lat = self._jit_sample(self.params, ctx, ctx_mask, noise, mask, known, method=method,
@@ -230,6 +233,8 @@ class TextToVideo:
                                    t_start=float(t_start),
                                    quantization=s.get('timestep_quantization', None))
             lat = jax.block_until_ready(lat)
+        if output_type == 'latent':
+            return np.asarray(lat)
         return self._to_uint8(self._decode(lat))[:, :keep]
 
     # ------------------------------------------------------------------ internals
