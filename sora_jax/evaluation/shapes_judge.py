@@ -4,7 +4,13 @@
   verdict["color"], verdict["shape"], verdict["motion"], verdict["all"]   # bools
   verdict["measured"]                                                    # what was seen
 
-`frames`: uint8 [T, H, W, 3], e.g. one clip of `TextToVideo(...)` output or `shapes.render`.
+`frames`: uint8 [T, H, W, 3], e.g. one clip of `TextToVideo(...)` output or `shapes.render`:
+
+  attrs = {"shape": "circle", "color": "red", "motion": "moving_left"}
+  judge_clip(pipe([shapes.caption(attrs, "es")], num_frames=17, height=32, width=32)[0], attrs)
+
+`detect(frames)` lists every object found; `judge_objects(detect(frames), attrs)` re-judges the
+same detections against other attributes without redoing the work.
 The judge knows the generator's vocabulary (`shapes.COLORS`, `shapes.SHAPES`, `shapes.MOTIONS`)
 and its drawing rules (shape orientation, the unit-radius outlines in `shapes._inside`), nothing
 about a particular clip. Steps:
