@@ -148,6 +148,11 @@ def _vae(c: mlc.ConfigDict, tiny: bool) -> None:
     c.vae.tile_sample_stride = 48   # tile stride (pixels)
     c.vae.kl_weight = 1e-6          # KL weight (per-element convention of objectives/vae.py)
     c.vae.sample_posterior = True   # decode a posterior sample in training
+    c.vae.use_gan = False           # train a 3D patch discriminator in the model (hinge GAN)
+    c.vae.disc_weight = 0.1         # generator adversarial-loss weight (use_gan)
+    c.vae.disc_start = 0            # must be 0 with use_gan (the loop has no step for loss_fn)
+    c.vae.disc_dim = 32             # discriminator width
+    c.vae.disc_layers = 2           # discriminator strided layers
     c.train.num_steps = 1500
     c.train.batch_size = 4
     c.train.learning_rate = 1e-3
@@ -157,5 +162,6 @@ def _vae(c: mlc.ConfigDict, tiny: bool) -> None:
         c.data.num_train, c.data.num_validation = 16, 4
         c.data.num_frames, c.data.height, c.data.width = 5, 16, 16
         c.vae.base_dim, c.vae.z_dim = 8, 4
+        c.vae.disc_dim, c.vae.disc_layers = 8, 1
         c.train.num_steps, c.train.batch_size, c.train.warmup_steps = 4, 4, 1
         c.train.log_every, c.train.checkpoint_every, c.train.eval_every = 2, 2, 0

@@ -77,7 +77,8 @@ def _decode(graphdef, state, latents):
 
 
 def load(path: str | os.PathLike, *, ema: bool = True) -> FrozenVAE:
-    """A VAE training workdir (`<path>/checkpoints/<step>`) -> FrozenVAE."""
+    """A VAE training workdir (`<path>/checkpoints/<step>`) -> FrozenVAE (EMA weights by default;
+    for a GAN run, the VAE part only)."""
     from sora_jax.train.objectives import vae as vae_objective
 
     path = os.fspath(path)
@@ -89,10 +90,11 @@ def load(path: str | os.PathLike, *, ema: bool = True) -> FrozenVAE:
     if config.objective != 'vae':
         raise ValueError(f'{path!r} holds a {config.objective!r} model, not a VAE; point '
                          'config.autoencoder at the workdir of a configs/...:vae run.')
+    # The training model is a WanVAE, or a VAEWithDiscriminator (vae.use_gan) whose `.vae` we keep.
     abstract = nnx.state(nnx.eval_shape(lambda: vae_objective.build_model(config, nnx.Rngs(0))),
                          nnx.Param)
     params, step = ckpt.restore_params(cdir, abstract, ema=ema)
     model = vae_objective.build_model(config, nnx.Rngs(0))  # non-param constants, then weights
     nnx.update(model, params)
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(vae_objective.vae_of(model))
     return FrozenVAE(graphdef, state, config, step)

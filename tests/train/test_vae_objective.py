@@ -113,3 +113,60 @@ def test_adversarial_terms_switch_on_at_disc_start(setup, config):
     dl = lambda p: obj.disc_loss_fn(nnx.merge(gd, p), model, batch, rng, config, step=10)[0]
     g = jax.grad(dl)(dp)
     assert float(dl(jax.tree.map(lambda p, g: p - 0.01 * g, dp, g))) < float(d_after)
+
+
+# ---- GAN inside the model (vae.use_gan): one loss, one optimizer ----------------------------
+
+@pytest.fixture(scope='module')
+def gan_setup():
+    config = _config(use_gan=True)
+    config.vae.disc_start = 0
+    model = obj.build_model(config, nnx.Rngs(0))
+    video = jax.random.uniform(jax.random.key(7), (2, 5, 8, 8, 3), minval=-1.0, maxval=1.0)
+    return config, model, {'video': video}
+
+
+def test_use_gan_builds_container_and_checks_disc_start(gan_setup):
+    config, model, _ = gan_setup
+    assert isinstance(model, obj.VAEWithDiscriminator)
+    assert isinstance(obj.vae_of(model), V.WanVAE) and obj.vae_of(model) is model.vae
+    assert isinstance(obj.build_model(_config(), nnx.Rngs(0)), V.WanVAE)  # use_gan off
+    assert isinstance(obj.build_model(_no_gan_weight(), nnx.Rngs(0)), V.WanVAE)  # weight 0
+    with pytest.raises(ValueError, match='disc_start=10'):
+        obj.build_model(_config(use_gan=True), nnx.Rngs(0))  # _config has disc_start=10
+
+
+def _no_gan_weight():
+    c = _config(use_gan=True)
+    c.vae.disc_weight = 0.0
+    return c
+
+
+def test_joint_loss_gradients_split_by_player(gan_setup):
+    config, model, batch = gan_setup
+    rng = jax.random.key(8)
+    graphdef, params = nnx.split(model, nnx.Param)
+    total = lambda p: obj.loss_fn(nnx.merge(graphdef, p), batch, rng, config)
+    (loss, m), g = jax.jit(jax.value_and_grad(total, has_aux=True))(params)
+
+    # Discriminator: gradient of the total == gradient of disc_loss_fn alone.
+    gd, dparams = nnx.split(model.disc, nnx.Param)
+    d_only = lambda p: obj.disc_loss_fn(nnx.merge(gd, p), model.vae, batch, rng, config)[0]
+    d_loss, g_d = jax.jit(jax.value_and_grad(d_only))(dparams)
+    # Generator: gradient of the total == gradient of the generator loss alone.
+    gv, vparams = nnx.split(model.vae, nnx.Param)
+    g_only = lambda p: obj.loss_fn(nnx.merge(gv, p), batch, rng, config, disc=model.disc)[0]
+    gen_loss, g_v = jax.jit(jax.value_and_grad(g_only))(vparams)
+
+    assert float(m['disc_loss']) == pytest.approx(float(d_loss), rel=1e-5)
+    assert float(m['gen_loss']) == pytest.approx(float(gen_loss), rel=1e-5)
+    assert float(loss) == pytest.approx(float(d_loss) + float(gen_loss), rel=1e-5)
+    assert float(m['adv_loss']) != 0.0 and float(d_loss) > 0.0
+    flat = lambda t: jax.tree.leaves(t)
+    for a, b in zip(flat(g['disc']), flat(g_d), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    for a, b in zip(flat(g['vae']), flat(g_v), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    # Both players really get a gradient (not all zero).
+    assert float(sum(jnp.sum(jnp.abs(x)) for x in flat(g['disc']))) > 0
+    assert float(sum(jnp.sum(jnp.abs(x)) for x in flat(g['vae']))) > 0

@@ -13,8 +13,21 @@ Both terms are per-element means over the video: rec = mean|x - x'|, kl = (KL su
 latent) / (elements in one video), so `kl_weight` means what it means in the SD/Wan recipe where
 both are sums. `batch['video']`: float32 [B, T, H, W, 3] in [-1, 1], T = 1 + 4k for Wan.
 
-The trainer calls `loss_fn(model, batch, rng, config)`; a GAN trainer also passes
-`step=` and `disc=` and updates the discriminator with `disc_loss_fn`.
+  use_gan [False]           train the discriminator inside the model (see below)
+
+GAN with the generic loop (one model, one optimizer). With `vae.use_gan` and `disc_weight > 0`,
+`build_model` returns `VAEWithDiscriminator` (`.vae`, `.disc`) and `loss_fn` returns
+  total = [rec + kl_weight KL + disc_weight adv](disc params under stop_gradient)
+        + [0.5 hinge(disc(video), disc(recon))](recon under stop_gradient),
+so d total / d vae = d generator loss / d vae and d total / d disc = d disc loss / d disc: one
+AdamW step updates both players on their own objectives (same learning rate and schedule). The
+loop only hands `loss_fn` the params, so there is no step counter to gate on: the adversarial
+terms are on from step 0, and `disc_start` must be 0 with `use_gan` (a ValueError says so). To
+warm up without the GAN, lower `disc_weight` instead. The discriminator is checkpointed with the
+VAE; `frozen_vae.load` keeps the `.vae` part.
+
+A custom two-optimizer trainer can instead call `loss_fn(vae, ..., step=, disc=)` and
+`disc_loss_fn`, which gate on `disc_start`.
 """
 from __future__ import annotations
 
@@ -28,7 +41,7 @@ from sora_jax.evaluation.metrics import psnr
 from sora_jax.models.vae import WanVAE, posterior_kl, posterior_sample
 
 DEFAULTS = dict(kl_weight=1e-6, sample_posterior=True, disc_start=0, disc_weight=0.1,
-                disc_dim=32, disc_layers=2)
+                disc_dim=32, disc_layers=2, use_gan=False)
 
 
 def _opt(config, key: str):
@@ -36,8 +49,27 @@ def _opt(config, key: str):
     return vae[key] if key in vae else DEFAULTS[key]
 
 
-def build_model(config, rngs: nnx.Rngs) -> WanVAE:
+def use_gan(config) -> bool:
+    """Whether `build_model` adds a discriminator (vae.use_gan and disc_weight > 0)."""
+    on = bool(_opt(config, 'use_gan')) and float(_opt(config, 'disc_weight')) > 0
+    if on and int(_opt(config, 'disc_start')) != 0:
+        raise ValueError(
+            f"vae.disc_start={_opt(config, 'disc_start')} with vae.use_gan=True: the generic "
+            'loop gives loss_fn no step counter, so the in-model GAN is on from step 0. Set '
+            'vae.disc_start=0 (or use_gan=False and a two-optimizer trainer).')
+    return on
+
+
+def build_model(config, rngs: nnx.Rngs):
+    """WanVAE, or VAEWithDiscriminator when `use_gan(config)`."""
+    if use_gan(config):
+        return VAEWithDiscriminator(config, rngs=rngs)
     return WanVAE(config.vae, rngs=rngs)
+
+
+def vae_of(model) -> WanVAE:
+    """The VAE inside a training model (itself, or `.vae` of a VAEWithDiscriminator)."""
+    return model.vae if isinstance(model, VAEWithDiscriminator) else model
 
 
 class PatchDiscriminator3D(nnx.Module):
@@ -68,6 +100,24 @@ def build_discriminator(config, rngs: nnx.Rngs) -> PatchDiscriminator3D:
                                 rngs=rngs)
 
 
+class VAEWithDiscriminator(nnx.Module):
+    """Both GAN players in one module, so one train state / optimizer holds them."""
+
+    def __init__(self, config, *, rngs: nnx.Rngs):
+        self.vae = WanVAE(config.vae, rngs=rngs)
+        self.disc = build_discriminator(config, rngs)
+
+
+def _frozen(module):
+    """The same module with every parameter under stop_gradient (used inside a traced loss)."""
+    graphdef, state = nnx.split(module)
+    return nnx.merge(graphdef, jax.lax.stop_gradient(state))
+
+
+def _hinge(real: jax.Array, fake: jax.Array) -> jax.Array:
+    return 0.5 * (jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake)))
+
+
 def reconstruct(model: WanVAE, video: jax.Array, rng: jax.Array, config):
     """(recon unclipped [B, T, H, W, 3], mean, logvar) with the objective's posterior sampling."""
     k_post, k_drop = jax.random.split(rng)
@@ -84,7 +134,12 @@ def _gan_on(step, config) -> jax.Array:
 
 def loss_fn(model: WanVAE, batch: dict, rng: jax.Array, config, *, step: Any = 0,
             disc: Optional[PatchDiscriminator3D] = None):
-    """(loss, metrics): L1 + kl_weight * KL (+ disc_weight * generator hinge loss once on)."""
+    """(loss, metrics): L1 + kl_weight * KL (+ disc_weight * generator hinge loss once on).
+
+    `model` a VAEWithDiscriminator: generator loss + discriminator loss (see the module doc).
+    """
+    if isinstance(model, VAEWithDiscriminator):
+        return _joint_loss(model, batch, rng, config)
     video = batch['video'].astype(jnp.float32)
     recon, mean, logvar = reconstruct(model, video, rng, config)
     rec = jnp.mean(jnp.abs(recon - video))
@@ -103,6 +158,26 @@ def loss_fn(model: WanVAE, batch: dict, rng: jax.Array, config, *, step: Any = 0
     return loss, metrics
 
 
+def _joint_loss(model: VAEWithDiscriminator, batch: dict, rng: jax.Array, config):
+    """Generator loss (frozen discriminator) + discriminator loss (frozen reconstruction)."""
+    video = batch['video'].astype(jnp.float32)
+    recon, mean, logvar = reconstruct(model.vae, video, rng, config)
+    rec = jnp.mean(jnp.abs(recon - video))
+    kl = jnp.mean(posterior_kl(mean, logvar)) / (video[0].size)
+    adv = -jnp.mean(_frozen(model.disc)(recon))
+    gen = rec + float(_opt(config, 'kl_weight')) * kl + float(_opt(config, 'disc_weight')) * adv
+    real, fake = model.disc(video), model.disc(jax.lax.stop_gradient(recon))
+    d_loss = _hinge(real, fake)
+    sg = jax.lax.stop_gradient
+    metrics = dict(
+        loss=gen + d_loss, gen_loss=gen, rec_loss=rec, kl=kl, adv_loss=adv, disc_loss=d_loss,
+        logits_real=jnp.mean(sg(real)), logits_fake=jnp.mean(sg(fake)),
+        psnr=psnr(sg(jnp.clip(recon, -1, 1)), video), latent_std=jnp.std(sg(mean)),
+        logvar=jnp.mean(sg(logvar)),
+    )
+    return gen + d_loss, metrics
+
+
 def disc_loss_fn(disc: PatchDiscriminator3D, model: WanVAE, batch: dict, rng: jax.Array, config,
                  *, step: Any = 0):
     """(loss, metrics) of the discriminator: hinge loss on real videos vs reconstructions.
@@ -113,6 +188,5 @@ def disc_loss_fn(disc: PatchDiscriminator3D, model: WanVAE, batch: dict, rng: ja
     video = batch['video'].astype(jnp.float32)
     recon = jax.lax.stop_gradient(reconstruct(model, video, rng, config)[0])
     real, fake = disc(video), disc(recon)
-    hinge = jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake))
-    loss = 0.5 * hinge * _gan_on(step, config)
+    loss = _hinge(real, fake) * _gan_on(step, config)
     return loss, dict(disc_loss=loss, logits_real=jnp.mean(real), logits_fake=jnp.mean(fake))
