@@ -1,0 +1,369 @@
+"""Speed benchmarks: prints a table and writes the same figures as JSON.
+
+  python experiments/benchmark.py dit --json=bench_dit.json      # train step vs PyTorch, MFU
+  python experiments/benchmark.py sample --json=bench_sample.json  # TextToVideo seconds/clip
+  python experiments/benchmark.py vae --json=bench_vae.json      # experiments/benchmark_vae.py
+
+`dit` times one DiT train step (forward + backward + AdamW, float32 by default) of sora_jax and,
+in the same process at the same config and thread count, of diffusers' `WanTransformer3DModel`
+(weights copied through `sora_jax.convert.wan`). MFU = model FLOPs (analytic: 3x the forward
+matmul FLOPs, attention included, remat recompute not) / step time / the matmul peak measured
+in the same run (a large jitted f32 matmul). It also compiles the scanned train step at two
+depths (`--compile_depths`) to show compile time flat in depth.
+
+Subcommands live in SUBCOMMANDS {name: fn(FLAGS) -> dict}; `vae` is loaded from
+`experiments/benchmark_vae.py` (its `run(FLAGS) -> dict`) so that file's owner adds flags there.
+"""
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string('json', None, 'Write the figures to this JSON file.')
+flags.DEFINE_integer('threads', 0, 'CPU cores for both runtimes: the process is pinned to this '
+                     'many cores (XLA:CPU sizes its pool by them) and torch.set_num_threads gets '
+                     'the same number (0: every core this process may use).')
+flags.DEFINE_integer('rounds', 3, 'Timing rounds (JAX and torch interleaved); the best counts.')
+flags.DEFINE_integer('iters', 2, 'Steps per timing round.')
+# dit
+flags.DEFINE_integer('dim', 512, 'DiT width.')
+flags.DEFINE_integer('heads', 8, 'DiT heads.')
+flags.DEFINE_integer('ffn_dim', 2048, 'DiT MLP width.')
+flags.DEFINE_integer('depth', 6, 'DiT blocks.')
+flags.DEFINE_integer('text_dim', 256, 'Text feature width.')
+flags.DEFINE_integer('text_len', 32, 'Text tokens.')
+flags.DEFINE_integer('channels', 16, 'Latent channels.')
+flags.DEFINE_list('latent', ['4', '16', '16'], 'Latent T,H,W (patch 1,2,2).')
+flags.DEFINE_integer('batch', 4, 'Clips per train step.')
+flags.DEFINE_string('dtype', 'float32', 'Compute dtype (params stay float32).')
+flags.DEFINE_string('remat', 'none', 'DiT remat policy.')
+flags.DEFINE_bool('torch', True, 'Also time diffusers WanTransformer3DModel (skipped if missing).')
+flags.DEFINE_list('compile_depths', ['2', '28'], 'Depths whose train-step compile time is '
+                  'measured (empty: skip).')
+flags.DEFINE_integer('matmul_size', 2048, 'Side of the square f32 matmul that measures peak.')
+# sample
+flags.DEFINE_string('sample_config', 'dit', 'configs/shapes.py ARG of the sampled model.')
+flags.DEFINE_integer('sample_steps', 10, 'Sampling steps.')
+flags.DEFINE_integer('sample_frames', 8, 'Frames per clip.')
+flags.DEFINE_integer('sample_size', 16, 'Height = width (pixels).')
+FLAGS = flags.FLAGS
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _threads() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def pin_threads(n: int) -> None:
+    """Pin to n cores before jax / torch start their thread pools (0: leave as is)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if n < 0 or n > len(cores):
+        raise ValueError(f'--threads={n} must be in [0, {len(cores)}] (the usable cores).')
+    if n:
+        os.sched_setaffinity(0, cores[:n])
+
+
+def _best(fn, rounds: int, iters: int) -> float:
+    """Best mean seconds per call over `rounds` rounds of `iters` calls."""
+    best = float('inf')
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / iters)
+    return best
+
+
+def matmul_peak(n: int):
+    """A callable returning the FLOP/s of a jitted [n, n] @ [n, n] float32 matmul (best of 3).
+
+    Call it next to each timed round, so that load from other processes hits both alike."""
+    import jax
+    import jax.numpy as jnp
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    f(a, b).block_until_ready()
+    return lambda: 2 * n ** 3 / _best(lambda: f(a, b).block_until_ready(), 3, 1)
+
+
+def dit_flops(cfg, tokens: int, text_len: int, batch: int) -> float:
+    """Analytic forward matmul FLOPs of the DiT per batch (attention scores included)."""
+    d, f, n, L = cfg.dim, cfg.ffn_dim, tokens, text_len
+    patch = cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2]
+    per_block = (2 * n * 4 * d * d        # self-attention q, k, v, out
+                 + 4 * n * n * d           # scores + weighted values
+                 + 2 * n * 2 * d * d       # cross-attention q, out
+                 + 2 * L * 2 * d * d       # cross-attention k, v on text
+                 + 4 * n * L * d           # cross scores + values
+                 + 2 * n * 2 * d * f)      # MLP
+    outer = (2 * n * patch * cfg.in_channels * d + 2 * n * d * patch * cfg.out_channels
+             + 2 * L * (cfg.text_dim * d + d * d) + 2 * (cfg.freq_dim * d + d * d + d * 6 * d))
+    return batch * (cfg.depth * per_block + outer)
+
+
+def _rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# ----------------------------------------------------------------------------- dit
+
+def _dit_config(depth=None):
+    from sora_jax.models.dit import DiTConfig
+    return DiTConfig(patch_size=(1, 2, 2), in_channels=FLAGS.channels, out_channels=FLAGS.channels,
+                     dim=FLAGS.dim, num_heads=FLAGS.heads, ffn_dim=FLAGS.ffn_dim,
+                     depth=depth or FLAGS.depth, text_dim=FLAGS.text_dim, freq_dim=256,
+                     attention='xla', dtype=FLAGS.dtype, remat=FLAGS.remat)
+
+
+def _jax_train_step(graphdef, tx):
+    """(params, opt_state, x, t, ctx, target) -> (params, opt_state, loss): MSE + AdamW."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    def step(params, opt_state, x, t, ctx, target):
+        def loss_fn(p):
+            v = nnx.merge(graphdef, p)(x, t, ctx)
+            return jnp.mean((v - target) ** 2)
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def _inputs(cfg):
+    import numpy as np
+    t_, h_, w_ = (int(s) for s in FLAGS.latent)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((FLAGS.batch, t_, h_, w_, cfg.in_channels)).astype(np.float32)
+    target = rng.standard_normal(x.shape).astype(np.float32)
+    ctx = rng.standard_normal((FLAGS.batch, FLAGS.text_len, cfg.text_dim)).astype(np.float32)
+    t = np.linspace(0.2, 0.9, FLAGS.batch).astype(np.float32)
+    return x, t, ctx, target
+
+
+def compile_seconds(depth: int) -> float:
+    """Lower + compile the scanned train step at `depth` blocks from abstract shapes only."""
+    import jax
+    import optax
+    from flax import nnx
+    from sora_jax.models.dit import DiT
+    cfg = _dit_config(depth)
+    gdef, abstract = nnx.split(nnx.eval_shape(lambda: DiT(cfg, rngs=nnx.Rngs(0))))
+    tx = optax.adamw(1e-4)
+    opt = jax.eval_shape(tx.init, abstract)
+    args = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in _inputs(cfg)]
+    t0 = time.perf_counter()
+    _jax_train_step(gdef, tx).lower(abstract, opt, args[0], args[1], args[2], args[3]).compile()
+    return time.perf_counter() - t0
+
+
+def _torch_model(cfg, folder):
+    import torch
+    from diffusers import WanTransformer3DModel
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(
+        patch_size=cfg.patch_size, num_attention_heads=cfg.num_heads,
+        attention_head_dim=cfg.head_dim, in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,
+        ffn_dim=cfg.ffn_dim, num_layers=cfg.depth, cross_attn_norm=True, eps=cfg.eps)
+    model.save_pretrained(folder)
+    return model
+
+
+def bench_dit(_) -> dict:
+    import jax
+    import numpy as np
+    import optax
+    from flax import nnx
+    from sora_jax.convert import wan
+    from sora_jax.models.dit import DiT
+
+    threads = _threads()
+    cfg = _dit_config()
+    x, t, ctx, target = _inputs(cfg)
+    tokens = x.shape[1] * (x.shape[2] // 2) * (x.shape[3] // 2)
+    out = dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
+               threads=threads, dtype=FLAGS.dtype, remat=FLAGS.remat,
+               config=dict(dim=cfg.dim, heads=cfg.num_heads, ffn_dim=cfg.ffn_dim, depth=cfg.depth,
+                           text_dim=cfg.text_dim, text_len=FLAGS.text_len, batch=FLAGS.batch,
+                           latent=[int(s) for s in FLAGS.latent], channels=cfg.in_channels),
+               tokens_per_step=FLAGS.batch * tokens)
+    peak_fn = matmul_peak(FLAGS.matmul_size)
+    peak = peak_fn()
+
+    use_torch = FLAGS.torch
+    if use_torch:
+        try:
+            import torch  # noqa: F401
+            import diffusers  # noqa: F401
+        except ImportError:
+            use_torch = False
+    with tempfile.TemporaryDirectory() as folder:
+        if use_torch:
+            import torch
+            torch.set_num_threads(threads)
+            tmodel = _torch_model(cfg, folder)
+            module = wan.load_dit(folder, attention='xla', dtype=FLAGS.dtype, remat=FLAGS.remat)
+        else:
+            module = jax.jit(lambda: DiT(cfg, rngs=nnx.Rngs(0)))()
+    gdef, params = nnx.split(module)
+    out['params'] = int(sum(a.size for a in jax.tree.leaves(params)))
+    tx = optax.adamw(1e-4)
+    opt_state = jax.jit(tx.init)(params)
+    step = _jax_train_step(gdef, tx)
+
+    t0 = time.perf_counter()
+    compiled = step.lower(params, opt_state, x, t, ctx, target).compile()
+    out['compile_s'] = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        out['xla_temp_bytes'] = int(mem.temp_size_in_bytes)
+        out['xla_argument_bytes'] = int(mem.argument_size_in_bytes)
+        out['xla_peak_bytes'] = int(mem.temp_size_in_bytes + mem.argument_size_in_bytes
+                                    + mem.output_size_in_bytes - mem.alias_size_in_bytes)
+    state = {'p': params, 'o': opt_state}
+    losses = []
+
+    def jax_once():
+        state['p'], state['o'], loss = compiled(state['p'], state['o'], x, t, ctx, target)
+        losses.append(loss)
+        loss.block_until_ready()
+
+    jax_once()
+    out['rss_after_jax_bytes'] = _rss_bytes()
+
+    if use_torch:
+        tx_t = torch.optim.AdamW(tmodel.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8,
+                                 weight_decay=1e-4)
+        tdt = {'float32': torch.float32, 'bfloat16': torch.bfloat16}[FLAGS.dtype]
+        tmodel.train()
+        tx_in = torch.from_numpy(x.transpose(0, 4, 1, 2, 3).copy())
+        tt_in = torch.from_numpy(t * cfg.timestep_scale)
+        tc_in = torch.from_numpy(ctx)
+        tg_in = torch.from_numpy(target.transpose(0, 4, 1, 2, 3).copy())
+        t_losses = []
+
+        def torch_once():
+            with torch.autocast('cpu', dtype=tdt, enabled=tdt != torch.float32):
+                v = tmodel(tx_in, tt_in, tc_in, return_dict=False)[0]
+            loss = ((v.float() - tg_in) ** 2).mean()
+            loss.backward()
+            tx_t.step()
+            tx_t.zero_grad(set_to_none=True)
+            t_losses.append(loss.item())
+
+        torch_once()
+        # same weights, same batch: the first losses agree (the converter + the model are exact)
+        out['first_loss_jax'] = float(losses[0])
+        out['first_loss_torch'] = t_losses[0]
+    tm = tp = float('inf')
+    for _ in range(FLAGS.rounds):  # interleaved, so background load hits all three alike
+        peak = max(peak, peak_fn())
+        tp = min(tp, _best(jax_once, 1, FLAGS.iters))
+        if use_torch:
+            tm = min(tm, _best(torch_once, 1, FLAGS.iters))
+    out['matmul_peak_flops'] = peak
+    if use_torch:
+        out['torch_step_s'] = tm
+        out['torch_tokens_per_s'] = out['tokens_per_step'] / tm
+        out['torch_threads'] = torch.get_num_threads()
+    out['step_s'] = tp
+    out['tokens_per_s'] = out['tokens_per_step'] / tp
+    out['model_flops_per_step'] = 3 * dit_flops(cfg, tokens, FLAGS.text_len, FLAGS.batch)
+    out['achieved_flops'] = out['model_flops_per_step'] / tp
+    out['mfu'] = out['achieved_flops'] / out['matmul_peak_flops']
+    if use_torch:
+        out['torch_mfu'] = out['model_flops_per_step'] / tm / out['matmul_peak_flops']
+        out['speed_ratio_vs_torch'] = tm / tp
+    out['rss_peak_bytes'] = _rss_bytes()
+    depths = [int(d) for d in FLAGS.compile_depths]
+    for d in depths:
+        out[f'compile_s_depth{d}'] = compile_seconds(d)
+    if len(depths) == 2:
+        out['compile_ratio'] = out[f'compile_s_depth{depths[1]}'] / out[f'compile_s_depth{depths[0]}']
+    return out
+
+
+# ----------------------------------------------------------------------------- sample
+
+def bench_sample(_) -> dict:
+    import jax
+    from configs import shapes as shapes_config
+    from sora_jax.pipeline import TextToVideo
+
+    config = shapes_config.get_config(FLAGS.sample_config)
+    pipe = TextToVideo.from_config(config, seed=0)
+    kw = dict(num_frames=FLAGS.sample_frames, height=FLAGS.sample_size, width=FLAGS.sample_size,
+              num_inference_steps=FLAGS.sample_steps, seed=0, progress=False)
+    prompt = 'a red circle moving to the left'
+    t0 = time.perf_counter()
+    first = pipe(prompt, **kw)
+    first_s = time.perf_counter() - t0
+    clip_s = _best(lambda: pipe(prompt, **kw), FLAGS.rounds, 1)
+    n_params = sum(a.size for a in jax.tree.leaves(pipe.params))
+    return dict(device=str(jax.devices()[0].device_kind), config=FLAGS.sample_config,
+                params=int(n_params), frames=FLAGS.sample_frames, size=FLAGS.sample_size,
+                steps=FLAGS.sample_steps, sampler=config.sample.sampler,
+                output_shape=list(first.shape), first_call_s=first_s,
+                compile_s=max(first_s - clip_s, 0.0), seconds_per_clip=clip_s,
+                seconds_per_step=clip_s / FLAGS.sample_steps, rss_peak_bytes=_rss_bytes())
+
+
+def bench_vae(flags_) -> dict:
+    """Hook: the VAE benchmark lives in experiments/benchmark_vae.py as `run(FLAGS) -> dict`."""
+    try:
+        from experiments import benchmark_vae
+    except ImportError as e:
+        raise ValueError('the vae benchmark needs experiments/benchmark_vae.py defining '
+                         '`run(FLAGS) -> dict`; it is not there yet.') from e
+    return benchmark_vae.run(flags_)
+
+
+SUBCOMMANDS = {'dit': bench_dit, 'sample': bench_sample, 'vae': bench_vae}
+
+
+# ----------------------------------------------------------------------------- output
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f'{v:.4g}'
+    return str(v)
+
+
+def print_table(name: str, figures: dict) -> None:
+    width = max(len(k) for k in figures)
+    print(f'== benchmark {name} ==')
+    for k, v in figures.items():
+        if k.endswith('_bytes'):
+            v = f'{v / 2**20:.1f} MiB'
+        elif k.endswith('flops') and isinstance(v, float):
+            v = f'{v / 1e9:.2f} GFLOP' + ('' if 'per_step' in k else '/s')
+        print(f'{k:<{width}}  {_fmt(v)}')
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
+        raise app.UsageError(f'usage: benchmark.py {{{",".join(SUBCOMMANDS)}}} --json=FILE; got '
+                             f'{argv[1:]}.')
+    pin_threads(FLAGS.threads)
+    figures = SUBCOMMANDS[argv[1]](FLAGS)
+    print_table(argv[1], figures)
+    if FLAGS.json:
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
+        with open(FLAGS.json, 'w') as f:
+            json.dump(dict(figures, benchmark=argv[1]), f, indent=1)
+
+
+if __name__ == '__main__':
+    app.run(main)
