@@ -1,12 +1,18 @@
 """The shapes family: the demo model trained on synthetic captioned shapes videos (en + es).
 
 Args (`--config=configs/shapes.py:ARG`):
-  dit    text-to-video DiT + byte text encoder (pixel space unless `autoencoder` names a VAE
-         checkpoint directory).
-  tiny   the same, tiny and fast: what the tests and the quickstart colab train.
+  vae        the causal video VAE (4x time, 4x space, 8 latent channels).
+  dit        the demo text-to-video model: byte text encoder + DiT on the VAE's latents of
+             17-frame clips at 32x32 (plus 9-frame and 32x48 / 48x32 size buckets), trained
+             with random frame masks so one model does t2v, i2v, extend, connect and loop.
+  dit_pixel  the same DiT in pixel space (no VAE), 8 frames at 16x16.
+  tiny, tiny_vae   tiny and fast: what the tests train.
 
+The shipped recipe (checkpoints/shapes):
+  python experiments/train.py --config=configs/shapes.py:vae --workdir=workdirs/shapes_vae
   python experiments/train.py --config=configs/shapes.py:dit --workdir=workdirs/shapes_dit
-  python experiments/sample.py --checkpoint=workdirs/shapes_dit --prompt="a red circle moving to the left" --out=outputs/red.mp4
+  python experiments/export.py --dit=workdirs/shapes_dit --dst=checkpoints/shapes
+  python experiments/sample.py --checkpoint=checkpoints/shapes --prompt="a red circle moving to the left" --out=outputs/red.mp4
 """
 import ml_collections as mlc
 
@@ -32,6 +38,7 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
     c.data.height = 16              # H
     c.data.width = 16               # W
     c.data.sizes = ()               # ((T, H, W), ...) size buckets; overrides the three above
+    c.data.size_weights = ()        # relative frequency of each size bucket (default uniform)
     c.data.holdout = HOLDOUT        # (color, shape) combinations held out of training
     c.data.spanish_prob = 0.5       # probability a caption is the Spanish one
     c.data.worker_count = 0         # grain worker processes (0: in the training process)
@@ -108,6 +115,7 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
     c.sample.guidance_scale = 4.0   # classifier-free guidance
     c.sample.shift = 1.0            # sampling timestep shift
     c.sample.fps = 8                # frames per second of written videos
+    c.sample.display_scale = 4      # written videos are upscaled (nearest) by this factor
 
     if arg in ('vae', 'tiny_vae'):
         _vae(c, tiny=arg == 'tiny_vae')
@@ -121,9 +129,33 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
         c.train.num_steps, c.train.batch_size, c.train.warmup_steps = 4, 8, 1
         c.train.log_every, c.train.checkpoint_every, c.train.eval_every = 2, 2, 0
         c.sample.num_frames, c.sample.height, c.sample.width, c.sample.steps = 4, 8, 8, 4
-    elif arg != 'dit':
-        raise ValueError(f'configs/shapes.py: unknown arg {arg!r}; use dit, vae, tiny or tiny_vae.')
+    elif arg == 'dit':
+        _latent_dit(c)
+    elif arg != 'dit_pixel':
+        raise ValueError(f'configs/shapes.py: unknown arg {arg!r}; use vae, dit, dit_pixel, tiny '
+                         'or tiny_vae.')
     return c
+
+
+def _latent_dit(c: mlc.ConfigDict) -> None:
+    """The demo DiT on VAE latents (17x32x32 clips -> 5x8x8x8 latents -> 80 tokens)."""
+    c.autoencoder = 'workdirs/shapes_vae'
+    c.latent_channels = 8           # = vae.z_dim
+    c.data.num_train = 4096
+    c.data.max_objects = 1          # one shape per clip (the judge's prompts)
+    c.data.num_frames, c.data.height, c.data.width = 17, 32, 32
+    c.data.sizes = ((17, 32, 32), (9, 32, 32), (17, 32, 48), (17, 48, 32))
+    c.data.size_weights = (0.55, 0.15, 0.15, 0.15)
+    c.conditioning.enabled = True
+    c.model.patch_size = (1, 2, 2)
+    c.model.dim, c.model.num_heads, c.model.ffn_dim, c.model.depth = 256, 4, 1024, 8
+    c.train.num_steps = 4000
+    c.train.batch_size = 32
+    c.train.warmup_steps = 200
+    c.train.log_every = 50
+    c.train.checkpoint_every = 250
+    c.train.eval_every = 0
+    c.sample.num_frames, c.sample.height, c.sample.width = 17, 32, 32
 
 
 def _vae(c: mlc.ConfigDict, tiny: bool) -> None:
