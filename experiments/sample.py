@@ -32,6 +32,7 @@ flags.DEFINE_string('image', None, 'Image file for i2v / loop.')
 flags.DEFINE_multi_string('video', None, 'Video file for extend / v2v (twice for connect: head, tail).')
 flags.DEFINE_float('strength', 0.7, 'v2v: how much of the input video is re-generated (0..1).')
 flags.DEFINE_bool('ema', True, 'Sample the EMA parameters.')
+flags.DEFINE_integer('display_scale', None, 'Upscale written videos (nearest); default config.sample.display_scale.')
 flags.mark_flags_as_required(['checkpoint', 'prompt'])
 
 
@@ -64,6 +65,9 @@ def main(argv):
                   negative_prompt=F.negative_prompt, sampler=F.sampler, shift=F.shift,
                   seed=F.seed, mode=F.mode, image=image, video=video, strength=F.strength)
     root, ext = os.path.splitext(F.out)
+    scale = int(F.display_scale or s.get('display_scale', 1))
+    if scale > 1:  # nearest-neighbour upscale so tiny demo clips are watchable
+        frames = np.repeat(np.repeat(frames, scale, axis=2), scale, axis=3)
     for i, clip in enumerate(frames):
         base = root if len(frames) == 1 else f'{root}_{i}'
         path = video_io.write_video(base + (ext or '.mp4'), clip, fps=s.fps)
