@@ -1,11 +1,14 @@
 """Orbax checkpoints: train state + grain iterator state + the config, written atomically.
 
-Orbax writes each step into a temporary directory and renames it when complete, so a process
-killed mid-save leaves no directory that restores wrong; such leftovers are ignored (and
-reported) when the manager opens.
+Orbax writes each step into a temporary directory (`<step>.orbax-checkpoint-tmp-<time>`) and
+renames it when complete, so a process killed mid-save (even by SIGKILL) leaves no directory
+that restores wrong: `latest_step()` never sees a temporary directory. Such leftovers are
+reported with a warning when a manager opens, and removed by the training manager
+(`cleanup_tmp=True`).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import Any
@@ -20,24 +23,49 @@ from etils import epath
 ITEMS = ('state', 'data', 'config')
 
 
-def _warn_unfinished(directory: epath.Path) -> None:
+def unfinished(directory: str | os.PathLike) -> list[epath.Path]:
+    """Leftovers of saves that never committed (the process stopped mid-save)."""
+    directory = epath.Path(directory)
     if not directory.exists():
-        return
-    for p in directory.iterdir():
-        if p.is_dir() and ('.orbax-checkpoint-tmp' in p.name or p.name.endswith('.tmp')):
-            logging.warning('Ignoring unfinished checkpoint %s (the process stopped mid-save; '
-                            'the previous complete step is used).', p)
+        return []
+    return sorted(p for p in directory.iterdir()
+                  if p.is_dir() and ('.orbax-checkpoint-tmp' in p.name or p.name.endswith('.tmp')))
+
+
+def _warn_unfinished(directory: epath.Path) -> None:
+    for p in unfinished(directory):
+        logging.warning('Ignoring unfinished checkpoint %s (the process stopped mid-save; '
+                        'the previous complete step is used).', p)
+
+
+class _DelayedJsonHandler(ocp.JsonCheckpointHandler):
+    """Fault-injection test hook (`train.debug_save_delay_s`): the config item's write waits, so
+    every save stays uncommitted (a `*.orbax-checkpoint-tmp*` directory) for that long and a
+    test can kill the process mid-save."""
+
+    def __init__(self, delay_s: float):
+        super().__init__()
+        self._delay_s = delay_s
+
+    async def _save_fn(self, x, directory):
+        await asyncio.sleep(self._delay_s)
+        await super()._save_fn(x, directory)
 
 
 def manager(directory: str | os.PathLike, *, keep: int = 2, create: bool = True,
-            async_save: bool = True) -> ocp.CheckpointManager:
+            async_save: bool = True, cleanup_tmp: bool = False,
+            save_delay_s: float = 0.0) -> ocp.CheckpointManager:
+    """Orbax manager with items state/data/config. `cleanup_tmp` removes unfinished saves (after
+    warning about them); `save_delay_s` > 0 is a test hook (see `_DelayedJsonHandler`)."""
     directory = epath.Path(directory).absolute()
     _warn_unfinished(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
-                                           enable_async_checkpointing=async_save)
+                                           enable_async_checkpointing=async_save,
+                                           cleanup_tmp_directories=cleanup_tmp and create)
     handlers = {'state': ocp.StandardCheckpointHandler(),
                 'data': grain.checkpoint.CheckpointHandler(),
-                'config': ocp.JsonCheckpointHandler()}
+                'config': (_DelayedJsonHandler(save_delay_s) if save_delay_s > 0
+                           else ocp.JsonCheckpointHandler())}
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 

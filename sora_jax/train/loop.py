@@ -2,11 +2,28 @@
 
 `train_and_evaluate(config, workdir)` trains whatever `config.objective` names
 (`train/objectives/<name>.py`: `build_model`, `loss_fn`), resuming from the newest complete
-checkpoint in `workdir`. On SIGTERM it finishes the current step, saves and returns.
+checkpoint in `workdir` (train state, RNG and the grain iterator position: a resumed run
+repeats an uninterrupted one bitwise on CPU).
+
+Faults:
+  * SIGTERM, or Orbax's preemption sync point (`CheckpointManager.reached_preemption`): the
+    current step finishes, a checkpoint is written and the function returns
+    (`metrics['preempted'] == 1`); re-running the same command resumes.
+  * A process killed mid-save leaves only an `*.orbax-checkpoint-tmp*` directory, which is
+    ignored with a warning (the previous complete step is restored) and cleaned up.
+  * A non-finite loss or gradient skips the update; `train.max_nonfinite` in a row raise
+    FloatingPointError. A state with a non-finite value is never checkpointed.
+
+Test hooks (fault injection; all off by default, read with `.get` so configs need not
+define them): `train.log_example_ids` (write `workdir/example_ids.jsonl`: step, example ids,
+loss), `train.debug_sleep_per_step` (seconds, to let a test signal a run mid-way),
+`train.debug_nan_from_step` (feed NaN inputs from this 1-based step on),
+`train.debug_save_delay_s` (stall each checkpoint commit, to let a test kill a save).
 """
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import os
 import signal
@@ -64,16 +81,33 @@ def _pixel_sources(config) -> dict[str, Any]:
         from sora_jax.data.builders.shapes import ShapesConfig, build_shapes
         sc = ShapesConfig(num_train=d.num_train, num_validation=d.num_validation,
                           num_frames=d.num_frames, height=d.height, width=d.width,
-                          sizes=tuple(tuple(s) for s in d.sizes), holdout=tuple(d.holdout),
+                          sizes=tuple(tuple(s) for s in d.sizes),
+                          size_weights=tuple(d.get("size_weights", ())), holdout=tuple(d.holdout),
                           max_objects=d.max_objects, seed=config.seed)
         return build_shapes(d.data_dir, sc)
-    if d.name == 'folder':
-        return {s: data_pipeline.open_source(d.data_dir, s) for s in ('train', 'validation')}
+    if d.name in ('folder', 'video_folder'):
+        from sora_jax.data.builders.video_folder import VideoFolderConfig, build_video_folder
+        sizes = tuple(tuple(s) for s in d.sizes) or ((d.num_frames, d.height, d.width),)
+        vc = VideoFolderConfig(folder=d.get('folder', ''), captions=d.get('captions', ''),
+                               sizes=sizes, frame_stride=d.get('frame_stride', 1),
+                               validation_fraction=d.get('validation_fraction', 0.0))
+        return dict(build_video_folder(d.data_dir, vc))  # 'validation' only if a fraction is set
     raise ValueError(f"config.data.name={d.name!r} is not 'shapes' or 'folder'.")
 
 
-def make_data(config, split: str, *, batch_size: int, shuffle: bool, num_epochs=None):
-    sources = make_sources(config)
+def skipped_files(sources: dict[str, Any]) -> dict[str, list[str]]:
+    """{reason: [paths]} of the files the dataset build skipped (video folders; {} otherwise)."""
+    for src in sources.values():
+        info = getattr(src, 'dataset_info', None)
+        meta = getattr(info, 'metadata', None) or {}
+        if 'skipped' in meta:
+            return {k: list(v) for k, v in meta['skipped'].items()}
+    return {}
+
+
+def make_data(config, split: str, *, batch_size: int, shuffle: bool, num_epochs=None,
+              sources: dict[str, Any] | None = None):
+    sources = make_sources(config) if sources is None else sources
     if split not in sources:
         raise ValueError(f'the dataset has no {split!r} split (splits: {sorted(sources)}).')
     tok = ByteTokenizer(config.text.max_length) if 'text' in config else ByteTokenizer()
@@ -111,13 +145,17 @@ def to_global(batch: dict[str, np.ndarray], mesh, rules) -> dict[str, jax.Array]
 
 
 class _Preemption:
-    """SIGTERM -> finish the step, checkpoint, exit cleanly."""
+    """SIGTERM -> finish the step, checkpoint, exit cleanly (installed before the first compile,
+    so a SIGTERM during start-up also ends cleanly instead of killing the process)."""
 
-    def __init__(self):
+    def __init__(self, install: bool = True):
         self.requested = False
+        self._install = install
         self._old = None
 
     def __enter__(self):
+        if not self._install:
+            return self
         try:
             self._old = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread
@@ -134,10 +172,19 @@ class _Preemption:
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-    """Trains to config.train.num_steps (or until preempted). Returns the last metrics."""
+    """Trains to config.train.num_steps (or until preempted). Returns the last metrics plus
+    'step', 'nonfinite_total', 'preempted' (0/1) and 'data_skipped' (files the dataset build
+    skipped; 0 for synthetic data)."""
     validate_config(config)
     ckpt.quiet_orbax_logs()
     objective = objective_module(config)
+    # Our SIGTERM handler only in single-process runs: multi-host runs use JAX's preemption
+    # service (it owns SIGTERM) through Orbax's sync point, so all hosts stop at one step.
+    with _Preemption(install=jax.process_count() == 1) as pre:
+        return _train(config, workdir, objective, pre)
+
+
+def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any]:
     t = config.train
     mesh = mesh_lib.make_mesh(config.mesh.shape)
     rules = mesh_lib.rules_dict(config.mesh.rules)
@@ -146,39 +193,63 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     if t.batch_size % n_proc:
         raise ValueError(f'train.batch_size={t.batch_size} is not divisible by the '
                          f'{n_proc} processes; use a multiple of {n_proc}.')
-    ds = make_data(config, 'train', batch_size=t.batch_size // n_proc, shuffle=True)
+    sources = make_sources(config)
+    skipped = skipped_files(sources)
+    if any(skipped.values()):
+        logging.warning('data: %d files skipped at build time %s: %s', _count(skipped),
+                        {k: len(v) for k, v in skipped.items()},
+                        {k: v for k, v in skipped.items() if v})
+    ds = make_data(config, 'train', batch_size=t.batch_size // n_proc, shuffle=True,
+                   sources=sources)
     data_iter = iter(ds)
 
     graphdef, state, shardings, tx, schedule = init_state(config, mesh, rules, objective)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info('model: %s parameters; mesh %s', f'{n_params:,}', dict(mesh.shape))
 
-    mngr = ckpt.manager(os.path.join(workdir, 'checkpoints'), keep=t.keep_checkpoints)
+    mngr = ckpt.manager(os.path.join(workdir, 'checkpoints'), keep=t.keep_checkpoints,
+                        cleanup_tmp=True, save_delay_s=float(t.get('debug_save_delay_s', 0.0)))
     if mngr.latest_step() is not None:
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
                                 state)
         state, step0 = ckpt.restore_state(mngr, abstract, data_iter)
         logging.info('Resumed from step %d in %s', step0, workdir)
+    start = int(state.step)
+    ids_log = (_ExampleIdLog(os.path.join(workdir, 'example_ids.jsonl'), start)
+               if t.get('log_example_ids', False) and jax.process_index() == 0 else None)
+    nan_from = int(t.get('debug_nan_from_step', 0) or 0)
+    sleep_s = float(t.get('debug_sleep_per_step', 0.0) or 0.0)
 
     step_fn = step_lib.make_train_step(graphdef, objective.loss_fn, tx, config, schedule)
     batch_keys = None
+    preempted = False
     with jax.set_mesh(mesh), mesh_lib.use_rules(rules):
         train_step = jax.jit(step_fn, out_shardings=(shardings, None), donate_argnums=0)
+        is_finite = jax.jit(_state_finite)
         writer = _writer(workdir)
-        start = int(state.step)
         metrics: dict[str, Any] = {}
         t0 = time.time()
-        with _Preemption() as pre, tqdm(total=t.num_steps, initial=start, desc='train',
-                                        disable=jax.process_index() != 0) as bar:
+        with tqdm(total=t.num_steps, initial=start, desc='train',
+                  disable=jax.process_index() != 0) as bar:
             for step in range(start, t.num_steps):
+                if pre.requested and step == start:  # signalled during start-up: nothing new
+                    preempted = True
+                    break
                 batch = next(data_iter)
                 if batch_keys is None:
                     batch_keys = [k for k in ('video', 'latents', 'text_ids') if k in batch]
-                state, m = train_step(state, to_global({k: batch[k] for k in batch_keys},
-                                                       mesh, rules))
+                inputs = {k: batch[k] for k in batch_keys}
+                if nan_from and step + 1 >= nan_from:  # fault injection (test hook)
+                    inputs = {k: np.full_like(v, np.nan) if v.dtype.kind == 'f' else v
+                              for k, v in inputs.items()}
+                state, m = train_step(state, to_global(inputs, mesh, rules))
                 streak = int(state.nonfinite_streak)
                 bar.update(1)
                 done = step + 1
+                if ids_log is not None:
+                    ids_log.write(done, batch['id'], float(m['loss']))
+                if sleep_s:
+                    time.sleep(sleep_s)
                 if streak:
                     logging.warning('step %d: non-finite loss or gradient; update skipped '
                                     '(%d in a row, %d in all).', done, streak,
@@ -189,7 +260,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                         f'{streak} non-finite steps in a row at step {done} (train.max_nonfinite='
                         f'{t.max_nonfinite}); lower train.learning_rate or check the data. The '
                         f'last checkpoint in {workdir} holds finite params.')
-                if done % t.log_every == 0 or done == t.num_steps:
+                # Every host calls the sync point every step (it is collective in multi-host).
+                preempted = mngr.reached_preemption(done) or pre.requested
+                if done % t.log_every == 0 or done == t.num_steps or preempted:
                     metrics = {k: float(v) for k, v in jax.device_get(m).items()}
                     metrics['steps_per_sec'] = t.log_every / max(time.time() - t0, 1e-9)
                     t0 = time.time()
@@ -198,31 +271,81 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                 if t.eval_every and done % t.eval_every == 0:
                     _log(writer, done, evaluate(config, graphdef, objective, state.ema_params,
                                                 mesh, rules))
-                if done % t.checkpoint_every == 0 or done == t.num_steps or pre.requested:
+                if done % t.checkpoint_every == 0 or done == t.num_steps or preempted:
+                    if not bool(is_finite(state)):
+                        mngr.wait_until_finished()
+                        raise FloatingPointError(
+                            f'the train state at step {done} holds a non-finite value; not '
+                            f'checkpointing it. The last checkpoint in {workdir} is kept.')
                     ckpt.save(mngr, done, state, data_iter, config)
-                if pre.requested:
-                    mngr.wait_until_finished()
-                    logging.warning('Preempted: checkpoint at step %d saved in %s. Resume with the '
-                                    'same command (it continues from the newest checkpoint).',
-                                    done, workdir)
-                    print(f'Preempted at step {done}; checkpoint saved. Re-run the same command '
-                          f'to resume.', flush=True)
+                if preempted:
                     break
         mngr.wait_until_finished()
         if writer is not None:
             writer.close()
-    metrics['step'] = int(state.step)
+    step = int(state.step)
+    if preempted:
+        where = (f'checkpoint at step {step} saved in {workdir}' if mngr.latest_step() == step
+                 else f'no step was taken since step {start}; nothing new to save')
+        logging.warning('Preempted: %s.', where)
+        print(f'Preempted at step {step}: {where}. Resume by re-running the same command '
+              f'(same --config and --workdir={workdir}); it continues from the newest '
+              f'checkpoint.', flush=True)
+    if any(skipped.values()):
+        logging.warning('data summary: %d files skipped %s; see the warnings above for their paths.',
+                        _count(skipped), {k: len(v) for k, v in skipped.items()})
+    metrics['step'] = step
     metrics['nonfinite_total'] = int(state.nonfinite_total)
+    metrics['preempted'] = int(preempted)
+    metrics['data_skipped'] = _count(skipped)
     return metrics
 
 
+def _count(skipped: dict[str, list]) -> int:
+    return sum(len(v) for v in skipped.values())
+
+
+def _state_finite(state) -> jax.Array:
+    """True when params, EMA params and optimizer state hold no NaN/Inf."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
+        (state.params, state.ema_params, state.opt_state))
+        if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+class _ExampleIdLog:
+    """`example_ids.jsonl`: one {"step", "ids", "loss"} line per step (process 0's shard). On
+    resume, lines after the restored step (steps a killed run took but never checkpointed) are
+    dropped, so the file is the data order of the run that the checkpoints hold."""
+
+    def __init__(self, path: str, start: int):
+        kept = []
+        if os.path.exists(path) and start > 0:
+            with open(path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)['step'] <= start]
+        with open(path, 'w') as f:
+            f.writelines(kept)
+        self._path = path
+
+    def write(self, step: int, ids: np.ndarray, loss: float) -> None:
+        with open(self._path, 'a') as f:
+            f.write(json.dumps({'step': step, 'ids': [int(i) for i in np.asarray(ids)],
+                                'loss': loss}) + '\n')
+
+
 def evaluate(config, graphdef, objective, params, mesh, rules, num_batches: int | None = None):
-    """Mean held-out loss of the given params over the validation split (fixed RNG)."""
-    bs = min(config.train.batch_size, config.data.num_validation)
+    """Mean held-out loss of the given params over the validation split (fixed RNG); {} when the
+    dataset has no validation split (e.g. a video folder with data.validation_fraction=0)."""
+    sources = make_sources(config)
+    if 'validation' not in sources:
+        logging.info('no validation split (splits: %s); skipping evaluation.', sorted(sources))
+        return {}
+    bs = min(config.train.batch_size, len(sources['validation']))
     bs -= bs % max(1, math.prod(mesh.shape[a] for a in ('data', 'fsdp')))
     if bs <= 0:
         return {}
-    ds = make_data(config, 'validation', batch_size=bs, shuffle=False, num_epochs=1)
+    ds = make_data(config, 'validation', batch_size=bs, shuffle=False, num_epochs=1,
+                   sources=sources)
     eval_fn = jax.jit(step_lib.make_eval_step(graphdef, objective.loss_fn, config))
     totals: dict[str, float] = {}
     n = 0

@@ -1,7 +1,14 @@
 """Config validation before anything is built or compiled: each error names the key, the value
-and the fix."""
+and the fix (`ValueError('config.KEY=VALUE: fix')`).
+
+Checked: train knobs (positive integers, ranges), dtypes, the mesh against the device count,
+the data source (name, folder path, sizes) and the clip sizes against the VAE and patch factors
+(DiT) or the VAE's own factors (VAE), attention heads, the autoencoder checkpoint path. Unknown
+keys are rejected earlier, by `config_flags` on the command line (`--config.x.y` with no such
+key) and by ConfigDict attribute access in code."""
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 
@@ -12,24 +19,53 @@ def _err(key, value, fix):
     return ValueError(f'config.{key}={value!r}: {fix}')
 
 
+DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def validate_config(config) -> None:
+    for section in ('train', 'data', 'mesh'):
+        if section not in config:
+            raise _err(section, None, f'a training config needs a {section!r} section (this one '
+                       'may be for sampling only, e.g. configs/wan21.py); train with a config '
+                       'that defines it (configs/shapes.py:dit or :vae).')
+    if 'objective' not in config:
+        raise _err('objective', None, "name the training objective (e.g. 'flow' or 'vae').")
+    if importlib.util.find_spec(f'sora_jax.train.objectives.{config.objective}') is None:
+        raise _err('objective', config.objective, 'has no module sora_jax/train/objectives/'
+                   f'{config.objective}.py; use one of flow, vae (or add that file).')
     t = config.train
-    for key in ('num_steps', 'batch_size', 'log_every', 'checkpoint_every', 'grad_accum_steps'):
-        v = t[key]
-        if not isinstance(v, int) or v < 1:
+    for key in ('num_steps', 'batch_size', 'log_every', 'checkpoint_every', 'grad_accum_steps',
+                'max_nonfinite', 'keep_checkpoints'):
+        v = t.get(key, 1)
+        if not _is_int(v) or v < 1:
             raise _err(f'train.{key}', v, 'must be a positive integer.')
+    for key in ('eval_every', 'warmup_steps'):
+        v = t.get(key, 0)
+        if not _is_int(v) or v < 0:
+            raise _err(f'train.{key}', v, 'must be an integer >= 0 (0: off).')
     if t.batch_size % t.grad_accum_steps:
         raise _err('train.batch_size', t.batch_size,
                    f'must be divisible by train.grad_accum_steps={t.grad_accum_steps}.')
     if not 0.0 <= t.ema_decay < 1.0:
         raise _err('train.ema_decay', t.ema_decay, 'must be in [0, 1).')
-    if t.learning_rate <= 0:
+    if not t.learning_rate > 0:
         raise _err('train.learning_rate', t.learning_rate, 'must be > 0.')
+    if not t.get('grad_clip', 1.0) > 0:
+        raise _err('train.grad_clip', t.grad_clip, 'must be > 0.')
+    _check_dtypes(config)
+    _check_data(config)
     shape = tuple(config.mesh.shape)
     n = jax.device_count()
-    fixed = math.prod(s for s in shape if s != -1)
     if len(shape) != 4:
         raise _err('mesh.shape', shape, 'needs 4 entries (data, fsdp, tensor, sequence).')
+    if any(not _is_int(s) or (s < 1 and s != -1) for s in shape) or shape.count(-1) > 1:
+        raise _err('mesh.shape', shape, 'entries must be positive integers, with at most one -1 '
+                   '(the remaining devices).')
+    fixed = math.prod(s for s in shape if s != -1)
     if (-1 in shape and n % fixed) or (-1 not in shape and fixed != n):
         raise _err('mesh.shape', shape, f'must multiply to the {n} devices (use -1 for one axis).')
     mesh_shape = [s if s != -1 else n // fixed for s in shape]
@@ -39,7 +75,62 @@ def validate_config(config) -> None:
         raise _err('train.batch_size', t.batch_size,
                    f'the micro-batch {micro} must be divisible by data*fsdp={batch_shards}.')
     if 'model' in config and 'patch_size' in config.model:
+        _check_model(config)
         _check_sizes(config)
+    elif 'vae' in config:
+        _check_vae_sizes(config)
+
+
+def _check_dtypes(config) -> None:
+    for section, key in (('model', 'dtype'), ('model', 'param_dtype'), ('text', 'dtype')):
+        if section in config and key in config[section]:
+            v = config[section][key]
+            if v not in DTYPES:
+                raise _err(f'{section}.{key}', v, f'must be one of {DTYPES}.')
+
+
+def _check_data(config) -> None:
+    d = config.data
+    if d.name not in ('shapes', 'folder', 'video_folder'):
+        raise _err('data.name', d.name, "must be 'shapes' (synthetic) or 'folder' (a folder of "
+                   'videos + captions.jsonl/csv, set data.folder).')
+    if d.name in ('folder', 'video_folder'):
+        folder = d.get('folder', '')
+        if not folder or not os.path.isdir(folder):
+            raise _err('data.folder', folder, 'is not a directory; point it at the folder holding '
+                       'the videos and captions.jsonl (or captions.csv).')
+    sizes = [tuple(s) for s in d.get('sizes', ())] or [(d.num_frames, d.height, d.width)]
+    for size in sizes:
+        if len(size) != 3 or not all(_is_int(v) and v >= 1 for v in size):
+            raise _err('data.sizes' if d.get('sizes') else 'data.num_frames/height/width',
+                       size, 'each clip size must be 3 positive integers (T, H, W).')
+    if not 0.0 <= d.get('spanish_prob', 0.0) <= 1.0:
+        raise _err('data.spanish_prob', d.spanish_prob, 'must be in [0, 1].')
+
+
+def _check_model(config) -> None:
+    m = config.model
+    patch = tuple(m.patch_size)
+    if len(patch) != 3 or not all(_is_int(p) and p >= 1 for p in patch):
+        raise _err('model.patch_size', patch, 'must be 3 positive integers (t, h, w).')
+    if m.dim % m.num_heads or (m.dim // m.num_heads) % 2:
+        raise _err('model.num_heads', m.num_heads, f'must divide model.dim={m.dim} into an even '
+                   'head dim (RoPE rotates pairs).')
+    if 'text' in config and 'text_dim' in m and m.text_dim != config.text.dim:
+        raise _err('model.text_dim', m.text_dim, f'must equal text.dim={config.text.dim}.')
+
+
+def _check_vae_sizes(config) -> None:
+    """The VAE objective: clips must code into whole latents."""
+    d, v = config.data, config.vae
+    tf = 2 ** sum(bool(x) for x in v.temperal_downsample)
+    sf = 2 ** (len(v.dim_mult) - 1)
+    for (tt, hh, ww) in [tuple(s) for s in d.sizes] or [(d.num_frames, d.height, d.width)]:
+        if tf > 1 and (tt - 1) % tf:
+            raise _err('data.num_frames', tt, f'the causal VAE needs 1 + {tf}k frames '
+                       f'(e.g. {1 + tf * max(1, (tt - 1) // tf)}).')
+        if hh % sf or ww % sf:
+            raise _err('data.height/width', (hh, ww), f'must be multiples of the VAE factor {sf}.')
 
 
 def _check_sizes(config) -> None:
