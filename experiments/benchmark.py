@@ -48,10 +48,13 @@ flags.DEFINE_list('compile_depths', ['2', '28'], 'Depths whose train-step compil
                   'measured (empty: skip).')
 flags.DEFINE_integer('matmul_size', 2048, 'Side of the square f32 matmul that measures peak.')
 # sample
-flags.DEFINE_string('sample_config', 'dit', 'configs/shapes.py ARG of the sampled model.')
+flags.DEFINE_string('sample_config', 'dit_pixel', 'configs/shapes.py ARG of a randomly '
+                    'initialised model (used without --sample_checkpoint).')
+flags.DEFINE_string('sample_checkpoint', None, 'Time this trained checkpoint instead (e.g. '
+                    'checkpoints/shapes: includes its VAE decode).')
 flags.DEFINE_integer('sample_steps', 10, 'Sampling steps.')
-flags.DEFINE_integer('sample_frames', 8, 'Frames per clip.')
-flags.DEFINE_integer('sample_size', 16, 'Height = width (pixels).')
+flags.DEFINE_integer('sample_frames', 0, 'Frames per clip (0: the config default).')
+flags.DEFINE_integer('sample_size', 0, 'Height = width in pixels (0: the config default).')
 FLAGS = flags.FLAGS
 
 
@@ -82,16 +85,24 @@ def _best(fn, rounds: int, iters: int) -> float:
 
 
 def matmul_peak(n: int):
-    """A callable returning the FLOP/s of a jitted [n, n] @ [n, n] float32 matmul (best of 3).
+    """A callable `peak(window_s)` -> FLOP/s of a jitted [n, n] @ [n, n] float32 matmul.
 
-    Call it next to each timed round, so that load from other processes hits both alike."""
+    Each of 3 samples repeats the matmul for about `window_s` (the step time), and the best
+    counts: called next to each timed round with the same window, load from other processes
+    hits the peak and the step alike (a short window would catch quiet moments the step can't)."""
     import jax
     import jax.numpy as jnp
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     f = jax.jit(jnp.matmul)
     f(a, b).block_until_ready()
-    return lambda: 2 * n ** 3 / _best(lambda: f(a, b).block_until_ready(), 3, 1)
+    one = _best(lambda: f(a, b).block_until_ready(), 3, 1)
+
+    def peak(window_s: float = 0.0) -> float:
+        reps = max(1, round(window_s / one))
+        return 2 * n ** 3 / _best(lambda: f(a, b).block_until_ready(), 3, reps)
+
+    return peak
 
 
 def dit_flops(cfg, tokens: int, text_len: int, batch: int) -> float:
@@ -200,7 +211,7 @@ def bench_dit(_) -> dict:
                            latent=[int(s) for s in FLAGS.latent], channels=cfg.in_channels),
                tokens_per_step=FLAGS.batch * tokens)
     peak_fn = matmul_peak(FLAGS.matmul_size)
-    peak = peak_fn()
+    peak = 0.0
 
     use_torch = FLAGS.torch
     if use_torch:
@@ -269,8 +280,8 @@ def bench_dit(_) -> dict:
         out['first_loss_torch'] = t_losses[0]
     tm = tp = float('inf')
     for _ in range(FLAGS.rounds):  # interleaved, so background load hits all three alike
-        peak = max(peak, peak_fn())
         tp = min(tp, _best(jax_once, 1, FLAGS.iters))
+        peak = max(peak, peak_fn(tp))
         if use_torch:
             tm = min(tm, _best(torch_once, 1, FLAGS.iters))
     out['matmul_peak_flops'] = peak
@@ -302,9 +313,16 @@ def bench_sample(_) -> dict:
     from configs import shapes as shapes_config
     from sora_jax.pipeline import TextToVideo
 
-    config = shapes_config.get_config(FLAGS.sample_config)
-    pipe = TextToVideo.from_config(config, seed=0)
-    kw = dict(num_frames=FLAGS.sample_frames, height=FLAGS.sample_size, width=FLAGS.sample_size,
+    if FLAGS.sample_checkpoint:
+        pipe = TextToVideo.from_checkpoint(FLAGS.sample_checkpoint)
+        name = FLAGS.sample_checkpoint
+    else:
+        pipe = TextToVideo.from_config(shapes_config.get_config(FLAGS.sample_config), seed=0)
+        name = f'configs/shapes.py:{FLAGS.sample_config} (random init)'
+    config = pipe.config
+    frames = FLAGS.sample_frames or config.sample.num_frames
+    size = FLAGS.sample_size or config.sample.height
+    kw = dict(num_frames=frames, height=size, width=size,
               num_inference_steps=FLAGS.sample_steps, seed=0, progress=False)
     prompt = 'a red circle moving to the left'
     t0 = time.perf_counter()
@@ -312,8 +330,8 @@ def bench_sample(_) -> dict:
     first_s = time.perf_counter() - t0
     clip_s = _best(lambda: pipe(prompt, **kw), FLAGS.rounds, 1)
     n_params = sum(a.size for a in jax.tree.leaves(pipe.params))
-    return dict(device=str(jax.devices()[0].device_kind), config=FLAGS.sample_config,
-                params=int(n_params), frames=FLAGS.sample_frames, size=FLAGS.sample_size,
+    return dict(device=str(jax.devices()[0].device_kind), model=name, vae=pipe.vae is not None,
+                params=int(n_params), frames=frames, size=size,
                 steps=FLAGS.sample_steps, sampler=config.sample.sampler,
                 output_shape=list(first.shape), first_call_s=first_s,
                 compile_s=max(first_s - clip_s, 0.0), seconds_per_clip=clip_s,
