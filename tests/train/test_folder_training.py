@@ -22,8 +22,9 @@ def get_config(arg='tiny'):
     c = shapes.get_config(arg)
     c.data.folder = ''                 # a folder of videos + captions.jsonl (data.name='folder')
     c.data.spanish_prob = 0.0
-    c.train.num_steps = 2
-    c.train.eval_every = 2             # no validation split: evaluation is skipped, not a crash
+    c.train.num_steps = 8              # = test_preemption's runs: same program, one XLA compile
+    c.train.checkpoint_every = 8
+    c.train.eval_every = 8             # no validation split: evaluation is skipped, not a crash
     c.train.log_example_ids = True     # test hook: workdir/example_ids.jsonl
     return c
 '''
@@ -79,14 +80,14 @@ def test_broken_files_skipped_and_training_runs(run):
     p, work = run
     assert p.returncode == 0, p.stderr[-4000:]
     final = dict(kv.split('=') for kv in p.stdout.split('final ', 1)[1].split())
-    assert float(final['step']) == 2 and float(final['data_skipped']) == 6
+    assert float(final['step']) == 8 and float(final['data_skipped']) == 6
     assert np.isfinite(float(final['loss'])) and float(final['preempted']) == 0
-    assert sorted(os.listdir(work / 'checkpoints')) == ['2']
+    assert sorted(os.listdir(work / 'checkpoints')) == ['8']
     ids = [i for line in (work / 'example_ids.jsonl').read_text().splitlines()
            for i in json.loads(line)['ids']]
-    # 3 usable clips, batches of 8 over repeated, reshuffled epochs: each 5 or 6 times
+    # 3 usable clips, 8 batches of 8 over repeated, reshuffled epochs: each 21 or 22 times
     counts = sorted(np.unique(ids, return_counts=True)[1].tolist())
-    assert len(ids) == 16 and counts == [5, 5, 6]
+    assert len(ids) == 64 and counts == [21, 21, 22]
 
 
 def test_skips_logged_with_paths_and_summarised(run, folder):

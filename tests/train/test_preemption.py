@@ -5,6 +5,7 @@
   p1   SIGTERM after step 2 is logged -> finishes the step, checkpoints k, exits 0
   p2   resumes from k; SIGKILL while its step-4 save is uncommitted (save delay test hook)
   p3   resumes: warns about the unfinished save, restores k, trains to 8
+  nan  (alongside p3) NaN inputs from step 3, train.max_nonfinite=2: stops at step 4
 
 p3's final state, per-step losses and example ids must equal ref's bitwise; every clip is seen
 exactly once. A persistent XLA cache shared by the processes keeps them to one compile.
@@ -41,6 +42,11 @@ def get_config(arg='tiny'):
     c.train.debug_nan_from_step = 0     # test hook: NaN inputs from this step on
     return c
 '''
+
+
+# the fault-injection run of the last test (started by the fixture, next to p3)
+NAN_FLAGS = ('--config.train.debug_nan_from_step=3', '--config.train.max_nonfinite=2',
+             '--config.train.checkpoint_every=1')
 
 
 def subprocess_env(base: Path) -> dict:
@@ -128,9 +134,11 @@ def runs(tmp_path_factory):
     p2_rc = p2.wait(timeout=60)
     after_p2 = (committed(ck), unfinished(ck))
     p3 = launch(base, res_dir)
+    nan = launch(base, base / 'nan', *NAN_FLAGS)  # independent: alongside p3
     p3_rc = p3.wait(timeout=300)
     ref_rc = ref.wait(timeout=300)
-    return dict(base=base, ref=ref_dir, res=res_dir, rc=(ref_rc, p1_rc, p2_rc, p3_rc),
+    nan_rc = nan.wait(timeout=300)
+    return dict(base=base, ref=ref_dir, res=res_dir, rc=(ref_rc, p1_rc, p2_rc, p3_rc), nan_rc=nan_rc,
                 after_p1=after_p1, after_p2=after_p2, after_p3=(committed(ck), unfinished(ck)),
                 seconds=time.time() - t0)
 
@@ -178,11 +186,8 @@ def test_resumed_run_equals_uninterrupted_bitwise(runs):
 
 def test_nonfinite_streak_stops_the_run_and_checkpoints_stay_finite(runs):
     """Fault injection: NaN inputs from step 3; max_nonfinite=2 -> stop at step 4, exit != 0."""
-    base = runs['base']  # after the runs above: the XLA cache is warm
+    base, rc = runs['base'], runs['nan_rc']
     work = base / 'nan'
-    p = launch(base, work, '--config.train.debug_nan_from_step=3',
-               '--config.train.max_nonfinite=2', '--config.train.checkpoint_every=1')
-    rc = p.wait(timeout=300)
     err = (base / 'nan.err').read_text()
     assert rc == 1, err[-3000:]
     assert 'FloatingPointError: 2 non-finite steps in a row at step 4 (train.max_nonfinite=2)' in err
