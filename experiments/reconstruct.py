@@ -97,7 +97,8 @@ def main(argv):
         what = f"{result['num_frames']}x{result['height']}x{result['width']}"
     else:
         what = f"{result['num']} clips of {'x'.join(map(str, result['size']))}"
-    print(f"PSNR {result['psnr']:.4f} dB  SSIM {result['ssim']:.4f}  ({what}, step "
+    tiled = f", tiles {result['tile'][0]}/{result['tile'][1]} px" if result['tile'] else ''
+    print(f"PSNR {result['psnr']:.4f} dB  SSIM {result['ssim']:.4f}  ({what}{tiled}, step "
           f"{result['step']})", flush=True)
     if FLAGS.json:
         pathlib.Path(FLAGS.json).parent.mkdir(parents=True, exist_ok=True)
