@@ -30,8 +30,12 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
     c.latent_std = ()
 
     c.data = mlc.ConfigDict()
-    c.data.name = 'shapes'          # 'shapes' (synthetic, built on demand) or 'video_folder'
+    c.data.name = 'shapes'          # 'shapes' (synthetic, built on demand) or 'folder' (videos)
     c.data.data_dir = 'data_cache'  # where tfds builds/reads array_record files
+    c.data.folder = ''              # data.name='folder': directory of mp4/webm/gif files
+    c.data.captions = ''            # its captions.jsonl / .csv (default: inside the folder)
+    c.data.frame_stride = 1         # keep every n-th frame of folder videos
+    c.data.validation_fraction = 0.0  # folder clips held out for evaluation
     c.data.num_train = 2048         # synthetic train clips
     c.data.num_validation = 64      # synthetic held-out clips
     c.data.num_frames = 8           # T of each clip (used when data.sizes is empty)
@@ -101,6 +105,11 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
     c.train.eval_every = 500        # steps between held-out evaluations (0: never)
     c.train.keep_checkpoints = 2    # newest checkpoints kept
     c.train.max_nonfinite = 20      # stop after this many non-finite steps in a row
+    c.train.log_example_ids = False # write workdir/example_ids.jsonl (step, ids, loss)
+    # Fault-injection hooks for the reliability tests (leave at 0 in real runs):
+    c.train.debug_sleep_per_step = 0.0  # seconds to sleep after each step
+    c.train.debug_nan_from_step = 0     # feed NaN inputs from this 1-based step on
+    c.train.debug_save_delay_s = 0.0    # stall each checkpoint commit
 
     c.mesh = mlc.ConfigDict()
     c.mesh.shape = (-1, 1, 1, 1)    # (data, fsdp, tensor, sequence); -1 = the remaining devices
@@ -145,13 +154,14 @@ def _latent_dit(c: mlc.ConfigDict) -> None:
     c.data.max_objects = 1          # one shape per clip (the judge's prompts)
     c.data.num_frames, c.data.height, c.data.width = 17, 32, 32
     c.data.sizes = ((17, 32, 32), (9, 32, 32), (17, 32, 48), (17, 48, 32))
-    c.data.size_weights = (0.55, 0.15, 0.15, 0.15)
+    c.data.size_weights = (0.7, 0.1, 0.1, 0.1)
     c.conditioning.enabled = True
     c.model.patch_size = (1, 2, 2)
-    c.model.dim, c.model.num_heads, c.model.ffn_dim, c.model.depth = 256, 4, 1024, 8
-    c.train.num_steps = 4000
-    c.train.batch_size = 32
-    c.train.warmup_steps = 200
+    c.model.dim, c.model.num_heads, c.model.ffn_dim, c.model.depth = 192, 4, 768, 6
+    c.train.num_steps = 3000
+    c.train.batch_size = 16
+    c.train.learning_rate = 5e-4
+    c.train.warmup_steps = 150
     c.train.log_every = 50
     c.train.checkpoint_every = 250
     c.train.eval_every = 0
