@@ -121,7 +121,9 @@ def test_adversarial_terms_switch_on_at_disc_start(setup, config):
 def gan_setup():
     config = _config(use_gan=True)
     config.vae.disc_start = 0
-    model = obj.build_model(config, nnx.Rngs(0))
+    build = lambda: obj.build_model(config, nnx.Rngs(0))
+    # One jitted init instead of hundreds of eager ops (the real init; eval_shape for the graph).
+    model = nnx.merge(nnx.graphdef(nnx.eval_shape(build)), jax.jit(lambda: nnx.state(build()))())
     video = jax.random.uniform(jax.random.key(7), (2, 5, 8, 8, 3), minval=-1.0, maxval=1.0)
     return config, model, {'video': video}
 
@@ -130,10 +132,11 @@ def test_use_gan_builds_container_and_checks_disc_start(gan_setup):
     config, model, _ = gan_setup
     assert isinstance(model, obj.VAEWithDiscriminator)
     assert isinstance(obj.vae_of(model), V.WanVAE) and obj.vae_of(model) is model.vae
-    assert isinstance(obj.build_model(_config(), nnx.Rngs(0)), V.WanVAE)  # use_gan off
-    assert isinstance(obj.build_model(_no_gan_weight(), nnx.Rngs(0)), V.WanVAE)  # weight 0
+    shape_of = lambda c: nnx.eval_shape(lambda: obj.build_model(c, nnx.Rngs(0)))
+    assert isinstance(shape_of(_config()), V.WanVAE)  # use_gan off
+    assert isinstance(shape_of(_no_gan_weight()), V.WanVAE)  # disc_weight 0
     with pytest.raises(ValueError, match='disc_start=10'):
-        obj.build_model(_config(use_gan=True), nnx.Rngs(0))  # _config has disc_start=10
+        shape_of(_config(use_gan=True))  # _config has disc_start=10
 
 
 def _no_gan_weight():
