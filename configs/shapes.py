@@ -70,6 +70,7 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
     c.model.timestep_scale = 1000.0 # t in [0,1] -> model timesteps
     c.model.attention = 'auto'      # auto | xla | cudnn | chunked | splash
     c.model.attention_chunk = 512   # query/key chunk of the 'chunked' kernel
+    c.model.context_parallel = 'none'  # none | ulysses | ring (over the 'sequence' mesh axis)
     c.model.dtype = 'float32'       # compute dtype (bfloat16 on accelerators)
     c.model.param_dtype = 'float32' # master weights
     c.model.scan_layers = True      # lax.scan over blocks (compile time flat in depth)

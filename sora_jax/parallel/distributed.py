@@ -21,8 +21,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         if num_processes is None or process_id is None:
             raise ValueError('multi-host needs --num_processes and --process_id with '
                              f'--coordinator={coordinator}.')
-        if jax.default_backend() == 'cpu' or os.environ.get('JAX_PLATFORMS', '') == 'cpu':
-            jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+        # CPU collectives across processes need gloo; this only affects the CPU backend, and
+        # querying the backend here would start XLA before jax.distributed may initialise.
+        jax.config.update('jax_cpu_collectives_implementation', 'gloo')
         jax.distributed.initialize(coordinator, num_processes, process_id)
     else:
         return

@@ -18,11 +18,6 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, 'experiments', 'train.py')
-# `parallel/distributed.initialize` asks `jax.default_backend()` (which starts the XLA backend)
-# before `jax.distributed.initialize`, which JAX then refuses. Until it decides CPU from
-# JAX_PLATFORMS instead, train.py runs with that one call answered without starting a backend.
-RUNNER = ("import runpy, sys, jax; jax.default_backend = lambda: 'cpu'; "
-          "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
 def _free_port() -> int:
@@ -41,7 +36,7 @@ def _launch(workdir, data_dir, cache_dir, timeout=150):
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
     procs = [subprocess.Popen(
-        [sys.executable, '-c', RUNNER, TRAIN, '--config=configs/shapes.py:tiny', f'--workdir={workdir}',
+        [sys.executable, TRAIN, '--config=configs/shapes.py:tiny', f'--workdir={workdir}',
          f'--config.data.data_dir={data_dir}', '--config.train.num_steps=4',
          '--config.train.checkpoint_every=2', '--config.train.log_every=2',
          f'--coordinator=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
