@@ -79,7 +79,8 @@ class TextToVideo:
         self.latent_channels = int(config.get('latent_channels', config.model.get('out_channels', 3)))
         self.conditioned = bool(config.get('conditioning', {}).get('enabled', False))
         self._jit_sample = jax.jit(self._sample, static_argnames=(
-            'method', 'num_steps', 'shift', 'guidance', 'interval', 't_start', 'quantization'))
+            'method', 'num_steps', 'shift', 'guidance', 'interval', 't_start', 'quantization',
+            'replace'))
         self._bar = None
 
     # ------------------------------------------------------------------ construction
@@ -179,9 +180,10 @@ class TextToVideo:
                  negative_prompt: str | Sequence[str] | None = None, sampler: str | None = None,
                  shift: float | None = None, seed: int = 0, mode: str = 't2v', image=None,
                  video=None, strength: float = 0.7, guidance_interval=(0.0, 1.0),
-                 output_type: str = 'np', progress: bool = True) -> np.ndarray:
+                 output_type: str = 'np', latents=None, progress: bool = True) -> np.ndarray:
         """Returns uint8 frames [B, T, H, W, 3] (T = num_frames, less the pinned tail for 'loop'),
-        or with output_type='latent' the sampled latents [B, T', h, w, C] (float32)."""
+        or with output_type='latent' the sampled latents [B, T', h, w, C] (float32).
+        `latents` (optional, [B, T', h, w, C]) replaces the seeded initial noise, as in diffusers."""
         if output_type not in ('np', 'latent'):
             raise ValueError(f"output_type={output_type!r} must be 'np' or 'latent'.")
         s = self.config.sample
@@ -217,8 +219,12 @@ class TextToVideo:
         latent_shape = (b, lt, lh, lw, self.latent_channels)
 
         mask, known, keep = self._condition(mode, b, num_frames, height, width, image, video)
-        k_noise = jax.random.key(seed)
-        noise = jax.random.normal(k_noise, latent_shape, jnp.float32)
+        if latents is not None:
+            noise = jnp.asarray(latents, jnp.float32)
+            if noise.shape != latent_shape:
+                raise ValueError(f'latents have shape {noise.shape}; this call needs {latent_shape}.')
+        else:
+            noise = jax.random.normal(jax.random.key(seed), latent_shape, jnp.float32)
         t_start = 1.0
         if mode == 'v2v':
             noise, t_start = cond_lib.sdedit_start(known, noise, strength)
@@ -231,7 +237,8 @@ class TextToVideo:
                                    num_steps=steps, shift=shift, guidance=guidance,
                                    interval=tuple(map(float, guidance_interval)),
                                    t_start=float(t_start),
-                                   quantization=s.get('timestep_quantization', None))
+                                   quantization=s.get('timestep_quantization', None),
+                                   replace=bool(np.asarray(mask).any()))
             lat = jax.block_until_ready(lat)
         if output_type == 'latent':
             return np.asarray(lat)
@@ -243,7 +250,7 @@ class TextToVideo:
             self._bar.update(1)
 
     def _sample(self, params, ctx, ctx_mask, noise, mask, known, *, method, num_steps, shift,
-                guidance, interval, t_start, quantization):
+                guidance, interval, t_start, quantization, replace):
         dit = nnx.merge(self.graphdef, params)
         mask2 = jnp.concatenate([mask, mask], 0)
         known2 = jnp.concatenate([known, known], 0)
@@ -264,17 +271,11 @@ class TextToVideo:
             return dit(x, t, ctx[:b], None if ctx_mask is None else ctx_mask[:b])
 
         guided = samplers.cfg_velocity(model_fn, guidance, interval, cond_fn=cond_only)
-        callback = cond_lib.replace_callback(mask, known, noise) if not self._all_zero(mask) else None
+        # Known latents (if any) are re-imposed along their noising path after every step.
+        callback = cond_lib.replace_callback(mask, known, noise) if replace else None
         return samplers.sample(guided, noise, method=method, num_steps=num_steps, shift=shift,
                                t_start=t_start, step_callback=callback,
                                timestep_quantization=quantization)
-
-    @staticmethod
-    def _all_zero(mask) -> bool:
-        try:
-            return not bool(np.asarray(mask).any())
-        except jax.errors.TracerArrayConversionError:
-            return False
 
     def _encode(self, pixels: jax.Array) -> jax.Array:
         """[B, T, H, W, 3] in [-1, 1] -> latents (identity in pixel space)."""
