@@ -1,0 +1,43 @@
+"""The colabs run headless, top to bottom, on this machine (nbclient)."""
+import os
+import pathlib
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(name, env):
+    nb = nbformat.read(ROOT / 'colabs' / name, as_version=4)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=600, kernel_name='python3',
+                       resources={'metadata': {'path': str(ROOT / 'colabs')}}).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return nb
+
+
+def _outputs(nb):
+    return '\n'.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code'
+                     for o in c.get('outputs', []))
+
+
+def test_train_shapes_notebook(tmp_path):
+    nb = _run('train_shapes.ipynb', {'SORA_JAX_ROOT': str(ROOT), 'SORA_JAX_TRAIN_STEPS': '2'})
+    assert "'step': 4" in _outputs(nb)
+    assert '(4, 8, 8, 3)' in _outputs(nb)
+
+
+@pytest.mark.skipif(not (ROOT / 'checkpoints' / 'shapes' / 'checkpoints').is_dir(),
+                    reason='no shipped checkpoint')
+def test_quickstart_notebook():
+    nb = _run('quickstart.ipynb', {'SORA_JAX_ROOT': str(ROOT), 'SORA_JAX_STEPS': '4'})
+    assert '(2, 17, 32, 32, 3) uint8' in _outputs(nb)
