@@ -173,24 +173,15 @@ def _demo_dit(c: mlc.ConfigDict) -> None:
 
 def _latent_dit(c: mlc.ConfigDict) -> None:
     """The demo DiT on VAE latents (17x32x32 clips -> 5x8x8x8 latents -> 80 tokens)."""
+    _demo_dit(c)
     c.autoencoder = 'workdirs/shapes_vae'
     c.latent_channels = 8           # = vae.z_dim
-    c.data.num_train = 4096
-    c.data.max_objects = 1          # one shape per clip (the judge's prompts)
-    c.data.num_frames, c.data.height, c.data.width = 17, 32, 32
+    c.data.num_frames = 17          # 1 + 4k for the causal VAE
     c.data.sizes = ((17, 32, 32), (9, 32, 32), (17, 32, 48), (17, 48, 32))
-    c.data.size_weights = (0.7, 0.1, 0.1, 0.1)
-    c.conditioning.enabled = True
     c.model.patch_size = (1, 2, 2)
-    c.model.dim, c.model.num_heads, c.model.ffn_dim, c.model.depth = 192, 4, 768, 6
-    c.train.num_steps = 3000
-    c.train.batch_size = 16
-    c.train.learning_rate = 5e-4
-    c.train.warmup_steps = 150
-    c.train.log_every = 50
-    c.train.checkpoint_every = 250
-    c.train.eval_every = 0
-    c.sample.num_frames, c.sample.height, c.sample.width = 17, 32, 32
+    c.model.dim, c.model.ffn_dim, c.model.depth = 192, 768, 6
+    c.train.num_steps, c.train.batch_size, c.train.learning_rate = 3000, 16, 5e-4
+    c.sample.num_frames = 17
 
 
 def _vae(c: mlc.ConfigDict, tiny: bool) -> None:
