@@ -127,11 +127,13 @@ def get_config(arg: str = 't2v_1.3b') -> mlc.ConfigDict:
     c.sample.steps = 50               # sampling steps
     c.sample.guidance_scale = 5.0     # classifier-free guidance
     c.sample.shift = shift            # flow shift: 3.0 at 480p, 5.0 at 720p
+    c.sample.timestep_quantization = 1000  # DiT sees int(1000 t), as Wan / diffusers' UniPC pass it
     c.sample.num_frames = 81          # frames (1 + 4k; 81 -> 21 latent frames)
     c.sample.height = height          # pixels (multiple of 16)
     c.sample.width = width            # pixels (multiple of 16)
     c.sample.fps = 16                 # frames per second of written videos
-    c.sample.negative_prompt = WAN_NEGATIVE_PROMPT  # Wan's default (English: WAN_NEGATIVE_PROMPT_EN)
+    c.sample.negative_prompt = WAN_NEGATIVE_PROMPT  # Wan's default (English: WAN_NEGATIVE_PROMPT_EN;
+                                      # diffusers' WanPipeline defaults to '')
 
     c.mesh = mlc.ConfigDict()
     c.mesh.shape = (1, 1, 1, -1)      # (data, fsdp, tensor, sequence); -1 = the remaining devices
