@@ -75,7 +75,6 @@ def main(argv):
         if ext != '.gif':
             gif = video_io.write_video(base + '.gif', clip, fps=s.fps)
             print(f'wrote {gif}', flush=True)
-    return np.asarray(frames).shape
 
 
 if __name__ == '__main__':

@@ -131,8 +131,6 @@ def test_sample_cli_writes_the_mp4(cli_run):
     assert f'wrote {out} (9 frames, 32x48)' in proc.stdout
 
 
-@pytest.mark.xfail(strict=True, reason='experiments/sample.py main() returns the frames shape, '
-                   'which absl app.run passes to sys.exit: exit status 1 after a good run')
 def test_sample_cli_exits_zero(cli_run):
     proc, _ = cli_run
     assert proc.returncode == 0, proc.stderr[-300:]
