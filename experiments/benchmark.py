@@ -25,8 +25,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from experiments import benchmark_vae  # noqa: E402  (defines the --vae_* flags)
-
 flags.DEFINE_string('json', None, 'Write the figures to this JSON file.')
 flags.DEFINE_integer('threads', 0, 'CPU cores for both runtimes: the process is pinned to this '
                      'many cores (XLA:CPU sizes its pool by them) and torch.set_num_threads gets '
@@ -338,6 +336,10 @@ def bench_sample(_) -> dict:
                 output_shape=list(first.shape), first_call_s=first_s,
                 compile_s=max(first_s - clip_s, 0.0), seconds_per_clip=clip_s,
                 seconds_per_step=clip_s / FLAGS.sample_steps, rss_peak_bytes=_rss_bytes())
+
+
+# After our flags: benchmark_vae defines the --vae_* flags and skips those already defined.
+from experiments import benchmark_vae  # noqa: E402
 
 
 def bench_vae(flags_) -> dict:

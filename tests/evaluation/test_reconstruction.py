@@ -31,7 +31,7 @@ def workdir(tmp_path_factory):
            '--config.train.num_steps=2', f'--config.data.data_dir={tmp / "data"}',
            '--config.vae.use_gan=True', '--config.data.num_train=4',
            '--config.data.num_validation=1']
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     return wd
 
@@ -71,7 +71,7 @@ def test_cli_round_trip_matches_library(workdir, input_video, tmp_path):
     out = tmp_path / 'out.mp4'
     cmd = [sys.executable, os.path.join(ROOT, 'experiments/reconstruct.py'),
            f'--checkpoint={workdir}', f'--input={input_video}', f'--out={out}']
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'trimmed 11 -> 9 frames' in r.stdout and 'centre-cropped 18x22 -> 16x20' in r.stdout
     printed = float(re.search(r'PSNR (\S+) dB', r.stdout).group(1))

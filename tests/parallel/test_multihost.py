@@ -26,7 +26,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(workdir, data_dir, cache_dir, timeout=150):
+def _launch(workdir, data_dir, cache_dir, timeout=900):
     """Both processes of one run; returns their stdout+stderr texts. The second launch reuses
     the first one's compiled executables (persistent compilation cache)."""
     port = _free_port()

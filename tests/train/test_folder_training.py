@@ -72,7 +72,7 @@ def run(folder, tmp_path_factory):
         [sys.executable, 'experiments/train.py', f'--config={cfg}', f'--workdir={work}',
          '--config.data.name=folder', f'--config.data.folder={folder}',
          f'--config.data.data_dir={base / "folder_tfds"}'],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     return p, work
 
 

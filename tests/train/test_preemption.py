@@ -69,7 +69,7 @@ def launch(base: Path, workdir: Path, *overrides: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(base), stdout=out, stderr=err)
 
 
-def wait_for(predicate, proc, timeout=300.0, what=''):
+def wait_for(predicate, proc, timeout=900.0, what=''):
     t0 = time.time()
     while not predicate():
         if proc.poll() is not None:
@@ -126,18 +126,18 @@ def runs(tmp_path_factory):
     wait_for(lambda: ids_file.exists() and len(ids_file.read_text().splitlines()) >= 2, p1,
              what='step 2 of the first run')
     p1.send_signal(signal.SIGTERM)
-    p1_rc = p1.wait(timeout=120)
+    p1_rc = p1.wait(timeout=600)
     after_p1 = committed(ck)
     p2 = launch(base, res_dir, '--config.train.debug_save_delay_s=120')
     wait_for(lambda: ck.exists() and unfinished(ck), p2, what='an uncommitted save')
     p2.send_signal(signal.SIGKILL)
-    p2_rc = p2.wait(timeout=60)
+    p2_rc = p2.wait(timeout=600)
     after_p2 = (committed(ck), unfinished(ck))
     p3 = launch(base, res_dir)
     nan = launch(base, base / 'nan', *NAN_FLAGS)  # independent: alongside p3
-    p3_rc = p3.wait(timeout=300)
-    ref_rc = ref.wait(timeout=300)
-    nan_rc = nan.wait(timeout=300)
+    p3_rc = p3.wait(timeout=900)
+    ref_rc = ref.wait(timeout=900)
+    nan_rc = nan.wait(timeout=900)
     return dict(base=base, ref=ref_dir, res=res_dir, rc=(ref_rc, p1_rc, p2_rc, p3_rc), nan_rc=nan_rc,
                 after_p1=after_p1, after_p2=after_p2, after_p3=(committed(ck), unfinished(ck)),
                 seconds=time.time() - t0)
