@@ -40,4 +40,4 @@ def test_train_shapes_notebook(tmp_path):
                     reason='no shipped checkpoint')
 def test_quickstart_notebook():
     nb = _run('quickstart.ipynb', {'SORA_JAX_ROOT': str(ROOT), 'SORA_JAX_STEPS': '4'})
-    assert '(2, 17, 32, 32, 3) uint8' in _outputs(nb)
+    assert '(2, 16, 32, 32, 3) uint8' in _outputs(nb)
