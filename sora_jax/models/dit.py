@@ -23,6 +23,7 @@ from flax import nnx
 from sora_jax.models import attention as attn_lib
 from sora_jax.models import layers
 from sora_jax.models import rope
+from sora_jax.models.config import fields_from_config
 from sora_jax.parallel.mesh import constrain
 
 REMAT_POLICIES = {
@@ -59,11 +60,7 @@ class DiTConfig:
 
     @classmethod
     def from_config(cls, cfg: Any) -> 'DiTConfig':
-        d = dict(cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f'unknown DiT config keys {unknown}; valid keys: {sorted(names)}.')
+        d = fields_from_config(cls, cfg, 'DiT')
         if 'patch_size' in d:
             d['patch_size'] = tuple(d['patch_size'])
         c = cls(**d)

@@ -18,6 +18,7 @@ from flax import nnx
 
 from sora_jax.models import attention as attn_lib
 from sora_jax.models import layers
+from sora_jax.models.config import fields_from_config
 
 PAD, BOS, VOCAB = 0, 257, 258
 
@@ -71,12 +72,7 @@ class ByteEncoderConfig:
 
     @classmethod
     def from_config(cls, cfg: Any) -> 'ByteEncoderConfig':
-        d = dict(cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f'unknown text config keys {unknown}; valid keys: {sorted(names)}.')
-        c = cls(**d)
+        c = cls(**fields_from_config(cls, cfg, 'text'))
         if c.dim % c.num_heads:
             raise ValueError(f'text.dim={c.dim} is not divisible by text.num_heads={c.num_heads}.')
         if c.max_length < 2:
