@@ -85,17 +85,8 @@ def chunked_attention(q, k, v, mask=None, *, chunk_size: int = 512):
         qi = qi.astype(jnp.float32) * scale
 
         def body(carry, kvm):
-            acc, m, l = carry
             ki, vi, mi = kvm
-            s = jnp.einsum('bqhd,bkhd->bhqk', qi, ki.astype(jnp.float32))
-            s = jnp.where(mi[:, None, None, :], s, -jnp.inf)
-            m_new = jnp.maximum(m, s.max(-1))
-            m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-            p = jnp.exp(s - m_safe[..., None])
-            corr = jnp.exp(jnp.where(jnp.isfinite(m), m - m_safe, -jnp.inf))
-            l = l * corr + p.sum(-1)
-            acc = acc * corr[..., None] + jnp.einsum('bhqk,bkhd->bhqd', p, vi.astype(jnp.float32))
-            return (acc, m_new, l), None
+            return online_softmax_step(carry, qi, ki, vi, mi), None
 
         init = (jnp.zeros((b, h, cq, d), jnp.float32), jnp.full((b, h, cq), -jnp.inf),
                 jnp.zeros((b, h, cq), jnp.float32))
@@ -106,6 +97,23 @@ def chunked_attention(q, k, v, mask=None, *, chunk_size: int = 512):
     out = jax.lax.map(one_query_chunk, qc)  # [n, B, cq, H, D]
     out = out.swapaxes(0, 1).reshape(b, -1, h, d)[:, :nq]
     return out.astype(q.dtype)
+
+
+def online_softmax_step(carry, q, k, v, mask=None):
+    """One key block of flash-style attention: fold softmax(q k^T) v over k/v into the running
+    (acc [B, H, Nq, D], row max m [B, H, Nq], row sum l [B, H, Nq]). q is pre-scaled float32;
+    mask [B, Nk] (True = attend). Fully masked rows stay at l = 0 (no NaN)."""
+    acc, m, l = carry
+    s = jnp.einsum('bqhd,bkhd->bhqk', q, k.astype(jnp.float32))
+    if mask is not None:
+        s = jnp.where(mask[:, None, None, :], s, -jnp.inf)
+    m_new = jnp.maximum(m, s.max(-1))
+    m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+    p = jnp.exp(s - m_safe[..., None])
+    corr = jnp.exp(jnp.where(jnp.isfinite(m), m - m_safe, -jnp.inf))
+    l = l * corr + p.sum(-1)
+    acc = acc * corr[..., None] + jnp.einsum('bhqk,bkhd->bhqd', p, v.astype(jnp.float32))
+    return acc, m_new, l
 
 
 def _splash_attention(q, k, v, mask):

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from sora_jax.models import attention as attn_lib  # it imports this module lazily
 from sora_jax.parallel import mesh as mesh_lib
 
 METHODS = ('none', 'ulysses', 'ring')
@@ -61,7 +62,6 @@ def sequence_axis(rules=None) -> tuple[str | None, int]:
 def context_parallel_attention(q, k, v, mask=None, *, method: str = 'ulysses', impl: str = 'auto',
                                chunk_size: int = 512):
     """Attention with tokens sharded over the sequence mesh axis; see the module docstring."""
-    from sora_jax.models import attention as attn_lib  # models/attention.py imports us lazily
 
     check_method(method)
     plain = functools.partial(attn_lib.dot_product_attention, impl=impl, chunk_size=chunk_size)
@@ -122,16 +122,7 @@ def _ring(q, k, v, mask, *, axis, size):
     m = jnp.full((b, h, nq), -jnp.inf, jnp.float32)
     l = jnp.zeros((b, h, nq), jnp.float32)
     for step in range(size):
-        s = jnp.einsum('bqhd,bkhd->bhqk', qs, k.astype(jnp.float32))
-        if mask is not None:
-            s = jnp.where(mask[:, None, None, :], s, -jnp.inf)
-        m_new = jnp.maximum(m, s.max(-1))
-        m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-        p = jnp.exp(s - m_safe[..., None])
-        corr = jnp.exp(jnp.where(jnp.isfinite(m), m - m_safe, -jnp.inf))
-        l = l * corr + p.sum(-1)
-        acc = acc * corr[..., None] + jnp.einsum('bhqk,bkhd->bhqd', p, v.astype(jnp.float32))
-        m = m_new
+        acc, m, l = attn_lib.online_softmax_step((acc, m, l), qs, k, v, mask)
         if step + 1 < size:
             k, v = (jax.lax.ppermute(x, axis, perm) for x in (k, v))
             mask = None if mask is None else jax.lax.ppermute(mask, axis, perm)
