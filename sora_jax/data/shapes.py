@@ -175,9 +175,10 @@ def _sample_attrs(rng: np.random.Generator, holdout: tuple[frozenset[str], ...])
                    "hold out fewer combinations.")
 
 
-def _trajectory(rng: np.random.Generator, motion: str, t: int, h: int, w: int):
+def _trajectory(rng: np.random.Generator, motion: str, t: int, h: int, w: int,
+                size_scale: float = 1.0):
   """Centres [T, 2] (row, col) and radii [T] keeping the shape inside the frame."""
-  m = min(h, w)
+  m = min(h, w) * size_scale
   if motion == "growing":
     r0, r1 = m * rng.uniform(0.09, 0.11), m * rng.uniform(0.23, 0.27)
   elif motion == "shrinking":
@@ -206,22 +207,32 @@ def _trajectory(rng: np.random.Generator, motion: str, t: int, h: int, w: int):
 
 def sample_scene(seed: int, index: int = 0, *, num_frames: int, height: int, width: int,
                  holdout: Iterable[Sequence[str]] = (), min_objects: int = 1,
-                 max_objects: int = 3) -> Scene:
-  """The scene for example `index` of the stream seeded by `seed` (pure function)."""
+                 max_objects: int = 3, backgrounds: Sequence[str] = BACKGROUNDS,
+                 size_scale: float = 1.0) -> Scene:
+  """The scene for example `index` of the stream seeded by `seed` (pure function).
+
+  `backgrounds`: the background kinds drawn from (a subset of BACKGROUNDS); `size_scale`
+  multiplies every shape radius (1.0: radii 9-27% of the shorter side; keep it <= 1.8 so a
+  growing shape still fits)."""
   if num_frames < 1 or height < 4 or width < 4:
     raise ValueError(f"Need num_frames >= 1 and height, width >= 4; got "
                      f"({num_frames}, {height}, {width}).")
   if not 1 <= min_objects <= max_objects:
     raise ValueError(f"Need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}.")
+  backgrounds = tuple(backgrounds)
+  if not backgrounds or any(b not in BACKGROUNDS for b in backgrounds):
+    raise ValueError(f"backgrounds={backgrounds!r} must be a non-empty subset of {BACKGROUNDS}.")
+  if not 0.2 <= size_scale <= 1.8:
+    raise ValueError(f"size_scale={size_scale} must be in [0.2, 1.8] (shapes must fit the frame).")
   combos = _check_holdout(holdout)
   rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
   n = int(rng.integers(min_objects, max_objects + 1))
   objects = []
   for _ in range(n):
     attrs = _sample_attrs(rng, combos)
-    centers, sizes = _trajectory(rng, attrs["motion"], num_frames, height, width)
+    centers, sizes = _trajectory(rng, attrs["motion"], num_frames, height, width, size_scale)
     objects.append({**attrs, "centers": centers, "sizes": sizes})
-  kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+  kind = backgrounds[rng.integers(len(backgrounds))]
   c1 = rng.integers(0, _MAX_DIM // 2, 3)
   c2 = np.minimum(c1 + rng.integers(10, _MAX_DIM // 2, 3), _MAX_DIM)
   background = {"kind": kind, "colors": (tuple(int(x) for x in c1), tuple(int(x) for x in c2)),
@@ -308,10 +319,12 @@ def nearest_color(rgb: Sequence[float]) -> str:
 
 def generate(seed: int, index: int, *, num_frames: int, height: int, width: int,
              holdout: Iterable[Sequence[str]] = (), max_objects: int = 3,
-             antialias: bool = True) -> dict[str, Any]:
+             antialias: bool = True, backgrounds: Sequence[str] = BACKGROUNDS,
+             size_scale: float = 1.0) -> dict[str, Any]:
   """One example: {video uint8 [T,H,W,3], caption_en, caption_es, scene}."""
   scene = sample_scene(seed, index, num_frames=num_frames, height=height, width=width,
-                       holdout=holdout, max_objects=max_objects)
+                       holdout=holdout, max_objects=max_objects, backgrounds=backgrounds,
+                       size_scale=size_scale)
   return {"video": render(scene, antialias=antialias),
           "caption_en": caption(scene.objects, "en"),
           "caption_es": caption(scene.objects, "es"),

@@ -152,3 +152,31 @@ def test_holdout_never_generated():
     S.sample_scene(0, num_frames=2, height=8, width=8, holdout=[("red", "hexagon")])
   with pytest.raises(ValueError, match="tuples"):
     S.sample_scene(0, num_frames=2, height=8, width=8, holdout=["red"])
+
+
+def test_background_kinds_and_size_scale():
+  """`backgrounds` restricts the kinds drawn; `size_scale` multiplies radii (same draws) and the
+  shapes still fit; defaults reproduce the old stream; bad values are clear errors."""
+  for i in range(12):
+    plain = S.sample_scene(4, i, num_frames=T, height=H, width=W, backgrounds=("plain",))
+    assert plain.background["kind"] == "plain"
+    video = S.render(plain)
+    bg = video[0][~_color_mask(video[0], plain.objects[0]["color"])]
+    assert len(np.unique(bg.reshape(-1, 3), axis=0)) <= 60  # one colour + antialiased edges
+    base = S.sample_scene(4, i, num_frames=T, height=H, width=W)
+    assert base.background == S.sample_scene(4, i, num_frames=T, height=H, width=W,
+                                              backgrounds=S.BACKGROUNDS).background
+    big = S.sample_scene(4, i, num_frames=T, height=H, width=W, size_scale=1.5)
+    for a, b in zip(base.objects, big.objects):
+      assert a["motion"] == b["motion"]
+      np.testing.assert_allclose(b["sizes"], np.maximum(a["sizes"] * 1.5, 1.5), rtol=1e-5)
+      c, r = b["centers"], b["sizes"]
+      assert np.all(c[:, 0] - r >= -1e-4) and np.all(c[:, 0] + r <= H + 1e-4)
+      assert np.all(c[:, 1] - r >= -1e-4) and np.all(c[:, 1] + r <= W + 1e-4)
+  kinds = {S.sample_scene(4, i, num_frames=2, height=8, width=8).background["kind"]
+           for i in range(40)}
+  assert kinds == set(S.BACKGROUNDS)
+  with pytest.raises(ValueError, match="backgrounds=\\('dots',\\) must be a non-empty subset"):
+    S.sample_scene(0, 0, num_frames=2, height=8, width=8, backgrounds=("dots",))
+  with pytest.raises(ValueError, match="size_scale=3.0 must be in"):
+    S.sample_scene(0, 0, num_frames=2, height=8, width=8, size_scale=3.0)

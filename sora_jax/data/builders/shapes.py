@@ -42,6 +42,8 @@ class ShapesConfig(tfds.core.BuilderConfig):
   size_weights: Sequence[float] = ()    # relative frequency of each size; default uniform
   holdout: Sequence[Sequence[str]] = ()  # attribute combos never generated, e.g. (("red", "triangle"),)
   max_objects: int = 3                  # 1..max_objects shapes per clip
+  backgrounds: Sequence[str] = shapes.BACKGROUNDS  # background kinds drawn from
+  size_scale: float = 1.0               # multiplies every shape radius
   seed: int = 0                         # stream seed; same seed -> identical dataset
 
   def __post_init__(self):
@@ -61,10 +63,13 @@ class ShapesConfig(tfds.core.BuilderConfig):
     if self.num_train < 0 or self.num_validation < 0:
       raise ValueError(f"num_train/num_validation must be >= 0, got "
                        f"{self.num_train}/{self.num_validation}.")
+    self.backgrounds = tuple(self.backgrounds)
     if not self.name:
-      knobs = json.dumps([self.num_train, self.num_validation, self.sizes,
-                          list(self.size_weights), self.holdout, self.max_objects,
-                          self.seed])
+      knobs = [self.num_train, self.num_validation, self.sizes, list(self.size_weights),
+               self.holdout, self.max_objects, self.seed]
+      if self.backgrounds != shapes.BACKGROUNDS or self.size_scale != 1.0:
+        knobs += [list(self.backgrounds), self.size_scale]  # older names stay valid
+      knobs = json.dumps(knobs)
       self.name = "c" + hashlib.sha1(knobs.encode()).hexdigest()[:12]
     if not self.version:
       self.version = _VERSION
@@ -85,7 +90,8 @@ def make_example(config: ShapesConfig, split: str, index: int) -> dict:
   # Distinct, disjoint scene streams per split: validation is not train.
   stream = config.seed * 2 + _SPLIT_IDS[split]
   scene = shapes.sample_scene(stream, index, num_frames=t, height=h, width=w,
-                              holdout=config.holdout, max_objects=config.max_objects)
+                              holdout=config.holdout, max_objects=config.max_objects,
+                              backgrounds=config.backgrounds, size_scale=config.size_scale)
   first = scene.objects[0]
   return {
       "video": shapes.render(scene),
