@@ -28,6 +28,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from sora_jax.diffusion import conditioning as cond_lib
+from sora_jax.diffusion import flow
 from sora_jax.diffusion import samplers
 from sora_jax.io import video as video_io
 from sora_jax.models.text import ByteTokenizer
@@ -78,6 +79,7 @@ class TextToVideo:
         self.patch = tuple(config.model.patch_size)
         self.latent_channels = int(config.get('latent_channels', config.model.get('out_channels', 3)))
         self.conditioned = bool(config.get('conditioning', {}).get('enabled', False))
+        self.prediction = str(config.get('flow', {}).get('prediction', 'velocity'))
         self._jit_sample = jax.jit(self._sample, static_argnames=(
             'method', 'num_steps', 'shift', 'guidance', 'interval', 't_start', 'quantization',
             'replace'))
@@ -256,9 +258,8 @@ class TextToVideo:
         known2 = jnp.concatenate([known, known], 0)
 
         def velocity(x, t):  # x: [2B, ...] cond rows then uncond rows
-            if self.conditioned:
-                x = cond_lib.model_input(x, mask2, known2)
-            return dit(x, t, ctx, ctx_mask)
+            x_in = cond_lib.model_input(x, mask2, known2) if self.conditioned else x
+            return flow.to_velocity(dit(x_in, t, ctx, ctx_mask), x, t, self.prediction)
 
         def model_fn(x, t):
             jax.debug.callback(self._tick, t[0])
@@ -266,9 +267,9 @@ class TextToVideo:
 
         def cond_only(x, t):  # outside the guidance interval: conditional rows only
             b = x.shape[0]
-            if self.conditioned:
-                x = cond_lib.model_input(x, mask, known)
-            return dit(x, t, ctx[:b], None if ctx_mask is None else ctx_mask[:b])
+            x_in = cond_lib.model_input(x, mask, known) if self.conditioned else x
+            out = dit(x_in, t, ctx[:b], None if ctx_mask is None else ctx_mask[:b])
+            return flow.to_velocity(out, x, t, self.prediction)
 
         guided = samplers.cfg_velocity(model_fn, guidance, interval, cond_fn=cond_only)
         # Known latents (if any) are re-imposed along their noising path after every step.

@@ -51,6 +51,27 @@ def noise_from_velocity(x_t: jax.Array, v: jax.Array, t: jax.Array) -> jax.Array
     return x_t + (1.0 - _bcast(t, x_t)) * v
 
 
+PREDICTIONS = ('velocity', 'data')
+
+
+def to_velocity(out: jax.Array, x_t: jax.Array, t: jax.Array, prediction: str = 'velocity', *,
+                t_min: float = 0.05) -> jax.Array:
+    """The velocity implied by a network output.
+
+    prediction='velocity': the network predicts v itself (Wan, SD3).
+    prediction='data': it predicts x0 and v = (x_t - x0) / max(t, t_min) (JiT, "Back to Basics",
+      Li & He 2025). Pixel-space models with large patches need it: a token narrower than its
+      patch cannot carry the noise a velocity must reproduce near t = 0, but clean data lies on a
+      low-dimensional manifold. Trained with the velocity loss, i.e. an x0 loss weighted by 1/t^2.
+    """
+    if prediction == 'velocity':
+        return out
+    if prediction == 'data':
+        tb = jnp.maximum(_bcast(t, x_t), t_min)
+        return (x_t - out.astype(x_t.dtype)) / tb
+    raise ValueError(f'unknown prediction {prediction!r}; use one of {PREDICTIONS}.')
+
+
 def shift_time(t, shift: float):
     """SD3 / Wan timestep shift t' = shift * t / (1 + (shift - 1) * t).
 

@@ -32,6 +32,26 @@ def test_velocity_is_time_derivative_and_inverts():
     np.testing.assert_allclose(flow.noise_from_velocity(xt, v, t), eps, atol=1e-5)
 
 
+def test_data_prediction_gives_the_true_velocity():
+    """A perfect x0 prediction converts to exactly eps - x0 for t >= t_min; below t_min the
+    division is clipped (finite), and 'velocity' passes through unchanged."""
+    k1, k2 = jax.random.split(jax.random.key(3))
+    x0 = jax.random.normal(k1, (4, 2, 3, 3, 3))
+    eps = jax.random.normal(k2, x0.shape)
+    t = jnp.array([0.05, 0.3, 0.7, 1.0])
+    xt = flow.add_noise(x0, eps, t)
+    v = flow.to_velocity(x0, xt, t, 'data')
+    np.testing.assert_allclose(v, flow.velocity_target(x0, eps), atol=2e-5)
+    wrong = flow.to_velocity(x0 + 0.1, xt, t, 'data')
+    assert float(jnp.abs(wrong - v).max()) > 0.09
+    tiny = jnp.full((4,), 1e-4)
+    v0 = flow.to_velocity(x0 + 1.0, flow.add_noise(x0, eps, tiny), tiny, 'data')
+    assert bool(jnp.isfinite(v0).all()) and float(jnp.abs(v0).max()) < 1.0 / 0.05 + 1.0
+    np.testing.assert_array_equal(flow.to_velocity(eps, xt, t, 'velocity'), eps)
+    with pytest.raises(ValueError, match="unknown prediction 'eps'"):
+        flow.to_velocity(x0, xt, t, 'eps')
+
+
 def test_flow_loss_values():
     v_pred = jnp.array([[1.0, 2.0], [3.0, 4.0]])
     target = jnp.zeros((2, 2))

@@ -1,5 +1,6 @@
 """Text-to-video rectified-flow objective: the Denoiser (byte text encoder + DiT) predicts the
-velocity of x_t = (1 - t) x0 + t eps. Text is dropped to the empty prompt with probability
+velocity of x_t = (1 - t) x0 + t eps
+(or, with `flow.prediction='data'`, the clean x0, converted to a velocity by `flow.to_velocity`). Text is dropped to the empty prompt with probability
 `flow.text_dropout` so the model learns the unconditional velocity for classifier-free guidance.
 
 Batches hold `latents` [B, T, H, W, C] (pre-encoded by a VAE) or, in pixel space, `video`
@@ -67,7 +68,7 @@ def loss_fn(model: Denoiser, batch, rng: jax.Array, config):
         metrics['known_frac'] = mask.mean()
     else:
         x_in = x_t
-    v = model(x_in, t, ids)
+    v = flow.to_velocity(model(x_in, t, ids), x_t, t, f.get('prediction', 'velocity'))
     loss = flow.flow_loss(v, flow.velocity_target(x0, noise), mask=loss_weight)
     return loss, dict(metrics, flow_loss=loss, t_mean=t.mean())
 
