@@ -117,6 +117,7 @@ def restore_params(directory: str | os.PathLike, abstract_params: Any, *, ema: b
     if step is None:
         raise ValueError(f'no complete checkpoint in {os.fspath(directory)!r}.')
     key = 'ema_params' if ema else 'params'
+    _check_shapes(mngr, step, key, abstract_params, directory)
     dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     item = {key: abstract_params}
     restore_args = {key: jax.tree.map(lambda a: ocp.ArrayRestoreArgs(
@@ -124,6 +125,35 @@ def restore_params(directory: str | os.PathLike, abstract_params: Any, *, ema: b
     out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=item, restore_args=restore_args, partial_restore=True)))
     return out['state'][key], step
+
+
+def _check_shapes(mngr, step: int, key: str, abstract_params: Any, directory) -> None:
+    """Compare the saved `key` tree with the model's before reading any array: a missing,
+    extra or differently shaped parameter is a ValueError naming it."""
+    def name(entry):  # DictKey / SequenceKey / GetAttrKey -> str ('0' and 0 alike)
+        for attr in ('key', 'idx', 'name'):
+            if hasattr(entry, attr):
+                return str(getattr(entry, attr))
+        return str(entry)
+
+    def flat(tree):  # Variable leaves end in 'value' in some trees and not in others
+        out = {}
+        for p, x in jax.tree_util.tree_leaves_with_path(tree):
+            parts = [name(e) for e in p]
+            out['.'.join(parts[:-1] if parts[-1] == 'value' else parts)] = tuple(
+                getattr(x, 'shape', ()))
+        return out
+    meta = mngr.item_metadata(step)['state']
+    meta = getattr(meta, 'tree', meta)
+    if key not in meta:
+        raise ValueError(f'{os.fspath(directory)!r} step {step} holds no {key!r}.')
+    saved, want = flat(meta[key]), flat(abstract_params)
+    bad = [f'{k}: saved {saved.get(k)} vs model {want.get(k)}'
+           for k in sorted(set(saved) | set(want)) if saved.get(k) != want.get(k)]
+    if bad:
+        more = f' (+{len(bad) - 5} more)' if len(bad) > 5 else ''
+        raise ValueError(f'{os.fspath(directory)!r} step {step}: {len(bad)} parameters differ '
+                         f'from the model: {"; ".join(bad[:5])}{more}.')
 
 
 def _lists_to_tuples(x):

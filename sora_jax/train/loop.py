@@ -78,12 +78,15 @@ def make_sources(config) -> dict[str, Any]:
 def _pixel_sources(config) -> dict[str, Any]:
     d = config.data
     if d.name == 'shapes':
+        from sora_jax.data import shapes as shapes_lib
         from sora_jax.data.builders.shapes import ShapesConfig, build_shapes
         sc = ShapesConfig(num_train=d.num_train, num_validation=d.num_validation,
                           num_frames=d.num_frames, height=d.height, width=d.width,
                           sizes=tuple(tuple(s) for s in d.sizes),
                           size_weights=tuple(d.get("size_weights", ())), holdout=tuple(d.holdout),
-                          max_objects=d.max_objects, seed=config.seed)
+                          max_objects=d.max_objects, seed=config.seed,
+                          backgrounds=tuple(d.get('backgrounds', shapes_lib.BACKGROUNDS)),
+                          size_scale=float(d.get('size_scale', 1.0)))
         return build_shapes(d.data_dir, sc)
     if d.name in ('folder', 'video_folder'):
         from sora_jax.data.builders.video_folder import VideoFolderConfig, build_video_folder
@@ -133,6 +136,23 @@ def init_state(config, mesh, rules, objective):
     with jax.set_mesh(mesh):
         state = jax.jit(init_fn, out_shardings=shardings)(key)
     return graphdef, state, shardings, tx, schedule
+
+
+def warm_start(state, source: str):
+    """A fresh train state whose params and EMA start from the (EMA) params of another run's
+    newest checkpoint (a training workdir or an exported bundle; dtypes are cast, shardings
+    kept). Step, optimizer and data position start from zero: this is fine-tuning, not resume."""
+    directory = os.path.join(source, 'checkpoints')
+    directory = directory if os.path.isdir(directory) else source
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                            state.params)
+    try:
+        params, step = ckpt.restore_params(directory, abstract)
+    except ValueError as e:  # shape or structure mismatch, or no checkpoint
+        raise ValueError(f'train.init_from={source!r}: cannot load its params into this model '
+                         f'({e}); the model config must match the source run.') from e
+    logging.info('Warm start: params and EMA from step %d of %s', step, source)
+    return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
 
 
 def to_global(batch: dict[str, np.ndarray], mesh, rules) -> dict[str, jax.Array]:
@@ -214,6 +234,8 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
                                 state)
         state, step0 = ckpt.restore_state(mngr, abstract, data_iter)
         logging.info('Resumed from step %d in %s', step0, workdir)
+    elif t.get('init_from', ''):
+        state = warm_start(state, t.init_from)
     start = int(state.step)
     ids_log = (_ExampleIdLog(os.path.join(workdir, 'example_ids.jsonl'), start)
                if t.get('log_example_ids', False) and jax.process_index() == 0 else None)

@@ -56,6 +56,14 @@ def validate_config(config) -> None:
         raise _err('train.learning_rate', t.learning_rate, 'must be > 0.')
     if not t.get('grad_clip', 1.0) > 0:
         raise _err('train.grad_clip', t.grad_clip, 'must be > 0.')
+    init_from = t.get('init_from', '')
+    if init_from and not (os.path.isdir(os.path.join(init_from, 'checkpoints'))
+                          or os.path.isdir(init_from)):
+        raise _err('train.init_from', init_from, 'is not a directory; give a training workdir '
+                   "or an exported bundle to start from, or '' to start from scratch.")
+    flow_cfg = config.get('flow', None)
+    if flow_cfg is not None and flow_cfg.get('prediction', 'velocity') not in ('velocity', 'data'):
+        raise _err('flow.prediction', flow_cfg.prediction, "use 'velocity' or 'data' (x0).")
     _check_dtypes(config)
     _check_data(config)
     shape = tuple(config.mesh.shape)

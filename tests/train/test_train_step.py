@@ -125,3 +125,41 @@ def test_checkpoint_restore_identical_next_step(tmp_path):
             x, y = jax.random.key_data(x), jax.random.key_data(y)
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert ckpt.load_config(tmp_path / 'ck').model.dim == c.model.dim
+
+
+def test_warm_start_takes_the_source_ema_params(tmp_path):
+    """train.init_from: params and EMA start from another run's EMA params (cast to the
+    model's dtype); step and optimizer start fresh; a different model is a clear error; the
+    prediction parameterisation ('data') trains from the same weights."""
+    c = _config()
+    mesh = mesh_lib.make_mesh((1, 1, 1, 1), devices=jax.devices()[:1])
+    rules = mesh_lib.rules_dict()
+    graphdef, state, shardings, tx, sched = loop.init_state(c, mesh, rules, flow_objective)
+    fn = jax.jit(step_lib.make_train_step(graphdef, flow_objective.loss_fn, tx, c, sched))
+    state, _ = fn(state, _batch(c))
+    src = state.replace(ema_params=jax.tree.map(lambda x: (x * 0.5).astype(jnp.float16),
+                                                state.ema_params))
+    mngr = ckpt.manager(tmp_path / 'src' / 'checkpoints')
+    ckpt.save(mngr, 7, src, config=c)
+    mngr.wait_until_finished()
+
+    c2 = _config()
+    c2.seed = 1
+    c2.flow.prediction = 'data'
+    _, fresh, *_ = loop.init_state(c2, mesh, rules, flow_objective)
+    warm = loop.warm_start(fresh, str(tmp_path / 'src'))
+    assert int(warm.step) == 0
+    for w, e, s in zip(jax.tree.leaves(warm.params), jax.tree.leaves(warm.ema_params),
+                       jax.tree.leaves(src.ema_params)):
+        assert w.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(w), np.asarray(s, np.float32))
+        np.testing.assert_array_equal(np.asarray(e), np.asarray(w))
+    fn2 = jax.jit(step_lib.make_train_step(graphdef, flow_objective.loss_fn, tx, c2, sched))
+    warm, m = fn2(warm, _batch(c2))
+    assert np.isfinite(float(m['loss'])) and int(warm.step) == 1
+
+    c3 = _config()
+    c3.model.ffn_dim = 48
+    _, other, *_ = loop.init_state(c3, mesh, rules, flow_objective)
+    with pytest.raises(ValueError, match='train.init_from=.*the model config must match'):
+        loop.warm_start(other, str(tmp_path / 'src'))
