@@ -43,7 +43,7 @@ from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.train import checkpoint as ckpt
 from sora_jax.train import state as state_lib
 from sora_jax.train import step as step_lib
-from sora_jax.train.validate import validate_config
+from sora_jax.train.validate import check_init_from, validate_config
 
 
 def objective_module(config):
@@ -206,6 +206,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
 def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any]:
     t = config.train
+    check_init_from(config, workdir)
     mesh = mesh_lib.make_mesh(config.mesh.shape)
     rules = mesh_lib.rules_dict(config.mesh.rules)
     os.makedirs(workdir, exist_ok=True)

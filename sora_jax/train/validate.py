@@ -26,6 +26,16 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def check_init_from(config, workdir: str) -> None:
+    """train.init_from must exist when the run starts fresh (a resumed run no longer reads it)."""
+    init_from = config.train.get('init_from', '')
+    if not init_from or os.path.isdir(os.path.join(workdir, 'checkpoints')):
+        return
+    if not os.path.isdir(init_from):
+        raise _err('train.init_from', init_from, 'is not a directory; give a training workdir '
+                   "or an exported bundle to start from, or '' to start from scratch.")
+
+
 def validate_config(config) -> None:
     for section in ('train', 'data', 'mesh'):
         if section not in config:
@@ -56,11 +66,6 @@ def validate_config(config) -> None:
         raise _err('train.learning_rate', t.learning_rate, 'must be > 0.')
     if not t.get('grad_clip', 1.0) > 0:
         raise _err('train.grad_clip', t.grad_clip, 'must be > 0.')
-    init_from = t.get('init_from', '')
-    if init_from and not (os.path.isdir(os.path.join(init_from, 'checkpoints'))
-                          or os.path.isdir(init_from)):
-        raise _err('train.init_from', init_from, 'is not a directory; give a training workdir '
-                   "or an exported bundle to start from, or '' to start from scratch.")
     flow_cfg = config.get('flow', None)
     if flow_cfg is not None and flow_cfg.get('prediction', 'velocity') not in ('velocity', 'data'):
         raise _err('flow.prediction', flow_cfg.prediction, "use 'velocity' or 'data' (x0).")

@@ -53,8 +53,6 @@ CASES = [
     ('tiny', {'data.name': 'webdataset'}, ["config.data.name='webdataset'", "'folder'"]),
     ('tiny', {'data.name': 'folder'}, ["config.data.folder=''", 'is not a directory']),
     ('tiny', {'data.spanish_prob': 1.5}, ['config.data.spanish_prob=1.5', '[0, 1]']),
-    ('tiny', {'train.init_from': '/no/such/run'}, ["config.train.init_from='/no/such/run'",
-                                                   'not a directory', 'from scratch']),
     ('tiny', {'flow.prediction': 'eps'}, ["config.flow.prediction='eps'", "'velocity' or 'data'"]),
     ('tiny_vae', {'data.num_frames': 6, 'train.batch_size': 8},
      ['config.data.num_frames=6', '1 + 4k', 'e.g. 5']),
@@ -115,6 +113,15 @@ def test_validation_runs_before_anything_is_built(tmp_path):
     with pytest.raises(ValueError, match=r'config.mesh.shape=\(3, 1, 1, 1\)'):
         loop.train_and_evaluate(c, str(tmp_path / 'work'))
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_missing_init_from_fails_before_data_is_built(tmp_path):
+    c = _config('tiny', {'train.init_from': str(tmp_path / 'no_such_run')})
+    c.data.data_dir = str(tmp_path / 'never_built')
+    with pytest.raises(ValueError, match=r"config.train.init_from='.*no_such_run': is not a "
+                                         r"directory.*from scratch"):
+        loop.train_and_evaluate(c, str(tmp_path / 'work'))
+    assert not (tmp_path / 'never_built').exists()
 
 
 def test_command_line_refuses_unknown_keys_and_wrong_types(tmp_path):
