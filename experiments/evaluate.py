@@ -38,6 +38,10 @@ flags.DEFINE_integer('num_clips', 500, 'ground_truth: clips to judge.')
 flags.DEFINE_float('blur', 0.0, 'ground_truth: Gaussian blur sigma (px) applied before judging.')
 flags.DEFINE_float('noise', 0.0, 'ground_truth: Gaussian noise std (0..255) applied before judging.')
 flags.DEFINE_bool('ema', True, 'Sample the EMA parameters.')
+flags.DEFINE_list('backgrounds', None, 'ground_truth: background kinds (default: every kind, or '
+                  "the --checkpoint's data.backgrounds).")
+flags.DEFINE_float('size_scale', None, "ground_truth: shape size scale (default 1, or the "
+                   "--checkpoint's data.size_scale).")
 
 ATTRS = ('shape', 'color', 'motion', 'all')
 
@@ -135,7 +139,7 @@ def evaluate_shapes(pipe, *, num_per_combo=1, languages=('en', 'es'), holdout=()
 
 
 def evaluate_ground_truth(*, num_clips=500, num_frames=17, height=32, width=32, seed=0,
-                          blur=0.0, noise=0.0) -> dict:
+                          blur=0.0, noise=0.0, backgrounds=None, size_scale=1.0) -> dict:
     """Judges real one-shape dataset clips against their own attributes: the judge's accuracy."""
     from configs import shapes as shapes_config
     from sora_jax.data import shapes
@@ -143,7 +147,8 @@ def evaluate_ground_truth(*, num_clips=500, num_frames=17, height=32, width=32, 
     records, t_judge = [], 0.0
     for i in range(num_clips):
         ex = shapes.generate(seed, i, num_frames=num_frames, height=height, width=width,
-                             max_objects=1)
+                             max_objects=1, backgrounds=backgrounds or shapes.BACKGROUNDS,
+                             size_scale=size_scale)
         video = ex['video']
         if blur > 0 or noise > 0:
             video = shapes_judge.degrade(video, blur, noise, seed=i)
@@ -163,10 +168,19 @@ def main(argv):
     del argv
     F = flags.FLAGS
     if F.suite == 'ground_truth':
+        data = {}
+        if F.checkpoint:  # judge the data distribution that checkpoint was trained on
+            from sora_jax.train import checkpoint as ckpt
+            d = os.path.join(F.checkpoint, 'checkpoints')
+            data = ckpt.load_config(d if os.path.isdir(d) else F.checkpoint).get('data', {})
+        backgrounds = tuple(F.backgrounds or data.get('backgrounds', ()) or ()) or None
+        size_scale = F.size_scale if F.size_scale is not None else float(data.get('size_scale', 1.0))
         summary = evaluate_ground_truth(
             num_clips=F.num_clips, num_frames=F.num_frames or 17, height=F.height or 32,
-            width=F.width or 32, seed=F.seed, blur=F.blur, noise=F.noise)
-        settings = {'num_clips': F.num_clips, 'blur': F.blur, 'noise': F.noise}
+            width=F.width or 32, seed=F.seed, blur=F.blur, noise=F.noise,
+            backgrounds=backgrounds, size_scale=size_scale)
+        settings = {'num_clips': F.num_clips, 'blur': F.blur, 'noise': F.noise,
+                    'backgrounds': list(backgrounds or ()), 'size_scale': size_scale}
     else:
         if not F.checkpoint:
             raise ValueError('--suite=shapes needs --checkpoint=DIR (a workdir or checkpoints/shapes).')
