@@ -6,7 +6,7 @@ PROMPT ?= a red circle moving to the right
 OUT ?= outputs/demo.mp4
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench gifs clean
 
 $(VENV)/.core: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(PY) experiments/benchmark.py dit --json=outputs/bench_dit.json
+
+gifs: $(VENV)/.core
+	$(PY) experiments/capabilities.py --checkpoint=checkpoints/shapes --out=docs/gifs
 
 clean:
 	rm -rf $(VENV) outputs
