@@ -57,6 +57,8 @@ class DiTConfig:
     param_dtype: str = 'float32'    # master weights
     scan_layers: bool = True
     remat: str = 'none'
+    pooled_text: bool = False       # add the masked mean of the text features to the timestep
+                                    # embedding (adaLN), as SD3 does; not in Wan 2.1
 
     @classmethod
     def from_config(cls, cfg: Any) -> 'DiTConfig':
@@ -194,9 +196,21 @@ class ConditionEmbedder(nnx.Module):
         self.text_embedder = layers.MLPEmbedder(cfg.text_dim, cfg.dim, act='gelu', rngs=rngs,
                                                 in_axis='kv', dtype=DTYPES[cfg.dtype],
                                                 param_dtype=pdt)
+        self.pooled = cfg.pooled_text
+        if cfg.pooled_text:  # zero-initialised output: starts as the model without it
+            self.pooled_text_1 = layers.linear(cfg.text_dim, cfg.dim, ('kv', 'embed'), rngs=rngs,
+                                               param_dtype=pdt)
+            self.pooled_text_2 = layers.linear(cfg.dim, cfg.dim, ('embed', 'embed_out'),
+                                               rngs=rngs, param_dtype=pdt, zero_init=True)
 
-    def __call__(self, timestep, context):
+    def __call__(self, timestep, context, context_mask=None):
         temb = self.time_embedder(layers.timestep_embedding(timestep, self.freq_dim))  # f32
+        if self.pooled:
+            c = context.astype(jnp.float32)
+            m = (jnp.ones(c.shape[:2], jnp.float32) if context_mask is None
+                 else context_mask.astype(jnp.float32))
+            pooled = (c * m[..., None]).sum(1) / jnp.maximum(m.sum(1, keepdims=True), 1.0)
+            temb = temb + self.pooled_text_2(jax.nn.silu(self.pooled_text_1(pooled)))
         temb6 = self.time_proj(jax.nn.silu(temb)).reshape(temb.shape[0], 6, -1)
         return temb, temb6, self.text_embedder(context)
 
@@ -248,7 +262,7 @@ class DiT(nnx.Module):
         h = self.patch_embedding(x)  # [B, N, D]
         h = constrain(h, ('act_batch', 'act_length', 'act_embed'))
         temb, temb6, ctx = self.condition_embedder(t.astype(jnp.float32) * cfg.timestep_scale,
-                                                   context)
+                                                   context, context_mask)
         h = self._run_blocks(h, ctx, context_mask, temb6, angles)
         shift, scale = jnp.split(self.scale_shift_table[...] + temb[:, None], 2, axis=1)
         h = layers.modulate(self.norm_out(h), shift, scale).astype(DTYPES[cfg.dtype])

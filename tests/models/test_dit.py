@@ -75,6 +75,29 @@ def test_context_mask_matters_and_padding_ignored(model):
     assert float(jnp.abs(a - c).max()) > 1e-3  # timestep conditioning is live
 
 
+def test_pooled_text_starts_neutral_ignores_padding_and_conditions():
+    """model.pooled_text: zero-initialised, so a fresh model equals the one without it (same
+    other params); padded positions never reach the pool; once trained it carries the text."""
+    import dataclasses
+    pooled = DiT(dataclasses.replace(CFG, pooled_text=True), rngs=nnx.Rngs(0))
+    plain = DiT(CFG, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(7), (1, 2, 4, 4, 4))
+    ctx = jax.random.normal(jax.random.key(8), (1, 6, 16))
+    mask = jnp.array([[True, True, True, False, False, False]])
+    t = jnp.array([0.5])
+    st = nnx.state(pooled, nnx.Param)
+    nnx.update(plain, {k: v for k, v in st.items() if k != 'condition_embedder'} |
+               {'condition_embedder': {k: v for k, v in st['condition_embedder'].items()
+                                       if not k.startswith('pooled_text')}})
+    np.testing.assert_allclose(pooled(x, t, ctx, mask), plain(x, t, ctx, mask), atol=1e-6)
+    k = pooled.condition_embedder.pooled_text_2.kernel
+    k.value = jax.random.normal(jax.random.key(9), k.value.shape) * 0.3
+    a = pooled(x, t, ctx, mask)
+    assert float(jnp.abs(a - plain(x, t, ctx, mask)).max()) > 1e-3
+    b = pooled(x, t, ctx.at[:, 3:].set(55.0), mask)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match='not divisible by model.num_heads'):
         DiTConfig(dim=30, num_heads=4).validate()
