@@ -106,10 +106,14 @@ def load_config(directory: str | os.PathLike, step: int | None = None) -> mlc.Co
 
 
 def restore_params(directory: str | os.PathLike, abstract_params: Any, *, ema: bool = True,
-                   step: int | None = None) -> tuple[Any, int]:
+                   step: int | None = None, missing_ok: bool = False) -> tuple[Any, int]:
     """Only the (EMA) params of a saved train state, for sampling: a partial restore that never
     reads the optimizer state. `abstract_params` leaves are ShapeDtypeStructs (with shardings,
-    or single-device). Returns (params, step)."""
+    or single-device). Returns (params, step).
+
+    Shapes are compared first; any difference is a ValueError naming the parameters. With
+    `missing_ok` (fine-tuning a model that adds modules), parameters the checkpoint lacks come
+    back as None and parameters only the checkpoint has are ignored."""
     directory = epath.Path(directory).absolute()
     mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
                                  item_handlers={'state': ocp.PyTreeCheckpointHandler()})
@@ -117,43 +121,73 @@ def restore_params(directory: str | os.PathLike, abstract_params: Any, *, ema: b
     if step is None:
         raise ValueError(f'no complete checkpoint in {os.fspath(directory)!r}.')
     key = 'ema_params' if ema else 'params'
-    _check_shapes(mngr, step, key, abstract_params, directory)
+    saved = _saved_leaves(mngr, step, key, directory)
+    want = _flat(abstract_params)
+    missing = [k for k in want if k not in saved]
+    bad = [f'{".".join(k)}: saved {saved[k][1] if k in saved else None} vs model {want[k].shape}'
+           for k in want if k in saved and saved[k][1] != tuple(want[k].shape)]
+    if not missing_ok:
+        bad += [f'{".".join(k)}: saved {saved[k][1]} vs model None' for k in saved if k not in want]
+        bad += [f'{".".join(k)}: saved None vs model {want[k].shape}' for k in missing]
+    if bad:
+        more = f' (+{len(bad) - 5} more)' if len(bad) > 5 else ''
+        raise ValueError(f'{os.fspath(directory)!r} step {step}: {len(bad)} parameters differ '
+                         f'from the model: {"; ".join(sorted(bad)[:5])}{more}.')
     dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    item = {key: abstract_params}
-    restore_args = {key: jax.tree.map(lambda a: ocp.ArrayRestoreArgs(
-        sharding=getattr(a, 'sharding', None) or dev, dtype=a.dtype), abstract_params)}
+    item, args = {}, {}
+    for k, a in want.items():  # nested dicts in the saved layout, only what both trees hold
+        if k not in saved:
+            continue
+        path = saved[k][0]
+        node_i, node_a = item, args
+        for part in path[:-1]:
+            node_i, node_a = node_i.setdefault(part, {}), node_a.setdefault(part, {})
+        node_i[path[-1]] = a
+        node_a[path[-1]] = ocp.ArrayRestoreArgs(sharding=getattr(a, 'sharding', None) or dev,
+                                                dtype=a.dtype)
     out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args, partial_restore=True)))
-    return out['state'][key], step
+        item={key: item}, restore_args={key: args}, partial_restore=True)))['state'][key]
+    values = {}
+    for k in want:
+        if k in saved:
+            node = out
+            for part in saved[k][0]:
+                node = node[part]
+            values[k] = node
+    leaves = [values.get(k) for k in want]
+    treedef = jax.tree_util.tree_structure(abstract_params)
+    return jax.tree_util.tree_unflatten(treedef, leaves), step
 
 
-def _check_shapes(mngr, step: int, key: str, abstract_params: Any, directory) -> None:
-    """Compare the saved `key` tree with the model's before reading any array: a missing,
-    extra or differently shaped parameter is a ValueError naming it."""
-    def name(entry):  # DictKey / SequenceKey / GetAttrKey -> str ('0' and 0 alike)
-        for attr in ('key', 'idx', 'name'):
-            if hasattr(entry, attr):
-                return str(getattr(entry, attr))
-        return str(entry)
+def _name(entry) -> str:
+    """DictKey / SequenceKey / GetAttrKey -> str ('0' and 0 alike)."""
+    for attr in ('key', 'idx', 'name'):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
 
-    def flat(tree):  # Variable leaves end in 'value' in some trees and not in others
-        out = {}
-        for p, x in jax.tree_util.tree_leaves_with_path(tree):
-            parts = [name(e) for e in p]
-            out['.'.join(parts[:-1] if parts[-1] == 'value' else parts)] = tuple(
-                getattr(x, 'shape', ()))
-        return out
+
+def _flat(tree) -> dict:
+    """{path tuple (without a trailing 'value' of Variable leaves): leaf}, in tree order."""
+    out = {}
+    for p, x in jax.tree_util.tree_leaves_with_path(tree):
+        parts = tuple(_name(e) for e in p)
+        out[parts[:-1] if parts[-1] == 'value' else parts] = x
+    return out
+
+
+def _saved_leaves(mngr, step: int, key: str, directory) -> dict:
+    """{normalised path: (saved path, shape)} of the `key` tree, from metadata alone."""
     meta = mngr.item_metadata(step)['state']
     meta = getattr(meta, 'tree', meta)
     if key not in meta:
         raise ValueError(f'{os.fspath(directory)!r} step {step} holds no {key!r}.')
-    saved, want = flat(meta[key]), flat(abstract_params)
-    bad = [f'{k}: saved {saved.get(k)} vs model {want.get(k)}'
-           for k in sorted(set(saved) | set(want)) if saved.get(k) != want.get(k)]
-    if bad:
-        more = f' (+{len(bad) - 5} more)' if len(bad) > 5 else ''
-        raise ValueError(f'{os.fspath(directory)!r} step {step}: {len(bad)} parameters differ '
-                         f'from the model: {"; ".join(bad[:5])}{more}.')
+    out = {}
+    for p, x in jax.tree_util.tree_leaves_with_path(meta[key]):
+        parts = tuple(_name(e) for e in p)
+        norm = parts[:-1] if parts[-1] == 'value' else parts
+        out[norm] = (parts, tuple(getattr(x, 'shape', ())))
+    return out
 
 
 def _lists_to_tuples(x):

@@ -141,17 +141,25 @@ def init_state(config, mesh, rules, objective):
 def warm_start(state, source: str):
     """A fresh train state whose params and EMA start from the (EMA) params of another run's
     newest checkpoint (a training workdir or an exported bundle; dtypes are cast, shardings
-    kept). Step, optimizer and data position start from zero: this is fine-tuning, not resume."""
+    kept). Parameters the source lacks (modules this model adds) keep their initialisation;
+    a shape mismatch is an error. Step, optimizer and data position start from zero: this is
+    fine-tuning, not resume."""
     directory = os.path.join(source, 'checkpoints')
     directory = directory if os.path.isdir(directory) else source
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
                             state.params)
     try:
-        params, step = ckpt.restore_params(directory, abstract)
-    except ValueError as e:  # shape or structure mismatch, or no checkpoint
+        loaded, step = ckpt.restore_params(directory, abstract, missing_ok=True)
+    except ValueError as e:  # shape mismatch, or no checkpoint
         raise ValueError(f'train.init_from={source!r}: cannot load its params into this model '
                          f'({e}); the model config must match the source run.') from e
-    logging.info('Warm start: params and EMA from step %d of %s', step, source)
+    fresh = jax.tree_util.tree_leaves_with_path(state.params)
+    new = [jax.tree_util.keystr(p) for (p, _), v in zip(fresh, jax.tree.leaves(
+        loaded, is_leaf=lambda x: x is None)) if v is None]
+    params = jax.tree.map(lambda v, f: f if v is None else v, loaded, state.params,
+                          is_leaf=lambda x: x is None)
+    logging.info('Warm start: params and EMA from step %d of %s%s', step, source,
+                 f'; {len(new)} new parameters keep their init: {new}' if new else '')
     return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
 
 

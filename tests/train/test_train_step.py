@@ -158,6 +158,20 @@ def test_warm_start_takes_the_source_ema_params(tmp_path):
     warm, m = fn2(warm, _batch(c2))
     assert np.isfinite(float(m['loss'])) and int(warm.step) == 1
 
+    c4 = _config()
+    c4.model.pooled_text = True  # a module the source lacks keeps its (zero) initialisation
+    _, fresh4, *_ = loop.init_state(c4, mesh, rules, flow_objective)
+    warm4 = loop.warm_start(fresh4, str(tmp_path / 'src'))
+    ce = warm4.params['dit']['condition_embedder']
+    np.testing.assert_array_equal(np.asarray(ce['pooled_text_2']['kernel'][...]), 0.0)
+    np.testing.assert_array_equal(np.asarray(ce['pooled_text_1']['kernel'][...]),
+                                  np.asarray(fresh4.params['dit']['condition_embedder'][
+                                      'pooled_text_1']['kernel'][...]))
+    np.testing.assert_array_equal(
+        np.asarray(ce['time_proj']['kernel'][...]),
+        np.asarray(src.ema_params['dit']['condition_embedder']['time_proj']['kernel'][...],
+                   np.float32))
+
     c3 = _config()
     c3.model.ffn_dim = 48
     _, other, *_ = loop.init_state(c3, mesh, rules, flow_objective)
