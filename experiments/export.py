@@ -2,7 +2,7 @@
 
   python experiments/export.py --dit=workdirs/shapes_dit --dst=checkpoints/shapes [--dtype=float16]
 
-The bundle holds only EMA parameters (no optimizer state), in `--dtype` (float16 halves the size;
+The bundle holds only EMA parameters (`--noema`: the raw ones; no optimizer state), in `--dtype` (float16 halves the size;
 sampling casts back to float32), the DiT's config with `autoencoder='vae'`, and the VAE as
 `<dst>/vae` in the same layout. `TextToVideo.from_checkpoint(dst)` loads it.
 """
@@ -17,11 +17,15 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_string('dit', None, 'DiT training workdir.')
 flags.DEFINE_string('dst', None, 'Bundle directory to (re)write.')
 flags.DEFINE_enum('dtype', 'float16', ['float16', 'bfloat16', 'float32'], 'Stored parameter dtype.')
+flags.DEFINE_bool('ema', True, 'Export the EMA parameters (--noema: the raw parameters, e.g. '
+                  'when the EMA still averages in weights from before a late improvement).')
 flags.mark_flags_as_required(['dit', 'dst'])
 
 
-def export_params(src_workdir: str, dst_workdir: str, build_model, dtype: str, edit_config=None):
-    """EMA params of the newest checkpoint in src -> a one-step checkpoint in dst."""
+def export_params(src_workdir: str, dst_workdir: str, build_model, dtype: str, edit_config=None,
+                  ema: bool = True):
+    """EMA (or raw) params of the newest checkpoint in src -> a one-step checkpoint in dst,
+    stored as `ema_params` (what samplers load)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -30,7 +34,7 @@ def export_params(src_workdir: str, dst_workdir: str, build_model, dtype: str, e
 
     config = ckpt.load_config(os.path.join(src_workdir, 'checkpoints'))
     abstract = nnx.state(nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0))), nnx.Param)
-    params, step = ckpt.restore_params(os.path.join(src_workdir, 'checkpoints'), abstract)
+    params, step = ckpt.restore_params(os.path.join(src_workdir, 'checkpoints'), abstract, ema=ema)
     params = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), params)
     if edit_config is not None:
         config = edit_config(config)
@@ -60,10 +64,11 @@ def main(argv):
         c.unlock()
         if c.autoencoder not in ('none', '', None):
             c.autoencoder = 'vae'
+        c.exported_weights = 'ema' if F.ema else 'raw'
         return c
 
-    step, n = export_params(F.dit, tmp, flow_objective.build_model, F.dtype, edit)
-    print(f'DiT: step {step}, {n:,} params ({F.dtype})')
+    step, n = export_params(F.dit, tmp, flow_objective.build_model, F.dtype, edit, ema=F.ema)
+    print(f'DiT: step {step}, {n:,} params ({F.dtype}, {"EMA" if F.ema else "raw"} weights)')
     shutil.rmtree(F.dst, ignore_errors=True)
     os.replace(tmp, F.dst)
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(F.dst) for f in fs)
