@@ -149,6 +149,14 @@ class TextToVideo:
     def spatial_factor(self) -> int:
         return self.vae.spatial_factor if self.vae else 1
 
+    @property
+    def image_frames(self) -> int:
+        """Frames sampled for mode='t2i' (the first is returned): 1, unless the DiT's temporal
+        patch needs more latent frames (pixel-space models with patch t > 1)."""
+        pt = self.patch[0]
+        return 1 if pt == 1 else (1 + (pt - 1) * self.temporal_factor if self.temporal_factor > 1
+                                  else pt)
+
     def check_size(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         """Latent (T, H, W) for a pixel size, or a ValueError naming a valid size."""
         if not isinstance(num_frames, (int, np.integer)) or not 1 <= num_frames <= MAX_FRAMES:
@@ -200,8 +208,8 @@ class TextToVideo:
                              'one per prompt.')
         if mode not in cond_lib.MODES:
             raise ValueError(f'mode={mode!r} is not one of {cond_lib.MODES}.')
-        if mode == 't2i':
-            num_frames = 1
+        if mode == 't2i':  # one frame, or the shortest clip the temporal patch allows
+            num_frames = self.image_frames
         num_frames = int(s.num_frames if num_frames is None else num_frames)
         height = int(s.height if height is None else height)
         width = int(s.width if width is None else width)
@@ -298,7 +306,7 @@ class TextToVideo:
         if mode in ('t2v', 't2i'):
             if image is not None or video is not None:
                 raise ValueError(f"mode={mode!r} takes no image/video; use mode='i2v' or 'v2v'.")
-            return (*zeros, num_frames)
+            return (*zeros, 1 if mode == 't2i' else num_frames)
         buf = np.zeros((b, num_frames, height, width, 3), np.float32)
 
         def frames(x, name, ndim):

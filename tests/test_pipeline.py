@@ -126,3 +126,15 @@ def test_long_prompt_truncated_matches_its_prefix(pipe):
     a = pipe(long, seed=5, **KW)
     b = pipe(long[:pipe.text.tokenizer.max_length - 1], seed=5, **KW)
     np.testing.assert_array_equal(a, b)
+
+
+def test_t2i_with_a_temporal_patch_returns_one_frame():
+    """A DiT with temporal patch 2 (the shipped pixel-space model) cannot sample 1 frame; t2i
+    samples the shortest clip it can and returns its first frame."""
+    c = _config(patch_size=(2, 2, 2))
+    p = TextToVideo.from_config(c)
+    assert p.image_frames == 2
+    img = p('a red circle', mode='t2i', seed=0, **KW)
+    assert img.shape == (1, 1, 8, 8, 3) and img.dtype == np.uint8
+    clip = p('a red circle', num_frames=2, seed=0, **KW)
+    np.testing.assert_array_equal(img[:, 0], clip[:, 0])
