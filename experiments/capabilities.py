@@ -17,13 +17,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_string('checkpoint', 'checkpoints/shapes', 'Training workdir or shipped bundle.')
-flags.DEFINE_string('out', 'docs/gifs', 'Directory for the GIFs and capabilities.json.')
-flags.DEFINE_integer('steps', 25, 'Sampling steps.')
-flags.DEFINE_integer('seed', 0, 'Sampling seed.')
-flags.DEFINE_integer('display_scale', 3, 'Nearest-neighbour upscale of the written GIFs.')
-flags.DEFINE_list('only', [], 'Capabilities to render (default: all).')
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Command-line flags, defined only when run as a script (the tests import this module next
+    to other experiments that define flags of the same names)."""
+    flags.DEFINE_string('checkpoint', 'checkpoints/shapes', 'Training workdir or shipped bundle.')
+    flags.DEFINE_string('out', 'docs/gifs', 'Directory for the GIFs and capabilities.json.')
+    flags.DEFINE_integer('steps', 25, 'Sampling steps.')
+    flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+    flags.DEFINE_integer('display_scale', 3, 'Nearest-neighbour upscale of the written GIFs.')
+    flags.DEFINE_list('only', [], 'Capabilities to render (default: all).')
+
 
 # name -> (mode, prompt (None: the caption of the reference clip), size, extra call arguments);
 # size None is the config's default clip, 'wide' / 'tall' make one side 1.5x longer.
@@ -151,4 +157,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    define_flags()
     app.run(main)

@@ -14,12 +14,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_string('dit', None, 'DiT training workdir.')
-flags.DEFINE_string('dst', None, 'Bundle directory to (re)write.')
-flags.DEFINE_enum('dtype', 'float16', ['float16', 'bfloat16', 'float32'], 'Stored parameter dtype.')
-flags.DEFINE_bool('ema', True, 'Export the EMA parameters (--noema: the raw parameters, e.g. '
-                  'when the EMA still averages in weights from before a late improvement).')
-flags.mark_flags_as_required(['dit', 'dst'])
+
+def define_flags():
+    """Command-line flags, defined only when run as a script (tests import this module)."""
+    flags.DEFINE_string('dit', None, 'DiT training workdir.')
+    flags.DEFINE_string('dst', None, 'Bundle directory to (re)write.')
+    flags.DEFINE_enum('dtype', 'float16', ['float16', 'bfloat16', 'float32'], 'Stored parameter dtype.')
+    flags.DEFINE_bool('ema', True, 'Export the EMA parameters (--noema: the raw parameters, e.g. '
+                      'when the EMA still averages in weights from before a late improvement).')
+    flags.mark_flags_as_required(['dit', 'dst'])
 
 
 def export_params(src_workdir: str, dst_workdir: str, build_model, dtype: str, edit_config=None,
@@ -76,4 +79,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    define_flags()
     app.run(main)
