@@ -171,8 +171,7 @@ def main(argv):
         data = {}
         if F.checkpoint:  # judge the data distribution that checkpoint was trained on
             from sora_jax.train import checkpoint as ckpt
-            d = os.path.join(F.checkpoint, 'checkpoints')
-            data = ckpt.load_config(d if os.path.isdir(d) else F.checkpoint).get('data', {})
+            data = ckpt.load_config(ckpt.checkpoint_dir(F.checkpoint)).get('data', {})
         backgrounds = tuple(F.backgrounds or data.get('backgrounds', ()) or ()) or None
         size_scale = F.size_scale if F.size_scale is not None else float(data.get('size_scale', 1.0))
         summary = evaluate_ground_truth(

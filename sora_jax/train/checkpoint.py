@@ -105,6 +105,13 @@ def load_config(directory: str | os.PathLike, step: int | None = None) -> mlc.Co
     return mlc.ConfigDict(_lists_to_tuples(cfg))
 
 
+def checkpoint_dir(path: str | os.PathLike) -> str:
+    """The Orbax directory of a training workdir or exported bundle (`path/checkpoints`), or
+    `path` itself when it already is one."""
+    sub = os.path.join(os.fspath(path), 'checkpoints')
+    return sub if os.path.isdir(sub) else os.fspath(path)
+
+
 def restore_params(directory: str | os.PathLike, abstract_params: Any, *, ema: bool = True,
                    step: int | None = None, missing_ok: bool = False) -> tuple[Any, int]:
     """Only the (EMA) params of a saved train state, for sampling: a partial restore that never

@@ -144,8 +144,7 @@ def warm_start(state, source: str):
     kept). Parameters the source lacks (modules this model adds) keep their initialisation;
     a shape mismatch is an error. Step, optimizer and data position start from zero: this is
     fine-tuning, not resume."""
-    directory = os.path.join(source, 'checkpoints')
-    directory = directory if os.path.isdir(directory) else source
+    directory = ckpt.checkpoint_dir(source)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
                             state.params)
     try:
