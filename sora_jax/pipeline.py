@@ -265,19 +265,17 @@ class TextToVideo:
         mask2 = jnp.concatenate([mask, mask], 0)
         known2 = jnp.concatenate([known, known], 0)
 
-        def velocity(x, t):  # x: [2B, ...] cond rows then uncond rows
-            x_in = cond_lib.model_input(x, mask2, known2) if self.conditioned else x
-            return flow.to_velocity(dit(x_in, t, ctx, ctx_mask), x, t, self.prediction)
+        def velocity(x, t, m, k, c, cm):
+            x_in = cond_lib.model_input(x, m, k) if self.conditioned else x
+            return flow.to_velocity(dit(x_in, t, c, cm), x, t, self.prediction)
 
-        def model_fn(x, t):
+        def model_fn(x, t):  # x: [2B, ...] cond rows then uncond rows
             jax.debug.callback(self._tick, t[0])
-            return velocity(x, t)
+            return velocity(x, t, mask2, known2, ctx, ctx_mask)
 
         def cond_only(x, t):  # outside the guidance interval: conditional rows only
             b = x.shape[0]
-            x_in = cond_lib.model_input(x, mask, known) if self.conditioned else x
-            out = dit(x_in, t, ctx[:b], None if ctx_mask is None else ctx_mask[:b])
-            return flow.to_velocity(out, x, t, self.prediction)
+            return velocity(x, t, mask, known, ctx[:b], None if ctx_mask is None else ctx_mask[:b])
 
         guided = samplers.cfg_velocity(model_fn, guidance, interval, cond_fn=cond_only)
         # Known latents (if any) are re-imposed along their noising path after every step.
