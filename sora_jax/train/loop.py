@@ -138,17 +138,17 @@ def init_state(config, mesh, rules, objective):
     return graphdef, state, shardings, tx, schedule
 
 
-def warm_start(state, source: str):
-    """A fresh train state whose params and EMA start from the (EMA) params of another run's
-    newest checkpoint (a training workdir or an exported bundle; dtypes are cast, shardings
-    kept). Parameters the source lacks (modules this model adds) keep their initialisation;
+def warm_start(state, source: str, *, ema: bool = True):
+    """A fresh train state whose params and EMA start from the EMA params (`ema=False`: the raw
+    params) of another run's newest checkpoint (a training workdir or an exported bundle; dtypes
+    are cast, shardings kept). Parameters the source lacks (modules this model adds) keep their initialisation;
     a shape mismatch is an error. Step, optimizer and data position start from zero: this is
     fine-tuning, not resume."""
     directory = ckpt.checkpoint_dir(source)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
                             state.params)
     try:
-        loaded, step = ckpt.restore_params(directory, abstract, missing_ok=True)
+        loaded, step = ckpt.restore_params(directory, abstract, ema=ema, missing_ok=True)
     except ValueError as e:  # shape mismatch, or no checkpoint
         raise ValueError(f'train.init_from={source!r}: cannot load its params into this model '
                          f'({e}); the model config must match the source run.') from e
@@ -157,7 +157,8 @@ def warm_start(state, source: str):
         loaded, is_leaf=lambda x: x is None)) if v is None]
     params = jax.tree.map(lambda v, f: f if v is None else v, loaded, state.params,
                           is_leaf=lambda x: x is None)
-    logging.info('Warm start: params and EMA from step %d of %s%s', step, source,
+    logging.info('Warm start: params and EMA from the %s params of step %d of %s%s',
+                 'EMA' if ema else 'raw', step, source,
                  f'; {len(new)} new parameters keep their init: {new}' if new else '')
     return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
 
@@ -243,7 +244,7 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
         state, step0 = ckpt.restore_state(mngr, abstract, data_iter)
         logging.info('Resumed from step %d in %s', step0, workdir)
     elif t.get('init_from', ''):
-        state = warm_start(state, t.init_from)
+        state = warm_start(state, t.init_from, ema=bool(t.get('init_from_ema', True)))
     start = int(state.step)
     ids_log = (_ExampleIdLog(os.path.join(workdir, 'example_ids.jsonl'), start)
                if t.get('log_example_ids', False) and jax.process_index() == 0 else None)

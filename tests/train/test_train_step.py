@@ -129,7 +129,7 @@ def test_checkpoint_restore_identical_next_step(tmp_path):
 
 def test_warm_start_takes_the_source_ema_params(tmp_path):
     """train.init_from: params and EMA start from another run's EMA params (cast to the
-    model's dtype); step and optimizer start fresh; a different model is a clear error; the
+    model's dtype), or its raw params with init_from_ema=False; step and optimizer start fresh; a different model is a clear error; the
     prediction parameterisation ('data') trains from the same weights."""
     c = _config()
     mesh = mesh_lib.make_mesh((1, 1, 1, 1), devices=jax.devices()[:1])
@@ -154,6 +154,13 @@ def test_warm_start_takes_the_source_ema_params(tmp_path):
         assert w.dtype == jnp.float32
         np.testing.assert_array_equal(np.asarray(w), np.asarray(s, np.float32))
         np.testing.assert_array_equal(np.asarray(e), np.asarray(w))
+    raw = loop.warm_start(fresh, str(tmp_path / 'src'), ema=False)  # train.init_from_ema=False
+    for w, e, s in zip(jax.tree.leaves(raw.params), jax.tree.leaves(raw.ema_params),
+                       jax.tree.leaves(src.params)):
+        np.testing.assert_array_equal(np.asarray(w), np.asarray(s, np.float32))
+        np.testing.assert_array_equal(np.asarray(e), np.asarray(w))
+    assert any(not np.array_equal(np.asarray(r), np.asarray(w)) for r, w in zip(
+        jax.tree.leaves(raw.params), jax.tree.leaves(warm.params)))  # not the EMA params
     fn2 = jax.jit(step_lib.make_train_step(graphdef, flow_objective.loss_fn, tx, c2, sched))
     warm, m = fn2(warm, _batch(c2))
     assert np.isfinite(float(m['loss'])) and int(warm.step) == 1
