@@ -170,7 +170,11 @@ def _demo_dit(c: mlc.ConfigDict) -> None:
     """The shipped demo, stage 3: stage 2 ended with the prompt's colour still improving and its
     0.999 EMA behind the raw weights, so this stage starts from stage 2's raw weights, spends
     80% of its examples on text-to-video (stage 2: 50%) and 85% on the 16x32x32 size the demo
-    samples (70%), and keeps a 0.995 EMA (a 200-step horizon)."""
+    samples (70%), and keeps a 0.995 EMA (a 200-step horizon).
+
+    4,400 steps took 90 min on 2 CPU cores. Held-out combinations (evaluate.py --holdout_only
+    --num_per_combo=2), EMA, en / es: colour 0.83 / 0.86, shape 0.50 / 0.43, motion 0.05 / 0.12,
+    one object found 0.76 (stage 2: colour 0.79 / 0.62, shape 0.24 / 0.29, motion 0.10 / 0.07)."""
     _demo_dit_stage2(c)
     c.train.init_from = 'workdirs/shapes_dit_stage2'
     c.train.init_from_ema = False
