@@ -7,7 +7,7 @@ Args (`--config=configs/shapes.py:ARG`):
              masks so one model does t2v, i2v, extend, connect and loop.
   dit_stage2 stage 2: dit_base fine-tuned (train.init_from) on plain backgrounds, larger shapes
              and noise-shifted times (flow.shift = 5), with the pooled text feature in adaLN.
-  dit        stage 3, the shipped model: dit_stage2 (its raw weights) trained on, mostly on
+  dit        stage 3, the shipped model: dit_stage2's raw weights trained further, mostly on
              text-to-video at the 16x32x32 size, with a faster EMA.
   dit_latent the same on the VAE's latents of 17-frame clips (needs a VAE workdir; the shapes
              VAE did not reach usable quality within the CPU budget, see README).
@@ -161,8 +161,8 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
     elif arg == 'dit_latent':
         _latent_dit(c)
     elif arg != 'dit_pixel':
-        raise ValueError(f'configs/shapes.py: unknown arg {arg!r}; use vae, dit, dit_stage2, dit_base, dit_latent, dit_pixel, tiny '
-                         'or tiny_vae.')
+        raise ValueError(f'configs/shapes.py: unknown arg {arg!r}; use vae, dit, dit_stage2, '
+                         'dit_base, dit_latent, dit_pixel, tiny or tiny_vae.')
     return c
 
 

@@ -129,8 +129,9 @@ def test_checkpoint_restore_identical_next_step(tmp_path):
 
 def test_warm_start_takes_the_source_ema_params(tmp_path):
     """train.init_from: params and EMA start from another run's EMA params (cast to the
-    model's dtype), or its raw params with init_from_ema=False; step and optimizer start fresh; a different model is a clear error; the
-    prediction parameterisation ('data') trains from the same weights."""
+    model's dtype), or its raw params with init_from_ema=False; step and optimizer start fresh;
+    a different model is a clear error; the prediction parameterisation ('data') trains from the
+    same weights."""
     c = _config()
     mesh = mesh_lib.make_mesh((1, 1, 1, 1), devices=jax.devices()[:1])
     rules = mesh_lib.rules_dict()
