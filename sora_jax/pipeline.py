@@ -153,9 +153,8 @@ class TextToVideo:
     def image_frames(self) -> int:
         """Frames sampled for mode='t2i' (the first is returned): 1, unless the DiT's temporal
         patch needs more latent frames (pixel-space models with patch t > 1)."""
-        pt = self.patch[0]
-        return 1 if pt == 1 else (1 + (pt - 1) * self.temporal_factor if self.temporal_factor > 1
-                                  else pt)
+        pt, tf = self.patch[0], self.temporal_factor
+        return 1 + (pt - 1) * tf if tf > 1 else pt
 
     def check_size(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         """Latent (T, H, W) for a pixel size, or a ValueError naming a valid size."""
