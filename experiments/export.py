@@ -2,9 +2,10 @@
 
   python experiments/export.py --dit=workdirs/shapes_dit --dst=checkpoints/shapes [--dtype=float16]
 
-The bundle holds only EMA parameters (`--noema`: the raw ones; no optimizer state), in `--dtype` (float16 halves the size;
-sampling casts back to float32), the DiT's config with `autoencoder='vae'`, and the VAE as
-`<dst>/vae` in the same layout. `TextToVideo.from_checkpoint(dst)` loads it.
+The bundle holds only EMA parameters (`--noema`: the raw ones; no optimizer state), in
+`--dtype` (float16 halves the size; sampling casts back to float32), the DiT's config with
+`autoencoder='vae'`, and the VAE as `<dst>/vae` in the same layout.
+`TextToVideo.from_checkpoint(dst)` loads it.
 """
 import os
 import shutil
@@ -19,7 +20,8 @@ def define_flags():
     """Command-line flags, defined only when run as a script (tests import this module)."""
     flags.DEFINE_string('dit', None, 'DiT training workdir.')
     flags.DEFINE_string('dst', None, 'Bundle directory to (re)write.')
-    flags.DEFINE_enum('dtype', 'float16', ['float16', 'bfloat16', 'float32'], 'Stored parameter dtype.')
+    flags.DEFINE_enum('dtype', 'float16', ['float16', 'bfloat16', 'float32'],
+                      'Stored parameter dtype.')
     flags.DEFINE_bool('ema', True, 'Export the EMA parameters (--noema: the raw parameters, e.g. '
                       'when the EMA still averages in weights from before a late improvement).')
     flags.mark_flags_as_required(['dit', 'dst'])
@@ -35,9 +37,10 @@ def export_params(src_workdir: str, dst_workdir: str, build_model, dtype: str, e
 
     from sora_jax.train import checkpoint as ckpt
 
-    config = ckpt.load_config(os.path.join(src_workdir, 'checkpoints'))
+    cdir = os.path.join(src_workdir, 'checkpoints')
+    config = ckpt.load_config(cdir)
     abstract = nnx.state(nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0))), nnx.Param)
-    params, step = ckpt.restore_params(os.path.join(src_workdir, 'checkpoints'), abstract, ema=ema)
+    params, step = ckpt.restore_params(cdir, abstract, ema=ema)
     params = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), params)
     if edit_config is not None:
         config = edit_config(config)

@@ -142,8 +142,8 @@ def warm_start(state, source: str, *, ema: bool = True):
     """A fresh train state whose params and EMA start from the EMA params (`ema=False`: the raw
     params) of another run's newest checkpoint (a training workdir or an exported bundle; dtypes
     are cast, shardings kept). Parameters the source lacks (modules this model adds) keep their
-    initialisation; a shape mismatch is an error. Step, optimizer and data position start from zero: this is
-    fine-tuning, not resume."""
+    initialisation; a shape mismatch is an error. Step, optimizer and data position start from
+    zero: this is fine-tuning, not resume."""
     directory = ckpt.checkpoint_dir(source)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
                             state.params)
