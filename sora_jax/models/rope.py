@@ -36,6 +36,13 @@ def rope_angles(grid: tuple[int, int, int], head_dim: int, theta: float = 10000.
     return jnp.concatenate(parts, axis=-1)
 
 
+def rope_angles_1d(length: int, head_dim: int, theta: float = 10000.0) -> jax.Array:
+    """Rotation angles of a plain sequence (positions 0..length-1): [length, head_dim // 2]."""
+    if head_dim % 2:
+        raise ValueError(f'RoPE needs an even head_dim, got {head_dim}; choose an even width/heads.')
+    return _axis_angles(jnp.arange(length), head_dim, theta)
+
+
 def apply_rope(x: jax.Array, angles: jax.Array) -> jax.Array:
     """Rotate adjacent channel pairs. x: [B, N, heads, D]; angles: [N, D // 2]."""
     xf = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)

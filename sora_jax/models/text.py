@@ -1,6 +1,9 @@
 """The byte-level text encoder: UTF-8 bytes -> a small bidirectional transformer.
 
-No vocabulary file: any language works. Token ids are 0 = padding, 1..256 = byte value + 1,
+No vocabulary file: any language works. Positions are learned absolute embeddings
+(`position='learned'`) or rotary (`position='rope'`): with RoPE a word means the same wherever it
+starts, so "triangle" after "red " (6 bytes) is the "triangle" seen after "blue " (7 bytes), which
+an unseen colour-shape pairing needs. Token ids are 0 = padding, 1..256 = byte value + 1,
 257 = BOS (always first, so the empty prompt — the unconditional input for classifier-free
 guidance — is one BOS token, never an all-padding row). The UMT5 encoder that loads Wan's
 weights lives in `models/umt5.py`.
@@ -18,9 +21,11 @@ from flax import nnx
 
 from sora_jax.models import attention as attn_lib
 from sora_jax.models import layers
+from sora_jax.models import rope
 from sora_jax.models.config import fields_from_config
 
 PAD, BOS, VOCAB = 0, 257, 258
+POSITIONS = ('learned', 'rope')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,12 +74,18 @@ class ByteEncoderConfig:
     num_heads: int = 4
     mlp_ratio: int = 4
     dtype: str = 'float32'
+    position: str = 'learned'   # 'learned' absolute embeddings | 'rope' (rotary, relative)
 
     @classmethod
     def from_config(cls, cfg: Any) -> 'ByteEncoderConfig':
         c = cls(**fields_from_config(cls, cfg, 'text'))
         if c.dim % c.num_heads:
             raise ValueError(f'text.dim={c.dim} is not divisible by text.num_heads={c.num_heads}.')
+        if c.position not in POSITIONS:
+            raise ValueError(f'text.position={c.position!r} is not one of {POSITIONS}.')
+        if c.position == 'rope' and (c.dim // c.num_heads) % 2:
+            raise ValueError(f'text.position=rope needs an even head dim; text.dim={c.dim} / '
+                             f'text.num_heads={c.num_heads} is odd.')
         if c.max_length < 2:
             raise ValueError(f'text.max_length={c.max_length} must be >= 2 (BOS + one byte).')
         return c
@@ -90,10 +101,12 @@ class _EncoderLayer(nnx.Module):
         self.norm2 = layers.LayerNorm(cfg.dim, affine=True, eps=1e-5)
         self.mlp = layers.FeedForward(cfg.dim, cfg.mlp_ratio * cfg.dim, rngs=rngs, dtype=dt)
 
-    def __call__(self, x, mask):
+    def __call__(self, x, mask, angles=None):
         b, n, d = x.shape
         q, k, v = jnp.split(self.qkv(self.norm1(x).astype(x.dtype)), 3, axis=-1)
         q, k, v = (a.reshape(b, n, self.heads, d // self.heads) for a in (q, k, v))
+        if angles is not None:
+            q, k = rope.apply_rope(q, angles), rope.apply_rope(k, angles)
         h = attn_lib.dot_product_attention(q, k, v, mask, impl='xla').reshape(b, n, d)
         x = x + self.out(h)
         return x + self.mlp(self.norm2(x).astype(x.dtype))
@@ -106,8 +119,9 @@ class ByteTextEncoder(nnx.Module):
         self.cfg = cfg
         self.embed = nnx.Embed(VOCAB, cfg.dim, rngs=rngs, embedding_init=nnx.with_partitioning(
             nnx.initializers.normal(0.02), ('vocab', 'embed')))
-        self.pos = nnx.Param(jax.random.normal(rngs.params(), (cfg.max_length, cfg.dim)) * 0.02,
-                             out_sharding=(None, 'embed'))
+        if cfg.position == 'learned':
+            self.pos = nnx.Param(jax.random.normal(rngs.params(), (cfg.max_length, cfg.dim))
+                                 * 0.02, out_sharding=(None, 'embed'))
         self.layers = nnx.List([_EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.depth)])
         self.norm = layers.LayerNorm(cfg.dim, affine=True, eps=1e-5)
 
@@ -116,7 +130,12 @@ class ByteTextEncoder(nnx.Module):
             raise ValueError(f'text ids have length {ids.shape[-1]} > text.max_length='
                              f'{self.cfg.max_length}; tokenize with ByteTokenizer(max_length).')
         mask = ids != PAD if mask is None else mask
-        x = self.embed(ids) + self.pos[: ids.shape[-1]][None]
+        x = self.embed(ids)
+        angles = None
+        if self.cfg.position == 'learned':
+            x = x + self.pos[: ids.shape[-1]][None]
+        else:
+            angles = rope.rope_angles_1d(ids.shape[-1], self.cfg.dim // self.cfg.num_heads)
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, mask, angles)
         return self.norm(x) * mask[..., None]
