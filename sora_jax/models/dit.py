@@ -59,6 +59,8 @@ class DiTConfig:
     remat: str = 'none'
     pooled_text: bool = False       # add the masked mean of the text features to the timestep
                                     # embedding (adaLN), as SD3 does; not in Wan 2.1
+    zero_init: bool = False         # adaLN-Zero (DiT, PixArt): modulation, cross-attention output
+                                    # and output projection start at 0, every block as identity
 
     @classmethod
     def from_config(cls, cfg: Any) -> 'DiTConfig':
@@ -98,11 +100,20 @@ class DiTConfig:
         return sum(math.prod(x.shape) for x in jax.tree.leaves(state))
 
 
+def _table_init(rngs: nnx.Rngs, rows: int, cfg: DiTConfig) -> jax.Array:
+    """A modulation table [1, rows, dim]: N(0, 1 / dim) as Wan, or zeros with cfg.zero_init."""
+    key = rngs.params()  # drawn either way: zero_init leaves the other parameters' init unchanged
+    if cfg.zero_init:
+        return jnp.zeros((1, rows, cfg.dim), jnp.float32)
+    return jax.random.normal(key, (1, rows, cfg.dim), jnp.float32) / math.sqrt(cfg.dim)
+
+
 class Attention(nnx.Module):
     """Multi-head attention with RMS qk-norm over the full width and optional 3D RoPE."""
 
     def __init__(self, dim: int, heads: int, *, eps: float, rngs: nnx.Rngs, dtype, param_dtype,
-                 impl: str = 'auto', chunk: int = 512, context_parallel: str = 'none'):
+                 impl: str = 'auto', chunk: int = 512, context_parallel: str = 'none',
+                 zero_out: bool = False):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.heads = heads
         self.impl = impl
@@ -111,7 +122,7 @@ class Attention(nnx.Module):
         self.to_q = layers.linear(dim, dim, ('embed', 'heads'), **kw)
         self.to_k = layers.linear(dim, dim, ('embed', 'heads'), **kw)
         self.to_v = layers.linear(dim, dim, ('embed', 'heads'), **kw)
-        self.to_out = layers.linear(dim, dim, ('heads', 'embed'), **kw)
+        self.to_out = layers.linear(dim, dim, ('heads', 'embed'), zero_init=zero_out, **kw)
         self.norm_q = layers.RMSNorm(dim, eps=eps)
         self.norm_k = layers.RMSNorm(dim, eps=eps)
 
@@ -142,10 +153,10 @@ class DiTBlock(nnx.Module):
         self.norm1 = layers.LayerNorm(cfg.dim, eps=cfg.eps)
         self.attn1 = Attention(cfg.dim, cfg.num_heads, **kw)
         self.norm2 = layers.LayerNorm(cfg.dim, eps=cfg.eps, affine=cfg.cross_attn_norm)
-        self.attn2 = Attention(cfg.dim, cfg.num_heads, **kw)
+        self.attn2 = Attention(cfg.dim, cfg.num_heads, zero_out=cfg.zero_init, **kw)
         self.ffn = layers.FeedForward(cfg.dim, cfg.ffn_dim, rngs=rngs, dtype=dt, param_dtype=pdt)
         self.norm3 = layers.LayerNorm(cfg.dim, eps=cfg.eps)
-        init = jax.random.normal(rngs.params(), (1, 6, cfg.dim), jnp.float32) / math.sqrt(cfg.dim)
+        init = _table_init(rngs, 6, cfg)
         self.scale_shift_table = nnx.Param(init, out_sharding=(None, None, 'norm'))
         self.dtype = dt
 
@@ -192,7 +203,7 @@ class ConditionEmbedder(nnx.Module):
         self.time_embedder = layers.MLPEmbedder(cfg.freq_dim, cfg.dim, act='silu', rngs=rngs,
                                                 in_axis='kv', param_dtype=pdt)
         self.time_proj = layers.linear(cfg.dim, 6 * cfg.dim, ('embed', 'mod'), rngs=rngs,
-                                       param_dtype=pdt)
+                                       param_dtype=pdt, zero_init=cfg.zero_init)
         self.text_embedder = layers.MLPEmbedder(cfg.text_dim, cfg.dim, act='gelu', rngs=rngs,
                                                 in_axis='kv', dtype=DTYPES[cfg.dtype],
                                                 param_dtype=pdt)
@@ -234,8 +245,9 @@ class DiT(nnx.Module):
         self.blocks = make_blocks(rngs)
         self.norm_out = layers.LayerNorm(cfg.dim, eps=cfg.eps)
         self.proj_out = layers.linear(cfg.dim, cfg.out_channels * math.prod(cfg.patch_size),
-                                      ('embed', None), rngs=rngs, dtype=dt, param_dtype=pdt)
-        init = jax.random.normal(rngs.params(), (1, 2, cfg.dim), jnp.float32) / math.sqrt(cfg.dim)
+                                      ('embed', None), rngs=rngs, dtype=dt, param_dtype=pdt,
+                                      zero_init=cfg.zero_init)
+        init = _table_init(rngs, 2, cfg)
         self.scale_shift_table = nnx.Param(init, out_sharding=(None, None, 'norm'))
 
     def check_input(self, shape) -> tuple[int, int, int]:

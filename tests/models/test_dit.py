@@ -114,3 +114,25 @@ def test_param_count_matches_formula():
     expected = (L * block + (c * 4 * d + d) + (fd * d + d + d * d + d) + (d * 6 * d + 6 * d)
                 + (tdim * d + d + d * d + d) + (d * c * 4 + c * 4) + 2 * d)
     assert CFG.num_params() == expected
+
+
+def test_zero_init_starts_every_block_as_identity():
+    """model.zero_init (adaLN-Zero): the velocity is exactly 0 at init, yet the output layer gets
+    a gradient, so training moves off the identity; the default init is Wan's (non-zero)."""
+    import dataclasses
+    cfg = dataclasses.replace(CFG, zero_init=True)
+    m = DiT(cfg, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(7), (1, 2, 4, 4, 4))
+    ctx = jax.random.normal(jax.random.key(8), (1, 5, 16))
+    t = jnp.array([0.4])
+    np.testing.assert_array_equal(np.asarray(m(x, t, ctx)), 0.0)
+    assert float(jnp.abs(m.blocks.scale_shift_table[...]).max()) == 0.0
+    assert float(jnp.abs(m.blocks.attn2.to_out.kernel[...]).max()) == 0.0
+    gd, st = nnx.split(m)
+    g = jax.grad(lambda s: jnp.mean((nnx.merge(gd, s)(x, t, ctx) - x) ** 2))(st)
+    assert float(jnp.abs(g['proj_out']['kernel'][...]).max()) > 1e-4
+    # the other parameters are drawn exactly as without zero_init
+    ref = DiT(CFG, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(np.asarray(m.blocks.attn1.to_q.kernel[...]),
+                                  np.asarray(ref.blocks.attn1.to_q.kernel[...]))
+    assert float(jnp.abs(ref(x, t, ctx)).max()) > 0
