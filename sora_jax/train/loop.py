@@ -138,12 +138,13 @@ def init_state(config, mesh, rules, objective):
     return graphdef, state, shardings, tx, schedule
 
 
-def warm_start(state, source: str, *, ema: bool = True):
+def warm_start(state, source: str, *, ema: bool = True, adapt=None):
     """A fresh train state whose params and EMA start from the EMA params (`ema=False`: the raw
     params) of another run's newest checkpoint (a training workdir or an exported bundle; dtypes
     are cast, shardings kept). Parameters the source lacks (modules this model adds) keep their
     initialisation; a shape mismatch is an error. Step, optimizer and data position start from
-    zero: this is fine-tuning, not resume."""
+    zero: this is fine-tuning, not resume. `adapt(params) -> params` (the objective's
+    `adapt_warm_start`) edits the loaded params, e.g. inflating an image VAE to video."""
     directory = ckpt.checkpoint_dir(source)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
                             state.params)
@@ -157,6 +158,8 @@ def warm_start(state, source: str, *, ema: bool = True):
         loaded, is_leaf=lambda x: x is None)) if v is None]
     params = jax.tree.map(lambda v, f: f if v is None else v, loaded, state.params,
                           is_leaf=lambda x: x is None)
+    if adapt is not None:
+        params = adapt(params)
     logging.info('Warm start: params and EMA from the %s params of step %d of %s%s',
                  'EMA' if ema else 'raw', step, source,
                  f'; {len(new)} new parameters keep their init: {new}' if new else '')
@@ -244,7 +247,9 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
         state, step0 = ckpt.restore_state(mngr, abstract, data_iter)
         logging.info('Resumed from step %d in %s', step0, workdir)
     elif t.get('init_from', ''):
-        state = warm_start(state, t.init_from, ema=bool(t.get('init_from_ema', True)))
+        adapt = getattr(objective, 'adapt_warm_start', None)
+        state = warm_start(state, t.init_from, ema=bool(t.get('init_from_ema', True)),
+                           adapt=None if adapt is None else (lambda p: adapt(p, config)))
     start = int(state.step)
     ids_log = (_ExampleIdLog(os.path.join(workdir, 'example_ids.jsonl'), start)
                if t.get('log_example_ids', False) and jax.process_index() == 0 else None)

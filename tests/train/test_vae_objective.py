@@ -13,10 +13,10 @@ from sora_jax.train.objectives import vae as obj
 
 def _config(**kw):
     c = mlc.ConfigDict()
-    c.vae = mlc.ConfigDict(dict(
+    c.vae = mlc.ConfigDict(dict(dict(
         base_dim=4, z_dim=4, dim_mult=(1, 2), num_res_blocks=1, temperal_downsample=(True,),
         latents_mean=None, latents_std=None, kl_weight=1e-3, sample_posterior=True,
-        disc_start=10, disc_weight=0.5, disc_dim=8, disc_layers=1, **kw))
+        disc_start=10, disc_weight=0.5, disc_dim=8, disc_layers=1), **kw))
     return c
 
 
@@ -173,3 +173,28 @@ def test_joint_loss_gradients_split_by_player(gan_setup):
     # Both players really get a gradient (not all zero).
     assert float(sum(jnp.sum(jnp.abs(x)) for x in flat(g['disc']))) > 0
     assert float(sum(jnp.sum(jnp.abs(x)) for x in flat(g['vae']))) > 0
+
+
+def test_inflate_from_image_codes_each_frame_like_an_image():
+    """vae.inflate_from_image: after the warm-start edit, a spatial-only VAE codes a video frame by
+    frame exactly as it codes single images (past-frame taps zero); without it, it does not."""
+    c = _config(temperal_downsample=(False,), inflate_from_image=True)
+    model = obj.build_model(c, nnx.Rngs(3))
+    gd, params = nnx.split(model, nnx.Param)
+    rest = nnx.state(model, nnx.Not(nnx.Param))
+    video = jax.random.uniform(jax.random.key(4), (1, 3, 8, 8, 3), minval=-1.0, maxval=1.0)
+
+    def per_frame_gap(p):
+        m = nnx.merge(gd, p, rest)
+        whole = m.decode(m.encode(video)[0], clip=False)
+        frames = jnp.concatenate([m.decode(m.encode(video[:, i:i + 1])[0], clip=False)
+                                  for i in range(video.shape[1])], axis=1)
+        return float(jnp.abs(whole - frames).max())
+
+    assert per_frame_gap(params) > 1e-3  # random past taps mix frames
+    inflated = obj.adapt_warm_start(params, c)
+    assert per_frame_gap(inflated) < 1e-5
+    assert float(jnp.abs(inflated['encoder']['conv_in']['kernel'][...][-1]
+                         - params['encoder']['conv_in']['kernel'][...][-1]).max()) == 0.0
+    off = obj.adapt_warm_start(params, _config(temperal_downsample=(False,)))
+    assert off is params  # the knob off: params untouched

@@ -14,6 +14,8 @@ latent) / (elements in one video), so `kl_weight` means what it means in the SD/
 both are sums. `batch['video']`: float32 [B, T, H, W, 3] in [-1, 1], T = 1 + 4k for Wan.
 
   use_gan [False]           train the discriminator inside the model (see below)
+  inflate_from_image [False]  warm start (train.init_from) from an image-trained VAE: the past-
+                            frame taps of every causal 3D conv start at zero (see below)
 
 GAN with the generic loop (one model, one optimizer). With `vae.use_gan` and `disc_weight > 0`,
 `build_model` returns `VAEWithDiscriminator` (`.vae`, `.disc`) and `loss_fn` returns
@@ -41,7 +43,7 @@ from sora_jax.evaluation.metrics import psnr
 from sora_jax.models.vae import WanVAE, posterior_kl, posterior_sample
 
 DEFAULTS = dict(kl_weight=1e-6, sample_posterior=True, disc_start=0, disc_weight=0.1,
-                disc_dim=32, disc_layers=2, use_gan=False)
+                disc_dim=32, disc_layers=2, use_gan=False, inflate_from_image=False)
 
 
 def _opt(config, key: str):
@@ -58,6 +60,23 @@ def use_gan(config) -> bool:
             'loop gives loss_fn no step counter, so the in-model GAN is on from step 0. Set '
             'vae.disc_start=0 (or use_gan=False and a two-optimizer trainer).')
     return on
+
+
+def adapt_warm_start(params, config):
+    """Image -> video inflation for `vae.inflate_from_image`. A causal conv reads frames
+    (t-2, t-1, t) with kernel slices 0, 1, 2; on 1-frame training clips the past is zero padding,
+    so slices 0 and 1 never got a gradient and still hold their random init. Zeroing them makes
+    the warm-started VAE code every frame of a video exactly as the image VAE codes one frame;
+    video training then learns what the past adds. Other params pass through."""
+    if not bool(_opt(config, 'inflate_from_image')):
+        return params
+
+    def inflate(path, x):
+        name = jax.tree_util.keystr(path).removesuffix('.value')  # nnx.State leaves: Param.value
+        if name.endswith("['kernel']") and x.ndim == 5 and x.shape[0] > 1:  # [kt, kh, kw, in, out]
+            return x.at[:-1].set(0)
+        return x
+    return jax.tree_util.tree_map_with_path(inflate, params)
 
 
 def build_model(config, rngs: nnx.Rngs):
