@@ -5,6 +5,8 @@
   python experiments/evaluate.py --checkpoint=... --suite=shapes --holdout_only --num_per_combo=4
   # the judge: real one-shape dataset clips (optionally blurred + noised like a VAE round trip)
   python experiments/evaluate.py --suite=ground_truth --json=outputs/judge.json [--blur=1 --noise=8]
+  # the judge on VAE round trips of real clips: what a latent model can reach at best
+  python experiments/evaluate.py --suite=ground_truth --checkpoint=checkpoints/shapes --autoencoder
 
 Prints a table (accuracy per attribute per language, seen vs held-out combinations, background
 flicker) and writes the same figures as JSON. One-shape prompts are built with
@@ -38,6 +40,8 @@ flags.DEFINE_integer('num_clips', 500, 'ground_truth: clips to judge.')
 flags.DEFINE_float('blur', 0.0, 'ground_truth: Gaussian blur sigma (px) applied before judging.')
 flags.DEFINE_float('noise', 0.0, 'ground_truth: Gaussian noise std (0..255) applied before judging.')
 flags.DEFINE_bool('ema', True, 'Sample the EMA parameters.')
+flags.DEFINE_bool('autoencoder', False, "ground_truth: judge the clips after a round trip through "
+                  "the --checkpoint's VAE (its config.autoencoder).")
 flags.DEFINE_list('backgrounds', None, 'ground_truth: background kinds (default: every kind, or '
                   "the --checkpoint's data.backgrounds).")
 flags.DEFINE_float('size_scale', None, "ground_truth: shape size scale (default 1, or the "
@@ -139,17 +143,24 @@ def evaluate_shapes(pipe, *, num_per_combo=1, languages=('en', 'es'), holdout=()
 
 
 def evaluate_ground_truth(*, num_clips=500, num_frames=17, height=32, width=32, seed=0,
-                          blur=0.0, noise=0.0, backgrounds=None, size_scale=1.0) -> dict:
-    """Judges real one-shape dataset clips against their own attributes: the judge's accuracy."""
+                          blur=0.0, noise=0.0, backgrounds=None, size_scale=1.0,
+                          vae=None) -> dict:
+    """Judges real one-shape dataset clips against their own attributes: the judge's accuracy.
+    `vae` (a FrozenVAE): judge each clip's round trip through it instead (adds 'psnr')."""
+    import numpy as np
     from configs import shapes as shapes_config
     from sora_jax.data import shapes
+    from sora_jax.evaluation import reconstruction
     from sora_jax.evaluation import shapes_judge
-    records, t_judge = [], 0.0
-    for i in range(num_clips):
-        ex = shapes.generate(seed, i, num_frames=num_frames, height=height, width=width,
-                             max_objects=1, backgrounds=backgrounds or shapes.BACKGROUNDS,
-                             size_scale=size_scale)
-        video = ex['video']
+    records, t_judge, psnrs = [], 0.0, []
+    examples = [shapes.generate(seed, i, num_frames=num_frames, height=height, width=width,
+                                max_objects=1, backgrounds=backgrounds or shapes.BACKGROUNDS,
+                                size_scale=size_scale) for i in range(num_clips)]
+    videos = [ex['video'] for ex in examples]
+    if vae is not None:
+        recon, m = reconstruction.reconstruct_video(vae, np.stack(videos))
+        videos, psnrs = list(recon), m['psnr_per_clip']
+    for i, (ex, video) in enumerate(zip(examples, videos)):
         if blur > 0 or noise > 0:
             video = shapes_judge.degrade(video, blur, noise, seed=i)
         obj = ex['scene'].objects[0]
@@ -160,8 +171,29 @@ def evaluate_ground_truth(*, num_clips=500, num_frames=17, height=32, width=32, 
                                held_out=shapes.is_held_out(obj, shapes_config.HOLDOUT)))
     summary = summarize(records)
     summary['timing'] = {'judge_ms_per_clip': 1e3 * t_judge / max(num_clips, 1)}
+    if psnrs:
+        summary['psnr'] = float(np.mean(psnrs))
     summary['records'] = records
     return summary
+
+
+def _checkpoint_vae(checkpoint):
+    """The VAE a DiT checkpoint samples through (a bundle's vae/, a workdir's autoencoder), or the
+    checkpoint itself when it is a VAE run."""
+    from sora_jax.pipeline import load_vae
+    from sora_jax.train import checkpoint as ckpt
+    if not checkpoint:
+        raise ValueError('--autoencoder needs --checkpoint=DIR (a DiT run or bundle with a VAE, '
+                         'or a VAE run).')
+    config = ckpt.load_config(ckpt.checkpoint_dir(checkpoint))
+    if config.get('objective') == 'vae':
+        from sora_jax.train import frozen_vae
+        return frozen_vae.load(checkpoint)
+    vae = load_vae(config.get('autoencoder', 'none'), relative_to=checkpoint)
+    if vae is None:
+        raise ValueError(f'{checkpoint!r} is a pixel-space model (autoencoder=none); there is no '
+                         'VAE to round-trip through.')
+    return vae
 
 
 def main(argv):
@@ -174,12 +206,16 @@ def main(argv):
             data = ckpt.load_config(ckpt.checkpoint_dir(F.checkpoint)).get('data', {})
         backgrounds = tuple(F.backgrounds or data.get('backgrounds', ()) or ()) or None
         size_scale = F.size_scale if F.size_scale is not None else float(data.get('size_scale', 1.0))
+        vae = None
+        if F.autoencoder:
+            vae = _checkpoint_vae(F.checkpoint)
         summary = evaluate_ground_truth(
             num_clips=F.num_clips, num_frames=F.num_frames or 17, height=F.height or 32,
             width=F.width or 32, seed=F.seed, blur=F.blur, noise=F.noise,
-            backgrounds=backgrounds, size_scale=size_scale)
+            backgrounds=backgrounds, size_scale=size_scale, vae=vae)
         settings = {'num_clips': F.num_clips, 'blur': F.blur, 'noise': F.noise,
-                    'backgrounds': list(backgrounds or ()), 'size_scale': size_scale}
+                    'backgrounds': list(backgrounds or ()), 'size_scale': size_scale,
+                    'autoencoder': bool(F.autoencoder)}
     else:
         if not F.checkpoint:
             raise ValueError('--suite=shapes needs --checkpoint=DIR (a workdir or checkpoints/shapes).')
@@ -198,6 +234,8 @@ def main(argv):
     summary['suite'], summary['settings'] = F.suite, settings
     print(table(summary))
     print('by value: ' + ', '.join(f'{k} {v:.2f}' for k, v in summary['by_value'].items()))
+    if 'psnr' in summary:
+        print(f"VAE round trip PSNR {summary['psnr']:.2f} dB")
     print(f"timing: {summary['timing']}", flush=True)
     if F.json:
         os.makedirs(os.path.dirname(os.path.abspath(F.json)), exist_ok=True)

@@ -8,7 +8,8 @@ The input is trimmed to 1 + 4k frames and centre-cropped to multiples of the spa
 encoded and decoded chunked (memory flat in length), tiled when the frame is larger than the
 config's tile or with --tile. OUT.mp4 (and OUT.gif) show input | reconstruction side by side.
 Metrics compare the uint8 reconstruction with the fitted uint8 input (before mp4 compression).
-`--suite=shapes` scores `--num` clips of 17x32x32 from a scene stream training never saw.
+`--suite=shapes` scores `--num` clips of 17x32x32 from a scene stream training never saw, drawn
+like the VAE's training data (its config's data.backgrounds / size_scale / max_objects).
 """
 import json
 import os
@@ -69,8 +70,11 @@ def reconstruct_suite(vae) -> dict:
     import numpy as np
     from sora_jax.evaluation import reconstruction as rec
     t, h, w = (int(x) for x in FLAGS.size)
-    max_objects = int(vae.config.data.get('max_objects', 2)) if 'data' in vae.config else 2
-    clips = rec.heldout_shapes(FLAGS.num, t, h, w, max_objects=max_objects)
+    data = vae.config.data if 'data' in vae.config else {}
+    clips = rec.heldout_shapes(  # the distribution the VAE was trained on, unseen scenes
+        FLAGS.num, t, h, w, max_objects=int(data.get('max_objects', 2)),
+        backgrounds=tuple(data.get('backgrounds', ())) or None,
+        size_scale=float(data.get('size_scale', 1.0)))
     clips = np.stack([rec.fit_video(c, vae.temporal_factor, vae.spatial_factor)[0] for c in clips])
     recon, metrics = rec.reconstruct_video(vae, clips, tile=_tile())
     out = FLAGS.out or (str(pathlib.Path(FLAGS.json).with_suffix('.mp4')) if FLAGS.json else None)

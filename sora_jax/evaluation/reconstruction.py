@@ -122,8 +122,12 @@ def side_by_side(frames: np.ndarray, recon: np.ndarray, gap: int = 2) -> np.ndar
 
 
 def heldout_shapes(num: int, num_frames: int = 17, height: int = 32, width: int = 32,
-                   max_objects: int = 2, seed: int = HELDOUT_SEED) -> np.ndarray:
-    """uint8 [num, T, H, W, 3] synthetic shapes clips from a scene stream no training split uses."""
+                   max_objects: int = 2, seed: int = HELDOUT_SEED, backgrounds=None,
+                   size_scale: float = 1.0) -> np.ndarray:
+    """uint8 [num, T, H, W, 3] synthetic shapes clips from a scene stream no training split uses
+    (`backgrounds`, `size_scale`: as `shapes.generate`; default every kind, 1.0)."""
     from sora_jax.data import shapes
     return np.stack([shapes.generate(seed, i, num_frames=num_frames, height=height, width=width,
-                                     max_objects=max_objects)['video'] for i in range(num)])
+                                     max_objects=max_objects, size_scale=size_scale,
+                                     backgrounds=backgrounds or shapes.BACKGROUNDS)['video']
+                     for i in range(num)])
