@@ -215,3 +215,27 @@ def test_streaming_equals_chunked_and_compiles_once_per_chunk_shape(vae, fns, vi
     assert len(list(V.stream_decode(vae, longer))) == 6
     first, nxt = V._stream_fns(nnx.graphdef(vae), 'decode')
     assert (first._cache_size(), nxt._cache_size()) == (1, 1)
+
+
+@pytest.mark.parametrize('kernel,stride,padding', [
+    (3, 1, 1),                    # the residual-block conv
+    ((3, 1, 1), (2, 1, 1), 0),    # downsample3d's time conv (time stride 2)
+    ((1, 3, 3), (1, 2, 2), 0),    # a space-strided conv
+    (1, 1, 0),                    # 1x1x1 (quant conv, shortcut)
+])
+def test_causal_conv_by_taps_equals_a_3d_convolution(kernel, stride, padding):
+    """CausalConv3d sums 2D convolutions over its temporal taps; it must equal lax's 3D conv of
+    the causally padded input (same weights, same strides)."""
+    from sora_jax.models.vae_blocks import CausalConv3d
+    conv = CausalConv3d(3, 5, kernel, stride=stride, padding=padding, rngs=nnx.Rngs(0))
+    conv.bias.set_value(jax.random.normal(jax.random.key(2), conv.bias.shape))
+    x = jax.random.normal(jax.random.key(1), (2, 7, 10, 12, 3))
+    pt, ph, pw = conv.time_pad, *conv.space_pad
+    xp = jnp.pad(x, ((0, 0), (pt, 0), (ph, ph), (pw, pw), (0, 0)))
+    want = jax.lax.conv_general_dilated(
+        xp, conv.kernel[...], conv.strides, 'VALID',
+        dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
+        precision=jax.lax.Precision.HIGHEST) + conv.bias[...]
+    got = conv(x)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-4)
