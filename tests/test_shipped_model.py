@@ -1,8 +1,8 @@
 """The shipped demo model (checkpoints/shapes: VAE + byte text encoder + latent DiT) is small,
 loads without its training workdirs, samples deterministic 16-frame clips on CPU (what
-`make demo` runs), and follows a prompt: the judge finds the prompted colour in its clip. The
-full prompt-following figures (held-out combinations, both languages) come from
-`experiments/evaluate.py`; see the README.
+`make demo` runs), and follows a prompt: the judge finds the prompted colour and motion in its
+clip (the second prompt is a held-out combination). The full prompt-following figures (held-out
+combinations, both languages) come from `experiments/evaluate.py`; see the README.
 """
 import pathlib
 
@@ -39,9 +39,10 @@ def test_samples_demo_clip_deterministically(pipe):
     ('a red circle moving to the right', ('circle', 'red', 'moving_right')),
     ('un cuadrado azul moviéndose hacia arriba', ('square', 'blue', 'moving_up')),
 ])
-def test_judge_finds_the_prompted_colour(pipe, prompt, attrs):
+def test_judge_finds_the_prompted_colour_and_motion(pipe, prompt, attrs):
     from sora_jax.evaluation import shapes_judge
     video = pipe(prompt, num_inference_steps=25, seed=0, progress=False)[0]
     verdict = shapes_judge.judge_clip(video, attrs)
     assert verdict['measured'] is not None, 'the judge found no shape'
     assert verdict['color'], verdict['measured']
+    assert verdict['motion'], verdict['measured']  # both travel ~18 px across the 16 frames
