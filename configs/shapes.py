@@ -266,7 +266,8 @@ def _shipped_vae(c: mlc.ConfigDict, stage: int) -> None:
     clips: colour 1.00, motion 1.00, shape 0.91 (stars lose their points: 0.67; circles, squares,
     triangles 1.00). A 4x-time variant (temperal_downsample (True, True), 600 steps on 9-frame
     clips) reached only 20.9 dB on 17-frame clips, drifting in colour past the 9 frames it was
-    trained on (judge: shape 0.69, colour 0.89, motion 0.79), too weak for the DiT to build on within this budget."""
+    trained on (judge: shape 0.69, colour 0.89, motion 0.79), too weak for the DiT to build on
+    within this budget."""
     _vae(c, tiny=False)
     c.data.backgrounds = ('plain',)
     c.data.size_scale = 1.5

@@ -93,7 +93,6 @@ def test_wrong_type_in_code_is_refused_by_the_config():
 
 
 def test_good_configs_pass():
-    import pathlib
     for arg in ('tiny', 'vae_image'):
         validate_config(shapes_config.get_config(arg))
     stage2 = shapes_config.get_config('vae')
@@ -101,7 +100,7 @@ def test_good_configs_pass():
     validate_config(stage2)
     dit = shapes_config.get_config('dit')
     # the recipe reads its VAE from workdirs/shapes_vae; the shipped bundle holds the same VAE
-    dit.autoencoder = str(pathlib.Path(__file__).resolve().parents[2] / 'checkpoints/shapes/vae')
+    dit.autoencoder = str(REPO / 'checkpoints/shapes/vae')
     validate_config(dit)
     vae = shapes_config.get_config('tiny_vae')
     vae.mesh.shape = (4, 1, 1, 2)  # batch 4 over data=4
