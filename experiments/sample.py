@@ -23,6 +23,9 @@ flags.DEFINE_integer('height', None, 'Height in pixels; default from the config.
 flags.DEFINE_integer('width', None, 'Width in pixels; default from the config.')
 flags.DEFINE_integer('steps', None, 'Sampling steps; default from the config.')
 flags.DEFINE_float('guidance_scale', None, 'Classifier-free guidance scale.')
+flags.DEFINE_float('skip_guidance_scale', None, 'Skip-layer guidance scale (0: off); default from '
+                   'the config.')
+flags.DEFINE_list('skip_layers', None, 'DiT blocks skipped by skip-layer guidance, e.g. 2,3.')
 flags.DEFINE_string('negative_prompt', None, 'Negative prompt (default: the config\'s, else empty).')
 flags.DEFINE_string('sampler', None, 'euler | heun | unipc | dpmpp_2m.')
 flags.DEFINE_float('shift', None, 'Timestep shift.')
@@ -63,7 +66,9 @@ def main(argv):
     frames = pipe(F.prompt, num_frames=F.num_frames, height=height, width=width,
                   num_inference_steps=F.steps, guidance_scale=F.guidance_scale,
                   negative_prompt=F.negative_prompt, sampler=F.sampler, shift=F.shift,
-                  seed=F.seed, mode=F.mode, image=image, video=video, strength=F.strength)
+                  seed=F.seed, mode=F.mode, image=image, video=video, strength=F.strength,
+                  skip_guidance_scale=F.skip_guidance_scale,
+                  skip_layers=None if F.skip_layers is None else [int(i) for i in F.skip_layers])
     root, ext = os.path.splitext(F.out)
     scale = int(F.display_scale or s.get('display_scale', 1))
     if scale > 1:  # nearest-neighbour upscale so tiny demo clips are watchable

@@ -82,7 +82,7 @@ class TextToVideo:
         self.prediction = str(config.get('flow', {}).get('prediction', 'velocity'))
         self._jit_sample = jax.jit(self._sample, static_argnames=(
             'method', 'num_steps', 'shift', 'guidance', 'interval', 't_start', 'quantization',
-            'replace'))
+            'replace', 'skip_scale', 'skip_layers', 'skip_interval'))
         self._bar = None
 
     # ------------------------------------------------------------------ construction
@@ -189,10 +189,15 @@ class TextToVideo:
                  negative_prompt: str | Sequence[str] | None = None, sampler: str | None = None,
                  shift: float | None = None, seed: int = 0, mode: str = 't2v', image=None,
                  video=None, strength: float = 0.7, guidance_interval=(0.0, 1.0),
-                 output_type: str = 'np', latents=None, progress: bool = True) -> np.ndarray:
+                 skip_guidance_scale: float | None = None, skip_layers=None,
+                 skip_guidance_interval=None, output_type: str = 'np', latents=None,
+                 progress: bool = True) -> np.ndarray:
         """Returns uint8 frames [B, T, H, W, 3] (T = num_frames, less the pinned tail for 'loop'),
         or with output_type='latent' the sampled latents [B, T', h, w, C] (float32).
-        `latents` (optional, [B, T', h, w, C]) replaces the seeded initial noise, as in diffusers."""
+        `latents` (optional, [B, T', h, w, C]) replaces the seeded initial noise, as in diffusers.
+        Skip-layer guidance (defaults from config.sample.skip_*): `skip_guidance_scale` p > 0 adds
+        p (v_cond - v_weak) for t in `skip_guidance_interval`, v_weak being the conditional
+        model with the DiT blocks `skip_layers` (indices) turned into the identity."""
         if output_type not in ('np', 'latent'):
             raise ValueError(f"output_type={output_type!r} must be 'np' or 'latent'.")
         s = self.config.sample
@@ -220,6 +225,8 @@ class TextToVideo:
         if method not in samplers.METHODS:
             raise ValueError(f'sampler={method!r} is not one of {samplers.METHODS}.')
         shift = float(s.shift if shift is None else shift)
+        skip_scale, skip_layers, skip_interval = self._skip_guidance(
+            skip_guidance_scale, skip_layers, skip_guidance_interval)
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f'strength={strength} must be in [0, 1].')
         lt, lh, lw = self.check_size(num_frames, height, width)
@@ -247,7 +254,9 @@ class TextToVideo:
                                    interval=tuple(map(float, guidance_interval)),
                                    t_start=float(t_start),
                                    quantization=s.get('timestep_quantization', None),
-                                   replace=bool(np.asarray(mask).any()))
+                                   replace=bool(np.asarray(mask).any()),
+                                   skip_scale=skip_scale, skip_layers=skip_layers,
+                                   skip_interval=skip_interval)
             lat = jax.block_until_ready(lat)
         if output_type == 'latent':
             return np.asarray(lat)
@@ -258,25 +267,59 @@ class TextToVideo:
         if self._bar is not None:
             self._bar.update(1)
 
+    def _skip_guidance(self, scale, layers, interval):
+        """(scale, layer indices, interval) of skip-layer guidance, checked; scale 0 is off."""
+        s = self.config.sample
+        scale = float(s.get('skip_guidance_scale', 0.0) if scale is None else scale)
+        layers = tuple(s.get('skip_layers', ()) if layers is None else layers)
+        interval = tuple(map(float, s.get('skip_guidance_interval', (0.0, 1.0))
+                             if interval is None else interval))
+        depth = int(self.config.model.depth)
+        if scale < 0:
+            raise ValueError(f'skip_guidance_scale={scale} must be >= 0 (0: off).')
+        if len(interval) != 2 or not 0.0 <= interval[0] <= interval[1] <= 1.0:
+            raise ValueError(f'skip_guidance_interval={interval} must be (t_lo, t_hi) with '
+                             '0 <= t_lo <= t_hi <= 1.')
+        if scale > 0:
+            if not layers:
+                raise ValueError('skip_guidance_scale > 0 needs skip_layers (DiT block indices, '
+                                 f'0..{depth - 1}), e.g. (2,).')
+            bad = [i for i in layers if not isinstance(i, (int, np.integer)) or not 0 <= i < depth]
+            if bad:
+                raise ValueError(f'skip_layers={layers}: {bad} are not block indices 0..{depth - 1}.')
+        return scale, tuple(int(i) for i in layers) if scale > 0 else (), interval
+
     def _sample(self, params, ctx, ctx_mask, noise, mask, known, *, method, num_steps, shift,
-                guidance, interval, t_start, quantization, replace):
+                guidance, interval, t_start, quantization, replace, skip_scale=0.0,
+                skip_layers=(), skip_interval=(0.0, 1.0)):
         dit = nnx.merge(self.graphdef, params)
-        mask2 = jnp.concatenate([mask, mask], 0)
-        known2 = jnp.concatenate([known, known], 0)
+        b = noise.shape[0]
+        rows = 3 if skip_scale > 0 else 2
+        mask2 = jnp.concatenate([mask] * rows, 0)
+        known2 = jnp.concatenate([known] * rows, 0)
+        ctx2, ctx_mask2, skip = ctx, ctx_mask, None
+        if rows == 3:  # third block: the conditional rows again, through the weakened model
+            ctx2 = jnp.concatenate([ctx, ctx[:b]], 0)
+            ctx_mask2 = None if ctx_mask is None else jnp.concatenate([ctx_mask, ctx_mask[:b]], 0)
+            weak = np.zeros((3 * b, self.config.model.depth), bool)
+            weak[2 * b:, list(skip_layers)] = True
+            skip = jnp.asarray(weak)
 
-        def velocity(x, t, m, k, c, cm):
+        def velocity(x, t, m, k, c, cm, sk=None):
             x_in = cond_lib.model_input(x, m, k) if self.conditioned else x
-            return flow.to_velocity(dit(x_in, t, c, cm), x, t, self.prediction)
+            out = dit(x_in, t, c, cm) if sk is None else dit(x_in, t, c, cm, skip=sk)
+            return flow.to_velocity(out, x, t, self.prediction)
 
-        def model_fn(x, t):  # x: [2B, ...] cond rows then uncond rows
+        def model_fn(x, t):  # x: [2B or 3B, ...] cond rows, uncond rows (, weakened cond rows)
             jax.debug.callback(self._tick, t[0])
-            return velocity(x, t, mask2, known2, ctx, ctx_mask)
+            return velocity(x, t, mask2, known2, ctx2, ctx_mask2, skip)
 
         def cond_only(x, t):  # outside the guidance interval: conditional rows only
             b = x.shape[0]
             return velocity(x, t, mask, known, ctx[:b], None if ctx_mask is None else ctx_mask[:b])
 
-        guided = samplers.cfg_velocity(model_fn, guidance, interval, cond_fn=cond_only)
+        guided = samplers.cfg_velocity(model_fn, guidance, interval, cond_fn=cond_only,
+                                       skip_scale=skip_scale, skip_interval=skip_interval)
         # Known latents (if any) are re-imposed along their noising path after every step.
         callback = cond_lib.replace_callback(mask, known, noise) if replace else None
         return samplers.sample(guided, noise, method=method, num_steps=num_steps, shift=shift,

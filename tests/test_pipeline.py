@@ -115,10 +115,22 @@ def test_latent_modes_and_loop(latent_pipe):
     (dict(prompt='x', sampler='rk45'), 'sampler'),
     (dict(prompt='x', strength=2.0), 'strength'),
     (dict(prompt=['a', 'b'], negative_prompt=['c']), 'negative prompts'),
+    (dict(prompt='x', skip_guidance_scale=1.0, skip_layers=()), 'needs skip_layers'),
+    (dict(prompt='x', skip_guidance_scale=1.0, skip_layers=(7,)), 'block indices'),
+    (dict(prompt='x', skip_guidance_scale=-1.0), 'skip_guidance_scale'),
+    (dict(prompt='x', skip_guidance_scale=1.0, skip_guidance_interval=(0.8, 0.2)), 'interval'),
 ])
 def test_bad_calls_are_clear_errors(pipe, kwargs, match):
     with pytest.raises(ValueError, match=match):
         pipe(**{**KW, **kwargs})
+
+
+def test_skip_layer_guidance_changes_the_sample_only_when_on(pipe):
+    base = pipe('a red circle', seed=2, **KW)
+    off = pipe('a red circle', seed=2, skip_guidance_scale=0.0, skip_layers=(0,), **KW)
+    np.testing.assert_array_equal(base, off)
+    on = pipe('a red circle', seed=2, skip_guidance_scale=3.0, skip_layers=(0,), **KW)
+    assert on.shape == base.shape and np.abs(on.astype(int) - base).max() > 0
 
 
 def test_long_prompt_truncated_matches_its_prefix(pipe):

@@ -154,8 +154,9 @@ def _dpmpp_2m_coeffs(sig: np.ndarray) -> np.ndarray:
 
 def cfg_velocity(model_fn: VelocityFn, guidance_scale: float,
                  guidance_interval: tuple[float, float] = (0.0, 1.0), *,
-                 cond_fn: VelocityFn | None = None) -> VelocityFn:
-    """Classifier-free guidance as a velocity function.
+                 cond_fn: VelocityFn | None = None, skip_scale: float = 0.0,
+                 skip_interval: tuple[float, float] = (0.0, 1.0)) -> VelocityFn:
+    """Classifier-free guidance (+ optional skip-layer guidance) as a velocity function.
 
     Batching contract (one model call per step): ``model_fn(x2: [2B, ...], t2: [2B]) -> [2B, ...]``
     gets ``concat([x, x])`` and ``concat([t, t])``; the pipeline builds it over text embeddings
@@ -165,24 +166,44 @@ def cfg_velocity(model_fn: VelocityFn, guidance_scale: float,
     If ``cond_fn(x: [B, ...], t: [B])`` (the conditional model alone) is given, steps whose times all
     lie outside the interval skip the unconditional half (a `lax.cond`; the model then compiles for
     both batch sizes).
+
+    Skip-layer guidance (``skip_scale > 0``, as SD 3.5's SLG and spatiotemporal skip guidance):
+    ``model_fn`` gets ``[3B]`` rows, the third block being the conditional model weakened (the
+    pipeline skips some of its blocks), and ``v += p (v_c - v_weak)`` with p = skip_scale where
+    t lies in ``skip_interval``: the sample is pushed away from what the weakened model predicts
+    (blur, smeared moving objects).
     """
     t_lo, t_hi = guidance_interval
     if not 0.0 <= t_lo <= t_hi <= 1.0:
         raise ValueError(f'guidance_interval must satisfy 0 <= t_lo <= t_hi <= 1, got {guidance_interval}.')
+    s_lo, s_hi = skip_interval
+    if not 0.0 <= s_lo <= s_hi <= 1.0:
+        raise ValueError(f'skip_interval must satisfy 0 <= t_lo <= t_hi <= 1, got {skip_interval}.')
+    if skip_scale < 0:
+        raise ValueError(f'skip_scale={skip_scale} must be >= 0 (0 turns skip-layer guidance off).')
+    rows = 3 if skip_scale > 0 else 2
+
+    def expand(s, like):
+        return s.astype(like.dtype).reshape(s.shape + (1,) * (like.ndim - 1))
 
     def guided(x, t):
-        out = model_fn(jnp.concatenate([x, x], 0), jnp.concatenate([t, t], 0))
-        v_c, v_u = jnp.split(out, 2, axis=0)
+        out = model_fn(jnp.concatenate([x] * rows, 0), jnp.concatenate([t] * rows, 0))
+        v_c, v_u, *v_weak = jnp.split(out, rows, axis=0)
         inside = (t >= t_lo) & (t <= t_hi)
-        s = jnp.where(inside, guidance_scale, 1.0).astype(v_c.dtype)
-        s = s.reshape(s.shape + (1,) * (v_c.ndim - 1))
-        return v_c + (s - 1.0) * (v_c - v_u)
+        s = expand(jnp.where(inside, guidance_scale, 1.0), v_c)
+        v = v_c + (s - 1.0) * (v_c - v_u)
+        if v_weak:
+            p = expand(jnp.where((t >= s_lo) & (t <= s_hi), skip_scale, 0.0), v_c)
+            v = v + p * (v_c - v_weak[0])
+        return v
 
     if cond_fn is None:
         return guided
 
     def velocity(x, t):
         any_inside = jnp.any((t >= t_lo) & (t <= t_hi))
+        if rows == 3:
+            any_inside = any_inside | jnp.any((t >= s_lo) & (t <= s_hi))
         return jax.lax.cond(any_inside, guided, lambda xx, tt: cond_fn(xx, tt).astype(x.dtype), x, t)
 
     return velocity

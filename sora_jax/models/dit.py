@@ -266,16 +266,23 @@ class DiT(nnx.Module):
             grid.append(n // p)
         return tuple(grid)
 
-    def __call__(self, x, t, context, context_mask=None):
+    def __call__(self, x, t, context, context_mask=None, skip=None):
+        """`skip` (optional, bool [B, depth]): per example, blocks that act as the identity (the
+        weakened model of skip-layer guidance); None runs every block."""
         cfg = self.cfg
         b, tt, hh, ww, _ = x.shape
         grid = self.check_input(x.shape)
+        if skip is not None:
+            skip = jnp.asarray(skip, bool)
+            if skip.shape != (b, cfg.depth):
+                raise ValueError(f'skip has shape {skip.shape}; expected (batch, depth) = '
+                                 f'({b}, {cfg.depth}).')
         angles = rope.rope_angles(grid, cfg.head_dim, cfg.rope_theta)
         h = self.patch_embedding(x)  # [B, N, D]
         h = constrain(h, ('act_batch', 'act_length', 'act_embed'))
         temb, temb6, ctx = self.condition_embedder(t.astype(jnp.float32) * cfg.timestep_scale,
                                                    context, context_mask)
-        h = self._run_blocks(h, ctx, context_mask, temb6, angles)
+        h = self._run_blocks(h, ctx, context_mask, temb6, angles, skip)
         shift, scale = jnp.split(self.scale_shift_table[...] + temb[:, None], 2, axis=1)
         h = layers.modulate(self.norm_out(h), shift, scale).astype(DTYPES[cfg.dtype])
         out = self.proj_out(h).astype(jnp.float32)
@@ -283,19 +290,23 @@ class DiT(nnx.Module):
         return rearrange(out, 'b (f h w) (pt ph pw c) -> b (f pt) (h ph) (w pw) c',
                          f=grid[0], h=grid[1], w=grid[2], pt=pt, ph=ph, pw=pw)
 
-    def _run_blocks(self, h, ctx, ctx_mask, temb6, angles):
+    def _run_blocks(self, h, ctx, ctx_mask, temb6, angles, skip=None):
         gdef, state = nnx.split(self.blocks)
+        # skip [B, depth] -> [depth, B, 1, 1], scanned with the blocks
+        flags = None if skip is None else jnp.transpose(skip)[:, :, None, None]
 
-        def body(carry, block_state):
+        def body(carry, xs):
+            block_state, flag = xs
             block = nnx.merge(gdef, block_state)
-            return block(carry, ctx, ctx_mask, temb6, angles), None
+            out = block(carry, ctx, ctx_mask, temb6, angles)
+            return (out if flag is None else jnp.where(flag, carry, out)), None
 
         policy = REMAT_POLICIES[self.cfg.remat]
         if self.cfg.remat != 'none':
             body = jax.checkpoint(body, policy=policy, prevent_cse=not self.cfg.scan_layers)
         if self.cfg.scan_layers:
-            h, _ = jax.lax.scan(body, h, state)
+            h, _ = jax.lax.scan(body, h, (state, flags))
             return h
         for i in range(self.cfg.depth):
-            h, _ = body(h, jax.tree.map(lambda a: a[i], state))
+            h, _ = body(h, (jax.tree.map(lambda a: a[i], state), None if flags is None else flags[i]))
         return h

@@ -183,3 +183,28 @@ def test_velocity_traced_once_per_sample(eps, loop):
             return gaussian_velocity(x, t)
         samplers.sample(vel, eps[:2], method=m, num_steps=5, loop=loop)
         assert len(traces) == 1, (m, loop, len(traces))
+
+
+def _three_field_model(x3, t3):
+    """Rows: cond (+1), uncond (-1), weakened cond (+0.5), each times (1 + x)."""
+    b = x3.shape[0] // 3
+    sign = jnp.concatenate([jnp.ones(b), -jnp.ones(b), 0.5 * jnp.ones(b)]).reshape(
+        (-1,) + (1,) * (x3.ndim - 1))
+    return sign * (1.0 + x3)
+
+
+def test_skip_layer_guidance_term_and_interval():
+    x = jax.random.normal(jax.random.key(4), (3, 4))
+    t = jnp.array([0.1, 0.5, 0.9])
+    v_c = 1.0 + x
+    v = samplers.cfg_velocity(_three_field_model, 1.0, skip_scale=2.0, skip_interval=(0.3, 1.0))(x, t)
+    # outside the skip interval: v_c; inside: v_c + 2 (v_c - 0.5 v_c) = 2 v_c
+    np.testing.assert_allclose(v[0], v_c[0], rtol=1e-6)
+    np.testing.assert_allclose(v[1:], 2.0 * v_c[1:], rtol=1e-6)
+    # with CFG 3 as well: v_c + 2 (v_c + v_c) + 2 (0.5 v_c) = 6 v_c
+    v = samplers.cfg_velocity(_three_field_model, 3.0, skip_scale=2.0)(x, t)
+    np.testing.assert_allclose(v, 6.0 * v_c, rtol=1e-6)
+    with pytest.raises(ValueError, match='skip_interval'):
+        samplers.cfg_velocity(_three_field_model, 1.0, skip_scale=1.0, skip_interval=(0.9, 0.1))
+    with pytest.raises(ValueError, match='skip_scale'):
+        samplers.cfg_velocity(_three_field_model, 1.0, skip_scale=-1.0)

@@ -136,3 +136,29 @@ def test_zero_init_starts_every_block_as_identity():
     np.testing.assert_array_equal(np.asarray(m.blocks.attn1.to_q.kernel[...]),
                                   np.asarray(ref.blocks.attn1.to_q.kernel[...]))
     assert float(jnp.abs(ref(x, t, ctx)).max()) > 0
+
+
+def test_skip_turns_chosen_blocks_into_the_identity_per_example():
+    """`skip` [B, depth]: a row skipping block i equals the model whose block i is removed;
+    rows skipping nothing are unchanged, and scan == unrolled with skips."""
+    import dataclasses
+    x = jax.random.normal(jax.random.key(1), (2, 2, 4, 4, 4))
+    ctx = jax.random.normal(jax.random.key(2), (2, 5, 16))
+    t = jnp.array([0.3, 0.7])
+    for scan in (True, False):
+        m = DiT(dataclasses.replace(CFG, scan_layers=scan), rngs=nnx.Rngs(0))
+        full = m(x, t, ctx)
+        skip = np.array([[False, False], [False, True]])
+        out = m(x, t, ctx, skip=skip)
+        np.testing.assert_allclose(out[0], full[0], rtol=1e-5, atol=1e-6)
+        assert float(jnp.abs(out[1] - full[1]).max()) > 1e-4
+        # block 1 removed: a depth-1 model carrying block 0's weights
+        short = DiT(dataclasses.replace(CFG, depth=1, scan_layers=scan), rngs=nnx.Rngs(0))
+        gd, st = nnx.split(short)
+        full_st = nnx.state(m)
+        st = jax.tree.map(lambda a, b: b[:1] if a.ndim == b.ndim and a.shape != b.shape else b,
+                          nnx.state(short), full_st)
+        ref = nnx.merge(gd, st)(x, t, ctx)
+        np.testing.assert_allclose(out[1], ref[1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match='skip has shape'):
+        m(x, t, ctx, skip=np.zeros((2, 3), bool))
