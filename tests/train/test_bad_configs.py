@@ -102,6 +102,10 @@ def test_good_configs_pass():
     # the recipe reads its VAE from workdirs/shapes_vae; the shipped bundle holds the same VAE
     dit.autoencoder = str(REPO / 'checkpoints/shapes/vae')
     validate_config(dit)
+    p2 = shapes_config.get_config('dit_p2')  # the same model re-cut to (2, 2, 2) patches
+    p2.autoencoder = dit.autoencoder
+    validate_config(p2)
+    assert tuple(p2.model.patch_size) == (2, 2, 2) and p2.train.init_from
     vae = shapes_config.get_config('tiny_vae')
     vae.mesh.shape = (4, 1, 1, 2)  # batch 4 over data=4
     validate_config(vae)
