@@ -72,12 +72,13 @@ def repatch(src: str, dst: str, patch_t: int, ema: bool = True) -> tuple[int, tu
     if new.get('autoencoder', 'none') == 'vae':  # a bundle: its VAE lives next to the DiT
         new.autoencoder = os.path.join(os.path.abspath(src), 'vae')
     target = model_abs(new)
+    want = [a.shape for a in jax.tree.leaves(target)]  # before the arrays replace the shapes
     pure = params.to_pure_dict()
     dit = repatch_params(pure['dit'], old_patch, patch_t, int(new.latent_channels))
     pure = {**pure, 'dit': dit}
     target.replace_by_pure_dict(jax.tree.map(np.asarray, pure))
-    bad = [(p, a.shape, b.shape) for (p, a), b in zip(jax.tree_util.tree_leaves_with_path(target),
-           jax.tree.leaves(model_abs(new))) if a.shape != b.shape]
+    bad = [(p, a.shape, w) for (p, a), w in zip(jax.tree_util.tree_leaves_with_path(target), want)
+           if a.shape != w]
     if bad:
         raise ValueError(f'converted params do not fit the new model: {bad[:3]}')
     tmp = dst.rstrip('/') + '.tmp'

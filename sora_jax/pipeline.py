@@ -307,8 +307,7 @@ class TextToVideo:
 
         def velocity(x, t, m, k, c, cm, sk=None):
             x_in = cond_lib.model_input(x, m, k) if self.conditioned else x
-            out = dit(x_in, t, c, cm) if sk is None else dit(x_in, t, c, cm, skip=sk)
-            return flow.to_velocity(out, x, t, self.prediction)
+            return flow.to_velocity(dit(x_in, t, c, cm, skip=sk), x, t, self.prediction)
 
         def model_fn(x, t):  # x: [2B or 3B, ...] cond rows, uncond rows (, weakened cond rows)
             jax.debug.callback(self._tick, t[0])
