@@ -1,6 +1,6 @@
 """Export a trained DiT (+ its VAE) as a self-contained inference bundle, e.g. checkpoints/shapes.
 
-  python experiments/export.py --dit=workdirs/shapes_dit --dst=checkpoints/shapes [--dtype=float16]
+  python experiments/export.py --dit=workdirs/shapes_dit --dst=checkpoints/shapes [--dtype=float16] [--step=N]
 
 The bundle holds only EMA parameters (`--noema`: the raw ones; no optimizer state), in
 `--dtype` (float16 halves the size; sampling casts back to float32), the DiT's config with
@@ -24,13 +24,15 @@ def define_flags():
                       'Stored parameter dtype.')
     flags.DEFINE_bool('ema', True, 'Export the EMA parameters (--noema: the raw parameters, e.g. '
                       'when the EMA still averages in weights from before a late improvement).')
+    flags.DEFINE_integer('step', None, 'DiT checkpoint step to export (default: the newest; the '
+                         'workdir keeps train.keep_checkpoints of them).')
     flags.mark_flags_as_required(['dit', 'dst'])
 
 
 def export_params(src_workdir: str, dst_workdir: str, build_model, dtype: str, edit_config=None,
-                  ema: bool = True):
-    """EMA (or raw) params of the newest checkpoint in src -> a one-step checkpoint in dst,
-    stored as `ema_params` (what samplers load)."""
+                  ema: bool = True, step: int | None = None):
+    """EMA (or raw) params of checkpoint `step` (default: the newest) in src -> a one-step
+    checkpoint in dst, stored as `ema_params` (what samplers load)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -39,8 +41,13 @@ def export_params(src_workdir: str, dst_workdir: str, build_model, dtype: str, e
 
     cdir = os.path.join(src_workdir, 'checkpoints')
     config = ckpt.load_config(cdir)
+    if step is not None:
+        steps = ckpt.manager(cdir, keep=None, create=False, async_save=False).all_steps()
+        if step not in steps:
+            raise ValueError(f'{cdir!r} has no checkpoint at step {step}; it holds steps '
+                             f'{sorted(steps)}. Pass one of them as --step (or omit it: newest).')
     abstract = nnx.state(nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0))), nnx.Param)
-    params, step = ckpt.restore_params(cdir, abstract, ema=ema)
+    params, step = ckpt.restore_params(cdir, abstract, ema=ema, step=step)
     params = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), params)
     if edit_config is not None:
         config = edit_config(config)
@@ -73,7 +80,8 @@ def main(argv):
         c.exported_weights = 'ema' if F.ema else 'raw'
         return c
 
-    step, n = export_params(F.dit, tmp, flow_objective.build_model, F.dtype, edit, ema=F.ema)
+    step, n = export_params(F.dit, tmp, flow_objective.build_model, F.dtype, edit, ema=F.ema,
+                             step=F.step)
     print(f'DiT: step {step}, {n:,} params ({F.dtype}, {"EMA" if F.ema else "raw"} weights)')
     shutil.rmtree(F.dst, ignore_errors=True)
     os.replace(tmp, F.dst)

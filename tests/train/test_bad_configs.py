@@ -106,6 +106,10 @@ def test_good_configs_pass():
     p2.autoencoder = dit.autoencoder
     validate_config(p2)
     assert tuple(p2.model.patch_size) == (2, 2, 2) and p2.train.init_from
+    p3 = shapes_config.get_config('dit_p3')  # dit_p2 trained on, t2v-heavy
+    p3.autoencoder = dit.autoencoder
+    validate_config(p3)
+    assert p3.train.init_from == 'workdirs/shapes_dit_p2' and p3.model.patch_size == p2.model.patch_size
     vae = shapes_config.get_config('tiny_vae')
     vae.mesh.shape = (4, 1, 1, 2)  # batch 4 over data=4
     validate_config(vae)
