@@ -8,8 +8,8 @@ Args (`--config=configs/shapes.py:ARG`):
   dit        the DiT: byte text encoder + DiT on the VAE's latents of 16-frame 32x32 clips (plus
              8-frame and 32x48 / 48x32 buckets), random frame masks so one model does t2v, i2v,
              extend, connect and loop; (4, 2, 2) patches.
-  dit_p2     the shipped DiT: `dit` re-cut to (2, 2, 2) patches (experiments/repatch.py) and
-             fine-tuned.
+  dit_p2     `dit` re-cut to (2, 2, 2) patches (experiments/repatch.py) and fine-tuned.
+  dit_p3     the shipped DiT: `dit_p2` trained on (fresh schedule, more t2v).
   dit_pixel  a small pixel-space DiT, 8 frames at 16x16 (benchmarks).
   tiny, tiny_vae   tiny and fast: what the tests train.
 
@@ -19,7 +19,8 @@ The shipped recipe (checkpoints/shapes), on 2 CPU cores:
   python experiments/train.py --config=configs/shapes.py:dit --workdir=workdirs/shapes_dit
   python experiments/repatch.py --src=workdirs/shapes_dit --dst=workdirs/shapes_p2_init --patch_t=2
   python experiments/train.py --config=configs/shapes.py:dit_p2 --workdir=workdirs/shapes_dit_p2
-  python experiments/export.py --dit=workdirs/shapes_dit_p2 --dst=checkpoints/shapes
+  python experiments/train.py --config=configs/shapes.py:dit_p3 --workdir=workdirs/shapes_dit_p3
+  python experiments/export.py --dit=workdirs/shapes_dit_p3 --dst=checkpoints/shapes
   python experiments/sample.py --checkpoint=checkpoints/shapes --prompt="a red circle moving to the left" --out=outputs/red.mp4
 Time and results of each stage: in its function's docstring below and in the README.
 """
@@ -243,7 +244,12 @@ def _finer_time(c: mlc.ConfigDict) -> None:
 
 def _longer(c: mlc.ConfigDict) -> None:
     """`dit_p3`: `dit_p2` trained on from its last step with a fresh schedule and more t2v (the
-    mode the judge scores); shapes in motion were still sharpening when `dit_p2` stopped."""
+    mode the judge scores); shapes in motion were still sharpening when `dit_p2` stopped.
+
+    On 2 CPU cores: 2,800 steps in 139 min (about 3.0 s/step; the shipped run started from
+    checkpoints/shapes at dit_p2's step 1,800 with --config.autoencoder=checkpoints/shapes/vae,
+    the same weights). Held-out combinations: colour 1.00 / 1.00, motion 1.00 / 1.00, shape
+    1.00 / 0.90 (en / es; squares 0.86, circles and triangles 1.00)."""
     c.train.init_from = 'workdirs/shapes_dit_p2'
     c.train.num_steps = 2800
     c.train.learning_rate = 3e-4
