@@ -41,11 +41,6 @@ def export_params(src_workdir: str, dst_workdir: str, build_model, dtype: str, e
 
     cdir = os.path.join(src_workdir, 'checkpoints')
     config = ckpt.load_config(cdir)
-    if step is not None:
-        steps = ckpt.manager(cdir, keep=None, create=False, async_save=False).all_steps()
-        if step not in steps:
-            raise ValueError(f'{cdir!r} has no checkpoint at step {step}; it holds steps '
-                             f'{sorted(steps)}. Pass one of them as --step (or omit it: newest).')
     abstract = nnx.state(nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0))), nnx.Param)
     params, step = ckpt.restore_params(cdir, abstract, ema=ema, step=step)
     params = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), params)

@@ -124,9 +124,13 @@ def restore_params(directory: str | os.PathLike, abstract_params: Any, *, ema: b
     directory = epath.Path(directory).absolute()
     mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
                                  item_handlers={'state': ocp.PyTreeCheckpointHandler()})
-    step = mngr.latest_step() if step is None else step
     if step is None:
-        raise ValueError(f'no complete checkpoint in {os.fspath(directory)!r}.')
+        step = mngr.latest_step()
+        if step is None:
+            raise ValueError(f'no complete checkpoint in {os.fspath(directory)!r}.')
+    elif step not in (saved_steps := mngr.all_steps()):
+        raise ValueError(f'{os.fspath(directory)!r} has no checkpoint at step {step}; it holds '
+                         f'steps {sorted(saved_steps)}. Pass one of them (or no step: the newest).')
     key = 'ema_params' if ema else 'params'
     saved = _saved_leaves(mngr, step, key, directory)
     want = _flat(abstract_params)
