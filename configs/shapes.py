@@ -228,8 +228,8 @@ def _finer_time(c: mlc.ConfigDict) -> None:
     square moving left: 0.00), whatever the sampler, shift or guidance.
       python experiments/repatch.py --src=workdirs/shapes_dit --dst=workdirs/shapes_p2_init --patch_t=2
 
-    On 2 CPU cores: 1,800 steps in 64 min (2.1 s/step; the shipped bundle was fine-tuned from
-    checkpoints/shapes at step 5,000 with --config.autoencoder=checkpoints/shapes/vae, the same
+    On 2 CPU cores: 1,800 steps in 64 min (2.1 s/step; the run was started from checkpoints/shapes
+    when it held `dit` at step 5,000 with --config.autoencoder=checkpoints/shapes/vae, the same
     VAE weights). Held-out combinations (as `dit`): colour 1.00 / 1.00, motion 1.00 / 1.00, shape
     0.74 / 0.57 (en / es; red triangle 1.00 / 1.00, blue square 0.57 / 0.21, green circle 0.64 /
     0.50)."""
@@ -254,8 +254,6 @@ def _longer(c: mlc.ConfigDict) -> None:
     c.train.num_steps = 2800
     c.train.learning_rate = 3e-4
     c.train.warmup_steps = 50
-    c.train.ema_decay = 0.995
-    c.train.checkpoint_every = 200
     c.train.keep_checkpoints = 4
     c.conditioning.probs = {
         't2v': 0.85, 'i2v': 0.05, 'extend': 0.03, 'extend_backward': 0.02, 'connect': 0.03,
