@@ -22,145 +22,145 @@ _ffmpeg_configured = False
 
 
 def _configure_ffmpeg() -> None:
-  """Points mediapy at imageio-ffmpeg's static ffmpeg (once per process)."""
-  global _ffmpeg_configured
-  if not _ffmpeg_configured:
-    mediapy.set_ffmpeg(imageio_ffmpeg.get_ffmpeg_exe())
-    _ffmpeg_configured = True
+    """Points mediapy at imageio-ffmpeg's static ffmpeg (once per process)."""
+    global _ffmpeg_configured
+    if not _ffmpeg_configured:
+        mediapy.set_ffmpeg(imageio_ffmpeg.get_ffmpeg_exe())
+        _ffmpeg_configured = True
 
 
 def _ffmpeg_complaint(err: Exception) -> str:
-  """The informative last line(s) of an ffmpeg failure, without the banner."""
-  lines = [l.strip() for l in str(err).splitlines() if l.strip()]
-  # ffmpeg puts the actual error after the banner and the input description.
-  useful = [l for l in lines if not re.match(
-      r"(ffmpeg version|built with|configuration:|lib\w+\s+\d|Copyright)", l)]
-  tail = useful[-2:] if useful else lines[-1:]
-  return " | ".join(tail)[-300:]
+    """The informative last line(s) of an ffmpeg failure, without the banner."""
+    lines = [l.strip() for l in str(err).splitlines() if l.strip()]
+    # ffmpeg puts the actual error after the banner and the input description.
+    useful = [l for l in lines if not re.match(
+        r"(ffmpeg version|built with|configuration:|lib\w+\s+\d|Copyright)", l)]
+    tail = useful[-2:] if useful else lines[-1:]
+    return " | ".join(tail)[-300:]
 
 
 def to_float(video: np.ndarray) -> np.ndarray:
-  """uint8 `[..., 3]` in [0, 255] -> float32 in [-1, 1]."""
-  video = np.asarray(video)
-  if video.dtype != np.uint8:
-    raise ValueError(f"to_float expects uint8 frames, got dtype {video.dtype}; "
-                     "pass the raw decoded frames.")
-  return video.astype(np.float32) * (2.0 / 255.0) - 1.0
+    """uint8 `[..., 3]` in [0, 255] -> float32 in [-1, 1]."""
+    video = np.asarray(video)
+    if video.dtype != np.uint8:
+        raise ValueError(f"to_float expects uint8 frames, got dtype {video.dtype}; "
+                         "pass the raw decoded frames.")
+    return video.astype(np.float32) * (2.0 / 255.0) - 1.0
 
 
 def to_uint8(video: Any) -> np.ndarray:
-  """float in [-1, 1] (numpy or jax array) -> uint8 in [0, 255], clipped, rounded."""
-  video = np.asarray(video, dtype=np.float32)
-  return np.clip(np.round((video + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    """float in [-1, 1] (numpy or jax array) -> uint8 in [0, 255], clipped, rounded."""
+    video = np.asarray(video, dtype=np.float32)
+    return np.clip(np.round((video + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def _check_frames(frames: Any) -> np.ndarray:
-  frames = np.asarray(frames)
-  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
-    raise ValueError(f"frames must be [T, H, W, 3] with T >= 1, got shape {frames.shape}.")
-  if frames.dtype != np.uint8:
-    if np.issubdtype(frames.dtype, np.floating) and frames.min() >= -1.0 - 1e-3:
-      raise ValueError(f"frames must be uint8, got {frames.dtype}; convert float "
-                       "[-1, 1] frames with sora_jax.io.video.to_uint8 first.")
-    raise ValueError(f"frames must be uint8, got dtype {frames.dtype}.")
-  return frames
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise ValueError(f"frames must be [T, H, W, 3] with T >= 1, got shape {frames.shape}.")
+    if frames.dtype != np.uint8:
+        if np.issubdtype(frames.dtype, np.floating) and frames.min() >= -1.0 - 1e-3:
+            raise ValueError(f"frames must be uint8, got {frames.dtype}; convert float "
+                             "[-1, 1] frames with sora_jax.io.video.to_uint8 first.")
+        raise ValueError(f"frames must be uint8, got dtype {frames.dtype}.")
+    return frames
 
 
 def write_video(path: str | os.PathLike, frames: Any, fps: float = 8.0) -> pathlib.Path:
-  """Writes uint8 `[T, H, W, 3]` frames; codec from the extension; makes parent dirs."""
-  path = pathlib.Path(path)
-  codec = _CODECS.get(path.suffix.lower())
-  if codec is None:
-    raise ValueError(f"Unsupported video extension {path.suffix!r} for {path}; "
-                     f"use one of {sorted(_CODECS)}.")
-  if fps <= 0:
-    raise ValueError(f"fps must be > 0, got {fps}.")
-  frames = _check_frames(frames)
-  _configure_ffmpeg()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  kwargs = {} if codec == "h264" else {"codec": codec}
-  if codec == "h264":
-    kwargs["crf"] = 18  # near-transparent quality; tiny clips stay small anyway
-  mediapy.write_video(path, frames, fps=fps, **kwargs)
-  return path
+    """Writes uint8 `[T, H, W, 3]` frames; codec from the extension; makes parent dirs."""
+    path = pathlib.Path(path)
+    codec = _CODECS.get(path.suffix.lower())
+    if codec is None:
+        raise ValueError(f"Unsupported video extension {path.suffix!r} for {path}; "
+                         f"use one of {sorted(_CODECS)}.")
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}.")
+    frames = _check_frames(frames)
+    _configure_ffmpeg()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {} if codec == "h264" else {"codec": codec}
+    if codec == "h264":
+        kwargs["crf"] = 18  # near-transparent quality; tiny clips stay small anyway
+    mediapy.write_video(path, frames, fps=fps, **kwargs)
+    return path
 
 
 def read_video(path: str | os.PathLike) -> np.ndarray:
-  """Reads a video file into uint8 `[T, H, W, 3]`.
+    """Reads a video file into uint8 `[T, H, W, 3]`.
 
-  Raises:
-    ValueError: if the file is missing, empty, or ffmpeg cannot decode it
-      (not a video, truncated container, ...).
-  """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise ValueError(f"Video file {str(path)!r} does not exist; check the path.")
-  if path.stat().st_size == 0:
-    raise ValueError(f"Video file {str(path)!r} is empty (0 bytes); re-export it.")
-  _configure_ffmpeg()
-  try:
-    video = mediapy.read_video(path)
-  except (RuntimeError, OSError, ValueError) as e:
-    raise ValueError(f"Cannot decode video {str(path)!r} (corrupt, truncated or "
-                     f"not a video): {_ffmpeg_complaint(e)}") from e
-  video = np.asarray(video)
-  if video.ndim != 4 or video.shape[0] == 0:
-    raise ValueError(f"Video {str(path)!r} decoded to no frames (shape {video.shape}); "
-                     "the file is probably truncated.")
-  return video.astype(np.uint8, copy=False)
+    Raises:
+      ValueError: if the file is missing, empty, or ffmpeg cannot decode it
+        (not a video, truncated container, ...).
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"Video file {str(path)!r} does not exist; check the path.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"Video file {str(path)!r} is empty (0 bytes); re-export it.")
+    _configure_ffmpeg()
+    try:
+        video = mediapy.read_video(path)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise ValueError(f"Cannot decode video {str(path)!r} (corrupt, truncated or "
+                         f"not a video): {_ffmpeg_complaint(e)}") from e
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[0] == 0:
+        raise ValueError(f"Video {str(path)!r} decoded to no frames (shape {video.shape}); "
+                         "the file is probably truncated.")
+    return video.astype(np.uint8, copy=False)
 
 
 def video_fps(path: str | os.PathLike) -> float:
-  """Frame rate stored in the container header."""
-  path = pathlib.Path(path)
-  _configure_ffmpeg()
-  try:
-    with mediapy.VideoReader(path) as reader:
-      return float(reader.fps)
-  except (RuntimeError, OSError) as e:
-    raise ValueError(f"Cannot read the header of {str(path)!r}: {_ffmpeg_complaint(e)}") from e
+    """Frame rate stored in the container header."""
+    path = pathlib.Path(path)
+    _configure_ffmpeg()
+    try:
+        with mediapy.VideoReader(path) as reader:
+            return float(reader.fps)
+    except (RuntimeError, OSError) as e:
+        raise ValueError(f"Cannot read the header of {str(path)!r}: {_ffmpeg_complaint(e)}") from e
 
 
 def show_video(frames: Any, *, fps: float = 8.0, title: str | None = None,
                codec: str = "h264", **kwargs: Any) -> str | None:
-  """Displays uint8 (or float [-1, 1]) frames inline in a notebook (mediapy)."""
-  frames = np.asarray(frames)
-  if frames.dtype != np.uint8:
-    frames = to_uint8(frames)
-  _configure_ffmpeg()
-  return mediapy.show_video(frames, fps=fps, title=title, codec=codec, **kwargs)
+    """Displays uint8 (or float [-1, 1]) frames inline in a notebook (mediapy)."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        frames = to_uint8(frames)
+    _configure_ffmpeg()
+    return mediapy.show_video(frames, fps=fps, title=title, codec=codec, **kwargs)
 
 
 def show_videos(videos: Any, *, fps: float = 8.0, titles: Any = None,
                 codec: str = "h264", **kwargs: Any) -> str | None:
-  """Displays several videos side by side (uint8 or float [-1, 1])."""
-  videos = [np.asarray(v) if np.asarray(v).dtype == np.uint8 else to_uint8(v)
-            for v in videos]
-  _configure_ffmpeg()
-  return mediapy.show_videos(videos, fps=fps, titles=titles, codec=codec, **kwargs)
+    """Displays several videos side by side (uint8 or float [-1, 1])."""
+    videos = [np.asarray(v) if np.asarray(v).dtype == np.uint8 else to_uint8(v)
+              for v in videos]
+    _configure_ffmpeg()
+    return mediapy.show_videos(videos, fps=fps, titles=titles, codec=codec, **kwargs)
 
 
 def read_image(path: str | os.PathLike, *, height: int | None = None,
                width: int | None = None) -> np.ndarray:
-  """Reads an image (png/jpg/...) into uint8 `[H, W, 3]`, resized to (height, width) if given."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise ValueError(f"Image file {str(path)!r} does not exist; check the path.")
-  try:
-    image = np.asarray(mediapy.read_image(path))
-  except Exception as e:  # PIL raises several types for undecodable files
-    raise ValueError(f"Cannot decode image {str(path)!r}: {e}") from e
-  if image.ndim == 2:
-    image = np.repeat(image[..., None], 3, -1)
-  image = image[..., :3]
-  if height and width and image.shape[:2] != (height, width):
-    image = to_uint8(mediapy.resize_image(to_float(image), (height, width)))
-  return image.astype(np.uint8, copy=False)
+    """Reads an image (png/jpg/...) into uint8 `[H, W, 3]`, resized to (height, width) if given."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"Image file {str(path)!r} does not exist; check the path.")
+    try:
+        image = np.asarray(mediapy.read_image(path))
+    except Exception as e:  # PIL raises several types for undecodable files
+        raise ValueError(f"Cannot decode image {str(path)!r}: {e}") from e
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, -1)
+    image = image[..., :3]
+    if height and width and image.shape[:2] != (height, width):
+        image = to_uint8(mediapy.resize_image(to_float(image), (height, width)))
+    return image.astype(np.uint8, copy=False)
 
 
 def resize_video(frames: Any, height: int, width: int) -> np.ndarray:
-  """uint8 `[T, H, W, 3]` -> uint8 `[T, height, width, 3]` (Lanczos via mediapy)."""
-  frames = np.asarray(frames)
-  if frames.shape[1:3] == (height, width):
-    return frames
-  return to_uint8(mediapy.resize_video(to_float(frames), (height, width)))
+    """uint8 `[T, H, W, 3]` -> uint8 `[T, height, width, 3]` (Lanczos via mediapy)."""
+    frames = np.asarray(frames)
+    if frames.shape[1:3] == (height, width):
+        return frames
+    return to_uint8(mediapy.resize_video(to_float(frames), (height, width)))

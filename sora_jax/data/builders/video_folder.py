@@ -47,199 +47,199 @@ _VERSION = tfds.core.Version("1.0.0")
 
 @dataclasses.dataclass(eq=False)
 class VideoFolderConfig(tfds.core.BuilderConfig):
-  """Where the videos are and how clips are cut. `name` defaults to a content hash."""
-  name: str = ""
-  folder: str = ""                               # folder holding the videos (searched recursively)
-  captions: str = ""                             # captions file; default folder/captions.{jsonl,csv}
-  sizes: Sequence[Sequence[int]] = ((8, 32, 32),)  # (T, H, W) buckets, in order of preference
-  frame_stride: int = 1                          # keep every n-th frame
-  validation_fraction: float = 0.0               # files hashed (by path) into the validation split
+    """Where the videos are and how clips are cut. `name` defaults to a content hash."""
+    name: str = ""
+    folder: str = ""                               # folder holding the videos (searched recursively)
+    captions: str = ""                             # captions file; default folder/captions.{jsonl,csv}
+    sizes: Sequence[Sequence[int]] = ((8, 32, 32),)  # (T, H, W) buckets, in order of preference
+    frame_stride: int = 1                          # keep every n-th frame
+    validation_fraction: float = 0.0               # files hashed (by path) into the validation split
 
-  def __post_init__(self):
-    if not self.folder or not os.path.isdir(self.folder):
-      raise ValueError(f"VideoFolderConfig.folder={self.folder!r} is not a directory; "
-                       "point it at the folder holding the videos.")
-    self.sizes = tuple(tuple(int(v) for v in s) for s in self.sizes)
-    if not self.sizes or any(len(s) != 3 or min(s) < 1 for s in self.sizes):
-      raise ValueError(f"sizes must be a non-empty list of (T, H, W) >= 1, got {self.sizes}.")
-    if self.frame_stride < 1:
-      raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}.")
-    if not 0.0 <= self.validation_fraction < 1.0:
-      raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}.")
-    if not self.captions:
-      for candidate in ("captions.jsonl", "captions.csv"):
-        if os.path.isfile(os.path.join(self.folder, candidate)):
-          self.captions = os.path.join(self.folder, candidate)
-          break
-      else:
-        raise ValueError(f"No captions.jsonl or captions.csv in {self.folder!r}; add one "
-                         "or set VideoFolderConfig.captions.")
-    if not self.name:
-      # The folder's listing (names, sizes, mtimes) is part of the name, so a
-      # changed folder builds anew instead of reusing a stale build.
-      listing = sorted((str(p), p.stat().st_size, int(p.stat().st_mtime))
-                       for p in pathlib.Path(self.folder).rglob("*") if p.is_file())
-      knobs = json.dumps([os.path.abspath(self.folder), self.captions, self.sizes,
-                          self.frame_stride, self.validation_fraction, listing])
-      self.name = "f" + hashlib.sha1(knobs.encode()).hexdigest()[:12]
-    if not self.version:
-      self.version = _VERSION
+    def __post_init__(self):
+        if not self.folder or not os.path.isdir(self.folder):
+            raise ValueError(f"VideoFolderConfig.folder={self.folder!r} is not a directory; "
+                             "point it at the folder holding the videos.")
+        self.sizes = tuple(tuple(int(v) for v in s) for s in self.sizes)
+        if not self.sizes or any(len(s) != 3 or min(s) < 1 for s in self.sizes):
+            raise ValueError(f"sizes must be a non-empty list of (T, H, W) >= 1, got {self.sizes}.")
+        if self.frame_stride < 1:
+            raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}.")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}.")
+        if not self.captions:
+            for candidate in ("captions.jsonl", "captions.csv"):
+                if os.path.isfile(os.path.join(self.folder, candidate)):
+                    self.captions = os.path.join(self.folder, candidate)
+                    break
+            else:
+                raise ValueError(f"No captions.jsonl or captions.csv in {self.folder!r}; add one "
+                                 "or set VideoFolderConfig.captions.")
+        if not self.name:
+            # The folder's listing (names, sizes, mtimes) is part of the name, so a
+            # changed folder builds anew instead of reusing a stale build.
+            listing = sorted((str(p), p.stat().st_size, int(p.stat().st_mtime))
+                             for p in pathlib.Path(self.folder).rglob("*") if p.is_file())
+            knobs = json.dumps([os.path.abspath(self.folder), self.captions, self.sizes,
+                                self.frame_stride, self.validation_fraction, listing])
+            self.name = "f" + hashlib.sha1(knobs.encode()).hexdigest()[:12]
+        if not self.version:
+            self.version = _VERSION
 
 
 def read_captions(path: str) -> dict[str, dict[str, str]]:
-  """{relative file: {"caption_en", "caption_es"}} from a .jsonl or .csv file."""
-  entries: dict[str, dict[str, str]] = {}
-  rows: list[dict] = []
-  if path.endswith(".jsonl"):
-    with open(path, encoding="utf-8") as f:
-      for n, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          logging.warning("%s:%d: skipping malformed caption line (%s)", path, n, e)
-  elif path.endswith(".csv"):
-    with open(path, encoding="utf-8", newline="") as f:
-      rows = list(csv.DictReader(f))
-  else:
-    raise ValueError(f"Captions file {path!r} must end in .jsonl or .csv.")
-  for row in rows:
-    if not isinstance(row, dict) or not row.get("file") or not str(row.get("caption") or "").strip():
-      logging.warning("%s: skipping caption row without file/caption: %r", path, row)
-      continue
-    entries[os.path.normpath(row["file"])] = {
-        "caption_en": str(row["caption"]).strip(),
-        "caption_es": str(row.get("caption_es") or "").strip()}
-  return entries
+    """{relative file: {"caption_en", "caption_es"}} from a .jsonl or .csv file."""
+    entries: dict[str, dict[str, str]] = {}
+    rows: list[dict] = []
+    if path.endswith(".jsonl"):
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    logging.warning("%s:%d: skipping malformed caption line (%s)", path, n, e)
+    elif path.endswith(".csv"):
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        raise ValueError(f"Captions file {path!r} must end in .jsonl or .csv.")
+    for row in rows:
+        if not isinstance(row, dict) or not row.get("file") or not str(row.get("caption") or "").strip():
+            logging.warning("%s: skipping caption row without file/caption: %r", path, row)
+            continue
+        entries[os.path.normpath(row["file"])] = {
+            "caption_en": str(row["caption"]).strip(),
+            "caption_es": str(row.get("caption_es") or "").strip()}
+    return entries
 
 
 def pick_size(num_frames: int, height: int, width: int, sizes, stride: int):
-  """(size, None) for the first size the clip can fill, else (None, reason)."""
-  for t, h, w in sizes:
-    if num_frames >= (t - 1) * stride + 1 and height >= h and width >= w:
-      return (t, h, w), None
-  long_enough = any(num_frames >= (t - 1) * stride + 1 for t, _, _ in sizes)
-  return None, ("too_small" if long_enough else "too_short")
+    """(size, None) for the first size the clip can fill, else (None, reason)."""
+    for t, h, w in sizes:
+        if num_frames >= (t - 1) * stride + 1 and height >= h and width >= w:
+            return (t, h, w), None
+    long_enough = any(num_frames >= (t - 1) * stride + 1 for t, _, _ in sizes)
+    return None, ("too_small" if long_enough else "too_short")
 
 
 def cut_clip(video: np.ndarray, size, stride: int) -> np.ndarray:
-  """First T strided frames, centre-cropped to H:W and resized: uint8 [T, H, W, 3]."""
-  t, h, w = size
-  frames = video[: (t - 1) * stride + 1 : stride]
-  vh, vw = frames.shape[1:3]
-  if vh * w > vw * h:  # too tall: crop rows
-    ch = max(h, round(vw * h / w))
-    top = (vh - ch) // 2
-    frames = frames[:, top:top + ch]
-  else:  # too wide: crop columns
-    cw = max(w, round(vh * w / h))
-    left = (vw - cw) // 2
-    frames = frames[:, :, left:left + cw]
-  if frames.shape[1:3] != (h, w):
-    frames = mediapy.resize_video(frames, (h, w))
-  return np.asarray(frames, np.uint8)
+    """First T strided frames, centre-cropped to H:W and resized: uint8 [T, H, W, 3]."""
+    t, h, w = size
+    frames = video[: (t - 1) * stride + 1 : stride]
+    vh, vw = frames.shape[1:3]
+    if vh * w > vw * h:  # too tall: crop rows
+        ch = max(h, round(vw * h / w))
+        top = (vh - ch) // 2
+        frames = frames[:, top:top + ch]
+    else:  # too wide: crop columns
+        cw = max(w, round(vh * w / h))
+        left = (vw - cw) // 2
+        frames = frames[:, :, left:left + cw]
+    if frames.shape[1:3] != (h, w):
+        frames = mediapy.resize_video(frames, (h, w))
+    return np.asarray(frames, np.uint8)
 
 
 class VideoFolder(tfds.core.GeneratorBasedBuilder):
-  """Captioned clips cut from a folder of video files."""
+    """Captioned clips cut from a folder of video files."""
 
-  VERSION = _VERSION
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = _VERSION
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
 
-  @tfds_utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # tfds' default probes `importlib_resources`, which is not installed here.
-    return epath.Path(__file__)
+    @tfds_utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        # tfds' default probes `importlib_resources`, which is not installed here.
+        return epath.Path(__file__)
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "video": tfds.features.Tensor(shape=(None, None, None, 3), dtype=np.uint8,
-                                          encoding="zlib"),
-            "caption_en": tfds.features.Text(),
-            "caption_es": tfds.features.Text(),
-            "id": np.int64,
-            "file": tfds.features.Text(),
-        }),
-        metadata=tfds.core.MetadataDict(),
-    )
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=tfds.features.FeaturesDict({
+                "video": tfds.features.Tensor(shape=(None, None, None, 3), dtype=np.uint8,
+                                              encoding="zlib"),
+                "caption_en": tfds.features.Text(),
+                "caption_es": tfds.features.Text(),
+                "id": np.int64,
+                "file": tfds.features.Text(),
+            }),
+            metadata=tfds.core.MetadataDict(),
+        )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    c = self.builder_config
-    folder = pathlib.Path(c.folder)
-    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                   if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
-    captions = read_captions(c.captions)
-    missing_files = sorted(set(captions) - {os.path.normpath(f) for f in files})
-    for f in missing_files:
-      logging.warning("caption for %s but no such video in %s", f, c.folder)
-    self._skipped = {reason: [] for reason in SKIP_REASONS}
-    self._kept = {"train": 0, "validation": 0}
-    self.info.metadata.update(
-        files=len(files), captions_without_video=missing_files, skipped=self._skipped,
-        kept=self._kept, sizes=[list(s) for s in c.sizes])
-    splits = {"train": [], "validation": []}
-    for i, f in enumerate(files):
-      val = zlib.crc32(f.encode()) % 10_000 < c.validation_fraction * 10_000
-      splits["validation" if val else "train"].append((i, f))
-    gens = {"train": self._generate_examples(splits["train"], captions, "train")}
-    if c.validation_fraction > 0:
-      gens["validation"] = self._generate_examples(splits["validation"], captions,
-                                                   "validation")
-    return gens
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        c = self.builder_config
+        folder = pathlib.Path(c.folder)
+        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                       if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+        captions = read_captions(c.captions)
+        missing_files = sorted(set(captions) - {os.path.normpath(f) for f in files})
+        for f in missing_files:
+            logging.warning("caption for %s but no such video in %s", f, c.folder)
+        self._skipped = {reason: [] for reason in SKIP_REASONS}
+        self._kept = {"train": 0, "validation": 0}
+        self.info.metadata.update(
+            files=len(files), captions_without_video=missing_files, skipped=self._skipped,
+            kept=self._kept, sizes=[list(s) for s in c.sizes])
+        splits = {"train": [], "validation": []}
+        for i, f in enumerate(files):
+            val = zlib.crc32(f.encode()) % 10_000 < c.validation_fraction * 10_000
+            splits["validation" if val else "train"].append((i, f))
+        gens = {"train": self._generate_examples(splits["train"], captions, "train")}
+        if c.validation_fraction > 0:
+            gens["validation"] = self._generate_examples(splits["validation"], captions,
+                                                         "validation")
+        return gens
 
-  def _skip(self, reason: str, path: str, detail: str) -> None:
-    self._skipped[reason].append(path)
-    logging.warning("skipping %s (%s): %s", path, reason, detail)
+    def _skip(self, reason: str, path: str, detail: str) -> None:
+        self._skipped[reason].append(path)
+        logging.warning("skipping %s (%s): %s", path, reason, detail)
 
-  def _generate_examples(self, items, captions, split):
-    c = self.builder_config
-    for index, rel in items:
-      path = os.path.join(c.folder, rel)
-      entry = captions.get(os.path.normpath(rel))
-      if entry is None:
-        self._skip("missing_caption", path, f"no entry in {c.captions}")
-        continue
-      try:
-        video = video_io.read_video(path)
-      except ValueError as e:
-        self._skip("unreadable", path, str(e))
-        continue
-      size, reason = pick_size(*video.shape[:3], c.sizes, c.frame_stride)
-      if size is None:
-        self._skip(reason, path, f"clip {video.shape[:3]} fits none of sizes {c.sizes} "
-                   f"(frame_stride {c.frame_stride})")
-        continue
-      self._kept[split] += 1
-      yield index, {"video": cut_clip(video, size, c.frame_stride), "id": index,
-                    "file": rel, **entry}
-    logging.info("video_folder %s split %s: kept %d; skipped %s", c.folder, split,
-                 self._kept[split], {k: len(v) for k, v in self._skipped.items()})
+    def _generate_examples(self, items, captions, split):
+        c = self.builder_config
+        for index, rel in items:
+            path = os.path.join(c.folder, rel)
+            entry = captions.get(os.path.normpath(rel))
+            if entry is None:
+                self._skip("missing_caption", path, f"no entry in {c.captions}")
+                continue
+            try:
+                video = video_io.read_video(path)
+            except ValueError as e:
+                self._skip("unreadable", path, str(e))
+                continue
+            size, reason = pick_size(*video.shape[:3], c.sizes, c.frame_stride)
+            if size is None:
+                self._skip(reason, path, f"clip {video.shape[:3]} fits none of sizes {c.sizes} "
+                           f"(frame_stride {c.frame_stride})")
+                continue
+            self._kept[split] += 1
+            yield index, {"video": cut_clip(video, size, c.frame_stride), "id": index,
+                          "file": rel, **entry}
+        logging.info("video_folder %s split %s: kept %d; skipped %s", c.folder, split,
+                     self._kept[split], {k: len(v) for k, v in self._skipped.items()})
 
 
 def build_video_folder(data_dir: str | os.PathLike, config: VideoFolderConfig):
-  """Builds (once per folder content + knobs) and returns `{split: data source}`."""
-  builder = VideoFolder(config=config, data_dir=os.fspath(data_dir),
-                        file_format="array_record")
-  try:
-    builder.download_and_prepare()
-  except AssertionError as e:  # tfds refuses to write an empty split
-    if "No examples were yielded" not in str(e):
-      raise
-    skipped = getattr(builder, "_skipped", {})
-    raise ValueError(
-        f"No usable clip in {config.folder!r} for a split ({e}); skipped "
-        f"{ {k: len(v) for k, v in skipped.items()} }. Check the captions file, "
-        f"the files, and sizes={config.sizes} (clips must be at least that long/large)."
-    ) from e
-  meta = builder.info.metadata
-  logging.info("video_folder %s -> %s: %d files, kept %s, skipped %s (%s)", config.folder,
-               builder.data_dir, meta.get("files", 0), meta.get("kept"),
-               {k: len(v) for k, v in meta.get("skipped", {}).items()},
-               {k: v for k, v in meta.get("skipped", {}).items() if v})
-  return builder.as_data_source()
+    """Builds (once per folder content + knobs) and returns `{split: data source}`."""
+    builder = VideoFolder(config=config, data_dir=os.fspath(data_dir),
+                          file_format="array_record")
+    try:
+        builder.download_and_prepare()
+    except AssertionError as e:  # tfds refuses to write an empty split
+        if "No examples were yielded" not in str(e):
+            raise
+        skipped = getattr(builder, "_skipped", {})
+        raise ValueError(
+            f"No usable clip in {config.folder!r} for a split ({e}); skipped "
+            f"{ {k: len(v) for k, v in skipped.items()} }. Check the captions file, "
+            f"the files, and sizes={config.sizes} (clips must be at least that long/large)."
+        ) from e
+    meta = builder.info.metadata
+    logging.info("video_folder %s -> %s: %d files, kept %s, skipped %s (%s)", config.folder,
+                 builder.data_dir, meta.get("files", 0), meta.get("kept"),
+                 {k: len(v) for k, v in meta.get("skipped", {}).items()},
+                 {k: v for k, v in meta.get("skipped", {}).items() if v})
+    return builder.as_data_source()
