@@ -221,9 +221,11 @@ def sample_scene(seed: int, index: int = 0, *, num_frames: int, height: int, wid
         raise ValueError(f"Need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}.")
     backgrounds = tuple(backgrounds)
     if not backgrounds or any(b not in BACKGROUNDS for b in backgrounds):
-        raise ValueError(f"backgrounds={backgrounds!r} must be a non-empty subset of {BACKGROUNDS}.")
+        raise ValueError(f"backgrounds={backgrounds!r} must be a non-empty subset of "
+                         f"{BACKGROUNDS}.")
     if not 0.2 <= size_scale <= 1.8:
-        raise ValueError(f"size_scale={size_scale} must be in [0.2, 1.8] (shapes must fit the frame).")
+        raise ValueError(f"size_scale={size_scale} must be in [0.2, 1.8] (shapes must fit the "
+                         "frame).")
     combos = _check_holdout(holdout)
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
     n = int(rng.integers(min_objects, max_objects + 1))

@@ -40,7 +40,8 @@ class ShapesConfig(tfds.core.BuilderConfig):
     width: int = 32                       # W, used when `sizes` is empty
     sizes: Sequence[Sequence[int]] = ()   # several (T, H, W) buckets; overrides the three above
     size_weights: Sequence[float] = ()    # relative frequency of each size; default uniform
-    holdout: Sequence[Sequence[str]] = ()  # attribute combos never generated, e.g. (("red", "triangle"),)
+    # attribute combos never generated, e.g. (("red", "triangle"),)
+    holdout: Sequence[Sequence[str]] = ()
     max_objects: int = 3                  # 1..max_objects shapes per clip
     backgrounds: Sequence[str] = shapes.BACKGROUNDS  # background kinds drawn from
     size_scale: float = 1.0               # multiplies every shape radius

@@ -49,11 +49,11 @@ _VERSION = tfds.core.Version("1.0.0")
 class VideoFolderConfig(tfds.core.BuilderConfig):
     """Where the videos are and how clips are cut. `name` defaults to a content hash."""
     name: str = ""
-    folder: str = ""                               # folder holding the videos (searched recursively)
-    captions: str = ""                             # captions file; default folder/captions.{jsonl,csv}
+    folder: str = ""                      # folder holding the videos (searched recursively)
+    captions: str = ""                    # captions file; default folder/captions.{jsonl,csv}
     sizes: Sequence[Sequence[int]] = ((8, 32, 32),)  # (T, H, W) buckets, in order of preference
-    frame_stride: int = 1                          # keep every n-th frame
-    validation_fraction: float = 0.0               # files hashed (by path) into the validation split
+    frame_stride: int = 1                 # keep every n-th frame
+    validation_fraction: float = 0.0      # files hashed (by path) into the validation split
 
     def __post_init__(self):
         if not self.folder or not os.path.isdir(self.folder):
@@ -65,7 +65,8 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
         if self.frame_stride < 1:
             raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}.")
         if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}.")
+            raise ValueError(f"validation_fraction must be in [0, 1), got "
+                             f"{self.validation_fraction}.")
         if not self.captions:
             for candidate in ("captions.jsonl", "captions.csv"):
                 if os.path.isfile(os.path.join(self.folder, candidate)):
@@ -105,7 +106,8 @@ def read_captions(path: str) -> dict[str, dict[str, str]]:
     else:
         raise ValueError(f"Captions file {path!r} must end in .jsonl or .csv.")
     for row in rows:
-        if not isinstance(row, dict) or not row.get("file") or not str(row.get("caption") or "").strip():
+        caption = str(row.get("caption") or "").strip() if isinstance(row, dict) else ""
+        if not isinstance(row, dict) or not row.get("file") or not caption:
             logging.warning("%s: skipping caption row without file/caption: %r", path, row)
             continue
         entries[os.path.normpath(row["file"])] = {
