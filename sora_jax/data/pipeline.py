@@ -7,13 +7,22 @@
 
 Order of operations (all deterministic from `seed`):
   source -> shard per host (strided: host i reads records i, i+n, ...)
-         -> shuffle (grain index shuffle, reshuffled every epoch) -> repeat(num_epochs)
+         -> split by clip size (T, H, W): one stream per size bucket
+         -> shuffle each stream (grain index shuffle, reshuffled every epoch) -> repeat(num_epochs)
          -> per-example transform (decode, uint8 -> [-1, 1], pick caption language, tokenize)
-         -> size-bucketed batching (every batch holds clips of one (T, H, W))
+         -> batch n: size `bucket_for_step(seed, n, counts)`, `batch_size` clips of this
+            host's stream of that size
          -> optional worker processes (grain mp_prefetch)
+Multi-host: the size of step n is drawn from (seed, n), weighted by each size's share of
+the whole dataset (metadata `size_counts`, a latent cache's index, or one read of the
+records), so every host emits a batch of the same size at every step, also after a
+resume; each host fills its part from its own shard. With several sizes, each host's
+shard must hold at least `batch_size` clips of every size (a ValueError names the one
+that does not). One size batches exactly as a plain shuffled stream would.
 The iterator's state (`get_state`/`set_state`, or orbax via grain's
 `PyGrainCheckpointHandler` / `grain.checkpoint.CheckpointHandler`) is a small
-JSON dict; a restored iterator yields exactly the batches the original would have.
+JSON dict (step, clips consumed per size); a restored iterator yields exactly the
+batches the original would have.
 Text dropout for classifier-free guidance is the train step's job, not this module's.
 
 Worker processes (`worker_count > 0`) pickle the pipeline, so `tokenize` must be
@@ -22,8 +31,9 @@ picklable (a module-level function or a class instance), and scripts need an
 """
 from __future__ import annotations
 
-import collections
+import dataclasses
 import os
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import flags
@@ -114,92 +124,221 @@ def _bucket_key(element: Mapping[str, np.ndarray]) -> tuple[int, ...]:
     return tuple(int(d) for d in np.shape(element[_data_key(element)])[:3])  # (T, H, W)
 
 
-class BucketBatchIterDataset(grain.IterDataset):
-    """Batches a MapDataset so that each batch holds elements of one (T, H, W) bucket.
+# ----------------------------------------------------------------------------- size buckets
 
-    Elements are read in order; each goes to its bucket's buffer and a full buffer
-    is emitted as a batch. At the end of a finite parent the partial buffers are
-    emitted oldest-first, or dropped with `drop_remainder`. The state is the next
-    parent position plus the positions still waiting in buffers (re-read on
-    restore), so checkpoints stay tiny and restores are exact.
+
+@dataclasses.dataclass(frozen=True)
+class BucketPlan:
+    """The size buckets of a source, the same on every host, and this host's part of each.
+
+    sizes: (T, H, W) of each bucket (identical on every host).
+    counts: examples of each bucket in the whole source (identical on every host); the
+      per-step bucket choice is weighted by them, i.e. by each size's share of the data.
+    local: per bucket, the record indices of the source in this host's shard.
+    """
+    sizes: tuple[tuple[int, ...], ...]
+    counts: tuple[int, ...]
+    local: tuple[np.ndarray, ...]
+
+
+def bucket_plan(source: Any, shard_index: int = 0, shard_count: int = 1) -> BucketPlan:
+    """Which records of `source` fall in which (T, H, W) bucket, from the cheapest place
+    that knows: `source.record_sizes()` (latent caches), one declared size (no reading), or
+    the declared `size_counts` metadata plus one pass over this host's shard. A source
+    without counts is read in full on every host (logged), so all hosts weight alike."""
+    n = len(source)
+    mine = np.arange(shard_index, n, shard_count)
+    record_sizes = getattr(source, "record_sizes", None)
+    if callable(record_sizes):
+        every = [tuple(int(d) for d in s[:3]) for s in record_sizes()]
+        if len(every) != n:
+            raise ValueError(f"source.record_sizes() lists {len(every)} records but the source "
+                             f"has {n}; rebuild the source (e.g. delete its latent cache).")
+        return _plan_from(sorted(set(every)), every, mine)
+    declared = [tuple(int(d) for d in s) for s in _declared_sizes(source)]
+    if len(declared) == 1:
+        return BucketPlan((declared[0],), (n,), (mine,))
+    counts = _declared_counts(source, len(declared))
+    t0 = time.time()
+    if counts is not None:  # read this host's records only
+        kept = sorted((s, c) for s, c in zip(declared, counts) if c > 0)  # sizes sorted, as a read
+        sizes, counts = [s for s, _ in kept], [c for _, c in kept]
+        index = {s: b for b, s in enumerate(sizes)}
+        local = [_bucket_key(source[int(i)]) for i in mine]
+        unknown = sorted(set(local) - set(sizes))
+        if unknown:
+            raise ValueError(f"Records of sizes {unknown} are not among the sizes {sizes} that "
+                             f"the source's metadata declares; rebuild the dataset.")
+        which = np.asarray([index[s] for s in local], np.int64)
+        logging.info("size buckets: read this host's %d records in %.1f s", len(mine),
+                     time.time() - t0)
+        return BucketPlan(tuple(sizes), tuple(counts),
+                          tuple(mine[which == b] for b in range(len(sizes))))
+    if shard_count > 1:
+        logging.warning("The source declares no per-size counts (metadata size_counts): every "
+                        "host reads all %d records once to weight the size buckets alike. "
+                        "Rebuild the dataset with the current builders to skip this.", n)
+    every = [_bucket_key(source[i]) for i in range(n)]
+    logging.info("size buckets: read %d records in %.1f s", n, time.time() - t0)
+    return _plan_from(sorted(set(every)), every, mine)
+
+
+def _plan_from(sizes, record_sizes, mine) -> BucketPlan:
+    """Plan from the sizes of all records (`record_sizes[i]`, global record i) and this
+    host's record indices `mine`."""
+    index = {s: b for b, s in enumerate(sizes)}
+    every = np.asarray([index[s] for s in record_sizes], np.int64)
+    counts = tuple(int(c) for c in np.bincount(every, minlength=len(sizes)))
+    local = tuple(mine[every[mine] == b] for b in range(len(sizes)))
+    return BucketPlan(tuple(sizes), counts, local)
+
+
+def _declared_counts(source: Any, num_sizes: int) -> list[int] | None:
+    """Examples per declared size in this source's split (metadata `size_counts`), or None."""
+    info = getattr(source, "dataset_info", None)
+    metadata = getattr(info, "metadata", None) or {}
+    per_split = metadata.get("size_counts") or {}
+    counts = per_split.get(str(getattr(source, "split", "")))
+    if counts is None or len(counts) != num_sizes or sum(counts) != len(source):
+        return None  # e.g. a sub-split such as "train[:50%]"
+    return [int(c) for c in counts]
+
+
+def bucket_for_step(seed: int, step: int, weights: Sequence[float]) -> int:
+    """The bucket of global step `step`: a draw weighted by `weights`, a pure function of
+    (seed, step, weights), so every host (and a resumed run) picks the same one."""
+    w = np.asarray(weights, np.float64)
+    positive = np.flatnonzero(w > 0)
+    if len(positive) == 0:
+        raise ValueError(f"bucket weights {w.tolist()} have no positive entry.")
+    if len(positive) == 1:
+        return int(positive[0])
+    u = np.random.default_rng([int(seed) & 0xFFFFFFFF, 15485863, int(step)]).random()
+    cum = np.cumsum(w)
+    return int(min(np.searchsorted(cum, u * cum[-1], side="right"), positive[-1]))
+
+
+class _Records:
+    """`source` restricted to the records `indices` (random access, picklable)."""
+
+    def __init__(self, source: Any, indices: np.ndarray):
+        self._source, self._indices = source, np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, i: int):
+        return self._source[int(self._indices[i])]
+
+
+class BucketBatchIterDataset(grain.IterDataset):
+    """Batches of one (T, H, W) size each; the size of step n is the same on every host.
+
+    One stream per size bucket (this host's records of that size, shuffled per epoch;
+    MapDatasets). Batch n takes the next `batch_size` elements of the stream of bucket
+    `bucket_for_step(seed, n, weights)`: the choice depends on (seed, step, the global
+    per-size counts) only, never on what this host has read, so the hosts of a multi-host
+    run assemble one global batch of one size at every step. The state is the step and
+    the elements consumed per bucket: tiny, and a restore is exact.
+
+    Finite streams (`num_epochs`): full batches first, drawn as above among the buckets
+    that still hold one; then, unless `drop_remainder`, the partial remainders. Hosts
+    agree while every host still has full batches of the drawn sizes (evaluation passes
+    may end differently per host).
     """
 
-    def __init__(self, parent: grain.MapDataset, batch_size: int, drop_remainder: bool,
-                 pad_id: int = 0):
-        super().__init__(parent)
+    def __init__(self, streams: Sequence[grain.MapDataset], sizes: Sequence[tuple],
+                 weights: Sequence[float], batch_size: int, seed: int,
+                 drop_remainder: bool, pad_id: int = 0):
+        super().__init__(list(streams))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        self._batch_size, self._drop_remainder, self._pad_id = batch_size, drop_remainder, pad_id
+        if not len(streams) == len(sizes) == len(weights):
+            raise ValueError(f"{len(streams)} streams, {len(sizes)} sizes and {len(weights)} "
+                             "weights: give one of each per bucket.")
+        self._streams, self._sizes = list(streams), [tuple(s) for s in sizes]
+        self._weights = [float(w) for w in weights]
+        self._batch_size, self._seed = batch_size, int(seed)
+        self._drop_remainder, self._pad_id = drop_remainder, pad_id
+        self._slice = (0, 1)  # (first step, stride): the steps this iterator emits
 
     def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
-        """Called by mp_prefetch in each worker: read every n-th parent element."""
+        """Called by mp_prefetch in each worker: worker i of n emits steps i, i + n, ...
+        (grain interleaves the workers round-robin, so the order is that of 0 workers)."""
         del sequential_slice
-        self._parents = (self._parent.slice(sl),)
+        self._slice = (sl.start or 0, sl.step or 1)
 
     def __iter__(self) -> "_BucketBatchIterator":
-        return _BucketBatchIterator(self._parent, self._batch_size, self._drop_remainder,
-                                    self._pad_id)
+        return _BucketBatchIterator(self)
 
     def __str__(self) -> str:
-        return f"BucketBatchIterDataset(batch_size={self._batch_size})"
+        return f"BucketBatchIterDataset(batch_size={self._batch_size}, sizes={self._sizes})"
 
 
 class _BucketBatchIterator(grain.DatasetIterator):
 
-    def __init__(self, parent: grain.MapDataset, batch_size: int, drop_remainder: bool,
-                 pad_id: int):
+    def __init__(self, ds: BucketBatchIterDataset):
         super().__init__()
-        self._map_parent = parent
-        self._length = len(parent)
-        self._batch_size, self._drop_remainder, self._pad_id = batch_size, drop_remainder, pad_id
-        self._next_index = 0
-        # bucket -> [(position, element)], dict keeps first-insertion order
-        self._buffers: dict[tuple, list] = collections.OrderedDict()
+        self._ds = ds
+        self._lengths = [len(s) for s in ds._streams]  # sys.maxsize when repeating forever
+        self._step = 0                                   # batches emitted by all workers
+        self._consumed = [0] * len(ds._streams)          # elements taken per bucket
 
-    def _add(self, position: int, element) -> tuple | None:
-        key = _bucket_key(element)
-        self._buffers.setdefault(key, []).append((position, element))
-        return key
-
-    def _emit(self, key: tuple) -> dict:
-        items = self._buffers.pop(key)
-        return stack_batch([e for _, e in items], self._pad_id)
+    def _next_bucket(self) -> tuple[int, int] | None:
+        """(bucket, batch length) of the current step; None when every stream is spent."""
+        left = [n - c for n, c in zip(self._lengths, self._consumed)]
+        b = self._ds._batch_size
+        full = [w if r >= b else 0.0 for w, r in zip(self._ds._weights, left)]
+        if any(full):
+            return bucket_for_step(self._ds._seed, self._step, full), b
+        if self._ds._drop_remainder or not any(left):
+            return None
+        rest = next(i for i, r in enumerate(left) if r)  # partial remainders, in bucket order
+        return rest, left[rest]
 
     def __next__(self) -> dict:
-        while self._next_index < self._length:
-            position = self._next_index
-            element = self._map_parent[position]
-            self._next_index += 1
-            if element is None:  # filtered out upstream
-                continue
-            key = self._add(position, element)
-            if len(self._buffers[key]) == self._batch_size:
-                return self._emit(key)
-        # End of a finite parent: flush partial buckets, oldest pending element first.
-        if self._buffers and not self._drop_remainder:
-            key = min(self._buffers, key=lambda k: self._buffers[k][0][0])
-            return self._emit(key)
-        self._buffers.clear()
-        raise StopIteration
+        first, stride = self._ds._slice
+        while True:
+            chosen = self._next_bucket()
+            if chosen is None:
+                raise StopIteration
+            bucket, length = chosen
+            step, start = self._step, self._consumed[bucket]
+            self._step += 1
+            self._consumed[bucket] += length
+            if step >= first and (step - first) % stride == 0:
+                stream = self._ds._streams[bucket]
+                elements = [stream[start + k] for k in range(length)]
+                return stack_batch(elements, self._ds._pad_id)
 
     def get_state(self) -> dict[str, Any]:
-        pending = sorted(p for items in self._buffers.values() for p, _ in items)
-        return {"next_index": int(self._next_index), "pending": [int(p) for p in pending]}
+        return {"step": int(self._step), "consumed": [int(c) for c in self._consumed],
+                "sizes": [list(s) for s in self._ds._sizes]}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        next_index = int(state["next_index"])
-        if not 0 <= next_index <= self._length:
-            raise ValueError(f"Iterator state next_index={next_index} is outside the dataset "
-                             f"(length {self._length}); was it saved for another dataset?")
-        self._next_index = next_index
-        self._buffers = collections.OrderedDict()
-        for position in sorted(int(p) for p in state["pending"]):
-            element = self._map_parent[position]
-            if element is not None:
-                self._add(position, element)
+        sizes = self._ds._sizes
+        if "next_index" in state:  # written before buckets were chosen per step
+            if len(sizes) > 1 or state.get("pending"):
+                raise ValueError(
+                    f"Iterator state {dict(state)} (next_index / pending) was written by the "
+                    f"per-host bucketing of an older version and cannot be mapped onto the "
+                    f"per-step size buckets {sizes}; start a new workdir with "
+                    "train.init_from=<old workdir> (the data position restarts).")
+            state = {"step": int(state["next_index"]) // self._ds._batch_size,
+                     "consumed": [int(state["next_index"])], "sizes": [list(s) for s in sizes]}
+        if [tuple(s) for s in state.get("sizes", ())] != sizes:
+            raise ValueError(f"Iterator state for size buckets {state.get('sizes')} cannot "
+                             f"restore a pipeline over buckets {[list(s) for s in sizes]}; was "
+                             "it saved for another dataset?")
+        consumed = [int(c) for c in state["consumed"]]
+        for c, n, s in zip(consumed, self._lengths, sizes):
+            if not 0 <= c <= n:
+                raise ValueError(f"Iterator state consumed={c} of bucket {s} is outside its "
+                                 f"stream (length {n}); was it saved for another dataset?")
+        self._step, self._consumed = int(state["step"]), consumed
 
     def __str__(self) -> str:
-        return f"_BucketBatchIterator(batch_size={self._batch_size})"
+        return f"_BucketBatchIterator(step={self._step})"
 
 
 def make_dataset(source: Any, *, batch_size: int, seed: int, tokenize: Tokenize,
@@ -212,11 +351,11 @@ def make_dataset(source: Any, *, batch_size: int, seed: int, tokenize: Tokenize,
 
     Args:
       source: random-access data source (`len`, `__getitem__`) of tfds examples
-        (e.g. `build_shapes(...)["train"]` or `open_source(dir, split)`).
+        (e.g. `build_shapes(...)["train"]`, `open_source(dir, split)` or a latent cache).
       batch_size: examples per batch *on this host*.
-      seed: shuffle seed and caption-language seed.
+      seed: shuffle seed, caption-language seed and size-bucket seed.
       tokenize: caption -> int32 [L]; must be picklable when `worker_count > 0`.
-      shuffle: global per-epoch shuffle of this host's shard.
+      shuffle: per-epoch shuffle of this host's records of each size bucket.
       num_epochs: None repeats forever; an int stops after that many passes.
       spanish_prob: probability that an example's caption is the Spanish one.
       drop_remainder: drop partial batches at the end of a finite run.
@@ -237,19 +376,30 @@ def make_dataset(source: Any, *, batch_size: int, seed: int, tokenize: Tokenize,
         raise ValueError(f"num_epochs must be None (forever) or >= 1, got {num_epochs}.")
     if worker_count < 0:
         raise ValueError(f"worker_count must be >= 0, got {worker_count}.")
-    sizes = _declared_sizes(source)
-    if shard_count > 1 and len(sizes) > 1:
-        logging.warning(
-            "Dataset declares %d clip sizes %s and %d hosts: buckets are formed per host, "
-            "so hosts may emit batches of different sizes at the same step. For multi-host "
-            "training of one global batch, build one dataset per size.", len(sizes), sizes,
-            shard_count)
-    ds = grain.MapDataset.source(source)[shard_index::shard_count]
-    if shuffle:
-        ds = ds.shuffle(seed=int(seed) & 0xFFFFFFFF)
-    ds = ds.repeat(num_epochs)
-    ds = ds.map(ExampleTransform(tokenize, seed, spanish_prob))
-    batches = BucketBatchIterDataset(ds, batch_size, drop_remainder, pad_id)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    plan = bucket_plan(source, shard_index, shard_count)
+    if num_epochs is None and len(plan.sizes) > 1:  # every step takes a full batch of its size
+        for size, local in zip(plan.sizes, plan.local):
+            if len(local) < batch_size:
+                raise ValueError(
+                    f"Size bucket {size} has {len(local)} examples in shard {shard_index} of "
+                    f"{shard_count}, fewer than the per-host batch size {batch_size}, and every "
+                    f"step drawn for that size takes a full batch from each host. Add clips of "
+                    f"that size, drop it from data.sizes, or lower train.batch_size.")
+    if len(plan.sizes) > 1:
+        logging.info("size buckets %s: %s examples in all, %s in shard %d of %d",
+                     list(plan.sizes), list(plan.counts), [len(l) for l in plan.local],
+                     shard_index, shard_count)
+    transform = ExampleTransform(tokenize, seed, spanish_prob)
+    streams = []
+    for b, local in enumerate(plan.local):
+        ds = grain.MapDataset.source(_Records(source, local))
+        if shuffle:  # bucket 0 keeps the plain seed: one size shuffles as it always has
+            ds = ds.shuffle(seed=(int(seed) + 7919 * b) & 0xFFFFFFFF)
+        streams.append(ds.repeat(num_epochs).map(transform))
+    batches = BucketBatchIterDataset(streams, plan.sizes, plan.counts, batch_size, seed,
+                                     drop_remainder, pad_id)
     if worker_count > 0:
         if not flags.FLAGS.is_parsed():
             # grain reads absl flags when it starts workers; outside app.run (tests,

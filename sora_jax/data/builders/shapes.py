@@ -7,10 +7,13 @@
 
 Every example is a pure function of (config.seed, split, index): rebuilding gives
 identical bytes. `sizes` lists several (T, H, W) clip sizes (buckets); example i
-gets one of them by a seeded draw weighted by `size_weights`.
+gets one of them by a seeded draw weighted by `size_weights`. The dataset's metadata
+records `sizes` and `size_counts` ({split: examples per size}), which the grain pipeline
+uses to weight its per-step size choice.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -85,6 +88,12 @@ def size_for_index(config: ShapesConfig, split: str, index: int) -> tuple[int, i
     return config.sizes[int(rng.choice(len(w), p=w / w.sum()))]
 
 
+def _size_counts(config: ShapesConfig, split: str, num: int) -> list[int]:
+    """How many of examples 0..num-1 of `split` get each size of `config.sizes`."""
+    drawn = collections.Counter(size_for_index(config, split, i) for i in range(num))
+    return [drawn[s] for s in config.sizes]
+
+
 def make_example(config: ShapesConfig, split: str, index: int) -> dict:
     """The feature dict of example `index` of `split`."""
     t, h, w = size_for_index(config, split, index)
@@ -150,6 +159,9 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
         del dl_manager
         c = self.builder_config
         counts = {"train": c.num_train, "validation": c.num_validation}
+        # Examples per size, so the pipeline weights its size buckets without reading records.
+        self.info.metadata.update(size_counts={
+            split: _size_counts(c, split, n) for split, n in counts.items()})
         return {split: self._generate_examples(split, n) for split, n in counts.items() if n}
 
     def _generate_examples(self, split: str, num: int):

@@ -18,7 +18,8 @@ Each clip goes to the first (T, H, W) in `sizes` it can fill: at least
 H:W aspect, resized, and its first T (strided) frames kept. Files that cannot
 be used are skipped, never fatal: missing caption, unreadable (empty, not a
 video, truncated), too short, too small. Each is logged with its path, and the
-counts and paths are stored in `builder.info.metadata["skipped"]`.
+counts and paths are stored in `builder.info.metadata["skipped"]`; the clips kept
+per size and split in `metadata["size_counts"]`.
 """
 from __future__ import annotations
 
@@ -182,9 +183,11 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
             logging.warning("caption for %s but no such video in %s", f, c.folder)
         self._skipped = {reason: [] for reason in SKIP_REASONS}
         self._kept = {"train": 0, "validation": 0}
+        # clips per size of `sizes` and split (the pipeline weights its size buckets by them)
+        self._size_counts = {"train": [0] * len(c.sizes), "validation": [0] * len(c.sizes)}
         self.info.metadata.update(
             files=len(files), captions_without_video=missing_files, skipped=self._skipped,
-            kept=self._kept, sizes=[list(s) for s in c.sizes])
+            kept=self._kept, sizes=[list(s) for s in c.sizes], size_counts=self._size_counts)
         splits = {"train": [], "validation": []}
         for i, f in enumerate(files):
             val = zlib.crc32(f.encode()) % 10_000 < c.validation_fraction * 10_000
@@ -218,6 +221,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
                            f"(frame_stride {c.frame_stride})")
                 continue
             self._kept[split] += 1
+            self._size_counts[split][c.sizes.index(size)] += 1
             yield index, {"video": cut_clip(video, size, c.frame_stride), "id": index,
                           "file": rel, **entry}
         logging.info("video_folder %s split %s: kept %d; skipped %s", c.folder, split,
