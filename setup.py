@@ -23,6 +23,7 @@ CORE = [
     "numpy>=2.0",
     "Pillow>=10",
     "importlib_resources>=6",  # tensorflow-datasets imports it without declaring it
+    "PyWavelets>=1.6", "scipy>=1.11", "c2pa-python==0.38.1", "cryptography>=42",  # safety/
 ]
 
 TEST = [
@@ -44,5 +45,6 @@ setup(
     packages=find_packages(include=["sora_jax", "sora_jax.*"]),
     python_requires=">=3.10",
     install_requires=CORE,
+    package_data={"sora_jax.safety": ["*.json"]},
     extras_require={"test": TEST},
 )
