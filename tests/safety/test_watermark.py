@@ -1,0 +1,65 @@
+"""Watermark: PSNR, bit accuracy after each transform on shapes clips (marked at 32x32, written
+4x upscaled as sample.py writes them) and natural pans/zooms, false positives on unmarked clips.
+The full measurement (more clips, 500 unmarked) is experiments/watermark_eval.py."""
+import numpy as np
+import pytest
+
+from sora_jax.data import shapes
+from sora_jax.safety import robustness, watermark as wm
+
+MID, KEY = 0xBEEF, 4242
+
+
+def _shapes(i, seed=1):
+    return shapes.render(shapes.sample_scene(seed, i, num_frames=16, height=32, width=32))
+
+
+@pytest.fixture(scope='module')
+def marked():
+    clips = [(_shapes(0), 4), (robustness.natural_clip(0), 1)]
+    out = []
+    for clip, k in clips:
+        m = wm.embed(clip, MID, KEY)
+        up = lambda v: v.repeat(k, 1).repeat(k, 2)  # noqa: E731
+        out.append((up(clip), robustness.reencode(up(m), 18)))  # written as sample.py does
+    return out
+
+
+def test_psnr_and_payload(marked):
+    truth = wm.payload_bits(MID, KEY)
+    assert truth.size == 32
+    clip = _shapes(0)
+    psnrs = [wm.psnr(wm.embed(clip, MID, KEY), clip),
+             wm.psnr(wm.embed(robustness.natural_clip(0), MID, KEY), robustness.natural_clip(0))]
+    print(f'\nPSNR {psnrs}')
+    assert min(psnrs) >= 40.0
+
+
+@pytest.mark.parametrize('name', [t for t in robustness.TRANSFORMS if t != 'combination'])
+def test_bit_accuracy_after_transform(marked, name):
+    truth = wm.payload_bits(MID, KEY)
+    accs, found = [], []
+    for _, written in marked:
+        d = wm.detect(robustness.TRANSFORMS[name](written))
+        accs.append(float(np.mean(d.bits == truth)))
+        found.append(d.found and (d.model_id, d.user_key) == (MID, KEY))
+    print(f'\n{name}: raw bit accuracy {accs}, found {found}')
+    assert np.mean(accs) >= 0.99 and all(found)
+
+
+def test_unmarked_clips_are_not_found():
+    clips = [_shapes(i, seed=5).repeat(4, 1).repeat(4, 2) for i in range(4)]
+    clips += [robustness.natural_clip(500 + i) for i in range(4)]
+    dets = [wm.detect(robustness.reencode(c, 18)) for c in clips]
+    assert sum(d.found for d in dets) == 0
+    assert all(d.model_id is None for d in dets)
+    assert 'no watermark found' in dets[0].summary()
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match='16 bits'):
+        wm.payload_bits(70000, 0)
+    with pytest.raises(ValueError, match='uint8'):
+        wm.embed(np.zeros((2, 32, 32, 3), np.float32), 1, 2)
+    with pytest.raises(ValueError, match='at least 16x16'):
+        wm.detect(np.zeros((2, 8, 8, 3), np.uint8))
