@@ -78,6 +78,10 @@ def main(argv):
     step, n = export_params(F.dit, tmp, flow_objective.build_model, F.dtype, edit, ema=F.ema,
                              step=F.step)
     print(f'DiT: step {step}, {n:,} params ({F.dtype}, {"EMA" if F.ema else "raw"} weights)')
+    from sora_jax.safety import record
+    rec = record.load(F.dit) or record.for_config(config)  # the run's record, else from its config
+    record.write(tmp, rec)
+    print(f'data record: {rec["dataset"]}, {rec["clips"]} clips, sha256 {record.record_hash(rec)[:16]}')
     shutil.rmtree(F.dst, ignore_errors=True)
     os.replace(tmp, F.dst)
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(F.dst) for f in fs)

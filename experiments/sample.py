@@ -36,7 +36,53 @@ flags.DEFINE_multi_string('video', None, 'Video file for extend / v2v (twice for
 flags.DEFINE_float('strength', 0.7, 'v2v: how much of the input video is re-generated (0..1).')
 flags.DEFINE_bool('ema', True, 'Sample the EMA parameters.')
 flags.DEFINE_integer('display_scale', None, 'Upscale written videos (nearest); default config.sample.display_scale.')
+flags.DEFINE_bool('moderation', True, 'Refuse prompts the content policy names (--nomoderation: '
+                  'off, logged and recorded in the Content Credentials).')
+flags.DEFINE_string('moderation_policy', None, 'Content policy JSON (default $SORA_JAX_POLICY or '
+                    'sora_jax/safety/policy.json).')
+flags.DEFINE_bool('watermark', True, 'Invisible watermark in every frame (--nowatermark: off).')
+flags.DEFINE_integer('watermark_key', None, 'User key (0..65535) in the watermark; default '
+                     '$SORA_JAX_WATERMARK_KEY or 0.')
+flags.DEFINE_bool('credentials', True, 'Sign C2PA Content Credentials into every written file '
+                  '(--nocredentials: off).')
+flags.DEFINE_string('c2pa_cert', None, 'PEM chain (ES256 end-entity cert, then its CA); default '
+                    '$SORA_JAX_C2PA_CERT, else a development CA under ~/.config/sora_jax.')
+flags.DEFINE_string('c2pa_key', None, 'PEM private key of --c2pa_cert; default $SORA_JAX_C2PA_KEY.')
 flags.mark_flags_as_required(['checkpoint', 'prompt'])
+
+
+def safeguards(pipe, F):
+    """Applies the safeguard flags to the pipeline; returns the names of those turned off."""
+    pipe.moderation_policy = F.moderation_policy
+    if F.watermark_key is not None:
+        pipe.user_key = F.watermark_key
+    off = [name for name, on in (('moderation', F.moderation), ('watermark', F.watermark),
+                                 ('credentials', F.credentials)) if not on]
+    for name in off:
+        print(f'WARNING: {name} is turned off (--no{name}).', flush=True)
+    return off
+
+
+def sign_outputs(pipe, paths, off, F, prompt_moderated=True):
+    """Signs C2PA Content Credentials into each written file (unless --nocredentials)."""
+    if 'credentials' in off:
+        return
+    from sora_jax.safety import provenance, record
+    rec = record.load(pipe.checkpoint_path) if pipe.checkpoint_path else None
+    info = provenance.manifest_info(
+        checkpoint_hash=pipe.checkpoint_hash,
+        config_name=str(pipe.config.get('config_name', os.path.basename(os.path.normpath(F.checkpoint)))),
+        data_record_hash=record.record_hash(rec) if rec else None,
+        watermark_payload=None if 'watermark' in off else {
+            'model_id': pipe.model_id, 'user_key': pipe.user_key},
+        disabled=off, prompt_moderated=prompt_moderated)
+    dev = False
+    for p in paths:
+        dev |= provenance.sign(os.fspath(p), info, F.c2pa_cert, F.c2pa_key)
+    print(f'signed Content Credentials into {len(paths)} file(s)' +
+          (' with DEVELOPMENT-ONLY credentials (a local CA under ~/.config/sora_jax/c2pa_dev: '
+           'tamper-evident, but nobody else can tell who signed; pass --c2pa_cert/--c2pa_key)'
+           if dev else ''), flush=True)
 
 
 def main(argv):
@@ -54,6 +100,7 @@ def main(argv):
         pipe = TextToVideo.from_wan(F.checkpoint, config)
     else:
         pipe = TextToVideo.from_checkpoint(F.checkpoint, ema=F.ema)
+    off = safeguards(pipe, F)
     s = pipe.config.sample
     height = F.height or s.height
     width = F.width or s.width
@@ -68,19 +115,35 @@ def main(argv):
                   negative_prompt=F.negative_prompt, sampler=F.sampler, shift=F.shift,
                   seed=F.seed, mode=F.mode, image=image, video=video, strength=F.strength,
                   skip_guidance_scale=F.skip_guidance_scale,
-                  skip_layers=None if F.skip_layers is None else [int(i) for i in F.skip_layers])
+                  skip_layers=None if F.skip_layers is None else [int(i) for i in F.skip_layers],
+                  moderation=F.moderation, watermark=F.watermark)
     root, ext = os.path.splitext(F.out)
+    # The mark is box-resampled, so a nearest upscale by an integer reads as the original.
     scale = int(F.display_scale or s.get('display_scale', 1))
     if scale > 1:  # nearest-neighbour upscale so tiny demo clips are watchable
         frames = np.repeat(np.repeat(frames, scale, axis=2), scale, axis=3)
+    written = []
     for i, clip in enumerate(frames):
         base = root if len(frames) == 1 else f'{root}_{i}'
         path = video_io.write_video(base + (ext or '.mp4'), clip, fps=s.fps)
+        written.append(path)
         print(f'wrote {path} ({clip.shape[0]} frames, {clip.shape[1]}x{clip.shape[2]})', flush=True)
         if ext != '.gif':
             gif = video_io.write_video(base + '.gif', clip, fps=s.fps)
+            written.append(gif)
             print(f'wrote {gif}', flush=True)
+    sign_outputs(pipe, written, off, F, prompt_moderated=F.moderation)
+
+
+def run(argv):
+    """main, with a refused prompt as a clear message and exit status 3 (nothing written)."""
+    from sora_jax.safety.moderation import PromptRefused
+    try:
+        main(argv)
+    except PromptRefused as e:
+        print(f'ERROR: {e}', file=sys.stderr, flush=True)
+        sys.exit(3)
 
 
 if __name__ == '__main__':
-    app.run(main)
+    app.run(run)

@@ -32,6 +32,8 @@ from sora_jax.diffusion import flow
 from sora_jax.diffusion import samplers
 from sora_jax.io import video as video_io
 from sora_jax.models.text import ByteTokenizer
+from sora_jax.safety import moderation as moderation_lib
+from sora_jax.safety import watermark as watermark_lib
 from sora_jax.train import checkpoint as ckpt
 from sora_jax.train import frozen_vae
 from sora_jax.train.frozen_vae import FrozenVAE
@@ -84,6 +86,18 @@ class TextToVideo:
             'method', 'num_steps', 'shift', 'guidance', 'interval', 't_start', 'quantization',
             'replace', 'skip_scale', 'skip_layers', 'skip_interval'))
         self._bar = None
+        # Safeguards (README, "Safeguards and provenance"): on unless a call turns them off.
+        self.moderation_policy = None  # None: $SORA_JAX_POLICY or sora_jax/safety/policy.json
+        self.checkpoint_path, self.checkpoint_hash = None, None
+        self.model_id = watermark_lib.model_id_from(str(config))  # until set_checkpoint
+        self.user_key = int(os.environ.get('SORA_JAX_WATERMARK_KEY', '0'))
+
+    def set_checkpoint(self, path: str) -> None:
+        """Records where the weights came from; the watermark's model id is its hash."""
+        from sora_jax.safety import provenance
+        self.checkpoint_path = os.fspath(path)
+        self.checkpoint_hash = provenance.checkpoint_hash(path)
+        self.model_id = watermark_lib.model_id_from(self.checkpoint_hash)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -102,7 +116,9 @@ class TextToVideo:
         vae = load_vae(config.autoencoder, relative_to=path)
         if vae is not None:
             vae = vae.with_stats(config.get('latent_mean', ()), config.get('latent_std', ()))
-        return cls._from_denoiser(config, params, vae)
+        pipe = cls._from_denoiser(config, params, vae)
+        pipe.set_checkpoint(path)
+        return pipe
 
     @classmethod
     def from_config(cls, config, seed: int = 0, vae: FrozenVAE | None = None) -> 'TextToVideo':
@@ -138,7 +154,9 @@ class TextToVideo:
             vae = FrozenVAE(gd, st, config)
         graphdef, params = nnx.split(m.transformer)
         max_len = int(config.text.get('max_length', 512))
-        return cls(config, graphdef, params, UMT5Text(m.text_encoder, m.tokenizer, max_len), vae)
+        pipe = cls(config, graphdef, params, UMT5Text(m.text_encoder, m.tokenizer, max_len), vae)
+        pipe.set_checkpoint(path)
+        return pipe
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -191,19 +209,28 @@ class TextToVideo:
                  video=None, strength: float = 0.7, guidance_interval=(0.0, 1.0),
                  skip_guidance_scale: float | None = None, skip_layers=None,
                  skip_guidance_interval=None, output_type: str = 'np', latents=None,
-                 progress: bool = True) -> np.ndarray:
+                 progress: bool = True, moderation: bool = True,
+                 watermark: bool = True) -> np.ndarray:
         """Returns uint8 frames [B, T, H, W, 3] (T = num_frames, less the pinned tail for 'loop'),
         or with output_type='latent' the sampled latents [B, T', h, w, C] (float32).
         `latents` (optional, [B, T', h, w, C]) replaces the seeded initial noise, as in diffusers.
         Skip-layer guidance (defaults from config.sample.skip_*): `skip_guidance_scale` p > 0 adds
         p (v_cond - v_weak) for t in `skip_guidance_interval`, v_weak being the conditional
-        model with the DiT blocks `skip_layers` (indices) turned into the identity."""
+        model with the DiT blocks `skip_layers` (indices) turned into the identity.
+        Safeguards: `moderation` refuses prompts the content policy names (PromptRefused, a
+        ValueError naming the category; negative prompts are exempt); `watermark` marks every
+        returned frame with (self.model_id, self.user_key) (sora_jax/safety/watermark.py).
+        Turning either off is logged."""
         if output_type not in ('np', 'latent'):
             raise ValueError(f"output_type={output_type!r} must be 'np' or 'latent'.")
         s = self.config.sample
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any((not isinstance(p, str)) or not p.strip() for p in prompts):
             raise ValueError(f'prompt must be a non-empty string (or list of them), got {prompt!r}.')
+        if moderation:
+            moderation_lib.Moderator.load(self.moderation_policy).enforce(prompts)
+        else:
+            logging.warning('Prompt moderation is OFF for this call (moderation=False).')
         if negative_prompt is None:
             negative_prompt = s.get('negative_prompt', '')
         negs = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
@@ -246,7 +273,8 @@ class TextToVideo:
             noise, t_start = cond_lib.sdedit_start(known, noise, strength)
             mask = jnp.zeros_like(mask)
             if t_start == 0.0:
-                return noise if output_type == 'latent' else self._to_uint8(self._decode(noise))[:, :keep]
+                return noise if output_type == 'latent' else self._finish(
+                    self._to_uint8(self._decode(noise))[:, :keep], watermark)
         with tqdm(total=steps, desc='sampling', disable=not progress) as bar:
             self._bar = bar
             lat = self._jit_sample(self.params, ctx, ctx_mask, noise, mask, known, method=method,
@@ -260,9 +288,20 @@ class TextToVideo:
             lat = jax.block_until_ready(lat)
         if output_type == 'latent':
             return np.asarray(lat)
-        return self._to_uint8(self._decode(lat))[:, :keep]
+        return self._finish(self._to_uint8(self._decode(lat))[:, :keep], watermark)
 
     # ------------------------------------------------------------------ internals
+    def _finish(self, frames: np.ndarray, watermark: bool) -> np.ndarray:
+        """uint8 [B, T, H, W, 3] -> the same with the invisible watermark (unless turned off)."""
+        if not watermark:
+            logging.warning('Watermark is OFF for this call (watermark=False).')
+            return frames
+        if min(frames.shape[2:4]) < 32:
+            logging.warning('Frames of %dx%d are too small to carry the watermark (32x32 at '
+                            'least); returned unmarked.', *frames.shape[2:4])
+            return frames
+        return watermark_lib.embed(frames, self.model_id, self.user_key)
+
     def _tick(self, *_):
         if self._bar is not None:
             self._bar.update(1)

@@ -199,9 +199,9 @@ def _check_video(frames, name='frames') -> np.ndarray:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not frames.shape[0]:
         raise ValueError(f'{name} must be uint8 [T, H, W, 3] with T >= 1, got {frames.dtype} '
                          f'{frames.shape}; convert float [-1, 1] frames with io.video.to_uint8.')
-    if min(frames.shape[1:3]) < 16:
+    if min(frames.shape[1:3]) < 32:
         raise ValueError(f'{name} are {frames.shape[1]}x{frames.shape[2]}; the watermark needs '
-                         'frames of at least 16x16 (upscale first).')
+                         'frames of at least 32x32 (upscale first).')
     return frames
 
 

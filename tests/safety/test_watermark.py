@@ -61,5 +61,5 @@ def test_bad_input():
         wm.payload_bits(70000, 0)
     with pytest.raises(ValueError, match='uint8'):
         wm.embed(np.zeros((2, 32, 32, 3), np.float32), 1, 2)
-    with pytest.raises(ValueError, match='at least 16x16'):
-        wm.detect(np.zeros((2, 8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match='at least 32x32'):
+        wm.detect(np.zeros((2, 16, 16, 3), np.uint8))

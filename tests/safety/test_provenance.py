@@ -1,0 +1,103 @@
+"""C2PA Content Credentials (sign, read back, tamper), the data record, the pipeline's defaults
+and experiments/verify.py on a signed, marked file."""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from sora_jax.io import video as video_io
+from sora_jax.safety import moderation, provenance, record, watermark as wm
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(autouse=True)
+def _config_home(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv('XDG_CONFIG_HOME', str(tmp_path_factory.getbasetemp() / 'config'))
+
+
+def _info(**kw):
+    base = dict(checkpoint_hash='a' * 64, config_name='dit_p3', data_record_hash='b' * 64,
+                watermark_payload={'model_id': 5, 'user_key': 6}, disabled=[], prompt_moderated=True)
+    return provenance.manifest_info(**{**base, **kw})
+
+
+def _verify_module():
+    spec = importlib.util.spec_from_file_location('verify', os.path.join(REPO, 'experiments', 'verify.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_sign_read_and_tamper(tmp_path):
+    clip = wm.embed(np.random.default_rng(0).integers(0, 255, (8, 64, 64, 3), dtype=np.uint8), 5, 6)
+    path = str(video_io.write_video(tmp_path / 'a.mp4', clip))
+    assert provenance.sign(path, _info(disabled=['moderation'])) is True  # dev credentials
+    r = provenance.read(path)
+    assert r['valid'] and not r['errors'] and not r['trusted']
+    assert r['actions'] == [('c2pa.created', provenance.TRAINED)]
+    assert r['generation']['checkpoint_sha256'] == 'a' * 64
+    assert r['generation']['data_record_sha256'] == 'b' * 64
+    assert r['generation']['safeguards_disabled'] == ['moderation']
+    assert r['signer']['issuer'].startswith('sora_jax development')
+    data = bytearray(open(path, 'rb').read())
+    data[len(data) // 2] ^= 0xFF
+    bad = tmp_path / 'bad.mp4'
+    bad.write_bytes(bytes(data))
+    rb = provenance.read(str(bad))
+    assert rb['present'] and not rb['valid'] and any('mismatch' in e for e in rb['errors'])
+    verify = _verify_module()
+    good, tampered = verify.verify(path), verify.verify(str(bad))
+    assert good['c2pa']['valid'] and good['watermark']['found'] and good['watermark']['user_key'] == 6
+    assert tampered['tampered'] and not verify.verify(path)['tampered']
+    plain = str(video_io.write_video(tmp_path / 'plain.mp4', clip))
+    assert provenance.read(plain)['present'] is False
+
+
+def test_credentials_errors(tmp_path):
+    with pytest.raises(ValueError, match='both a certificate chain and its key'):
+        provenance.credentials(cert=str(tmp_path / 'c.pem'))
+    with pytest.raises(ValueError, match='does not exist'):
+        provenance.credentials(cert=str(tmp_path / 'c.pem'), key=str(tmp_path / 'k.pem'))
+    with pytest.raises(ValueError, match='cannot sign'):
+        provenance.sign(str(tmp_path / 'x.webm'), _info())
+
+
+def test_data_record(tmp_path):
+    clips = [{'id': 'b.mp4', 'license': 'cc-by-4.0', 'creator': 'Ana'},
+             {'id': 'a.mp4', 'license': 'cc-by-4.0', 'creator': 'Ana'},
+             {'id': 'c.mp4', 'license': 'cc0', 'creator': 'Luis', 'source': 'https://x'},
+             {'id': 'd.mp4'}]
+    rec = record.build('video_folder:demo', '1.0.0', clips, skipped={'license': 1, 'opted_out': 2})
+    assert rec['licenses'] == {'cc-by-4.0': 2, 'cc0': 1, 'unspecified': 1}
+    assert rec['creators'] == [{'creator': 'Ana', 'clips': 2}, {'creator': 'Luis', 'clips': 1}]
+    assert rec['skipped'] == {'license': 1, 'opted_out': 2}
+    # the clip-id hash is order-free and changes when a clip is removed (an opt-out honoured)
+    assert rec['clip_ids_sha256'] == record.build('x', '1', clips[::-1])['clip_ids_sha256']
+    assert rec['clip_ids_sha256'] != record.build('x', '1', clips[1:])['clip_ids_sha256']
+    record.write(str(tmp_path), rec)
+    assert record.load(str(tmp_path)) == rec and record.load(str(tmp_path / 'none')) is None
+    assert 'Ana: 2 clips' in record.describe(rec)
+    shipped = record.load(os.path.join(REPO, 'checkpoints', 'shapes'))
+    assert shipped['synthetic'] and shipped['creators'] == []
+
+
+def test_pipeline_defaults(tmp_path):
+    from configs import shapes as shapes_cfg
+    from sora_jax.pipeline import TextToVideo
+    cfg = shapes_cfg.get_config('tiny')
+    cfg.sample.height = cfg.sample.width = 32
+    pipe = TextToVideo.from_config(cfg)
+    with pytest.raises(moderation.PromptRefused, match='graphic_violence'):
+        pipe('a man being d3capitated', num_inference_steps=1, progress=False)
+    kw = dict(num_inference_steps=1, progress=False, negative_prompt='gore, blood everywhere')
+    marked = pipe('a red circle', **kw)            # a negative prompt is never refused
+    plain = pipe('a red circle', watermark=False, **kw)
+    assert marked.shape == plain.shape and marked.dtype == np.uint8
+    assert wm.psnr(marked, plain) >= 40.0 and not np.array_equal(marked, plain)
+    d = wm.detect(marked[0])
+    assert d.found and (d.model_id, d.user_key) == (pipe.model_id, pipe.user_key)
+    assert not wm.detect(plain[0]).found
+    assert not pipe('a man being decapitated', moderation=False, watermark=False,
+                    num_inference_steps=1, progress=False).size == 0
