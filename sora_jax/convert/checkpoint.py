@@ -10,7 +10,13 @@
 Params are the flat NNX paths ('blocks/attn1/to_q/kernel', stacked on a leading layer axis for
 scanned blocks) nested into dicts and saved with `ocp.StandardCheckpointer`; they keep the
 checkpoint dtype (bf16 stays bf16). The HF config.json stays the source of truth for the model
-hyper-parameters (`wan.component_spec` parses it).
+hyper-parameters (`wan.component_spec` parses it). The layout's reading and writing live in
+`orbax_params.py` (re-exported here).
+
+With a `mesh`, `load_wan` / `load_converted` restore every parameter straight into its target
+sharding (the logical axis rules of `parallel/mesh.py` applied to the abstract model built with
+`nnx.eval_shape`): each process reads only its devices' slices, so no host ever holds a whole
+copy of the 14B transformer. Without one, params are read whole onto the host (one device).
 """
 from __future__ import annotations
 
@@ -19,6 +25,10 @@ from typing import Any, Mapping, NamedTuple, Optional
 
 import numpy as np
 from absl import logging
+
+from sora_jax.convert import wan
+from sora_jax.convert.orbax_params import (flatten, restore_params, restore_sharded,  # noqa: F401
+                                           save_params, saved_arrays, unflatten)
 
 
 class WanModels(NamedTuple):
@@ -30,71 +40,65 @@ class WanModels(NamedTuple):
     configs: dict       # component -> UMT5Config / DiTConfig / VAEConfig
 
 
-def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for path, arr in flat.items():
-        node = tree
-        *parents, leaf = path.split('/')
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = arr
-    return tree
-
-
-def flatten(tree: Mapping, prefix: str = '') -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in tree.items():
-        path = f'{prefix}/{k}' if prefix else str(k)
-        out.update(flatten(v, path) if isinstance(v, Mapping) else {path: np.asarray(v)})
-    return out
-
-
-def save_params(flat: Mapping[str, np.ndarray], path: str) -> None:
-    """Writes the nested params pytree as an Orbax (StandardCheckpointer) checkpoint at `path`."""
-    import orbax.checkpoint as ocp
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.abspath(path), unflatten(flat), force=True)
-    ckptr.wait_until_finished()
-
-
-def restore_params(path: str) -> dict[str, np.ndarray]:
-    """Reads a checkpoint written by `save_params` back as a flat dict of numpy arrays."""
-    import orbax.checkpoint as ocp
-    return flatten(ocp.StandardCheckpointer().restore(os.path.abspath(path)))
-
-
-def load_converted(dst: str, component: str, weights_dtype: Any = None, **config_overrides):
+def load_converted(dst: str, component: str, weights_dtype: Any = None, *, mesh: Any = None,
+                   rules: Any = None, **config_overrides):
     """(config, module) for `dst/<component>`: the model is built with `nnx.eval_shape` (no
     init memory) and filled from the Orbax params. `weights_dtype` casts them (None: as saved); the
-    text encoder's and transformer's param dtype follow the loaded params unless overridden."""
+    text encoder's and transformer's param dtype follow the loaded params unless overridden.
+
+    mesh: a `jax.sharding.Mesh` (e.g. `parallel.mesh.make_mesh`): every parameter is restored
+      straight into the NamedSharding its logical axes get under `rules` (None: the default
+      rules; a config's `mesh.rules` works too). None: whole arrays on the default device.
+    """
+    import jax
     import jax.numpy as jnp
-    from sora_jax.convert import wan
     folder = os.path.join(dst, component)
     if not os.path.isfile(os.path.join(folder, 'config.json')):
         raise ValueError(f'{folder!r} holds no config.json; convert it first: python '
                          f'experiments/convert_wan.py --src=<Wan diffusers folder> --dst={dst} '
                          f'--components={component}')
-    flat = restore_params(os.path.join(folder, 'params'))
-    if weights_dtype is not None:
-        flat = {k: v.astype(weights_dtype) for k, v in flat.items()}
-    widest = jnp.dtype(max({v.dtype for v in flat.values()}, key=lambda d: d.itemsize))
+    params = os.path.join(folder, 'params')
+    saved = saved_arrays(params)
+    dtypes = {k: np.dtype(weights_dtype) if weights_dtype is not None else d
+              for k, (_, d) in saved.items()}
+    widest = jnp.dtype(max(set(dtypes.values()), key=lambda d: d.itemsize))
     if component == 'text_encoder':
         config_overrides.setdefault('param_dtype', widest)
         config_overrides.setdefault('dtype', widest)
     elif component == 'transformer':
         config_overrides.setdefault('param_dtype', widest.name)
     cfg, make, _ = wan.component_spec(component, folder, **config_overrides)
-    logging.info('loaded %s from %s (%d arrays, %s)', component, folder, len(flat), widest)
-    return cfg, wan.build(make, flat)
+    if mesh is None:
+        flat = restore_params(params)
+        if weights_dtype is not None:
+            flat = {k: v.astype(weights_dtype) for k, v in flat.items()}
+        module = wan.build(make, flat)
+    else:
+        from flax import nnx
+        from sora_jax.parallel import mesh as mesh_lib
+        graphdef, abstract = nnx.split(nnx.eval_shape(make))
+        rules = rules if isinstance(rules, dict) else mesh_lib.rules_dict(rules)
+        shardings = {'/'.join(map(str, p)): v.get_value() for p, v in
+                     nnx.to_flat_state(mesh_lib.state_shardings(abstract, mesh, rules))}
+        targets = {k: jax.ShapeDtypeStruct(shape, dtypes.get(k, dtype), sharding=shardings[k])
+                   for k, (shape, dtype) in wan.state_targets(abstract).items()}
+        flat = restore_sharded(params, targets)
+        module = nnx.merge(graphdef, wan.apply_to_state(abstract, flat))
+    logging.info('loaded %s from %s (%d arrays, %s%s)', component, folder, len(saved), widest,
+                 f', sharded over mesh {dict(mesh.shape)}' if mesh is not None else '')
+    return cfg, module
 
 
 def load_wan(dst: str, *, dtype: Any = None, vae_dtype: Any = np.float32,
-             overrides: Optional[Mapping[str, Mapping[str, Any]]] = None) -> WanModels:
+             overrides: Optional[Mapping[str, Mapping[str, Any]]] = None, mesh: Any = None,
+             rules: Any = None) -> WanModels:
     """Loads every component of a converted Wan folder (see the module docstring).
 
     dtype: cast text encoder and transformer params to it (None: keep the saved dtype).
     vae_dtype: the VAE's param dtype (float32, as Wan decodes; None: as saved).
     overrides: per-component config overrides, e.g. {'transformer': {'attention': 'cudnn'}}.
+    mesh, rules: restore every parameter straight into its sharding on `mesh` under the logical
+      axis `rules` (see `load_converted`); None: whole arrays on one device.
     Returns WanModels(text_encoder, tokenizer, transformer, vae, configs).
     """
     from sora_jax.models import umt5
@@ -110,7 +114,8 @@ def load_wan(dst: str, *, dtype: Any = None, vae_dtype: Any = np.float32,
     for comp, comp_dtype in (('text_encoder', dtype), ('transformer', dtype), ('vae', vae_dtype)):
         models[comp] = None
         if os.path.isdir(os.path.join(dst, comp)):
-            cfg, models[comp] = load_converted(dst, comp, comp_dtype, **overrides.get(comp, {}))
+            cfg, models[comp] = load_converted(dst, comp, comp_dtype, mesh=mesh, rules=rules,
+                                               **overrides.get(comp, {}))
             models['configs'][comp] = cfg
     if not models['configs']:
         raise ValueError(f'{dst!r} holds none of text_encoder/, transformer/, vae/; is it the '

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 from absl import logging
 
-from sora_jax.convert.checkpoint import restore_params, save_params  # re-exported
+from sora_jax.convert.orbax_params import restore_params, save_params  # re-exported
 from sora_jax.convert.safetensors import SafetensorsFolder  # re-exported
 
 _TRANSPOSES = {
