@@ -12,7 +12,11 @@ Faults:
   * A process killed mid-save leaves only an `*.orbax-checkpoint-tmp*` directory, which is
     ignored with a warning (the previous complete step is restored) and cleaned up.
   * A non-finite loss or gradient skips the update; `train.max_nonfinite` in a row raise
-    FloatingPointError. A state with a non-finite value is never checkpointed.
+    FloatingPointError. A state with a non-finite value is never checkpointed. The counters
+    (like the loss) are read from the devices only every `train.log_every` steps, at
+    checkpoints and at the end, so the loop never waits for step n before dispatching step
+    n + 1: the skip warning and the error come at the next such point (a device-side running
+    max of the streak keeps the limit exact, only the report is up to log_every steps late).
 
 Test hooks (fault injection; all off by default, read with `.get` so configs need not
 define them): `train.log_example_ids` (write `workdir/example_ids.jsonl`: step, example ids,
@@ -56,7 +60,8 @@ def objective_module(config):
 
 def make_sources(config) -> dict[str, Any]:
     """{split: random-access source} for config.data; VAE latents when config.autoencoder is set
-    (encoded once into a cache, normalised by config.latent_mean/std)."""
+    (encoded once into a cache, process i of n encoding records i::n; normalised by
+    config.latent_mean/std, from the cache's train statistics when unset)."""
     sources = _pixel_sources(config)
     if config.get('autoencoder', 'none') in ('none', '', None):
         return sources
@@ -262,6 +267,7 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
     with jax.set_mesh(mesh), mesh_lib.use_rules(rules):
         train_step = jax.jit(step_fn, out_shardings=(shardings, None), donate_argnums=0)
         is_finite = jax.jit(_state_finite)
+        watch = _NonfiniteWatch(state, start, t.max_nonfinite, workdir)
         writer = _writer(workdir)
         metrics: dict[str, Any] = {}
         t0 = time.time()
@@ -279,25 +285,18 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
                     inputs = {k: np.full_like(v, np.nan) if v.dtype.kind == 'f' else v
                               for k, v in inputs.items()}
                 state, m = train_step(state, to_global(inputs, mesh, rules))
-                streak = int(state.nonfinite_streak)
+                watch.update(state)  # dispatched, not waited for: no host sync here
                 bar.update(1)
                 done = step + 1
-                if ids_log is not None:
+                if ids_log is not None:  # test hook: reads the loss, a host sync every step
                     ids_log.write(done, batch['id'], float(m['loss']))
                 if sleep_s:
                     time.sleep(sleep_s)
-                if streak:
-                    logging.warning('step %d: non-finite loss or gradient; update skipped '
-                                    '(%d in a row, %d in all).', done, streak,
-                                    int(state.nonfinite_total))
-                if streak >= t.max_nonfinite:
-                    mngr.wait_until_finished()
-                    raise FloatingPointError(
-                        f'{streak} non-finite steps in a row at step {done} (train.max_nonfinite='
-                        f'{t.max_nonfinite}); lower train.learning_rate or check the data. The '
-                        f'last checkpoint in {workdir} holds finite params.')
                 # Every host calls the sync point every step (it is collective in multi-host).
                 preempted = mngr.reached_preemption(done) or pre.requested
+                checkpoint_now = done % t.checkpoint_every == 0 or done == t.num_steps or preempted
+                if done % t.log_every == 0 or checkpoint_now:
+                    watch.check(state, done, mngr)  # the host reads the counters only here
                 if done % t.log_every == 0 or done == t.num_steps or preempted:
                     metrics = {k: float(v) for k, v in jax.device_get(m).items()}
                     metrics['steps_per_sec'] = t.log_every / max(time.time() - t0, 1e-9)
@@ -307,7 +306,7 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
                 if t.eval_every and done % t.eval_every == 0:
                     _log(writer, done, evaluate(config, graphdef, objective, state.ema_params,
                                                 mesh, rules))
-                if done % t.checkpoint_every == 0 or done == t.num_steps or preempted:
+                if checkpoint_now:
                     if not bool(is_finite(state)):
                         mngr.wait_until_finished()
                         raise FloatingPointError(
@@ -347,6 +346,46 @@ def _state_finite(state) -> jax.Array:
         (state.params, state.ema_params, state.opt_state))
         if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+class _NonfiniteWatch:
+    """Skipped-update counters for the step loop, read from the devices only at `check` (log
+    points, checkpoints, the end), so dispatching step n + 1 never waits for step n. `update`
+    (every step, asynchronous) keeps the longest streak on the device, so `max_nonfinite` in a
+    row raise at the next check even if a finite step ended the streak in between."""
+
+    def __init__(self, state, step: int, max_nonfinite: int, workdir: str):
+        self._max = jax.jit(jnp.maximum)
+        # a fresh buffer: the state (and its counters) is donated to the next step
+        self._peak = self._max(state.nonfinite_streak, state.nonfinite_streak)
+        self._total, self._checked = int(state.nonfinite_total), step
+        self._limit, self._workdir = max_nonfinite, workdir
+
+    def update(self, state) -> None:
+        self._peak = self._max(self._peak, state.nonfinite_streak)
+
+    def check(self, state, done: int, mngr) -> None:
+        """Warns about updates skipped since the last check; FloatingPointError at the limit."""
+        streak, peak, total = (int(v) for v in jax.device_get(
+            (state.nonfinite_streak, self._peak, state.nonfinite_total)))
+        if total > self._total and done - self._checked == 1:
+            logging.warning('step %d: non-finite loss or gradient; update skipped (%d in a row, '
+                            '%d in all).', done, streak, total)
+        elif total > self._total:
+            logging.warning('steps %d-%d: %d non-finite losses or gradients; updates skipped '
+                            '(%d in a row at step %d, at most %d in a row since step %d, %d in all).',
+                            self._checked + 1, done, total - self._total, streak, done, peak,
+                            self._checked, total)
+        self._total, self._checked = total, done
+        self._peak = self._max(state.nonfinite_streak, state.nonfinite_streak)  # the next span
+        if peak >= self._limit:
+            mngr.wait_until_finished()
+            where = f'at step {done}' if streak >= self._limit else \
+                f'by step {done} (counters are read every train.log_every steps)'
+            raise FloatingPointError(
+                f'{streak if streak >= self._limit else peak} non-finite steps in a '
+                f'row {where} (train.max_nonfinite={self._limit}); lower train.learning_rate or '
+                f'check the data. The last checkpoint in {self._workdir} holds finite params.')
 
 
 class _ExampleIdLog:
