@@ -6,7 +6,7 @@ explicit schemes below (inside `jax.shard_map`) keep memory per device at N / S 
 
   'ulysses'  DeepSpeed-Ulysses: an all-to-all turns [B, N/S, H, D] (tokens sharded) into
              [B, N, H/S, D] (heads sharded), any local kernel attends over the full sequence
-             (`models/attention.dot_product_attention`), a second all-to-all turns it back.
+             (`models/attention_kernels.attend`), a second all-to-all turns it back.
              Needs the local head count divisible by S. Two all-to-alls of q/k/v/o per call.
   'ring'     Ring attention: each device keeps its query chunk and passes its key/value chunk
              around the ring (`ppermute`) S times, merging blocks with an online softmax.
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from sora_jax.models import attention as attn_lib  # it imports this module lazily
+from sora_jax.models import attention_kernels as kernels
 from sora_jax.parallel import mesh as mesh_lib
 
 METHODS = ('none', 'ulysses', 'ring')
@@ -64,7 +64,7 @@ def context_parallel_attention(q, k, v, mask=None, *, method: str = 'ulysses', i
     """Attention with tokens sharded over the sequence mesh axis; see the module docstring."""
 
     check_method(method)
-    plain = functools.partial(attn_lib.dot_product_attention, impl=impl, chunk_size=chunk_size)
+    plain = functools.partial(kernels.attend, impl=impl, chunk_size=chunk_size)
     axis, s = sequence_axis()
     if method == 'none' or s == 1:
         return plain(q, k, v, mask)
@@ -122,7 +122,7 @@ def _ring(q, k, v, mask, *, axis, size):
     m = jnp.full((b, h, nq), -jnp.inf, jnp.float32)
     l = jnp.zeros((b, h, nq), jnp.float32)
     for step in range(size):
-        acc, m, l = attn_lib.online_softmax_step((acc, m, l), qs, k, v, mask)
+        acc, m, l = kernels.online_softmax_step((acc, m, l), qs, k, v, mask)
         if step + 1 < size:
             k, v = (jax.lax.ppermute(x, axis, perm) for x in (k, v))
             mask = None if mask is None else jax.lax.ppermute(mask, axis, perm)

@@ -1,0 +1,198 @@
+"""Local attention kernels and the choice among them; `models/attention.py` dispatches to them.
+
+q: [B, Nq, H, D], k/v: [B, Nk, H, D], mask: [B, Nk] (True = attend) or None -> [B, Nq, H, D]
+in q's dtype. Kernels:
+  'xla'     jax.nn.dot_product_attention, XLA kernel (any backend; materialises the scores)
+  'cudnn'   jax.nn.dot_product_attention(implementation='cudnn') - fused flash attention, GPU
+  'chunked' queries in chunks with an online softmax over key chunks (the [Nq, Nk] scores never
+            materialise in the forward pass; its gradient keeps one chunk pair per step)
+  'splash'  Pallas splash attention (TPU): flash forward and backward kernels; sequences are
+            padded to the block size and the padding masked with segment ids
+  'auto'    cudnn on GPU, splash on TPU, xla elsewhere
+
+The platform is the *compile target*: the platform of the mesh in scope (`jax.set_mesh`, e.g. a
+TPU topology compiled ahead of time on a CPU host by `experiments/aot.py`), else
+`jax.default_backend()`.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, PartitionSpec as P
+
+from sora_jax.parallel import mesh as mesh_lib
+
+IMPLS = ('auto', 'xla', 'cudnn', 'chunked', 'splash')
+SPLASH_BLOCK = 512          # splash q / kv tile (tokens); short sequences use one padded tile
+_QKV_AXES = ('act_batch', 'act_length', 'act_heads', None)
+_KV_AXES = ('act_batch', 'act_kv_length', 'act_heads', None)
+
+
+def target_platform() -> str:
+    """'tpu' / 'gpu' / 'cpu' of the mesh in scope (what is being compiled for), else the default
+    backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh is None or mesh.empty else getattr(mesh, 'abstract_device', None)
+    platform = getattr(device, 'platform', None)
+    return platform or jax.default_backend()
+
+
+def resolve_impl(impl: str, platform: str | None = None) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f'attention impl {impl!r} is not one of {IMPLS}; set model.attention to one.')
+    if impl != 'auto':
+        return impl
+    platform = target_platform() if platform is None else platform
+    return {'gpu': 'cudnn', 'tpu': 'splash'}.get(platform, 'xla')
+
+
+def attend(q, k, v, mask=None, *, impl: str = 'auto', chunk_size: int = 512):
+    """One attention call with the chosen kernel (no context parallelism)."""
+    impl = resolve_impl(impl)
+    if impl == 'chunked':
+        return chunked_attention(q, k, v, mask, chunk_size=chunk_size)
+    if impl == 'splash':
+        return splash_attention(q, k, v, mask)
+    bias_mask = None if mask is None else mask[:, None, None, :]
+    if impl == 'cudnn':
+        if q.dtype not in (jnp.bfloat16, jnp.float16):
+            # cuDNN flash attention runs in half precision only.
+            out = jax.nn.dot_product_attention(
+                q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16),
+                mask=bias_mask, implementation='cudnn')
+            return out.astype(q.dtype)
+        return jax.nn.dot_product_attention(q, k, v, mask=bias_mask, implementation='cudnn')
+    return jax.nn.dot_product_attention(q, k, v, mask=bias_mask, implementation='xla')
+
+
+def chunked_attention(q, k, v, mask=None, *, chunk_size: int = 512):
+    """Online-softmax attention over key chunks, scanned over query chunks.
+
+    Peak memory is O(chunk_size^2 * heads) instead of O(Nq * Nk * heads).
+    """
+    b, nq, h, d = q.shape
+    nk = k.shape[1]
+    cq = min(chunk_size, nq)
+    ck = min(chunk_size, nk)
+    pq = (-nq) % cq
+    pk = (-nk) % ck
+    scale = 1.0 / math.sqrt(d)
+    valid = jnp.ones((b, nk), bool) if mask is None else mask.astype(bool)
+    qp = jnp.pad(q, ((0, 0), (0, pq), (0, 0), (0, 0)))
+    kp = jnp.pad(k, ((0, 0), (0, pk), (0, 0), (0, 0)))
+    vp = jnp.pad(v, ((0, 0), (0, pk), (0, 0), (0, 0)))
+    valid = jnp.pad(valid, ((0, 0), (0, pk)))
+    # [n_chunks, B, chunk, H, D]
+    qc = qp.reshape(b, -1, cq, h, d).swapaxes(0, 1)
+    kc = kp.reshape(b, -1, ck, h, d).swapaxes(0, 1)
+    vc = vp.reshape(b, -1, ck, h, d).swapaxes(0, 1)
+    mc = valid.reshape(b, -1, ck).swapaxes(0, 1)
+
+    def one_query_chunk(qi):
+        qi = qi.astype(jnp.float32) * scale
+
+        def body(carry, kvm):
+            ki, vi, mi = kvm
+            return online_softmax_step(carry, qi, ki, vi, mi), None
+
+        init = (jnp.zeros((b, h, cq, d), jnp.float32), jnp.full((b, h, cq), -jnp.inf),
+                jnp.zeros((b, h, cq), jnp.float32))
+        (acc, _, l), _ = jax.lax.scan(body, init, (kc, vc, mc))
+        out = acc / jnp.maximum(l, 1e-30)[..., None]
+        return out.transpose(0, 2, 1, 3)  # [B, cq, H, D]
+
+    out = jax.lax.map(one_query_chunk, qc)  # [n, B, cq, H, D]
+    out = out.swapaxes(0, 1).reshape(b, -1, h, d)[:, :nq]
+    return out.astype(q.dtype)
+
+
+def online_softmax_step(carry, q, k, v, mask=None):
+    """One key block of flash-style attention: fold softmax(q k^T) v over k/v into the running
+    (acc [B, H, Nq, D], row max m [B, H, Nq], row sum l [B, H, Nq]). q is pre-scaled float32;
+    mask [B, Nk] (True = attend). Fully masked rows stay at l = 0 (no NaN)."""
+    acc, m, l = carry
+    s = jnp.einsum('bqhd,bkhd->bhqk', q, k.astype(jnp.float32))
+    if mask is not None:
+        s = jnp.where(mask[:, None, None, :], s, -jnp.inf)
+    m_new = jnp.maximum(m, s.max(-1))
+    m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+    p = jnp.exp(s - m_safe[..., None])
+    corr = jnp.exp(jnp.where(jnp.isfinite(m), m - m_safe, -jnp.inf))
+    l = l * corr + p.sum(-1)
+    acc = acc * corr[..., None] + jnp.einsum('bhqk,bkhd->bhqd', p, v.astype(jnp.float32))
+    return acc, m_new, l
+
+
+def _inside_shard_map() -> bool:
+    mesh = jax.sharding.get_abstract_mesh()
+    return (mesh is not None and not mesh.empty
+            and any(t == AxisType.Manual for t in mesh.axis_types))
+
+
+def splash_attention(q, k, v, mask=None, *, interpret: bool = False):
+    """Pallas splash attention. A Pallas kernel cannot be partitioned by XLA, so under a mesh it
+    runs inside `jax.shard_map`: batch and heads split as the activation rules say (queries may
+    stay split over tokens; keys and values are gathered). Inside a shard_map already (context
+    parallelism) it runs on the local arrays. `interpret=True` runs the kernel in the Pallas
+    interpreter (any backend; tests)."""
+    if not interpret and target_platform() != 'tpu':
+        raise ValueError("attention impl 'splash' needs a TPU (or a TPU mesh compiled ahead of "
+                         "time); use 'auto', 'xla' or 'chunked'.")
+    local = functools.partial(_splash_local, interpret=interpret)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or _inside_shard_map() or math.prod(mesh.shape.values()) == 1:
+        return local(q, k, v, mask)
+    rules = mesh_lib._ACTIVE_RULES[-1] if mesh_lib._ACTIVE_RULES else mesh_lib.rules_dict()
+    spec_q = mesh_lib._fit(mesh_lib.logical_to_spec(_QKV_AXES, rules), q.shape, mesh)
+    spec_kv = mesh_lib._fit(P(spec_q[0], None, spec_q[2], None), k.shape, mesh)
+    if mask is None:
+        fn = jax.shard_map(lambda a, b, c: local(a, b, c, None), in_specs=(spec_q, spec_kv, spec_kv),
+                           out_specs=spec_q, check_vma=False)
+        return fn(q, k, v)
+    fn = jax.shard_map(local, in_specs=(spec_q, spec_kv, spec_kv, P(spec_q[0], None)),
+                       out_specs=spec_q, check_vma=False)
+    return fn(q, k, v, mask.astype(bool))
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def splash_block(n: int) -> int:
+    """Tile for a sequence of n tokens: SPLASH_BLOCK, or n rounded up to 128 when shorter."""
+    return min(SPLASH_BLOCK, _round_up(n, 128))
+
+
+def _splash_local(q, k, v, mask, *, interpret: bool = False):
+    """Splash on local arrays: q [b, nq, h, d], k/v [b, nk, h, d], mask [b, nk] or None."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    b, nq, h, d = q.shape
+    nk = k.shape[1]
+    bq, bk = splash_block(nq), splash_block(nk)
+    nq_p, nk_p = _round_up(nq, bq), _round_up(nk, bk)
+    # Separate dq and dkv backward kernels: the fused one keeps a dq partial per key block
+    # ([Nk / block, H, Nq, D]: 20 GiB per clip for Wan 14B at 480p).
+    blocks = sk.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq,
+                           block_kv_dkv=bk, block_kv_dkv_compute=bk, block_q_dq=bq,
+                           block_kv_dq=bk, use_fused_bwd_kernel=False)
+    kernel = sk.make_splash_mha(sm.MultiHeadMask([sm.FullMask((nq_p, nk_p))] * h),
+                                block_sizes=blocks, head_shards=1, q_seq_shards=1,
+                                interpret=interpret)
+    # [b, n, h, d] -> [b, h, n_padded, d]; q pre-scaled (splash applies no 1/sqrt(d))
+    pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+    qs = pad(q * jnp.asarray(1.0 / math.sqrt(d), q.dtype), nq_p)
+    ks, vs = pad(k, nk_p), pad(v, nk_p)
+    valid = jnp.ones((b, nk), bool) if mask is None else mask.astype(bool)
+    if nq_p == nq and nk_p == nk and mask is None:
+        out = jax.vmap(kernel)(qs, ks, vs)
+    else:  # padded keys (and masked ones) get segment 0, which no query (segment 1) attends
+        seg_q = jnp.ones((b, nq_p), jnp.int32)
+        seg_k = jnp.pad(valid, ((0, 0), (0, nk_p - nk))).astype(jnp.int32)
+        out = jax.vmap(lambda a, b_, c, sq, sk_: kernel(a, b_, c, segment_ids=sk.SegmentIds(
+            q=sq, kv=sk_)))(qs, ks, vs, seg_q, seg_k)
+    return out.transpose(0, 2, 1, 3)[:, :nq].astype(q.dtype)
