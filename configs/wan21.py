@@ -139,12 +139,39 @@ def get_config(arg: str = 't2v_1.3b') -> mlc.ConfigDict:
     c.mesh.shape = (1, 1, 1, -1)      # (data, fsdp, tensor, sequence); -1 = the remaining devices
     c.mesh.rules = ()                 # ((logical, mesh axis), ...) overrides of parallel/mesh.py
 
+    # Training (the step experiments/aot.py --task=train compiles; objectives/flow_context.py).
+    c.objective = 'flow_context'      # DiT on latents + precomputed UMT5 features
+    c.latent_channels = 16            # = vae.z_dim
+    c.flow = mlc.ConfigDict()
+    c.flow.timestep_sampling = 'logit_normal'  # logit_normal | uniform
+    c.flow.logit_mean = 0.0           # logit-normal location
+    c.flow.logit_std = 1.0            # logit-normal scale
+    c.flow.shift = shift              # training timestep shift (as sampling)
+    c.flow.text_dropout = 0.1         # probability of zeroed text features (for CFG)
+    c.flow.prediction = 'velocity'    # the DiT predicts velocity
+    c.train = mlc.ConfigDict()
+    c.train.num_steps = 1000          # optimizer steps
+    c.train.batch_size = 8            # global batch (clips)
+    c.train.grad_accum_steps = 1      # micro-batches per step
+    c.train.learning_rate = 1e-5      # peak LR (fine-tuning)
+    c.train.min_lr_ratio = 0.1        # final LR / peak
+    c.train.warmup_steps = 100        # linear warmup
+    c.train.weight_decay = 0.01       # AdamW
+    c.train.b1 = 0.9                  # AdamW
+    c.train.b2 = 0.999                # AdamW
+    c.train.grad_clip = 1.0           # global-norm clip
+    c.train.ema_decay = 0.999         # EMA of params
+    c.train.param_dtype = 'float32'   # master weights when training (replaces model.param_dtype)
+    c.train.remat = 'full'            # remat policy when training (replaces model.remat)
+    c.train.log_every = 50            # steps between logged scalars
+    c.train.checkpoint_every = 500    # steps between checkpoints
+
     if name == 't2v_14b':
         c.model.num_heads, c.model.ffn_dim, c.model.depth = _SIZES[name][:3]
         c.model.dim = 128 * c.model.num_heads
     elif name == 'tiny':
         c.model.dim, c.model.num_heads, c.model.ffn_dim, c.model.depth = 24, 2, 48, 2
-        c.model.in_channels = c.model.out_channels = 4
+        c.model.in_channels = c.model.out_channels = c.latent_channels = 4
         c.model.text_dim = 32
         c.model.freq_dim = 32
         c.model.dtype = c.model.param_dtype = 'float32'

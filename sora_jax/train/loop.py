@@ -125,21 +125,30 @@ def make_data(config, split: str, *, batch_size: int, shuffle: bool, num_epochs=
         worker_count=config.data.worker_count if split == 'train' else 0)
 
 
-def init_state(config, mesh, rules, objective):
-    """Model + train state created inside jit, directly into their shardings."""
-    tx, schedule = state_lib.make_optimizer(config)
-    key = jax.random.key(config.seed)
-
+def _init_fn(config, objective, tx):
     def init_fn(k):
         k_model, k_state = jax.random.split(k)
         model = objective.build_model(config, nnx.Rngs(k_model))
         return state_lib.create(nnx.state(model, nnx.Param), tx, k_state)
+    return init_fn
 
+
+def abstract_state(config, mesh, rules, objective):
+    """(graphdef, abstract train state, its shardings, tx, schedule), nothing allocated: what
+    `init_state` creates, and what `experiments/aot.py` compiles the train step over."""
+    tx, schedule = state_lib.make_optimizer(config)
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: objective.build_model(config, nnx.Rngs(0))))
-    abstract = jax.eval_shape(init_fn, key)
+    abstract = jax.eval_shape(_init_fn(config, objective, tx), jax.random.key(config.seed))
     shardings = mesh_lib.state_shardings(abstract, mesh, rules)
+    return graphdef, abstract, shardings, tx, schedule
+
+
+def init_state(config, mesh, rules, objective):
+    """Model + train state created inside jit, directly into their shardings."""
+    graphdef, _, shardings, tx, schedule = abstract_state(config, mesh, rules, objective)
     with jax.set_mesh(mesh):
-        state = jax.jit(init_fn, out_shardings=shardings)(key)
+        state = jax.jit(_init_fn(config, objective, tx), out_shardings=shardings)(
+            jax.random.key(config.seed))
     return graphdef, state, shardings, tx, schedule
 
 
@@ -265,7 +274,7 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
     batch_keys = None
     preempted = False
     with jax.set_mesh(mesh), mesh_lib.use_rules(rules):
-        train_step = jax.jit(step_fn, out_shardings=(shardings, None), donate_argnums=0)
+        train_step = step_lib.jit_train_step(step_fn, shardings)
         is_finite = jax.jit(_state_finite)
         watch = _NonfiniteWatch(state, start, t.max_nonfinite, workdir)
         writer = _writer(workdir)

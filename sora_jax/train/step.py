@@ -81,6 +81,12 @@ def make_train_step(graphdef, loss_fn: Callable, tx: optax.GradientTransformatio
     return step
 
 
+def jit_train_step(step_fn, shardings):
+    """The train step as `train/loop.py` runs it and `experiments/aot.py` compiles it: the state
+    keeps its shardings and is donated (updated in place)."""
+    return jax.jit(step_fn, out_shardings=(shardings, None), donate_argnums=0)
+
+
 def make_eval_step(graphdef, loss_fn: Callable, config):
     """(params, batch, rng) -> metrics, on the EMA (or raw) params."""
     def step(params, batch, rng):

@@ -1,0 +1,59 @@
+"""Rectified flow for a DiT fed precomputed text features (Wan 2.1: a frozen UMT5 encoder).
+
+The model is the DiT alone; the text encoder is frozen and runs once per caption, outside the
+train step, so its 5.7B parameters take no optimizer state. Batches hold
+
+  latents       f32  [B, T, H, W, C]   VAE latents, normalised as the DiT expects
+  context       bf16 [B, L, text_dim]  text features (UMT5: zero past the prompt's end)
+  context_mask  bool [B, L]            optional; None = attend to every position (Wan)
+
+The loss is `objectives/flow.py`'s: x_t = (1 - t) x0 + t eps, target eps - x0; text is dropped
+to all-zero features with probability `flow.text_dropout` (Wan's padding of an empty prompt is
+close to, not equal to, that: use precomputed empty-prompt features in `context` to match it).
+
+This is the train step `experiments/aot.py --task=train` compiles for Wan sizes; the data
+pipeline does not yet produce `context` (a text-feature cache), so `train.py` cannot feed it.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sora_jax.diffusion import flow
+from sora_jax.models.dit import DiT, DiTConfig
+
+
+def dit_config(config) -> DiTConfig:
+    c = int(config.latent_channels)
+    return DiTConfig.from_config(dict(config.model.to_dict(), in_channels=c, out_channels=c))
+
+
+def build_model(config, rngs: nnx.Rngs) -> DiT:
+    return DiT(dit_config(config), rngs=rngs)
+
+
+def loss_fn(model: DiT, batch, rng: jax.Array, config):
+    x0 = batch['latents'].astype(jnp.float32)
+    ctx = batch['context']
+    b = x0.shape[0]
+    k_t, k_n, k_drop = jax.random.split(rng, 3)
+    f = config.flow
+    t = flow.sample_timesteps(k_t, b, method=f.timestep_sampling, mean=f.logit_mean,
+                              std=f.logit_std, shift=f.shift)
+    noise = jax.random.normal(k_n, x0.shape, jnp.float32)
+    x_t = flow.add_noise(x0, noise, t)
+    drop = jax.random.bernoulli(k_drop, f.text_dropout, (b,))
+    ctx = jnp.where(drop[:, None, None], jnp.zeros_like(ctx), ctx)
+    v = model(x_t, t, ctx, batch.get('context_mask'))
+    loss = flow.flow_loss(v, flow.velocity_target(x0, noise))
+    return loss, dict(flow_loss=loss, t_mean=t.mean())
+
+
+def batch_shapes(config, batch_size: int, latent_shape, text_length: int) -> dict:
+    """{key: jax.ShapeDtypeStruct} of one global batch (latent_shape = (T, H, W))."""
+    c = int(config.latent_channels)
+    ctx_dtype = jnp.dtype(config.model.dtype)
+    return {'latents': jax.ShapeDtypeStruct((batch_size, *latent_shape, c), jnp.float32),
+            'context': jax.ShapeDtypeStruct((batch_size, text_length, int(config.model.text_dim)),
+                                            ctx_dtype)}
