@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 PROMPT ?= a red circle moving to the right
 OUT ?= outputs/demo.mp4
 PYTEST_ARGS ?=
+# The venv's jax runs on the CPU; libtpu (in [test], for AOT compiles) must not probe for a TPU.
+# Set JAX_PLATFORMS=tpu (or cuda) yourself after installing the [tpu] extra or a CUDA jax.
+export JAX_PLATFORMS ?= cpu
 
 .PHONY: demo test bench gifs clean
 

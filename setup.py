@@ -36,7 +36,11 @@ TEST = [
     "torch==2.13.0",
     "diffusers==0.42.1",
     "transformers==5.24.0",
+    # Ahead-of-time TPU compiles in the tests (experiments/aot.py; no TPU needed).
+    "libtpu==0.0.42.*",
 ]
+# TPU VMs (and AOT compiles for TPU slices on any host): the libtpu that jax 0.10.2 pins.
+TPU = ["libtpu==0.0.42.*"]
 
 setup(
     name="sora_jax",
@@ -46,5 +50,5 @@ setup(
     python_requires=">=3.10",
     install_requires=CORE,
     package_data={"sora_jax.safety": ["*.json"]},
-    extras_require={"test": TEST},
+    extras_require={"test": TEST, "tpu": TPU},
 )

@@ -1,0 +1,173 @@
+"""Lower and compile the real steps from abstract inputs (nothing allocated), for any mesh.
+
+  train   `train/step.make_train_step` (optimizer state, EMA, remat, the configured attention
+          kernel) jitted exactly as `train/loop.py` jits it, over the train state's shardings
+  sample  one DiT forward on the classifier-free-guidance batch (2B clips), as
+          `pipeline.TextToVideo` runs it every sampling step
+  decode  the VAE's chunked causal decode (`train/frozen_vae._decode`, the pipeline's)
+
+`compile_task(config, task, mesh, ...)` returns (compiled, info): `info` holds what the report
+needs besides the executable (token counts, parameter counts, the attention kernel chosen).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sora_jax.models import attention_kernels
+from sora_jax.parallel import mesh as mesh_lib
+
+TASKS = ('train', 'sample', 'decode')
+
+
+@dataclasses.dataclass
+class Shape:
+    """A clip size in pixels and the latent grid it gives."""
+    num_frames: int
+    height: int
+    width: int
+    batch_size: int
+    text_length: int
+
+    def latent(self, config) -> tuple[int, int, int]:
+        tf = 2 ** sum(bool(x) for x in config.vae.temperal_downsample)
+        sf = 2 ** (len(config.vae.dim_mult) - 1)
+        if (self.num_frames - 1) % tf:
+            raise ValueError(f'--num_frames={self.num_frames} is not 1 + {tf}k (causal VAE); use '
+                             f'{1 + max(1, round((self.num_frames - 1) / tf)) * tf}.')
+        pt, ph, pw = tuple(config.model.patch_size)
+        lt, lh, lw = 1 + (self.num_frames - 1) // tf, self.height // sf, self.width // sf
+        for name, n, f in (('height', self.height, sf * ph), ('width', self.width, sf * pw)):
+            if n % f:
+                raise ValueError(f'--{name}={n} is not a multiple of {f} (VAE {sf} x patch); use '
+                                 f'{max(f, n // f * f)}.')
+        if lt % pt:
+            raise ValueError(f'--num_frames={self.num_frames}: {lt} latent frames are not '
+                             f'divisible by the temporal patch {pt}.')
+        return lt, lh, lw
+
+    def tokens(self, config) -> int:
+        lt, lh, lw = self.latent(config)
+        pt, ph, pw = tuple(config.model.patch_size)
+        return (lt // pt) * (lh // ph) * (lw // pw)
+
+
+class ArgumentsExceedHBM(ValueError):
+    """The train state alone (params, optimizer state, EMA) exceeds a chip's HBM: no compile."""
+
+    def __init__(self, needed: int, available: float):
+        self.needed, self.available = needed, available
+        super().__init__(f'RESOURCE_EXHAUSTED: train state ({needed / 2**30:.2f}G) exceeds '
+                         f'available HBM ({available / 2**30:.2f}G) before any activation')
+
+
+def objective_module(config):
+    name = config.get('objective', 'flow_context')
+    return importlib.import_module(f'sora_jax.train.objectives.{name}')
+
+
+def train_config(config):
+    """The config a train step is built from: train.param_dtype / train.remat (when the config
+    sets them, as configs/wan21.py does) replace the sampling-time model.* values."""
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        for key in ('param_dtype', 'remat'):
+            if key in c.train:
+                c.model[key] = c.train[key]
+    return c
+
+
+def _abstract(tree, shardings):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        tree, shardings)
+
+
+def _compile_train(config, mesh, rules, shape: Shape, hbm_bytes: float | None = None):
+    from sora_jax.train import loop, step as step_lib
+    config = train_config(config)
+    objective = objective_module(config)
+    if not hasattr(objective, 'batch_shapes'):
+        raise ValueError(f'config.objective={config.objective!r} has no batch_shapes(); the AOT '
+                         'train task supports flow_context (configs/wan21.py).')
+    graphdef, abstract, shardings, tx, schedule = loop.abstract_state(config, mesh, rules,
+                                                                      objective)
+    state = _abstract(abstract, shardings)
+    arg_bytes = sum(math.prod(s.shard_shape(a.shape)) * a.dtype.itemsize
+                    for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)))
+    if hbm_bytes is not None and arg_bytes > hbm_bytes:
+        raise ArgumentsExceedHBM(arg_bytes, hbm_bytes)
+    batch = objective.batch_shapes(config, shape.batch_size, shape.latent(config),
+                                   shape.text_length)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                     sharding=mesh_lib.batch_sharding(mesh, v.ndim, rules))
+             for k, v in batch.items()}
+    step_fn = step_lib.make_train_step(graphdef, objective.loss_fn, tx, config, schedule)
+    with jax.set_mesh(mesh), mesh_lib.use_rules(rules):
+        lowered = step_lib.jit_train_step(step_fn, shardings).lower(state, batch)
+        compiled = lowered.compile()
+    n = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))
+    return compiled, dict(params=n, model=config.model.to_dict())
+
+
+def _compile_sample(config, mesh, rules, shape: Shape, hbm_bytes=None):
+    objective = objective_module(config)
+    model = nnx.eval_shape(lambda: objective.build_model(config, nnx.Rngs(0)))
+    graphdef, params = nnx.split(model, nnx.Param)[0], nnx.state(model, nnx.Param)
+    shardings = mesh_lib.state_shardings(params, mesh, rules)
+    params = _abstract(params, shardings)
+    b2 = 2 * shape.batch_size  # conditional + unconditional rows
+    lt, lh, lw = shape.latent(config)
+    c = int(config.latent_channels)
+    dt = jnp.dtype(config.model.dtype)
+    sh = lambda nd: mesh_lib.batch_sharding(mesh, nd, rules)
+    x = jax.ShapeDtypeStruct((b2, lt, lh, lw, c), jnp.float32, sharding=sh(5))
+    t = jax.ShapeDtypeStruct((b2,), jnp.float32, sharding=sh(1))
+    ctx = jax.ShapeDtypeStruct((b2, shape.text_length, int(config.model.text_dim)), dt,
+                               sharding=sh(3))
+
+    def forward(p, x, t, ctx):
+        return nnx.merge(graphdef, p)(x, t, ctx)
+
+    with jax.set_mesh(mesh), mesh_lib.use_rules(rules):
+        compiled = jax.jit(forward, out_shardings=sh(5)).lower(params, x, t, ctx).compile()
+    n = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+    return compiled, dict(params=n, model=config.model.to_dict())
+
+
+def _compile_decode(config, mesh, rules, shape: Shape, hbm_bytes=None):
+    from sora_jax.models import vae as vae_lib
+    from sora_jax.train import frozen_vae
+    cfg = vae_lib.from_config(config.vae)
+    model = nnx.eval_shape(lambda: vae_lib.WanVAE(cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    dtype = jnp.dtype(config.vae.get('dtype', 'float32'))
+    state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype if jnp.issubdtype(
+        a.dtype, jnp.floating) else a.dtype, sharding=mesh_lib.NamedSharding(
+            mesh, mesh_lib.P())), state)
+    lt, lh, lw = shape.latent(config)
+    z = jax.ShapeDtypeStruct((shape.batch_size, lt, lh, lw, int(config.vae.z_dim)), jnp.float32,
+                             sharding=mesh_lib.batch_sharding(mesh, 5, rules))
+    with jax.set_mesh(mesh), mesh_lib.use_rules(rules):
+        compiled = frozen_vae._decode.lower(graphdef, state, z).compile()
+    n = sum(math.prod(x.shape) for x in jax.tree.leaves(state))
+    return compiled, dict(params=n, model=config.vae.to_dict())
+
+
+def compile_task(config, task: str, mesh, shape: Shape, rules=None, hbm_bytes=None):
+    """(compiled executable, info) of one task for `mesh` (abstract inputs only)."""
+    if task not in TASKS:
+        raise ValueError(f'--task={task!r} is not one of {TASKS}.')
+    rules = mesh_lib.rules_dict(config.mesh.get('rules', ()) if rules is None else rules)
+    platform = mesh.devices.flat[0].platform
+    impl = attention_kernels.resolve_impl(config.model.attention, platform)
+    fn = {'train': _compile_train, 'sample': _compile_sample, 'decode': _compile_decode}[task]
+    compiled, info = fn(config, mesh, rules, shape, hbm_bytes)
+    info.update(attention=impl if task != 'decode' else None, task=task,
+                tokens_per_clip=shape.tokens(config), latent=shape.latent(config))
+    return compiled, info
