@@ -101,8 +101,9 @@ def natural_clip(index: int, num_frames: int = 16, size: int = 128) -> np.ndarra
     rate = rng.uniform(-0.02, 0.02) if zoom else 0.0
     frames = []
     for t in range(num_frames):
-        win = win0 * (1 + rate) ** t
-        x0, y0 = cx + vx * t - win / 2, cy + vy * t - win / 2
+        win = min(win0 * (1 + rate) ** t, W - 1.0)
+        x0 = float(np.clip(cx + vx * t - win / 2, 0, W - win))
+        y0 = float(np.clip(cy + vy * t - win / 2, 0, W - win))
         box = (x0, y0, x0 + win, y0 + win)
         frames.append(np.asarray(img.resize((size, size), Image.BILINEAR, box=box)))
     return np.stack(frames)
