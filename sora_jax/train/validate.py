@@ -40,8 +40,9 @@ def validate_config(config) -> None:
     for section in ('train', 'data', 'mesh'):
         if section not in config:
             raise _err(section, None, f'a training config needs a {section!r} section (this one '
-                       'may be for sampling only, e.g. configs/wan21.py); train with a config '
-                       'that defines it (configs/shapes.py:dit or :vae).')
+                       'may be for sampling, or, like configs/wan21.py, for experiments/aot.py '
+                       'compiles only); train with a config that defines it (configs/shapes.py:dit '
+                       'or :vae).')
     if 'objective' not in config:
         raise _err('objective', None, "name the training objective (e.g. 'flow' or 'vae').")
     if importlib.util.find_spec(f'sora_jax.train.objectives.{config.objective}') is None:
