@@ -69,27 +69,37 @@ def attend(q, k, v, mask=None, *, impl: str = 'auto', chunk_size: int = 512):
 
 
 def chunked_attention(q, k, v, mask=None, *, chunk_size: int = 512):
-    """Online-softmax attention over key chunks, scanned over query chunks.
+    """Online-softmax attention over key chunks, scanned over query chunks, with a flash-style
+    backward pass (custom VJP: only the output and the per-row log-sum-exp are kept; the
+    backward recomputes each [chunk, chunk] block of scores).
 
-    Peak memory is O(chunk_size^2 * heads) instead of O(Nq * Nk * heads).
+    Peak memory is O(chunk_size^2 * heads) instead of O(Nq * Nk * heads), in training too.
     """
     b, nq, h, d = q.shape
     nk = k.shape[1]
-    cq = min(chunk_size, nq)
-    ck = min(chunk_size, nk)
-    pq = (-nq) % cq
-    pk = (-nk) % ck
-    scale = 1.0 / math.sqrt(d)
+    cq, ck = min(chunk_size, nq), min(chunk_size, nk)
     valid = jnp.ones((b, nk), bool) if mask is None else mask.astype(bool)
-    qp = jnp.pad(q, ((0, 0), (0, pq), (0, 0), (0, 0)))
-    kp = jnp.pad(k, ((0, 0), (0, pk), (0, 0), (0, 0)))
-    vp = jnp.pad(v, ((0, 0), (0, pk), (0, 0), (0, 0)))
-    valid = jnp.pad(valid, ((0, 0), (0, pk)))
-    # [n_chunks, B, chunk, H, D]
-    qc = qp.reshape(b, -1, cq, h, d).swapaxes(0, 1)
-    kc = kp.reshape(b, -1, ck, h, d).swapaxes(0, 1)
-    vc = vp.reshape(b, -1, ck, h, d).swapaxes(0, 1)
-    mc = valid.reshape(b, -1, ck).swapaxes(0, 1)
+    out = _chunked(q, k, v, valid, cq, ck)
+    return out
+
+
+def _chunks(x, c):
+    """[B, N, ...] -> [N_padded / c, B, c, ...] (zero padding)."""
+    pad = (-x.shape[1]) % c
+    x = jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
+    return x.reshape(x.shape[0], -1, c, *x.shape[2:]).swapaxes(0, 1)
+
+
+def _unchunk(x, n):
+    """[n_chunks, B, c, ...] -> [B, n, ...]."""
+    return x.swapaxes(0, 1).reshape(x.shape[1], -1, *x.shape[3:])[:, :n]
+
+
+def _chunked_fwd_impl(q, k, v, valid, cq, ck):
+    """(out [B, Nq, H, D] in q's dtype, lse [B, H, Nq] float32)."""
+    b, nq, h, d = q.shape
+    scale = 1.0 / math.sqrt(d)
+    kc, vc, mc = _chunks(k, ck), _chunks(v, ck), _chunks(valid, ck)
 
     def one_query_chunk(qi):
         qi = qi.astype(jnp.float32) * scale
@@ -100,13 +110,67 @@ def chunked_attention(q, k, v, mask=None, *, chunk_size: int = 512):
 
         init = (jnp.zeros((b, h, cq, d), jnp.float32), jnp.full((b, h, cq), -jnp.inf),
                 jnp.zeros((b, h, cq), jnp.float32))
-        (acc, _, l), _ = jax.lax.scan(body, init, (kc, vc, mc))
+        (acc, m, l), _ = jax.lax.scan(body, init, (kc, vc, mc))
         out = acc / jnp.maximum(l, 1e-30)[..., None]
-        return out.transpose(0, 2, 1, 3)  # [B, cq, H, D]
+        lse = jnp.where(l > 0, m + jnp.log(jnp.maximum(l, 1e-30)), -jnp.inf)
+        return out.transpose(0, 2, 1, 3), lse  # [B, cq, H, D], [B, H, cq]
 
-    out = jax.lax.map(one_query_chunk, qc)  # [n, B, cq, H, D]
-    out = out.swapaxes(0, 1).reshape(b, -1, h, d)[:, :nq]
-    return out.astype(q.dtype)
+    out, lse = jax.lax.map(one_query_chunk, _chunks(q, cq))
+    out = _unchunk(out, nq).astype(q.dtype)
+    lse = _unchunk(lse.transpose(0, 1, 3, 2), nq).transpose(0, 2, 1)  # [B, H, Nq]
+    return out, lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _chunked(q, k, v, valid, cq, ck):
+    return _chunked_fwd_impl(q, k, v, valid, cq, ck)[0]
+
+
+def _chunked_fwd(q, k, v, valid, cq, ck):
+    out, lse = _chunked_fwd_impl(q, k, v, valid, cq, ck)
+    return out, (q, k, v, valid, out, lse)
+
+
+def _chunked_bwd(cq, ck, res, g):
+    q, k, v, valid, out, lse = res
+    b, nq, h, d = q.shape
+    nk = k.shape[1]
+    scale = 1.0 / math.sqrt(d)
+    do = g.astype(jnp.float32)
+    delta = jnp.einsum('bqhd,bqhd->bhq', do, out.astype(jnp.float32))  # [B, H, Nq]
+    lse_safe = jnp.where(jnp.isfinite(lse), lse, 0.0)
+    kc, vc, mc = _chunks(k, ck), _chunks(v, ck), _chunks(valid, ck)
+    rows = lambda x: _chunks(x.transpose(0, 2, 1), cq).transpose(0, 1, 3, 2)  # [n, B, H, cq]
+    nkc = kc.shape[0]
+
+    def one_query_chunk(carry, xs):
+        dk, dv = carry  # [n_k, B, ck, H, D] float32
+        qi, doi, lse_i, delta_i = xs
+        qi = qi.astype(jnp.float32)
+
+        def body(dq, kvm):
+            kj, vj, mj = kvm
+            kj, vj = kj.astype(jnp.float32), vj.astype(jnp.float32)
+            s = jnp.einsum('bqhd,bkhd->bhqk', qi * scale, kj)
+            p = jnp.where(mj[:, None, None, :], jnp.exp(s - lse_i[..., None]), 0.0)
+            dp = jnp.einsum('bqhd,bkhd->bhqk', doi, vj)
+            ds = p * (dp - delta_i[..., None])
+            dq = dq + jnp.einsum('bhqk,bkhd->bqhd', ds, kj) * scale
+            dk_j = jnp.einsum('bhqk,bqhd->bkhd', ds, qi) * scale
+            dv_j = jnp.einsum('bhqk,bqhd->bkhd', p, doi)
+            return dq, (dk_j, dv_j)
+
+        dq, (dk_i, dv_i) = jax.lax.scan(body, jnp.zeros(qi.shape, jnp.float32), (kc, vc, mc))
+        return (dk + dk_i, dv + dv_i), dq
+
+    zeros = jnp.zeros((nkc, b, ck, h, d), jnp.float32)
+    (dk, dv), dq = jax.lax.scan(one_query_chunk, (zeros, zeros),
+                                (_chunks(q, cq), _chunks(do, cq), rows(lse_safe), rows(delta)))
+    return (_unchunk(dq, nq).astype(q.dtype), _unchunk(dk, nk).astype(k.dtype),
+            _unchunk(dv, nk).astype(v.dtype), None)
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
 def online_softmax_step(carry, q, k, v, mask=None):
