@@ -126,6 +126,9 @@ class LatentSource:
 
 def cache_dir(root: str, data_key: Any, vae_path: str, vae_step: int) -> str:
     """Directory for the latents of (dataset identity, VAE checkpoint)."""
+    if isinstance(data_key, dict) and data_key.get('exclude'):  # opt-outs edited in place re-encode
+        with open(data_key['exclude'], 'rb') as f:
+            data_key = {**data_key, 'exclude_sha256': hashlib.sha256(f.read()).hexdigest()}
     ident = json.dumps([data_key, os.path.abspath(vae_path), int(vae_step)], sort_keys=True,
                        default=str)
     return os.path.join(root, 'latents', hashlib.sha1(ident.encode()).hexdigest()[:16])

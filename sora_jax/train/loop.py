@@ -44,6 +44,7 @@ from tqdm import tqdm
 from sora_jax.data import pipeline as data_pipeline
 from sora_jax.models.text import ByteTokenizer
 from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.safety import record as data_record
 from sora_jax.train import checkpoint as ckpt
 from sora_jax.train import state as state_lib
 from sora_jax.train import step as step_lib
@@ -95,10 +96,7 @@ def _pixel_sources(config) -> dict[str, Any]:
         return build_shapes(d.data_dir, sc)
     if d.name in ('folder', 'video_folder'):
         from sora_jax.data.builders.video_folder import VideoFolderConfig, build_video_folder
-        sizes = tuple(tuple(s) for s in d.sizes) or ((d.num_frames, d.height, d.width),)
-        vc = VideoFolderConfig(folder=d.get('folder', ''), captions=d.get('captions', ''),
-                               sizes=sizes, frame_stride=d.get('frame_stride', 1),
-                               validation_fraction=d.get('validation_fraction', 0.0))
+        vc = VideoFolderConfig.from_data_config(d)
         return dict(build_video_folder(d.data_dir, vc))  # 'validation' only if a fraction is set
     raise ValueError(f"config.data.name={d.name!r} is not 'shapes' or 'folder'.")
 
@@ -240,6 +238,7 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
         raise ValueError(f'train.batch_size={t.batch_size} is not divisible by the '
                          f'{n_proc} processes; use a multiple of {n_proc}.')
     sources = make_sources(config)
+    data_record.write_for_run(workdir, data_record.for_config(config, sources))
     skipped = skipped_files(sources)
     if any(skipped.values()):
         logging.warning('data: %d files skipped at build time %s: %s', _count(skipped),

@@ -2,10 +2,10 @@
 and the fix (`ValueError('config.KEY=VALUE: fix')`).
 
 Checked: train knobs (positive integers, ranges), dtypes, the mesh against the device count,
-the data source (name, folder path, sizes) and the clip sizes against the VAE and patch factors
-(DiT) or the VAE's own factors (VAE), attention heads, the autoencoder checkpoint path. Unknown
-keys are rejected earlier, by `config_flags` on the command line (`--config.x.y` with no such
-key) and by ConfigDict attribute access in code."""
+the data source (name, folder path, sizes, license filter, opt-out file) and the clip sizes
+against the VAE and patch factors (DiT) or the VAE's own factors (VAE), attention heads, the
+autoencoder checkpoint path. Unknown keys are rejected earlier, by `config_flags` on the
+command line (`--config.x.y` with no such key) and by ConfigDict attribute access in code."""
 from __future__ import annotations
 
 import importlib.util
@@ -113,6 +113,7 @@ def _check_data(config) -> None:
         if not folder or not os.path.isdir(folder):
             raise _err('data.folder', folder, 'is not a directory; point it at the folder holding '
                        'the videos and captions.jsonl (or captions.csv).')
+    _check_credit_filters(d)
     sizes = [tuple(s) for s in d.get('sizes', ())] or [(d.num_frames, d.height, d.width)]
     for size in sizes:
         if len(size) != 3 or not all(_is_int(v) and v >= 1 for v in size):
@@ -120,6 +121,24 @@ def _check_data(config) -> None:
                        size, 'each clip size must be 3 positive integers (T, H, W).')
     if not 0.0 <= d.get('spanish_prob', 0.0) <= 1.0:
         raise _err('data.spanish_prob', d.spanish_prob, 'must be in [0, 1].')
+
+
+def _check_credit_filters(d) -> None:
+    """data.allowed_licenses / data.exclude: folder datasets only, names and an existing file."""
+    licenses, exclude = d.get('allowed_licenses', ()), d.get('exclude', '')
+    folder = d.name in ('folder', 'video_folder')
+    if isinstance(licenses, str) or not all(isinstance(x, str) and x.strip() for x in licenses):
+        raise _err('data.allowed_licenses', licenses, "must be a tuple of license names, e.g. "
+                   "('cc-by-4.0', 'cc0-1.0'), or () to allow any.")
+    if not isinstance(exclude, str):
+        raise _err('data.exclude', exclude, "must be the path of an opt-out file, or ''.")
+    if (licenses or exclude) and not folder:
+        key = 'data.allowed_licenses' if licenses else 'data.exclude'
+        raise _err(key, licenses or exclude, f"applies to video folders (data.name='folder'), not "
+                   f"data.name={d.name!r} (synthetic: no creators or licenses); unset it.")
+    if exclude and not os.path.isfile(exclude):
+        raise _err('data.exclude', exclude, 'no such file; give a text file listing the creators, '
+                   "file names or sources that opted out (one a line, # comments), or '' for none.")
 
 
 def _check_model(config) -> None:

@@ -55,7 +55,8 @@ def built(folder, tmp_path_factory):
 def test_broken_files_skipped_and_counted(built):
   skipped = built.info.metadata["skipped"]
   assert {k: len(v) for k, v in skipped.items()} == {
-      "missing_caption": 1, "unreadable": 3, "too_short": 1, "too_small": 1}
+      "missing_caption": 1, "opted_out": 0, "license_not_allowed": 0, "unreadable": 3,
+      "too_short": 1, "too_small": 1}
   assert sorted(p.rsplit("/", 1)[-1] for p in skipped["unreadable"]) == [
       "empty.mp4", "noise.webm", "truncated.mp4"]
   assert skipped["missing_caption"][0].endswith("uncaptioned.mp4")

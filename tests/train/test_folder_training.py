@@ -1,6 +1,7 @@
 """Training on a video folder with broken files, end to end through experiments/train.py
 (`--config.data.name=folder --config.data.folder=DIR`): the broken files are skipped, counted and
 logged with their paths, training runs its steps, and the summary reports the count."""
+import hashlib
 import json
 import os
 import subprocess
@@ -88,6 +89,16 @@ def test_broken_files_skipped_and_training_runs(run):
     # 3 usable clips, 8 batches of 8 over repeated, reshuffled epochs: each 21 or 22 times
     counts = sorted(np.unique(ids, return_counts=True)[1].tolist())
     assert len(ids) == 64 and counts == [21, 21, 22]
+
+
+def test_run_writes_its_data_record(run):
+    p, work = run
+    assert p.returncode == 0, p.stderr[-4000:]
+    rec = json.loads((work / 'data_record.json').read_text())  # beside the checkpoints
+    ids = '\n'.join(sorted(['a.mp4', 'b.webm', 'sub/c.gif']))
+    assert rec['clips'] == 3 and rec['licenses'] == {'unspecified': 3} and rec['creators'] == []
+    assert rec['clip_ids_sha256'] == hashlib.sha256(ids.encode()).hexdigest()
+    assert {k: v for k, v in rec['skipped'].items() if v} == {k: len(v) for k, v in BROKEN.items()}
 
 
 def test_skips_logged_with_paths_and_summarised(run, folder):

@@ -2,8 +2,9 @@
 
   folder/
     a.mp4  b.webm  sub/c.gif ...
-    captions.jsonl     {"file": "a.mp4", "caption": "...", "caption_es": "..."(optional)}
-    (or captions.csv   header: file,caption[,caption_es])
+    captions.jsonl     {"file": "a.mp4", "caption": "...", "caption_es": "..."(optional),
+                        "creator": "...", "license": "cc-by-4.0", "source": "https://..."(optional)}
+    (or captions.csv   header: file,caption[,caption_es,creator,license,source])
 
   source = build_video_folder(data_dir, VideoFolderConfig(folder="folder", sizes=((8, 32, 32),)))
   source["train"][0]  # {'video': uint8 [T,H,W,3], 'caption_en': b'...', 'caption_es': b'',
@@ -20,6 +21,15 @@ be used are skipped, never fatal: missing caption, unreadable (empty, not a
 video, truncated), too short, too small. Each is logged with its path, and the
 counts and paths are stored in `builder.info.metadata["skipped"]`; the clips kept
 per size and split in `metadata["size_counts"]`.
+
+Credits and consent: `creator`, `license` and `source` are optional per clip. With
+`allowed_licenses` set, a clip whose license is not one of them (compared case-insensitively;
+a clip without one is not allowed) is skipped as "license_not_allowed"; a clip whose creator,
+file name (relative path or base name) or source is listed in the `exclude` file (one per line,
+`#` comments; a removal request) is skipped as "opted_out". Both are checked before decoding
+and counted with the other skips. Every kept clip's file and credits are stored per split in
+`metadata["credits"]` ({split: [{"file", "creator", "license", "source"}]}), which
+sora_jax/safety/record.py turns into the training-data record.
 """
 from __future__ import annotations
 
@@ -42,7 +52,9 @@ from tensorflow_datasets.core import utils as tfds_utils
 from sora_jax.io import video as video_io
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi")
-SKIP_REASONS = ("missing_caption", "unreadable", "too_short", "too_small")
+SKIP_REASONS = ("missing_caption", "opted_out", "license_not_allowed", "unreadable", "too_short",
+                "too_small")
+CREDIT_FIELDS = ("creator", "license", "source")
 _VERSION = tfds.core.Version("1.0.0")
 
 
@@ -55,6 +67,8 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
     sizes: Sequence[Sequence[int]] = ((8, 32, 32),)  # (T, H, W) buckets, in order of preference
     frame_stride: int = 1                 # keep every n-th frame
     validation_fraction: float = 0.0      # files hashed (by path) into the validation split
+    allowed_licenses: Sequence[str] = ()  # keep only clips with one of these licenses (): any
+    exclude: str = ""                     # opt-out file: creators / file names / sources to drop
 
     def __post_init__(self):
         if not self.folder or not os.path.isdir(self.folder):
@@ -65,6 +79,13 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
             raise ValueError(f"sizes must be a non-empty list of (T, H, W) >= 1, got {self.sizes}.")
         if self.frame_stride < 1:
             raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}.")
+        self.allowed_licenses = tuple(str(x).strip() for x in self.allowed_licenses)
+        if any(not x for x in self.allowed_licenses):
+            raise ValueError(f"allowed_licenses={self.allowed_licenses} holds an empty name; list "
+                             "license names such as 'cc-by-4.0', or () to allow any.")
+        if self.exclude and not os.path.isfile(self.exclude):
+            raise ValueError(f"VideoFolderConfig.exclude={self.exclude!r} is not a file; give a "
+                             "text file with one creator or file name per line, or '' for none.")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got "
                              f"{self.validation_fraction}.")
@@ -81,15 +102,56 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
             # changed folder builds anew instead of reusing a stale build.
             listing = sorted((str(p), p.stat().st_size, int(p.stat().st_mtime))
                              for p in pathlib.Path(self.folder).rglob("*") if p.is_file())
+            # The captions and opt-out contents too: an edited exclude file rebuilds.
+            contents = [_sha256(p) for p in (self.captions, self.exclude) if p]
             knobs = json.dumps([os.path.abspath(self.folder), self.captions, self.sizes,
-                                self.frame_stride, self.validation_fraction, listing])
+                                self.frame_stride, self.validation_fraction, listing,
+                                sorted(x.casefold() for x in self.allowed_licenses), contents])
             self.name = "f" + hashlib.sha1(knobs.encode()).hexdigest()[:12]
         if not self.version:
             self.version = _VERSION
 
+    @classmethod
+    def from_data_config(cls, d) -> "VideoFolderConfig":
+        """From a training config's data section (data.name='folder')."""
+        sizes = tuple(tuple(s) for s in d.sizes) or ((d.num_frames, d.height, d.width),)
+        return cls(folder=d.get("folder", ""), captions=d.get("captions", ""), sizes=sizes,
+                   frame_stride=d.get("frame_stride", 1),
+                   validation_fraction=d.get("validation_fraction", 0.0),
+                   allowed_licenses=tuple(d.get("allowed_licenses", ())),
+                   exclude=d.get("exclude", ""))
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def read_exclude(path: str) -> set[str]:
+    """The opt-out entries of an exclude file, case-folded: one creator, file name or source per
+    line; blank lines and `#` comments ignored."""
+    if not path:
+        return set()
+    with open(path, encoding="utf-8") as f:
+        lines = (line.split("#", 1)[0].strip() for line in f)
+        return {line.casefold() for line in lines if line}
+
+
+def filter_reason(rel: str, entry: dict, allowed_licenses, excluded: set[str]) -> str | None:
+    """"opted_out" / "license_not_allowed" for a clip the data rules drop, else None."""
+    names = {entry.get("creator", ""), entry.get("source", ""), os.path.normpath(rel),
+             os.path.basename(rel)}
+    if excluded & {n.casefold() for n in names if n}:
+        return "opted_out"
+    if allowed_licenses and entry.get("license", "").casefold() not in {
+            x.casefold() for x in allowed_licenses}:
+        return "license_not_allowed"
+    return None
+
 
 def read_captions(path: str) -> dict[str, dict[str, str]]:
-    """{relative file: {"caption_en", "caption_es"}} from a .jsonl or .csv file."""
+    """{relative file: {"caption_en", "caption_es"[, "creator", "license", "source"]}} from a
+    .jsonl or .csv file (credit fields only where given)."""
     entries: dict[str, dict[str, str]] = {}
     rows: list[dict] = []
     if path.endswith(".jsonl"):
@@ -111,9 +173,11 @@ def read_captions(path: str) -> dict[str, dict[str, str]]:
         if not isinstance(row, dict) or not row.get("file") or not caption:
             logging.warning("%s: skipping caption row without file/caption: %r", path, row)
             continue
+        credits = {k: str(row.get(k) or "").strip() for k in CREDIT_FIELDS}
         entries[os.path.normpath(row["file"])] = {
             "caption_en": str(row["caption"]).strip(),
-            "caption_es": str(row.get("caption_es") or "").strip()}
+            "caption_es": str(row.get("caption_es") or "").strip(),
+            **{k: v for k, v in credits.items() if v}}
     return entries
 
 
@@ -185,9 +249,13 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
         self._kept = {"train": 0, "validation": 0}
         # clips per size of `sizes` and split (the pipeline weights its size buckets by them)
         self._size_counts = {"train": [0] * len(c.sizes), "validation": [0] * len(c.sizes)}
+        self._credits = {"train": [], "validation": []}  # kept clips: file + credit fields
+        self._excluded = read_exclude(c.exclude)
         self.info.metadata.update(
             files=len(files), captions_without_video=missing_files, skipped=self._skipped,
-            kept=self._kept, sizes=[list(s) for s in c.sizes], size_counts=self._size_counts)
+            kept=self._kept, sizes=[list(s) for s in c.sizes], size_counts=self._size_counts,
+            credits=self._credits, allowed_licenses=list(c.allowed_licenses),
+            exclude=c.exclude, exclude_entries=len(self._excluded))
         splits = {"train": [], "validation": []}
         for i, f in enumerate(files):
             val = zlib.crc32(f.encode()) % 10_000 < c.validation_fraction * 10_000
@@ -210,6 +278,11 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
             if entry is None:
                 self._skip("missing_caption", path, f"no entry in {c.captions}")
                 continue
+            reason = filter_reason(rel, entry, c.allowed_licenses, self._excluded)
+            if reason is not None:
+                self._skip(reason, path, f"listed in {c.exclude}" if reason == "opted_out" else
+                           f"license {entry.get('license')!r} not in {list(c.allowed_licenses)}")
+                continue
             try:
                 video = video_io.read_video(path)
             except ValueError as e:
@@ -222,8 +295,11 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
                 continue
             self._kept[split] += 1
             self._size_counts[split][c.sizes.index(size)] += 1
+            self._credits[split].append({"file": rel, **{k: entry.get(k, "")
+                                                         for k in CREDIT_FIELDS}})
             yield index, {"video": cut_clip(video, size, c.frame_stride), "id": index,
-                          "file": rel, **entry}
+                          "file": rel, "caption_en": entry["caption_en"],
+                          "caption_es": entry["caption_es"]}
         logging.info("video_folder %s split %s: kept %d; skipped %s", c.folder, split,
                      self._kept[split], {k: len(v) for k, v in self._skipped.items()})
 
