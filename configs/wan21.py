@@ -22,13 +22,17 @@ Convert the diffusers weights once (streams tensor by tensor; bf16 stays bf16), 
 `sora_jax.convert.checkpoint.load_wan(DST)` returns (text_encoder, tokenizer, transformer, vae,
 configs) for any other script.
 
-Mesh suggestions for sampling (`mesh.shape` = (data, fsdp, tensor, sequence); not yet measured):
-  1.3B, 480p (32,760 tokens):   1 x H100: (1, 1, 1, 1).   v5p-8 (4 chips): (1, 1, 1, 4).
-                                8 x H100: (1, 1, 1, 8) (12 heads do not split 8 ways; split the
-                                sequence instead, weights replicated: 2.8 GB in bf16).
-  14B, 720p (75,600 tokens):    8 x H100: (1, 1, 1, 8), weights replicated (28.6 GB bf16 + UMT5
-                                11.4 GB fit in 80 GB), or (1, 1, 8, 1) tensor parallel (40 heads,
-                                8 | 40) when memory is short. v5p-8: (1, 1, 1, 4) (95 GB / chip).
+Meshes measured ahead of time (`mesh.shape` = (data, fsdp, tensor, sequence); per-chip memory
+from XLA's TPU compiler via experiments/aot.py, no TPU used; every row with its command in
+docs/aot/*.json, the table in the README section "TPU slices, checked ahead of time"):
+  train 14B, 720x1280x81 (75,600 tokens/clip), v5p-64: (1, 16, 1, 2), 16 clips, splash, remat
+        'full': 61.6 of 95 GiB per chip (35% free); (1, 32, 1, 1) with 32 clips: 89.3 GiB (6%).
+  train 14B, 480x832x81 (32,760 tokens/clip), v5p-64: (1, 32, 1, 1), 32 clips: 45.2 GiB.
+  train 1.3B, 480p, v5p-8: (1, 4, 1, 1), 4 clips: 18.2 GiB. v5e-8: (1, 4, 1, 2), 4 clips:
+        13.3 of 14.9 GiB (10% free); (1, 8, 1, 1) with 8 clips needs 14.91 GiB: does not fit.
+  sample 14B, 720p, v5p-8: (1, 1, 1, 4) (sequence-parallel, weights replicated): 35.1 GiB.
+  sample 1.3B, 480p, v5e-8: (1, 1, 1, 8): 3.8 of 14.9 GiB.
+XLA attention at 14B 720p on v5p-8 needs 456.6 GiB of temporaries per chip (refused); splash fits.
 """
 import ml_collections as mlc
 

@@ -24,25 +24,40 @@ R480, R720 = (81, 480, 832), (81, 720, 1280)
 M = lambda *s: '(' + ','.join(map(str, s)) + ')'
 # row -> (config arg, task, (frames, h, w), topology, [(mesh, batch), ...], extra flags)
 ROWS = {}
+# Parameters over fsdp x sequence: with sequence parallelism every chip still holds 1/n of the
+# weights and optimizer state (the default rules shard them over fsdp only).
+FS = ["--config.mesh.rules=(('embed', ('fsdp', 'sequence')),)"]
 for size, arg in (('1.3b', 't2v_1.3b'), ('14b', 't2v_14b')):
+    big = size == '14b'
     for res, r in (('480p', R480), ('720p', R720)):
         cfg = f'{arg},{res}'
-        big = size == '14b'
-        ROWS[f'{size}_{res}_train_v5e-8'] = (cfg, 'train', r, 'v5e-8', [(M(1, 8, 1, 1), 8), (M(1, 4, 1, 2), 4), (M(1, 2, 1, 4), 2)])
-        ROWS[f'{size}_{res}_train_v5p-8'] = (cfg, 'train', r, 'v5p-8', [(M(1, 4, 1, 1), 4), (M(1, 2, 1, 2), 2)])
+        hi = res == '720p'
+        # train: f32 master weights, AdamW, EMA, remat 'full', splash attention
+        ROWS[f'{size}_{res}_train_v5e-8'] = (cfg, 'train', r, 'v5e-8',
+            [(M(1, 2, 1, 4), 2)] if hi else [(M(1, 8, 1, 1), 8), (M(1, 4, 1, 2), 4)])
+        ROWS[f'{size}_{res}_train_v5p-8'] = (cfg, 'train', r, 'v5p-8',
+            [(M(1, 4, 1, 1), 4), (M(1, 2, 1, 2), 2)], FS if big else [])
         # 14B at 720p: (1, 32, 1, 1) with one clip per chip fits with 6% free (89.3 of 95 GiB)
-        ROWS[f'{size}_{res}_train_v5p-64'] = (cfg, 'train', r, 'v5p-64', ([(M(1, 16, 1, 2), 16)] if big and res == '720p' else []) + [(M(1, 32, 1, 1), 32), (M(1, 16, 1, 2), 16), (M(1, 8, 1, 4), 8)])
-        ROWS[f'{size}_{res}_train_v6e-64'] = (cfg, 'train', r, 'v6e-64', [(M(1, 64, 1, 1), 64), (M(1, 32, 1, 2), 32), (M(1, 16, 1, 4), 16), (M(1, 8, 1, 8), 8)])
-        heads_ok = 8 if big else 4  # tensor split that divides the heads (40 / 12)
-        ROWS[f'{size}_{res}_sample_v5e-8'] = (cfg, 'sample', r, 'v5e-8', [(M(1, 1, 1, 8), 1), (M(1, 1, heads_ok, 8 // heads_ok), 1)])
+        ROWS[f'{size}_{res}_train_v5p-64'] = (cfg, 'train', r, 'v5p-64',
+            [(M(1, 16, 1, 2), 16)] if big and hi else [(M(1, 32, 1, 1), 32)])
+        ROWS[f'{size}_{res}_train_v6e-64'] = (cfg, 'train', r, 'v6e-64',
+            [(M(1, 8, 1, 8), 8)] if big and hi else [(M(1, 16, 1, 4), 16)] if big
+            else [(M(1, 32, 1, 2), 32)] if hi else [(M(1, 64, 1, 1), 64)], FS if big else [])
+        # sampling: one DiT forward on the CFG batch (2 rows), bf16 weights
+        ROWS[f'{size}_{res}_sample_v5e-8'] = (cfg, 'sample', r, 'v5e-8',
+            [(M(1, 1, 8, 1), 1)] if big else [(M(1, 1, 1, 8), 1)])
         ROWS[f'{size}_{res}_sample_v5p-8'] = (cfg, 'sample', r, 'v5p-8', [(M(1, 1, 1, 4), 1)])
-        ROWS[f'{size}_{res}_sample_v5p-64'] = (cfg, 'sample', r, 'v5p-64', [(M(1, 1, 1, 32), 1), (M(2, 1, 1, 16), 1)])
-        ROWS[f'{size}_{res}_sample_v6e-64'] = (cfg, 'sample', r, 'v6e-64', [(M(1, 1, 1, 64), 1), (M(2, 1, 1, 32), 1)])
+        ROWS[f'{size}_{res}_sample_v5p-64'] = (cfg, 'sample', r, 'v5p-64',
+            [(M(2, 1, 1, 16), 1)] if hi else [(M(2, 1, 2, 8), 1)])
+        ROWS[f'{size}_{res}_sample_v6e-64'] = (cfg, 'sample', r, 'v6e-64',
+            [(M(2, 1, 2, 16), 1)] if hi else [(M(2, 1, 4, 8), 1)])
 ROWS['14b_720p_sample_v5p-8_xla'] = ('t2v_14b,720p', 'sample', R720, 'v5p-8', [(M(1, 1, 1, 4), 1)], ['--config.model.attention=xla'])
 ROWS['14b_720p_train_v5p-64_chunked'] = ('t2v_14b,720p', 'train', R720, 'v5p-64', [(M(1, 16, 1, 2), 16)], ['--config.model.attention=chunked'])
 ROWS['vae_720p_decode_v5p-8'] = ('t2v_14b,720p', 'decode', R720, 'v5p-8', [(M(1, 1, 1, 4), 1)])
 PRIORITY = ['14b_720p_train_v5p-64', '14b_480p_train_v5p-64', '1.3b_480p_train_v5p-8',
-            '14b_720p_sample_v5p-8', '14b_720p_sample_v5p-8_xla', '1.3b_480p_sample_v5e-8']
+            '14b_720p_sample_v5p-8', '14b_720p_sample_v5p-8_xla', '1.3b_480p_sample_v5e-8',
+            '1.3b_480p_train_v5e-8', '14b_720p_train_v6e-64', '14b_480p_train_v6e-64',
+            '14b_480p_train_v5p-8', '14b_480p_train_v5e-8', '14b_720p_train_v5e-8']
 
 
 MIN_HEADROOM = 0.10  # a layout must leave this much HBM free to count as fitting with room
@@ -105,7 +120,7 @@ def table(out):
             f"{roof['step_s']:.2f}" if roof else '-',
             f"{100 * roof['mfu']:.0f}%" if roof else '-']) + ' |')
     head = ('| row | slice | mesh (d,f,t,s) | batch | attention | remat | GiB per chip (total / HBM) '
-            '| fits | collective GiB per step | roofline s/step (estimate) | MFU (estimate) |\n'
+            '| fits | collective GiB per step | roofline s/step (estimate) | MFU bound (estimate) |\n'
             '|---|---|---|---|---|---|---|---|---|---|---|\n')
     with open(os.path.join(out, 'table.md'), 'w') as f:
         f.write(head + '\n'.join(rows) + '\n')
