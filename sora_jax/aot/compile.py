@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sora_jax.models import attention_kernels
 from sora_jax.parallel import mesh as mesh_lib
@@ -148,8 +148,7 @@ def _compile_decode(config, mesh, rules, shape: Shape, hbm_bytes=None):
     graphdef, state = nnx.split(model)
     dtype = jnp.dtype(config.vae.get('dtype', 'float32'))
     state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype if jnp.issubdtype(
-        a.dtype, jnp.floating) else a.dtype, sharding=mesh_lib.NamedSharding(
-            mesh, mesh_lib.P())), state)
+        a.dtype, jnp.floating) else a.dtype, sharding=NamedSharding(mesh, P())), state)
     lt, lh, lw = shape.latent(config)
     z = jax.ShapeDtypeStruct((shape.batch_size, lt, lh, lw, int(config.vae.z_dim)), jnp.float32,
                              sharding=mesh_lib.batch_sharding(mesh, 5, rules))

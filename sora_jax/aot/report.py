@@ -21,7 +21,6 @@ from sora_jax.aot import hlo
 from sora_jax.aot.topology import Slice
 
 GiB = 1024 ** 3
-_OOM = re.compile(r'(HLO temporaries|Used) ([\d.]+)([GMK])? .*?(?:exceeds|of) .*?([\d.]+)([GMK])', re.S)
 
 
 def dit_flops(model: dict, tokens: int, batch: int, text_length: int, task: str) -> dict:

@@ -17,6 +17,9 @@ from sora_jax.models.attention_kernels import (IMPLS, attend, chunked_attention,
                                                splash_attention, target_platform)
 from sora_jax.parallel import context
 
+__all__ = ['IMPLS', 'attend', 'chunked_attention', 'dot_product_attention', 'online_softmax_step',
+           'resolve_impl', 'splash_attention', 'target_platform']
+
 
 def dot_product_attention(q, k, v, mask=None, *, impl: str = 'auto', chunk_size: int = 512,
                           context_parallel: str = 'none'):

@@ -75,12 +75,9 @@ def chunked_attention(q, k, v, mask=None, *, chunk_size: int = 512):
 
     Peak memory is O(chunk_size^2 * heads) instead of O(Nq * Nk * heads), in training too.
     """
-    b, nq, h, d = q.shape
-    nk = k.shape[1]
-    cq, ck = min(chunk_size, nq), min(chunk_size, nk)
+    b, nq, nk = q.shape[0], q.shape[1], k.shape[1]
     valid = jnp.ones((b, nk), bool) if mask is None else mask.astype(bool)
-    out = _chunked(q, k, v, valid, cq, ck)
-    return out
+    return _chunked(q, k, v, valid, min(chunk_size, nq), min(chunk_size, nk))
 
 
 def _chunks(x, c):
