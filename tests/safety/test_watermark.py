@@ -47,6 +47,17 @@ def test_bit_accuracy_after_transform(marked, name):
     assert np.mean(accs) >= 0.99 and all(found)
 
 
+def test_combination_reads_most_bits(marked):
+    """Crop 10% + half size + middle half + CRF 28: the >= 0.95 target is not met (see README);
+    the low band (u + v in [1, 10]) reads these two clips at 0.62 and 0.88 (the earlier band,
+    u + v in [3, 20], at 0.72 and 0.50; over experiments/watermark_eval.py's 20 clips 0.48-0.63
+    before, 0.72-0.86 now)."""
+    truth = wm.payload_bits(MID, KEY)
+    accs = [float(np.mean(wm.detect(robustness.combination(w)).bits == truth)) for _, w in marked]
+    print(f'\ncombination: raw bit accuracy {accs}')
+    assert np.mean(accs) >= 0.7 and max(accs) >= 0.85
+
+
 def test_unmarked_clips_are_not_found():
     clips = [_shapes(i, seed=5).repeat(4, 1).repeat(4, 2) for i in range(3)]
     clips += [robustness.natural_clip(500 + i) for i in range(3)]
