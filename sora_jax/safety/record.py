@@ -74,7 +74,17 @@ def for_config(config, sources: dict | None = None) -> dict:
     (synthetic, no creators) or a video folder's train split (its captions file's credit fields,
     after data.allowed_licenses / data.exclude). `sources`: the folder's tfds data sources when
     already built (train/loop.py passes its own); otherwise the folder is built (or its build
-    reused)."""
+    reused). A run warm-started with train.init_from also learned from that run's data: its
+    record (or a note that it has none) is kept under `init_from`."""
+    rec = _for_data(config, sources)
+    base = config.train.get('init_from', '') if 'train' in config else ''
+    if base:
+        rec['init_from'] = load(base) or {'note': f'{os.path.basename(os.path.normpath(base))} '
+                                                  'has no data record'}
+    return rec
+
+
+def _for_data(config, sources) -> dict:
     name = str(config.data.get('name', 'shapes'))
     if name in ('folder', 'video_folder'):
         return _for_folder(config.data, sources)
@@ -160,6 +170,11 @@ def describe(rec: dict) -> str:
     if rec.get('filters'):
         lines.append('filters: ' + ', '.join(f'{k} {v}' for k, v in rec['filters'].items()))
     lines.append(f"clip ids sha256: {rec['clip_ids_sha256']}")
+    if rec.get('init_from'):
+        base = rec['init_from']
+        lines.append('warm-started from a run trained on: ' + (
+            f"{base['dataset']} ({base['clips']} clips, record sha256 {record_hash(base)[:16]})"
+            if 'dataset' in base else base.get('note', 'unknown data')))
     if rec.get('earlier_records'):
         lines.append(f"also trained on {len(rec['earlier_records'])} earlier version(s) of the "
                      "data (the run resumed after its data changed): " + ', '.join(

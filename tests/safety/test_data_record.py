@@ -105,6 +105,18 @@ def test_resumed_run_on_changed_data_keeps_the_earlier_record(tmp_path):
     assert got['clips'] == 2 and got['earlier_records'] == [second]
 
 
+def test_warm_started_run_keeps_the_source_record(folder, tmp_path):
+    base = record.build('video_folder:old', '1', [{'id': 'x', 'creator': 'Zed'}])
+    record.write(str(tmp_path / 'base'), base)
+    c = _config(folder, tmp_path / 'tfds')
+    c.train.init_from = str(tmp_path / 'base')
+    rec = record.for_config(c)
+    assert rec['init_from'] == base and rec['clips'] == 5
+    assert 'warm-started from a run trained on: video_folder:old (1 clips' in record.describe(rec)
+    c.train.init_from = str(tmp_path)  # a source without a record is said so
+    assert record.for_config(c)['init_from'] == {'note': f'{tmp_path.name} has no data record'}
+
+
 def test_bad_filter_config_is_a_clear_error(folder, tmp_path):
     c = _config(folder, tmp_path / 'tfds', tmp_path / 'missing.txt')
     with pytest.raises(ValueError, match=r"config.data.exclude=.*missing.txt.*no such file"):
