@@ -160,3 +160,12 @@ def test_splash_under_ulysses_context_parallelism():
     rep = run.check(c, 'v5p-8', 'sample', num_frames=5, height=64, width=64, batch_size=1)
     assert rep['attention'] == 'splash' and rep['kernels'].get('splash_mha_fwd', 0) >= 1
     assert rep['collectives']['all-to-all']['executed'] >= 4  # q, k, v in, output back
+
+
+def test_vae_chunked_decode_compiles():
+    c = _tiny((1, 1, 1, 4))
+    rep = run.check(c, 'v5p-8', 'decode', num_frames=17, height=64, width=64, batch_size=1)
+    assert rep['fits'] and rep['attention'] is None and 'roofline' not in rep
+    # the VAE's weights (replicated, float32) are the arguments, plus the latents
+    assert rep['memory_bytes']['argument'] >= 4 * rep['params']
+    assert rep['latent'] == [5, 8, 8]
