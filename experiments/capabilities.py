@@ -150,6 +150,8 @@ def _attrs_of(prompt: str) -> dict:
 
 def main(argv):
     del argv
+    from sora_jax.io import compile_cache
+    compile_cache.enable()
     from sora_jax.pipeline import TextToVideo
     pipe = TextToVideo.from_checkpoint(FLAGS.checkpoint)
     render_all(pipe, FLAGS.out, steps=FLAGS.steps, seed=FLAGS.seed,
@@ -158,4 +160,5 @@ def main(argv):
 
 if __name__ == '__main__':
     define_flags()
+    from sora_jax.io import compile_cache  # noqa: F401  (defines --compilation_cache)
     app.run(main)

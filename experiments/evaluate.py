@@ -23,6 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
+from sora_jax.io import compile_cache  # noqa: E402  (defines --compilation_cache)
+
 flags.DEFINE_string('checkpoint', None, 'Training workdir or shipped bundle (suite=shapes).')
 flags.DEFINE_enum('suite', 'shapes', ['shapes', 'ground_truth'], 'What to evaluate.')
 flags.DEFINE_string('json', None, 'Write the figures here as JSON.')
@@ -198,6 +200,7 @@ def _checkpoint_vae(checkpoint):
 
 def main(argv):
     del argv
+    compile_cache.enable()
     F = flags.FLAGS
     if F.suite == 'ground_truth':
         data = {}

@@ -2,22 +2,32 @@
 
   python experiments/sample.py --checkpoint=checkpoints/shapes --prompt="a red circle moving to the left" --out=outputs/red.mp4
   python experiments/sample.py --checkpoint=... --prompt=... --mode=i2v --image=first.png --out=...
+  python experiments/sample.py --checkpoint=checkpoints/shapes --prompt="a green square" --mode=t2i --out=outputs/square.png
+
+Quiet by default: the progress bar, the written paths and warnings; --verbosity=0 (absl) shows
+the INFO logs too. Compiled programs are kept on disk (sora_jax/io/compile_cache.py), so a
+second run with the same sizes skips most compiling (all of it with --noprogress: the progress
+bar's host callback keeps the sampler out of the cache); --nocompilation_cache turns that off.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from sora_jax.io import compile_cache  # noqa: E402  (defines --compilation_cache)
+from sora_jax.io.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS  # noqa: E402
 
 config_flags.DEFINE_config_file(
     'config', None, 'Sampling defaults for a converted Wan folder (default configs/wan21.py:t2v_1.3b); '
     'shapes-family checkpoints carry their own config.')
 flags.DEFINE_string('checkpoint', None, 'Training workdir or shipped bundle (e.g. checkpoints/shapes).')
 flags.DEFINE_multi_string('prompt', None, 'Prompt(s); repeat the flag for a batch.')
-flags.DEFINE_string('out', 'outputs/sample.mp4', 'Output .mp4 or .gif (a batch adds _0, _1, ...); '
-                    'a .gif is written next to every .mp4.')
+flags.DEFINE_string('out', 'outputs/sample.mp4', 'Output .mp4, .webm or .gif (a batch adds _0, _1, '
+                    '...; a .gif is written next to every video), or with --mode=t2i a .png / .jpg '
+                    'image.')
 flags.DEFINE_integer('num_frames', None, 'Frames (1 + 4k with a causal VAE); default from the config.')
 flags.DEFINE_integer('height', None, 'Height in pixels; default from the config.')
 flags.DEFINE_integer('width', None, 'Width in pixels; default from the config.')
@@ -35,6 +45,9 @@ flags.DEFINE_string('image', None, 'Image file for i2v / loop.')
 flags.DEFINE_multi_string('video', None, 'Video file for extend / v2v (twice for connect: head, tail).')
 flags.DEFINE_float('strength', 0.7, 'v2v: how much of the input video is re-generated (0..1).')
 flags.DEFINE_bool('ema', True, 'Sample the EMA parameters.')
+flags.DEFINE_bool('progress', True, 'Per-step progress bar. It is a host callback inside the '
+                  'sampler, and JAX keeps no program with host callbacks in the compilation cache: '
+                  '--noprogress makes the sampler\'s compile cached too (a second run starts faster).')
 flags.DEFINE_integer('display_scale', None, 'Upscale written videos (nearest); default config.sample.display_scale.')
 flags.DEFINE_bool('moderation', True, 'Refuse prompts the content policy names (--nomoderation: '
                   'off, logged and recorded in the Content Credentials).')
@@ -85,13 +98,29 @@ def sign_outputs(pipe, paths, off, F, prompt_moderated=True):
            if dev else ''), flush=True)
 
 
+def check_out(out: str, mode: str) -> str:
+    """The --out extension (lower case; none: .mp4), or a ValueError naming the ones allowed."""
+    ext = os.path.splitext(out)[1].lower() or '.mp4'
+    if ext not in VIDEO_EXTENSIONS + IMAGE_EXTENSIONS:
+        raise ValueError(f'--out={out!r}: the extension {ext or "(none)"!r} is neither a video '
+                         f'{list(VIDEO_EXTENSIONS)} nor an image {list(IMAGE_EXTENSIONS)}.')
+    if ext in IMAGE_EXTENSIONS and mode != 't2i':
+        raise ValueError(f'--out={out!r} is an image but --mode={mode} makes a video; pass '
+                         f'--mode=t2i for an image, or a video extension {list(VIDEO_EXTENSIONS)}.')
+    return ext
+
+
 def main(argv):
     del argv
+    F = flags.FLAGS
+    if not F['verbosity'].present:  # quiet: no Orbax / JAX INFO chatter; --verbosity=0 shows it
+        logging.set_verbosity(logging.WARNING)
+    ext = check_out(F.out, F.mode)
+    compile_cache.enable()
     import numpy as np
     from sora_jax.io import video as video_io
     from sora_jax.pipeline import TextToVideo
 
-    F = flags.FLAGS
     if os.path.isfile(os.path.join(F.checkpoint, 'transformer', 'config.json')):
         config = F.config
         if config is None:
@@ -116,8 +145,8 @@ def main(argv):
                   seed=F.seed, mode=F.mode, image=image, video=video, strength=F.strength,
                   skip_guidance_scale=F.skip_guidance_scale,
                   skip_layers=None if F.skip_layers is None else [int(i) for i in F.skip_layers],
-                  moderation=F.moderation, watermark=F.watermark)
-    root, ext = os.path.splitext(F.out)
+                  moderation=F.moderation, watermark=F.watermark, progress=F.progress)
+    root = os.path.splitext(F.out)[0]
     # The mark is box-resampled, so a nearest upscale by an integer reads as the original.
     scale = int(F.display_scale or s.get('display_scale', 1))
     if scale > 1:  # nearest-neighbour upscale so tiny demo clips are watchable
@@ -125,7 +154,12 @@ def main(argv):
     written = []
     for i, clip in enumerate(frames):
         base = root if len(frames) == 1 else f'{root}_{i}'
-        path = video_io.write_video(base + (ext or '.mp4'), clip, fps=s.fps)
+        if ext in IMAGE_EXTENSIONS:  # t2i: the first (only) frame
+            path = video_io.write_image(base + ext, clip[0])
+            written.append(path)
+            print(f'wrote {path} ({clip.shape[1]}x{clip.shape[2]} image)', flush=True)
+            continue
+        path = video_io.write_video(base + ext, clip, fps=s.fps)
         written.append(path)
         print(f'wrote {path} ({clip.shape[0]} frames, {clip.shape[1]}x{clip.shape[2]})', flush=True)
         if ext != '.gif':
@@ -136,8 +170,14 @@ def main(argv):
 
 
 def run(argv):
-    """main, with a refused prompt as a clear message and exit status 3 (nothing written)."""
+    """main, with a bad --out (exit status 2) or a refused prompt (3) as a clear message and
+    nothing written."""
     from sora_jax.safety.moderation import PromptRefused
+    try:
+        check_out(flags.FLAGS.out, flags.FLAGS.mode)
+    except ValueError as e:  # before loading anything
+        print(f'ERROR: {e}', file=sys.stderr, flush=True)
+        sys.exit(2)
     try:
         main(argv)
     except PromptRefused as e:

@@ -11,6 +11,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from sora_jax.io import compile_cache  # noqa: E402  (defines --compilation_cache)
+
 config_flags.DEFINE_config_file('config', None, 'Config file (FILE.py:ARG).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and TensorBoard logs.')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -21,6 +23,7 @@ flags.DEFINE_integer('process_id', None, 'This process in a multi-host run.')
 
 def main(argv):
     del argv
+    compile_cache.enable()
     from sora_jax.parallel import distributed
     distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
                            flags.FLAGS.process_id)

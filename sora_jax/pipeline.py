@@ -84,7 +84,7 @@ class TextToVideo:
         self.prediction = str(config.get('flow', {}).get('prediction', 'velocity'))
         self._jit_sample = jax.jit(self._sample, static_argnames=(
             'method', 'num_steps', 'shift', 'guidance', 'interval', 't_start', 'quantization',
-            'replace', 'skip_scale', 'skip_layers', 'skip_interval'))
+            'replace', 'skip_scale', 'skip_layers', 'skip_interval', 'progress'))
         self._bar = None
         # Safeguards (README, "Safeguards and provenance"): on unless a call turns them off.
         self.moderation_policy = None  # None: $SORA_JAX_POLICY or sora_jax/safety/policy.json
@@ -284,7 +284,7 @@ class TextToVideo:
                                    quantization=s.get('timestep_quantization', None),
                                    replace=bool(np.asarray(mask).any()),
                                    skip_scale=skip_scale, skip_layers=skip_layers,
-                                   skip_interval=skip_interval)
+                                   skip_interval=skip_interval, progress=bool(progress))
             lat = jax.block_until_ready(lat)
         if output_type == 'latent':
             return np.asarray(lat)
@@ -330,7 +330,9 @@ class TextToVideo:
 
     def _sample(self, params, ctx, ctx_mask, noise, mask, known, *, method, num_steps, shift,
                 guidance, interval, t_start, quantization, replace, skip_scale=0.0,
-                skip_layers=(), skip_interval=(0.0, 1.0)):
+                skip_layers=(), skip_interval=(0.0, 1.0), progress=True):
+        # progress: a host callback ticks the bar each step; JAX never writes a program with host
+        # callbacks to the persistent compilation cache, so progress=False compiles a cacheable one.
         dit = nnx.merge(self.graphdef, params)
         b = noise.shape[0]
         rows = 3 if skip_scale > 0 else 2
@@ -349,7 +351,8 @@ class TextToVideo:
             return flow.to_velocity(dit(x_in, t, c, cm, skip=sk), x, t, self.prediction)
 
         def model_fn(x, t):  # x: [2B or 3B, ...] cond rows, uncond rows (, weakened cond rows)
-            jax.debug.callback(self._tick, t[0])
+            if progress:
+                jax.debug.callback(self._tick, t[0])
             return velocity(x, t, mask2, known2, ctx2, ctx_mask2, skip)
 
         def cond_only(x, t):  # outside the guidance interval: conditional rows only

@@ -3,7 +3,7 @@
 Frames are uint8 `[T, H, W, 3]` on disk and in memory; models work in float
 `[-1, 1]` (`to_float` / `to_uint8` convert). Containers are chosen by file
 extension: `.mp4` (h264, lossy), `.gif` (palette, lossy in colour), `.webm`
-(vp9). Reading anything that is not a decodable video raises `ValueError`
+(vp9); `write_image` writes one frame as `.png` (lossless) or `.jpg`. Reading anything that is not a decodable video raises `ValueError`
 naming the file and ffmpeg's complaint.
 """
 from __future__ import annotations
@@ -18,6 +18,8 @@ import mediapy
 import numpy as np
 
 _CODECS = {".mp4": "h264", ".gif": "gif", ".webm": "vp9"}
+VIDEO_EXTENSIONS = tuple(_CODECS)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _ffmpeg_configured = False
 
 
@@ -82,6 +84,21 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float = 8.0) -> pathl
     if codec == "h264":
         kwargs["crf"] = 18  # near-transparent quality; tiny clips stay small anyway
     mediapy.write_video(path, frames, fps=fps, **kwargs)
+    return path
+
+
+def write_image(path: str | os.PathLike, image: Any) -> pathlib.Path:
+    """Writes a uint8 `[H, W, 3]` image (`.png` lossless, `.jpg` quality 95); makes parent dirs."""
+    path = pathlib.Path(path)
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise ValueError(f"Unsupported image extension {path.suffix!r} for {path}; "
+                         f"use one of {list(IMAGE_EXTENSIONS)}.")
+    image = _check_frames(np.asarray(image)[None])[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".png":
+        mediapy.write_image(path, image, fmt="png")
+    else:
+        mediapy.write_image(path, image, fmt="jpeg", quality=95)
     return path
 
 

@@ -122,8 +122,11 @@ def restore_params(directory: str | os.PathLike, abstract_params: Any, *, ema: b
     `missing_ok` (fine-tuning a model that adds modules), parameters the checkpoint lacks come
     back as None and parameters only the checkpoint has are ignored."""
     directory = epath.Path(directory).absolute()
-    mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
-                                 item_handlers={'state': ocp.PyTreeCheckpointHandler()})
+    mngr = ocp.CheckpointManager(  # every saved item has a handler: no "could not restore" warnings
+        directory, options=ocp.CheckpointManagerOptions(create=False),
+        item_handlers={'state': ocp.PyTreeCheckpointHandler(),
+                       'data': grain.checkpoint.CheckpointHandler(),
+                       'config': ocp.JsonCheckpointHandler()})
     if step is None:
         step = mngr.latest_step()
         if step is None:
