@@ -1,12 +1,16 @@
 """VAE round trip of a video file (or of held-out shapes clips); prints PSNR / SSIM.
 
   python experiments/reconstruct.py --checkpoint=workdirs/shapes_vae --input=IN.mp4 --out=OUT.mp4
+  python experiments/reconstruct.py --checkpoint=checkpoints/shapes/vae --input=IN.mp4 \
+      --out=RECON.mp4 --noside_by_side
   python experiments/reconstruct.py --checkpoint=workdirs/shapes_vae --suite=shapes --num=32 \
       --json=outputs/vae_shapes.json [--out=outputs/vae_shapes.mp4]
 
 The input is trimmed to 1 + 4k frames and centre-cropped to multiples of the spatial factor, then
 encoded and decoded chunked (memory flat in length), tiled when the frame is larger than the
-config's tile or with --tile. OUT.mp4 (and OUT.gif) show input | reconstruction side by side.
+config's tile or with --tile. OUT.mp4 (and OUT.gif) show input | reconstruction side by side;
+with --noside_by_side OUT.mp4 holds the reconstruction alone (the fitted input's frame count and
+size), and --out_reconstruction=FILE writes the reconstruction alone as well as the comparison.
 Metrics compare the uint8 reconstruction with the fitted uint8 input (before mp4 compression).
 `--suite=shapes` scores `--num` clips of 17x32x32 from a scene stream training never saw, drawn
 like the VAE's training data (its config's data.backgrounds / size_scale / max_objects).
@@ -20,9 +24,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
+from sora_jax.io import compile_cache  # noqa: E402  (defines --compilation_cache)
+
 flags.DEFINE_string('checkpoint', None, 'VAE training workdir (holds checkpoints/).')
 flags.DEFINE_string('input', None, 'Video file to reconstruct.')
-flags.DEFINE_string('out', None, 'Side-by-side mp4 (a .gif is written next to it).')
+flags.DEFINE_string('out', None, 'Side-by-side mp4 (a .gif is written next to it); the '
+                    'reconstruction alone with --noside_by_side.')
+flags.DEFINE_bool('side_by_side', True, '--out shows input | reconstruction (--noside_by_side: '
+                  'the reconstruction alone).')
+flags.DEFINE_string('out_reconstruction', None, 'Also write the reconstruction alone here (.mp4 / '
+                    '.webm / .gif; a .gif next to it).')
 flags.DEFINE_bool('tile', False, 'Force spatial tiling (else only when the frame is larger '
                   'than the tile).')
 flags.DEFINE_integer('tile_size', 0, 'Tile size in pixels (0: the VAE config tile).')
@@ -60,7 +71,9 @@ def reconstruct_file(vae) -> dict:
         logging.info(note)
     recon, metrics = rec.reconstruct_video(vae, frames, tile=_tile())
     if FLAGS.out:
-        _write(FLAGS.out, rec.side_by_side(frames, recon))
+        _write(FLAGS.out, rec.side_by_side(frames, recon) if FLAGS.side_by_side else recon)
+    if FLAGS.out_reconstruction:
+        _write(FLAGS.out_reconstruction, recon)
     return dict(input=FLAGS.input, num_frames=int(frames.shape[0]), height=int(frames.shape[1]),
                 width=int(frames.shape[2]), psnr=metrics['psnr'], ssim=metrics['ssim'],
                 tile=metrics['tile'])
@@ -80,8 +93,12 @@ def reconstruct_suite(vae) -> dict:
     out = FLAGS.out or (str(pathlib.Path(FLAGS.json).with_suffix('.mp4')) if FLAGS.json else None)
     if out and FLAGS.samples:
         k = min(FLAGS.samples, len(clips))
-        rows = [rec.side_by_side(clips[i], recon[i]) for i in range(k)]
+        rows = [rec.side_by_side(clips[i], recon[i]) if FLAGS.side_by_side else recon[i]
+                for i in range(k)]
         _write(out, np.concatenate(rows, axis=1))  # stacked vertically: one row per clip
+    if FLAGS.out_reconstruction and FLAGS.samples:
+        k = min(FLAGS.samples, len(clips))
+        _write(FLAGS.out_reconstruction, np.concatenate(list(recon[:k]), axis=1))
     return dict(suite='shapes', seed=rec.HELDOUT_SEED, num=int(len(clips)),
                 size=list(clips.shape[1:4]), psnr=metrics['psnr'], ssim=metrics['ssim'],
                 psnr_min=float(min(metrics['psnr_per_clip'])),
@@ -93,6 +110,12 @@ def main(argv):
     del argv
     if (FLAGS.input is None) == (FLAGS.suite is None):
         raise app.UsageError('give exactly one of --input=VIDEO or --suite=shapes.')
+    from sora_jax.io.video import VIDEO_EXTENSIONS
+    for name in ('out', 'out_reconstruction'):
+        path = FLAGS[name].value
+        if path and pathlib.Path(path).suffix.lower() not in VIDEO_EXTENSIONS:
+            raise app.UsageError(f'--{name}={path!r}: use a video extension {list(VIDEO_EXTENSIONS)}.')
+    compile_cache.enable()
     from sora_jax.train import frozen_vae
     vae = frozen_vae.load(FLAGS.checkpoint)
     result = reconstruct_file(vae) if FLAGS.input else reconstruct_suite(vae)
