@@ -3,3 +3,6 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# CLIs started by tests compile afresh unless a test gives them a cache of its own
+# (tests/test_sample_cli.py): no writes to the user's ~/.cache, no sharing between workers.
+os.environ.setdefault("SORA_JAX_COMPILATION_CACHE", "off")
