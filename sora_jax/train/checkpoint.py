@@ -147,7 +147,7 @@ def restore_params(directory: str | os.PathLike, abstract_params: Any, *, ema: b
         more = f' (+{len(bad) - 5} more)' if len(bad) > 5 else ''
         raise ValueError(f'{os.fspath(directory)!r} step {step}: {len(bad)} parameters differ '
                          f'from the model: {"; ".join(sorted(bad)[:5])}{more}.')
-    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # addressable on every host
     item, args = {}, {}
     for k, a in want.items():  # nested dicts in the saved layout, only what both trees hold
         if k not in saved:
