@@ -44,17 +44,23 @@ def data_of(batch) -> jax.Array:
     return batch['latents'] if 'latents' in batch else batch['video']
 
 
+def noised(x0: jax.Array, rng: jax.Array, f):
+    """(t [B], noise, x_t, text-drop mask [B]) of one training step, from `config.flow` = f."""
+    b = x0.shape[0]
+    k_t, k_n, k_drop = jax.random.split(rng, 3)
+    t = flow.sample_timesteps(k_t, b, method=f.timestep_sampling, mean=f.logit_mean,
+                              std=f.logit_std, shift=f.shift)
+    noise = jax.random.normal(k_n, x0.shape, jnp.float32)
+    drop = jax.random.bernoulli(k_drop, f.text_dropout, (b,))
+    return t, noise, flow.add_noise(x0, noise, t), drop
+
+
 def loss_fn(model: Denoiser, batch, rng: jax.Array, config):
     x0 = data_of(batch).astype(jnp.float32)
     ids = batch['text_ids']
     b = x0.shape[0]
-    k_t, k_n, k_drop = jax.random.split(rng, 3)
     f = config.flow
-    t = flow.sample_timesteps(k_t, b, method=f.timestep_sampling, mean=f.logit_mean,
-                              std=f.logit_std, shift=f.shift)
-    noise = jax.random.normal(k_n, x0.shape, jnp.float32)
-    x_t = flow.add_noise(x0, noise, t)
-    drop = jax.random.bernoulli(k_drop, f.text_dropout, (b,))
+    t, noise, x_t, drop = noised(x0, rng, f)
     ids = jnp.where(drop[:, None], null_text(ids), ids)
     loss_weight = None
     metrics = {}

@@ -22,6 +22,7 @@ from flax import nnx
 
 from sora_jax.diffusion import flow
 from sora_jax.models.dit import DiT, DiTConfig
+from sora_jax.train.objectives import flow as flow_objective
 
 
 def dit_config(config) -> DiTConfig:
@@ -35,16 +36,8 @@ def build_model(config, rngs: nnx.Rngs) -> DiT:
 
 def loss_fn(model: DiT, batch, rng: jax.Array, config):
     x0 = batch['latents'].astype(jnp.float32)
-    ctx = batch['context']
-    b = x0.shape[0]
-    k_t, k_n, k_drop = jax.random.split(rng, 3)
-    f = config.flow
-    t = flow.sample_timesteps(k_t, b, method=f.timestep_sampling, mean=f.logit_mean,
-                              std=f.logit_std, shift=f.shift)
-    noise = jax.random.normal(k_n, x0.shape, jnp.float32)
-    x_t = flow.add_noise(x0, noise, t)
-    drop = jax.random.bernoulli(k_drop, f.text_dropout, (b,))
-    ctx = jnp.where(drop[:, None, None], jnp.zeros_like(ctx), ctx)
+    t, noise, x_t, drop = flow_objective.noised(x0, rng, config.flow)
+    ctx = jnp.where(drop[:, None, None], jnp.zeros_like(batch['context']), batch['context'])
     v = model(x_t, t, ctx, batch.get('context_mask'))
     loss = flow.flow_loss(v, flow.velocity_target(x0, noise))
     return loss, dict(flow_loss=loss, t_mean=t.mean())
