@@ -65,7 +65,8 @@ MIN_HEADROOM = 0.10  # a layout must leave this much HBM free to count as fittin
 
 def run_row(name, out, force):
     """Tries the row's layouts in order (each report cached as <row>__<k>.json) and keeps as
-    <row>.json the first that leaves MIN_HEADROOM free, else the one with the most room."""
+    <row>.json the first that leaves MIN_HEADROOM free, else the one with the most room (or, when
+    none fits, the one that needs the least)."""
     cfg, task, (nf, h, w), topo, meshes, *extra = ROWS[name]
     extra = extra[0] if extra else []
     path = os.path.join(out, f'{name}.json')
@@ -90,7 +91,9 @@ def run_row(name, out, force):
         if rep.get('fits') and rep.get('headroom', 0) >= MIN_HEADROOM:
             break
     fitting = [r for r in reps if r.get('fits')]
-    best = max(fitting, key=lambda r: r.get('headroom', 0)) if fitting else reps[-1]
+    need = lambda r: r.get('memory_bytes', {}).get('total', r.get('memory_bytes', {}).get(
+        'needed', float('inf')))
+    best = max(fitting, key=lambda r: r.get('headroom', 0)) if fitting else min(reps, key=need)
     with open(path, 'w') as f:
         json.dump(best, f, indent=1)
     print(f'  -> {name}: fits={best.get("fits")} headroom={best.get("headroom")}', flush=True)
