@@ -53,6 +53,8 @@ def attend(q, k, v, mask=None, *, impl: str = 'auto', chunk_size: int = 512):
     """One attention call with the chosen kernel (no context parallelism)."""
     impl = resolve_impl(impl)
     if impl == 'chunked':
+        if not _inside_shard_map():  # gather keys / values over tokens once, not per key chunk
+            k, v = (mesh_lib.constrain(x, _KV_AXES) for x in (k, v))
         return chunked_attention(q, k, v, mask, chunk_size=chunk_size)
     if impl == 'splash':
         return splash_attention(q, k, v, mask)
