@@ -11,17 +11,31 @@ matmul FLOPs, attention included, remat recompute not) / step time / the matmul 
 in the same run (a large jitted f32 matmul). It also compiles the scanned train step at two
 depths (`--compile_depths`) to show compile time flat in depth.
 
+Noise: the two runtimes' steps are interleaved over `--rounds` rounds (the background load hits
+both alike); each figure is the median over rounds with its range, `speed_ratio_vs_torch` is the
+median of the per-round ratios, and the 1-minute load average before and after is recorded: the
+output and the JSON carry a warning when the machine was busy (`loaded`). `--profile=DIR` adds a
+per-op profile of one step of each runtime (JAX profiler trace with XLA:CPU op events, torch's
+profiler), summed by op kind, to the table and the JSON.
+
 Subcommands live in SUBCOMMANDS {name: fn(FLAGS) -> dict}; `vae` is loaded from
 `experiments/benchmark_vae.py` (its `run(FLAGS) -> dict`) so that file's owner adds flags there.
 """
+import collections
 import json
 import os
+import re
 import resource
+import statistics
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sora_jax.io import host_memory  # noqa: E402
+
+host_memory.retain_freed_memory()  # before jax starts its threads (see the module doc)
 
 from absl import app, flags  # noqa: E402
 
@@ -29,8 +43,16 @@ flags.DEFINE_string('json', None, 'Write the figures to this JSON file.')
 flags.DEFINE_integer('threads', 0, 'CPU cores for both runtimes: the process is pinned to this '
                      'many cores (XLA:CPU sizes its pool by them) and torch.set_num_threads gets '
                      'the same number (0: every core this process may use).')
-flags.DEFINE_integer('rounds', 3, 'Timing rounds (JAX and torch interleaved); the best counts.')
+flags.DEFINE_integer('rounds', 5, 'Timing rounds (JAX and torch interleaved); medians and '
+                     'ranges over rounds are reported.')
 flags.DEFINE_integer('iters', 2, 'Steps per timing round.')
+flags.DEFINE_float('quiet_load', 1.0, 'A 1-minute load average above this before the run (or '
+                   'above it plus --threads after, which counts the benchmark itself) marks the '
+                   'figures as taken on a loaded machine.')
+flags.DEFINE_string('profile', None, 'dit: also write a per-op profile of one train step of '
+                    'each runtime under this directory and summarise it by op kind.')
+flags.DEFINE_bool('forward', True, 'dit: also time one forward pass on the CFG batch (2 x '
+                  '--batch: a sampling step) against torch.')
 # dit
 flags.DEFINE_integer('dim', 512, 'DiT width.')
 flags.DEFINE_integer('heads', 8, 'DiT heads.')
@@ -82,6 +104,92 @@ def _best(fn, rounds: int, iters: int) -> float:
             fn()
         best = min(best, (time.perf_counter() - t0) / iters)
     return best
+
+
+def _mean_s(fn, iters: int) -> float:
+    """Mean seconds per call over `iters` calls."""
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter() - t0) / iters
+
+
+def interleaved(fns: dict, rounds: int, iters: int) -> dict:
+    """{name: [seconds per call in each round]}: the callables take turns within every round, so
+    load from other processes lands on all of them alike."""
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            times[k].append(_mean_s(fn, iters))
+    return times
+
+
+def spread(xs) -> dict:
+    """Median, min, max and (max - min) / median of a list of timings."""
+    med = statistics.median(xs)
+    return dict(median=med, min=min(xs), max=max(xs), spread=(max(xs) - min(xs)) / med)
+
+
+def load_average() -> float:
+    """The 1-minute load average (0.0 where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+def load_verdict(before: float, after: float, threads: int, quiet: float) -> str | None:
+    """A warning when the machine was busy before the run or, beyond the benchmark's own
+    `threads`, after it; None when it was quiet."""
+    if before > quiet or after > quiet + threads:
+        return (f'LOADED MACHINE: 1-minute load average {before:.2f} before, {after:.2f} after '
+                f'(quiet: <= {quiet:g} before, <= {quiet + threads:g} after with this run\'s '
+                f'{threads} threads). Other processes shared the cores; compare only the ratios '
+                'of interleaved runs, and rerun on a quiet machine for absolute figures.')
+    return None
+
+
+def op_kind(name: str) -> str:
+    """An XLA op or fusion name -> its kind ('ynn_fusion.63' -> 'ynn_fusion')."""
+    return re.sub(r'(\.\d+)+$', '', name)
+
+
+def profile_jax(fn, directory: str, steps: int = 2) -> dict:
+    """Per-op-kind milliseconds per step of `fn` (one step per call) from a JAX profiler trace.
+
+    XLA:CPU emits one event per executed op only with `--xla_cpu_enable_xprof_traceme`, which
+    must be in XLA_FLAGS before jax starts (the benchmark adds it when --profile is given). The
+    ops of one step run on up to `threads` threads at once, so the sum exceeds the step time."""
+    import glob
+    import jax
+    with jax.profiler.trace(directory):
+        for _ in range(steps):
+            fn()
+    path = sorted(glob.glob(os.path.join(directory, '**', '*.xplane.pb'), recursive=True))[-1]
+    kinds, ops = collections.Counter(), collections.Counter()
+    for plane in jax.profiler.ProfileData.from_file(path).planes:
+        for line in plane.lines:
+            if not line.name.startswith('tf_XLAEigen'):  # XLA:CPU's op threads
+                continue
+            for ev in line.events:
+                if ev.name.startswith(('ThunkExecutor', 'SlinkyThreadPool', 'while', 'end:')):
+                    continue
+                kinds[op_kind(ev.name)] += ev.duration_ns / 1e6 / steps
+                ops[ev.name] += ev.duration_ns / 1e6 / steps
+    return dict(trace=path, total_ms=sum(kinds.values()),
+                kinds_ms=dict(kinds.most_common(15)), top_ops_ms=dict(ops.most_common(15)))
+
+
+def profile_torch(fn, steps: int = 2) -> dict:
+    """Per-op milliseconds per step of `fn` from torch's profiler (self CPU time, aten ops)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+    rows = collections.Counter()
+    for e in prof.key_averages():
+        rows[e.key] += e.self_cpu_time_total / 1e3 / steps
+    return dict(total_ms=sum(rows.values()), kinds_ms=dict(rows.most_common(15)))
 
 
 def matmul_peak(n: int):
@@ -150,6 +258,13 @@ def _jax_train_step(graphdef, tx):
         return optax.apply_updates(params, updates), opt_state, loss
 
     return jax.jit(step, donate_argnums=(0, 1))
+
+
+def _jax_forward(graphdef):
+    """(params, x, t, ctx) -> velocity: one sampling step's DiT call."""
+    import jax
+    from flax import nnx
+    return jax.jit(lambda params, x, t, ctx: nnx.merge(graphdef, params)(x, t, ctx))
 
 
 def _inputs(cfg):
@@ -278,25 +393,73 @@ def bench_dit(_) -> dict:
         # same weights, same batch: the first losses agree (the converter + the model are exact)
         out['first_loss_jax'] = float(losses[0])
         out['first_loss_torch'] = t_losses[0]
-    tm = tp = float('inf')
-    for _ in range(FLAGS.rounds):  # interleaved, so background load hits all three alike
-        tp = min(tp, _best(jax_once, 1, FLAGS.iters))
-        peak = max(peak, peak_fn(tp))
-        if use_torch:
-            tm = min(tm, _best(torch_once, 1, FLAGS.iters))
-    out['matmul_peak_flops'] = peak
+    fns = {'jax': jax_once}
     if use_torch:
-        out['torch_step_s'] = tm
-        out['torch_tokens_per_s'] = out['tokens_per_step'] / tm
-        out['torch_threads'] = torch.get_num_threads()
-    out['step_s'] = tp
-    out['tokens_per_s'] = out['tokens_per_step'] / tp
+        fns['torch'] = torch_once
+    if FLAGS.forward:  # one sampling step: forward only on the CFG batch (cond + uncond)
+        fwd = _jax_forward(gdef)
+        xf, tf_, cf = (np.concatenate([a, a]) for a in (x, t, ctx))
+        cf[FLAGS.batch:] = 0.0
+        fwd_c = fwd.lower(state['p'], xf, tf_, cf).compile()
+        fns['jax_forward'] = lambda: fwd_c(state['p'], xf, tf_, cf).block_until_ready()
+        fns['jax_forward']()
+        if use_torch:
+            tfx = torch.from_numpy(xf.transpose(0, 4, 1, 2, 3).copy())
+            tft, tfc = torch.from_numpy(tf_ * cfg.timestep_scale), torch.from_numpy(cf)
+
+            def torch_forward():
+                with torch.inference_mode(), torch.autocast('cpu', dtype=tdt,
+                                                            enabled=tdt != torch.float32):
+                    tmodel(tfx, tft, tfc, return_dict=False)[0].float()
+
+            fns['torch_forward'] = torch_forward
+            torch_forward()
+    out['load_before'] = load_average()
+    times = interleaved(fns, FLAGS.rounds, FLAGS.iters)
+    for _ in range(FLAGS.rounds):  # the matmul peak, in windows as long as a step
+        peak = max(peak, peak_fn(statistics.median(times['jax'])))
+    out['load_after'] = load_average()
+    warning = load_verdict(out['load_before'], out['load_after'], threads, FLAGS.quiet_load)
+    out['loaded'] = warning is not None
+    if warning:
+        out['warning'] = warning
+    out['rounds'] = FLAGS.rounds
+    out['matmul_peak_flops'] = peak
+    jt = spread(times['jax'])
+    out['step_s'] = jt['median']
+    out['step_s_range'] = [jt['min'], jt['max']]
+    out['step_s_spread'] = jt['spread']
+    out['tokens_per_s'] = out['tokens_per_step'] / out['step_s']
     out['model_flops_per_step'] = 3 * dit_flops(cfg, tokens, FLAGS.text_len, FLAGS.batch)
-    out['achieved_flops'] = out['model_flops_per_step'] / tp
+    out['achieved_flops'] = out['model_flops_per_step'] / out['step_s']
     out['mfu'] = out['achieved_flops'] / out['matmul_peak_flops']
     if use_torch:
-        out['torch_mfu'] = out['model_flops_per_step'] / tm / out['matmul_peak_flops']
-        out['speed_ratio_vs_torch'] = tm / tp
+        tt = spread(times['torch'])
+        out['torch_step_s'] = tt['median']
+        out['torch_step_s_range'] = [tt['min'], tt['max']]
+        out['torch_step_s_spread'] = tt['spread']
+        out['torch_tokens_per_s'] = out['tokens_per_step'] / tt['median']
+        out['torch_threads'] = torch.get_num_threads()
+        out['torch_mfu'] = out['model_flops_per_step'] / tt['median'] / out['matmul_peak_flops']
+        ratios = spread([b / a for a, b in zip(times['jax'], times['torch'])])  # paired rounds
+        out['speed_ratio_vs_torch'] = ratios['median']
+        out['speed_ratio_range'] = [ratios['min'], ratios['max']]
+    if FLAGS.forward:
+        ft = spread(times['jax_forward'])
+        out['forward_batch'] = 2 * FLAGS.batch
+        out['forward_s'] = ft['median']
+        out['forward_s_range'] = [ft['min'], ft['max']]
+        if use_torch:
+            tf_t = spread(times['torch_forward'])
+            out['torch_forward_s'] = tf_t['median']
+            out['torch_forward_s_range'] = [tf_t['min'], tf_t['max']]
+            r = spread([b / a for a, b in zip(times['jax_forward'], times['torch_forward'])])
+            out['forward_speed_ratio_vs_torch'] = r['median']
+            out['forward_speed_ratio_range'] = [r['min'], r['max']]
+    if FLAGS.profile:
+        out['profile_jax'] = profile_jax(jax_once, os.path.join(FLAGS.profile, 'jax'))
+        if use_torch:
+            out['profile_torch'] = profile_torch(torch_once)
     out['rss_peak_bytes'] = _rss_bytes()
     depths = [int(d) for d in FLAGS.compile_depths]
     for d in depths:
@@ -356,6 +519,8 @@ SUBCOMMANDS = {'dit': bench_dit, 'sample': bench_sample, 'vae': bench_vae}
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f'{v:.4g}'
+    if isinstance(v, list):
+        return '[' + ', '.join(_fmt(a) for a in v) + ']'
     return str(v)
 
 
@@ -363,6 +528,13 @@ def print_table(name: str, figures: dict) -> None:
     width = max(len(k) for k in figures)
     print(f'== benchmark {name} ==')
     for k, v in figures.items():
+        if k.startswith('profile_'):
+            print(f'{k}: {v["total_ms"]:.0f} ms of op time per step, by op kind:')
+            for op, ms in v['kinds_ms'].items():
+                print(f'    {ms:9.1f} ms  {op}')
+            continue
+        if k == 'warning':
+            continue
         if k.endswith('_bytes'):
             v = f'{v / 2**20:.1f} MiB'
         elif k.endswith('flops') and isinstance(v, float):
@@ -375,9 +547,15 @@ def main(argv):
         raise app.UsageError(f'usage: benchmark.py {{{",".join(SUBCOMMANDS)}}} --json=FILE; got '
                              f'{argv[1:]}.')
     pin_threads(FLAGS.threads)
+    if FLAGS.profile:  # XLA:CPU emits per-op trace events only when told before it starts
+        os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                                   ' --xla_cpu_enable_xprof_traceme=true').strip()
     figures = SUBCOMMANDS[argv[1]](FLAGS)
     if argv[1] != 'vae':  # the VAE benchmark prints its own per-length table
         print_table(argv[1], figures)
+    if figures.get('warning'):
+        print(f'WARNING: {figures["warning"]}', file=sys.stderr)
+        print(f'WARNING: {figures["warning"]}')
     if FLAGS.json:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
         with open(FLAGS.json, 'w') as f:

@@ -18,6 +18,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from sora_jax.io import host_memory  # noqa: E402
+
+host_memory.retain_freed_memory()  # before jax starts its threads: no page faults per step
+
 from absl import app, flags  # noqa: E402
 
 

@@ -14,6 +14,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from sora_jax.io import host_memory  # noqa: E402
+
+host_memory.retain_freed_memory()  # before jax starts its threads: no page faults per step
+
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 

@@ -27,21 +27,41 @@ def test_dit_benchmark_json(tmp_path):
     fig, stdout = _run(['dit', '--dim=32', '--heads=2', '--ffn_dim=64', '--depth=2',
                         '--text_dim=16', '--text_len=4', '--latent=2,4,4', '--channels=4',
                         '--batch=2', '--compile_depths=1,2', '--matmul_size=256',
+                        '--quiet_load=-1',  # any machine counts as loaded: the warning shows
                         f'--torch={HAVE_TORCH}'], tmp_path)
     keys = ['tokens_per_s', 'step_s', 'achieved_flops', 'matmul_peak_flops', 'mfu', 'compile_s',
             'model_flops_per_step', 'params', 'rss_peak_bytes', 'compile_s_depth1',
             'compile_s_depth2', 'compile_ratio']
+    keys += ['forward_s']
     if HAVE_TORCH:
-        keys += ['speed_ratio_vs_torch', 'torch_step_s', 'torch_tokens_per_s', 'torch_mfu']
+        keys += ['speed_ratio_vs_torch', 'torch_step_s', 'torch_tokens_per_s', 'torch_mfu',
+                 'torch_forward_s', 'forward_speed_ratio_vs_torch']
     for k in keys:
         assert isinstance(fig[k], (int, float)) and fig[k] > 0, (k, fig.get(k))
     assert fig['tokens_per_step'] == 2 * 2 * 2 * 2  # batch * T * (H/2) * (W/2)
     assert fig['mfu'] < 1.5  # sane: model FLOP/s cannot be far above the measured matmul peak
     assert abs(fig['tokens_per_s'] * fig['step_s'] - fig['tokens_per_step']) < 1e-6 * 16
     assert 'mfu' in stdout and 'benchmark dit' in stdout  # the table is printed
+    # medians over interleaved rounds, with their range; the load is recorded and judged
+    assert fig['rounds'] == 1 and fig['forward_batch'] == 4
+    lo, hi = fig['step_s_range']
+    assert lo <= fig['step_s'] <= hi
+    assert fig['load_before'] >= 0 and fig['load_after'] >= 0
+    assert fig['loaded'] is True and 'LOADED MACHINE' in fig['warning'] and 'LOADED' in stdout
     if HAVE_TORCH:
         assert fig['torch_threads'] == fig['threads'] == 1
         assert abs(fig['first_loss_jax'] - fig['first_loss_torch']) < 1e-4 * fig['first_loss_torch']
+        lo, hi = fig['speed_ratio_range']
+        assert lo <= fig['speed_ratio_vs_torch'] <= hi
+
+
+def test_quiet_machine_has_no_warning(tmp_path):
+    fig, stdout = _run(['dit', '--dim=32', '--heads=2', '--ffn_dim=64', '--depth=1',
+                        '--text_dim=16', '--text_len=4', '--latent=2,4,4', '--channels=4',
+                        '--batch=1', '--compile_depths=', '--matmul_size=64', '--noforward',
+                        '--torch=false', '--quiet_load=1e9'], tmp_path)
+    assert fig['loaded'] is False and 'warning' not in fig and 'LOADED' not in stdout
+    assert 'forward_s' not in fig and 'torch_step_s' not in fig
 
 
 def test_sample_benchmark_json(tmp_path):
