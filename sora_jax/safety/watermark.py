@@ -56,6 +56,7 @@ PASSES = 3
 KEY = b'sora_jax watermark v1'
 _CROPS = (1.0, 0.975, 0.95, 0.925, 0.9, 0.875)
 TOP_K = 6                   # coarse crop hypotheses the detector refines
+REFINE = 4                  # refinement range: +-REFINE steps of 0.25% in coverage and offset
 WINDOW = 0.125              # margin left unmarked on each side, so crops up to 12.5% keep it all
 
 
@@ -308,7 +309,7 @@ def _refine(luma: np.ndarray, start):
     start and result are (score, soft [N_BITS], gain, (cy, oy), (cx, ox))."""
     h, w = luma.shape[1:]
     best = start
-    fine = np.arange(-4, 5) * 0.0025
+    fine = np.arange(-REFINE, REFINE + 1) * 0.0025
     for axis in (0, 1, 0, 1):
         (c0, o0) = best[3 + axis]
         local = [(min(1.0, c0 + dc), o0 + do) for dc in fine for do in fine

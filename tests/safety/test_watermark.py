@@ -1,6 +1,6 @@
 """Watermark: PSNR, bit accuracy after each transform on shapes clips (marked at 32x32, written
 4x upscaled as sample.py writes them) and natural pans/zooms, false positives on unmarked clips.
-The full measurement (more clips, 500 unmarked) is experiments/watermark_eval.py."""
+The full measurement (more clips, 800 unmarked) is experiments/watermark_eval.py."""
 import numpy as np
 import pytest
 
@@ -48,14 +48,30 @@ def test_bit_accuracy_after_transform(marked, name):
 
 
 def test_combination_reads_most_bits(marked):
-    """Crop 10% + half size + middle half + CRF 28: the >= 0.95 target is not met (see README);
-    the low band (u + v in [1, 10]) reads these two clips at 0.62 and 0.88 (the earlier band,
-    u + v in [3, 20], at 0.72 and 0.50; over experiments/watermark_eval.py's 20 clips 0.48-0.63
-    before, 0.72-0.86 now)."""
+    """Crop 10% + half size + middle half + CRF 28. These two clips read 1.00 and 0.97; the
+    >= 0.95 target is not met in general: experiments/watermark_eval.py reads 0.8-0.9 over more
+    clips (README), where some clips lose the crop search to the host (see watermark.py)."""
     truth = wm.payload_bits(MID, KEY)
     accs = [float(np.mean(wm.detect(robustness.combination(w)).bits == truth)) for _, w in marked]
     print(f'\ncombination: raw bit accuracy {accs}')
-    assert np.mean(accs) >= 0.7 and max(accs) >= 0.85
+    assert np.mean(accs) >= 0.9 and min(accs) >= 0.85
+
+
+def test_t2i_image_written_as_png(tmp_path):
+    """A single marked frame (mode='t2i'), upscaled 4x and written as sample.py writes it."""
+    from sora_jax.io import video as video_io
+    for i, (frame, k) in enumerate([(_shapes(3)[:1], 4), (robustness.natural_clip(7)[:1], 1)]):
+        marked = wm.embed(frame, MID, KEY).repeat(k, 1).repeat(k, 2)
+        d = wm.detect_file(video_io.write_image(tmp_path / f'{i}.png', marked[0]))
+        assert d.found and (d.model_id, d.user_key) == (MID, KEY), d.summary()
+
+
+def test_fast_analysis_matches_pywt_dct():
+    """The detector's separable matrices equal the Haar-LL + DCT analysis the embedder uses."""
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64))
+    a = wm._ll_dct_matrix()
+    fast = (a @ x @ a.T).reshape(2, -1)[:, wm._layout()[0]]
+    np.testing.assert_allclose(fast, wm._analysis(x), atol=1e-9)
 
 
 def test_unmarked_clips_are_not_found():
