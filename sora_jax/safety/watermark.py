@@ -56,6 +56,7 @@ PASSES = 3
 KEY = b'sora_jax watermark v1'
 _CROPS = (1.0, 0.975, 0.95, 0.925, 0.9, 0.875)
 TOP_K = 6                   # coarse crop hypotheses the detector refines
+UNIFORM_DITHER = False
 REFINE = 4                  # refinement range: +-REFINE steps of 0.25% in coverage and offset
 WINDOW = 0.125              # margin left unmarked on each side, so crops up to 12.5% keep it all
 
@@ -229,7 +230,12 @@ def _check_video(frames, name='frames') -> np.ndarray:
 
 # ---------------------------------------------------------------- embed
 def _dither() -> np.ndarray:
+    """[N_BITS] lattice offsets: STEP / 4 or 3 STEP / 4 (key-chosen), so a projection of 0 (a
+    flat, textureless window) sits halfway between a bit's two lattices and fits neither. A
+    uniform dither let flat areas fit ~2/pi of every bit and win the crop search."""
     rng = np.random.default_rng(int.from_bytes(hashlib.sha256(KEY + b'dither').digest()[:8], 'big'))
+    if not UNIFORM_DITHER:
+        return rng.choice([0.25, 0.75], N_BITS) * STEP
     return rng.uniform(0, STEP, N_BITS)
 
 
