@@ -1,7 +1,7 @@
 """Measure the invisible watermark: PSNR, bit accuracy after each transform, false positives.
 
   python experiments/watermark_eval.py --clips=8 --fpr_clips=800 --checkpoint=checkpoints/shapes \
-      --model_clips=4 --json=outputs/watermark_eval.json      # the README figures (~35 min, 2 cores)
+      --model_clips=4 --json=outputs/watermark_eval.json   # README figures (~20 min, 2 cores)
   python experiments/watermark_eval.py --clips=4 --fpr_clips=40 --json=/tmp/wm.json   # quick look
 
 Marked clips: `--clips` shapes-generator clips (16 frames, 32x32, marked at 32x32 and written
@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 flags.DEFINE_integer('clips', 12, 'Marked clips per source (shapes, natural).')
-flags.DEFINE_integer('fpr_clips', 800, 'Unmarked clips for the false-positive rate (>= 600 with none\n'
-                     'found bounds it <= 0.5% at 95%).')
+flags.DEFINE_integer('fpr_clips', 800, 'Unmarked clips for the false-positive rate (>= 600 with '
+                     'none found bounds it <= 0.5% at 95%).')
 flags.DEFINE_integer('images', 8, 'Single marked frames (t2i) per source, written as .png.')
 flags.DEFINE_string('checkpoint', None, 'Also mark clips sampled from this model (e.g. '
                     'checkpoints/shapes).')
@@ -128,8 +128,9 @@ def images(n, pipe=None):
     from sora_jax.safety import watermark as wm
     rng = np.random.default_rng(1)
     out = {}
-    sources = {'shapes_frame_32x32_png_128': [(c[:1], 4, *(int(x) for x in rng.integers(0, 2 ** 16, 2)))
-                                              for c in shapes_clips(n, seed=11)]}
+    keys = [tuple(int(x) for x in rng.integers(0, 2 ** 16, 2)) for _ in range(n)]
+    sources = {'shapes_frame_32x32_png_128': [(c[:1], 4, *k)
+                                              for c, k in zip(shapes_clips(n, seed=11), keys)]}
     if pipe is not None:
         scale = int(pipe.config.sample.get('display_scale', 4))
         prompts = ['a green square standing still', 'a red circle', 'un triángulo azul',
