@@ -1,6 +1,7 @@
 """Measure the invisible watermark: PSNR, bit accuracy after each transform, false positives.
 
-  python experiments/watermark_eval.py --json=outputs/watermark_eval.json   # ~15 min on 2 CPU cores
+  python experiments/watermark_eval.py --clips=8 --fpr_clips=800 --checkpoint=checkpoints/shapes \
+      --model_clips=4 --json=outputs/watermark_eval.json   # README figures (~20 min, 2 cores)
   python experiments/watermark_eval.py --clips=4 --fpr_clips=40 --json=/tmp/wm.json   # quick look
 
 Marked clips: `--clips` shapes-generator clips (16 frames, 32x32, marked at 32x32 and written
@@ -10,8 +11,12 @@ plus, with --checkpoint, `--model_clips` clips sampled from that model. Each is 
 random payload, written as sample.py writes (H.264 CRF 18 .mp4), read back, then put through
 every transform of sora_jax/safety/robustness.py. Bit accuracy = the fraction of the 32 payload
 bits decoded right (after the CRC-checked correction when the mark is found, else the raw
-decisions); `found` = the CRC matched. False positives: `--fpr_clips` unmarked clips (half
-shapes, half natural, through the same mp4 round trip) that the detector calls marked.
+decisions); `found` = the CRC matched. Text-to-image: `--images` single frames (shapes
+generator, and with --checkpoint the model's mode='t2i' output, marked by the pipeline) written
+as sample.py writes them (.png, upscaled) and read back with detect_file. False positives:
+`--fpr_clips` unmarked clips (half shapes, half natural, through the same mp4 round trip) that
+the detector calls marked, with the exact (Clopper-Pearson) 95% upper bound on the rate and the
+detector's fit score on them beside the marked clips' (how far apart the two sit).
 """
 import json
 import os
@@ -23,7 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 flags.DEFINE_integer('clips', 12, 'Marked clips per source (shapes, natural).')
-flags.DEFINE_integer('fpr_clips', 500, 'Unmarked clips for the false-positive rate.')
+flags.DEFINE_integer('fpr_clips', 800, 'Unmarked clips for the false-positive rate (>= 600 with '
+                     'none found bounds it <= 0.5% at 95%).')
+flags.DEFINE_integer('images', 8, 'Single marked frames (t2i) per source, written as .png.')
 flags.DEFINE_string('checkpoint', None, 'Also mark clips sampled from this model (e.g. '
                     'checkpoints/shapes).')
 flags.DEFINE_integer('model_clips', 4, 'Clips sampled from --checkpoint.')
@@ -53,7 +60,7 @@ def evaluate(sources, rng):
     from sora_jax.safety import robustness, watermark as wm
     out = {}
     for name, (clips, scale) in sources.items():
-        rows = {k: {'bit_accuracy': [], 'raw_bit_accuracy': [], 'found': []}
+        rows = {k: {'bit_accuracy': [], 'raw_bit_accuracy': [], 'found': [], 'score': []}
                 for k in robustness.TRANSFORMS}
         psnrs = []
         for clip in clips:
@@ -69,12 +76,14 @@ def evaluate(sources, rng):
                 rows[t]['bit_accuracy'].append(acc)
                 rows[t]['raw_bit_accuracy'].append(raw)
                 rows[t]['found'].append(bool(d.found))
+                rows[t]['score'].append(d.score)
         out[name] = {'clips': len(clips), 'psnr_db_min': round(min(psnrs), 2),
                      'psnr_db_mean': round(float(np.mean(psnrs)), 2), 'transforms': {
                          t: {'bit_accuracy': round(float(np.mean(r['bit_accuracy'])), 4),
                              'bit_accuracy_min': round(float(np.min(r['bit_accuracy'])), 4),
                              'raw_bit_accuracy': round(float(np.mean(r['raw_bit_accuracy'])), 4),
-                             'found_rate': round(float(np.mean(r['found'])), 4)}
+                             'found_rate': round(float(np.mean(r['found'])), 4),
+                             'score_mean': round(float(np.mean(r['score'])), 3)}
                          for t, r in rows.items()}}
         print(f'{name}: PSNR min {out[name]["psnr_db_min"]} dB', flush=True)
         for t, r in out[name]['transforms'].items():
@@ -83,16 +92,67 @@ def evaluate(sources, rng):
     return out
 
 
+def upper_bound(hits, n, conf=0.95):
+    """Exact (Clopper-Pearson) one-sided upper confidence bound on a rate seen hits / n times."""
+    from scipy import stats
+    return 1.0 if hits >= n else float(stats.beta.ppf(conf, hits + 1, n - hits))
+
+
 def false_positives(n):
+    import numpy as np
+
     from sora_jax.safety import robustness, watermark as wm
-    hits = 0
+    hits, scores = 0, []
     half = n // 2
     clips = [upscale(c) for c in shapes_clips(half, seed=7)]
     for i, c in enumerate(clips + [robustness.natural_clip(10_000 + i) for i in range(n - half)]):
-        hits += wm.detect(as_written(c)).found
+        d = wm.detect(as_written(c))
+        hits += d.found
+        scores.append(d.score)
         if (i + 1) % 50 == 0:
             print(f'  unmarked {i + 1}/{n}: {hits} false positives', flush=True)
-    return {'clips': n, 'false_positives': int(hits), 'rate': hits / n}
+    return {'clips': n, 'false_positives': int(hits), 'rate': hits / n,
+            'rate_upper_95': round(upper_bound(hits, n), 5),
+            'score_median': round(float(np.median(scores)), 3),
+            'score_p99': round(float(np.quantile(scores, 0.99)), 3),
+            'score_max': round(float(np.max(scores)), 3)}
+
+
+def images(n, pipe=None):
+    """t2i: single marked frames written as .png (upscaled like sample.py) and read back."""
+    import tempfile
+
+    import numpy as np
+
+    from sora_jax.io import video as video_io
+    from sora_jax.safety import watermark as wm
+    rng = np.random.default_rng(1)
+    out = {}
+    keys = [tuple(int(x) for x in rng.integers(0, 2 ** 16, 2)) for _ in range(n)]
+    sources = {'shapes_frame_32x32_png_128': [(c[:1], 4, *k)
+                                              for c, k in zip(shapes_clips(n, seed=11), keys)]}
+    if pipe is not None:
+        scale = int(pipe.config.sample.get('display_scale', 4))
+        prompts = ['a green square standing still', 'a red circle', 'un triángulo azul',
+                   'a yellow star']
+        sources['shapes_model_t2i_png'] = [
+            (pipe(prompts[i % len(prompts)], mode='t2i', seed=100 + i, progress=False)[0], scale,
+             pipe.model_id, pipe.user_key) for i in range(n)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, items in sources.items():
+            found, accs = [], []
+            for i, (frame, k, mid, key) in enumerate(items):
+                if name.startswith('shapes_frame'):
+                    frame = wm.embed(frame, mid, key)
+                path = video_io.write_image(f'{tmp}/{name}_{i}.png', upscale(frame, k)[0])
+                d = wm.detect_file(path)
+                found.append(bool(d.found and (d.model_id, d.user_key) == (mid, key)))
+                accs.append(float(np.mean(d.bits == wm.payload_bits(mid, key))))
+            out[name] = {'images': len(items), 'found': int(sum(found)),
+                         'raw_bit_accuracy': round(float(np.mean(accs)), 4)}
+            print(f'{name}: found {sum(found)}/{len(items)}, raw bit accuracy {np.mean(accs):.4f}',
+                  flush=True)
+    return out
 
 
 def main(argv):
@@ -104,6 +164,7 @@ def main(argv):
     rng = np.random.default_rng(0)
     sources = {'shapes_32x32_written_128': (shapes_clips(FLAGS.clips), 4),
                'natural_128': ([robustness.natural_clip(i) for i in range(FLAGS.clips)], 1)}
+    pipe = None
     if FLAGS.checkpoint:
         from sora_jax.pipeline import TextToVideo
         pipe = TextToVideo.from_checkpoint(FLAGS.checkpoint)
@@ -112,7 +173,8 @@ def main(argv):
         vids = [pipe(prompts[i % len(prompts)], seed=i, progress=False, watermark=False)[0]
                 for i in range(FLAGS.model_clips)]
         sources['shapes_model_written_128'] = (vids, int(pipe.config.sample.get('display_scale', 4)))
-    result = {'marked': evaluate(sources, rng), 'false_positive': false_positives(FLAGS.fpr_clips),
+    result = {'marked': evaluate(sources, rng), 'images': images(FLAGS.images, pipe),
+              'false_positive': false_positives(FLAGS.fpr_clips),
               'seconds': round(time.time() - t0, 1)}
     print(f'false positives: {result["false_positive"]}', flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)

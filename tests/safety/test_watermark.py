@@ -1,6 +1,6 @@
 """Watermark: PSNR, bit accuracy after each transform on shapes clips (marked at 32x32, written
 4x upscaled as sample.py writes them) and natural pans/zooms, false positives on unmarked clips.
-The full measurement (more clips, 500 unmarked) is experiments/watermark_eval.py."""
+The full measurement (more clips, 800 unmarked) is experiments/watermark_eval.py."""
 import numpy as np
 import pytest
 
@@ -47,15 +47,39 @@ def test_bit_accuracy_after_transform(marked, name):
     assert np.mean(accs) >= 0.99 and all(found)
 
 
-def test_combination_reads_most_bits(marked):
-    """Crop 10% + half size + middle half + CRF 28: the >= 0.95 target is not met (see README);
-    the low band (u + v in [1, 10]) reads these two clips at 0.62 and 0.88 (the earlier band,
-    u + v in [3, 20], at 0.72 and 0.50; over experiments/watermark_eval.py's 20 clips 0.48-0.63
-    before, 0.72-0.86 now)."""
+def test_combination_reads_most_bits():
+    """Crop 10% + half size + middle half + CRF 28 on 4 shapes + 4 natural clips: these read
+    1.00 1.00 0.97 0.53 | 0.53 1.00 1.00 1.00 (mean 0.88). The >= 0.95 target is NOT met: a weak
+    mark (compression keeps 35-70% of it at this size) sometimes loses the crop search to the
+    host (the 0.53s; at the true crop they read >= 0.85). experiments/watermark_eval.py: README."""
     truth = wm.payload_bits(MID, KEY)
-    accs = [float(np.mean(wm.detect(robustness.combination(w)).bits == truth)) for _, w in marked]
-    print(f'\ncombination: raw bit accuracy {accs}')
-    assert np.mean(accs) >= 0.7 and max(accs) >= 0.85
+    clips = [(_shapes(i, seed=9), 4) for i in range(4)]
+    clips += [(robustness.natural_clip(300 + i), 1) for i in range(4)]
+    accs = []
+    for clip, k in clips:
+        written = robustness.reencode(wm.embed(clip, MID, KEY).repeat(k, 1).repeat(k, 2), 18)
+        d = wm.detect(robustness.combination(written))
+        accs.append(float(np.mean(wm.payload_bits(d.model_id, d.user_key) == truth)) if d.found
+                    else float(np.mean(d.bits == truth)))
+    print(f'\ncombination: bit accuracy {np.round(accs, 3).tolist()}')
+    assert np.mean(accs) >= 0.85 and sum(a >= 0.95 for a in accs) >= 5
+
+
+def test_t2i_image_written_as_png(tmp_path):
+    """A single marked frame (mode='t2i'), upscaled 4x and written as sample.py writes it."""
+    from sora_jax.io import video as video_io
+    for i, (frame, k) in enumerate([(_shapes(3)[:1], 4), (robustness.natural_clip(7)[:1], 1)]):
+        marked = wm.embed(frame, MID, KEY).repeat(k, 1).repeat(k, 2)
+        d = wm.detect_file(video_io.write_image(tmp_path / f'{i}.png', marked[0]))
+        assert d.found and (d.model_id, d.user_key) == (MID, KEY), d.summary()
+
+
+def test_fast_analysis_matches_pywt_dct():
+    """The detector's separable matrices equal the Haar-LL + DCT analysis the embedder uses."""
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64))
+    a = wm._ll_dct_matrix()
+    fast = (a @ x @ a.T).reshape(2, -1)[:, wm._layout()[0]]
+    np.testing.assert_allclose(fast, wm._analysis(x), atol=1e-9)
 
 
 def test_unmarked_clips_are_not_found():
