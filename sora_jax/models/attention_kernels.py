@@ -2,7 +2,10 @@
 
 q: [B, Nq, H, D], k/v: [B, Nk, H, D], mask: [B, Nk] (True = attend) or None -> [B, Nq, H, D]
 in q's dtype. Kernels:
-  'xla'     jax.nn.dot_product_attention, XLA kernel (any backend; materialises the scores)
+  'xla'     plain XLA ops (any backend; materialises the [Nq, Nk] scores), with its own gradient
+            (the saved probabilities and FlashAttention's rowsum(dO * O) in place of autodiff
+            through the softmax's max, exp, sum and divide: on XLA:CPU the autodiff form ran
+            its softmax-backward fusion at 24 GFLOP/s, `experiments/benchmark.py dit --profile`)
   'cudnn'   jax.nn.dot_product_attention(implementation='cudnn') - fused flash attention, GPU
   'chunked' queries in chunks with an online softmax over key chunks (the [Nq, Nk] scores never
             materialise in the forward pass; its gradient keeps one chunk pair per step)
@@ -67,7 +70,54 @@ def attend(q, k, v, mask=None, *, impl: str = 'auto', chunk_size: int = 512):
                 mask=bias_mask, implementation='cudnn')
             return out.astype(q.dtype)
         return jax.nn.dot_product_attention(q, k, v, mask=bias_mask, implementation='cudnn')
-    return jax.nn.dot_product_attention(q, k, v, mask=bias_mask, implementation='xla')
+    return xla_attention(q, k, v, mask)
+
+
+def xla_attention(q, k, v, mask=None):
+    """Softmax attention in XLA ops; q: [B, Nq, H, D], k / v: [B, Nk, H, D], mask: [B, Nk].
+
+    The same numbers as `jax.nn.dot_product_attention(implementation='xla')` (scores and softmax
+    in float32, masked keys at a large negative logit, so a row with no valid key averages all
+    values), with a hand-written gradient."""
+    valid = jnp.ones(k.shape[:2], bool) if mask is None else mask.astype(bool)
+    return _xla_attention(q, k, v, valid)
+
+
+def _xla_probs(q, k, valid):
+    """Softmax probabilities p: [B, H, Nq, Nk] float32."""
+    s = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+    s = s * (1.0 / math.sqrt(q.shape[-1]))
+    s = jnp.where(valid[:, None, None, :], s, -0.7 * jnp.finfo(jnp.float32).max)
+    return jax.nn.softmax(s, axis=-1)
+
+
+@jax.custom_vjp
+def _xla_attention(q, k, v, valid):
+    p = _xla_probs(q, k, valid)
+    return jnp.einsum('bhqk,bkhd->bqhd', p.astype(v.dtype), v).astype(q.dtype)
+
+
+def _xla_attention_fwd(q, k, v, valid):
+    p = _xla_probs(q, k, valid)
+    o = jnp.einsum('bhqk,bkhd->bqhd', p.astype(v.dtype), v).astype(q.dtype)
+    return o, (q, k, v, valid, p, o)
+
+
+def _xla_attention_bwd(res, g):
+    """dS = P * (dP - rowsum(dO * O)): the softmax gradient without re-reducing P * dP."""
+    q, k, v, valid, p, o = res
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    dv = jnp.einsum('bhqk,bqhd->bkhd', p.astype(g.dtype), g, preferred_element_type=jnp.float32)
+    dp = jnp.einsum('bqhd,bkhd->bhqk', g, v, preferred_element_type=jnp.float32)
+    delta = jnp.einsum('bqhd,bqhd->bhq', g.astype(jnp.float32), o.astype(jnp.float32))
+    ds = p * (dp - delta[..., None]) * scale
+    ds = jnp.where(valid[:, None, None, :], ds, 0.0).astype(q.dtype)  # masked logits: constant
+    dq = jnp.einsum('bhqk,bkhd->bqhd', ds, k, preferred_element_type=jnp.float32)
+    dk = jnp.einsum('bhqk,bqhd->bkhd', ds, q, preferred_element_type=jnp.float32)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+_xla_attention.defvjp(_xla_attention_fwd, _xla_attention_bwd)
 
 
 def chunked_attention(q, k, v, mask=None, *, chunk_size: int = 512):
