@@ -32,6 +32,9 @@ TEST = [
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
+    # Tracking: tensorboard reads the event files back; wandb (offline) is an optional backend.
+    "tensorboard>=2.16",
+    "wandb>=0.17",
     # Parity references (CPU wheel from a local file; see README).
     "torch==2.13.0",
     "diffusers==0.42.1",

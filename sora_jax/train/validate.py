@@ -54,10 +54,17 @@ def validate_config(config) -> None:
         v = t.get(key, 1)
         if not _is_int(v) or v < 1:
             raise _err(f'train.{key}', v, 'must be a positive integer.')
-    for key in ('eval_every', 'warmup_steps'):
+    for key in ('eval_every', 'warmup_steps', 'eval_num_videos'):
         v = t.get(key, 0)
         if not _is_int(v) or v < 0:
             raise _err(f'train.{key}', v, 'must be an integer >= 0 (0: off).')
+    from sora_jax.train import tracking
+    tracking.backends_of(config)  # ValueError naming train.log_to
+    prof = tuple(t.get('profile_steps', ()) or ())
+    if prof and (len(prof) != 2 or not all(_is_int(v) and v >= 1 for v in prof)
+                 or prof[0] > prof[1]):
+        raise _err('train.profile_steps', prof, 'must be (first, last) 1-based steps with '
+                   'first <= last, e.g. (5, 7), or () for no trace.')
     if t.batch_size % t.grad_accum_steps:
         raise _err('train.batch_size', t.batch_size,
                    f'must be divisible by train.grad_accum_steps={t.grad_accum_steps}.')
