@@ -186,6 +186,24 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
     return c
 
 
+def get_sweep(arg: str = 'tiny') -> list[dict]:
+    """Override lists for experiments/sweep.py (run names come from the keys that vary).
+
+      tiny     learning rate x seed on `tiny`, 60 steps, evaluation (loss, 2 videos, judge) every
+               20: the README's loss curves (docs/sweep_tiny_loss.png).
+               python experiments/sweep.py --config=configs/shapes.py:tiny --sweep=tiny --workdir=workdirs/sweep_tiny
+      dit_lr   peak learning rate of `dit` (3 runs).
+    """
+    from sora_jax.sweep.spec import product, sweep
+    if arg == 'tiny':
+        return product(sweep('train.learning_rate', [1e-3, 3e-3]), sweep('seed', [0, 1]),
+                       sweep('train.num_steps', [60]), sweep('train.eval_every', [20]),
+                       sweep('train.log_every', [5]), sweep('train.checkpoint_every', [20]))
+    if arg == 'dit_lr':
+        return sweep('train.learning_rate', [3e-4, 6e-4, 1e-3])
+    raise ValueError(f'configs/shapes.py: unknown sweep {arg!r}; use tiny or dit_lr.')
+
+
 def _shipped_dit(c: mlc.ConfigDict) -> None:
     """The shipped demo DiT, on the shipped VAE's latents: 16x32x32 clips -> 16x8x8x8 latents ->
     (4, 2, 2) patches -> 64 tokens, so a step of 32 clips costs what 8 clips cost in pixel space.
