@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 from flax import nnx
 from tqdm import tqdm
 
@@ -235,7 +236,7 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
     check_init_from(config, workdir)
     mesh = mesh_lib.make_mesh(config.mesh.shape)
     rules = mesh_lib.rules_dict(config.mesh.rules)
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # any etils.epath path (gs://...)
     n_proc = jax.process_count()
     if t.batch_size % n_proc:
         raise ValueError(f'train.batch_size={t.batch_size} is not divisible by the '
@@ -255,7 +256,7 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info('model: %s parameters; mesh %s', f'{n_params:,}', dict(mesh.shape))
 
-    mngr = ckpt.manager(os.path.join(workdir, 'checkpoints'), keep=t.keep_checkpoints,
+    mngr = ckpt.manager(epath.Path(workdir) / 'checkpoints', keep=t.keep_checkpoints,
                         cleanup_tmp=True, save_delay_s=float(t.get('debug_save_delay_s', 0.0)))
     if mngr.latest_step() is not None:
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
@@ -267,7 +268,7 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
         state = warm_start(state, t.init_from, ema=bool(t.get('init_from_ema', True)),
                            adapt=None if adapt is None else (lambda p: adapt(p, config)))
     start = int(state.step)
-    ids_log = (_ExampleIdLog(os.path.join(workdir, 'example_ids.jsonl'), start)
+    ids_log = (_ExampleIdLog(epath.Path(workdir) / 'example_ids.jsonl', start)
                if t.get('log_example_ids', False) and jax.process_index() == 0 else None)
     nan_from = int(t.get('debug_nan_from_step', 0) or 0)
     sleep_s = float(t.get('debug_sleep_per_step', 0.0) or 0.0)
@@ -280,7 +281,7 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
     if start == 0:
         tracker.write_config(config)
     previews = previews_lib.Previews(config)
-    profile = _Profile(t.get('profile_steps', ()), os.path.join(workdir, 'profile'))
+    profile = _Profile(t.get('profile_steps', ()), os.fspath(epath.Path(workdir) / 'profile'))
     with jax.set_mesh(mesh), mesh_lib.use_rules(rules):
         train_step = step_lib.jit_train_step(step_fn, shardings)
         is_finite = jax.jit(_state_finite)
@@ -424,17 +425,17 @@ class _ExampleIdLog:
     resume, lines after the restored step (steps a killed run took but never checkpointed) are
     dropped, so the file is the data order of the run that the checkpoints hold."""
 
-    def __init__(self, path: str, start: int):
+    def __init__(self, path, start: int):
+        path = epath.Path(path)
         kept = []
-        if os.path.exists(path) and start > 0:
-            with open(path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)['step'] <= start]
-        with open(path, 'w') as f:
-            f.writelines(kept)
+        if path.exists() and start > 0:
+            kept = [line + '\n' for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line)['step'] <= start]
+        path.write_text(''.join(kept))
         self._path = path
 
     def write(self, step: int, ids: np.ndarray, loss: float) -> None:
-        with open(self._path, 'a') as f:
+        with self._path.open('a') as f:
             f.write(json.dumps({'step': step, 'ids': [int(i) for i in np.asarray(ids)],
                                 'loss': loss}) + '\n')
 

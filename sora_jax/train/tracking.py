@@ -91,6 +91,7 @@ class Tracker:
         self._tb = self._wandb = None
         if not enabled:
             return
+        self.workdir.mkdir(parents=True, exist_ok=True)
         kept = [m for m in read_metrics(self.workdir) if m['step'] <= start_step]
         (self.workdir / 'metrics.jsonl').write_text(''.join(json.dumps(m) + '\n' for m in kept))
         if 'tensorboard' in self.backends:

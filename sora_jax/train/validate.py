@@ -28,10 +28,11 @@ def _is_int(v) -> bool:
 
 def check_init_from(config, workdir: str) -> None:
     """train.init_from must exist when the run starts fresh (a resumed run no longer reads it)."""
+    from etils import epath
     init_from = config.train.get('init_from', '')
-    if not init_from or os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    if not init_from or (epath.Path(workdir) / 'checkpoints').is_dir():
         return
-    if not os.path.isdir(init_from):
+    if not epath.Path(init_from).is_dir():
         raise _err('train.init_from', init_from, 'is not a directory; give a training workdir '
                    "or an exported bundle to start from, or '' to start from scratch.")
 
@@ -199,8 +200,9 @@ def _vae_factors(config) -> tuple[int, int]:
             raise _err('latent_channels', config.latent_channels,
                        "must be 3 in pixel space (autoencoder='none').")
         return 1, 1
-    cdir = os.path.join(path, 'checkpoints')
-    if not os.path.isdir(cdir):
+    from etils import epath
+    cdir = epath.Path(path) / 'checkpoints'
+    if not cdir.is_dir():
         raise _err('autoencoder', path, f'{cdir} does not exist; train a VAE first '
                    '(experiments/train.py --config=configs/shapes.py:vae --workdir=...) or use '
                    "'none' for pixel space.")
