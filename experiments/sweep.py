@@ -5,6 +5,7 @@ runs, each an experiments/train.py subprocess with its own workdir under --workd
   python experiments/sweep.py ... --dry_run      # list the runs and their overrides
   python experiments/sweep.py ... --print_only   # one train command per run (cluster launchers)
   python experiments/sweep.py ... --parallel=4 --devices_per_run=2   # GPUs 0-1, 2-3, 4-5, 6-7
+  python experiments/sweep.py ... --set=train.num_steps=8             # every run, not in names
 
 Re-running the same command skips finished runs and resumes preempted ones. At the end:
 --workdir/summary.csv and summary.md (one row per run), and --workdir/hparams (TensorBoard's
@@ -28,6 +29,8 @@ flags.DEFINE_integer('parallel', 1, 'Runs at a time.')
 flags.DEFINE_integer('devices_per_run', 0, 'Devices each parallel run sees (0: all of them).')
 flags.DEFINE_string('visible_devices_env', 'CUDA_VISIBLE_DEVICES',
                     'Environment variable selecting a run\'s devices (with --devices_per_run).')
+flags.DEFINE_multi_string('set', [], 'KEY=VALUE applied to every run, after the sweep\'s own '
+                          'overrides (e.g. --set=train.num_steps=8); not part of run names.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -35,7 +38,7 @@ def main(argv):
     del argv
     from sora_jax.sweep import runner, spec, summary
     f = flags.FLAGS
-    _, overrides = spec.expand(f.config, f.sweep)
+    _, overrides = spec.expand(f.config, f.sweep, spec.parse_sets(f.set))
     runs = runner.plan(f.workdir, overrides)
     if f.dry_run or f.print_only:
         for r in runs:

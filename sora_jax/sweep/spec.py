@@ -97,9 +97,27 @@ def load_config_module(config_arg: str):
     return module, (arg or None)
 
 
-def expand(config_arg: str, sweep_arg: str | None) -> tuple[Any, list[Overrides]]:
+def parse_sets(sets: Sequence[str]) -> Overrides:
+    """['train.num_steps=8', ...] -> {'train.num_steps': 8} (values as Python literals when
+    they parse as one, else strings)."""
+    import ast
+    out: Overrides = {}
+    for s in sets:
+        key, eq, value = s.partition('=')
+        if not eq or not key:
+            raise ValueError(f'--set={s!r} must be KEY=VALUE, e.g. train.num_steps=8.')
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def expand(config_arg: str, sweep_arg: str | None,
+           common: Overrides | None = None) -> tuple[Any, list[Overrides]]:
     """(base config, overrides per run) of get_config(ARG) / get_sweep(sweep_arg) in the config
-    file; every swept key must exist in the config (ValueError naming it)."""
+    file, each run's overrides followed by `common` (the same for every run, so not in the run
+    names); every key must exist in the config (ValueError naming it)."""
     module, arg = load_config_module(config_arg)
     config = module.get_config(arg) if arg is not None else module.get_config()
     if not hasattr(module, 'get_sweep'):
@@ -108,6 +126,7 @@ def expand(config_arg: str, sweep_arg: str | None) -> tuple[Any, list[Overrides]
     runs = module.get_sweep(sweep_arg) if sweep_arg is not None else module.get_sweep()
     if not runs:
         raise ValueError(f'get_sweep({sweep_arg!r}) returned no runs.')
+    runs = [{**o, **(common or {})} for o in runs]
     for o in runs:
         for k in o:
             node = config
