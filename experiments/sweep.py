@@ -54,7 +54,8 @@ def main(argv):
     table = summary.write(f.workdir, runs)
     counts = {s: sum(r['status'] == s for r in table) for s in runner.STATUSES}
     logging.info('sweep: %s', counts)
-    print(open(os.path.join(f.workdir, 'summary.md')).read(), flush=True)
+    with open(os.path.join(f.workdir, 'summary.md')) as md:
+        print(md.read(), flush=True)
     print(f'summary: {os.path.join(f.workdir, "summary.csv")} ' +
           ' '.join(f'{k}={v}' for k, v in counts.items() if v), flush=True)
     return 1 if any(s['status'] == 'failed' for s in statuses.values()) else 0

@@ -10,7 +10,7 @@ captions (English) of attribute combinations drawn once with a fixed seed, held-
 first, so the same prompts come back at every evaluation and in every run of a sweep. The
 videos use `train.eval_sample_steps` sampler steps at the config's `sample` size, seed 0, the
 EMA params; no watermark (training previews, not published outputs). Only flow (DiT) objectives
-sample; other objectives get no previews.
+with `train.eval_every` > 0 sample; other runs get no previews (and build no pipeline).
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ class Previews:
         n = int(t.get('eval_num_videos', 0) or 0)
         given = tuple(t.get('eval_prompts', ()) or ())
         self.steps = int(t.get('eval_sample_steps', 8) or 8)
-        if config.get('objective', 'flow') != 'flow' or 'sample' not in config:
+        if (config.get('objective', 'flow') != 'flow' or 'sample' not in config
+                or not t.get('eval_every', 0)):  # no evaluations: nothing to build
             self.items = []
         elif given:
             self.items = [(p, None) for p in given]

@@ -120,3 +120,17 @@ def test_gif_bytes_roundtrip():
     with pytest.raises(ValueError, match='uint8'):
         tracking.gif_bytes(frames.astype(np.float32))
     assert json.loads(json.dumps(tracking.flat_config(shapes_config.get_config('tiny'))))
+
+
+def test_fixed_prompts_are_fixed_and_held_out_first():
+    from sora_jax.data import shapes
+    from sora_jax.train import previews
+    c = shapes_config.get_config('tiny')
+    items = previews.shapes_prompts(c, 5)
+    assert items == previews.shapes_prompts(c, 5)  # the same at every evaluation and run
+    held = [shapes.is_held_out(a, c.data.holdout) for _, a in items]
+    assert held[0] and held == sorted(held, reverse=True)
+    assert items[0][0] == shapes.caption(items[0][1], 'en')
+    assert not previews.Previews(c).enabled  # tiny: eval_every=0, nothing built
+    c.train.eval_every, c.train.eval_prompts = 4, ('a red circle',)
+    assert previews.Previews(c).items == [('a red circle', None)]
