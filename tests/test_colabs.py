@@ -34,6 +34,8 @@ def test_train_shapes_notebook(tmp_path):
     nb = _run('train_shapes.ipynb', {'SORA_JAX_ROOT': str(ROOT), 'SORA_JAX_TRAIN_STEPS': '2'})
     assert "'step': 4" in _outputs(nb)
     assert '(4, 8, 8, 3)' in _outputs(nb)
+    assert 'logged steps: [2, 4]' in _outputs(nb)  # log_every=2: two calls of 2 steps
+    assert 'restored step 4 with ' in _outputs(nb)
 
 
 @pytest.mark.skipif(not (ROOT / 'checkpoints' / 'shapes' / 'checkpoints').is_dir(),
