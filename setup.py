@@ -32,6 +32,12 @@ TEST = [
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
+    # Tracking: tensorboard reads the event files back; wandb (offline) is an optional backend.
+    "tensorboard>=2.16",
+    "wandb>=0.17",
+    # colabs/sweep_and_compare.ipynb: the summary table and the loss curves.
+    "pandas>=2.0",
+    "matplotlib>=3.8",
     # Parity references (CPU wheel from a local file; see README).
     "torch==2.13.0",
     "diffusers==0.42.1",

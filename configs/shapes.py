@@ -127,6 +127,14 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
     c.train.keep_checkpoints = 2    # newest checkpoints kept
     c.train.max_nonfinite = 20      # stop after this many non-finite steps in a row
     c.train.log_example_ids = False # write workdir/example_ids.jsonl (step, ids, loss)
+    c.train.log_to = ('tensorboard',)  # tracking backends: 'tensorboard' (workdir/tb), 'wandb'
+    c.train.wandb_project = 'sora_jax'  # wandb project (log_to naming 'wandb')
+    c.train.eval_num_videos = 4     # fixed-prompt videos sampled at each evaluation (0: none)
+    c.train.eval_prompts = ()       # their prompts (default for shapes: one-shape captions)
+    c.train.eval_sample_steps = 8   # sampler steps of those videos
+    c.train.peak_tflops_per_device = 0.0  # MFU denominator (0: from the device kind, if known)
+    c.train.flops_per_step = 0.0    # model FLOPs of one step (0: estimated, see train/perf.py)
+    c.train.profile_steps = ()      # (first, last) 1-based steps traced into workdir/profile
     # Fault-injection hooks for the reliability tests (leave at 0 in real runs):
     c.train.debug_sleep_per_step = 0.0  # seconds to sleep after each step
     c.train.debug_nan_from_step = 0     # feed NaN inputs from this 1-based step on
@@ -164,6 +172,7 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
         c.train.num_steps, c.train.batch_size, c.train.warmup_steps = 4, 8, 1
         c.train.log_every, c.train.checkpoint_every, c.train.eval_every = 2, 2, 0
         c.sample.num_frames, c.sample.height, c.sample.width, c.sample.steps = 4, 8, 8, 4
+        c.train.eval_num_videos, c.train.eval_sample_steps = 2, 2
     elif arg == 'dit':
         _shipped_dit(c)
     elif arg in ('dit_p2', 'dit_p3'):
@@ -175,6 +184,24 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
         raise ValueError(f'configs/shapes.py: unknown arg {arg!r}; use vae_image, vae, dit, '
                          'dit_p2, dit_p3, dit_pixel, tiny or tiny_vae.')
     return c
+
+
+def get_sweep(arg: str = 'tiny') -> list[dict]:
+    """Override lists for experiments/sweep.py (run names come from the keys that vary).
+
+      tiny     learning rate x seed on `tiny`, 60 steps, evaluation (loss, 2 videos, judge) every
+               20: the README's loss curves (docs/sweep_tiny_loss.png).
+               python experiments/sweep.py --config=configs/shapes.py:tiny --sweep=tiny --workdir=workdirs/sweep_tiny
+      dit_lr   peak learning rate of `dit` (3 runs).
+    """
+    from sora_jax.sweep.spec import product, sweep
+    if arg == 'tiny':
+        return product(sweep('train.learning_rate', [1e-3, 3e-3]), sweep('seed', [0, 1]),
+                       sweep('train.num_steps', [60]), sweep('train.eval_every', [20]),
+                       sweep('train.log_every', [5]), sweep('train.checkpoint_every', [20]))
+    if arg == 'dit_lr':
+        return sweep('train.learning_rate', [3e-4, 6e-4, 1e-3])
+    raise ValueError(f'configs/shapes.py: unknown sweep {arg!r}; use tiny or dit_lr.')
 
 
 def _shipped_dit(c: mlc.ConfigDict) -> None:

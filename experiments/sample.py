@@ -9,6 +9,7 @@ the INFO logs too. Compiled programs are kept on disk (sora_jax/io/compile_cache
 second run with the same sizes skips most compiling (all of it with --noprogress: the progress
 bar's host callback keeps the sampler out of the cache); --nocompilation_cache turns that off.
 """
+import functools
 import os
 import sys
 
@@ -57,6 +58,10 @@ flags.DEFINE_bool('moderation', True, 'Refuse prompts the content policy names (
                   'off, logged and recorded in the Content Credentials).')
 flags.DEFINE_string('moderation_policy', None, 'Content policy JSON (default $SORA_JAX_POLICY or '
                     'sora_jax/safety/policy.json).')
+flags.DEFINE_string('profile_dir', None, 'Write a jax.profiler trace of the sampling call here '
+                    '(TensorBoard profile plugin / xprof: DIR/plugins/profile/*/*.xplane.pb).')
+flags.DEFINE_bool('profile_warmup', True, 'With --profile_dir: run the call once untraced first, '
+                  'so the trace shows the compiled steps, not the compile.')
 flags.DEFINE_bool('watermark', True, 'Invisible watermark in every frame (--nowatermark: off).')
 flags.DEFINE_integer('watermark_key', None, 'User key (0..65535) in the watermark; default '
                      '$SORA_JAX_WATERMARK_KEY or 0.')
@@ -143,13 +148,23 @@ def main(argv):
     if F.video:
         vids = [video_io.resize_video(video_io.read_video(v), height, width) for v in F.video]
         video = tuple(vids) if F.mode == 'connect' else vids[0]
-    frames = pipe(F.prompt, num_frames=F.num_frames, height=height, width=width,
-                  num_inference_steps=F.steps, guidance_scale=F.guidance_scale,
-                  negative_prompt=F.negative_prompt, sampler=F.sampler, shift=F.shift,
-                  seed=F.seed, mode=F.mode, image=image, video=video, strength=F.strength,
-                  skip_guidance_scale=F.skip_guidance_scale,
-                  skip_layers=None if F.skip_layers is None else [int(i) for i in F.skip_layers],
-                  moderation=F.moderation, watermark=F.watermark, progress=F.progress)
+    call = functools.partial(
+        pipe, F.prompt, num_frames=F.num_frames, height=height, width=width,
+        num_inference_steps=F.steps, guidance_scale=F.guidance_scale,
+        negative_prompt=F.negative_prompt, sampler=F.sampler, shift=F.shift,
+        seed=F.seed, mode=F.mode, image=image, video=video, strength=F.strength,
+        skip_guidance_scale=F.skip_guidance_scale,
+        skip_layers=None if F.skip_layers is None else [int(i) for i in F.skip_layers],
+        moderation=F.moderation, watermark=F.watermark, progress=F.progress)
+    if F.profile_dir:
+        import jax
+        if F.profile_warmup:
+            call()
+        with jax.profiler.trace(F.profile_dir), jax.profiler.StepTraceAnnotation('sample', step_num=0):
+            frames = call()
+        print(f'profile written to {F.profile_dir}', flush=True)
+    else:
+        frames = call()
     root = os.path.splitext(F.out)[0]
     # The mark is box-resampled, so a nearest upscale by an integer reads as the original.
     scale = int(F.display_scale or s.get('display_scale', 1))

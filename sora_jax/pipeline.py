@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 from flax import nnx
 from tqdm import tqdm
 
@@ -104,8 +105,8 @@ class TextToVideo:
     def from_checkpoint(cls, path: str | os.PathLike, *, ema: bool = True) -> 'TextToVideo':
         """A training workdir (or shipped bundle): `<path>/checkpoints/<step>/`."""
         path = os.fspath(path)
-        cdir = os.path.join(path, 'checkpoints')
-        if not os.path.isdir(cdir):
+        cdir = epath.Path(path) / 'checkpoints'  # any etils.epath path (gs://...)
+        if not cdir.is_dir():
             raise ValueError(f'{path!r} is not a checkpoint: {cdir} does not exist. Pass a '
                              'training --workdir or checkpoints/shapes.')
         config = ckpt.load_config(cdir)
@@ -452,6 +453,8 @@ def load_vae(autoencoder: str, relative_to: str | None = None) -> FrozenVAE | No
     if autoencoder in (None, '', 'none'):
         return None
     path = autoencoder
-    if not os.path.isabs(path) and relative_to and os.path.isdir(os.path.join(relative_to, path)):
-        path = os.path.join(relative_to, path)
+    local = '://' not in path
+    if local and not os.path.isabs(path) and relative_to and (
+            epath.Path(relative_to) / path).is_dir():
+        path = os.fspath(epath.Path(relative_to) / path)
     return frozen_vae.load(path)

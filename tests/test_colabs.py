@@ -34,6 +34,8 @@ def test_train_shapes_notebook(tmp_path):
     nb = _run('train_shapes.ipynb', {'SORA_JAX_ROOT': str(ROOT), 'SORA_JAX_TRAIN_STEPS': '2'})
     assert "'step': 4" in _outputs(nb)
     assert '(4, 8, 8, 3)' in _outputs(nb)
+    assert 'logged steps: [2, 4]' in _outputs(nb)  # log_every=2: two calls of 2 steps
+    assert 'restored step 4 with ' in _outputs(nb)
 
 
 @pytest.mark.skipif(not (ROOT / 'checkpoints' / 'shapes' / 'checkpoints').is_dir(),
@@ -41,3 +43,19 @@ def test_train_shapes_notebook(tmp_path):
 def test_quickstart_notebook():
     nb = _run('quickstart.ipynb', {'SORA_JAX_ROOT': str(ROOT), 'SORA_JAX_STEPS': '4'})
     assert '(2, 16, 32, 32, 3) uint8' in _outputs(nb)
+
+
+def test_sweep_and_compare_notebook(tmp_path):
+    sets = ' '.join(['train.num_steps=4', 'train.eval_every=4', 'train.log_every=2',
+                     'train.checkpoint_every=4', f'data.data_dir={tmp_path / "data"}'])
+    nb = _run('sweep_and_compare.ipynb', {
+        'SORA_JAX_ROOT': str(ROOT), 'SORA_JAX_SWEEP_DIR': str(tmp_path / 'sweep'),
+        'SORA_JAX_SWEEP_SET': sets, 'SORA_JAX_SAVE_PLOT': str(tmp_path / 'loss.png'),
+        'JAX_COMPILATION_CACHE_DIR': str(tmp_path / 'jax_cache'), 'SORA_JAX_COMPILATION_CACHE': '',
+        'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+        'XLA_FLAGS': '--xla_force_host_platform_device_count=1'})
+    out = _outputs(nb)
+    assert "{'done': 4}" in out
+    assert "curves: {'00_learning_rate=0.001,seed=0': 2, " in out
+    assert "'samples_00.gif': (4, 32, 32, 3), 'samples_01.gif': (4, 32, 32, 3)" in out
+    assert (tmp_path / 'loss.png').stat().st_size > 10_000

@@ -104,3 +104,14 @@ def test_bad_out_extension_is_a_clear_error(tmp_path, out, mode, message):
               f'--mode={mode}', f'--out={tmp_path / out}'], tmp_path / 'cache')
     assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / out).exists() and not (tmp_path / 'cache').exists()
+
+
+def test_profile_dir_writes_a_trace(first, tmp_path):
+    _, _, cache, _ = first
+    prof = tmp_path / 'prof'
+    r = _run(ARGS + [f'--out={tmp_path / "p.png"}', f'--profile_dir={prof}',
+                     '--noprofile_warmup'], cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    traces = list(prof.glob('plugins/profile/*/*.xplane.pb'))
+    assert len(traces) == 1 and traces[0].stat().st_size > 1000
+    assert f'profile written to {prof}' in r.stdout

@@ -23,6 +23,7 @@ import json
 import os
 
 from absl import logging
+from etils import epath
 
 FILENAME = 'data_record.json'
 
@@ -52,21 +53,20 @@ def record_hash(rec: dict) -> str:
 
 
 def write(directory: str, rec: dict) -> str:
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, FILENAME)
-    with open(path + '.tmp', 'w', encoding='utf-8') as f:
-        json.dump(rec, f, indent=1, sort_keys=True, ensure_ascii=False)
-        f.write('\n')
-    os.replace(path + '.tmp', path)
-    return path
+    directory = epath.Path(directory)  # any etils.epath path (gs://...), not only local
+    directory.mkdir(parents=True, exist_ok=True)
+    path, tmp = directory / FILENAME, directory / (FILENAME + '.tmp')
+    tmp.write_text(json.dumps(rec, indent=1, sort_keys=True, ensure_ascii=False) + '\n',
+                   encoding='utf-8')
+    tmp.replace(path)
+    return os.fspath(path)
 
 
 def load(directory: str) -> dict | None:
-    path = os.path.join(os.fspath(directory), FILENAME)
-    if not os.path.isfile(path):
+    path = epath.Path(directory) / FILENAME
+    if not path.is_file():
         return None
-    with open(path, encoding='utf-8') as f:
-        return json.load(f)
+    return json.loads(path.read_text(encoding='utf-8'))
 
 
 def for_config(config, sources: dict | None = None) -> dict:
@@ -136,8 +136,8 @@ def write_for_run(workdir: str, rec: dict) -> str | None:
     if jax.process_index() != 0:
         return None
     old = load(workdir)
-    resumed = os.path.isdir(os.path.join(workdir, 'checkpoints')) and bool(
-        os.listdir(os.path.join(workdir, 'checkpoints')))
+    cdir = epath.Path(workdir) / 'checkpoints'
+    resumed = cdir.is_dir() and any(True for _ in cdir.iterdir())
     if old is not None and resumed:
         earlier = old.pop('earlier_records', [])
         if old != rec:

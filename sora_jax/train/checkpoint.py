@@ -108,8 +108,8 @@ def load_config(directory: str | os.PathLike, step: int | None = None) -> mlc.Co
 def checkpoint_dir(path: str | os.PathLike) -> str:
     """The Orbax directory of a training workdir or exported bundle (`path/checkpoints`), or
     `path` itself when it already is one."""
-    sub = os.path.join(os.fspath(path), 'checkpoints')
-    return sub if os.path.isdir(sub) else os.fspath(path)
+    sub = epath.Path(path) / 'checkpoints'
+    return os.fspath(sub) if sub.is_dir() else os.fspath(path)
 
 
 def restore_params(directory: str | os.PathLike, abstract_params: Any, *, ema: bool = True,

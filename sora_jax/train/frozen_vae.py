@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from etils import epath
 from flax import nnx
 
 from sora_jax.train import checkpoint as ckpt
@@ -82,8 +83,8 @@ def load(path: str | os.PathLike, *, ema: bool = True) -> FrozenVAE:
     from sora_jax.train.objectives import vae as vae_objective
 
     path = os.fspath(path)
-    cdir = os.path.join(path, 'checkpoints')
-    if not os.path.isdir(cdir):
+    cdir = epath.Path(path) / 'checkpoints'
+    if not cdir.is_dir():
         raise ValueError(f'autoencoder checkpoint {path!r} not found ({cdir} does not exist); '
                          "set config.autoencoder to a VAE training workdir, or 'none'.")
     config = ckpt.load_config(cdir)

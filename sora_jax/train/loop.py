@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 from flax import nnx
 from tqdm import tqdm
 
@@ -46,8 +47,11 @@ from sora_jax.models.text import ByteTokenizer
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.safety import record as data_record
 from sora_jax.train import checkpoint as ckpt
+from sora_jax.train import perf as perf_lib
+from sora_jax.train import previews as previews_lib
 from sora_jax.train import state as state_lib
 from sora_jax.train import step as step_lib
+from sora_jax.train import tracking
 from sora_jax.train.validate import check_init_from, validate_config
 
 
@@ -232,7 +236,7 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
     check_init_from(config, workdir)
     mesh = mesh_lib.make_mesh(config.mesh.shape)
     rules = mesh_lib.rules_dict(config.mesh.rules)
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # any etils.epath path (gs://...)
     n_proc = jax.process_count()
     if t.batch_size % n_proc:
         raise ValueError(f'train.batch_size={t.batch_size} is not divisible by the '
@@ -252,7 +256,7 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info('model: %s parameters; mesh %s', f'{n_params:,}', dict(mesh.shape))
 
-    mngr = ckpt.manager(os.path.join(workdir, 'checkpoints'), keep=t.keep_checkpoints,
+    mngr = ckpt.manager(epath.Path(workdir) / 'checkpoints', keep=t.keep_checkpoints,
                         cleanup_tmp=True, save_delay_s=float(t.get('debug_save_delay_s', 0.0)))
     if mngr.latest_step() is not None:
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
@@ -264,7 +268,7 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
         state = warm_start(state, t.init_from, ema=bool(t.get('init_from_ema', True)),
                            adapt=None if adapt is None else (lambda p: adapt(p, config)))
     start = int(state.step)
-    ids_log = (_ExampleIdLog(os.path.join(workdir, 'example_ids.jsonl'), start)
+    ids_log = (_ExampleIdLog(epath.Path(workdir) / 'example_ids.jsonl', start)
                if t.get('log_example_ids', False) and jax.process_index() == 0 else None)
     nan_from = int(t.get('debug_nan_from_step', 0) or 0)
     sleep_s = float(t.get('debug_sleep_per_step', 0.0) or 0.0)
@@ -272,13 +276,20 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
     step_fn = step_lib.make_train_step(graphdef, objective.loss_fn, tx, config, schedule)
     batch_keys = None
     preempted = False
+    tracker = tracking.Tracker(workdir, config, enabled=jax.process_index() == 0,
+                               start_step=start)
+    if start == 0:
+        tracker.write_config(config)
+    previews = previews_lib.Previews(config)
+    profile = _Profile(t.get('profile_steps', ()), os.fspath(epath.Path(workdir) / 'profile'))
     with jax.set_mesh(mesh), mesh_lib.use_rules(rules):
         train_step = step_lib.jit_train_step(step_fn, shardings)
         is_finite = jax.jit(_state_finite)
         watch = _NonfiniteWatch(state, start, t.max_nonfinite, workdir)
-        writer = _writer(workdir)
+        meter = perf_lib.Throughput(config, n_params, lowered_flops=lambda: train_step.lower(
+            state, global_batch).cost_analysis().get('flops', math.nan))
         metrics: dict[str, Any] = {}
-        t0 = time.time()
+        t0, last_logged = time.time(), start
         with tqdm(total=t.num_steps, initial=start, desc='train',
                   disable=jax.process_index() != 0) as bar:
             for step in range(start, t.num_steps):
@@ -292,7 +303,11 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
                 if nan_from and step + 1 >= nan_from:  # fault injection (test hook)
                     inputs = {k: np.full_like(v, np.nan) if v.dtype.kind == 'f' else v
                               for k, v in inputs.items()}
-                state, m = train_step(state, to_global(inputs, mesh, rules))
+                global_batch = to_global(inputs, mesh, rules)
+                profile.before(step + 1)
+                with jax.profiler.StepTraceAnnotation('train', step_num=step + 1):
+                    state, m = train_step(state, global_batch)
+                profile.after(step + 1, state)
                 watch.update(state)  # dispatched, not waited for: no host sync here
                 bar.update(1)
                 done = step + 1
@@ -307,13 +322,20 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
                     watch.check(state, done, mngr)  # the host reads the counters only here
                 if done % t.log_every == 0 or done == t.num_steps or preempted:
                     metrics = {k: float(v) for k, v in jax.device_get(m).items()}
-                    metrics['steps_per_sec'] = t.log_every / max(time.time() - t0, 1e-9)
-                    t0 = time.time()
+                    elapsed = time.time() - t0
+                    metrics['steps_per_sec'] = (done - last_logged) / max(elapsed, 1e-9)
+                    metrics['skipped_total'] = float(watch.total)
+                    metrics.update(meter.perf(perf_lib.batch_shape(inputs, n_proc),
+                                              done - last_logged, elapsed))
+                    metrics.update(perf_lib.memory_in_use())
+                    t0, last_logged = time.time(), done
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-                    _log(writer, done, metrics)
+                    _log(tracker, done, metrics)
                 if t.eval_every and done % t.eval_every == 0:
-                    _log(writer, done, evaluate(config, graphdef, objective, state.ema_params,
-                                                mesh, rules))
+                    _log(tracker, done, evaluate(config, graphdef, objective, state.ema_params,
+                                                 mesh, rules))
+                    _previews(tracker, previews, done, state.ema_params, config)
+                    t0 = time.time()  # evaluation time is not training time
                 if checkpoint_now:
                     if not bool(is_finite(state)):
                         mngr.wait_until_finished()
@@ -324,8 +346,8 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
                 if preempted:
                     break
         mngr.wait_until_finished()
-        if writer is not None:
-            writer.close()
+        profile.stop()
+        tracker.close()
     step = int(state.step)
     if preempted:
         where = (f'checkpoint at step {step} saved in {workdir}' if mngr.latest_step() == step
@@ -367,6 +389,7 @@ class _NonfiniteWatch:
         # a fresh buffer: the state (and its counters) is donated to the next step
         self._peak = self._max(state.nonfinite_streak, state.nonfinite_streak)
         self._total, self._checked = int(state.nonfinite_total), step
+        self.total = self._total  # skipped updates so far, as of the last check
         self._limit, self._workdir = max_nonfinite, workdir
 
     def update(self, state) -> None:
@@ -385,6 +408,7 @@ class _NonfiniteWatch:
                             self._checked + 1, done, total - self._total, streak, done, peak,
                             self._checked, total)
         self._total, self._checked = total, done
+        self.total = total
         self._peak = self._max(state.nonfinite_streak, state.nonfinite_streak)  # the next span
         if peak >= self._limit:
             mngr.wait_until_finished()
@@ -401,17 +425,17 @@ class _ExampleIdLog:
     resume, lines after the restored step (steps a killed run took but never checkpointed) are
     dropped, so the file is the data order of the run that the checkpoints hold."""
 
-    def __init__(self, path: str, start: int):
+    def __init__(self, path, start: int):
+        path = epath.Path(path)
         kept = []
-        if os.path.exists(path) and start > 0:
-            with open(path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)['step'] <= start]
-        with open(path, 'w') as f:
-            f.writelines(kept)
+        if path.exists() and start > 0:
+            kept = [line + '\n' for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line)['step'] <= start]
+        path.write_text(''.join(kept))
         self._path = path
 
     def write(self, step: int, ids: np.ndarray, loss: float) -> None:
-        with open(self._path, 'a') as f:
+        with self._path.open('a') as f:
             f.write(json.dumps({'step': step, 'ids': [int(i) for i in np.asarray(ids)],
                                 'loss': loss}) + '\n')
 
@@ -444,18 +468,51 @@ def evaluate(config, graphdef, objective, params, mesh, rules, num_batches: int 
     return {f'eval/{k}': v / max(n, 1) for k, v in totals.items()}
 
 
-def _writer(workdir):
-    if jax.process_index() != 0:
-        return None
-    from tensorboardX import SummaryWriter
-    return SummaryWriter(os.path.join(workdir, 'tb'))
-
-
-def _log(writer, step, metrics):
+def _log(tracker: tracking.Tracker, step: int, metrics: dict[str, float]) -> None:
     if not metrics:
         return
     logging.info('step %d: %s', step, ', '.join(f'{k}={v:.4g}' for k, v in metrics.items()))
-    if writer is not None:
-        for k, v in metrics.items():
-            writer.add_scalar(k, v, step)
-        writer.flush()
+    tracker.scalars(step, metrics)
+
+
+def _previews(tracker, previews, step: int, params, config) -> None:
+    """Fixed-prompt videos (GIF summaries) and, for shapes prompts, the judge's scores."""
+    if not previews.enabled or jax.process_count() > 1:  # sampling is single-process
+        return
+    videos, prompts, scores = previews(params)
+    tracker.videos(step, videos, fps=int(config.sample.get('fps', 8)),
+                   scale=int(config.sample.get('display_scale', 1)), captions=prompts)
+    _log(tracker, step, scores)
+
+
+class _Profile:
+    """A jax.profiler trace of the 1-based steps first..last (train.profile_steps=(first, last))
+    into `logdir` (TensorBoard's profile plugin / xprof read logdir/plugins/profile/*/
+    *.xplane.pb); () or (0, 0): off."""
+
+    def __init__(self, steps, logdir: str):
+        steps = tuple(steps or ())
+        if steps and len(steps) != 2:
+            raise ValueError(f'train.profile_steps={steps!r} must be (first, last) 1-based '
+                             'steps, e.g. (5, 7), or () for no trace.')
+        self.first, self.last = (int(steps[0]), int(steps[1])) if steps else (0, 0)
+        if self.first > self.last:
+            raise ValueError(f'train.profile_steps={steps!r}: first > last; e.g. (5, 7).')
+        self.logdir, self.active = logdir, False
+
+    def before(self, step: int) -> None:
+        if self.first and step == self.first:
+            jax.profiler.start_trace(self.logdir)
+            self.active = True
+
+    def after(self, step: int, state) -> None:
+        if self.active and step >= self.last:
+            jax.block_until_ready(state)
+            self.stop()
+
+    def stop(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+            logging.info('profile of steps %d-%d written to %s', self.first, self.last,
+                         self.logdir)

@@ -28,10 +28,11 @@ def _is_int(v) -> bool:
 
 def check_init_from(config, workdir: str) -> None:
     """train.init_from must exist when the run starts fresh (a resumed run no longer reads it)."""
+    from etils import epath
     init_from = config.train.get('init_from', '')
-    if not init_from or os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    if not init_from or (epath.Path(workdir) / 'checkpoints').is_dir():
         return
-    if not os.path.isdir(init_from):
+    if not epath.Path(init_from).is_dir():
         raise _err('train.init_from', init_from, 'is not a directory; give a training workdir '
                    "or an exported bundle to start from, or '' to start from scratch.")
 
@@ -54,10 +55,17 @@ def validate_config(config) -> None:
         v = t.get(key, 1)
         if not _is_int(v) or v < 1:
             raise _err(f'train.{key}', v, 'must be a positive integer.')
-    for key in ('eval_every', 'warmup_steps'):
+    for key in ('eval_every', 'warmup_steps', 'eval_num_videos'):
         v = t.get(key, 0)
         if not _is_int(v) or v < 0:
             raise _err(f'train.{key}', v, 'must be an integer >= 0 (0: off).')
+    from sora_jax.train import tracking
+    tracking.backends_of(config)  # ValueError naming train.log_to
+    prof = tuple(t.get('profile_steps', ()) or ())
+    if prof and (len(prof) != 2 or not all(_is_int(v) and v >= 1 for v in prof)
+                 or prof[0] > prof[1]):
+        raise _err('train.profile_steps', prof, 'must be (first, last) 1-based steps with '
+                   'first <= last, e.g. (5, 7), or () for no trace.')
     if t.batch_size % t.grad_accum_steps:
         raise _err('train.batch_size', t.batch_size,
                    f'must be divisible by train.grad_accum_steps={t.grad_accum_steps}.')
@@ -192,8 +200,9 @@ def _vae_factors(config) -> tuple[int, int]:
             raise _err('latent_channels', config.latent_channels,
                        "must be 3 in pixel space (autoencoder='none').")
         return 1, 1
-    cdir = os.path.join(path, 'checkpoints')
-    if not os.path.isdir(cdir):
+    from etils import epath
+    cdir = epath.Path(path) / 'checkpoints'
+    if not cdir.is_dir():
         raise _err('autoencoder', path, f'{cdir} does not exist; train a VAE first '
                    '(experiments/train.py --config=configs/shapes.py:vae --workdir=...) or use '
                    "'none' for pixel space.")
