@@ -107,6 +107,15 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
         't2v': 0.5, 'i2v': 0.2, 'extend': 0.1, 'extend_backward': 0.05, 'connect': 0.1,
         'loop': 0.05}
 
+    c.lora = mlc.ConfigDict()       # LoRA fine-tuning (sora_jax/train/lora.py); rank 0 = off
+    c.lora.rank = 0                 # adapter rank; > 0 trains only adapters over a frozen base
+    c.lora.alpha = 0.0              # scale = alpha / rank (0: alpha = rank)
+    c.lora.targets = ('attn1.*', 'attn2.*', 'ffn')  # attn{1,2}.{q,k,v,o}, ffn.in/out, groups
+    c.lora.base_dtype = 'float32'   # frozen base weights: float32 | bfloat16
+    c.lora.dropout = 0.0            # adapter dropout (only 0 is supported)
+    c.lora.base = ''                # the base workdir / bundle ('' = train.init_from)
+    c.lora.base_sha256 = ''         # filled in by the run: hash of the base checkpoint files
+
     c.train = mlc.ConfigDict()
     c.train.num_steps = 3000        # optimizer steps
     c.train.init_from = ''          # warm start: params (EMA) of another run's workdir / bundle
