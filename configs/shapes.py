@@ -180,9 +180,14 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
         _finer_time(c)
         if arg == 'dit_p3':
             _longer(c)
+    elif arg == 'lora_demo':
+        _shipped_dit(c)
+        _finer_time(c)
+        _longer(c)
+        _lora_demo(c)
     elif arg != 'dit_pixel':
         raise ValueError(f'configs/shapes.py: unknown arg {arg!r}; use vae_image, vae, dit, '
-                         'dit_p2, dit_p3, dit_pixel, tiny or tiny_vae.')
+                         'dit_p2, dit_p3, dit_pixel, lora_demo, tiny or tiny_vae.')
     return c
 
 
@@ -269,6 +274,33 @@ def _longer(c: mlc.ConfigDict) -> None:
     c.conditioning.probs = {
         't2v': 0.85, 'i2v': 0.05, 'extend': 0.03, 'extend_backward': 0.02, 'connect': 0.03,
         'loop': 0.02}
+
+
+def _lora_demo(c: mlc.ConfigDict) -> None:
+    """`lora_demo`: a rank-8 LoRA over the shipped model (checkpoints/shapes, frozen) on a video
+    folder whose captions say red while the shapes are blue (experiments/lora_demo_data.py).
+      python experiments/lora_demo_data.py --out=data_cache/red_is_blue --num=512
+      python experiments/train.py --config=configs/shapes.py:lora_demo --workdir=workdirs/shapes_lora
+    Time and the judged effect: README, "LoRA fine-tuning"."""
+    c.autoencoder = 'checkpoints/shapes/vae'
+    # latent_mean / latent_std stay empty: a LoRA run takes its base's (train/lora.py)
+    c.data.name = 'folder'
+    c.data.folder = 'data_cache/red_is_blue'
+    c.data.sizes = ((16, 32, 32),)
+    c.data.size_weights = ()
+    c.conditioning.probs = {'t2v': 1.0, 'i2v': 0.0, 'extend': 0.0, 'extend_backward': 0.0,
+                            'connect': 0.0, 'loop': 0.0}
+    c.train.init_from = 'checkpoints/shapes'
+    c.lora.rank = 8
+    c.lora.alpha = 8.0
+    c.train.num_steps = 300
+    c.train.batch_size = 16
+    c.train.learning_rate = 1e-3
+    c.train.warmup_steps = 20
+    c.train.ema_decay = 0.98
+    c.train.log_every = 25
+    c.train.checkpoint_every = 100
+    c.train.keep_checkpoints = 2
 
 
 def _vae(c: mlc.ConfigDict, tiny: bool) -> None:

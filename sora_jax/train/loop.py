@@ -234,6 +234,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any]:
     t = config.train
     check_init_from(config, workdir)
+    lora_train.inherit_latent_stats(config)
     mesh = mesh_lib.make_mesh(config.mesh.shape)
     rules = mesh_lib.rules_dict(config.mesh.rules)
     os.makedirs(workdir, exist_ok=True)

@@ -62,6 +62,20 @@ def validate(config) -> None:
                          'training workdir or exported bundle (e.g. checkpoints/shapes).')
 
 
+def inherit_latent_stats(config) -> None:
+    """Empty `latent_mean` / `latent_std` (with a VAE) become the base run's: adapters learn in
+    the base model's latent space, not in statistics of the new data."""
+    if not enabled(config) or config.get('autoencoder', 'none') in ('none', '', None):
+        return
+    if len(config.get('latent_mean', ())):
+        return
+    base = ckpt.load_config(ckpt.checkpoint_dir(base_source(config)))
+    if len(base.get('latent_mean', ())):
+        config.latent_mean = tuple(base.latent_mean)
+        config.latent_std = tuple(base.latent_std)
+        logging.info('LoRA: latent statistics of the base %s.', base_source(config))
+
+
 def split(model: nnx.Module, config):
     """(adapters, base) of a freshly built model; base cast to lora.base_dtype."""
     _, adapters, base = nnx.split(model, nnx.LoRAParam, nnx.Param)
