@@ -5,6 +5,7 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -46,8 +47,9 @@ def _leaves(tree):
 
 
 def test_only_adapters_train_base_bitwise_unchanged(base):
+    """With the base held in bfloat16 (lora.base_dtype)."""
     root, base_dir, base_params = base
-    c = _config(os.path.join(root, 'data'), base_dir)
+    c = _config(os.path.join(root, 'data'), base_dir, base_dtype='bfloat16')
     mesh = mesh_lib.make_mesh(MESH)
     rules = mesh_lib.rules_dict()
     graphdef, state, shardings, tx, sched = loop.init_state(c, mesh, rules, flow_objective)
@@ -59,9 +61,12 @@ def test_only_adapters_train_base_bitwise_unchanged(base):
     assert n_adapt <= n_opt <= 2 * n_adapt + 8  # Adam moments of the adapters (+ counters)
     frozen0 = _leaves(state.frozen)
     assert not any('lora' in k for k in frozen0)
-    np.testing.assert_array_equal(  # the base is the base run's EMA params
+    assert all(v.dtype == jnp.bfloat16 for v in frozen0.values())
+    np.testing.assert_array_equal(  # the base is the base run's EMA params, in bf16
         frozen0["['dit']['blocks']['attn1']['to_q']['kernel'].value"],
-        np.asarray(base_params['dit']['blocks']['attn1']['to_q']['kernel'][...]))
+        np.asarray(base_params['dit']['blocks']['attn1']['to_q']['kernel'][...]).astype(
+            jnp.bfloat16))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
     fn = step_lib.make_train_step(graphdef, flow_objective.loss_fn, tx, c, sched)
     batch = next(iter(loop.make_data(c, 'train', batch_size=8, shuffle=True)))
     batch = {k: batch[k] for k in ('video', 'text_ids')}
