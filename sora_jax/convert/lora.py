@@ -81,8 +81,9 @@ def read(path: str, scale: float = 1.0) -> Adapter:
     out: Adapter = {}
     for (module, block), p in sorted(parts.items()):
         if 'A' not in p or 'B' not in p:
-            raise ValueError(f'{path}: block {block} {module} has only '
-                             f'{sorted(k for k in p if k != "alpha")}; lora_A and lora_B both needed.')
+            have = sorted(k for k in p if k != 'alpha')
+            raise ValueError(f'{path}: block {block} {module} has only {have}; lora_A and lora_B '
+                             'both needed.')
         a, b = p['A'], p['B']  # torch: A [r, in], B [out, r]
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
             raise ValueError(f'{path}: block {block} {module}: lora_A {a.shape} and lora_B '

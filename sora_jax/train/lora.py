@@ -118,8 +118,9 @@ def load_base(state, config, expected_sha256: str = ''):
     except ValueError as e:
         raise ValueError(f'lora base {src!r} does not fit this model ({e}); the model config '
                          'must match the base run.') from e
+    n = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info('LoRA: base params of step %d of %s (sha256 %s...) frozen; %s adapter params '
-                 'train.', step, src, sha[:12], f'{sum(x.size for x in jax.tree.leaves(state.params)):,}')
+                 'train.', step, src, sha[:12], f'{n:,}')
     return state.replace(frozen=frozen), sha
 
 
