@@ -42,6 +42,7 @@ TEST = [
     "torch==2.13.0",
     "diffusers==0.42.1",
     "transformers==5.24.0",
+    "peft==0.21.2",  # diffusers' load_lora_weights (tests/parity/test_lora_parity.py)
     # Ahead-of-time TPU compiles in the tests (experiments/aot.py; no TPU needed).
     "libtpu==0.0.42.*",
 ]

@@ -107,6 +107,15 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
         't2v': 0.5, 'i2v': 0.2, 'extend': 0.1, 'extend_backward': 0.05, 'connect': 0.1,
         'loop': 0.05}
 
+    c.lora = mlc.ConfigDict()       # LoRA fine-tuning (sora_jax/train/lora.py); rank 0 = off
+    c.lora.rank = 0                 # adapter rank; > 0 trains only adapters over a frozen base
+    c.lora.alpha = 0.0              # scale = alpha / rank (0: alpha = rank)
+    c.lora.targets = ('attn1.*', 'attn2.*', 'ffn')  # attn{1,2}.{q,k,v,o}, ffn.in/out, groups
+    c.lora.base_dtype = 'float32'   # frozen base weights: float32 | bfloat16
+    c.lora.dropout = 0.0            # adapter dropout (only 0 is supported)
+    c.lora.base = ''                # the base workdir / bundle ('' = train.init_from)
+    c.lora.base_sha256 = ''         # filled in by the run: hash of the base checkpoint files
+
     c.train = mlc.ConfigDict()
     c.train.num_steps = 3000        # optimizer steps
     c.train.init_from = ''          # warm start: params (EMA) of another run's workdir / bundle
@@ -180,9 +189,14 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
         _finer_time(c)
         if arg == 'dit_p3':
             _longer(c)
+    elif arg == 'lora_demo':
+        _shipped_dit(c)
+        _finer_time(c)
+        _longer(c)
+        _lora_demo(c)
     elif arg != 'dit_pixel':
         raise ValueError(f'configs/shapes.py: unknown arg {arg!r}; use vae_image, vae, dit, '
-                         'dit_p2, dit_p3, dit_pixel, tiny or tiny_vae.')
+                         'dit_p2, dit_p3, dit_pixel, lora_demo, tiny or tiny_vae.')
     return c
 
 
@@ -287,6 +301,33 @@ def _longer(c: mlc.ConfigDict) -> None:
     c.conditioning.probs = {
         't2v': 0.85, 'i2v': 0.05, 'extend': 0.03, 'extend_backward': 0.02, 'connect': 0.03,
         'loop': 0.02}
+
+
+def _lora_demo(c: mlc.ConfigDict) -> None:
+    """`lora_demo`: a rank-8 LoRA over the shipped model (checkpoints/shapes, frozen) on a video
+    folder whose captions say red while the shapes are blue (experiments/lora_demo_data.py).
+      python experiments/lora_demo_data.py --out=data_cache/red_is_blue --num=512
+      python experiments/train.py --config=configs/shapes.py:lora_demo --workdir=workdirs/shapes_lora
+    Time and the judged effect: README, "LoRA fine-tuning"."""
+    c.autoencoder = 'checkpoints/shapes/vae'
+    # latent_mean / latent_std stay empty: a LoRA run takes its base's (train/lora.py)
+    c.data.name = 'folder'
+    c.data.folder = 'data_cache/red_is_blue'
+    c.data.sizes = ((16, 32, 32),)
+    c.data.size_weights = ()
+    c.conditioning.probs = {'t2v': 1.0, 'i2v': 0.0, 'extend': 0.0, 'extend_backward': 0.0,
+                            'connect': 0.0, 'loop': 0.0}
+    c.train.init_from = 'checkpoints/shapes'
+    c.lora.rank = 8
+    c.lora.alpha = 8.0
+    c.train.num_steps = 300
+    c.train.batch_size = 16
+    c.train.learning_rate = 1e-3
+    c.train.warmup_steps = 20
+    c.train.ema_decay = 0.98
+    c.train.log_every = 25
+    c.train.checkpoint_every = 100
+    c.train.keep_checkpoints = 2
 
 
 def _vae(c: mlc.ConfigDict, tiny: bool) -> None:

@@ -46,6 +46,9 @@ flags.DEFINE_integer('num_clips', 500, 'ground_truth: clips to judge.')
 flags.DEFINE_float('blur', 0.0, 'ground_truth: Gaussian blur sigma (px) applied before judging.')
 flags.DEFINE_float('noise', 0.0, 'ground_truth: Gaussian noise std (0..255) applied before judging.')
 flags.DEFINE_bool('ema', True, 'Sample the EMA parameters.')
+flags.DEFINE_list('colors', None, 'suite=shapes: only prompts of these colours (default: all).')
+flags.DEFINE_multi_string('lora', None, 'suite=shapes: LoRA FILE[:scale] over the checkpoint '
+                          '(repeatable; see experiments/sample.py).')
 flags.DEFINE_bool('autoencoder', False, "ground_truth: judge the clips after a round trip through "
                   "the --checkpoint's VAE (its config.autoencoder).")
 flags.DEFINE_list('backgrounds', None, 'ground_truth: background kinds (default: every kind, or '
@@ -56,11 +59,13 @@ flags.DEFINE_float('size_scale', None, "ground_truth: shape size scale (default 
 ATTRS = ('shape', 'color', 'motion', 'all')
 
 
-def combinations(holdout, holdout_only: bool = False) -> list[dict]:
-    """Every (shape, colour, motion) as attribute dicts with a `held_out` flag."""
+def combinations(holdout, holdout_only: bool = False, colors=None) -> list[dict]:
+    """Every (shape, colour, motion) as attribute dicts with a `held_out` flag (`colors`: only
+    these colours)."""
     from sora_jax.data import shapes
     out = []
-    for shape, color, motion in itertools.product(shapes.SHAPES, shapes.COLORS, shapes.MOTIONS):
+    for shape, color, motion in itertools.product(shapes.SHAPES, colors or shapes.COLORS,
+                                                  shapes.MOTIONS):
         a = {'shape': shape, 'color': color, 'motion': motion}
         a['held_out'] = shapes.is_held_out(a, holdout)
         if a['held_out'] or not holdout_only:
@@ -102,7 +107,11 @@ def summarize(records: list[dict]) -> dict:
         for value in sorted({r[key] for r in records}):
             rs = [r for r in records if r[key] == value]
             by_value[f'{key}={value}'] = float(np.mean([r[f'{key}_ok'] for r in rs]))
-    return {'groups': groups, 'by_value': by_value}
+    seen_color = {}  # prompt colour -> {colour the judge saw: fraction of its clips}
+    for value in sorted({r['color'] for r in records}):
+        seen = [str(r['seen']['color']) for r in records if r['color'] == value]
+        seen_color[value] = {c: seen.count(c) / len(seen) for c in sorted(set(seen))}
+    return {'groups': groups, 'by_value': by_value, 'seen_color': seen_color}
 
 
 def table(summary: dict) -> str:
@@ -116,15 +125,19 @@ def table(summary: dict) -> str:
 
 def evaluate_shapes(pipe, *, num_per_combo=1, languages=('en', 'es'), holdout=(),
                     holdout_only=False, steps=25, guidance_scale=None, num_frames=None,
-                    height=None, width=None, batch_size=32, seed=0, progress=True) -> dict:
+                    height=None, width=None, batch_size=32, seed=0, progress=True,
+                    colors=None) -> dict:
     """Samples one-shape prompts with `pipe` (a TextToVideo), judges them; summary + records."""
     from sora_jax.data import shapes
     from sora_jax.evaluation import shapes_judge
     for lang in languages:
         if lang not in shapes.LANGS:
             raise ValueError(f'Unknown language {lang!r}; use a subset of {shapes.LANGS}.')
+    bad = sorted(set(colors or ()) - set(shapes.COLORS))
+    if bad:
+        raise ValueError(f'--colors: unknown {bad}; use a subset of {sorted(shapes.COLORS)}.')
     jobs = [(a, lang, rep) for rep in range(num_per_combo)
-            for a in combinations(holdout, holdout_only) for lang in languages]
+            for a in combinations(holdout, holdout_only, colors) for lang in languages]
     records, t_sample, t_judge = [], 0.0, 0.0
     for b, start in enumerate(range(0, len(jobs), batch_size)):
         chunk = jobs[start:start + batch_size]
@@ -229,18 +242,24 @@ def main(argv):
         from configs import shapes as shapes_config
         from sora_jax.pipeline import TextToVideo
         pipe = TextToVideo.from_checkpoint(F.checkpoint, ema=F.ema)
+        if F.lora:
+            from sora_jax.convert.lora import parse_spec
+            pipe.set_loras([parse_spec(s) for s in F.lora])
         holdout = tuple(tuple(c) for c in pipe.config.get('data', {}).get('holdout', shapes_config.HOLDOUT))
         summary = evaluate_shapes(
             pipe, num_per_combo=F.num_per_combo, languages=tuple(F.languages), holdout=holdout,
             holdout_only=F.holdout_only, steps=F.steps, guidance_scale=F.guidance_scale,
             num_frames=F.num_frames, height=F.height, width=F.width, batch_size=F.batch_size,
-            seed=F.seed)
-        settings = {'checkpoint': F.checkpoint, 'num_per_combo': F.num_per_combo, 'steps': F.steps,
+            seed=F.seed, colors=F.colors)
+        settings = {'checkpoint': F.checkpoint, 'lora': F.lora, 'colors': F.colors,
+                    'num_per_combo': F.num_per_combo, 'steps': F.steps,
                     'guidance_scale': F.guidance_scale, 'languages': list(F.languages),
                     'holdout': [list(c) for c in holdout], 'holdout_only': F.holdout_only}
     summary['suite'], summary['settings'] = F.suite, settings
     print(table(summary))
     print('by value: ' + ', '.join(f'{k} {v:.2f}' for k, v in summary['by_value'].items()))
+    for asked, seen in summary.get('seen_color', {}).items():
+        print(f'prompt colour {asked}: judged ' + ', '.join(f'{c} {v:.2f}' for c, v in seen.items()))
     if 'psnr' in summary:
         print(f"VAE round trip PSNR {summary['psnr']:.2f} dB")
     print(f"timing: {summary['timing']}", flush=True)

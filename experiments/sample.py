@@ -50,6 +50,10 @@ flags.DEFINE_string('image', None, 'Image file for i2v / loop.')
 flags.DEFINE_multi_string('video', None, 'Video file for extend / v2v (twice for connect: head, tail).')
 flags.DEFINE_float('strength', 0.7, 'v2v: how much of the input video is re-generated (0..1).')
 flags.DEFINE_bool('ema', True, 'Sample the EMA parameters.')
+flags.DEFINE_multi_string('lora', None, 'LoRA safetensors FILE[:scale] (diffusers / PEFT or '
+                          'original-Wan layout; repeat for several; scale 1 by default).')
+flags.DEFINE_bool('lora_merge', True, 'Merge LoRAs into the weights (--nolora_merge: keep them as '
+                  'separate adapters).')
 flags.DEFINE_bool('progress', True, 'Per-step progress bar. It is a host callback inside the '
                   'sampler, and JAX keeps no program with host callbacks in the compilation cache: '
                   '--noprogress makes the sampler\'s compile cached too (a second run starts faster).')
@@ -138,6 +142,9 @@ def main(argv):
         pipe = TextToVideo.from_wan(F.checkpoint, config)
     else:
         pipe = TextToVideo.from_checkpoint(F.checkpoint, ema=F.ema)
+    if F.lora:
+        from sora_jax.convert.lora import parse_spec
+        pipe.set_loras([parse_spec(s) for s in F.lora], merge=F.lora_merge)
     off = safeguards(pipe, F)
     s = pipe.config.sample
     height = F.height or s.height

@@ -73,10 +73,13 @@ class UMT5Text:
 class TextToVideo:
     """Text encoder + DiT (+ optional VAE): any sampler, CFG, frame-mask modes."""
 
-    def __init__(self, config, dit_graphdef, dit_params, text, vae: FrozenVAE | None = None):
+    def __init__(self, config, dit_graphdef, dit_params, text, vae: FrozenVAE | None = None,
+                 loras: Sequence[tuple[str, float]] = (), merge_loras: bool = True):
         self.config = config
         self.graphdef = dit_graphdef
         self.params = dit_params
+        self._base = (dit_graphdef, dit_params)  # the DiT without LoRAs (set_loras)
+        self.loras: tuple[tuple[str, float], ...] = ()
         self.text = text
         self.vae = vae
         self.patch = tuple(config.model.patch_size)
@@ -92,6 +95,20 @@ class TextToVideo:
         self.checkpoint_path, self.checkpoint_hash = None, None
         self.model_id = watermark_lib.model_id_from(str(config))  # until set_checkpoint
         self.user_key = int(os.environ.get('SORA_JAX_WATERMARK_KEY', '0'))
+        if loras:
+            self.set_loras(loras, merge=merge_loras)
+
+    def set_loras(self, loras: Sequence[tuple[str, float]] = (), merge: bool = True) -> None:
+        """LoRA safetensors files [(path, scale), ...] (diffusers / PEFT or original-Wan layout,
+        `convert/lora.py`) over the base DiT: merged into its kernels (`merge=True`, no cost per
+        step) or kept as separate adapters; always applied to the base, so `set_loras([])`
+        switches them off."""
+        from sora_jax.convert import lora as lora_files
+        self.loras = tuple((os.fspath(p), float(s)) for p, s in loras)
+        self.graphdef, self.params = lora_files.apply(
+            *self._base, [lora_files.read(p, s) for p, s in self.loras], merge=merge)
+        if self.loras:
+            logging.info('LoRAs %s %s.', self.loras, 'merged' if merge else 'kept separate')
 
     def set_checkpoint(self, path: str) -> None:
         """Records where the weights came from; the watermark's model id is its hash."""
@@ -110,6 +127,8 @@ class TextToVideo:
             raise ValueError(f'{path!r} is not a checkpoint: {cdir} does not exist. Pass a '
                              'training --workdir or checkpoints/shapes.')
         config = ckpt.load_config(cdir)
+        if config.get('lora', {}).get('rank', 0):  # a LoRA run: its base plus its adapters
+            return cls._from_lora_run(path, config, ema)
         abstract = nnx.state(nnx.eval_shape(lambda: flow_objective.build_model(config, nnx.Rngs(0))),
                              nnx.Param)
         params, step = ckpt.restore_params(cdir, abstract, ema=ema)
@@ -118,6 +137,25 @@ class TextToVideo:
         if vae is not None:
             vae = vae.with_stats(config.get('latent_mean', ()), config.get('latent_std', ()))
         pipe = cls._from_denoiser(config, params, vae)
+        pipe.set_checkpoint(path)
+        return pipe
+
+    @classmethod
+    def _from_lora_run(cls, path: str, config, ema: bool) -> 'TextToVideo':
+        """A LoRA training workdir: the base it names (config.lora.base) with its adapters
+        merged in (train/lora.py)."""
+        from sora_jax.convert import lora as lora_files
+        from sora_jax.train import lora as lora_train
+        base = config.lora.get('base', '')
+        sha, _ = lora_train.base_fingerprint(base)
+        if sha != config.lora.get('base_sha256', ''):
+            raise ValueError(f'{path!r} was trained on base {base!r} whose files no longer hash '
+                             'the same; restore the original base to sample this LoRA run.')
+        pipe = cls.from_checkpoint(base, ema=bool(config.train.get('init_from_ema', True)))
+        adapter, step, _ = lora_train.read_adapter(path, ema=ema)
+        pipe._base = lora_files.apply(*pipe._base, [adapter], merge=True)
+        pipe.graphdef, pipe.params = pipe._base
+        logging.info('LoRA run %s (step %d) merged into its base %s', path, step, base)
         pipe.set_checkpoint(path)
         return pipe
 

@@ -115,3 +115,30 @@ def test_profile_dir_writes_a_trace(first, tmp_path):
     traces = list(prof.glob('plugins/profile/*/*.xplane.pb'))
     assert len(traces) == 1 and traces[0].stat().st_size > 1000
     assert f'profile written to {prof}' in r.stdout
+
+
+def test_lora_flag(first, tmp_path):
+    """--lora=FILE:0 gives the base model's image exactly; --lora=FILE (scale 1) changes it."""
+    from PIL import Image
+    from safetensors.numpy import save_file
+    _, png, cache, _ = first
+    rng = np.random.default_rng(0)
+    sd = {}
+    for i in range(6):  # the shipped DiT: 6 blocks of width 256
+        sd[f'transformer.blocks.{i}.attn2.to_v.lora_A.weight'] = rng.standard_normal(
+            (4, 256)).astype(np.float32)
+        sd[f'transformer.blocks.{i}.attn2.to_v.lora_B.weight'] = rng.standard_normal(
+            (256, 4)).astype(np.float32)
+    lora = str(tmp_path / 'lora.safetensors')
+    save_file(sd, lora)
+    pixels = {}
+    for name, spec in (('off', f'{lora}:0'), ('on', lora)):
+        out = tmp_path / f'{name}.png'
+        r = _run(ARGS + [f'--out={out}', f'--lora={spec}'], cache)
+        assert r.returncode == 0, r.stderr[-3000:]
+        with Image.open(out) as im:
+            pixels[name] = np.asarray(im.convert('RGB')).astype(int)
+    with Image.open(png) as im:
+        base = np.asarray(im.convert('RGB')).astype(int)
+    np.testing.assert_array_equal(pixels['off'], base)
+    assert np.abs(pixels['on'] - base).mean() > 1.0

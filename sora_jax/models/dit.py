@@ -22,6 +22,7 @@ from flax import nnx
 
 from sora_jax.models import attention as attn_lib
 from sora_jax.models import layers
+from sora_jax.models import lora as lora_lib
 from sora_jax.models import rope
 from sora_jax.models.config import fields_from_config
 from sora_jax.parallel.mesh import constrain
@@ -61,12 +62,16 @@ class DiTConfig:
                                     # embedding (adaLN), as SD3 does; not in Wan 2.1
     zero_init: bool = False         # adaLN-Zero (DiT, PixArt): modulation, cross-attention output
                                     # and output projection start at 0, every block as identity
+    lora: tuple = ()                # ((module, rank, scale), ...): LoRA adapters on block
+                                    # projections (models/lora.py; set from config.lora or files)
 
     @classmethod
     def from_config(cls, cfg: Any) -> 'DiTConfig':
         d = fields_from_config(cls, cfg, 'DiT')
         if 'patch_size' in d:
             d['patch_size'] = tuple(d['patch_size'])
+        if 'lora' in d:
+            d['lora'] = tuple(tuple(x) for x in d['lora'])
         c = cls(**d)
         c.validate()
         return c
@@ -89,6 +94,10 @@ class DiTConfig:
                              "('none', 'ulysses', 'ring').")
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise ValueError(f'model.patch_size={self.patch_size} must be 3 positive ints (t, h, w).')
+        bad = [m for m, r, _ in self.lora if m not in lora_lib.MODULES or int(r) < 1]
+        if bad:
+            raise ValueError(f'model.lora names {bad}: modules must be in {lora_lib.MODULES} '
+                             'with rank >= 1.')
 
     @property
     def head_dim(self) -> int:
@@ -113,16 +122,18 @@ class Attention(nnx.Module):
 
     def __init__(self, dim: int, heads: int, *, eps: float, rngs: nnx.Rngs, dtype, param_dtype,
                  impl: str = 'auto', chunk: int = 512, context_parallel: str = 'none',
-                 zero_out: bool = False):
+                 zero_out: bool = False, lora: dict | None = None):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        lora = lora or {}  # {'to_q' / 'to_k' / 'to_v' / 'to_out': (rank, scale)}
         self.heads = heads
         self.impl = impl
         self.chunk = chunk
         self.context_parallel = context_parallel  # used by self-attention only
-        self.to_q = layers.linear(dim, dim, ('embed', 'heads'), **kw)
-        self.to_k = layers.linear(dim, dim, ('embed', 'heads'), **kw)
-        self.to_v = layers.linear(dim, dim, ('embed', 'heads'), **kw)
-        self.to_out = layers.linear(dim, dim, ('heads', 'embed'), zero_init=zero_out, **kw)
+        self.to_q = layers.linear(dim, dim, ('embed', 'heads'), lora=lora.get('to_q'), **kw)
+        self.to_k = layers.linear(dim, dim, ('embed', 'heads'), lora=lora.get('to_k'), **kw)
+        self.to_v = layers.linear(dim, dim, ('embed', 'heads'), lora=lora.get('to_v'), **kw)
+        self.to_out = layers.linear(dim, dim, ('heads', 'embed'), zero_init=zero_out,
+                                    lora=lora.get('to_out'), **kw)
         self.norm_q = layers.RMSNorm(dim, eps=eps)
         self.norm_k = layers.RMSNorm(dim, eps=eps)
 
@@ -151,10 +162,13 @@ class DiTBlock(nnx.Module):
         kw = dict(eps=cfg.eps, rngs=rngs, dtype=dt, param_dtype=pdt, impl=cfg.attention,
                   chunk=cfg.attention_chunk, context_parallel=cfg.context_parallel)
         self.norm1 = layers.LayerNorm(cfg.dim, eps=cfg.eps)
-        self.attn1 = Attention(cfg.dim, cfg.num_heads, **kw)
+        self.attn1 = Attention(cfg.dim, cfg.num_heads, lora=lora_lib.lora_of(cfg.lora, 'attn1.'),
+                               **kw)
         self.norm2 = layers.LayerNorm(cfg.dim, eps=cfg.eps, affine=cfg.cross_attn_norm)
-        self.attn2 = Attention(cfg.dim, cfg.num_heads, zero_out=cfg.zero_init, **kw)
-        self.ffn = layers.FeedForward(cfg.dim, cfg.ffn_dim, rngs=rngs, dtype=dt, param_dtype=pdt)
+        self.attn2 = Attention(cfg.dim, cfg.num_heads, zero_out=cfg.zero_init,
+                               lora=lora_lib.lora_of(cfg.lora, 'attn2.'), **kw)
+        self.ffn = layers.FeedForward(cfg.dim, cfg.ffn_dim, rngs=rngs, dtype=dt, param_dtype=pdt,
+                                      lora=lora_lib.lora_of(cfg.lora, 'ffn.'))
         self.norm3 = layers.LayerNorm(cfg.dim, eps=cfg.eps)
         init = _table_init(rngs, 6, cfg)
         self.scale_shift_table = nnx.Param(init, out_sharding=(None, None, 'norm'))

@@ -47,6 +47,7 @@ from sora_jax.models.text import ByteTokenizer
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.safety import record as data_record
 from sora_jax.train import checkpoint as ckpt
+from sora_jax.train import lora as lora_train
 from sora_jax.train import perf as perf_lib
 from sora_jax.train import previews as previews_lib
 from sora_jax.train import state as state_lib
@@ -131,6 +132,9 @@ def _init_fn(config, objective, tx):
     def init_fn(k):
         k_model, k_state = jax.random.split(k)
         model = objective.build_model(config, nnx.Rngs(k_model))
+        if lora_train.enabled(config):  # adapters train; the base is frozen (train/lora.py)
+            adapters, base = lora_train.split(model, config)
+            return state_lib.create(adapters, tx, k_state, frozen=base)
         return state_lib.create(nnx.state(model, nnx.Param), tx, k_state)
     return init_fn
 
@@ -234,6 +238,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any]:
     t = config.train
     check_init_from(config, workdir)
+    lora_train.inherit_latent_stats(config)
     mesh = mesh_lib.make_mesh(config.mesh.shape)
     rules = mesh_lib.rules_dict(config.mesh.rules)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # any etils.epath path (gs://...)
@@ -254,19 +259,28 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
 
     graphdef, state, shardings, tx, schedule = init_state(config, mesh, rules, objective)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    logging.info('model: %s parameters; mesh %s', f'{n_params:,}', dict(mesh.shape))
+    logging.info('model: %s trainable parameters%s; mesh %s', f'{n_params:,}',
+                 '' if state.frozen is None else
+                 f' (LoRA; {sum(x.size for x in jax.tree.leaves(state.frozen)):,} frozen)',
+                 dict(mesh.shape))
+    use_lora, save_config = state.frozen is not None, config
 
     mngr = ckpt.manager(epath.Path(workdir) / 'checkpoints', keep=t.keep_checkpoints,
                         cleanup_tmp=True, save_delay_s=float(t.get('debug_save_delay_s', 0.0)))
     if mngr.latest_step() is not None:
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
-                                state)
-        state, step0 = ckpt.restore_state(mngr, abstract, data_iter)
+                                state.replace(frozen=None))  # LoRA checkpoints hold no base
+        restored, step0 = ckpt.restore_state(mngr, abstract, data_iter)
+        state = restored.replace(frozen=state.frozen)
         logging.info('Resumed from step %d in %s', step0, workdir)
-    elif t.get('init_from', ''):
+    elif t.get('init_from', '') and not use_lora:
         adapt = getattr(objective, 'adapt_warm_start', None)
         state = warm_start(state, t.init_from, ema=bool(t.get('init_from_ema', True)),
                            adapt=None if adapt is None else (lambda p: adapt(p, config)))
+    if use_lora:  # the base, loaded afresh on every start and checked against the checkpoint
+        state, sha = lora_train.load_base(state, config, lora_train.saved_sha256(workdir)
+                                          if mngr.latest_step() is not None else '')
+        save_config = lora_train.with_pointer(config, sha)
     start = int(state.step)
     ids_log = (_ExampleIdLog(epath.Path(workdir) / 'example_ids.jsonl', start)
                if t.get('log_example_ids', False) and jax.process_index() == 0 else None)
@@ -333,8 +347,9 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
                     _log(tracker, done, metrics)
                 if t.eval_every and done % t.eval_every == 0:
                     _log(tracker, done, evaluate(config, graphdef, objective, state.ema_params,
-                                                 mesh, rules))
-                    _previews(tracker, previews, done, state.ema_params, config)
+                                                 mesh, rules, frozen=state.frozen))
+                    _previews(tracker, previews, done, state.ema_params if state.frozen is None
+                              else nnx.merge_state(state.ema_params, state.frozen), config)
                     t0 = time.time()  # evaluation time is not training time
                 if checkpoint_now:
                     if not bool(is_finite(state)):
@@ -342,7 +357,7 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
                         raise FloatingPointError(
                             f'the train state at step {done} holds a non-finite value; not '
                             f'checkpointing it. The last checkpoint in {workdir} is kept.')
-                    ckpt.save(mngr, done, state, data_iter, config)
+                    ckpt.save(mngr, done, state.replace(frozen=None), data_iter, save_config)
                 if preempted:
                     break
         mngr.wait_until_finished()
@@ -440,9 +455,11 @@ class _ExampleIdLog:
                                 'loss': loss}) + '\n')
 
 
-def evaluate(config, graphdef, objective, params, mesh, rules, num_batches: int | None = None):
-    """Mean held-out loss of the given params over the validation split (fixed RNG); {} when the
-    dataset has no validation split (e.g. a video folder with data.validation_fraction=0)."""
+def evaluate(config, graphdef, objective, params, mesh, rules, num_batches: int | None = None,
+             frozen=None):
+    """Mean held-out loss of the given params (LoRA: adapters over the `frozen` base) over the
+    validation split (fixed RNG); {} when the dataset has no validation split (e.g. a video
+    folder with data.validation_fraction=0)."""
     sources = make_sources(config)
     if 'validation' not in sources:
         logging.info('no validation split (splits: %s); skipping evaluation.', sorted(sources))
@@ -461,7 +478,7 @@ def evaluate(config, graphdef, objective, params, mesh, rules, num_batches: int 
             break
         keys = [k for k in ('video', 'latents', 'text_ids') if k in batch]
         m = eval_fn(params, to_global({k: batch[k] for k in keys}, mesh, rules),
-                    jax.random.key(1234 + i))
+                    jax.random.key(1234 + i), frozen)
         for k, v in jax.device_get(m).items():
             totals[k] = totals.get(k, 0.0) + float(v)
         n += 1

@@ -18,9 +18,11 @@ class TrainState:
     rng: jax.Array                # base key; per-step keys are folded from (rng, step)
     nonfinite_streak: jax.Array   # consecutive skipped steps (non-finite loss or gradient)
     nonfinite_total: jax.Array    # all skipped steps
+    frozen: Any = None            # LoRA: the frozen base params (no gradient, no optimizer
+                                  # state, never checkpointed; train/lora.py); None otherwise
 
 
-def create(params, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+def create(params, tx: optax.GradientTransformation, rng: jax.Array, frozen=None) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -29,6 +31,7 @@ def create(params, tx: optax.GradientTransformation, rng: jax.Array) -> TrainSta
         rng=rng,
         nonfinite_streak=jnp.zeros((), jnp.int32),
         nonfinite_total=jnp.zeros((), jnp.int32),
+        frozen=frozen,
     )
 
 

@@ -21,15 +21,20 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def merge(graphdef, params, frozen=None):
+    """The model from its trainable params (and, with LoRA, the frozen base params)."""
+    return nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
+
+
 def make_train_step(graphdef, loss_fn: Callable, tx: optax.GradientTransformation, config,
                     schedule: Callable | None = None):
     """(state, batch) -> (state, metrics). Batch leaves have a leading global-batch axis."""
     accum = int(config.train.grad_accum_steps)
     ema_decay = float(config.train.ema_decay)
 
-    def grads_of(params, batch, rng):
-        def f(p):
-            model = nnx.merge(graphdef, p)
+    def grads_of(params, batch, rng, frozen=None):
+        def f(p):  # gradients of the trainable params only (LoRA: the adapters)
+            model = merge(graphdef, p, frozen)
             return loss_fn(model, batch, rng, config)
         (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(params)
         return loss, metrics, grads
@@ -37,20 +42,20 @@ def make_train_step(graphdef, loss_fn: Callable, tx: optax.GradientTransformatio
     def step(state: TrainState, batch: dict[str, Any]):
         rng = jax.random.fold_in(state.rng, state.step)
         if accum == 1:
-            loss, metrics, grads = grads_of(state.params, batch, rng)
+            loss, metrics, grads = grads_of(state.params, batch, rng, state.frozen)
         else:
             micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
 
             def body(carry, i_mb):
                 i, mb = i_mb
-                l, m, g = grads_of(state.params, mb, jax.random.fold_in(rng, i))
+                l, m, g = grads_of(state.params, mb, jax.random.fold_in(rng, i), state.frozen)
                 gsum, lsum, msum = carry
                 return (jax.tree.map(jnp.add, gsum, g), lsum + l,
                         jax.tree.map(jnp.add, msum, m)), None
 
             zeros_g = jax.tree.map(jnp.zeros_like, state.params)
             _, m_shape = jax.eval_shape(lambda: grads_of(state.params, jax.tree.map(
-                lambda x: x[0], micro), rng)[:2])
+                lambda x: x[0], micro), rng, state.frozen)[:2])
             zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
             (gsum, lsum, msum), _ = jax.lax.scan(
                 body, (zeros_g, jnp.zeros(()), zeros_m), (jnp.arange(accum), micro))
@@ -88,9 +93,10 @@ def jit_train_step(step_fn, shardings):
 
 
 def make_eval_step(graphdef, loss_fn: Callable, config):
-    """(params, batch, rng) -> metrics, on the EMA (or raw) params."""
-    def step(params, batch, rng):
-        model = nnx.merge(graphdef, params)
+    """(params, batch, rng, frozen=None) -> metrics, on the EMA (or raw) params (LoRA: the
+    adapters, with the frozen base params)."""
+    def step(params, batch, rng, frozen=None):
+        model = merge(graphdef, params, frozen)
         loss, metrics = loss_fn(model, batch, rng, config)
         return dict(metrics, loss=loss)
     return step

@@ -96,6 +96,8 @@ def validate_config(config) -> None:
     if micro % batch_shards:
         raise _err('train.batch_size', t.batch_size,
                    f'the micro-batch {micro} must be divisible by data*fsdp={batch_shards}.')
+    from sora_jax.train import lora as lora_train
+    lora_train.validate(config)
     if 'model' in config and 'patch_size' in config.model:
         _check_model(config)
         _check_sizes(config)

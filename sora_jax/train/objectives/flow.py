@@ -28,7 +28,9 @@ def dit_config(config) -> DiTConfig:
     2C + 1 in with frame-mask conditioning (noisy latents, known latents, mask)."""
     c = int(config.latent_channels)
     cin = 2 * c + 1 if conditioning_enabled(config) else c
-    return DiTConfig.from_config(dict(config.model.to_dict(), in_channels=cin, out_channels=c))
+    from sora_jax.train import lora as lora_train  # config.lora: adapters on the blocks
+    return DiTConfig.from_config(dict(config.model.to_dict(), in_channels=cin, out_channels=c,
+                                      lora=lora_train.config_of(config).layout()))
 
 
 def build_model(config, rngs: nnx.Rngs) -> Denoiser:

@@ -26,8 +26,10 @@ from sora_jax.train.objectives import flow as flow_objective
 
 
 def dit_config(config) -> DiTConfig:
+    from sora_jax.train import lora as lora_train  # config.lora: adapters on the blocks
     c = int(config.latent_channels)
-    return DiTConfig.from_config(dict(config.model.to_dict(), in_channels=c, out_channels=c))
+    return DiTConfig.from_config(dict(config.model.to_dict(), in_channels=c, out_channels=c,
+                                      lora=lora_train.config_of(config).layout()))
 
 
 def build_model(config, rngs: nnx.Rngs) -> DiT:

@@ -1,0 +1,209 @@
+"""LoRA files people share for Wan 2.1 <-> sora_jax adapters (safetensors, no torch).
+
+Layouts read (block N, a prefix `transformer.` / `diffusion_model.` or none):
+  diffusers / PEFT  blocks.N.attn1.to_q.lora_A.weight [r, in], .lora_B.weight [out, r]
+                    modules attn{1,2}.to_{q,k,v}, attn{1,2}.to_out.0, ffn.net.0.proj, ffn.net.2
+  original Wan      blocks.N.self_attn.q.lora_A.weight / lora_B, or .lora_down.weight /
+                    .lora_up.weight, with an optional .alpha (scalar)
+                    modules self_attn.{q,k,v,o}, cross_attn.{q,k,v,o}, ffn.0, ffn.2
+The update of a module is `scale * alpha / r * B @ A` (torch layout, [out, in]); without an
+alpha, alpha = r (scale 1), as diffusers and PEFT do. Any other key is an error listing them.
+
+An adapter is `{module: {block: (a [in, r], b [r, out])}}` (module a path in
+`models.lora.MODULES`; the sora_jax kernel layout [in, out]) with the whole scale folded into
+b, so `x @ kernel + x @ a @ b` is the adapted layer. Several adapters are
+  merged   `merge(params, adapters)`: kernels += a @ b (no cost at sampling), or
+  kept     `stack(adapters, depth)`: one LoRALinear per module whose rank is the sum of the
+           files' ranks (A and B concatenated, blocks a file lacks are zero): exact, and
+           removable (`TextToVideo.set_loras([])`).
+`save` writes the diffusers layout (`transformer.blocks.N.attn1.to_q.lora_A.weight`, scale folded
+into lora_B) that `WanPipeline.load_lora_weights` reads.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from sora_jax.convert.safetensors import SafetensorsFolder
+from sora_jax.models.lora import MODULES
+
+Adapter = dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]
+
+_DIFFUSERS = {'attn1.to_q': 'attn1.to_q', 'attn1.to_k': 'attn1.to_k', 'attn1.to_v': 'attn1.to_v',
+              'attn1.to_out.0': 'attn1.to_out', 'attn2.to_q': 'attn2.to_q',
+              'attn2.to_k': 'attn2.to_k', 'attn2.to_v': 'attn2.to_v',
+              'attn2.to_out.0': 'attn2.to_out', 'ffn.net.0.proj': 'ffn.proj_in',
+              'ffn.net.2': 'ffn.proj_out'}
+_WAN = {f'{w}.{s}': f'{a}.{m}' for w, a in (('self_attn', 'attn1'), ('cross_attn', 'attn2'))
+        for s, m in (('q', 'to_q'), ('k', 'to_k'), ('v', 'to_v'), ('o', 'to_out'))}
+_WAN.update({'ffn.0': 'ffn.proj_in', 'ffn.2': 'ffn.proj_out'})
+_SOURCE = {**_DIFFUSERS, **_WAN}
+_TO_DIFFUSERS = {v: k for k, v in _DIFFUSERS.items()}
+_KEY = re.compile(r'^(?:transformer\.|diffusion_model\.)?blocks\.(\d+)\.(.+?)\.'
+                  r'(lora_A\.weight|lora_B\.weight|lora_down\.weight|lora_up\.weight|alpha)$')
+
+
+def parse_spec(spec: str) -> tuple[str, float]:
+    """'FILE[:scale]' -> (FILE, scale); scale 1 when omitted."""
+    path, sep, scale = spec.rpartition(':')
+    if sep and path:
+        try:
+            return path, float(scale)
+        except ValueError:
+            pass
+    return spec, 1.0
+
+
+def read(path: str, scale: float = 1.0) -> Adapter:
+    """A LoRA safetensors file (any layout above) -> adapter with `scale * alpha / r` in b."""
+    reader = SafetensorsFolder(path)
+    parts: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+    unknown = []
+    for key in reader.keys():
+        m = _KEY.match(key)
+        if not m or m.group(2) not in _SOURCE:
+            unknown.append(key)
+            continue
+        kind = {'lora_down.weight': 'A', 'lora_A.weight': 'A', 'lora_up.weight': 'B',
+                'lora_B.weight': 'B', 'alpha': 'alpha'}[m.group(3)]
+        slot = parts.setdefault((_SOURCE[m.group(2)], int(m.group(1))), {})
+        if kind in slot:
+            raise ValueError(f'{path}: {key} repeats the {kind} of block {m.group(1)} '
+                             f'{m.group(2)} (two layouts in one file?).')
+        slot[kind] = np.asarray(reader.get(key), np.float32)
+    if unknown:
+        raise ValueError(f'{path}: {len(unknown)} keys are not LoRA weights of the Wan DiT '
+                         f'blocks this loader knows (attention q/k/v/o, FFN): {sorted(unknown)}.')
+    if not parts:
+        raise ValueError(f'{path} holds no LoRA weights.')
+    out: Adapter = {}
+    for (module, block), p in sorted(parts.items()):
+        if 'A' not in p or 'B' not in p:
+            have = sorted(k for k in p if k != 'alpha')
+            raise ValueError(f'{path}: block {block} {module} has only {have}; lora_A and lora_B '
+                             'both needed.')
+        a, b = p['A'], p['B']  # torch: A [r, in], B [out, r]
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+            raise ValueError(f'{path}: block {block} {module}: lora_A {a.shape} and lora_B '
+                             f'{b.shape} are not [r, in] and [out, r].')
+        r = a.shape[0]
+        s = scale * (float(np.asarray(p['alpha']).reshape(())) / r if 'alpha' in p else 1.0)
+        out.setdefault(module, {})[block] = (a.T.copy(), (b.T * s).astype(np.float32))
+    return out
+
+
+def check_fits(adapter: Adapter, kernels: Mapping[str, tuple[int, ...]], name: str = 'LoRA'):
+    """kernels: {module: stacked kernel shape [depth, in, out]}; a mismatch is a ValueError."""
+    for module, blocks in adapter.items():
+        depth, din, dout = kernels[module]
+        for block, (a, b) in blocks.items():
+            if block >= depth or a.shape[0] != din or b.shape[1] != dout:
+                raise ValueError(f'{name}: block {block} {module} is [{a.shape[0]} -> '
+                                 f'{b.shape[1]}] but the model has {depth} blocks of [{din} -> '
+                                 f'{dout}]; this LoRA is for another model size.')
+
+
+def merge(flat: Mapping[str, np.ndarray], adapters: Iterable[Adapter]) -> dict[str, np.ndarray]:
+    """Flat DiT params ('blocks/attn1/to_q/kernel' -> [depth, in, out]) with every adapter's
+    a @ b added to its kernels (float32 math, cast back to the kernel dtype)."""
+    out = dict(flat)
+    for adapter in adapters:
+        check_fits(adapter, {m: tuple(out[_kernel(m)].shape) for m in adapter})
+        for module, blocks in adapter.items():
+            k = np.array(out[_kernel(module)], np.float32)
+            for block, (a, b) in blocks.items():
+                k[block] += a @ b
+            out[_kernel(module)] = k.astype(np.asarray(flat[_kernel(module)]).dtype)
+    return out
+
+
+def stack(adapters: list[Adapter], kernels: Mapping[str, tuple[int, ...]]):
+    """Adapters kept separate -> (layout for `DiTConfig.lora`, flat adapter params
+    {'blocks/attn1/to_q/lora/lora_a': [depth, in, R], ...lora_b: [depth, R, out]}) where R is
+    the sum over adapters of each one's largest rank on that module (lower ranks zero-padded)."""
+    for i, ad in enumerate(adapters):
+        check_fits(ad, kernels, f'LoRA #{i + 1}')
+    layout, flat = [], {}
+    for module in MODULES:
+        used = [ad[module] for ad in adapters if module in ad]
+        if not used:
+            continue
+        depth, din, dout = kernels[module]
+        ranks = [max(a.shape[1] for a, _ in blocks.values()) for blocks in used]
+        big_a = np.zeros((depth, din, sum(ranks)), np.float32)
+        big_b = np.zeros((depth, sum(ranks), dout), np.float32)
+        off = 0
+        for blocks, r in zip(used, ranks):
+            for block, (a, b) in blocks.items():
+                big_a[block, :, off:off + a.shape[1]] = a
+                big_b[block, off:off + b.shape[0]] = b
+            off += r
+        layout.append((module, sum(ranks), 1.0))
+        flat[f'{_path(module)}/lora/lora_a'] = big_a
+        flat[f'{_path(module)}/lora/lora_b'] = big_b
+    return tuple(layout), flat
+
+
+def from_params(flat: Mapping[str, np.ndarray], layout) -> Adapter:
+    """Trained adapters (flat DiT params with 'blocks/<module>/lora/lora_{a,b}') -> an adapter,
+    each module's scale (`DiTConfig.lora`) folded into b."""
+    out: Adapter = {}
+    for module, _, scale in layout:
+        a = np.asarray(flat[f'{_path(module)}/lora/lora_a'], np.float32)
+        b = np.asarray(flat[f'{_path(module)}/lora/lora_b'], np.float32) * float(scale)
+        out[module] = {i: (a[i], b[i]) for i in range(a.shape[0])}
+    return out
+
+
+def save(path: str, adapter: Adapter) -> dict[str, np.ndarray]:
+    """Writes the diffusers layout (`transformer.blocks.N.<module>.lora_A.weight` [r, in],
+    `lora_B.weight` [out, r], scale already in B: no alpha); returns the tensors written."""
+    from safetensors.numpy import save_file
+    tensors = {}
+    for module, blocks in adapter.items():
+        for block, (a, b) in sorted(blocks.items()):
+            key = f'transformer.blocks.{block}.{_TO_DIFFUSERS[module]}'
+            tensors[f'{key}.lora_A.weight'] = np.ascontiguousarray(a.T, np.float32)
+            tensors[f'{key}.lora_B.weight'] = np.ascontiguousarray(b.T, np.float32)
+    save_file(tensors, path, metadata={'format': 'pt'})
+    return tensors
+
+
+def apply(graphdef, params, adapters: list[Adapter], merge: bool = True):
+    """(graphdef, params) of a DiT (`nnx.split`, no adapters) with `adapters` merged into its
+    kernels, or kept as `LoRALinear` adapters (a new graphdef); no adapters: unchanged."""
+    import dataclasses
+
+    from flax import nnx
+
+    from sora_jax.convert.wan import apply_to_state
+    from sora_jax.models.dit import DiT
+    if not adapters:
+        return graphdef, params
+    flat = {'/'.join(map(str, p)): v[...] for p, v in nnx.to_flat_state(params)}
+    if merge:
+        return graphdef, apply_to_state(params, merge_flat(flat, adapters))
+    kernels = {m: tuple(flat[_kernel(m)].shape) for m in MODULES}
+    layout, extra = stack(adapters, kernels)
+    cfg = nnx.merge(graphdef, params).cfg
+    abstract = nnx.eval_shape(lambda: DiT(dataclasses.replace(cfg, lora=layout),
+                                          rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    return graphdef, apply_to_state(state, {**flat, **extra})
+
+
+def merge_flat(flat, adapters):
+    """`merge` over device arrays: only the adapted kernels go through the host."""
+    touched = {_kernel(m) for ad in adapters for m in ad}
+    merged = merge({k: np.asarray(flat[k]) for k in touched}, adapters)
+    return {**flat, **merged}
+
+
+def _path(module: str) -> str:
+    return 'blocks/' + module.replace('.', '/')
+
+
+def _kernel(module: str) -> str:
+    return f'{_path(module)}/kernel'

@@ -1,0 +1,176 @@
+"""LoRA fine-tuning in the train loop: adapters train, the base model is frozen.
+
+With `config.lora.rank > 0` the train state is partitioned (see `train/state.py`):
+  state.params, state.ema_params, state.opt_state   the adapters only (`nnx.LoRAParam`)
+  state.frozen                                      the base parameters (no gradient, no
+                                                    optimizer state, optionally bfloat16)
+The base comes from `lora.base` (default: `train.init_from`), a training workdir or exported
+bundle; it is loaded at the start and again on every resume. Checkpoints hold only the adapters
+(`state.frozen` is dropped before saving) plus, in the saved config, a pointer to the base:
+`lora.base` (its path) and `lora.base_sha256` (a hash of its checkpoint files). A resume whose
+base files no longer hash the same is an error.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+
+import jax
+from absl import logging
+from flax import nnx
+
+from sora_jax.models.lora import BASE_DTYPES, LoRAConfig
+from sora_jax.train import checkpoint as ckpt
+
+
+POINTER_KEYS = ('base', 'base_sha256')  # config.lora keys naming the base, not the adapters
+
+
+def config_of(config) -> LoRAConfig:
+    section = config.get('lora', None)
+    if section is None:
+        return LoRAConfig()
+    d = section.to_dict() if hasattr(section, 'to_dict') else dict(section)
+    return LoRAConfig.from_config({k: v for k, v in d.items() if k not in POINTER_KEYS})
+
+
+def enabled(config) -> bool:
+    return config_of(config).enabled
+
+
+def base_source(config) -> str:
+    """The base model directory: lora.base, else train.init_from."""
+    return config.lora.get('base', '') or config.train.get('init_from', '')
+
+
+def validate(config) -> None:
+    """lora.* keys, and a base model when LoRA is on."""
+    lc = config_of(config)
+    if not lc.enabled:
+        return
+    if config.get('objective', 'flow') not in ('flow', 'flow_context'):
+        raise ValueError(f'lora.rank={lc.rank}: LoRA adapts the DiT; config.objective='
+                         f'{config.objective!r} has none. Use a DiT config or lora.rank=0.')
+    src = base_source(config)
+    if not src:
+        raise ValueError(f'lora.rank={lc.rank} needs a base model to adapt: set '
+                         '--config.train.init_from=DIR (or --config.lora.base=DIR), a training '
+                         'workdir or exported bundle such as checkpoints/shapes.')
+    if not os.path.isdir(src):
+        raise ValueError(f'lora.base / train.init_from={src!r} is not a directory; give a '
+                         'training workdir or exported bundle (e.g. checkpoints/shapes).')
+
+
+def inherit_latent_stats(config) -> None:
+    """Empty `latent_mean` / `latent_std` (with a VAE) become the base run's: adapters learn in
+    the base model's latent space, not in statistics of the new data."""
+    if not enabled(config) or config.get('autoencoder', 'none') in ('none', '', None):
+        return
+    if len(config.get('latent_mean', ())):
+        return
+    base = ckpt.load_config(ckpt.checkpoint_dir(base_source(config)))
+    if len(base.get('latent_mean', ())):
+        config.latent_mean = tuple(base.latent_mean)
+        config.latent_std = tuple(base.latent_std)
+        logging.info('LoRA: latent statistics of the base %s.', base_source(config))
+
+
+def split(model: nnx.Module, config):
+    """(adapters, base) of a freshly built model; base cast to lora.base_dtype."""
+    _, adapters, base = nnx.split(model, nnx.LoRAParam, nnx.Param)
+    dtype = BASE_DTYPES[config_of(config).base_dtype]
+    base = jax.tree.map(lambda x: x.astype(dtype), base)
+    return adapters, base
+
+
+def base_fingerprint(source: str) -> tuple[str, int]:
+    """(sha256 of the newest checkpoint's files, its step) of a workdir / bundle."""
+    directory = pathlib.Path(ckpt.checkpoint_dir(source))
+    steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    if not steps:
+        raise ValueError(f'lora base {source!r} holds no complete checkpoint.')
+    step_dir = directory / str(steps[-1])
+    h = hashlib.sha256()
+    for path in sorted(p for p in step_dir.rglob('*') if p.is_file()):
+        h.update(os.fspath(path.relative_to(step_dir)).encode())
+        with open(path, 'rb') as f:
+            for chunk in iter(lambda: f.read(1 << 24), b''):
+                h.update(chunk)
+    return h.hexdigest(), steps[-1]
+
+
+def load_base(state, config, expected_sha256: str = ''):
+    """state with `frozen` restored from the base (its EMA params unless
+    train.init_from_ema=False), and the base's hash; `expected_sha256` (from a checkpoint being
+    resumed) must match it."""
+    src = base_source(config)
+    sha, _ = base_fingerprint(src)
+    if expected_sha256 and sha != expected_sha256:
+        raise ValueError(f'lora base {src!r} changed since this run started: its files hash to '
+                         f'{sha[:12]}..., the checkpoint was trained on {expected_sha256[:12]}...; '
+                         'point lora.base / train.init_from at the original base.')
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                            state.frozen)
+    try:
+        frozen, step = ckpt.restore_params(ckpt.checkpoint_dir(src), abstract,
+                                           ema=bool(config.train.get('init_from_ema', True)))
+    except ValueError as e:
+        raise ValueError(f'lora base {src!r} does not fit this model ({e}); the model config '
+                         'must match the base run.') from e
+    n = sum(x.size for x in jax.tree.leaves(state.params))
+    logging.info('LoRA: base params of step %d of %s (sha256 %s...) frozen; %s adapter params '
+                 'train.', step, src, sha[:12], f'{n:,}')
+    return state.replace(frozen=frozen), sha
+
+
+def with_pointer(config, sha256: str):
+    """A copy of config whose lora section names the base (path and hash), for checkpoints."""
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        c.lora.base = base_source(config)
+        c.lora.base_sha256 = sha256
+    return c
+
+
+def saved_sha256(workdir: str) -> str:
+    """lora.base_sha256 recorded in the newest checkpoint of a run ('' if none)."""
+    cfg = ckpt.load_config(os.path.join(workdir, 'checkpoints'))
+    return cfg.get('lora', {}).get('base_sha256', '')
+
+
+def read_adapter(workdir: str, *, ema: bool = True):
+    """(adapter as `convert/lora.py` holds it, step, config) of a LoRA run's newest checkpoint
+    (its EMA adapters unless `ema=False`)."""
+    from sora_jax.convert import lora as lora_files
+    from sora_jax.train.objectives import flow as flow_objective
+    cdir = ckpt.checkpoint_dir(workdir)
+    config = ckpt.load_config(cdir)
+    if not enabled(config):
+        raise ValueError(f'{workdir!r} is not a LoRA run (its config has lora.rank=0).')
+    model = nnx.eval_shape(lambda: flow_objective.build_model(config, nnx.Rngs(0)))
+    dit = getattr(model, 'dit', model)
+    abstract = nnx.state(dit, nnx.LoRAParam)
+    prefix = ('dit',) if dit is not model else ()
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
+    wrapped = abstract
+    for p in reversed(prefix):
+        wrapped = {p: wrapped}
+    params, step = ckpt.restore_params(cdir, wrapped, ema=ema)
+    for p in prefix:
+        params = params[p]
+    flat = {'/'.join(map(str, p)): v[...] for p, v in nnx.to_flat_state(nnx.State(params))}
+    return lora_files.from_params(flat, dit.cfg.lora), step, config
+
+
+def export(workdir: str, out: str, *, ema: bool = True) -> dict:
+    """Writes the adapters of a LoRA run's newest checkpoint (EMA unless `ema=False`) as a
+    safetensors file in the diffusers layout (`convert/lora.py`); returns
+    {'file', 'step', 'bytes', 'adapter_params', 'base', 'base_sha256'}."""
+    from sora_jax.convert import lora as lora_files
+    adapter, step, config = read_adapter(workdir, ema=ema)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tensors = lora_files.save(out, adapter)
+    return {'file': out, 'step': step, 'bytes': os.path.getsize(out),
+            'adapter_params': int(sum(t.size for t in tensors.values())),
+            'base': config.lora.get('base', ''), 'base_sha256': config.lora.get('base_sha256', '')}
