@@ -13,8 +13,10 @@ depths (`--compile_depths`) to show compile time flat in depth.
 
 Noise: the two runtimes' steps are interleaved over `--rounds` rounds (the background load hits
 both alike); each figure is the median over rounds with its range, `speed_ratio_vs_torch` is the
-median of the per-round ratios, and the 1-minute load average before and after is recorded: the
-output and the JSON carry a warning when the machine was busy (`loaded`). `--profile=DIR` adds a
+median of the per-round ratios. The CPU time other processes used during the timed rounds
+(`other_cpu_share`, from /proc/stat) and the 1-minute load average before and after are
+recorded; the output and the JSON carry a warning when others used more than `--quiet_share`
+of the cores (`loaded`). `--profile=DIR` adds a
 per-op profile of one step of each runtime (JAX profiler trace with XLA:CPU op events, torch's
 profiler), summed by op kind, to the table and the JSON.
 
@@ -46,9 +48,12 @@ flags.DEFINE_integer('threads', 0, 'CPU cores for both runtimes: the process is 
 flags.DEFINE_integer('rounds', 5, 'Timing rounds (JAX and torch interleaved); medians and '
                      'ranges over rounds are reported.')
 flags.DEFINE_integer('iters', 2, 'Steps per timing round.')
-flags.DEFINE_float('quiet_load', 1.0, 'A 1-minute load average above this before the run (or '
-                   'above it plus --threads after, which counts the benchmark itself) marks the '
-                   'figures as taken on a loaded machine.')
+flags.DEFINE_float('quiet_share', 0.1, 'Figures are marked as taken on a loaded machine when '
+                   'other processes used more than this share of all cores during the timed '
+                   'rounds (from /proc/stat minus this process; Linux).')
+flags.DEFINE_float('quiet_load', None, 'Where /proc/stat is missing: a 1-minute load average '
+                   'above this before the run marks the figures as loaded (default: the number '
+                   'of cores).')
 flags.DEFINE_string('profile', None, 'dit: also write a per-op profile of one train step of '
                     'each runtime under this directory and summarise it by op kind.')
 flags.DEFINE_bool('forward', True, 'dit: also time one forward pass on the CFG batch (2 x '
@@ -138,14 +143,49 @@ def load_average() -> float:
         return 0.0
 
 
-def load_verdict(before: float, after: float, threads: int, quiet: float) -> str | None:
-    """A warning when the machine was busy before the run or, beyond the benchmark's own
-    `threads`, after it; None when it was quiet."""
-    if before > quiet or after > quiet + threads:
-        return (f'LOADED MACHINE: 1-minute load average {before:.2f} before, {after:.2f} after '
-                f'(quiet: <= {quiet:g} before, <= {quiet + threads:g} after with this run\'s '
-                f'{threads} threads). Other processes shared the cores; compare only the ratios '
-                'of interleaved runs, and rerun on a quiet machine for absolute figures.')
+class OtherLoad:
+    """CPU time that *other* processes used while this one ran: the machine's busy time from
+    /proc/stat minus this process's own CPU time, as a share of all cores x wall time. The load
+    average cannot tell this: it counts the benchmark itself and lags by minutes."""
+
+    def __init__(self):
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample():
+        try:
+            with open('/proc/stat') as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        tick = os.sysconf('SC_CLK_TCK')
+        busy = (sum(v) - v[3] - (v[4] if len(v) > 4 else 0)) / tick  # all but idle + iowait
+        own = sum(os.times()[:4])
+        return busy, own, time.perf_counter()
+
+    def share(self) -> float | None:
+        end = self._sample()
+        if self.start is None or end is None:
+            return None
+        busy, own, wall = (b - a for a, b in zip(self.start, end))
+        return max(busy - own, 0.0) / (wall * (os.cpu_count() or 1))
+
+
+def load_verdict(other_share: float | None, before: float, quiet_share: float,
+                 quiet_load: float | None) -> str | None:
+    """A warning when other processes shared the machine during the timed rounds (or, without
+    /proc/stat, when the load average was high before them); None when it was quiet."""
+    if other_share is not None:
+        if other_share > quiet_share:
+            return (f'LOADED MACHINE: other processes used {100 * other_share:.0f}% of all cores '
+                    f'during the timed rounds (quiet: <= {100 * quiet_share:.0f}%). Compare only '
+                    'the ratios of interleaved runs; rerun on a quiet machine for absolute '
+                    'figures.')
+        return None
+    quiet_load = float(os.cpu_count() or 1) if quiet_load is None else quiet_load
+    if before > quiet_load:
+        return (f'LOADED MACHINE: 1-minute load average {before:.2f} before the run (quiet: <= '
+                f'{quiet_load:g}). Compare only the ratios of interleaved runs.')
     return None
 
 
@@ -415,11 +455,14 @@ def bench_dit(_) -> dict:
             fns['torch_forward'] = torch_forward
             torch_forward()
     out['load_before'] = load_average()
+    others = OtherLoad()
     times = interleaved(fns, FLAGS.rounds, FLAGS.iters)
+    out['other_cpu_share'] = others.share()
     for _ in range(FLAGS.rounds):  # the matmul peak, in windows as long as a step
         peak = max(peak, peak_fn(statistics.median(times['jax'])))
     out['load_after'] = load_average()
-    warning = load_verdict(out['load_before'], out['load_after'], threads, FLAGS.quiet_load)
+    warning = load_verdict(out['other_cpu_share'], out['load_before'], FLAGS.quiet_share,
+                           FLAGS.quiet_load)
     out['loaded'] = warning is not None
     if warning:
         out['warning'] = warning

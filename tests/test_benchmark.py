@@ -27,7 +27,7 @@ def test_dit_benchmark_json(tmp_path):
     fig, stdout = _run(['dit', '--dim=32', '--heads=2', '--ffn_dim=64', '--depth=2',
                         '--text_dim=16', '--text_len=4', '--latent=2,4,4', '--channels=4',
                         '--batch=2', '--compile_depths=1,2', '--matmul_size=256',
-                        '--quiet_load=-1',  # any machine counts as loaded: the warning shows
+                        '--quiet_share=-1', '--quiet_load=-1',  # any machine counts as loaded
                         f'--torch={HAVE_TORCH}'], tmp_path)
     keys = ['tokens_per_s', 'step_s', 'achieved_flops', 'matmul_peak_flops', 'mfu', 'compile_s',
             'model_flops_per_step', 'params', 'rss_peak_bytes', 'compile_s_depth1',
@@ -47,6 +47,7 @@ def test_dit_benchmark_json(tmp_path):
     lo, hi = fig['step_s_range']
     assert lo <= fig['step_s'] <= hi
     assert fig['load_before'] >= 0 and fig['load_after'] >= 0
+    assert fig['other_cpu_share'] is None or 0 <= fig['other_cpu_share'] <= 1.5
     assert fig['loaded'] is True and 'LOADED MACHINE' in fig['warning'] and 'LOADED' in stdout
     if HAVE_TORCH:
         assert fig['torch_threads'] == fig['threads'] == 1
@@ -59,7 +60,7 @@ def test_quiet_machine_has_no_warning(tmp_path):
     fig, stdout = _run(['dit', '--dim=32', '--heads=2', '--ffn_dim=64', '--depth=1',
                         '--text_dim=16', '--text_len=4', '--latent=2,4,4', '--channels=4',
                         '--batch=1', '--compile_depths=', '--matmul_size=64', '--noforward',
-                        '--torch=false', '--quiet_load=1e9'], tmp_path)
+                        '--torch=false', '--quiet_share=1e9', '--quiet_load=1e9'], tmp_path)
     assert fig['loaded'] is False and 'warning' not in fig and 'LOADED' not in stdout
     assert 'forward_s' not in fig and 'torch_step_s' not in fig
 
