@@ -11,10 +11,6 @@ import sys
 import numpy as np
 import pytest
 
-# One worker runs this file: its module fixture (a sample cli run) is built once, not
-# once per pytest-xdist worker (`make test` passes --dist loadgroup).
-pytestmark = pytest.mark.xdist_group('sample_cli')
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, 'experiments', 'sample.py')
 ARGS = ['--checkpoint=' + os.path.join(ROOT, 'checkpoints', 'shapes'), '--prompt=a red circle',

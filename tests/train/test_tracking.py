@@ -12,10 +12,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from configs import shapes as shapes_config
 from sora_jax.train import loop, perf, tracking
 
-# One worker runs this file: its module fixture (a tracking run) is built once, not
-# once per pytest-xdist worker (`make test` passes --dist loadgroup).
-pytestmark = pytest.mark.xdist_group('tracking')
-
 TRAIN_KEYS = {'loss', 'lr', 'grad_norm', 'skipped', 'skipped_total', 'steps_per_sec',
               'perf/steps_per_sec', 'perf/tokens_per_sec', 'perf/model_tflops_per_sec',
               'perf/mfu', 'memory/host_rss_bytes'}
