@@ -102,13 +102,7 @@ def pin_threads(n: int) -> None:
 
 def _best(fn, rounds: int, iters: int) -> float:
     """Best mean seconds per call over `rounds` rounds of `iters` calls."""
-    best = float('inf')
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / iters)
-    return best
+    return min(_mean_s(fn, iters) for _ in range(rounds))
 
 
 def _mean_s(fn, iters: int) -> float:

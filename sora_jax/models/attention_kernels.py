@@ -93,8 +93,7 @@ def _xla_probs(q, k, valid):
 
 @jax.custom_vjp
 def _xla_attention(q, k, v, valid):
-    p = _xla_probs(q, k, valid)
-    return jnp.einsum('bhqk,bkhd->bqhd', p.astype(v.dtype), v).astype(q.dtype)
+    return _xla_attention_fwd(q, k, v, valid)[0]
 
 
 def _xla_attention_fwd(q, k, v, valid):
