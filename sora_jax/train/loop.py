@@ -241,7 +241,8 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
     lora_train.inherit_latent_stats(config)
     mesh = mesh_lib.make_mesh(config.mesh.shape)
     rules = mesh_lib.rules_dict(config.mesh.rules)
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # any etils.epath path (gs://...)
+    root = epath.Path(workdir)  # any etils.epath path (gs://...)
+    root.mkdir(parents=True, exist_ok=True)
     n_proc = jax.process_count()
     if t.batch_size % n_proc:
         raise ValueError(f'train.batch_size={t.batch_size} is not divisible by the '
@@ -265,7 +266,7 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
                  dict(mesh.shape))
     use_lora, save_config = state.frozen is not None, config
 
-    mngr = ckpt.manager(epath.Path(workdir) / 'checkpoints', keep=t.keep_checkpoints,
+    mngr = ckpt.manager(root / 'checkpoints', keep=t.keep_checkpoints,
                         cleanup_tmp=True, save_delay_s=float(t.get('debug_save_delay_s', 0.0)))
     if mngr.latest_step() is not None:
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
@@ -282,7 +283,7 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
                                           if mngr.latest_step() is not None else '')
         save_config = lora_train.with_pointer(config, sha)
     start = int(state.step)
-    ids_log = (_ExampleIdLog(epath.Path(workdir) / 'example_ids.jsonl', start)
+    ids_log = (_ExampleIdLog(root / 'example_ids.jsonl', start)
                if t.get('log_example_ids', False) and jax.process_index() == 0 else None)
     nan_from = int(t.get('debug_nan_from_step', 0) or 0)
     sleep_s = float(t.get('debug_sleep_per_step', 0.0) or 0.0)
@@ -295,7 +296,7 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
     if start == 0:
         tracker.write_config(config)
     previews = previews_lib.Previews(config)
-    profile = _Profile(t.get('profile_steps', ()), os.fspath(epath.Path(workdir) / 'profile'))
+    profile = _Profile(t.get('profile_steps', ()), os.fspath(root / 'profile'))
     with jax.set_mesh(mesh), mesh_lib.use_rules(rules):
         train_step = step_lib.jit_train_step(step_fn, shardings)
         is_finite = jax.jit(_state_finite)
