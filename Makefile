@@ -25,7 +25,7 @@ demo: $(VENV)/.core
 	$(PY) experiments/sample.py --checkpoint=checkpoints/shapes --prompt="$(PROMPT)" --out=$(OUT)
 
 test: $(VENV)/.test
-	$(PY) -m pytest -n 2 -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS) tests
 
 bench: $(VENV)/.test
 	$(PY) experiments/benchmark.py dit --json=outputs/bench_dit.json

@@ -1,11 +1,28 @@
-"""Test session setup: 8 simulated CPU devices so mesh tests run anywhere."""
+"""Test session setup: 8 simulated CPU devices so mesh tests run anywhere, and one persistent
+compilation cache for the whole session.
+
+The cache is a fresh temporary directory made by the first process (pytest itself, before its
+xdist workers start, so they inherit it) and removed when that process ends: a program compiled
+by one test, worker or CLI subprocess is loaded from disk by the next one that compiles the same
+program (the tiny configs recur across files), and nothing is written to the user's ~/.cache.
+Tests of the cache itself give their CLIs a directory of their own (tests/test_sample_cli.py).
+"""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# CLIs started by tests compile afresh unless a test gives them a cache of its own
-# (tests/test_sample_cli.py): no writes to the user's ~/.cache, no sharing between workers.
-os.environ.setdefault("SORA_JAX_COMPILATION_CACHE", "off")
+
+if "SORA_JAX_TEST_CACHE" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="sora_jax_test_cache_")
+    os.environ["SORA_JAX_TEST_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+# This process and the workers (jax reads these when it is imported), and the CLIs tests start.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["SORA_JAX_TEST_CACHE"])
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("SORA_JAX_COMPILATION_CACHE", os.environ["SORA_JAX_TEST_CACHE"])
 
 # As every CLI does: keep freed host memory (no page faults on XLA's buffers in every call), and
 # hand the same malloc settings to the subprocesses tests start. Before anything imports jax.

@@ -29,8 +29,7 @@ def test_reconstruction_alone(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, 'experiments/reconstruct.py'),
            '--checkpoint=' + os.path.join(ROOT, 'checkpoints/shapes/vae'), f'--input={src}',
            f'--out={alone}', '--noside_by_side', f'--out_reconstruction={also}']
-    env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='', PYTHONPATH=ROOT,
-               SORA_JAX_COMPILATION_CACHE=str(tmp_path / 'cache'))
+    env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='', PYTHONPATH=ROOT)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     fitted, _ = rec.fit_video(read_video(src), 1, 4)
