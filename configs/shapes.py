@@ -41,7 +41,8 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
 
     c.data = mlc.ConfigDict()
     c.data.name = 'shapes'          # 'shapes' (synthetic, built on demand) or 'folder' (videos)
-    c.data.data_dir = 'data_cache'  # where tfds builds/reads array_record files
+    c.data.data_dir = 'data_cache'  # where tfds builds/reads array_record files (or gs://...)
+    c.data.staging_dir = ''         # local mirror of a gs:// data_dir ('': ~/.cache/sora_jax/data)
     c.data.folder = ''              # data.name='folder': directory of mp4/webm/gif files
     c.data.captions = ''            # its captions.jsonl / .csv (default: inside the folder)
     c.data.frame_stride = 1         # keep every n-th frame of folder videos

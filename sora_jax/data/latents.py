@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from absl import logging
+from etils import epath
 from array_record.python import array_record_data_source, array_record_module
 from tqdm import tqdm
 
@@ -127,10 +128,11 @@ class LatentSource:
 def cache_dir(root: str, data_key: Any, vae_path: str, vae_step: int) -> str:
     """Directory for the latents of (dataset identity, VAE checkpoint)."""
     if isinstance(data_key, dict) and data_key.get('exclude'):  # opt-outs edited in place re-encode
-        with open(data_key['exclude'], 'rb') as f:
-            data_key = {**data_key, 'exclude_sha256': hashlib.sha256(f.read()).hexdigest()}
-    ident = json.dumps([data_key, os.path.abspath(vae_path), int(vae_step)], sort_keys=True,
-                       default=str)
+        text = epath.Path(data_key['exclude']).read_bytes()
+        data_key = {**data_key, 'exclude_sha256': hashlib.sha256(text).hexdigest()}
+    vae = os.fspath(vae_path)  # a gs:// checkpoint as it is; a local one made absolute
+    ident = json.dumps([data_key, vae if '://' in vae else os.path.abspath(vae), int(vae_step)],
+                       sort_keys=True, default=str)
     return os.path.join(root, 'latents', hashlib.sha1(ident.encode()).hexdigest()[:16])
 
 

@@ -103,7 +103,9 @@ def _for_folder(data, sources) -> dict:
     vc = video_folder.VideoFolderConfig.from_data_config(data)
     meta = _folder_metadata(sources)
     if meta is None:  # latent sources (or none given): the pixel build holds the credits
-        meta = _folder_metadata(video_folder.build_video_folder(data.data_dir, vc))
+        from sora_jax.data import staging  # a gs:// data_dir: its local mirror holds the build
+        local = staging.Mirror(data.data_dir, data.get('staging_dir', '')).local
+        meta = _folder_metadata(video_folder.build_video_folder(local, vc))
     if meta is None:
         raise ValueError(f'the build of data.folder={data.folder!r} has no credits metadata '
                          f'(built before credits existed); delete its tfds build under '

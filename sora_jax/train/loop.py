@@ -67,16 +67,25 @@ def objective_module(config):
 def make_sources(config) -> dict[str, Any]:
     """{split: random-access source} for config.data; VAE latents when config.autoencoder is set
     (encoded once into a cache, process i of n encoding records i::n; normalised by
-    config.latent_mean/std, from the cache's train statistics when unset)."""
-    sources = _pixel_sources(config)
+    config.latent_mean/std, from the cache's train statistics when unset).
+
+    A remote `data.data_dir` (gs://...) is built and read through a local mirror
+    (`sora_jax/data/staging.py`): what the bucket holds is pulled first, what was built here is
+    pushed back, so the next machine reuses it."""
+    from sora_jax.data import staging
+    mirror = staging.Mirror(config.data.data_dir, config.data.get('staging_dir', ''))
+    mirror.pull()
+    sources = _pixel_sources(config, mirror.local)
     if config.get('autoencoder', 'none') in ('none', '', None):
+        mirror.push()
         return sources
     from sora_jax.data import latents as latents_lib
     from sora_jax.train import frozen_vae
     vae = frozen_vae.load(config.autoencoder)
-    out = latents_lib.cache_dir(config.data.data_dir, config.data.to_dict(), config.autoencoder,
+    out = latents_lib.cache_dir(mirror.local, config.data.to_dict(), config.autoencoder,
                                 vae.step)
     latents_lib.encode_dataset(sources, vae.encode, out, batch_size=8)
+    mirror.push()
     if not len(config.latent_mean):
         stats = latents_lib.load_stats(out)
         config.latent_mean, config.latent_std = tuple(stats['mean']), tuple(stats['std'])
@@ -86,7 +95,7 @@ def make_sources(config) -> dict[str, Any]:
             for s in sources}
 
 
-def _pixel_sources(config) -> dict[str, Any]:
+def _pixel_sources(config, data_dir: str) -> dict[str, Any]:
     d = config.data
     if d.name == 'shapes':
         from sora_jax.data import shapes as shapes_lib
@@ -98,11 +107,11 @@ def _pixel_sources(config) -> dict[str, Any]:
                           max_objects=d.max_objects, seed=config.seed,
                           backgrounds=tuple(d.get('backgrounds', shapes_lib.BACKGROUNDS)),
                           size_scale=float(d.get('size_scale', 1.0)))
-        return build_shapes(d.data_dir, sc)
+        return build_shapes(data_dir, sc)
     if d.name in ('folder', 'video_folder'):
         from sora_jax.data.builders.video_folder import VideoFolderConfig, build_video_folder
         vc = VideoFolderConfig.from_data_config(d)
-        return dict(build_video_folder(d.data_dir, vc))  # 'validation' only if a fraction is set
+        return dict(build_video_folder(data_dir, vc))  # 'validation' only if a fraction is set
     raise ValueError(f"config.data.name={d.name!r} is not 'shapes' or 'folder'.")
 
 

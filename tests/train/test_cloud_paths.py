@@ -126,3 +126,95 @@ def test_from_checkpoint_checks_the_uri(bucket):
     from sora_jax.pipeline import TextToVideo
     with pytest.raises(ValueError, match='gs://b/nothing/checkpoints does not exist'):
         TextToVideo.from_checkpoint('gs://b/nothing')
+
+
+def _tiny_data(data_dir, staging_dir, **data):
+    c = shapes_config.get_config('tiny')
+    c.data.data_dir, c.data.staging_dir = data_dir, str(staging_dir)
+    c.data.num_train, c.data.num_validation = 8, 2
+    c.data.update(data)
+    return c
+
+
+def test_remote_data_dir_builds_locally_and_is_reused_from_the_bucket(bucket, tmp_path,
+                                                                      monkeypatch):
+    from sora_jax.data import staging
+    from sora_jax.data.builders import shapes as shapes_builder
+    from sora_jax.train import loop
+    c = _tiny_data('gs://b/data', tmp_path / 'mirror1')
+    first = loop.make_sources(c)
+    assert {s: len(v) for s, v in first.items()} == {'train': 8, 'validation': 2}
+    pushed = sorted(p.relative_to(bucket / 'b' / 'data').as_posix()
+                    for p in (bucket / 'b' / 'data').rglob('*') if p.is_file())
+    assert any(p.endswith('.array_record-00000-of-00001') for p in pushed), pushed
+    assert not any('incomplete' in p for p in pushed)
+    # A second machine (another mirror): the bucket's build is pulled, nothing is generated.
+    monkeypatch.setattr(shapes_builder.SyntheticShapes, '_generate_examples',
+                        lambda *a, **k: pytest.fail('regenerated instead of pulling'))
+    c2 = _tiny_data('gs://b/data', tmp_path / 'mirror2')
+    second = loop.make_sources(c2)
+    assert np.array_equal(second['train'][3]['video'], first['train'][3]['video'])
+    assert staging.copy_missing(tmp_path / 'mirror2', 'gs://b/data') == []
+    assert staging.Mirror('gs://b/data', str(tmp_path / 'mirror2')).pull() == []
+
+
+def test_latent_cache_of_a_remote_data_dir(bucket, tmp_path, monkeypatch):
+    """The latent cache is written in the mirror and pushed; a stand-in encoder (a 2x2 mean
+    pool to 3 channels) instead of a VAE, so nothing compiles: the cache layout is the VAE's."""
+    from sora_jax.train import frozen_vae, loop
+
+    class Pool:
+        step = 7
+
+        @staticmethod
+        def encode(video):  # [B, T, H, W, 3] in [-1, 1] -> [B, T, H/2, W/2, 3]
+            b, t, h, w, ch = video.shape
+            return np.asarray(video).reshape(b, t, h // 2, 2, w // 2, 2, ch).mean((3, 5))
+
+    monkeypatch.setattr(frozen_vae, 'load', lambda path: Pool())
+    c = _tiny_data('gs://b/data_latents', tmp_path / 'mirror')
+    c.autoencoder = 'gs://b/some_vae'
+    sources = loop.make_sources(c)
+    assert sources['train'][0]['latents'].shape == (4, 4, 4, 3)  # 4x8x8 clips, pooled
+    (cache,) = (bucket / 'b' / 'data_latents' / 'latents').iterdir()
+    assert (cache / 'DONE').is_file() and (cache / 'stats.json').is_file()
+    assert (tmp_path / 'mirror' / 'latents' / cache.name / 'DONE').is_file()
+
+
+def test_staging_dir_must_be_local():
+    from sora_jax.data import staging
+    with pytest.raises(ValueError, match='data.staging_dir'):
+        staging.Mirror('gs://b/data', 'gs://b/mirror')
+    assert staging.Mirror('data_cache').local == 'data_cache'  # local: used as it is
+
+
+def test_export_bundle_to_a_bucket(bucket, tmp_path):
+    """experiments/export.py with a gs:// --dst: the bundle is completed locally, then copied."""
+    import sys
+
+    import jax
+
+    from sora_jax.parallel import mesh as mesh_lib
+    from sora_jax.pipeline import TextToVideo
+    from sora_jax.train import checkpoint as ckpt
+    from sora_jax.train import loop
+    from sora_jax.train.objectives import flow as flow_objective
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..', 'experiments'))
+    import export
+    c = shapes_config.get_config('tiny')
+    mesh = mesh_lib.make_mesh((1, 1, 1, 1), devices=jax.devices()[:1])
+    _, state, *_ = loop.init_state(c, mesh, mesh_lib.rules_dict(), flow_objective)
+    mngr = ckpt.manager(tmp_path / 'run' / 'checkpoints', async_save=False)
+    ckpt.save(mngr, 3, state, config=c)
+    mngr.wait_until_finished()
+    (bucket / 'b' / 'bundle' / 'stale').mkdir(parents=True)  # an older bundle is replaced
+    size = export.export_bundle(str(tmp_path / 'run'), 'gs://b/bundle', 'float16')
+    files = sorted(p.relative_to(bucket / 'b' / 'bundle').as_posix()
+                   for p in (bucket / 'b' / 'bundle').rglob('*') if p.is_file())
+    assert 'data_record.json' in files and any(f.startswith('checkpoints/3/') for f in files)
+    assert size == sum((bucket / 'b' / 'bundle' / f).stat().st_size for f in files)
+    assert not (bucket / 'b' / 'bundle.tmp').exists() and 'stale' not in files
+    pipe = TextToVideo.from_checkpoint(bucket / 'b' / 'bundle')  # the copied bytes load
+    np.testing.assert_array_equal(  # float16 EMA weights, as a local export holds them
+        np.asarray(jax.tree.leaves(pipe.params)[0]),
+        np.asarray(jax.tree.leaves(state.ema_params['dit'])[0]).astype(np.float16).astype(np.float32))
