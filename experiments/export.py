@@ -5,7 +5,8 @@
 The bundle holds only EMA parameters (`--noema`: the raw ones; no optimizer state), in
 `--dtype` (float16 halves the size; sampling casts back to float32), the DiT's config with
 `autoencoder='vae'`, and the VAE as `<dst>/vae` in the same layout.
-`TextToVideo.from_checkpoint(dst)` loads it.
+`TextToVideo.from_checkpoint(dst)` loads it. `--dst` may be a bucket (gs://...): the bundle is
+completed on local disk and then copied there with etils.epath.
 """
 import os
 import shutil
@@ -53,38 +54,63 @@ def export_params(src_workdir: str, dst_workdir: str, build_model, dtype: str, e
     return step, n
 
 
-def main(argv):
-    del argv
+def export_bundle(dit: str, dst: str, dtype: str = 'float16', ema: bool = True,
+                  step: int | None = None) -> int:
+    """Writes the bundle of DiT workdir `dit` (+ its VAE, its data record) to `dst`; returns its
+    size in bytes. `dst` may be any etils.epath path (gs://...): the bundle is written and
+    completed in a local temporary directory (Orbax writes there), then copied to `dst` with
+    epath, which replaces an older bundle only once the new one is whole."""
+    import tempfile
+
+    from etils import epath
+
+    from sora_jax.data import staging
+    from sora_jax.safety import record
+    from sora_jax.train import checkpoint as ckpt
     from sora_jax.train.objectives import flow as flow_objective
     from sora_jax.train.objectives import vae as vae_objective
-    from sora_jax.train import checkpoint as ckpt
 
-    F = flags.FLAGS
-    config = ckpt.load_config(os.path.join(F.dit, 'checkpoints'))
-    tmp = F.dst.rstrip('/') + '.tmp'
+    config = ckpt.load_config(str(epath.Path(dit) / 'checkpoints'))
+    remote = staging.is_remote(dst)
+    tmp = tempfile.mkdtemp(prefix='sora_jax_bundle_') if remote else dst.rstrip('/') + '.tmp'
     shutil.rmtree(tmp, ignore_errors=True)
     if config.autoencoder not in ('none', '', None):
-        step, n = export_params(config.autoencoder, os.path.join(tmp, 'vae'),
-                                vae_objective.build_model, 'float32')
-        print(f'VAE: step {step}, {n:,} params (float32)')
+        vstep, n = export_params(config.autoencoder, os.path.join(tmp, 'vae'),
+                                 vae_objective.build_model, 'float32')
+        print(f'VAE: step {vstep}, {n:,} params (float32)')
 
     def edit(c):
         c.unlock()
         if c.autoencoder not in ('none', '', None):
             c.autoencoder = 'vae'
-        c.exported_weights = 'ema' if F.ema else 'raw'
+        c.exported_weights = 'ema' if ema else 'raw'
         return c
 
-    step, n = export_params(F.dit, tmp, flow_objective.build_model, F.dtype, edit, ema=F.ema,
-                             step=F.step)
-    print(f'DiT: step {step}, {n:,} params ({F.dtype}, {"EMA" if F.ema else "raw"} weights)')
-    from sora_jax.safety import record
-    rec = record.load(F.dit) or record.for_config(config)  # the run's record, else from its config
+    step, n = export_params(dit, tmp, flow_objective.build_model, dtype, edit, ema=ema, step=step)
+    print(f'DiT: step {step}, {n:,} params ({dtype}, {"EMA" if ema else "raw"} weights)')
+    rec = record.load(dit) or record.for_config(config)  # the run's record, else from its config
     record.write(tmp, rec)
     print(f'data record: {rec["dataset"]}, {rec["clips"]} clips, sha256 {record.record_hash(rec)[:16]}')
-    shutil.rmtree(F.dst, ignore_errors=True)
-    os.replace(tmp, F.dst)
-    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(F.dst) for f in fs)
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(tmp) for f in fs)
+    if remote:  # copied whole beside the old bundle first, then swapped in
+        out, staged = epath.Path(dst), epath.Path(dst.rstrip('/') + '.tmp')
+        if staged.exists():
+            staged.rmtree()
+        staging.copy_missing(tmp, staged)
+        if out.exists():
+            out.rmtree()
+        staged.rename(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        shutil.rmtree(dst, ignore_errors=True)
+        os.replace(tmp, dst)
+    return size
+
+
+def main(argv):
+    del argv
+    F = flags.FLAGS
+    size = export_bundle(F.dit, F.dst, F.dtype, ema=F.ema, step=F.step)
     print(f'wrote {F.dst} ({size / 2**20:.1f} MiB)')
 
 
