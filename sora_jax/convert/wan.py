@@ -21,6 +21,7 @@ Components (diffusers sub-folder -> module, key map, config parser):
   text_encoder  UMT5Encoder  umt5_key_map  UMT5Config.from_hf
   transformer   DiT          dit_key_map   dit_config_from_hf
   vae           WanVAE       vae_key_map   vae_config_from_hf
+  transformer_2 DiT          dit_key_map   dit_config_from_hf  (Wan 2.2 A14B low-noise expert)
 `load_component(src, name)` builds one straight from safetensors; `convert_folder` writes the
 Orbax layout that `sora_jax.convert.checkpoint.load_wan` reads back.
 """
@@ -357,7 +358,7 @@ def component_spec(component: str, hf_config: Mapping[str, Any] | str, **overrid
         from sora_jax.models import umt5
         cfg = umt5.UMT5Config.from_hf(_read_json(hf_config), **overrides)
         return cfg, lambda: umt5.UMT5Encoder(cfg, rngs=nnx.Rngs(0)), umt5_key_map(cfg.num_layers)
-    if component == 'transformer':
+    if component in ('transformer', 'transformer_2'):  # transformer_2: Wan 2.2 A14B low-noise expert
         from sora_jax.models.dit import DiT
         cfg = dit_config_from_hf(hf_config, **overrides)
         return cfg, lambda: DiT(cfg, rngs=nnx.Rngs(0)), dit_key_map(cfg.depth)
@@ -430,15 +431,35 @@ CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     'text_encoder': convert_text_encoder,
     'transformer': convert_transformer,
     'vae': convert_vae,
+    'transformer_2': convert_transformer,  # Wan 2.2 A14B: the low-noise expert, same layout
 }
+# Converted with the default components when `src` has them (Wan 2.2 A14B's second expert).
+OPTIONAL_COMPONENTS = ('transformer_2',)
+# Pipeline settings copied from `src/model_index.json` (diffusers `WanPipeline` config).
+PIPELINE_KEYS = ('boundary_ratio', 'expand_timesteps')
+
+
+def pipeline_settings(folder: str) -> dict[str, Any]:
+    """`boundary_ratio` / `expand_timesteps` of a (diffusers or converted) Wan folder's
+    model_index.json; {} when it has none (Wan 2.1 folders converted before it was copied)."""
+    path = os.path.join(folder, 'model_index.json')
+    if not os.path.isfile(path):
+        return {}
+    index = _read_json(path)
+    return {k: index[k] for k in PIPELINE_KEYS if index.get(k) is not None}
 
 
 def convert_folder(src: str, dst: str, components: Iterable[str] = COMPONENTS) -> None:
     """Converts the named diffusers sub-folders of `src` into `dst/<component>/{params,config.json}`.
 
-    The `tokenizer/` folder is copied along with the text encoder.
+    The `tokenizer/` folder is copied along with the text encoder, and `model_index.json` (the
+    pipeline settings: Wan 2.2's `boundary_ratio`, `expand_timesteps`) with any component. With
+    the default components, `transformer_2/` (Wan 2.2 A14B's low-noise expert) is converted too
+    when `src` has it.
     """
     components = list(components)
+    if tuple(components) == COMPONENTS:
+        components += [c for c in OPTIONAL_COMPONENTS if os.path.isdir(os.path.join(src, c))]
     for comp in components:
         if comp not in CONVERTERS:
             raise ValueError(f'component {comp!r} is not convertible; choose from '
@@ -449,7 +470,9 @@ def convert_folder(src: str, dst: str, components: Iterable[str] = COMPONENTS) -
     for comp in components:
         logging.info('converting %s', comp)
         CONVERTERS[comp](os.path.join(src, comp), os.path.join(dst, comp))
+    import shutil
     tok = os.path.join(src, 'tokenizer')
     if os.path.isdir(tok) and 'text_encoder' in components:
-        import shutil
         shutil.copytree(tok, os.path.join(dst, 'tokenizer'), dirs_exist_ok=True)
+    if os.path.isfile(os.path.join(src, 'model_index.json')) and components:
+        shutil.copyfile(os.path.join(src, 'model_index.json'), os.path.join(dst, 'model_index.json'))

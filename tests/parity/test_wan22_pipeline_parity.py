@@ -1,0 +1,161 @@
+"""Wan 2.2 end to end: `TextToVideo.from_wan` samples Wan 2.2 folders like diffusers does.
+
+* A14B (two experts): a tiny random folder with `transformer/` (high noise) and `transformer_2/`
+  (low noise) and `boundary_ratio` in model_index.json, converted by `convert_folder`; the run
+  switches experts at the boundary timestep (with `guidance_scale_2` after the switch) exactly as
+  `diffusers.WanPipeline(transformer, transformer_2, boundary_ratio)`.
+* TI2V (`expand_timesteps`): text-to-video as `WanPipeline(expand_timesteps=True)` and
+  image-to-video as `WanImageToVideoPipeline(expand_timesteps=True)` (the image's latent frame
+  enters the DiT clean with per-token timestep 0 and is pasted into the result).
+Both on `configs/wan21.py:tiny` (its tiny Wan 2.1 VAE); latents and decoded frames compared.
+"""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from sora_jax.convert import wan
+from tests.parity.wan_fixture import load_reference_pipeline, make_tiny_wan_folder, tiny_config
+
+LATENT_ATOL = 1e-3      # max |ours - diffusers| over the sampled latents
+FRAME_ATOL = 1.5 / 255  # uint8 frames in [0, 1]: rounding (<= 0.5 / 255) + float error
+FLOAT_FRAME_ATOL = 1e-4  # the same frames before rounding
+PROMPTS = ['A red circle moves to the left across a blue background.',
+           'Two yellow triangles bounce up and down, then stop.']
+NEGS = ['static, blurred details', '']
+
+
+def _converted(tmp_path_factory, name, **folder_kw):
+    from sora_jax.pipeline import TextToVideo
+    src = make_tiny_wan_folder(str(tmp_path_factory.mktemp(f'{name}_src')), **folder_kw)
+    dst = str(tmp_path_factory.mktemp(f'{name}_dst'))
+    wan.convert_folder(src, dst)
+    return src, dst, TextToVideo.from_wan(dst, tiny_config())
+
+
+@pytest.fixture(scope='module')
+def a14b(tmp_path_factory):
+    torch.set_num_threads(1)
+    src, dst, pipe = _converted(tmp_path_factory, 'a14b', two_experts=True, boundary_ratio=0.875)
+    return src, dst, load_reference_pipeline(src), pipe
+
+
+@pytest.fixture(scope='module')
+def ti2v(tmp_path_factory):
+    torch.set_num_threads(1)
+    src, _, pipe = _converted(tmp_path_factory, 'ti2v', expand_timesteps=True)
+    return load_reference_pipeline(src), load_reference_pipeline(src, image_to_video=True), pipe
+
+
+def _noise(b, frames, height, width, ch=4, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(b, ch, 1 + (frames - 1) // 4, height // 8, width // 8, generator=gen)
+
+
+def _compare(name, pipe, ref_lat, ref_np, lat, vid, noise):
+    """Asserts latents and frames match; returns the latent error."""
+    ref_lat = ref_lat.transpose(0, 2, 3, 4, 1)  # [B, T', h, w, C] like ours
+    assert lat.shape == ref_lat.shape
+    lat_err = np.abs(lat - ref_lat).max()
+    moved = np.abs(ref_lat - noise.permute(0, 2, 3, 4, 1).numpy()).max()
+    frame_err = np.abs(vid.astype(np.float32) / 255.0 - ref_np).max()
+    ours_f = np.clip(np.asarray(pipe.vae.decode(jnp.asarray(lat))) / 2 + 0.5, 0.0, 1.0)
+    float_err = np.abs(ours_f - ref_np).max()
+    print(f'{name}: latents max|err| {lat_err:.2e} (moved {moved:.2f}); frames uint8 '
+          f'{frame_err * 255:.3f}/255, float {float_err:.2e}')
+    assert moved > 0.1 and ref_np.std() > 0.01  # not vacuous
+    assert vid.dtype == np.uint8 and vid.shape == ref_np.shape
+    assert lat_err < LATENT_ATOL and frame_err < FRAME_ATOL and float_err < FLOAT_FRAME_ATOL
+    return lat_err
+
+
+def _ours(pipe, **kw):
+    kw = dict(kw, sampler='unipc', progress=False, watermark=False)
+    return pipe(**kw, output_type='latent'), pipe(**kw, output_type='np')
+
+
+def test_from_wan_reads_the_two_experts(a14b):
+    _, dst, _, pipe = a14b
+    assert pipe.boundary_ratio == 0.875 and pipe.params_2 is not None
+    assert not pipe.expand_timesteps
+    assert wan.pipeline_settings(dst) == {'boundary_ratio': 0.875, 'expand_timesteps': False}
+    k1 = np.asarray(pipe.params['blocks']['attn1']['to_q']['kernel'][...])
+    k2 = np.asarray(pipe.params_2['blocks']['attn1']['to_q']['kernel'][...])
+    assert k1.shape == k2.shape and np.abs(k1 - k2).max() > 0.01  # two different experts
+
+
+def test_a14b_sample_matches_diffusers(a14b):
+    """4 steps at shift 3: timesteps 999, 900 (high-noise expert, CFG 4), 750, 500 (low-noise
+    expert, CFG 3 = guidance_scale_2)."""
+    _, _, ref, pipe = a14b
+    frames, h, w, steps = 5, 32, 32, 4
+    noise = _noise(2, frames, h, w)
+    kw = dict(prompt=PROMPTS, negative_prompt=NEGS, num_frames=frames, height=h, width=w,
+              num_inference_steps=steps, guidance_scale=4.0, guidance_scale_2=3.0)
+    ref.scheduler.set_timesteps(steps)
+    assert [int(t) for t in ref.scheduler.timesteps] == [999, 900, 750, 500]
+    n = tiny_config().text.max_length
+    with torch.no_grad():
+        ref_lat = ref(**kw, latents=noise, output_type='latent', max_sequence_length=n).frames
+        ref_np = ref(**kw, latents=noise, output_type='np', max_sequence_length=n).frames
+        # the comparison sees both experts and guidance_scale_2:
+        same_g = ref(**dict(kw, guidance_scale_2=4.0), latents=noise, output_type='latent',
+                     max_sequence_length=n).frames.numpy()
+        expert_2, ref.transformer_2 = ref.transformer_2, None
+        ref.register_to_config(boundary_ratio=None)
+        try:
+            one = ref(**dict(kw, guidance_scale_2=None), latents=noise, output_type='latent',
+                      max_sequence_length=n).frames.numpy()
+        finally:
+            ref.transformer_2 = expert_2
+            ref.register_to_config(boundary_ratio=0.875)
+    lat, vid = _ours(pipe, **kw, latents=noise.permute(0, 2, 3, 4, 1).numpy())
+    err = _compare('a14b', pipe, ref_lat.numpy(), ref_np, lat, vid, noise)
+    for other in (same_g, one):
+        assert np.abs(lat - other.transpose(0, 2, 3, 4, 1)).max() > 100 * err
+
+
+def test_guidance_scale_2_needs_two_experts(ti2v):
+    *_, pipe = ti2v
+    with pytest.raises(ValueError, match='two-expert'):
+        pipe('a red circle', guidance_scale_2=3.0, num_inference_steps=1, progress=False)
+
+
+def test_ti2v_text_to_video_matches_diffusers(ti2v):
+    ref, _, pipe = ti2v
+    assert pipe.expand_timesteps and pipe.params_2 is None
+    frames, h, w, steps = 9, 32, 48, 3
+    noise = _noise(2, frames, h, w, seed=2)
+    kw = dict(prompt=PROMPTS, negative_prompt=NEGS, num_frames=frames, height=h, width=w,
+              num_inference_steps=steps, guidance_scale=5.0)
+    n = tiny_config().text.max_length
+    with torch.no_grad():
+        ref_lat = ref(**kw, latents=noise, output_type='latent', max_sequence_length=n).frames
+        ref_np = ref(**kw, latents=noise, output_type='np', max_sequence_length=n).frames
+    lat, vid = _ours(pipe, **kw, latents=noise.permute(0, 2, 3, 4, 1).numpy())
+    _compare('ti2v t2v', pipe, ref_lat.numpy(), ref_np, lat, vid, noise)
+
+
+def test_ti2v_image_to_video_matches_diffusers(ti2v):
+    """The image's latent frame is kept (per-token timestep 0 on its tokens), as diffusers'
+    WanImageToVideoPipeline(expand_timesteps=True) does."""
+    import PIL.Image
+    _, ref_i2v, pipe = ti2v
+    frames, h, w, steps = 9, 32, 48, 3
+    rng = np.random.default_rng(3)
+    image = (rng.uniform(0, 255, (h // 8, w // 8, 3))).astype(np.uint8)  # smooth: upsampled
+    image = np.asarray(PIL.Image.fromarray(image).resize((w, h), PIL.Image.BILINEAR))
+    noise = _noise(1, frames, h, w, seed=4)
+    kw = dict(prompt=PROMPTS[:1], negative_prompt=NEGS[:1], num_frames=frames, height=h,
+              width=w, num_inference_steps=steps, guidance_scale=5.0)
+    n = tiny_config().text.max_length
+    with torch.no_grad():
+        common = dict(kw, image=PIL.Image.fromarray(image), latents=noise, max_sequence_length=n)
+        ref_lat = ref_i2v(**common, output_type='latent').frames
+        ref_np = ref_i2v(**common, output_type='np').frames
+    lat, vid = _ours(pipe, **kw, mode='i2v', image=image,
+                     latents=noise.permute(0, 2, 3, 4, 1).numpy())
+    _compare('ti2v i2v', pipe, ref_lat.numpy(), ref_np, lat, vid, noise)
+    # the first latent frame is the image's latent, bit for bit what our VAE encodes
+    img = image[None, None].astype(np.float32) / 127.5 - 1.0
+    np.testing.assert_array_equal(lat[:, 0], np.asarray(pipe.vae.encode(jnp.asarray(img)))[:, 0])
