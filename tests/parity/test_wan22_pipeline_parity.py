@@ -84,6 +84,29 @@ def test_from_wan_reads_the_two_experts(a14b):
     assert k1.shape == k2.shape and np.abs(k1 - k2).max() > 0.01  # two different experts
 
 
+def test_a14b_experts_restore_into_the_same_shardings(a14b):
+    """With a mesh (fsdp 2 x tensor 4 of the 8 simulated devices) `transformer_2` is restored by
+    the same logical rules as `transformer`: equal shardings leaf by leaf, split arrays."""
+    from flax import nnx
+    from sora_jax.convert.checkpoint import load_wan
+    from sora_jax.parallel import mesh as mesh_lib
+    _, dst, _, pipe = a14b
+    mesh = mesh_lib.make_mesh((1, 2, 4, 1))
+    m = load_wan(dst, mesh=mesh)
+    one, two = (nnx.to_flat_state(nnx.state(x)) for x in (m.transformer, m.transformer_2))
+    want = nnx.to_flat_state(mesh_lib.state_shardings(nnx.state(m.transformer_2), mesh))
+    plain = nnx.to_flat_state(pipe.params_2)
+    n_split = 0
+    for (p1, a), (p2, b), (_, sh), (p3, ref) in zip(one, two, want, plain):
+        assert p1 == p2 == p3
+        a, b = a.get_value(), b.get_value()
+        assert b.sharding.is_equivalent_to(sh.get_value(), b.ndim)
+        assert b.sharding.is_equivalent_to(a.sharding, b.ndim)
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(ref.get_value()))
+        n_split += not b.sharding.is_fully_replicated
+    assert n_split >= 10
+
+
 def test_a14b_sample_matches_diffusers(a14b):
     """4 steps at shift 3: timesteps 999, 900 (high-noise expert, CFG 4), 750, 500 (low-noise
     expert, CFG 3 = guidance_scale_2)."""
