@@ -37,7 +37,7 @@ class Shape:
 
     def latent(self, config) -> tuple[int, int, int]:
         tf = 2 ** sum(bool(x) for x in config.vae.temperal_downsample)
-        sf = 2 ** (len(config.vae.dim_mult) - 1)
+        sf = 2 ** (len(config.vae.dim_mult) - 1) * int(config.vae.get('patch_size', None) or 1)
         if (self.num_frames - 1) % tf:
             raise ValueError(f'--num_frames={self.num_frames} is not 1 + {tf}k (causal VAE); use '
                              f'{1 + max(1, round((self.num_frames - 1) / tf)) * tf}.')
@@ -123,7 +123,7 @@ def _compile_sample(config, mesh, rules, shape: Shape, hbm_bytes=None):
     params = _abstract(params, shardings)
     b2 = 2 * shape.batch_size  # conditional + unconditional rows
     lt, lh, lw = shape.latent(config)
-    c = int(config.latent_channels)
+    c = int(config.model.in_channels)  # latents (+ frame mask and known latents: I2V)
     dt = jnp.dtype(config.model.dtype)
     sh = lambda nd: mesh_lib.batch_sharding(mesh, nd, rules)
     x = jax.ShapeDtypeStruct((b2, lt, lh, lw, c), jnp.float32, sharding=sh(5))

@@ -9,6 +9,10 @@
   enters the DiT clean with per-token timestep 0 and is pasted into the result).
 Both on `configs/wan21.py:tiny` (its tiny Wan 2.1 VAE); latents and decoded frames compared.
 """
+import os
+import subprocess
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,6 +21,7 @@ import torch
 from sora_jax.convert import wan
 from tests.parity.wan_fixture import load_reference_pipeline, make_tiny_wan_folder, tiny_config
 
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 LATENT_ATOL = 1e-3      # max |ours - diffusers| over the sampled latents
 FRAME_ATOL = 1.5 / 255  # uint8 frames in [0, 1]: rounding (<= 0.5 / 255) + float error
 FLOAT_FRAME_ATOL = 1e-4  # the same frames before rounding
@@ -136,6 +141,22 @@ def test_a14b_sample_matches_diffusers(a14b):
     err = _compare('a14b', pipe, ref_lat.numpy(), ref_np, lat, vid, noise)
     for other in (same_g, one):
         assert np.abs(lat - other.transpose(0, 2, 3, 4, 1)).max() > 100 * err
+
+
+def test_sample_cli_runs_both_experts(a14b, tmp_path):
+    """experiments/sample.py with configs/wan22.py:tiny and --guidance_scale_2 on the converted
+    two-expert folder (2 steps at shift 3: timestep 999 high-noise expert, 750 low-noise)."""
+    from sora_jax.io.video import read_video
+    _, dst, _, _ = a14b
+    out = tmp_path / 'a14b.mp4'
+    proc = subprocess.run(
+        [sys.executable, 'experiments/sample.py', f'--checkpoint={dst}',
+         '--config=configs/wan22.py:tiny', '--prompt=A red circle moves to the left.',
+         '--num_frames=5', '--height=32', '--width=32', '--steps=2', '--guidance_scale_2=2.0',
+         '--nocredentials', f'--out={out}'], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    frames = read_video(out)
+    assert frames.shape == (5, 32, 32, 3) and frames.std() > 1.0
 
 
 def test_guidance_scale_2_needs_two_experts(ti2v):
