@@ -139,7 +139,9 @@ def dit_config_from_hf(hf: Mapping[str, Any] | str, **overrides):
 
 
 def vae_key_map(cfg) -> KeyMap:
-    """diffusers `AutoencoderKLWan` (Wan 2.1 layout) state dict -> `sora_jax.models.vae.WanVAE`.
+    """diffusers `AutoencoderKLWan` state dict -> `sora_jax.models.vae.WanVAE` (Wan 2.1 layout,
+    or Wan 2.2's with `cfg.is_residual`: `down_blocks.N.{resnets.M,downsampler}` and
+    `up_blocks.N.{resnets.M,upsampler}`; the avg / dup shortcuts have no weights).
 
     Walks the module lists the way diffusers builds them (`WanEncoder3d` / `WanDecoder3d`), so
     the map follows from the config alone. torch RMS gains `[C, 1, 1(, 1)]` flatten to `[C]`;
@@ -183,6 +185,15 @@ def vae_key_map(cfg) -> KeyMap:
     dims = [cfg.base_dim * u for u in (1, *cfg.dim_mult)]
     idx, scale = 0, 1.0
     for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+        if cfg.is_residual:
+            src, dst = f'encoder.down_blocks.{i}', f'encoder/down_blocks/{i}'
+            for j in range(cfg.num_res_blocks):
+                resnet(f'{src}.resnets.{j}', f'{dst}/resnets/{j}', in_dim, out_dim)
+                in_dim = out_dim
+            if i != n_levels - 1:
+                resample(f'{src}.downsampler', f'{dst}/downsampler',
+                         'downsample3d' if cfg.temperal_downsample[i] else 'downsample2d')
+            continue
         for _ in range(cfg.num_res_blocks):
             resnet(f'encoder.down_blocks.{idx}', f'encoder/down_blocks/{idx}', in_dim, out_dim)
             idx, in_dim = idx + 1, out_dim
@@ -196,17 +207,20 @@ def vae_key_map(cfg) -> KeyMap:
     mid('encoder.mid_block', 'encoder/mid_block', dims[-1])
     io('encoder')
 
-    dims = [cfg.base_dim * u for u in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]
+    dec_dim = cfg.decoder_base_dim or cfg.base_dim
+    dims = [dec_dim * u for u in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]
     up_time = tuple(cfg.temperal_downsample[::-1])
     mid('decoder.mid_block', 'decoder/mid_block', dims[0])
     for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
-        in_dim = in_dim // 2 if i > 0 else in_dim  # Wan 2.1: the upsampler halved the channels
+        if i > 0 and not cfg.is_residual:
+            in_dim //= 2  # Wan 2.1: the upsampler halved the channels
         for j in range(cfg.num_res_blocks + 1):
             resnet(f'decoder.up_blocks.{i}.resnets.{j}', f'decoder/up_blocks/{i}/resnets/{j}',
                    in_dim, out_dim)
             in_dim = out_dim
         if i != n_levels - 1:
-            resample(f'decoder.up_blocks.{i}.upsamplers.0', f'decoder/up_blocks/{i}/upsamplers/0',
+            up = 'upsampler' if cfg.is_residual else 'upsamplers.0'
+            resample(f'decoder.up_blocks.{i}.{up}', f'decoder/up_blocks/{i}/{up.replace(".", "/")}',
                      'upsample3d' if up_time[i] else 'upsample2d')
     io('decoder')
     conv('quant_conv', 'quant_conv')
@@ -215,21 +229,30 @@ def vae_key_map(cfg) -> KeyMap:
 
 
 def vae_config_from_hf(hf: Mapping[str, Any] | str, **overrides):
-    """diffusers vae `config.json` (dict, file or folder) -> `VAEConfig` (Wan 2.1 layout only)."""
+    """diffusers vae `config.json` (dict, file or folder) -> `VAEConfig` (Wan 2.1 or 2.2).
+
+    `scale_factor_spatial` / `scale_factor_temporal` (what diffusers' pipelines size latents
+    with) must equal the factors the layers give, else the folder is inconsistent: ValueError.
+    """
     from sora_jax.models import vae
     hf = _read_json(hf)
-    if hf.get('is_residual') or hf.get('patch_size'):
-        raise ValueError(f"VAE config has is_residual={hf.get('is_residual')}, patch_size="
-                         f"{hf.get('patch_size')}: that is the Wan 2.2 VAE; only the Wan 2.1 "
-                         'layout (is_residual false, patch_size null) converts.')
-    if hf.get('decoder_base_dim') not in (None, hf.get('base_dim', 96)):
-        raise ValueError(f"decoder_base_dim={hf['decoder_base_dim']} != base_dim="
-                         f"{hf.get('base_dim')}: our WanVAE uses one base width for both sides.")
-    names = ('base_dim', 'z_dim', 'dim_mult', 'num_res_blocks', 'attn_scales',
-             'temperal_downsample', 'latents_mean', 'latents_std', 'in_channels', 'out_channels')
+    names = ('base_dim', 'decoder_base_dim', 'z_dim', 'dim_mult', 'num_res_blocks', 'attn_scales',
+             'temperal_downsample', 'latents_mean', 'latents_std', 'in_channels', 'out_channels',
+             'is_residual', 'patch_size')
     kw = {k: hf[k] for k in names if k in hf}
+    if kw.get('decoder_base_dim') == kw.get('base_dim', 96):
+        kw['decoder_base_dim'] = None  # one width for both sides (Wan 2.1)
     kw.update(overrides)
-    return vae.from_config(kw)
+    cfg = vae.from_config(kw)
+    factors = {'scale_factor_spatial': 2 ** (len(cfg.dim_mult) - 1) * cfg.patch,
+               'scale_factor_temporal': 2 ** sum(bool(t) for t in cfg.temperal_downsample)}
+    for key, want in factors.items():
+        if hf.get(key) is not None and hf[key] != want:
+            raise ValueError(f'{key}={hf[key]} in the VAE config, but dim_mult={cfg.dim_mult}, '
+                             f'temperal_downsample={cfg.temperal_downsample}, patch_size='
+                             f'{cfg.patch_size} give {want}; fix {key} (or the layer settings) '
+                             'in config.json.')
+    return cfg
 
 
 def _read_json(hf: Mapping[str, Any] | str) -> dict:
