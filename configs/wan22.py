@@ -12,7 +12,8 @@ Args (`--config=configs/wan22.py:ARG`):
              Append ',480p' to an A14B arg for 480x832.
   tiny       a random tiny two-expert Wan (configs/wan21.py:tiny's sizes, boundary 0.875) that the
              tests build with `tests/parity/wan_fixture.py:make_tiny_wan_folder(two_experts=True)`.
-  tiny_ti2v  the same tiny sizes as a TI2V model (expand_timesteps) on the tiny Wan 2.1 VAE.
+  tiny_ti2v  a random tiny TI2V model (expand_timesteps; 8 latent channels) on a tiny Wan 2.2
+             residual VAE (2x2 patches, 16x space, 4x time), for the tests (same fixture).
 Parameter counts are `DiTConfig.num_params()`, equal to diffusers' `WanTransformer3DModel` built on
 the meta device (tests/test_configs_wan22.py). Sampling defaults are the Wan 2.2 repository's
 (wan/configs/wan_*.py: sample_steps, sample_shift, sample_guide_scale, boundary, frame_num,
@@ -91,5 +92,11 @@ def get_config(arg: str = 'ti2v_5b') -> mlc.ConfigDict:
     elif name == 'tiny':
         s.boundary_ratio, s.guidance_scale, s.guidance_scale_2 = 0.875, 4.0, 3.0
     else:  # tiny_ti2v
-        s.expand_timesteps = True
+        c.model.in_channels = c.model.out_channels = c.latent_channels = 8
+        v = c.vae
+        v.base_dim, v.decoder_base_dim, v.z_dim, v.dim_mult = 4, 6, 8, (1, 2, 4, 4)
+        v.is_residual, v.patch_size, v.in_channels, v.out_channels = True, 2, 12, 12
+        v.latents_mean = (0.1, -0.2, 0.05, 0.3, 0.0, -0.1, 0.2, 0.15)
+        v.latents_std = (1.2, 0.8, 1.5, 0.9, 1.1, 0.7, 1.3, 1.0)
+        s.expand_timesteps, s.height, s.width = True, 64, 64
     return c

@@ -25,18 +25,20 @@ import os
 import tempfile
 
 CONFIG_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan21.py')
+WAN22_CONFIG_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan22.py')
 SENTENCES = ('A red circle moves to the left across a blue background.',
              'Un cuadrado verde gira lentamente sobre un fondo negro.',
              'Two yellow triangles bounce up and down, then stop.',
              'A cat and a dog baking a cake together in a kitchen.')
 
 
-def tiny_config():
-    """`configs/wan21.py:tiny` (configs/ is not a package, so it is loaded by path)."""
-    spec = importlib.util.spec_from_file_location('wan21_config', CONFIG_PATH)
+def tiny_config(path: str = CONFIG_PATH, arg: str = 'tiny'):
+    """`configs/wan21.py:tiny` (configs/ is not a package, so it is loaded by path); `path`,
+    `arg`: another config file and arg, e.g. WAN22_CONFIG_PATH, 'tiny_ti2v'."""
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3] + '_config', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config('tiny')
+    return module.get_config(arg)
 
 
 def diffusers_kwargs(c) -> dict:
@@ -52,7 +54,8 @@ def diffusers_kwargs(c) -> dict:
         'vae': dict(base_dim=v.base_dim, z_dim=v.z_dim, dim_mult=list(v.dim_mult),
                     num_res_blocks=v.num_res_blocks, attn_scales=list(v.attn_scales),
                     temperal_downsample=list(v.temperal_downsample),
-                    latents_mean=list(v.latents_mean), latents_std=list(v.latents_std)),
+                    latents_mean=list(v.latents_mean), latents_std=list(v.latents_std),
+                    **_wan22_vae_kwargs(v)),
         'text_encoder': dict(vocab_size=t.vocab_size, d_model=t.d_model, d_kv=t.d_kv,
                              num_heads=t.num_heads, d_ff=t.d_ff, num_layers=t.num_layers,
                              relative_attention_num_buckets=t.num_buckets,
@@ -60,6 +63,16 @@ def diffusers_kwargs(c) -> dict:
                              layer_norm_epsilon=t.eps, feed_forward_proj='gated-gelu',
                              dropout_rate=0.0, tie_word_embeddings=False),
     }
+
+
+def _wan22_vae_kwargs(v) -> dict:
+    """The Wan 2.2 VAE's extra `AutoencoderKLWan` kwargs (residual blocks, patches), if set."""
+    if not v.get('is_residual', False):
+        return {}
+    return dict(is_residual=True, patch_size=v.patch_size, decoder_base_dim=v.decoder_base_dim,
+                in_channels=v.in_channels, out_channels=v.out_channels,
+                scale_factor_spatial=2 ** (len(v.dim_mult) - 1) * v.patch_size,
+                scale_factor_temporal=2 ** sum(v.temperal_downsample))
 
 
 def _tokenizer(vocab_size: int):
@@ -77,13 +90,14 @@ def _tokenizer(vocab_size: int):
 
 
 def make_tiny_wan_folder(path: str, seed: int = 0, *, two_experts: bool = False,
-                         boundary_ratio: float | None = None,
-                         expand_timesteps: bool = False) -> str:
-    """Writes the tiny random Wan folder (see the module docstring) into `path`; returns `path`."""
+                         boundary_ratio: float | None = None, expand_timesteps: bool = False,
+                         config=None) -> str:
+    """Writes the tiny random Wan folder (see the module docstring) into `path`; returns `path`.
+    `config`: the sizes (default `configs/wan21.py:tiny`; e.g. `configs/wan22.py:tiny_ti2v`)."""
     import diffusers
     import torch
     import transformers
-    c = tiny_config()
+    c = tiny_config() if config is None else config
     kw = diffusers_kwargs(c)
     torch.set_num_threads(1)  # tiny modules: threads only add contention on small CI runners
     torch.manual_seed(seed)
