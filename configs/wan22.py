@@ -10,7 +10,7 @@ Args (`--config=configs/wan22.py:ARG`):
   i2v_a14b   Wan2.2-I2V-A14B: two 14,288,901,184-param DiTs (36 input channels: noise + mask +
              first-frame latents), boundary 0.9, guidance 3.5 / 3.5, shift 5.
              Append ',480p' to an A14B arg for 480x832.
-  tiny       a random tiny two-expert Wan (configs/wan21.py:tiny's sizes, boundary 0.875) that the
+  tiny       a random tiny two-expert Wan (configs/wan21.py:tiny's sizes, boundary 0.9) that the
              tests build with `tests/parity/wan_fixture.py:make_tiny_wan_folder(two_experts=True)`.
   tiny_ti2v  a random tiny TI2V model (expand_timesteps; 8 latent channels) on a tiny Wan 2.2
              residual VAE (2x2 patches, 16x space, 4x time), for the tests (same fixture).
@@ -89,8 +89,8 @@ def get_config(arg: str = 'ti2v_5b') -> mlc.ConfigDict:
             c.model.in_channels = 36
             s.boundary_ratio, s.guidance_scale, s.guidance_scale_2, s.shift = 0.9, 3.5, 3.5, 5.0
         c.flow.shift = s.shift
-    elif name == 'tiny':
-        s.boundary_ratio, s.guidance_scale, s.guidance_scale_2 = 0.875, 4.0, 3.0
+    elif name == 'tiny':  # the boundary is a timestep of 4 steps at shift 3 (999, 900, 750, 500)
+        s.boundary_ratio, s.guidance_scale, s.guidance_scale_2 = 0.9, 4.0, 3.0
     else:  # tiny_ti2v
         c.model.in_channels = c.model.out_channels = c.latent_channels = 8
         v = c.vae

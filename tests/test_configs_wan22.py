@@ -23,7 +23,7 @@ SAMPLING = {
     't2v_a14b': (40, 4.0, 3.0, 0.875, 12.0, 81, 720, 1280, 16, None),
     't2v_a14b,480p': (40, 4.0, 3.0, 0.875, 12.0, 81, 480, 832, 16, None),
     'i2v_a14b': (40, 3.5, 3.5, 0.9, 5.0, 81, 720, 1280, 16, None),
-    'tiny': (4, 4.0, 3.0, 0.875, 3.0, 5, 32, 32, 16, None),
+    'tiny': (4, 4.0, 3.0, 0.9, 3.0, 5, 32, 32, 16, None),
     'tiny_ti2v': (4, 5.0, None, None, 3.0, 5, 64, 64, 16, True),
 }
 # arg -> DiT tokens of one default-size clip (what experiments/aot.py compiles for)

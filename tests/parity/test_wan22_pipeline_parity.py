@@ -11,10 +11,6 @@
   `configs/wan22.py:tiny_ti2v` (a tiny Wan 2.2 residual VAE: 16x space, 8 latent channels).
 Latents and decoded frames are compared.
 """
-import os
-import subprocess
-import sys
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -24,7 +20,6 @@ from sora_jax.convert import wan
 from tests.parity.wan_fixture import (WAN22_CONFIG_PATH, load_reference_pipeline,
                                       make_tiny_wan_folder, tiny_config)
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 LATENT_ATOL = 1e-3      # max |ours - diffusers| over the sampled latents
 FRAME_ATOL = 1.5 / 255  # uint8 frames in [0, 1]: rounding (<= 0.5 / 255) + float error
 FLOAT_FRAME_ATOL = 1e-4  # the same frames before rounding
@@ -46,7 +41,7 @@ def _converted(tmp_path_factory, name, config, **folder_kw):
 def a14b(tmp_path_factory):
     torch.set_num_threads(1)
     src, dst, pipe = _converted(tmp_path_factory, 'tiny', tiny_config(), two_experts=True,
-                                boundary_ratio=0.875)
+                                boundary_ratio=0.9)
     return src, dst, load_reference_pipeline(src), pipe
 
 
@@ -88,9 +83,9 @@ def _ours(pipe, **kw):
 
 def test_from_wan_reads_the_two_experts(a14b):
     _, dst, _, pipe = a14b
-    assert pipe.boundary_ratio == 0.875 and pipe.params_2 is not None
+    assert pipe.boundary_ratio == 0.9 and pipe.params_2 is not None
     assert not pipe.expand_timesteps
-    assert wan.pipeline_settings(dst) == {'boundary_ratio': 0.875, 'expand_timesteps': False}
+    assert wan.pipeline_settings(dst) == {'boundary_ratio': 0.9, 'expand_timesteps': False}
     k1 = np.asarray(pipe.params['blocks']['attn1']['to_q']['kernel'][...])
     k2 = np.asarray(pipe.params_2['blocks']['attn1']['to_q']['kernel'][...])
     assert k1.shape == k2.shape and np.abs(k1 - k2).max() > 0.01  # two different experts
@@ -120,8 +115,9 @@ def test_a14b_experts_restore_into_the_same_shardings(a14b):
 
 
 def test_a14b_sample_matches_diffusers(a14b):
-    """4 steps at shift 3: timesteps 999, 900 (high-noise expert, CFG 4), 750, 500 (low-noise
-    expert, CFG 3 = guidance_scale_2)."""
+    """4 steps at shift 3: timesteps 999, 900 (high-noise expert, CFG 4: 900 is the boundary
+    0.9 x 1000 itself, high as diffusers' `t >= boundary`), 750, 500 (low-noise expert, CFG 3 =
+    guidance_scale_2)."""
     _, _, ref, pipe = a14b
     frames, h, w, steps = 5, 32, 32, 4
     noise = _noise(2, frames, h, w)
@@ -143,27 +139,11 @@ def test_a14b_sample_matches_diffusers(a14b):
                       max_sequence_length=n).frames.numpy()
         finally:
             ref.transformer_2 = expert_2
-            ref.register_to_config(boundary_ratio=0.875)
+            ref.register_to_config(boundary_ratio=0.9)
     lat, vid = _ours(pipe, **kw, latents=noise.permute(0, 2, 3, 4, 1).numpy())
     err = _compare('a14b', pipe, ref_lat.numpy(), ref_np, lat, vid, noise)
     for other in (same_g, one):
         assert np.abs(lat - other.transpose(0, 2, 3, 4, 1)).max() > 100 * err
-
-
-def test_sample_cli_runs_both_experts(a14b, tmp_path):
-    """experiments/sample.py with configs/wan22.py:tiny and --guidance_scale_2 on the converted
-    two-expert folder (2 steps at shift 3: timestep 999 high-noise expert, 750 low-noise)."""
-    from sora_jax.io.video import read_video
-    _, dst, _, _ = a14b
-    out = tmp_path / 'a14b.mp4'
-    proc = subprocess.run(
-        [sys.executable, 'experiments/sample.py', f'--checkpoint={dst}',
-         '--config=configs/wan22.py:tiny', '--prompt=A red circle moves to the left.',
-         '--num_frames=5', '--height=32', '--width=32', '--steps=2', '--guidance_scale_2=2.0',
-         '--nocredentials', f'--out={out}'], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    frames = read_video(out)
-    assert frames.shape == (5, 32, 32, 3) and frames.std() > 1.0
 
 
 def test_guidance_scale_2_needs_two_experts(ti2v):
