@@ -113,3 +113,14 @@ def test_aot_sizes(arg):
     c = wan22.get_config(arg)
     s = c.sample
     assert Shape(s.num_frames, s.height, s.width, 1, 512).tokens(c) == TOKENS[arg]
+
+
+def test_aot_compiles_a_wan22_sampling_step():
+    """experiments/aot.py's sample task takes configs/wan22.py (tiny_ti2v, for a v5p-8, no TPU):
+    the 16x VAE (2x2 patches) sizes the token grid."""
+    pytest.importorskip('libtpu', reason='libtpu is in the [test] extra')
+    from sora_jax.aot import run
+    c = wan22.get_config('tiny_ti2v')
+    c.mesh.shape = (1, 1, 1, 4)
+    rep = run.check(c, 'v5p-8', 'sample', num_frames=5, height=64, width=64, batch_size=1)
+    assert rep['fits'] and rep['tokens_per_clip'] == 2 * 2 * 2  # 2 latent frames of 4 x 4

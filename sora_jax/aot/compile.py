@@ -123,7 +123,7 @@ def _compile_sample(config, mesh, rules, shape: Shape, hbm_bytes=None):
     params = _abstract(params, shardings)
     b2 = 2 * shape.batch_size  # conditional + unconditional rows
     lt, lh, lw = shape.latent(config)
-    c = int(config.model.in_channels)  # latents (+ frame mask and known latents: I2V)
+    c = int(config.latent_channels)
     dt = jnp.dtype(config.model.dtype)
     sh = lambda nd: mesh_lib.batch_sharding(mesh, nd, rules)
     x = jax.ShapeDtypeStruct((b2, lt, lh, lw, c), jnp.float32, sharding=sh(5))
