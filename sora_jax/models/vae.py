@@ -1,4 +1,11 @@
-"""The causal video VAE (Wan 2.1 `AutoencoderKLWan` layout), channels last.
+"""The causal video VAE (diffusers `AutoencoderKLWan`: Wan 2.1 and Wan 2.2 layouts), channels last.
+
+Wan 2.1 (`wan21_config`): 16 latent channels, 4x time, 8x space. Wan 2.2 TI2V-5B
+(`wan22_config`): `is_residual` down/up blocks whose parameter-free shortcuts fold / unfold
+neighbours into channels (`vae_patch.avg_down` / `dup_up`), a decoder wider than the encoder
+(`decoder_base_dim`), and 2x2 pixel patches folded into channels around the whole VAE
+(`patch_size`), so 48 latent channels at 4x time, 16x space. Both match diffusers to float32
+round-off (tests/parity/test_vae_parity.py, tests/parity/test_wan22_vae_parity.py).
 
 Images and videos share one latent space: frame 0 is coded alone, then chunks of
 `temporal_factor` frames, so T frames <-> 1 + (T - 1) / temporal_factor latent frames and an

@@ -1,4 +1,6 @@
-"""Building blocks of the causal video VAE, laid out like Wan 2.1's `AutoencoderKLWan`.
+"""Building blocks of the causal video VAE, laid out like diffusers' `AutoencoderKLWan` (Wan 2.1;
+Wan 2.2's residual layout: `ResidualDownBlock` / `ResidualUpBlock`, keys `down_blocks.N.resnets.M`,
+`.downsampler`, `up_blocks.N.upsampler`).
 
 Every block runs in one of two ways:
 
