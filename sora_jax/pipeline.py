@@ -21,7 +21,6 @@ known first frame enters the DiT clean, its tokens at t = 0; mode='i2v' conditio
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Sequence
 
@@ -411,7 +410,8 @@ class TextToVideo:
                 guidance_2=None, boundary=None, expand=False):
         # progress: a host callback ticks the bar each step; JAX never writes a program with host
         # callbacks to the persistent compilation cache, so progress=False compiles a cacheable one.
-        # params_2 / guidance_2 / boundary: Wan 2.2 A14B's low-noise expert (`two_experts`).
+        # params_2 / guidance_2 / boundary: Wan 2.2 A14B's low-noise expert
+        # (`samplers.two_experts`).
         # expand: Wan 2.2 TI2V: known frames enter the DiT clean, their tokens at t = 0, and are
         # pasted into the result (diffusers' expand_timesteps), instead of `replace`.
         b = noise.shape[0]
@@ -430,8 +430,8 @@ class TextToVideo:
             def velocity(x, t, m, k, c, cm, sk=None):
                 x_in, t_in = x, t
                 if expand:
-                    x_in, t_in = cond_lib.apply_known(x, m, k), token_timesteps(t, m, x.shape,
-                                                                                self.patch)
+                    x_in = cond_lib.apply_known(x, m, k)
+                    t_in = cond_lib.token_timesteps(t, m, x.shape, self.patch)
                 elif self.conditioned:
                     x_in = cond_lib.model_input(x, m, k)
                 return flow.to_velocity(dit(x_in, t_in, c, cm, skip=sk), x, t, self.prediction)
@@ -451,8 +451,8 @@ class TextToVideo:
 
         guided = guided_by(nnx.merge(self.graphdef, params), guidance)
         if params_2 is not None:
-            guided = two_experts(guided, guided_by(nnx.merge(self.graphdef, params_2), guidance_2),
-                                 boundary, quantization)
+            low = guided_by(nnx.merge(self.graphdef, params_2), guidance_2)
+            guided = samplers.two_experts(guided, low, boundary, quantization)
         # Known latents (if any) are re-imposed along their noising path after every step.
         callback = cond_lib.replace_callback(mask, known, noise) if replace else None
         lat = samplers.sample(guided, noise, method=method, num_steps=num_steps, shift=shift,
@@ -541,35 +541,6 @@ class TextToVideo:
             lat = lat.at[:, -1].set(lat[:, 0])
         known = lat * mask_t[None, :, None, None, None]
         return jnp.broadcast_to(mask_t, (b, lt)), known, plan['keep_pixel_frames']
-
-
-def token_timesteps(t: jax.Array, mask: jax.Array, shape, patch) -> jax.Array:
-    """Wan 2.2 TI2V per-token timesteps (diffusers' expand_timesteps): t [B] and the frame mask
-    [B, T_lat] (1 = known) of latents `shape` [B, T_lat, h, w, C] -> [B, N] in the DiT's (t, h, w)
-    token order: t on generated tokens, 0 on the tokens of known frames."""
-    pt, ph, pw = patch
-    _, _, lh, lw, _ = shape
-    keep = 1.0 - mask[:, ::pt].astype(t.dtype)  # a token takes the mask of its first frame
-    return jnp.repeat(t[:, None] * keep, (lh // ph) * (lw // pw), axis=1)
-
-
-def two_experts(high, low, boundary_ratio: float, quantization: int | None,
-                num_train_timesteps: int = 1000):
-    """Wan 2.2 A14B as diffusers' `WanPipeline(transformer, transformer_2, boundary_ratio)`: the
-    velocity `high` (the high-noise expert with its guidance) while the timestep t_train =
-    num_train_timesteps * t >= boundary_ratio * num_train_timesteps, `low` after. With timestep
-    quantization the compare is on the integer timestep the DiT sees (diffusers' int64 `t`)."""
-    threshold = boundary_ratio * num_train_timesteps  # float64, as diffusers computes it
-
-    def velocity(x, t):
-        if quantization:  # integer timesteps: t_int >= threshold <=> t_int >= ceil(threshold)
-            t_int = jnp.round(t[0] * quantization) * (num_train_timesteps // quantization)
-            is_high = t_int >= math.ceil(threshold)
-        else:
-            is_high = t[0] >= boundary_ratio
-        return jax.lax.cond(is_high, high, low, x, t)
-
-    return velocity
 
 
 def load_vae(autoencoder: str, relative_to: str | None = None) -> FrozenVAE | None:
