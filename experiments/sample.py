@@ -38,6 +38,8 @@ flags.DEFINE_integer('height', None, 'Height in pixels; default from the config.
 flags.DEFINE_integer('width', None, 'Width in pixels; default from the config.')
 flags.DEFINE_integer('steps', None, 'Sampling steps; default from the config.')
 flags.DEFINE_float('guidance_scale', None, 'Classifier-free guidance scale.')
+flags.DEFINE_float('guidance_scale_2', None, 'Wan 2.2 A14B: guidance of the low-noise expert '
+                   '(default: config.sample.guidance_scale_2, else --guidance_scale).')
 flags.DEFINE_float('skip_guidance_scale', None, 'Skip-layer guidance scale (0: off); default from '
                    'the config.')
 flags.DEFINE_list('skip_layers', None, 'DiT blocks skipped by skip-layer guidance, e.g. 2,3.')
@@ -158,6 +160,7 @@ def main(argv):
     call = functools.partial(
         pipe, F.prompt, num_frames=F.num_frames, height=height, width=width,
         num_inference_steps=F.steps, guidance_scale=F.guidance_scale,
+        guidance_scale_2=F.guidance_scale_2,
         negative_prompt=F.negative_prompt, sampler=F.sampler, shift=F.shift,
         seed=F.seed, mode=F.mode, image=image, video=video, strength=F.strength,
         skip_guidance_scale=F.skip_guidance_scale,

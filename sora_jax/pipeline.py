@@ -14,6 +14,10 @@ Modes (`mode=`): 't2v' (default), 't2i' (one frame), 'i2v' (`image=` is frame 0)
 Two model families share this class: the shapes family (byte-level text encoder trained with
 the DiT, our causal VAE; `from_checkpoint`) and Wan 2.1 converted weights (UMT5 + Wan DiT +
 Wan VAE; `from_wan`). A text encoder is any callable prompts -> (context, mask | None).
+Wan 2.2 folders add, as diffusers' `WanPipeline` runs them (settings from model_index.json):
+two experts (A14B: `transformer` while the timestep >= boundary_ratio * 1000, then
+`transformer_2` with `guidance_scale_2`) and per-token timesteps (TI2V, `expand_timesteps`: a
+known first frame enters the DiT clean, its tokens at t = 0; mode='i2v' conditions on `image=`).
 """
 from __future__ import annotations
 
@@ -82,13 +86,17 @@ class TextToVideo:
         self.loras: tuple[tuple[str, float], ...] = ()
         self.text = text
         self.vae = vae
+        # Wan 2.2 (from_wan, model_index.json): A14B's low-noise expert (params of the same
+        # graphdef) and boundary ratio; TI2V's per-token timesteps for known frames.
+        self.params_2, self.boundary_ratio, self.expand_timesteps = None, None, False
         self.patch = tuple(config.model.patch_size)
         self.latent_channels = int(config.get('latent_channels', config.model.get('out_channels', 3)))
         self.conditioned = bool(config.get('conditioning', {}).get('enabled', False))
         self.prediction = str(config.get('flow', {}).get('prediction', 'velocity'))
         self._jit_sample = jax.jit(self._sample, static_argnames=(
             'method', 'num_steps', 'shift', 'guidance', 'interval', 't_start', 'quantization',
-            'replace', 'skip_scale', 'skip_layers', 'skip_interval', 'progress'))
+            'replace', 'skip_scale', 'skip_layers', 'skip_interval', 'progress', 'guidance_2',
+            'boundary', 'expand'))
         self._bar = None
         # Safeguards (README, "Safeguards and provenance"): on unless a call turns them off.
         self.moderation_policy = None  # None: $SORA_JAX_POLICY or sora_jax/safety/policy.json
@@ -104,6 +112,8 @@ class TextToVideo:
         step) or kept as separate adapters; always applied to the base, so `set_loras([])`
         switches them off."""
         from sora_jax.convert import lora as lora_files
+        if loras and self.params_2 is not None:
+            raise ValueError('LoRAs on a two-expert (Wan 2.2 A14B) model are not supported yet.')
         self.loras = tuple((os.fspath(p), float(s)) for p, s in loras)
         self.graphdef, self.params = lora_files.apply(
             *self._base, [lora_files.read(p, s) for p, s in self.loras], merge=merge)
@@ -173,8 +183,10 @@ class TextToVideo:
 
     @classmethod
     def from_wan(cls, path: str | os.PathLike, config=None) -> 'TextToVideo':
-        """A Wan 2.1 folder converted by experiments/convert_wan.py; `config` supplies the sampling
-        defaults (configs/wan21.py), e.g. UniPC, 50 steps, guidance 5, shift, negative prompt."""
+        """A Wan 2.1 / 2.2 folder converted by experiments/convert_wan.py; `config` supplies the
+        sampling defaults (configs/wan21.py, configs/wan22.py), e.g. UniPC, 50 steps, guidance 5,
+        shift, negative prompt. A Wan 2.2 folder's model_index.json gives `boundary_ratio` (with
+        `transformer_2/`) and `expand_timesteps`; config.sample.boundary_ratio, if set, wins."""
         from sora_jax.convert.checkpoint import load_wan
         m = load_wan(os.fspath(path))
         if m.transformer is None or m.text_encoder is None or m.tokenizer is None:
@@ -194,6 +206,21 @@ class TextToVideo:
         graphdef, params = nnx.split(m.transformer)
         max_len = int(config.text.get('max_length', 512))
         pipe = cls(config, graphdef, params, UMT5Text(m.text_encoder, m.tokenizer, max_len), vae)
+        expand = config.sample.get('expand_timesteps', None)
+        pipe.expand_timesteps = bool(m.pipeline.get('expand_timesteps', False)
+                                     if expand is None else expand)
+        if m.transformer_2 is not None:
+            boundary = config.sample.get('boundary_ratio', None)
+            boundary = m.pipeline.get('boundary_ratio') if boundary is None else boundary
+            if boundary is None or not 0.0 < float(boundary) < 1.0:
+                raise ValueError(f'{os.fspath(path)!r} has transformer_2/ but boundary_ratio='
+                                 f'{boundary!r}; set sample.boundary_ratio in (0, 1) (0.875 for '
+                                 'Wan 2.2 T2V-A14B, 0.9 for I2V-A14B).')
+            graphdef_2, pipe.params_2 = nnx.split(m.transformer_2)
+            if graphdef_2 != graphdef:
+                raise ValueError('transformer_2/ differs from transformer/ in architecture; the '
+                                 'two experts must share one config.json.')
+            pipe.boundary_ratio = float(boundary)
         pipe.set_checkpoint(path)
         return pipe
 
@@ -249,7 +276,7 @@ class TextToVideo:
                  skip_guidance_scale: float | None = None, skip_layers=None,
                  skip_guidance_interval=None, output_type: str = 'np', latents=None,
                  progress: bool = True, moderation: bool = True,
-                 watermark: bool = True) -> np.ndarray:
+                 watermark: bool = True, guidance_scale_2: float | None = None) -> np.ndarray:
         """Returns uint8 frames [B, T, H, W, 3] (T = num_frames, less the pinned tail for 'loop'),
         or with output_type='latent' the sampled latents [B, T', h, w, C] (float32).
         `latents` (optional, [B, T', h, w, C]) replaces the seeded initial noise, as in diffusers.
@@ -259,7 +286,9 @@ class TextToVideo:
         Safeguards: `moderation` refuses prompts the content policy names (PromptRefused, a
         ValueError naming the category; negative prompts are exempt); `watermark` marks every
         returned frame with (self.model_id, self.user_key) (sora_jax/safety/watermark.py).
-        Turning either off is logged."""
+        Turning either off is logged.
+        `guidance_scale_2` (two-expert Wan 2.2 A14B models only; default config.sample.
+        guidance_scale_2, else guidance_scale): the CFG scale of the low-noise expert."""
         if output_type not in ('np', 'latent'):
             raise ValueError(f"output_type={output_type!r} must be 'np' or 'latent'.")
         s = self.config.sample
@@ -287,6 +316,11 @@ class TextToVideo:
         if steps < 1 or steps > 1000:
             raise ValueError(f'num_inference_steps={steps} must be in [1, 1000].')
         guidance = float(s.guidance_scale if guidance_scale is None else guidance_scale)
+        if guidance_scale_2 is not None and self.params_2 is None:
+            raise ValueError('guidance_scale_2 is only used by a two-expert (Wan 2.2 A14B) model; '
+                             'this one has a single transformer.')
+        guidance_2 = s.get('guidance_scale_2', None) if guidance_scale_2 is None else guidance_scale_2
+        guidance_2 = guidance if guidance_2 is None or self.params_2 is None else float(guidance_2)
         method = s.sampler if sampler is None else sampler
         if method not in samplers.METHODS:
             raise ValueError(f'sampler={method!r} is not one of {samplers.METHODS}.')
@@ -308,6 +342,7 @@ class TextToVideo:
         else:
             noise = jax.random.normal(jax.random.key(seed), latent_shape, jnp.float32)
         t_start = 1.0
+        expand = self.expand_timesteps and bool(np.asarray(mask).any())  # TI2V known frames
         if mode == 'v2v':
             noise, t_start = cond_lib.sdedit_start(known, noise, strength)
             mask = jnp.zeros_like(mask)
@@ -321,9 +356,11 @@ class TextToVideo:
                                    interval=tuple(map(float, guidance_interval)),
                                    t_start=float(t_start),
                                    quantization=s.get('timestep_quantization', None),
-                                   replace=bool(np.asarray(mask).any()),
+                                   replace=bool(np.asarray(mask).any()) and not expand,
                                    skip_scale=skip_scale, skip_layers=skip_layers,
-                                   skip_interval=skip_interval, progress=bool(progress))
+                                   skip_interval=skip_interval, progress=bool(progress),
+                                   params_2=self.params_2, guidance_2=guidance_2,
+                                   boundary=self.boundary_ratio, expand=expand)
             lat = jax.block_until_ready(lat)
         if output_type == 'latent':
             return np.asarray(lat)
@@ -369,10 +406,14 @@ class TextToVideo:
 
     def _sample(self, params, ctx, ctx_mask, noise, mask, known, *, method, num_steps, shift,
                 guidance, interval, t_start, quantization, replace, skip_scale=0.0,
-                skip_layers=(), skip_interval=(0.0, 1.0), progress=True):
+                skip_layers=(), skip_interval=(0.0, 1.0), progress=True, params_2=None,
+                guidance_2=None, boundary=None, expand=False):
         # progress: a host callback ticks the bar each step; JAX never writes a program with host
         # callbacks to the persistent compilation cache, so progress=False compiles a cacheable one.
-        dit = nnx.merge(self.graphdef, params)
+        # params_2 / guidance_2 / boundary: Wan 2.2 A14B's low-noise expert
+        # (`samplers.two_experts`).
+        # expand: Wan 2.2 TI2V: known frames enter the DiT clean, their tokens at t = 0, and are
+        # pasted into the result (diffusers' expand_timesteps), instead of `replace`.
         b = noise.shape[0]
         rows = 3 if skip_scale > 0 else 2
         mask2 = jnp.concatenate([mask] * rows, 0)
@@ -385,26 +426,39 @@ class TextToVideo:
             weak[2 * b:, list(skip_layers)] = True
             skip = jnp.asarray(weak)
 
-        def velocity(x, t, m, k, c, cm, sk=None):
-            x_in = cond_lib.model_input(x, m, k) if self.conditioned else x
-            return flow.to_velocity(dit(x_in, t, c, cm, skip=sk), x, t, self.prediction)
+        def guided_by(dit, scale):  # the CFG (+ skip-layer) velocity of one DiT
+            def velocity(x, t, m, k, c, cm, sk=None):
+                x_in, t_in = x, t
+                if expand:
+                    x_in = cond_lib.apply_known(x, m, k)
+                    t_in = cond_lib.token_timesteps(t, m, x.shape, self.patch)
+                elif self.conditioned:
+                    x_in = cond_lib.model_input(x, m, k)
+                return flow.to_velocity(dit(x_in, t_in, c, cm, skip=sk), x, t, self.prediction)
 
-        def model_fn(x, t):  # x: [2B or 3B, ...] cond rows, uncond rows (, weakened cond rows)
-            if progress:
-                jax.debug.callback(self._tick, t[0])
-            return velocity(x, t, mask2, known2, ctx2, ctx_mask2, skip)
+            def model_fn(x, t):  # x: [2B or 3B, ...] cond rows, uncond rows (, weakened cond rows)
+                if progress:
+                    jax.debug.callback(self._tick, t[0])
+                return velocity(x, t, mask2, known2, ctx2, ctx_mask2, skip)
 
-        def cond_only(x, t):  # outside the guidance interval: conditional rows only
-            b = x.shape[0]
-            return velocity(x, t, mask, known, ctx[:b], None if ctx_mask is None else ctx_mask[:b])
+            def cond_only(x, t):  # outside the guidance interval: conditional rows only
+                b = x.shape[0]
+                return velocity(x, t, mask, known, ctx[:b],
+                                None if ctx_mask is None else ctx_mask[:b])
 
-        guided = samplers.cfg_velocity(model_fn, guidance, interval, cond_fn=cond_only,
-                                       skip_scale=skip_scale, skip_interval=skip_interval)
+            return samplers.cfg_velocity(model_fn, scale, interval, cond_fn=cond_only,
+                                         skip_scale=skip_scale, skip_interval=skip_interval)
+
+        guided = guided_by(nnx.merge(self.graphdef, params), guidance)
+        if params_2 is not None:
+            low = guided_by(nnx.merge(self.graphdef, params_2), guidance_2)
+            guided = samplers.two_experts(guided, low, boundary, quantization)
         # Known latents (if any) are re-imposed along their noising path after every step.
         callback = cond_lib.replace_callback(mask, known, noise) if replace else None
-        return samplers.sample(guided, noise, method=method, num_steps=num_steps, shift=shift,
-                               t_start=t_start, step_callback=callback,
-                               timestep_quantization=quantization)
+        lat = samplers.sample(guided, noise, method=method, num_steps=num_steps, shift=shift,
+                              t_start=t_start, step_callback=callback,
+                              timestep_quantization=quantization)
+        return cond_lib.apply_known(lat, mask, known) if expand else lat
 
     def _encode(self, pixels: jax.Array) -> jax.Array:
         """[B, T, H, W, 3] in [-1, 1] -> latents (identity in pixel space)."""
@@ -440,6 +494,10 @@ class TextToVideo:
                                  f'{height}, {width}, 3] (resize it to height x width).')
             return x.astype(np.float32) / 127.5 - 1.0 if x.dtype == np.uint8 else x.astype(np.float32)
 
+        if mode == 'i2v' and self.expand_timesteps:  # Wan 2.2 TI2V: the image alone, encoded
+            lat0 = self._encode(jnp.asarray(frames(image, 'image', 3))[:, None])  # [B, 1, h, w, C]
+            mask_t = jnp.zeros((b, lt), jnp.float32).at[:, 0].set(1.0)
+            return mask_t, zeros[1].at[:, :1].set(lat0), num_frames
         if mode in ('i2v', 'loop'):
             buf[:, 0] = frames(image, 'image', 3)
             plan = cond_lib.frame_plan(mode, num_frames, temporal_factor=max(tf, 1))

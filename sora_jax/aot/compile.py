@@ -37,7 +37,7 @@ class Shape:
 
     def latent(self, config) -> tuple[int, int, int]:
         tf = 2 ** sum(bool(x) for x in config.vae.temperal_downsample)
-        sf = 2 ** (len(config.vae.dim_mult) - 1)
+        sf = 2 ** (len(config.vae.dim_mult) - 1) * int(config.vae.get('patch_size', None) or 1)
         if (self.num_frames - 1) % tf:
             raise ValueError(f'--num_frames={self.num_frames} is not 1 + {tf}k (causal VAE); use '
                              f'{1 + max(1, round((self.num_frames - 1) / tf)) * tf}.')

@@ -6,6 +6,8 @@
   DST/transformer/{params/, config.json}    DiT params + diffusers config.json
   DST/vae/{params/, config.json}            WanVAE params + diffusers config.json
   DST/tokenizer/                            copied verbatim (tokenizer.json / spiece.model)
+  DST/transformer_2/{params/, config.json}  Wan 2.2 A14B only: the low-noise expert DiT
+  DST/model_index.json                      copied: Wan 2.2 boundary_ratio / expand_timesteps
 
 Params are the flat NNX paths ('blocks/attn1/to_q/kernel', stacked on a leading layer axis for
 scanned blocks) nested into dicts and saved with `ocp.StandardCheckpointer`; they keep the
@@ -38,6 +40,8 @@ class WanModels(NamedTuple):
     transformer: Any    # sora_jax.models.dit.DiT
     vae: Any            # sora_jax.models.vae.WanVAE
     configs: dict       # component -> UMT5Config / DiTConfig / VAEConfig
+    transformer_2: Any = None  # Wan 2.2 A14B: the low-noise expert DiT (None: one DiT)
+    pipeline: dict = {}        # model_index.json settings: boundary_ratio, expand_timesteps
 
 
 def load_converted(dst: str, component: str, weights_dtype: Any = None, *, mesh: Any = None,
@@ -65,7 +69,7 @@ def load_converted(dst: str, component: str, weights_dtype: Any = None, *, mesh:
     if component == 'text_encoder':
         config_overrides.setdefault('param_dtype', widest)
         config_overrides.setdefault('dtype', widest)
-    elif component == 'transformer':
+    elif component in ('transformer', 'transformer_2'):
         config_overrides.setdefault('param_dtype', widest.name)
     cfg, make, _ = wan.component_spec(component, folder, **config_overrides)
     if mesh is None:
@@ -96,22 +100,27 @@ def load_wan(dst: str, *, dtype: Any = None, vae_dtype: Any = np.float32,
 
     dtype: cast text encoder and transformer params to it (None: keep the saved dtype).
     vae_dtype: the VAE's param dtype (float32, as Wan decodes; None: as saved).
-    overrides: per-component config overrides, e.g. {'transformer': {'attention': 'cudnn'}}.
+    overrides: per-component config overrides, e.g. {'transformer': {'attention': 'cudnn'}}
+      (a Wan 2.2 A14B folder's `transformer_2` takes the transformer's unless given its own).
     mesh, rules: restore every parameter straight into its sharding on `mesh` under the logical
-      axis `rules` (see `load_converted`); None: whole arrays on one device.
-    Returns WanModels(text_encoder, tokenizer, transformer, vae, configs).
+      axis `rules` (see `load_converted`); None: whole arrays on one device. Both experts of a
+      Wan 2.2 A14B folder are sharded by the same rules.
+    Returns WanModels(text_encoder, tokenizer, transformer, vae, configs, transformer_2,
+    pipeline).
     """
     from sora_jax.models import umt5
     overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - {'text_encoder', 'transformer', 'vae'})
+    unknown = sorted(set(overrides) - {'text_encoder', 'transformer', 'vae', 'transformer_2'})
     if unknown:
         raise ValueError(f'overrides for unknown components {unknown}; use text_encoder, '
-                         'transformer or vae.')
+                         'transformer, transformer_2 or vae.')
+    overrides.setdefault('transformer_2', overrides.get('transformer', {}))
     if not os.path.isdir(dst):
         raise ValueError(f'{dst!r} does not exist; convert a Wan folder into it first with '
                          'experiments/convert_wan.py --src=... --dst=...')
     models: dict[str, Any] = {'configs': {}}
-    for comp, comp_dtype in (('text_encoder', dtype), ('transformer', dtype), ('vae', vae_dtype)):
+    for comp, comp_dtype in (('text_encoder', dtype), ('transformer', dtype), ('vae', vae_dtype),
+                             ('transformer_2', dtype)):
         models[comp] = None
         if os.path.isdir(os.path.join(dst, comp)):
             cfg, models[comp] = load_converted(dst, comp, comp_dtype, mesh=mesh, rules=rules,
@@ -122,4 +131,5 @@ def load_wan(dst: str, *, dtype: Any = None, vae_dtype: Any = np.float32,
                          '--dst of experiments/convert_wan.py?')
     tok = os.path.join(dst, 'tokenizer')
     models['tokenizer'] = umt5.UMT5Tokenizer.from_dir(tok) if os.path.isdir(tok) else None
+    models['pipeline'] = wan.pipeline_settings(dst)
     return WanModels(**models)

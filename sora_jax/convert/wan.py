@@ -21,6 +21,7 @@ Components (diffusers sub-folder -> module, key map, config parser):
   text_encoder  UMT5Encoder  umt5_key_map  UMT5Config.from_hf
   transformer   DiT          dit_key_map   dit_config_from_hf
   vae           WanVAE       vae_key_map   vae_config_from_hf
+  transformer_2 DiT          dit_key_map   dit_config_from_hf  (Wan 2.2 A14B low-noise expert)
 `load_component(src, name)` builds one straight from safetensors; `convert_folder` writes the
 Orbax layout that `sora_jax.convert.checkpoint.load_wan` reads back.
 """
@@ -138,7 +139,9 @@ def dit_config_from_hf(hf: Mapping[str, Any] | str, **overrides):
 
 
 def vae_key_map(cfg) -> KeyMap:
-    """diffusers `AutoencoderKLWan` (Wan 2.1 layout) state dict -> `sora_jax.models.vae.WanVAE`.
+    """diffusers `AutoencoderKLWan` state dict -> `sora_jax.models.vae.WanVAE` (Wan 2.1 layout,
+    or Wan 2.2's with `cfg.is_residual`: `down_blocks.N.{resnets.M,downsampler}` and
+    `up_blocks.N.{resnets.M,upsampler}`; the avg / dup shortcuts have no weights).
 
     Walks the module lists the way diffusers builds them (`WanEncoder3d` / `WanDecoder3d`), so
     the map follows from the config alone. torch RMS gains `[C, 1, 1(, 1)]` flatten to `[C]`;
@@ -182,6 +185,15 @@ def vae_key_map(cfg) -> KeyMap:
     dims = [cfg.base_dim * u for u in (1, *cfg.dim_mult)]
     idx, scale = 0, 1.0
     for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+        if cfg.is_residual:
+            src, dst = f'encoder.down_blocks.{i}', f'encoder/down_blocks/{i}'
+            for j in range(cfg.num_res_blocks):
+                resnet(f'{src}.resnets.{j}', f'{dst}/resnets/{j}', in_dim, out_dim)
+                in_dim = out_dim
+            if i != n_levels - 1:
+                resample(f'{src}.downsampler', f'{dst}/downsampler',
+                         'downsample3d' if cfg.temperal_downsample[i] else 'downsample2d')
+            continue
         for _ in range(cfg.num_res_blocks):
             resnet(f'encoder.down_blocks.{idx}', f'encoder/down_blocks/{idx}', in_dim, out_dim)
             idx, in_dim = idx + 1, out_dim
@@ -195,17 +207,20 @@ def vae_key_map(cfg) -> KeyMap:
     mid('encoder.mid_block', 'encoder/mid_block', dims[-1])
     io('encoder')
 
-    dims = [cfg.base_dim * u for u in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]
+    dec_dim = cfg.decoder_base_dim or cfg.base_dim
+    dims = [dec_dim * u for u in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]
     up_time = tuple(cfg.temperal_downsample[::-1])
     mid('decoder.mid_block', 'decoder/mid_block', dims[0])
     for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
-        in_dim = in_dim // 2 if i > 0 else in_dim  # Wan 2.1: the upsampler halved the channels
+        if i > 0 and not cfg.is_residual:
+            in_dim //= 2  # Wan 2.1: the upsampler halved the channels
         for j in range(cfg.num_res_blocks + 1):
             resnet(f'decoder.up_blocks.{i}.resnets.{j}', f'decoder/up_blocks/{i}/resnets/{j}',
                    in_dim, out_dim)
             in_dim = out_dim
         if i != n_levels - 1:
-            resample(f'decoder.up_blocks.{i}.upsamplers.0', f'decoder/up_blocks/{i}/upsamplers/0',
+            up = 'upsampler' if cfg.is_residual else 'upsamplers.0'
+            resample(f'decoder.up_blocks.{i}.{up}', f'decoder/up_blocks/{i}/{up.replace(".", "/")}',
                      'upsample3d' if up_time[i] else 'upsample2d')
     io('decoder')
     conv('quant_conv', 'quant_conv')
@@ -214,21 +229,30 @@ def vae_key_map(cfg) -> KeyMap:
 
 
 def vae_config_from_hf(hf: Mapping[str, Any] | str, **overrides):
-    """diffusers vae `config.json` (dict, file or folder) -> `VAEConfig` (Wan 2.1 layout only)."""
+    """diffusers vae `config.json` (dict, file or folder) -> `VAEConfig` (Wan 2.1 or 2.2).
+
+    `scale_factor_spatial` / `scale_factor_temporal` (what diffusers' pipelines size latents
+    with) must equal the factors the layers give, else the folder is inconsistent: ValueError.
+    """
     from sora_jax.models import vae
     hf = _read_json(hf)
-    if hf.get('is_residual') or hf.get('patch_size'):
-        raise ValueError(f"VAE config has is_residual={hf.get('is_residual')}, patch_size="
-                         f"{hf.get('patch_size')}: that is the Wan 2.2 VAE; only the Wan 2.1 "
-                         'layout (is_residual false, patch_size null) converts.')
-    if hf.get('decoder_base_dim') not in (None, hf.get('base_dim', 96)):
-        raise ValueError(f"decoder_base_dim={hf['decoder_base_dim']} != base_dim="
-                         f"{hf.get('base_dim')}: our WanVAE uses one base width for both sides.")
-    names = ('base_dim', 'z_dim', 'dim_mult', 'num_res_blocks', 'attn_scales',
-             'temperal_downsample', 'latents_mean', 'latents_std', 'in_channels', 'out_channels')
+    names = ('base_dim', 'decoder_base_dim', 'z_dim', 'dim_mult', 'num_res_blocks', 'attn_scales',
+             'temperal_downsample', 'latents_mean', 'latents_std', 'in_channels', 'out_channels',
+             'is_residual', 'patch_size')
     kw = {k: hf[k] for k in names if k in hf}
+    if kw.get('decoder_base_dim') == kw.get('base_dim', 96):
+        kw['decoder_base_dim'] = None  # one width for both sides (Wan 2.1)
     kw.update(overrides)
-    return vae.from_config(kw)
+    cfg = vae.from_config(kw)
+    factors = {'scale_factor_spatial': 2 ** (len(cfg.dim_mult) - 1) * cfg.patch,
+               'scale_factor_temporal': 2 ** sum(bool(t) for t in cfg.temperal_downsample)}
+    for key, want in factors.items():
+        if hf.get(key) is not None and hf[key] != want:
+            raise ValueError(f'{key}={hf[key]} in the VAE config, but dim_mult={cfg.dim_mult}, '
+                             f'temperal_downsample={cfg.temperal_downsample}, patch_size='
+                             f'{cfg.patch_size} give {want}; fix {key} (or the layer settings) '
+                             'in config.json.')
+    return cfg
 
 
 def _read_json(hf: Mapping[str, Any] | str) -> dict:
@@ -357,7 +381,7 @@ def component_spec(component: str, hf_config: Mapping[str, Any] | str, **overrid
         from sora_jax.models import umt5
         cfg = umt5.UMT5Config.from_hf(_read_json(hf_config), **overrides)
         return cfg, lambda: umt5.UMT5Encoder(cfg, rngs=nnx.Rngs(0)), umt5_key_map(cfg.num_layers)
-    if component == 'transformer':
+    if component in ('transformer', 'transformer_2'):  # transformer_2: Wan 2.2 A14B low-noise expert
         from sora_jax.models.dit import DiT
         cfg = dit_config_from_hf(hf_config, **overrides)
         return cfg, lambda: DiT(cfg, rngs=nnx.Rngs(0)), dit_key_map(cfg.depth)
@@ -430,15 +454,35 @@ CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     'text_encoder': convert_text_encoder,
     'transformer': convert_transformer,
     'vae': convert_vae,
+    'transformer_2': convert_transformer,  # Wan 2.2 A14B: the low-noise expert, same layout
 }
+# Converted with the default components when `src` has them (Wan 2.2 A14B's second expert).
+OPTIONAL_COMPONENTS = ('transformer_2',)
+# Pipeline settings copied from `src/model_index.json` (diffusers `WanPipeline` config).
+PIPELINE_KEYS = ('boundary_ratio', 'expand_timesteps')
+
+
+def pipeline_settings(folder: str) -> dict[str, Any]:
+    """`boundary_ratio` / `expand_timesteps` of a (diffusers or converted) Wan folder's
+    model_index.json; {} when it has none (Wan 2.1 folders converted before it was copied)."""
+    path = os.path.join(folder, 'model_index.json')
+    if not os.path.isfile(path):
+        return {}
+    index = _read_json(path)
+    return {k: index[k] for k in PIPELINE_KEYS if index.get(k) is not None}
 
 
 def convert_folder(src: str, dst: str, components: Iterable[str] = COMPONENTS) -> None:
     """Converts the named diffusers sub-folders of `src` into `dst/<component>/{params,config.json}`.
 
-    The `tokenizer/` folder is copied along with the text encoder.
+    The `tokenizer/` folder is copied along with the text encoder, and `model_index.json` (the
+    pipeline settings: Wan 2.2's `boundary_ratio`, `expand_timesteps`) with any component. With
+    the default components, `transformer_2/` (Wan 2.2 A14B's low-noise expert) is converted too
+    when `src` has it.
     """
     components = list(components)
+    if tuple(components) == COMPONENTS:
+        components += [c for c in OPTIONAL_COMPONENTS if os.path.isdir(os.path.join(src, c))]
     for comp in components:
         if comp not in CONVERTERS:
             raise ValueError(f'component {comp!r} is not convertible; choose from '
@@ -449,7 +493,9 @@ def convert_folder(src: str, dst: str, components: Iterable[str] = COMPONENTS) -
     for comp in components:
         logging.info('converting %s', comp)
         CONVERTERS[comp](os.path.join(src, comp), os.path.join(dst, comp))
+    import shutil
     tok = os.path.join(src, 'tokenizer')
     if os.path.isdir(tok) and 'text_encoder' in components:
-        import shutil
         shutil.copytree(tok, os.path.join(dst, 'tokenizer'), dirs_exist_ok=True)
+    if os.path.isfile(os.path.join(src, 'model_index.json')) and components:
+        shutil.copyfile(os.path.join(src, 'model_index.json'), os.path.join(dst, 'model_index.json'))

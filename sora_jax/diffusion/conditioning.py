@@ -276,3 +276,13 @@ def _random_mask(rng: jax.Array, batch: int, t: int, p: tuple[float, ...]):
         if feasible[name]:
             mask = jnp.where((modes == i)[:, None], masks[name], mask)
     return mask.astype(jnp.float32), modes
+
+
+def token_timesteps(t: jax.Array, mask: jax.Array, shape, patch) -> jax.Array:
+    """Wan 2.2 TI2V per-token timesteps (diffusers' expand_timesteps): t [B] and the frame mask
+    [B, T_lat] (1 = known) of latents `shape` [B, T_lat, h, w, C] -> [B, N] in the DiT's (t, h, w)
+    token order: t on generated tokens, 0 on the tokens of known frames."""
+    pt, ph, pw = patch
+    _, _, lh, lw, _ = shape
+    keep = 1.0 - mask[:, ::pt].astype(t.dtype)  # a token takes the mask of its first frame
+    return jnp.repeat(t[:, None] * keep, (lh // ph) * (lw // pw), axis=1)

@@ -28,6 +28,7 @@ coefficients and the model time), as diffusers does, since lambda(1) = -inf.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -205,6 +206,27 @@ def cfg_velocity(model_fn: VelocityFn, guidance_scale: float,
         if rows == 3:
             any_inside = any_inside | jnp.any((t >= s_lo) & (t <= s_hi))
         return jax.lax.cond(any_inside, guided, lambda xx, tt: cond_fn(xx, tt).astype(x.dtype), x, t)
+
+    return velocity
+
+
+def two_experts(high, low, boundary_ratio: float, quantization: int | None,
+                num_train_timesteps: int = 1000):
+    """Wan 2.2 A14B as diffusers' `WanPipeline(transformer, transformer_2, boundary_ratio)`: the
+    velocity `high` (the high-noise expert with its guidance) while the timestep t_train =
+    num_train_timesteps * t >= boundary_ratio * num_train_timesteps, `low` after. With timestep
+    quantization the compare is on the integer timestep the DiT sees (diffusers' int64 `t`).
+    `high`, `low` and the result are velocity functions (x, t: [B]) whose rows share one time
+    (as `sample` calls them); both branches compile, one runs per step (`lax.cond`)."""
+    threshold = boundary_ratio * num_train_timesteps  # float64, as diffusers computes it
+
+    def velocity(x, t):
+        if quantization:  # integer timesteps: t_int >= threshold <=> t_int >= ceil(threshold)
+            t_int = jnp.round(t[0] * quantization) * (num_train_timesteps // quantization)
+            is_high = t_int >= math.ceil(threshold)
+        else:
+            is_high = t[0] >= boundary_ratio
+        return jax.lax.cond(is_high, high, low, x, t)
 
     return velocity
 

@@ -175,9 +175,15 @@ class DiTBlock(nnx.Module):
         self.dtype = dt
 
     def __call__(self, x, context, context_mask, temb6, angles):
-        """x: [B, N, D]; temb6: [B, 6, D] float32 (time projection); angles: [N, head_dim/2]."""
-        mod = self.scale_shift_table[...] + temb6
-        shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = jnp.split(mod, 6, axis=1)
+        """x: [B, N, D]; temb6: [B, 6, D] float32 (time projection), or [B, N, 6, D] with
+        per-token timesteps (Wan 2.2 TI2V); angles: [N, head_dim/2]."""
+        if temb6.ndim == 4:  # per token: each modulation row [B, N, D]
+            mod = self.scale_shift_table[...][:, None] + temb6
+            parts = [p[:, :, 0] for p in jnp.split(mod, 6, axis=2)]
+        else:
+            mod = self.scale_shift_table[...] + temb6
+            parts = jnp.split(mod, 6, axis=1)
+        shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = parts
         h = layers.modulate(self.norm1(x), shift_msa, scale_msa).astype(self.dtype)
         x = (x.astype(jnp.float32) + self.attn1(h, angles=angles) * gate_msa).astype(x.dtype)
         h = self.norm2(x).astype(self.dtype)
@@ -229,19 +235,26 @@ class ConditionEmbedder(nnx.Module):
                                                rngs=rngs, param_dtype=pdt, zero_init=True)
 
     def __call__(self, timestep, context, context_mask=None):
-        temb = self.time_embedder(layers.timestep_embedding(timestep, self.freq_dim))  # f32
+        """timestep: [B] -> temb [B, D], temb6 [B, 6, D]; or per token [B, N] -> temb [B, N, D],
+        temb6 [B, N, 6, D] (diffusers' `timestep.ndim == 2` path). Text features: [B, L, D]."""
+        emb = layers.timestep_embedding(timestep.reshape(-1), self.freq_dim)
+        temb = self.time_embedder(emb).reshape(*timestep.shape, -1)  # f32
         if self.pooled:
             c = context.astype(jnp.float32)
             m = (jnp.ones(c.shape[:2], jnp.float32) if context_mask is None
                  else context_mask.astype(jnp.float32))
             pooled = (c * m[..., None]).sum(1) / jnp.maximum(m.sum(1, keepdims=True), 1.0)
-            temb = temb + self.pooled_text_2(jax.nn.silu(self.pooled_text_1(pooled)))
-        temb6 = self.time_proj(jax.nn.silu(temb)).reshape(temb.shape[0], 6, -1)
+            pooled = self.pooled_text_2(jax.nn.silu(self.pooled_text_1(pooled)))  # [B, D]
+            temb = temb + (pooled[:, None] if timestep.ndim == 2 else pooled)
+        temb6 = self.time_proj(jax.nn.silu(temb)).reshape(*timestep.shape, 6, -1)
         return temb, temb6, self.text_embedder(context)
 
 
 class DiT(nnx.Module):
-    """velocity = DiT(x_t: [B, T, H, W, Cin], t: [B] in [0, 1], context: [B, L, text_dim])."""
+    """velocity = DiT(x_t: [B, T, H, W, Cin], t: [B] in [0, 1], context: [B, L, text_dim]).
+
+    t may also be per token, [B, N] with N = the token count (t, h, w order), as Wan 2.2 TI2V
+    runs it: tokens of a conditioned first frame get t = 0 (same parameters, per-token adaLN)."""
 
     def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
         cfg.validate()
@@ -291,13 +304,21 @@ class DiT(nnx.Module):
             if skip.shape != (b, cfg.depth):
                 raise ValueError(f'skip has shape {skip.shape}; expected (batch, depth) = '
                                  f'({b}, {cfg.depth}).')
+        t = jnp.asarray(t)
+        if t.ndim > 2 or (t.ndim == 2 and t.shape != (b, math.prod(grid))):
+            raise ValueError(f'timesteps have shape {t.shape}; expected ({b},) or per token '
+                             f'({b}, {math.prod(grid)}) for the token grid {grid}.')
         angles = rope.rope_angles(grid, cfg.head_dim, cfg.rope_theta)
         h = self.patch_embedding(x)  # [B, N, D]
         h = constrain(h, ('act_batch', 'act_length', 'act_embed'))
         temb, temb6, ctx = self.condition_embedder(t.astype(jnp.float32) * cfg.timestep_scale,
                                                    context, context_mask)
         h = self._run_blocks(h, ctx, context_mask, temb6, angles, skip)
-        shift, scale = jnp.split(self.scale_shift_table[...] + temb[:, None], 2, axis=1)
+        if t.ndim == 2:  # per token: temb [B, N, D] -> shift, scale [B, N, D]
+            mod = self.scale_shift_table[...][:, None] + temb[:, :, None]
+            shift, scale = [p[:, :, 0] for p in jnp.split(mod, 2, axis=2)]
+        else:
+            shift, scale = jnp.split(self.scale_shift_table[...] + temb[:, None], 2, axis=1)
         h = layers.modulate(self.norm_out(h), shift, scale).astype(DTYPES[cfg.dtype])
         out = self.proj_out(h).astype(jnp.float32)
         pt, ph, pw = cfg.patch_size

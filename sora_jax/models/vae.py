@@ -1,4 +1,11 @@
-"""The causal video VAE (Wan 2.1 `AutoencoderKLWan` layout), channels last.
+"""The causal video VAE (diffusers `AutoencoderKLWan`: Wan 2.1 and Wan 2.2 layouts), channels last.
+
+Wan 2.1 (`wan21_config`): 16 latent channels, 4x time, 8x space. Wan 2.2 TI2V-5B
+(`wan22_config`): `is_residual` down/up blocks whose parameter-free shortcuts fold / unfold
+neighbours into channels (`vae_patch.avg_down` / `dup_up`), a decoder wider than the encoder
+(`decoder_base_dim`), and 2x2 pixel patches folded into channels around the whole VAE
+(`patch_size`), so 48 latent channels at 4x time, 16x space. Both match diffusers to float32
+round-off (tests/parity/test_vae_parity.py, tests/parity/test_wan22_vae_parity.py).
 
 Images and videos share one latent space: frame 0 is coded alone, then chunks of
 `temporal_factor` frames, so T frames <-> 1 + (T - 1) / temporal_factor latent frames and an
@@ -39,11 +46,28 @@ import numpy as np
 from flax import nnx
 
 from sora_jax.models.vae_blocks import CausalConv3d, Decoder3d, Encoder3d, FeatCache
+from sora_jax.models.vae_patch import patchify, unpatchify
 
 WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                       0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
 WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
                      3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+
+# Wan 2.2 TI2V-5B VAE (48 channels): Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json.
+WAN22_LATENTS_MEAN = (
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557,
+    -0.1382, 0.0542, 0.2813, 0.0891, 0.1570, -0.0098, 0.0375, -0.1825,
+    -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+    -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230,
+    -0.0313, -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748,
+    0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667)
+WAN22_LATENTS_STD = (
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013,
+    0.8158, 1.0344, 0.5894, 1.0901, 0.6885, 0.6165, 0.8454, 0.4978,
+    0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093,
+    0.5709, 0.6065, 0.6415, 0.4944, 0.5726, 1.2042, 0.5458, 1.6887,
+    0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +82,17 @@ class VAEConfig:
     dropout: float = 0.0                    # dropout inside residual blocks (training only)
     latents_mean: Optional[tuple] = WAN21_LATENTS_MEAN  # per-channel latent mean (None: zeros)
     latents_std: Optional[tuple] = WAN21_LATENTS_STD    # per-channel latent std (None: ones)
-    in_channels: int = 3
-    out_channels: int = 3
+    in_channels: int = 3                    # encoder input channels (video channels x patch_size^2)
+    out_channels: int = 3                   # decoder output channels (video channels x patch_size^2)
     tile_sample_min_size: int = 256         # tile size in pixels for tiled encode/decode
     tile_sample_stride: int = 192           # tile stride in pixels (overlap = size - stride)
+    decoder_base_dim: Optional[int] = None  # decoder's first-level channels (None: base_dim)
+    is_residual: bool = False               # Wan 2.2 residual down/up blocks (avg/dup shortcuts)
+    patch_size: Optional[int] = None        # p x p pixel patches -> channels around the VAE (None/1: off)
+
+    @property
+    def patch(self) -> int:
+        return self.patch_size or 1
 
     def validate(self) -> 'VAEConfig':
         n_down = len(self.dim_mult) - 1
@@ -69,6 +100,20 @@ class VAEConfig:
             raise ValueError(
                 f'temperal_downsample={self.temperal_downsample} must have len(dim_mult) - 1 = '
                 f'{n_down} entries (one per downsampling level).')
+        if self.patch_size is not None and (not isinstance(self.patch_size, (int, np.integer))
+                                            or self.patch_size < 1):
+            raise ValueError(f'patch_size={self.patch_size!r} must be a positive int (or None for '
+                             f'no patching; Wan 2.2 uses 2).')
+        p2 = self.patch ** 2
+        for name in ('in_channels', 'out_channels'):
+            if getattr(self, name) % p2:
+                raise ValueError(f'{name}={getattr(self, name)} must be a multiple of patch_size^2 '
+                                 f'= {p2} (video channels x {p2}, e.g. {3 * p2} for RGB).')
+        if self.decoder_base_dim is not None and self.decoder_base_dim < 1:
+            raise ValueError(f'decoder_base_dim={self.decoder_base_dim} must be positive (or None '
+                             'for base_dim).')
+        if self.is_residual:
+            self._validate_residual()
         for name in ('latents_mean', 'latents_std'):
             v = getattr(self, name)
             if v is not None and len(v) != self.z_dim:
@@ -77,6 +122,31 @@ class VAEConfig:
         if self.latents_std is not None and min(self.latents_std) <= 0:
             raise ValueError(f'latents_std={self.latents_std} must be positive.')
         return self
+
+    def _validate_residual(self) -> None:
+        """The residual blocks' shortcuts regroup channels: widths must divide evenly."""
+        if self.attn_scales:
+            raise ValueError(f'attn_scales={self.attn_scales}: the residual (Wan 2.2) encoder has '
+                             'no attention blocks; set attn_scales=() or is_residual=False.')
+        n = len(self.dim_mult)
+        dims = [self.base_dim * u for u in (1, *self.dim_mult)]
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            last = i == n - 1
+            f = 1 if last else (2 if self.temperal_downsample[i] else 1) * 4
+            if (a * f) % b:
+                raise ValueError(f'encoder level {i}: {a} -> {b} channels; the residual shortcut '
+                                 f'averages {a} x {f} folded channels into {b}, which must divide '
+                                 f'them. Change base_dim={self.base_dim} or dim_mult={self.dim_mult}.')
+        up_time = self.temperal_downsample[::-1]
+        dec = self.decoder_base_dim or self.base_dim
+        dims = [dec * u for u in (self.dim_mult[-1], *self.dim_mult[::-1])]
+        for i, (a, b) in enumerate(zip(dims[:-2], dims[1:-1])):
+            f = (2 if up_time[i] else 1) * 4
+            if (b * f) % a:
+                raise ValueError(f'decoder level {i}: {a} -> {b} channels; the residual shortcut '
+                                 f'repeats {a} channels into {b} x {f}, which they must divide. '
+                                 f'Change decoder_base_dim={self.decoder_base_dim} or '
+                                 f'dim_mult={self.dim_mult}.')
 
 
 def from_config(cfg: Any) -> VAEConfig:
@@ -93,6 +163,15 @@ def from_config(cfg: Any) -> VAEConfig:
 def wan21_config() -> VAEConfig:
     """Wan 2.1 VAE: 96/16/(1,2,4,4)/2/(False,True,True): 4x time, 8x space."""
     return VAEConfig()
+
+
+def wan22_config() -> VAEConfig:
+    """Wan 2.2 TI2V-5B VAE: residual blocks, 2x2 patches, base 160 / decoder 256, z 48,
+    (1,2,4,4), 2 blocks, (False,True,True): 4x time, 16x space; 704,688,668 parameters (checked
+    against diffusers in tests/parity/test_wan22_vae_parity.py)."""
+    return VAEConfig(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True,
+                     patch_size=2, in_channels=12, out_channels=12,
+                     latents_mean=WAN22_LATENTS_MEAN, latents_std=WAN22_LATENTS_STD)
 
 
 def tiny_config() -> VAEConfig:
@@ -139,18 +218,25 @@ class WanVAE(nnx.Module):
                                  dim_mult=cfg.dim_mult, num_res_blocks=cfg.num_res_blocks,
                                  attn_scales=cfg.attn_scales,
                                  temperal_downsample=cfg.temperal_downsample,
-                                 dropout=cfg.dropout, rngs=rngs)
+                                 dropout=cfg.dropout, is_residual=cfg.is_residual, rngs=rngs)
         self.quant_conv = CausalConv3d(2 * cfg.z_dim, 2 * cfg.z_dim, 1, rngs=rngs)
         self.post_quant_conv = CausalConv3d(cfg.z_dim, cfg.z_dim, 1, rngs=rngs)
-        self.decoder = Decoder3d(dim=cfg.base_dim, z_dim=cfg.z_dim, dim_mult=cfg.dim_mult,
-                                 num_res_blocks=cfg.num_res_blocks,
+        self.decoder = Decoder3d(dim=cfg.decoder_base_dim or cfg.base_dim, z_dim=cfg.z_dim,
+                                 dim_mult=cfg.dim_mult, num_res_blocks=cfg.num_res_blocks,
                                  temperal_upsample=tuple(cfg.temperal_downsample[::-1]),
-                                 dropout=cfg.dropout, out_channels=cfg.out_channels, rngs=rngs)
+                                 dropout=cfg.dropout, out_channels=cfg.out_channels,
+                                 is_residual=cfg.is_residual, rngs=rngs)
 
     # ---- shapes -------------------------------------------------------------------------
     @property
     def spatial_factor(self) -> int:
-        return 2 ** (len(self.config.dim_mult) - 1)
+        """Pixels per latent pixel: 2 per downsampling level, times the patch size."""
+        return 2 ** (len(self.config.dim_mult) - 1) * self.config.patch
+
+    @property
+    def video_channels(self) -> int:
+        """Channels of the videos coded (in_channels / patch_size^2)."""
+        return self.config.in_channels // self.config.patch ** 2
 
     @property
     def temporal_factor(self) -> int:
@@ -176,9 +262,9 @@ class WanVAE(nnx.Module):
                 f'{max(fs, h // fs * fs)}x{max(fs, w // fs * fs)}.')
 
     def _check_video(self, video: jax.Array) -> None:
-        if video.ndim != 5 or video.shape[-1] != self.config.in_channels:
+        if video.ndim != 5 or video.shape[-1] != self.video_channels:
             raise ValueError(f'video shape {video.shape} must be [B, T, H, W, '
-                             f'{self.config.in_channels}] (an image is [B, 1, H, W, C]).')
+                             f'{self.video_channels}] (an image is [B, 1, H, W, C]).')
         self._check_size(*video.shape[1:4])
 
     def _check_latents(self, z: jax.Array) -> None:
@@ -211,13 +297,13 @@ class WanVAE(nnx.Module):
     def encode(self, video: jax.Array, *, dropout_key: Optional[jax.Array] = None):
         """video [B, T, H, W, 3] -> (mean, logvar), each [B, T', H/fs, W/fs, z_dim]."""
         self._check_video(video)
-        return self._moments(self.quant_conv(self.encoder(video, None, dropout_key)))
+        return self._moments(self._encode_frames(video, None, dropout_key))
 
     def decode(self, z: jax.Array, *, clip: bool = True,
                dropout_key: Optional[jax.Array] = None) -> jax.Array:
         """latents [B, T', h, w, z_dim] -> video [B, 1 + ft (T'-1), h fs, w fs, 3] (clipped to [-1, 1])."""
         self._check_latents(z)
-        out = self.decoder(self.post_quant_conv(z), None, dropout_key)
+        out = self._decode_frames(self.post_quant_conv(z), None, dropout_key)
         return jnp.clip(out, -1.0, 1.0) if clip else out
 
     def __call__(self, video: jax.Array, rng: Optional[jax.Array] = None) -> jax.Array:
@@ -225,6 +311,18 @@ class WanVAE(nnx.Module):
         mean, logvar = self.encode(video)
         z = mean if rng is None else posterior_sample(mean, logvar, rng)
         return self.decode(z)
+
+    # ---- one pass (whole video or one chunk) --------------------------------------------
+    def _encode_frames(self, video: jax.Array, cache: Optional[FeatCache],
+                       dropout_key: Optional[jax.Array] = None) -> jax.Array:
+        """video (or a chunk) -> quant_conv output [B, T', h, w, 2 z_dim] (patchified first)."""
+        x = patchify(video, self.config.patch)
+        return self.quant_conv(self.encoder(x, cache, dropout_key))
+
+    def _decode_frames(self, x: jax.Array, cache: Optional[FeatCache],
+                       dropout_key: Optional[jax.Array] = None) -> jax.Array:
+        """post_quant_conv output (or a chunk of it) -> unclipped video frames."""
+        return unpatchify(self.decoder(x, cache, dropout_key), self.config.patch)
 
     # ---- chunked causal path ------------------------------------------------------------
     def _scan_chunks(self, fn, x: jax.Array, chunk: int, out_per_chunk: int) -> jax.Array:
@@ -255,14 +353,13 @@ class WanVAE(nnx.Module):
     def encode_chunked(self, video: jax.Array):
         """Same as `encode`, chunk by chunk with a feature cache (memory flat in T)."""
         self._check_video(video)
-        h = self._scan_chunks(lambda x, c: self.quant_conv(self.encoder(x, c)), video,
-                              self.temporal_factor, 1)
+        h = self._scan_chunks(self._encode_frames, video, self.temporal_factor, 1)
         return self._moments(h)
 
     def decode_chunked(self, z: jax.Array, *, clip: bool = True) -> jax.Array:
         """Same as `decode`, one latent frame at a time with a feature cache (memory flat in T)."""
         self._check_latents(z)
-        out = self._scan_chunks(lambda x, c: self.decoder(x, c), self.post_quant_conv(z), 1,
+        out = self._scan_chunks(self._decode_frames, self.post_quant_conv(z), 1,
                                 self.temporal_factor)
         return jnp.clip(out, -1.0, 1.0) if clip else out
 
@@ -324,7 +421,7 @@ class WanVAE(nnx.Module):
         fs = self.spatial_factor
         t_out = 1 + (z.shape[1] - 1) * self.temporal_factor
         out = self._tiled(lambda t: self.decode_chunked(t, clip=False), z, size // fs,
-                          stride // fs, fs, 1, self.config.out_channels, t_out)
+                          stride // fs, fs, 1, self.video_channels, t_out)
         return jnp.clip(out, -1.0, 1.0) if clip else out
 
 
@@ -348,9 +445,9 @@ def _stream_fns(graphdef, kind: str):
         vae = nnx.merge(graphdef, state)
         c = FeatCache(old)
         if kind == 'encode':
-            y = vae.quant_conv(vae.encoder(x, c))
+            y = vae._encode_frames(x, c)
         else:
-            y = vae.decoder(vae.post_quant_conv(x), c)
+            y = vae._decode_frames(vae.post_quant_conv(x), c)
         return y, c.new
 
     return jax.jit(lambda s, x: run(s, x, None)), jax.jit(run)

@@ -1,4 +1,6 @@
-"""Building blocks of the causal video VAE, laid out like Wan 2.1's `AutoencoderKLWan`.
+"""Building blocks of the causal video VAE, laid out like diffusers' `AutoencoderKLWan` (Wan 2.1;
+Wan 2.2's residual layout: `ResidualDownBlock` / `ResidualUpBlock`, keys `down_blocks.N.resnets.M`,
+`.downsampler`, `up_blocks.N.upsampler`).
 
 Every block runs in one of two ways:
 
@@ -29,6 +31,8 @@ import einops
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from sora_jax.models.vae_patch import avg_down, dup_up
 
 CACHE_T = 2  # frames of the previous chunk a causal 3x3x3 conv needs (Wan's CACHE_T)
 
@@ -260,17 +264,59 @@ def _split(key: Optional[jax.Array], n: int) -> list:
     return [None] * n if key is None else list(jax.random.split(key, n))
 
 
+class ResidualDownBlock(nnx.Module):
+    """Wan 2.2's `WanResidualDownBlock`: resnets + optional downsampler, plus a parameter-free
+    `avg_down` shortcut of the block input (2x space when `down`, 2x time when `time_down`).
+
+    Time: `avg_down` pads frame 0 with a zero frame; the downsampler codes frame 0 alone. Both
+    give 1 + n frames from 1 + 2n, whole or chunk by chunk (chunks of 1, then even lengths).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, num_res_blocks: int, dropout: float,
+                 time_down: bool, down: bool, *, rngs: nnx.Rngs):
+        self.out_dim = out_dim
+        self.factor_t = 2 if time_down else 1
+        self.factor_s = 2 if down else 1
+        resnets = []
+        for _ in range(num_res_blocks):
+            resnets.append(ResidualBlock(in_dim, out_dim, dropout, rngs=rngs))
+            in_dim = out_dim
+        self.resnets = nnx.List(resnets)
+        self.downsampler = (Resample(out_dim, 'downsample3d' if time_down else 'downsample2d',
+                                     rngs=rngs) if down else None)
+
+    def __call__(self, x, cache=None, dropout_key=None):
+        shortcut = avg_down(x, self.out_dim, self.factor_t, self.factor_s)
+        for resnet, key in zip(self.resnets, _split(dropout_key, len(self.resnets))):
+            x = resnet(x, cache, key)
+        if self.downsampler is not None:
+            x = self.downsampler(x, cache)
+        return x + shortcut
+
+
 class Encoder3d(nnx.Module):
-    """Wan's `WanEncoder3d`: video [B, T, H, W, 3] -> [B, 1 + (T-1)/ft, H/fs, W/fs, z_dim]."""
+    """Wan's `WanEncoder3d`: video [B, T, H, W, 3] -> [B, 1 + (T-1)/ft, H/fs, W/fs, z_dim].
+
+    `is_residual` (Wan 2.2): one `ResidualDownBlock` per level instead of the flat list of
+    resnets / attention / resamplers (attention is not used there).
+    """
 
     def __init__(self, *, in_channels: int, dim: int, z_dim: int, dim_mult: Sequence[int],
                  num_res_blocks: int, attn_scales: Sequence[float],
-                 temperal_downsample: Sequence[bool], dropout: float, rngs: nnx.Rngs):
+                 temperal_downsample: Sequence[bool], dropout: float, rngs: nnx.Rngs,
+                 is_residual: bool = False):
         dims = [dim * u for u in [1, *dim_mult]]
         scale = 1.0
         self.conv_in = CausalConv3d(in_channels, dims[0], 3, padding=1, rngs=rngs)
         blocks = []
         for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+            if is_residual:
+                last = i == len(dim_mult) - 1
+                blocks.append(ResidualDownBlock(
+                    in_dim, out_dim, num_res_blocks, dropout,
+                    time_down=bool(temperal_downsample[i]) if not last else False, down=not last,
+                    rngs=rngs))
+                continue
             for _ in range(num_res_blocks):
                 blocks.append(ResidualBlock(in_dim, out_dim, dropout, rngs=rngs))
                 if scale in attn_scales:
@@ -291,7 +337,7 @@ class Encoder3d(nnx.Module):
         for layer, key in zip(self.down_blocks, keys):
             if isinstance(layer, AttentionBlock):
                 x = layer(x)
-            elif isinstance(layer, ResidualBlock):
+            elif isinstance(layer, (ResidualBlock, ResidualDownBlock)):
                 x = layer(x, cache, key)
             else:
                 x = layer(x, cache)
@@ -320,21 +366,64 @@ class UpBlock(nnx.Module):
         return x
 
 
+class ResidualUpBlock(nnx.Module):
+    """Wan 2.2's `WanResidualUpBlock`: num_res_blocks + 1 resnets and an optional upsampler
+    (keeping `out_dim` channels), plus a parameter-free `dup_up` shortcut of the block input.
+
+    The shortcut's first ft - 1 frames are dropped in the chunk holding frame 0 (whole path:
+    `cache is None`; chunked: the first chunk), matching the causal upsampler's lone frame 0.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, num_res_blocks: int, dropout: float,
+                 time_up: bool, up: bool, *, rngs: nnx.Rngs):
+        self.out_dim = out_dim
+        self.factor_t = 2 if time_up else 1
+        self.up = up
+        resnets = []
+        for _ in range(num_res_blocks + 1):
+            resnets.append(ResidualBlock(in_dim, out_dim, dropout, rngs=rngs))
+            in_dim = out_dim
+        self.resnets = nnx.List(resnets)
+        self.upsampler = (Resample(out_dim, 'upsample3d' if time_up else 'upsample2d',
+                                   upsample_out_dim=out_dim, rngs=rngs) if up else None)
+
+    def __call__(self, x, cache=None, dropout_key=None):
+        shortcut = None
+        if self.up:
+            first = cache is None or cache.first
+            shortcut = dup_up(x, self.out_dim, self.factor_t, 2, first)
+        for resnet, key in zip(self.resnets, _split(dropout_key, len(self.resnets))):
+            x = resnet(x, cache, key)
+        if self.upsampler is not None:
+            x = self.upsampler(x, cache)
+        return x if shortcut is None else x + shortcut
+
+
 class Decoder3d(nnx.Module):
-    """Wan's `WanDecoder3d` (2.1 layout): latents [B, T', h, w, z] -> video [B, 1 + ft(T'-1), h fs, w fs, 3]."""
+    """Wan's `WanDecoder3d`: latents [B, T', h, w, z] -> video [B, 1 + ft(T'-1), h fs, w fs, 3].
+
+    Wan 2.1 layout (`UpBlock`s whose upsamplers halve the channels) or, with `is_residual`,
+    Wan 2.2's (`ResidualUpBlock`s, channels kept through the upsamplers).
+    """
 
     def __init__(self, *, dim: int, z_dim: int, dim_mult: Sequence[int], num_res_blocks: int,
                  temperal_upsample: Sequence[bool], dropout: float, out_channels: int,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, is_residual: bool = False):
         dims = [dim * u for u in [dim_mult[-1], *dim_mult[::-1]]]
         self.conv_in = CausalConv3d(z_dim, dims[0], 3, padding=1, rngs=rngs)
         self.mid_block = MidBlock(dims[0], dropout, rngs=rngs)
         blocks = []
         for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+            up = i != len(dim_mult) - 1
+            if is_residual:
+                blocks.append(ResidualUpBlock(in_dim, out_dim, num_res_blocks, dropout,
+                                              time_up=bool(temperal_upsample[i]) if up else False,
+                                              up=up, rngs=rngs))
+                continue
             if i > 0:
                 in_dim //= 2  # the previous upsampler halved the channels
             mode = None
-            if i != len(dim_mult) - 1:
+            if up:
                 mode = 'upsample3d' if temperal_upsample[i] else 'upsample2d'
             blocks.append(UpBlock(in_dim, out_dim, num_res_blocks, dropout, mode, rngs=rngs))
         self.up_blocks = nnx.List(blocks)

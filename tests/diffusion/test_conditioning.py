@@ -174,3 +174,16 @@ def test_random_training_mask_probabilities_and_determinism():
     assert float(cond.random_training_mask(jax.random.key(0), 100, 1, probs).sum()) == 0
     with pytest.raises(ValueError, match='unknown training modes'):
         cond.random_training_mask(jax.random.key(0), 4, t, {'v2v': 1.0})
+
+
+def test_token_timesteps_zero_on_known_frames():
+    """Wan 2.2 TI2V (diffusers expand_timesteps): tokens of known latent frames get t = 0, in the
+    DiT's (t, h, w) token order; a temporal patch takes the mask of its first frame."""
+    t = jnp.array([0.9, 0.4])
+    mask = jnp.array([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    out = cond.token_timesteps(t, mask, (2, 4, 4, 6, 8), (1, 2, 2))  # 4 frames x 2 x 3 tokens
+    assert out.shape == (2, 24)
+    want = np.repeat(np.array([[0.0, 0.9, 0.9, 0.0], [0.4] * 4], np.float32), 6, axis=1)
+    np.testing.assert_array_equal(np.asarray(out), want)
+    out2 = cond.token_timesteps(t, mask, (2, 4, 4, 6, 8), (2, 2, 2))  # 2 frames x 2 x 3 tokens
+    np.testing.assert_array_equal(np.asarray(out2), want.reshape(2, 2, 12)[:, :, :6].reshape(2, 12))

@@ -208,3 +208,20 @@ def test_skip_layer_guidance_term_and_interval():
         samplers.cfg_velocity(_three_field_model, 1.0, skip_scale=1.0, skip_interval=(0.9, 0.1))
     with pytest.raises(ValueError, match='skip_scale'):
         samplers.cfg_velocity(_three_field_model, 1.0, skip_scale=-1.0)
+
+
+@pytest.mark.parametrize('boundary,quantization,high_at,low_at', [
+    (0.9, 1000, (0.999, 0.9, 0.901), (0.899, 0.75, 0.0)),   # timestep 900 = 0.9 x 1000: high
+    (0.875, 1000, (0.875, 0.876), (0.874, 0.5)),
+    (0.9, None, (0.9, 0.95), (0.8999, 0.1)),
+])
+def test_two_experts_switch_at_the_boundary_timestep(boundary, quantization, high_at, low_at):
+    """Wan 2.2 A14B (diffusers WanPipeline): the high-noise expert while t_train >= boundary x
+    1000 on the integer timestep the DiT sees, then the low-noise one."""
+    v = jax.jit(samplers.two_experts(lambda x, t: x + 1.0, lambda x, t: x + 2.0, boundary,
+                                     quantization))
+    x = jnp.zeros((2, 3))
+    for t, want in [(t, 1.0) for t in high_at] + [(t, 2.0) for t in low_at]:
+        tq = np.floor(t * quantization) / quantization if quantization else t  # what sample feeds
+        out = v(x, jnp.full((2,), tq, jnp.float32))
+        assert float(out[0, 0]) == want, (t, tq)

@@ -152,7 +152,8 @@ def tiny_wan(tmp_path_factory):
 
 def test_cli_writes_orbax_layout(tiny_wan):
     src, dst = tiny_wan
-    assert sorted(os.listdir(dst)) == ['text_encoder', 'tokenizer', 'transformer', 'vae']
+    assert sorted(os.listdir(dst)) == ['model_index.json', 'text_encoder', 'tokenizer', 'transformer',
+                                       'vae']
     for comp in wan.COMPONENTS:
         assert sorted(os.listdir(os.path.join(dst, comp))) == ['config.json', 'params']
         with open(os.path.join(src, comp, 'config.json')) as a, \

@@ -22,7 +22,8 @@ CONFIGS = {
                       latents_mean=[0.1, -0.2, 0.3], latents_std=[1.5, 0.5, 2.0]), (9, 16, 24)),
     'two_level': (dict(base_dim=6, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, attn_scales=[],
                        temperal_downsample=[True], latents_mean=[0.0] * 4,
-                       latents_std=[1.0] * 4), (9, 8, 12)),
+                       latents_std=[1.0] * 4, scale_factor_spatial=2, scale_factor_temporal=2),
+                  (9, 8, 12)),
 }
 TOL = 1e-4
 # Tiny tensors: torch's thread pool only adds contention on a shared 2-core runner (~100x here).
@@ -157,11 +158,15 @@ def test_key_map_with_encoder_attention():
     assert sorted(r.target for r in key_map.rules.values()) == sorted(targets)
 
 
-def test_wan22_and_split_width_configs_rejected():
-    with pytest.raises(ValueError, match='Wan 2.2'):
-        wan.vae_config_from_hf(dict(CONFIGS['two_level'][0], is_residual=True))
-    with pytest.raises(ValueError, match='decoder_base_dim'):
-        wan.vae_config_from_hf(dict(CONFIGS['two_level'][0], decoder_base_dim=8))
+def test_inconsistent_scale_factors_rejected():
+    """diffusers' pipelines size latents with scale_factor_*; they must match the layers."""
+    with pytest.raises(ValueError, match='scale_factor_spatial=8'):
+        wan.vae_config_from_hf(dict(CONFIGS['two_level'][0], scale_factor_spatial=8))
+    with pytest.raises(ValueError, match='scale_factor_temporal=4'):
+        wan.vae_config_from_hf(dict(CONFIGS['two_level'][0], scale_factor_temporal=4))
+    # one width written out for both sides is the Wan 2.1 layout
+    assert wan.vae_config_from_hf(dict(CONFIGS['two_level'][0], decoder_base_dim=6)) == \
+        wan.vae_config_from_hf(CONFIGS['two_level'][0])
 
 
 def test_full_size_wan21_map_shapes():

@@ -10,6 +10,10 @@
   tokenizer/     tokenizer.json, tokenizer_config.json, ...          (a 70-piece T5 tokenizer)
   scheduler/     scheduler_config.json                               (UniPC, flow prediction)
 
+Wan 2.2 options: `two_experts=True` adds `transformer_2/` (a second random DiT, the A14B
+low-noise expert) with `boundary_ratio`; `expand_timesteps=True` marks the folder as TI2V (per-token
+timesteps, first-frame conditioning); both land in model_index.json as diffusers writes them.
+
 `load_reference_pipeline(path)` gives the diffusers `WanPipeline` over the same weights (plain
 `WanPipeline.from_pretrained` would need the `accelerate` package), so a test can compare a
 sora_jax sample with the reference one. Needs torch, diffusers, transformers and sentencepiece (the [test] extra).
@@ -21,18 +25,20 @@ import os
 import tempfile
 
 CONFIG_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan21.py')
+WAN22_CONFIG_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan22.py')
 SENTENCES = ('A red circle moves to the left across a blue background.',
              'Un cuadrado verde gira lentamente sobre un fondo negro.',
              'Two yellow triangles bounce up and down, then stop.',
              'A cat and a dog baking a cake together in a kitchen.')
 
 
-def tiny_config():
-    """`configs/wan21.py:tiny` (configs/ is not a package, so it is loaded by path)."""
-    spec = importlib.util.spec_from_file_location('wan21_config', CONFIG_PATH)
+def tiny_config(path: str = CONFIG_PATH, arg: str = 'tiny'):
+    """`configs/wan21.py:tiny` (configs/ is not a package, so it is loaded by path); `path`,
+    `arg`: another config file and arg, e.g. WAN22_CONFIG_PATH, 'tiny_ti2v'."""
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3] + '_config', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config('tiny')
+    return module.get_config(arg)
 
 
 def diffusers_kwargs(c) -> dict:
@@ -48,7 +54,8 @@ def diffusers_kwargs(c) -> dict:
         'vae': dict(base_dim=v.base_dim, z_dim=v.z_dim, dim_mult=list(v.dim_mult),
                     num_res_blocks=v.num_res_blocks, attn_scales=list(v.attn_scales),
                     temperal_downsample=list(v.temperal_downsample),
-                    latents_mean=list(v.latents_mean), latents_std=list(v.latents_std)),
+                    latents_mean=list(v.latents_mean), latents_std=list(v.latents_std),
+                    **_wan22_vae_kwargs(v)),
         'text_encoder': dict(vocab_size=t.vocab_size, d_model=t.d_model, d_kv=t.d_kv,
                              num_heads=t.num_heads, d_ff=t.d_ff, num_layers=t.num_layers,
                              relative_attention_num_buckets=t.num_buckets,
@@ -56,6 +63,16 @@ def diffusers_kwargs(c) -> dict:
                              layer_norm_epsilon=t.eps, feed_forward_proj='gated-gelu',
                              dropout_rate=0.0, tie_word_embeddings=False),
     }
+
+
+def _wan22_vae_kwargs(v) -> dict:
+    """The Wan 2.2 VAE's extra `AutoencoderKLWan` kwargs (residual blocks, patches), if set."""
+    if not v.get('is_residual', False):
+        return {}
+    return dict(is_residual=True, patch_size=v.patch_size, decoder_base_dim=v.decoder_base_dim,
+                in_channels=v.in_channels, out_channels=v.out_channels,
+                scale_factor_spatial=2 ** (len(v.dim_mult) - 1) * v.patch_size,
+                scale_factor_temporal=2 ** sum(v.temperal_downsample))
 
 
 def _tokenizer(vocab_size: int):
@@ -72,12 +89,15 @@ def _tokenizer(vocab_size: int):
     return tok
 
 
-def make_tiny_wan_folder(path: str, seed: int = 0) -> str:
-    """Writes the tiny random Wan folder (see the module docstring) into `path`; returns `path`."""
+def make_tiny_wan_folder(path: str, seed: int = 0, *, two_experts: bool = False,
+                         boundary_ratio: float | None = None, expand_timesteps: bool = False,
+                         config=None) -> str:
+    """Writes the tiny random Wan folder (see the module docstring) into `path`; returns `path`.
+    `config`: the sizes (default `configs/wan21.py:tiny`; e.g. `configs/wan22.py:tiny_ti2v`)."""
     import diffusers
     import torch
     import transformers
-    c = tiny_config()
+    c = tiny_config() if config is None else config
     kw = diffusers_kwargs(c)
     torch.set_num_threads(1)  # tiny modules: threads only add contention on small CI runners
     torch.manual_seed(seed)
@@ -85,8 +105,10 @@ def make_tiny_wan_folder(path: str, seed: int = 0) -> str:
     vae = diffusers.AutoencoderKLWan(**kw['vae']).eval()
     text_encoder = transformers.UMT5EncoderModel(
         transformers.UMT5Config(**kw['text_encoder'])).eval()
+    transformer_2 = (diffusers.WanTransformer3DModel(**kw['transformer']).eval()
+                     if two_experts else None)
     with torch.no_grad():  # randomise the one/zero-initialised norms and biases as well
-        for model in (transformer, vae, text_encoder):
+        for model in (transformer, vae, text_encoder) + ((transformer_2,) if two_experts else ()):
             for name, p in model.named_parameters():
                 if 'norm' in name or name.endswith('gamma'):
                     p.copy_(1.0 + 0.3 * torch.randn_like(p) if not name.endswith('bias')
@@ -96,13 +118,16 @@ def make_tiny_wan_folder(path: str, seed: int = 0) -> str:
         flow_shift=c.sample.shift)
     pipe = diffusers.WanPipeline(tokenizer=_tokenizer(c.text.vocab_size),
                                  text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                                 transformer=transformer)
+                                 transformer=transformer, transformer_2=transformer_2,
+                                 boundary_ratio=boundary_ratio, expand_timesteps=expand_timesteps)
     pipe.save_pretrained(path)
     return path
 
 
-def load_reference_pipeline(path: str):
-    """`diffusers.WanPipeline` over a Wan folder, without `accelerate`.
+def load_reference_pipeline(path: str, image_to_video: bool = False):
+    """`diffusers.WanPipeline` over a Wan folder, without `accelerate` (`image_to_video`: the
+    `WanImageToVideoPipeline` over the same folder, for Wan 2.2 TI2V's image conditioning).
+    `transformer_2`, `boundary_ratio` and `expand_timesteps` follow the folder's model_index.json.
 
     `WanPipeline.from_pretrained` needs the `accelerate` package for `WanTransformer3DModel`
     (`_keep_in_fp32_modules` forces low_cpu_mem_usage, which needs accelerate); the [test] extra
@@ -123,10 +148,22 @@ def load_reference_pipeline(path: str):
         model.load_state_dict(state, strict=True)
         return model.eval()
 
-    return diffusers.WanPipeline(
+    import json
+    with open(os.path.join(path, 'model_index.json')) as f:
+        index = json.load(f)
+    cls = diffusers.WanImageToVideoPipeline if image_to_video else diffusers.WanPipeline
+    if image_to_video:  # its prompt_clean calls ftfy unguarded (ftfy is not in [test]); use
+        from diffusers.pipelines.wan import pipeline_wan, pipeline_wan_i2v  # WanPipeline's,
+        pipeline_wan_i2v.prompt_clean = pipeline_wan.prompt_clean  # which skips it if absent
+    second = os.path.isdir(os.path.join(path, 'transformer_2'))
+    return cls(
         tokenizer=transformers.AutoTokenizer.from_pretrained(os.path.join(path, 'tokenizer')),
         text_encoder=transformers.UMT5EncoderModel.from_pretrained(
             os.path.join(path, 'text_encoder')).eval(),
         vae=diffusers_model(diffusers.AutoencoderKLWan, 'vae'),
         scheduler=diffusers.UniPCMultistepScheduler.from_pretrained(path, subfolder='scheduler'),
-        transformer=diffusers_model(diffusers.WanTransformer3DModel, 'transformer'))
+        transformer=diffusers_model(diffusers.WanTransformer3DModel, 'transformer'),
+        transformer_2=(diffusers_model(diffusers.WanTransformer3DModel, 'transformer_2')
+                       if second else None),
+        boundary_ratio=index.get('boundary_ratio'),
+        expand_timesteps=bool(index.get('expand_timesteps', False)))
