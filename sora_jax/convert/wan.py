@@ -84,8 +84,10 @@ def umt5_key_map(num_layers: int) -> KeyMap:
     return KeyMap(rules, {'encoder.embed_tokens.weight': 'shared.weight'})
 
 
-def dit_key_map(depth: int) -> KeyMap:
-    """diffusers `WanTransformer3DModel` (T2V) state dict -> `sora_jax.models.dit.DiT`."""
+def dit_key_map(depth: int, image: bool = False, image_pos: bool = False) -> KeyMap:
+    """diffusers `WanTransformer3DModel` state dict -> `sora_jax.models.dit.DiT`. T2V by default;
+    `image` adds the I2V keys (the image embedder, each block's attn2 add_k_proj / add_v_proj /
+    norm_added_k), `image_pos` the FLF2V image position table."""
     rules = {
         'patch_embedding.weight': Rule('patch_embedding/kernel', transform='conv3d'),
         'patch_embedding.bias': Rule('patch_embedding/bias'),
@@ -115,7 +117,30 @@ def dit_key_map(depth: int) -> KeyMap:
         for src, dst in linears.items():
             rules[f'{p}.{src}.weight'] = Rule(f'blocks/{dst}/kernel', i, 'linear')
             rules[f'{p}.{src}.bias'] = Rule(f'blocks/{dst}/bias', i)
+    if image:
+        rules.update(_dit_image_rules(depth, image_pos))
     return KeyMap(rules)
+
+
+def _dit_image_rules(depth: int, image_pos: bool) -> dict[str, Rule]:
+    """The I2V DiT's extra keys (diffusers `WanImageEmbedding` and the added key/value path)."""
+    src, dst = 'condition_embedder.image_embedder', 'condition_embedder/image_embedder'
+    rules = {}
+    for s, d in (('norm1', 'norm1'), ('norm2', 'norm2')):
+        rules[f'{src}.{s}.weight'] = Rule(f'{dst}/{d}/weight')
+        rules[f'{src}.{s}.bias'] = Rule(f'{dst}/{d}/bias')
+    for s, d in (('ff.net.0.proj', 'proj_in'), ('ff.net.2', 'proj_out')):
+        rules[f'{src}.{s}.weight'] = Rule(f'{dst}/{d}/kernel', transform='linear')
+        rules[f'{src}.{s}.bias'] = Rule(f'{dst}/{d}/bias')
+    if image_pos:
+        rules[f'{src}.pos_embed'] = Rule(f'{dst}/pos_embed')
+    for i in range(depth):
+        p = f'blocks.{i}.attn2'
+        for n in ('add_k_proj', 'add_v_proj'):
+            rules[f'{p}.{n}.weight'] = Rule(f'blocks/attn2/{n}/kernel', i, 'linear')
+            rules[f'{p}.{n}.bias'] = Rule(f'blocks/attn2/{n}/bias', i)
+        rules[f'{p}.norm_added_k.weight'] = Rule('blocks/attn2/norm_added_k/weight', i)
+    return rules
 
 
 def dit_config_from_hf(hf: Mapping[str, Any] | str, **overrides):
@@ -125,14 +150,19 @@ def dit_config_from_hf(hf: Mapping[str, Any] | str, **overrides):
     if hf.get('qk_norm', 'rms_norm_across_heads') != 'rms_norm_across_heads':
         raise ValueError(f"qk_norm={hf['qk_norm']!r}: only 'rms_norm_across_heads' (Wan 2.1) is "
                          'supported.')
-    if hf.get('image_dim') or hf.get('added_kv_proj_dim'):
-        raise ValueError('image-to-video Wan (image_dim / added_kv_proj_dim set) is not supported '
-                         'yet; convert a T2V checkpoint.')
+    dim = hf['num_attention_heads'] * hf['attention_head_dim']
+    image_dim, kv_dim = hf.get('image_dim') or 0, hf.get('added_kv_proj_dim') or 0
+    if bool(image_dim) != bool(kv_dim) or (kv_dim and kv_dim != dim):
+        raise ValueError(f'image_dim={image_dim}, added_kv_proj_dim={kv_dim}: an image-to-video '
+                         f'Wan sets both, with added_kv_proj_dim = the model width {dim} (the '
+                         'embedded image tokens); a text-to-video one sets neither.')
     kw = dict(patch_size=tuple(hf['patch_size']), in_channels=hf['in_channels'],
               out_channels=hf['out_channels'], num_heads=hf['num_attention_heads'],
               dim=hf['num_attention_heads'] * hf['attention_head_dim'], ffn_dim=hf['ffn_dim'],
               depth=hf['num_layers'], text_dim=hf['text_dim'], freq_dim=hf['freq_dim'],
               eps=hf.get('eps', 1e-6), cross_attn_norm=hf.get('cross_attn_norm', True))
+    if image_dim:  # Wan 2.1 I2V / FLF2V
+        kw.update(image_dim=image_dim, image_pos_len=hf.get('pos_embed_seq_len') or 0)
     kw.update(overrides)
     return DiTConfig.from_config(kw)
 
@@ -360,7 +390,8 @@ def component_spec(component: str, hf_config: Mapping[str, Any] | str, **overrid
     if component == 'transformer':
         from sora_jax.models.dit import DiT
         cfg = dit_config_from_hf(hf_config, **overrides)
-        return cfg, lambda: DiT(cfg, rngs=nnx.Rngs(0)), dit_key_map(cfg.depth)
+        return cfg, lambda: DiT(cfg, rngs=nnx.Rngs(0)), dit_key_map(
+            cfg.depth, image=cfg.image_dim > 0, image_pos=cfg.image_pos_len > 0)
     if component == 'vae':
         from sora_jax.models.vae import WanVAE
         cfg = vae_config_from_hf(hf_config, **overrides)
