@@ -378,6 +378,7 @@ def build(make_model: Callable[[], Any], flat: Mapping[str, np.ndarray]):
 # ----------------------------------------------------------------------------- components
 
 COMPONENTS = ('text_encoder', 'transformer', 'vae')   # diffusers sub-folder names
+OPTIONAL_COMPONENTS = ('image_encoder',)  # Wan 2.1 I2V; converted along with the transformer
 
 
 def component_spec(component: str, hf_config: Mapping[str, Any] | str, **overrides):
@@ -396,7 +397,14 @@ def component_spec(component: str, hf_config: Mapping[str, Any] | str, **overrid
         from sora_jax.models.vae import WanVAE
         cfg = vae_config_from_hf(hf_config, **overrides)
         return cfg, lambda: WanVAE(cfg, rngs=nnx.Rngs(0)), vae_key_map(cfg)
-    raise ValueError(f'component {component!r} is not convertible; choose from {COMPONENTS}.')
+    if component == 'image_encoder':  # Wan 2.1 I2V: transformers CLIPVisionModel
+        from sora_jax.convert.clip_vision import clip_vision_key_map
+        from sora_jax.models import clip_vision
+        cfg = clip_vision.CLIPVisionConfig.from_hf(_read_json(hf_config), **overrides)
+        return (cfg, lambda: clip_vision.CLIPVisionEncoder(cfg, rngs=nnx.Rngs(0)),
+                clip_vision_key_map(cfg.num_hidden_layers))
+    raise ValueError(f'component {component!r} is not convertible; choose from '
+                     f'{COMPONENTS + OPTIONAL_COMPONENTS}.')
 
 
 def _targets(make) -> dict[str, tuple[tuple[int, ...], Any]]:
