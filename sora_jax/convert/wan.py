@@ -464,20 +464,30 @@ def convert_vae(src: str, dst: str) -> dict[str, np.ndarray]:
     return convert_component(src, dst, 'vae')
 
 
+def convert_image_encoder(src: str, dst: str) -> dict[str, np.ndarray]:
+    return convert_component(src, dst, 'image_encoder')
+
+
 # Component name (diffusers folder) -> converter (src folder, dst folder).
 CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     'text_encoder': convert_text_encoder,
     'transformer': convert_transformer,
     'vae': convert_vae,
+    'image_encoder': convert_image_encoder,
 }
 
 
 def convert_folder(src: str, dst: str, components: Iterable[str] = COMPONENTS) -> None:
     """Converts the named diffusers sub-folders of `src` into `dst/<component>/{params,config.json}`.
 
-    The `tokenizer/` folder is copied along with the text encoder.
+    The `tokenizer/` folder is copied along with the text encoder. An image-to-video folder's
+    `image_encoder/` (CLIP) is converted, and its `image_processor/` copied, along with the
+    transformer.
     """
     components = list(components)
+    if ('transformer' in components and 'image_encoder' not in components
+            and os.path.isdir(os.path.join(src, 'image_encoder'))):
+        components.append('image_encoder')
     for comp in components:
         if comp not in CONVERTERS:
             raise ValueError(f'component {comp!r} is not convertible; choose from '
@@ -492,3 +502,7 @@ def convert_folder(src: str, dst: str, components: Iterable[str] = COMPONENTS) -
     if os.path.isdir(tok) and 'text_encoder' in components:
         import shutil
         shutil.copytree(tok, os.path.join(dst, 'tokenizer'), dirs_exist_ok=True)
+    proc = os.path.join(src, 'image_processor')
+    if os.path.isdir(proc) and 'image_encoder' in components:
+        import shutil
+        shutil.copytree(proc, os.path.join(dst, 'image_processor'), dirs_exist_ok=True)
