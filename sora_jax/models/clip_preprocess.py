@@ -3,16 +3,15 @@
 What Wan's `image_processor/preprocessor_config.json` asks for, in this order: resize so the
 short side is `shortest_edge` (bicubic, the long side `int(short * long / short_in)`), center
 crop to `crop_size` (top/left = (in - crop) // 2), rescale by 1/255, normalise by the OpenAI
-CLIP mean / std. The resize reproduces Pillow's `Image.resize(..., BICUBIC)` on 8-bit images
-bit for bit: the same separable kernel (a = -0.5, support widened by the downscale factor), the
-same 22-bit fixed-point weights, horizontal pass first, each pass rounded and clipped to uint8.
+CLIP mean / std. The resize is Pillow's `Image.resize(..., BICUBIC)` on the 8-bit image, as in transformers
+(Pillow is a core dependency), so the pixels equal CLIPImageProcessor's bit for bit; the crop,
+rescale and normalisation are numpy in transformers' dtypes (float64 rescale, float32 after).
 Images are channels-last uint8 [B, H, W, 3] in, float32 [B, crop_h, crop_w, 3] out.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from typing import Any
 
@@ -20,7 +19,6 @@ import numpy as np
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c, 8 bits per channel
 _BICUBIC = 3                  # PIL.Image.Resampling.BICUBIC
 
 
@@ -69,54 +67,15 @@ class CLIPImageConfig:
                    image_std=tuple(hf.get('image_std', OPENAI_CLIP_STD)))
 
 
-def _bicubic(x: float) -> float:
-    x = abs(x)
-    if x < 1.0:
-        return ((-0.5 + 2.0) * x - (-0.5 + 3.0)) * x * x + 1
-    if x < 2.0:
-        return (((x - 5) * x + 8) * x - 4) * -0.5
-    return 0.0
-
-
-def _resample_weights(in_size: int, out_size: int) -> np.ndarray:
-    """Pillow's fixed-point bicubic weights as a matrix int64 [out_size, in_size]."""
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = 2.0 * filterscale
-    w = np.zeros((out_size, in_size), np.int64)
-    for xx in range(out_size):
-        center = (xx + 0.5) * scale
-        lo = max(int(center - support + 0.5), 0)
-        hi = min(int(center + support + 0.5), in_size)
-        k = [_bicubic((x - center + 0.5) / filterscale) for x in range(lo, hi)]
-        total = 0.0
-        for v in k:  # summed in order, as Pillow does
-            total += v
-        for i, v in enumerate(k):
-            v = v / total if total != 0.0 else v
-            w[xx, lo + i] = int(-0.5 + v * (1 << _PRECISION_BITS)) if v < 0 else int(
-                0.5 + v * (1 << _PRECISION_BITS))
-    return w
-
-
-def _pass(img: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
-    """One separable pass over `axis` of uint8 [B, H, W, C], rounded and clipped like Pillow."""
-    x = np.moveaxis(img.astype(np.int64), axis, -1)
-    acc = x @ weights.T + (1 << (_PRECISION_BITS - 1))
-    out = np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
-    return np.moveaxis(out, -1, axis)
-
-
 def resize_bicubic(images: np.ndarray, height: int, width: int) -> np.ndarray:
-    """uint8 [B, H, W, C] -> uint8 [B, height, width, C], as Pillow's bicubic resize."""
+    """uint8 [B, H, W, C] -> uint8 [B, height, width, C] with Pillow's bicubic resize, the one
+    CLIPImageProcessor calls (its fixed-point arithmetic and, since Pillow 13, its choice of
+    which pass runs first decide single levels; only Pillow itself matches every version)."""
+    from PIL import Image
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f'images must be uint8 [B, H, W, C], got {images.dtype} {images.shape}.')
-    out = images
-    if width != images.shape[2]:
-        out = _pass(out, _resample_weights(images.shape[2], width), axis=2)
-    if height != images.shape[1]:
-        out = _pass(out, _resample_weights(images.shape[1], height), axis=1)
-    return out
+    return np.stack([np.asarray(Image.fromarray(im).resize((width, height), Image.BICUBIC))
+                     for im in images])
 
 
 def resize_shape(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
