@@ -5,7 +5,8 @@ r"""Convert a Wan 2.1 diffusers folder (safetensors) into sora_jax Orbax checkpo
 
 Writes `dst/<component>/params` (Orbax) and `dst/<component>/config.json` (the HF config, kept
 as the source of the hyper-parameters) for each component; the `tokenizer/` folder is copied
-along with the text encoder. Load the result with
+along with the text encoder, and an I2V folder's `image_encoder/` (CLIP, converted) and
+`image_processor/` (copied) along with the transformer. Load the result with
 `sora_jax.convert.checkpoint.load_wan(dst)` (what experiments/sample.py does).
 
 Tensors stream from memory-mapped files one at a time and keep their dtype (bf16 stays bf16).
@@ -20,7 +21,8 @@ flags.DEFINE_string('src', None, 'Diffusers-layout Wan folder (transformer/, vae
                     'tokenizer/).', required=True)
 flags.DEFINE_string('dst', None, 'Output folder for the Orbax checkpoints.', required=True)
 flags.DEFINE_list('components', list(wan.COMPONENTS),
-                  f'Which sub-folders to convert ({", ".join(wan.COMPONENTS)}).')
+                  f'Which sub-folders to convert ({", ".join(wan.COMPONENTS)}); an image-to-video '
+                  "folder's image_encoder/ (+ image_processor/) comes with the transformer.")
 
 
 def main(argv):
