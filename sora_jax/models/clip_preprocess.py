@@ -3,9 +3,10 @@
 What Wan's `image_processor/preprocessor_config.json` asks for, in this order: resize so the
 short side is `shortest_edge` (bicubic, the long side `int(short * long / short_in)`), center
 crop to `crop_size` (top/left = (in - crop) // 2), rescale by 1/255, normalise by the OpenAI
-CLIP mean / std. The resize is Pillow's `Image.resize(..., BICUBIC)` on the 8-bit image, as in transformers
-(Pillow is a core dependency), so the pixels equal CLIPImageProcessor's bit for bit; the crop,
-rescale and normalisation are numpy in transformers' dtypes (float64 rescale, float32 after).
+CLIP mean / std. The resize is Pillow's `Image.resize(..., BICUBIC)` on the 8-bit image, as
+in transformers (Pillow is a core dependency), so the pixels equal CLIPImageProcessor's bit for
+bit; crop, rescale and normalisation are numpy in transformers' dtypes (float64 rescale, then
+float32).
 Images are channels-last uint8 [B, H, W, 3] in, float32 [B, crop_h, crop_w, 3] out.
 """
 from __future__ import annotations
