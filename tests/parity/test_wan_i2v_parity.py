@@ -107,43 +107,63 @@ def test_key_maps_cover_both_sides(i2v):
     assert {r.target for r in cmap.rules.values()} == set(ctargets)
 
 
-@pytest.mark.parametrize('pos_len', [0, 10])
-def test_dit_velocity_matches(tmp_path, pos_len):
-    """I2V DiT (and with pos_len, the FLF2V one: first + last image tokens with positions)."""
+def _velocities(ref_model, dit, x, ts, ctx, img, img_ours):
+    """(diffusers, ours) velocities, channels first; x: [B, C, T, H, W] numpy."""
+    with torch.no_grad():
+        ref = ref_model(torch.from_numpy(x), torch.from_numpy(ts), torch.from_numpy(ctx),
+                        torch.from_numpy(img), return_dict=False)[0].numpy()
+    fn = jax.jit(lambda a, b, c, i: dit(a, b, c, image=i))
+    out = fn(x.transpose(0, 2, 3, 4, 1), ts / 1000.0, ctx, img_ours)
+    return ref, np.asarray(out).transpose(0, 4, 1, 2, 3), fn
+
+
+def test_dit_velocity_matches(i2v):
+    """The fixture's converted I2V DiT vs its diffusers original, one forward."""
+    _, _, ref_pipe, pipe = i2v
+    c = tiny_config('tiny_i2v')
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, c.model.in_channels, 2, 4, 6)).astype(np.float32)
+    ctx = rng.standard_normal((2, 512, c.model.text_dim)).astype(np.float32)  # text: last 512
+    img = rng.standard_normal((2, 17, c.model.image_dim)).astype(np.float32)
+    ts = np.array([999.0, 250.0], np.float32)
+    dit = nnx.merge(pipe.graphdef, pipe.params)
+    ref, out, fn = _velocities(ref_pipe.transformer, dit, x, ts, ctx, img, img)
+    assert out.shape == ref.shape == (2, 4, 2, 4, 6)
+    err = np.abs(out - ref).max() / max(1.0, np.abs(ref).max())
+    print(f'I2V DiT velocity max err (scaled) {err:.2e}')
+    assert err < VELOCITY_RTOL
+    # the image tokens matter: the other example's features move the velocity
+    other = np.asarray(fn(x.transpose(0, 2, 3, 4, 1), ts / 1000.0, ctx, img[::-1]))
+    assert np.abs(other.transpose(0, 4, 1, 2, 3) - ref).max() > 1e-2
+    with pytest.raises(ValueError, match='needs image='):
+        dit(x.transpose(0, 2, 3, 4, 1), ts / 1000.0, ctx)
+
+
+def test_flf2v_dit_velocity_matches(tmp_path):
+    """FLF2V: first + last image tokens with a learned position table (pos_embed_seq_len)."""
     from diffusers import WanTransformer3DModel
-    torch.manual_seed(pos_len)
+    torch.manual_seed(0)
     kw = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=9,
               out_channels=4, text_dim=16, freq_dim=32, ffn_dim=40, num_layers=2, image_dim=20,
-              added_kv_proj_dim=24, pos_embed_seq_len=pos_len or None)
+              added_kv_proj_dim=24, pos_embed_seq_len=10)
     model = WanTransformer3DModel(**kw).eval()
     with torch.no_grad():  # randomise the zero/one-initialised parameters too
         for name, p in model.named_parameters():
             if 'norm' in name or name.endswith('bias') or 'pos_embed' in name:
                 p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith('weight') else 0.0))
     model.save_pretrained(str(tmp_path))
+    dit = wan.load_dit(str(tmp_path), attention='xla')
+    assert dit.cfg.image_pos_len == 10
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 9, 3, 4, 6)).astype(np.float32)
-    ctx = rng.standard_normal((2, 512, 16)).astype(np.float32)  # diffusers: text = last 512
-    img = rng.standard_normal((4 if pos_len else 2, 5, 20)).astype(np.float32)
-    ts = np.array([999.0, 250.0], np.float32)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x), torch.from_numpy(ts), torch.from_numpy(ctx),
-                    torch.from_numpy(img), return_dict=False)[0].numpy()
-    dit = wan.load_dit(str(tmp_path), attention='xla')
-    assert dit.cfg.image_pos_len == pos_len
-    fn = jax.jit(lambda a, b, c, i: dit(a, b, c, image=i))
-    # FLF2V: diffusers views [2B, S, D] as [B, 2S, D] (first, last image of each example)
-    out = fn(x.transpose(0, 2, 3, 4, 1), ts / 1000.0, ctx, img.reshape(2, -1, 20))
-    out = np.asarray(out).transpose(0, 4, 1, 2, 3)
+    ctx = rng.standard_normal((2, 512, 16)).astype(np.float32)
+    img = rng.standard_normal((4, 5, 20)).astype(np.float32)
+    # diffusers views [2B, S, D] as [B, 2S, D] (first, last image of each example)
+    ref, out, _ = _velocities(model, dit, x, np.array([999.0, 250.0], np.float32), ctx, img,
+                              img.reshape(2, 10, 20))
     err = np.abs(out - ref).max() / max(1.0, np.abs(ref).max())
-    print(f'pos_len={pos_len}: velocity max err (scaled) {err:.2e}')
+    print(f'FLF2V DiT velocity max err (scaled) {err:.2e}')
     assert err < VELOCITY_RTOL
-    # the image tokens matter: other features move the velocity
-    other = np.asarray(fn(x.transpose(0, 2, 3, 4, 1), ts / 1000.0, ctx,
-                          img.reshape(2, -1, 20)[::-1])).transpose(0, 4, 1, 2, 3)
-    assert np.abs(other - ref).max() > 1e-2
-    with pytest.raises(ValueError, match='needs image='):
-        dit(x.transpose(0, 2, 3, 4, 1), ts / 1000.0, ctx)
 
 
 def test_mask_channels_follow_diffusers():
@@ -207,3 +227,18 @@ def test_i2v_model_refuses_other_modes(i2v):
     with pytest.raises(ValueError, match='image has shape'):
         pipe('a cat', num_frames=5, height=32, width=32, mode='i2v',
              image=np.zeros((16, 16, 3), np.uint8), progress=False)
+
+
+def test_transformers4_key_layout_converts(i2v, tmp_path):
+    """Hub folders written by transformers < 5 prefix every key with `vision_model.`."""
+    import shutil
+
+    from safetensors.torch import save_file
+    src, _, ref, pipe = i2v
+    shutil.copy(os.path.join(src, 'image_encoder', 'config.json'), tmp_path / 'config.json')
+    save_file({f'vision_model.{k}': v.contiguous() for k, v in
+               ref.image_encoder.state_dict().items()}, str(tmp_path / 'model.safetensors'))
+    enc = wan.load_component(str(tmp_path), 'image_encoder')
+    px = clip_preprocess.preprocess(_image(32, 32), pipe.image_encoder.processor)
+    ours = np.asarray(pipe.image_encoder(_image(32, 32)))
+    assert np.abs(np.asarray(enc.penultimate(px)) - ours).max() < 1e-6  # same weights
