@@ -4,8 +4,13 @@ Args (`--config=configs/wan21.py:ARG`):
   t2v_1.3b   Wan2.1-T2V-1.3B: DiT 1,418,996,800 params (30 blocks x 1536), 480x832, flow shift 3.0.
   t2v_14b    Wan2.1-T2V-14B: DiT 14,288,491,584 params (40 blocks x 5120), 720x1280, flow shift 5.0.
              Append ',480p' (`t2v_14b,480p`) for 480x832 with shift 3.0.
+  i2v_14b_480p  Wan2.1-I2V-14B-480P: image-to-video DiT 16,394,878,784 params (the 14B layout
+             with 36 input channels and CLIP image tokens), 480x832, shift 3.0, plus its CLIP
+             ViT-H/14 image encoder (630,766,080 params, `image_encoder` below).
+  i2v_14b_720p  Wan2.1-I2V-14B-720P: the same layout, other weights; 720x1280, shift 5.0.
   tiny       a random tiny Wan (same layout, a few hundred KB) that the tests build with
              `tests/parity/wan_fixture.py:make_tiny_wan_folder` and convert; not a real model.
+  tiny_i2v   the same, image-to-video (tests/parity/test_wan_i2v_parity.py).
 Both real sizes share the UMT5-XXL text encoder (5,680,910,336 params) and the causal video VAE
 (126,892,531 params). Parameter counts are `DiTConfig.num_params()`, equal to diffusers'
 `WanTransformer3DModel` built on the meta device (tests/test_configs_wan21.py).
@@ -58,20 +63,30 @@ _SIZES = {  # arg -> (num_heads, ffn_dim, depth, hub id)
     't2v_1.3b': (12, 8960, 30, 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers'),
     't2v_14b': (40, 13824, 40, 'Wan-AI/Wan2.1-T2V-14B-Diffusers'),
 }
+_I2V = {  # arg -> (resolution, hub id): two checkpoints of one architecture
+    'i2v_14b_480p': ('480p', 'Wan-AI/Wan2.1-I2V-14B-480P-Diffusers'),
+    'i2v_14b_720p': ('720p', 'Wan-AI/Wan2.1-I2V-14B-720P-Diffusers'),
+}
 _RESOLUTIONS = {'480p': (480, 832, 3.0), '720p': (720, 1280, 5.0)}  # -> (H, W, flow shift)
 
 
 def get_config(arg: str = 't2v_1.3b') -> mlc.ConfigDict:
     name, _, res = arg.partition(',')
-    if name not in (*_SIZES, 'tiny'):
+    if name not in (*_SIZES, *_I2V, 'tiny', 'tiny_i2v'):
         raise ValueError(f'configs/wan21.py: unknown arg {arg!r}; use t2v_1.3b, t2v_14b '
-                         '(optionally ",480p" / ",720p") or tiny.')
+                         '(optionally ",480p" / ",720p"), i2v_14b_480p, i2v_14b_720p, tiny or '
+                         'tiny_i2v.')
+    if name in _I2V:
+        if res and res != _I2V[name][0]:
+            raise ValueError(f'configs/wan21.py: {name} is a {_I2V[name][0]} checkpoint; drop '
+                             f'",{res}" from {arg!r}.')
+        res = _I2V[name][0]
     res = res or ('720p' if name == 't2v_14b' else '480p')
     if res not in _RESOLUTIONS:
         raise ValueError(f'configs/wan21.py: resolution {res!r} in {arg!r}; use 480p or 720p.')
     c = mlc.ConfigDict()
     c.seed = 0                        # every random draw folds from this
-    c.hf_id = _SIZES.get(name, (None,) * 4)[3] or ''  # hub repo of the diffusers weights
+    c.hf_id = _SIZES.get(name, (None,) * 4)[3] or _I2V.get(name, ('', ''))[1]  # hub repo
     c.checkpoint = f'checkpoints/wan21_{name}'  # converted folder (experiments/convert_wan.py --dst)
 
     c.model = mlc.ConfigDict()        # sora_jax.models.dit.DiTConfig
@@ -170,10 +185,10 @@ def get_config(arg: str = 't2v_1.3b') -> mlc.ConfigDict:
     c.train.log_every = 50            # steps between logged scalars
     c.train.checkpoint_every = 500    # steps between checkpoints
 
-    if name == 't2v_14b':
-        c.model.num_heads, c.model.ffn_dim, c.model.depth = _SIZES[name][:3]
+    if name == 't2v_14b' or name in _I2V:
+        c.model.num_heads, c.model.ffn_dim, c.model.depth = _SIZES['t2v_14b'][:3]
         c.model.dim = 128 * c.model.num_heads
-    elif name == 'tiny':
+    elif name in ('tiny', 'tiny_i2v'):
         c.model.dim, c.model.num_heads, c.model.ffn_dim, c.model.depth = 24, 2, 48, 2
         c.model.in_channels = c.model.out_channels = c.latent_channels = 4
         c.model.text_dim = 32
@@ -190,4 +205,29 @@ def get_config(arg: str = 't2v_1.3b') -> mlc.ConfigDict:
         c.text.max_length = 32
         c.sample.steps, c.sample.num_frames, c.sample.height, c.sample.width = 4, 5, 32, 32
         c.checkpoint = ''
+    if name in _I2V or name == 'tiny_i2v':
+        _image_to_video(c, tiny=name == 'tiny_i2v')
     return c
+
+
+def _image_to_video(c: mlc.ConfigDict, tiny: bool) -> None:
+    """Wan 2.1 I2V: noise + 4 mask channels (one per frame of a latent frame) + the VAE latents
+    of [image, zeros...] in (2 z_dim + 4 channels), CLIP image tokens in every cross-attention.
+    Sample with `TextToVideo(..., mode='i2v', image=...)` (or sample.py --mode=i2v --image=...)."""
+    c.model.in_channels = 2 * c.latent_channels + 4  # 36: [noise, mask, image latents]
+    c.model.image_dim = 1280          # CLIP ViT-H/14 width (= image_encoder.hidden_size)
+    c.image_encoder = mlc.ConfigDict()  # sora_jax.models.clip_vision.CLIPVisionConfig
+    c.image_encoder.image_size = 224  # input pixels (square; CLIPImageProcessor crop)
+    c.image_encoder.patch_size = 14   # 16 x 16 patches + [CLS] = 257 image tokens
+    c.image_encoder.hidden_size = 1280          # width
+    c.image_encoder.intermediate_size = 5120    # MLP hidden width
+    c.image_encoder.num_hidden_layers = 32      # blocks (Wan reads the output of block 31)
+    c.image_encoder.num_attention_heads = 16    # heads
+    c.image_encoder.layer_norm_eps = 1e-5       # LayerNorm epsilon
+    c.image_encoder.hidden_act = 'gelu'         # exact GELU
+    if tiny:
+        c.model.image_dim = c.image_encoder.hidden_size = 16
+        c.image_encoder.image_size, c.image_encoder.patch_size = 32, 8
+        c.image_encoder.intermediate_size, c.image_encoder.num_hidden_layers = 24, 2
+        c.image_encoder.num_attention_heads = 2
+        c.text.max_length = 512  # diffusers' I2V attention splits off the last 512 tokens as text

@@ -6,7 +6,8 @@ r"""Convert a Wan 2.1 or 2.2 diffusers folder (safetensors) into sora_jax Orbax 
 Writes `dst/<component>/params` (Orbax) and `dst/<component>/config.json` (the HF config, kept
 as the source of the hyper-parameters) for each component; the `tokenizer/` folder is copied
 along with the text encoder, and model_index.json (Wan 2.2: boundary_ratio, expand_timesteps);
-a Wan 2.2 A14B folder's `transformer_2/` is converted too. Load the result with
+a Wan 2.2 A14B folder's `transformer_2/` is converted too, and an I2V folder's `image_encoder/`
+(CLIP, converted) and `image_processor/` (copied) come along with the transformer. Load the result with
 `sora_jax.convert.checkpoint.load_wan(dst)` (what experiments/sample.py does).
 
 Tensors stream from memory-mapped files one at a time and keep their dtype (bf16 stays bf16).
@@ -22,7 +23,9 @@ flags.DEFINE_string('src', None, 'Diffusers-layout Wan folder (transformer/, vae
 flags.DEFINE_string('dst', None, 'Output folder for the Orbax checkpoints.', required=True)
 flags.DEFINE_list('components', list(wan.COMPONENTS),
                   f'Which sub-folders to convert ({", ".join(wan.COMPONENTS)}; by default also '
-                  'transformer_2, the Wan 2.2 A14B low-noise expert, when --src has it).')
+                  'transformer_2, the Wan 2.2 A14B low-noise expert, when --src has it); an '
+                  "image-to-video folder's image_encoder/ (+ image_processor/) comes with the "
+                  'transformer.')
 
 
 def main(argv):

@@ -18,6 +18,9 @@ Wan 2.2 folders add, as diffusers' `WanPipeline` runs them (settings from model_
 two experts (A14B: `transformer` while the timestep >= boundary_ratio * 1000, then
 `transformer_2` with `guidance_scale_2`) and per-token timesteps (TI2V, `expand_timesteps`: a
 known first frame enters the DiT clean, its tokens at t = 0; mode='i2v' conditions on `image=`).
+A Wan 2.1 image-to-video model (DiT input wider than its output) takes mode='i2v' only, driven as
+diffusers' `WanImageToVideoPipeline`: CLIP image tokens (`CLIPImage`) and the channels of
+`diffusion/image_condition.py` at every step, nothing re-imposed.
 """
 from __future__ import annotations
 
@@ -74,12 +77,33 @@ class UMT5Text:
         return self._encode(self.state, jnp.asarray(ids), jnp.asarray(mask)), None
 
 
+class CLIPImage:
+    """Wan 2.1 I2V's image encoder: uint8 images [B, H, W, 3] -> CLIP features [B, 257, 1280]
+    (the penultimate hidden state, after CLIPImageProcessor's resize / crop / normalise)."""
+
+    def __init__(self, module, processor=None):
+        from sora_jax.models.clip_preprocess import CLIPImageConfig
+        self.processor = processor or CLIPImageConfig()
+        graphdef, self.state = nnx.split(module)
+        self._encode = jax.jit(lambda st, px: nnx.merge(graphdef, st).penultimate(px))
+
+    def __call__(self, images: np.ndarray) -> jax.Array:
+        from sora_jax.models import clip_preprocess
+        return self._encode(self.state, jnp.asarray(clip_preprocess.preprocess(images,
+                                                                               self.processor)))
+
+
 class TextToVideo:
     """Text encoder + DiT (+ optional VAE): any sampler, CFG, frame-mask modes."""
 
     def __init__(self, config, dit_graphdef, dit_params, text, vae: FrozenVAE | None = None,
-                 loras: Sequence[tuple[str, float]] = (), merge_loras: bool = True):
+                 loras: Sequence[tuple[str, float]] = (), merge_loras: bool = True,
+                 image_encoder: CLIPImage | None = None):
         self.config = config
+        # Wan image-to-video: input channels [x_t, tf mask channels, image latents] (+ CLIP
+        # image tokens when model.image_dim > 0, encoded by `image_encoder`).
+        self.image_encoder = image_encoder
+        self.wan_i2v = bool(config.get('image_condition', False))  # set by from_wan
         self.graphdef = dit_graphdef
         self.params = dit_params
         self._base = (dit_graphdef, dit_params)  # the DiT without LoRAs (set_loras)
@@ -203,9 +227,11 @@ class TextToVideo:
         if m.vae is not None:
             gd, st = nnx.split(m.vae)
             vae = FrozenVAE(gd, st, config)
+        image_encoder = cls._wan_image_inputs(config, dit_cfg, m, path)
         graphdef, params = nnx.split(m.transformer)
         max_len = int(config.text.get('max_length', 512))
-        pipe = cls(config, graphdef, params, UMT5Text(m.text_encoder, m.tokenizer, max_len), vae)
+        pipe = cls(config, graphdef, params, UMT5Text(m.text_encoder, m.tokenizer, max_len), vae,
+                   image_encoder=image_encoder)
         expand = config.sample.get('expand_timesteps', None)
         pipe.expand_timesteps = bool(m.pipeline.get('expand_timesteps', False)
                                      if expand is None else expand)
@@ -223,6 +249,27 @@ class TextToVideo:
             pipe.boundary_ratio = float(boundary)
         pipe.set_checkpoint(path)
         return pipe
+
+    @staticmethod
+    def _wan_image_inputs(config, dit_cfg, m, path) -> CLIPImage | None:
+        """I2V (DiT input wider than its output): marks `config.image_condition` and returns the
+        CLIP encoder the DiT's image tokens need (None for T2V or a DiT without image tokens)."""
+        if dit_cfg.in_channels == dit_cfg.out_channels:
+            return None
+        config.image_condition = True
+        config.model.in_channels = int(dit_cfg.in_channels)
+        config.model.image_dim = int(dit_cfg.image_dim)
+        if m.vae is None or dit_cfg.in_channels != 2 * dit_cfg.out_channels + 4:
+            raise ValueError(f'{os.fspath(path)!r}: an image-to-video DiT needs vae/ and '
+                             f'in_channels = 2 x {dit_cfg.out_channels} + 4 (got '
+                             f'{dit_cfg.in_channels}).')
+        if not dit_cfg.image_dim:
+            return None
+        if m.image_encoder is None:
+            raise ValueError(f'{os.fspath(path)!r} lacks image_encoder/ (CLIP), which this I2V '
+                             'DiT needs; re-run experiments/convert_wan.py on the full Wan I2V '
+                             'folder.')
+        return CLIPImage(m.image_encoder, m.image_processor)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -334,7 +381,12 @@ class TextToVideo:
         ctx, ctx_mask = self.text(prompts + negs)  # cond rows, then uncond rows
         latent_shape = (b, lt, lh, lw, self.latent_channels)
 
-        mask, known, keep = self._condition(mode, b, num_frames, height, width, image, video)
+        y = image_ctx = None  # Wan I2V: extra input channels, CLIP image tokens
+        if self.wan_i2v:
+            (mask, known, keep), y, image_ctx = self._wan_i2v_condition(
+                mode, b, num_frames, height, width, image, video)
+        else:
+            mask, known, keep = self._condition(mode, b, num_frames, height, width, image, video)
         if latents is not None:
             noise = jnp.asarray(latents, jnp.float32)
             if noise.shape != latent_shape:
@@ -360,7 +412,8 @@ class TextToVideo:
                                    skip_scale=skip_scale, skip_layers=skip_layers,
                                    skip_interval=skip_interval, progress=bool(progress),
                                    params_2=self.params_2, guidance_2=guidance_2,
-                                   boundary=self.boundary_ratio, expand=expand)
+                                   boundary=self.boundary_ratio, expand=expand,
+                                   y=y, image_ctx=image_ctx)
             lat = jax.block_until_ready(lat)
         if output_type == 'latent':
             return np.asarray(lat)
@@ -407,7 +460,7 @@ class TextToVideo:
     def _sample(self, params, ctx, ctx_mask, noise, mask, known, *, method, num_steps, shift,
                 guidance, interval, t_start, quantization, replace, skip_scale=0.0,
                 skip_layers=(), skip_interval=(0.0, 1.0), progress=True, params_2=None,
-                guidance_2=None, boundary=None, expand=False):
+                guidance_2=None, boundary=None, expand=False, y=None, image_ctx=None):
         # progress: a host callback ticks the bar each step; JAX never writes a program with host
         # callbacks to the persistent compilation cache, so progress=False compiles a cacheable one.
         # params_2 / guidance_2 / boundary: Wan 2.2 A14B's low-noise expert
@@ -426,25 +479,33 @@ class TextToVideo:
             weak[2 * b:, list(skip_layers)] = True
             skip = jnp.asarray(weak)
 
+        # Wan I2V: every row (cond, uncond, weakened) sees the same image channels and tokens.
+        y2 = None if y is None else jnp.concatenate([y] * rows, 0)
+        img2 = None if image_ctx is None else jnp.concatenate([image_ctx] * rows, 0)
+
         def guided_by(dit, scale):  # the CFG (+ skip-layer) velocity of one DiT
-            def velocity(x, t, m, k, c, cm, sk=None):
+            def velocity(x, t, m, k, c, cm, sk=None, yy=None, im=None):
                 x_in, t_in = x, t
                 if expand:
                     x_in = cond_lib.apply_known(x, m, k)
                     t_in = cond_lib.token_timesteps(t, m, x.shape, self.patch)
                 elif self.conditioned:
                     x_in = cond_lib.model_input(x, m, k)
-                return flow.to_velocity(dit(x_in, t_in, c, cm, skip=sk), x, t, self.prediction)
+                if yy is not None:  # [x_t, mask channels, image latents] (image_condition.py)
+                    x_in = jnp.concatenate([x, yy.astype(x.dtype)], axis=-1)
+                kw = {} if im is None else {'image': im}
+                return flow.to_velocity(dit(x_in, t_in, c, cm, skip=sk, **kw), x, t,
+                                        self.prediction)
 
             def model_fn(x, t):  # x: [2B or 3B, ...] cond rows, uncond rows (, weakened cond rows)
                 if progress:
                     jax.debug.callback(self._tick, t[0])
-                return velocity(x, t, mask2, known2, ctx2, ctx_mask2, skip)
+                return velocity(x, t, mask2, known2, ctx2, ctx_mask2, skip, y2, img2)
 
             def cond_only(x, t):  # outside the guidance interval: conditional rows only
                 b = x.shape[0]
                 return velocity(x, t, mask, known, ctx[:b],
-                                None if ctx_mask is None else ctx_mask[:b])
+                                None if ctx_mask is None else ctx_mask[:b], None, y, image_ctx)
 
             return samplers.cfg_velocity(model_fn, scale, interval, cond_fn=cond_only,
                                          skip_scale=skip_scale, skip_interval=skip_interval)
@@ -470,6 +531,28 @@ class TextToVideo:
     @staticmethod
     def _to_uint8(x) -> np.ndarray:
         return video_io.to_uint8(jax.device_get(x))
+
+    def _wan_i2v_condition(self, mode, b, num_frames, height, width, image, video):
+        """Wan I2V inputs as `WanImageToVideoPipeline` makes them: ((zero mask, zero known,
+        frames to keep), channels [B, T', h, w, tf + C], CLIP tokens [B, S, D] or None)."""
+        from sora_jax.diffusion import image_condition
+        if mode != 'i2v' or image is None or video is not None:
+            raise ValueError(f"mode={mode!r}: this is a Wan image-to-video model; call it with "
+                             "mode='i2v' and image= (the first frame, [H, W, 3] or [B, H, W, 3]).")
+        mask, known, _ = self._condition('t2v', b, num_frames, height, width, None, None)
+        img = np.asarray(image)
+        img = np.broadcast_to(img[None], (b, *img.shape)) if img.ndim == 3 else img
+        if img.ndim != 4 or img.shape[0] != b or img.shape[1:] != (height, width, 3):
+            raise ValueError(f'image has shape {img.shape}; expected [{height}, {width}, 3] or '
+                             f'[{b}, {height}, {width}, 3] (resize it to height x width).')
+        if img.dtype != np.uint8:  # [-1, 1] floats -> the 8-bit image CLIP's processor takes
+            img = np.clip(np.round((img.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        pixels = np.zeros((b, num_frames, height, width, 3), np.float32)
+        pixels[:, 0] = img.astype(np.float32) / 127.5 - 1.0
+        lat = self._encode(jnp.asarray(pixels))
+        y = image_condition.condition_channels(lat, num_frames, self.temporal_factor)
+        image_ctx = None if self.image_encoder is None else self.image_encoder(img)
+        return (mask, known, num_frames), y, image_ctx
 
     def _condition(self, mode, b, num_frames, height, width, image, video):
         """(mask [B, T_lat], known latents [B, T_lat, h, w, C], frames to keep)."""

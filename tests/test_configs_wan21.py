@@ -88,3 +88,63 @@ def test_matches_diffusers_on_meta_device(arg):
             'text_dim', 'freq_dim', 'eps', 'cross_attn_norm')
     assert {k: getattr(parsed, k) for k in arch} == {k: getattr(ours, k) for k in arch}
     assert wan.vae_config_from_hf(dict(ref_vae.config)) == vae.from_config(c.vae)
+
+
+# Wan 2.1 I2V: DiT and CLIP image encoder counts = diffusers / transformers on the meta device.
+I2V_DIT_PARAMS = 16_394_878_784
+CLIP_PARAMS = 630_766_080
+
+
+@pytest.mark.parametrize('arg', ['i2v_14b_480p', 'i2v_14b_720p', 'tiny_i2v'])
+def test_i2v_configs_build_and_agree(arg):
+    from sora_jax.models.clip_vision import CLIPVisionConfig
+    c = wan21.get_config(arg)
+    dit = DiTConfig.from_config(c.model)
+    v = vae.from_config(c.vae)
+    clip = CLIPVisionConfig(**c.image_encoder.to_dict()).validate()
+    assert dit.in_channels == 2 * v.z_dim + 4 and dit.out_channels == v.z_dim  # [x, mask, image]
+    assert dit.image_dim == clip.hidden_size
+    assert c.text.max_length == 512  # diffusers' I2V attention takes the last 512 tokens as text
+    if arg != 'tiny_i2v':
+        assert dit.num_params() == I2V_DIT_PARAMS and clip.num_tokens == 257
+        res, shift = ((480, 832), 3.0) if arg.endswith('480p') else ((720, 1280), 5.0)
+        assert (c.sample.height, c.sample.width) == res and c.sample.shift == shift
+        assert c.hf_id == f'Wan-AI/Wan2.1-I2V-14B-{arg[-4:].upper()}-Diffusers'
+    with pytest.raises(ValueError, match='480p checkpoint'):
+        wan21.get_config('i2v_14b_480p,720p')
+
+
+def test_i2v_matches_diffusers_on_meta_device():
+    torch = pytest.importorskip('torch')
+    diffusers = pytest.importorskip('diffusers')
+    transformers = pytest.importorskip('transformers')
+    import math
+
+    import jax
+    from flax import nnx
+
+    from sora_jax.convert import wan
+    from sora_jax.models import clip_vision
+    c = wan21.get_config('i2v_14b_480p')
+    m, e = c.model, c.image_encoder
+    with torch.device('meta'):
+        ref = diffusers.WanTransformer3DModel(
+            patch_size=tuple(m.patch_size), num_attention_heads=m.num_heads,
+            attention_head_dim=m.dim // m.num_heads, in_channels=m.in_channels,
+            out_channels=m.out_channels, text_dim=m.text_dim, freq_dim=m.freq_dim,
+            ffn_dim=m.ffn_dim, num_layers=m.depth, eps=m.eps, cross_attn_norm=m.cross_attn_norm,
+            qk_norm='rms_norm_across_heads', image_dim=m.image_dim, added_kv_proj_dim=m.dim)
+        ref_clip = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+            **e.to_dict(), projection_dim=1024))
+    assert sum(p.numel() for p in ref.parameters()) == I2V_DIT_PARAMS
+    assert sum(p.numel() for p in ref_clip.parameters()) == CLIP_PARAMS
+    parsed = wan.dit_config_from_hf(dict(ref.config))
+    ours = DiTConfig.from_config(m)
+    arch = ('patch_size', 'in_channels', 'out_channels', 'dim', 'num_heads', 'ffn_dim', 'depth',
+            'text_dim', 'freq_dim', 'eps', 'cross_attn_norm', 'image_dim', 'image_pos_len')
+    assert {k: getattr(parsed, k) for k in arch} == {k: getattr(ours, k) for k in arch}
+    cfg = clip_vision.CLIPVisionConfig.from_hf(ref_clip.config.to_dict())
+    assert cfg == clip_vision.CLIPVisionConfig(**e.to_dict())
+    state = nnx.state(nnx.eval_shape(lambda: clip_vision.CLIPVisionEncoder(cfg, rngs=nnx.Rngs(0))),
+                      nnx.Param)
+    assert sum(math.prod(x.shape) for x in jax.tree.leaves(state)) == CLIP_PARAMS

@@ -8,6 +8,8 @@
   DST/tokenizer/                            copied verbatim (tokenizer.json / spiece.model)
   DST/transformer_2/{params/, config.json}  Wan 2.2 A14B only: the low-noise expert DiT
   DST/model_index.json                      copied: Wan 2.2 boundary_ratio / expand_timesteps
+  DST/image_encoder/{params/, config.json}  I2V only: CLIPVisionEncoder params + its config.json
+  DST/image_processor/                      I2V only: preprocessor_config.json, copied verbatim
 
 Params are the flat NNX paths ('blocks/attn1/to_q/kernel', stacked on a leading layer axis for
 scanned blocks) nested into dicts and saved with `ocp.StandardCheckpointer`; they keep the
@@ -39,9 +41,11 @@ class WanModels(NamedTuple):
     tokenizer: Any      # sora_jax.models.umt5.UMT5Tokenizer
     transformer: Any    # sora_jax.models.dit.DiT
     vae: Any            # sora_jax.models.vae.WanVAE
-    configs: dict       # component -> UMT5Config / DiTConfig / VAEConfig
+    configs: dict       # component -> UMT5Config / DiTConfig / VAEConfig / CLIPVisionConfig
     transformer_2: Any = None  # Wan 2.2 A14B: the low-noise expert DiT (None: one DiT)
     pipeline: dict = {}        # model_index.json settings: boundary_ratio, expand_timesteps
+    image_encoder: Any = None    # sora_jax.models.clip_vision.CLIPVisionEncoder (I2V folders)
+    image_processor: Any = None  # sora_jax.models.clip_preprocess.CLIPImageConfig (I2V folders)
 
 
 def load_converted(dst: str, component: str, weights_dtype: Any = None, *, mesh: Any = None,
@@ -71,6 +75,9 @@ def load_converted(dst: str, component: str, weights_dtype: Any = None, *, mesh:
         config_overrides.setdefault('dtype', widest)
     elif component in ('transformer', 'transformer_2'):
         config_overrides.setdefault('param_dtype', widest.name)
+    elif component == 'image_encoder':
+        config_overrides.setdefault('param_dtype', widest.name)
+        config_overrides.setdefault('dtype', widest.name)
     cfg, make, _ = wan.component_spec(component, folder, **config_overrides)
     if mesh is None:
         flat = restore_params(params)
@@ -95,32 +102,35 @@ def load_converted(dst: str, component: str, weights_dtype: Any = None, *, mesh:
 
 def load_wan(dst: str, *, dtype: Any = None, vae_dtype: Any = np.float32,
              overrides: Optional[Mapping[str, Mapping[str, Any]]] = None, mesh: Any = None,
-             rules: Any = None) -> WanModels:
+             rules: Any = None, image_encoder_dtype: Any = np.float32) -> WanModels:
     """Loads every component of a converted Wan folder (see the module docstring).
 
     dtype: cast text encoder and transformer params to it (None: keep the saved dtype).
     vae_dtype: the VAE's param dtype (float32, as Wan decodes; None: as saved).
+    image_encoder_dtype: the I2V CLIP encoder's dtype (float32, as diffusers' example; None: as
+      saved).
     overrides: per-component config overrides, e.g. {'transformer': {'attention': 'cudnn'}}
       (a Wan 2.2 A14B folder's `transformer_2` takes the transformer's unless given its own).
     mesh, rules: restore every parameter straight into its sharding on `mesh` under the logical
       axis `rules` (see `load_converted`); None: whole arrays on one device. Both experts of a
       Wan 2.2 A14B folder are sharded by the same rules.
     Returns WanModels(text_encoder, tokenizer, transformer, vae, configs, transformer_2,
-    pipeline).
+    pipeline, image_encoder, image_processor).
     """
     from sora_jax.models import umt5
     overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - {'text_encoder', 'transformer', 'vae', 'transformer_2'})
+    known = {'text_encoder', 'transformer', 'vae', 'transformer_2', 'image_encoder'}
+    unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f'overrides for unknown components {unknown}; use text_encoder, '
-                         'transformer, transformer_2 or vae.')
+                         'transformer, transformer_2, vae or image_encoder.')
     overrides.setdefault('transformer_2', overrides.get('transformer', {}))
     if not os.path.isdir(dst):
         raise ValueError(f'{dst!r} does not exist; convert a Wan folder into it first with '
                          'experiments/convert_wan.py --src=... --dst=...')
     models: dict[str, Any] = {'configs': {}}
     for comp, comp_dtype in (('text_encoder', dtype), ('transformer', dtype), ('vae', vae_dtype),
-                             ('transformer_2', dtype)):
+                             ('transformer_2', dtype), ('image_encoder', image_encoder_dtype)):
         models[comp] = None
         if os.path.isdir(os.path.join(dst, comp)):
             cfg, models[comp] = load_converted(dst, comp, comp_dtype, mesh=mesh, rules=rules,
@@ -132,4 +142,8 @@ def load_wan(dst: str, *, dtype: Any = None, vae_dtype: Any = np.float32,
     tok = os.path.join(dst, 'tokenizer')
     models['tokenizer'] = umt5.UMT5Tokenizer.from_dir(tok) if os.path.isdir(tok) else None
     models['pipeline'] = wan.pipeline_settings(dst)
+    proc = os.path.join(dst, 'image_processor')
+    if os.path.isdir(proc):
+        from sora_jax.models.clip_preprocess import CLIPImageConfig
+        models['image_processor'] = CLIPImageConfig.from_hf(proc)
     return WanModels(**models)

@@ -85,8 +85,10 @@ def umt5_key_map(num_layers: int) -> KeyMap:
     return KeyMap(rules, {'encoder.embed_tokens.weight': 'shared.weight'})
 
 
-def dit_key_map(depth: int) -> KeyMap:
-    """diffusers `WanTransformer3DModel` (T2V) state dict -> `sora_jax.models.dit.DiT`."""
+def dit_key_map(depth: int, image: bool = False, image_pos: bool = False) -> KeyMap:
+    """diffusers `WanTransformer3DModel` state dict -> `sora_jax.models.dit.DiT`. T2V by default;
+    `image` adds the I2V keys (the image embedder, each block's attn2 add_k_proj / add_v_proj /
+    norm_added_k), `image_pos` the FLF2V image position table."""
     rules = {
         'patch_embedding.weight': Rule('patch_embedding/kernel', transform='conv3d'),
         'patch_embedding.bias': Rule('patch_embedding/bias'),
@@ -116,7 +118,30 @@ def dit_key_map(depth: int) -> KeyMap:
         for src, dst in linears.items():
             rules[f'{p}.{src}.weight'] = Rule(f'blocks/{dst}/kernel', i, 'linear')
             rules[f'{p}.{src}.bias'] = Rule(f'blocks/{dst}/bias', i)
+    if image:
+        rules.update(_dit_image_rules(depth, image_pos))
     return KeyMap(rules)
+
+
+def _dit_image_rules(depth: int, image_pos: bool) -> dict[str, Rule]:
+    """The I2V DiT's extra keys (diffusers `WanImageEmbedding` and the added key/value path)."""
+    src, dst = 'condition_embedder.image_embedder', 'condition_embedder/image_embedder'
+    rules = {}
+    for s, d in (('norm1', 'norm1'), ('norm2', 'norm2')):
+        rules[f'{src}.{s}.weight'] = Rule(f'{dst}/{d}/weight')
+        rules[f'{src}.{s}.bias'] = Rule(f'{dst}/{d}/bias')
+    for s, d in (('ff.net.0.proj', 'proj_in'), ('ff.net.2', 'proj_out')):
+        rules[f'{src}.{s}.weight'] = Rule(f'{dst}/{d}/kernel', transform='linear')
+        rules[f'{src}.{s}.bias'] = Rule(f'{dst}/{d}/bias')
+    if image_pos:
+        rules[f'{src}.pos_embed'] = Rule(f'{dst}/pos_embed')
+    for i in range(depth):
+        p = f'blocks.{i}.attn2'
+        for n in ('add_k_proj', 'add_v_proj'):
+            rules[f'{p}.{n}.weight'] = Rule(f'blocks/attn2/{n}/kernel', i, 'linear')
+            rules[f'{p}.{n}.bias'] = Rule(f'blocks/attn2/{n}/bias', i)
+        rules[f'{p}.norm_added_k.weight'] = Rule('blocks/attn2/norm_added_k/weight', i)
+    return rules
 
 
 def dit_config_from_hf(hf: Mapping[str, Any] | str, **overrides):
@@ -126,14 +151,19 @@ def dit_config_from_hf(hf: Mapping[str, Any] | str, **overrides):
     if hf.get('qk_norm', 'rms_norm_across_heads') != 'rms_norm_across_heads':
         raise ValueError(f"qk_norm={hf['qk_norm']!r}: only 'rms_norm_across_heads' (Wan 2.1) is "
                          'supported.')
-    if hf.get('image_dim') or hf.get('added_kv_proj_dim'):
-        raise ValueError('image-to-video Wan (image_dim / added_kv_proj_dim set) is not supported '
-                         'yet; convert a T2V checkpoint.')
+    dim = hf['num_attention_heads'] * hf['attention_head_dim']
+    image_dim, kv_dim = hf.get('image_dim') or 0, hf.get('added_kv_proj_dim') or 0
+    if bool(image_dim) != bool(kv_dim) or (kv_dim and kv_dim != dim):
+        raise ValueError(f'image_dim={image_dim}, added_kv_proj_dim={kv_dim}: an image-to-video '
+                         f'Wan sets both, with added_kv_proj_dim = the model width {dim} (the '
+                         'embedded image tokens); a text-to-video one sets neither.')
     kw = dict(patch_size=tuple(hf['patch_size']), in_channels=hf['in_channels'],
               out_channels=hf['out_channels'], num_heads=hf['num_attention_heads'],
               dim=hf['num_attention_heads'] * hf['attention_head_dim'], ffn_dim=hf['ffn_dim'],
               depth=hf['num_layers'], text_dim=hf['text_dim'], freq_dim=hf['freq_dim'],
               eps=hf.get('eps', 1e-6), cross_attn_norm=hf.get('cross_attn_norm', True))
+    if image_dim:  # Wan 2.1 I2V / FLF2V
+        kw.update(image_dim=image_dim, image_pos_len=hf.get('pos_embed_seq_len') or 0)
     kw.update(overrides)
     return DiTConfig.from_config(kw)
 
@@ -372,6 +402,7 @@ def build(make_model: Callable[[], Any], flat: Mapping[str, np.ndarray]):
 # ----------------------------------------------------------------------------- components
 
 COMPONENTS = ('text_encoder', 'transformer', 'vae')   # diffusers sub-folder names
+OPTIONAL_COMPONENTS = ('image_encoder',)  # Wan 2.1 I2V; converted along with the transformer
 
 
 def component_spec(component: str, hf_config: Mapping[str, Any] | str, **overrides):
@@ -384,12 +415,20 @@ def component_spec(component: str, hf_config: Mapping[str, Any] | str, **overrid
     if component in ('transformer', 'transformer_2'):  # transformer_2: Wan 2.2 A14B low-noise expert
         from sora_jax.models.dit import DiT
         cfg = dit_config_from_hf(hf_config, **overrides)
-        return cfg, lambda: DiT(cfg, rngs=nnx.Rngs(0)), dit_key_map(cfg.depth)
+        return cfg, lambda: DiT(cfg, rngs=nnx.Rngs(0)), dit_key_map(
+            cfg.depth, image=cfg.image_dim > 0, image_pos=cfg.image_pos_len > 0)
     if component == 'vae':
         from sora_jax.models.vae import WanVAE
         cfg = vae_config_from_hf(hf_config, **overrides)
         return cfg, lambda: WanVAE(cfg, rngs=nnx.Rngs(0)), vae_key_map(cfg)
-    raise ValueError(f'component {component!r} is not convertible; choose from {COMPONENTS}.')
+    if component == 'image_encoder':  # Wan 2.1 I2V: transformers CLIPVisionModel
+        from sora_jax.convert.clip_vision import clip_vision_key_map
+        from sora_jax.models import clip_vision
+        cfg = clip_vision.CLIPVisionConfig.from_hf(_read_json(hf_config), **overrides)
+        return (cfg, lambda: clip_vision.CLIPVisionEncoder(cfg, rngs=nnx.Rngs(0)),
+                clip_vision_key_map(cfg.num_hidden_layers))
+    raise ValueError(f'component {component!r} is not convertible; choose from '
+                     f'{COMPONENTS + OPTIONAL_COMPONENTS}.')
 
 
 def _targets(make) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -449,12 +488,17 @@ def convert_vae(src: str, dst: str) -> dict[str, np.ndarray]:
     return convert_component(src, dst, 'vae')
 
 
+def convert_image_encoder(src: str, dst: str) -> dict[str, np.ndarray]:
+    return convert_component(src, dst, 'image_encoder')
+
+
 # Component name (diffusers folder) -> converter (src folder, dst folder).
 CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     'text_encoder': convert_text_encoder,
     'transformer': convert_transformer,
     'vae': convert_vae,
     'transformer_2': convert_transformer,  # Wan 2.2 A14B: the low-noise expert, same layout
+    'image_encoder': convert_image_encoder,
 }
 # Converted with the default components when `src` has them (Wan 2.2 A14B's second expert).
 OPTIONAL_COMPONENTS = ('transformer_2',)
@@ -478,11 +522,15 @@ def convert_folder(src: str, dst: str, components: Iterable[str] = COMPONENTS) -
     The `tokenizer/` folder is copied along with the text encoder, and `model_index.json` (the
     pipeline settings: Wan 2.2's `boundary_ratio`, `expand_timesteps`) with any component. With
     the default components, `transformer_2/` (Wan 2.2 A14B's low-noise expert) is converted too
-    when `src` has it.
+    when `src` has it. An image-to-video folder's `image_encoder/` (CLIP) is converted, and its
+    `image_processor/` copied, along with the transformer.
     """
     components = list(components)
     if tuple(components) == COMPONENTS:
         components += [c for c in OPTIONAL_COMPONENTS if os.path.isdir(os.path.join(src, c))]
+    if ('transformer' in components and 'image_encoder' not in components
+            and os.path.isdir(os.path.join(src, 'image_encoder'))):
+        components.append('image_encoder')
     for comp in components:
         if comp not in CONVERTERS:
             raise ValueError(f'component {comp!r} is not convertible; choose from '
@@ -499,3 +547,6 @@ def convert_folder(src: str, dst: str, components: Iterable[str] = COMPONENTS) -
         shutil.copytree(tok, os.path.join(dst, 'tokenizer'), dirs_exist_ok=True)
     if os.path.isfile(os.path.join(src, 'model_index.json')) and components:
         shutil.copyfile(os.path.join(src, 'model_index.json'), os.path.join(dst, 'model_index.json'))
+    proc = os.path.join(src, 'image_processor')
+    if os.path.isdir(proc) and 'image_encoder' in components:
+        shutil.copytree(proc, os.path.join(dst, 'image_processor'), dirs_exist_ok=True)

@@ -64,6 +64,10 @@ class DiTConfig:
                                     # and output projection start at 0, every block as identity
     lora: tuple = ()                # ((module, rank, scale), ...): LoRA adapters on block
                                     # projections (models/lora.py; set from config.lora or files)
+    image_dim: int = 0              # Wan 2.1 I2V: width of the CLIP image features (1280); 0 = no
+                                    # image tokens. Their own key/value projections in attn2.
+    image_pos_len: int = 0          # FLF2V: learned positions over the [first, last] image
+                                    # tokens (diffusers pos_embed_seq_len, 514); 0 = none
 
     @classmethod
     def from_config(cls, cfg: Any) -> 'DiTConfig':
@@ -94,6 +98,12 @@ class DiTConfig:
                              "('none', 'ulysses', 'ring').")
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise ValueError(f'model.patch_size={self.patch_size} must be 3 positive ints (t, h, w).')
+        if self.image_dim < 0 or self.image_pos_len < 0:
+            raise ValueError(f'model.image_dim={self.image_dim} / model.image_pos_len='
+                             f'{self.image_pos_len} must be >= 0 (0: no image tokens).')
+        if self.image_pos_len and not self.image_dim:
+            raise ValueError(f'model.image_pos_len={self.image_pos_len} needs image tokens; set '
+                             'model.image_dim (1280 for Wan CLIP features) or image_pos_len=0.')
         bad = [m for m, r, _ in self.lora if m not in lora_lib.MODULES or int(r) < 1]
         if bad:
             raise ValueError(f'model.lora names {bad}: modules must be in {lora_lib.MODULES} '
@@ -122,7 +132,7 @@ class Attention(nnx.Module):
 
     def __init__(self, dim: int, heads: int, *, eps: float, rngs: nnx.Rngs, dtype, param_dtype,
                  impl: str = 'auto', chunk: int = 512, context_parallel: str = 'none',
-                 zero_out: bool = False, lora: dict | None = None):
+                 zero_out: bool = False, lora: dict | None = None, added_kv: bool = False):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         lora = lora or {}  # {'to_q' / 'to_k' / 'to_v' / 'to_out': (rank, scale)}
         self.heads = heads
@@ -136,9 +146,16 @@ class Attention(nnx.Module):
                                     lora=lora.get('to_out'), **kw)
         self.norm_q = layers.RMSNorm(dim, eps=eps)
         self.norm_k = layers.RMSNorm(dim, eps=eps)
+        self.added_kv = added_kv
+        if added_kv:  # I2V cross-attention: image tokens through their own key/value projections
+            self.add_k_proj = layers.linear(dim, dim, ('embed', 'heads'), **kw)
+            self.add_v_proj = layers.linear(dim, dim, ('embed', 'heads'), **kw)
+            self.norm_added_k = layers.RMSNorm(dim, eps=eps)
 
-    def __call__(self, x, context=None, context_mask=None, angles=None):
-        """x: [B, N, D]; context: [B, L, D] (None = self-attention); mask: [B, L]."""
+    def __call__(self, x, context=None, context_mask=None, angles=None, image_context=None):
+        """x: [B, N, D]; context: [B, L, D] (None = self-attention); mask: [B, L];
+        image_context: [B, S, D] image tokens (I2V cross-attention only): attended separately
+        (no mask) with add_k_proj / add_v_proj, the two attention outputs summed."""
         src = x if context is None else context
         q = self.norm_q(self.to_q(x))
         k = self.norm_k(self.to_k(src))
@@ -151,6 +168,15 @@ class Attention(nnx.Module):
         out = attn_lib.dot_product_attention(
             q, k, v, context_mask, impl=self.impl, chunk_size=self.chunk,
             context_parallel=self.context_parallel if context is None else 'none')
+        if self.added_kv:
+            if image_context is None:
+                raise ValueError('this cross-attention has image key/value projections '
+                                 '(model.image_dim > 0): pass the image tokens.')
+            k_img = rearrange(self.norm_added_k(self.add_k_proj(image_context)),
+                              'b s (h d) -> b s h d', h=self.heads)
+            v_img = rearrange(self.add_v_proj(image_context), 'b s (h d) -> b s h d', h=self.heads)
+            out = out + attn_lib.dot_product_attention(q, k_img, v_img, None, impl=self.impl,
+                                                       chunk_size=self.chunk).astype(out.dtype)
         return self.to_out(rearrange(out, 'b n h d -> b n (h d)'))
 
 
@@ -166,7 +192,8 @@ class DiTBlock(nnx.Module):
                                **kw)
         self.norm2 = layers.LayerNorm(cfg.dim, eps=cfg.eps, affine=cfg.cross_attn_norm)
         self.attn2 = Attention(cfg.dim, cfg.num_heads, zero_out=cfg.zero_init,
-                               lora=lora_lib.lora_of(cfg.lora, 'attn2.'), **kw)
+                               lora=lora_lib.lora_of(cfg.lora, 'attn2.'),
+                               added_kv=cfg.image_dim > 0, **kw)
         self.ffn = layers.FeedForward(cfg.dim, cfg.ffn_dim, rngs=rngs, dtype=dt, param_dtype=pdt,
                                       lora=lora_lib.lora_of(cfg.lora, 'ffn.'))
         self.norm3 = layers.LayerNorm(cfg.dim, eps=cfg.eps)
@@ -174,9 +201,10 @@ class DiTBlock(nnx.Module):
         self.scale_shift_table = nnx.Param(init, out_sharding=(None, None, 'norm'))
         self.dtype = dt
 
-    def __call__(self, x, context, context_mask, temb6, angles):
+    def __call__(self, x, context, context_mask, temb6, angles, image_context=None):
         """x: [B, N, D]; temb6: [B, 6, D] float32 (time projection), or [B, N, 6, D] with
-        per-token timesteps (Wan 2.2 TI2V); angles: [N, head_dim/2]."""
+        per-token timesteps (Wan 2.2 TI2V); angles: [N, head_dim/2]; image_context: [B, S, D]
+        embedded image tokens (I2V) or None."""
         if temb6.ndim == 4:  # per token: each modulation row [B, N, D]
             mod = self.scale_shift_table[...][:, None] + temb6
             parts = [p[:, :, 0] for p in jnp.split(mod, 6, axis=2)]
@@ -187,7 +215,7 @@ class DiTBlock(nnx.Module):
         h = layers.modulate(self.norm1(x), shift_msa, scale_msa).astype(self.dtype)
         x = (x.astype(jnp.float32) + self.attn1(h, angles=angles) * gate_msa).astype(x.dtype)
         h = self.norm2(x).astype(self.dtype)
-        x = x + self.attn2(h, context, context_mask).astype(x.dtype)
+        x = x + self.attn2(h, context, context_mask, image_context=image_context).astype(x.dtype)
         h = layers.modulate(self.norm3(x), c_shift, c_scale).astype(self.dtype)
         x = (x.astype(jnp.float32) + self.ffn(h).astype(jnp.float32) * c_gate).astype(x.dtype)
         return constrain(x, ('act_batch', 'act_length', 'act_embed'))
@@ -214,6 +242,36 @@ class PatchEmbed(nnx.Module):
         return tok.astype(self.dtype) @ k.astype(self.dtype) + self.bias[...].astype(self.dtype)
 
 
+class ImageEmbedder(nnx.Module):
+    """CLIP image features -> model width (diffusers `WanImageEmbedding`): FP32 LayerNorm ->
+    Linear -> GELU (exact) -> Linear -> FP32 LayerNorm, both norms affine with eps 1e-5. With
+    `pos_len` (FLF2V) a learned position table [1, pos_len, image_dim] is added first."""
+
+    def __init__(self, image_dim: int, dim: int, *, pos_len: int = 0, rngs: nnx.Rngs, dtype,
+                 param_dtype):
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.norm1 = layers.LayerNorm(image_dim, eps=1e-5, affine=True)
+        self.proj_in = layers.linear(image_dim, image_dim, ('kv', 'mlp'), **kw)
+        self.proj_out = layers.linear(image_dim, dim, ('mlp', 'embed'), **kw)
+        self.norm2 = layers.LayerNorm(dim, eps=1e-5, affine=True)
+        self.pos_len = pos_len
+        if pos_len:
+            self.pos_embed = nnx.Param(jnp.zeros((1, pos_len, image_dim), jnp.float32),
+                                       out_sharding=(None, None, 'norm'))
+        self.dtype = dtype
+
+    def __call__(self, image: jax.Array) -> jax.Array:
+        """image: [B, S, image_dim] (with pos_len: S = pos_len) -> [B, S, dim] (compute dtype)."""
+        if self.pos_len:
+            if image.shape[1] != self.pos_len:
+                raise ValueError(f'image tokens {image.shape}: this model adds positions to '
+                                 f'{self.pos_len} tokens (first and last frame features joined).')
+            image = image.astype(jnp.float32) + self.pos_embed[...]
+        h = self.norm1(image).astype(self.dtype)
+        h = self.proj_out(jax.nn.gelu(self.proj_in(h), approximate=False))
+        return self.norm2(h).astype(self.dtype)
+
+
 class ConditionEmbedder(nnx.Module):
     """Timestep -> temb (and its 6-way projection); text features -> model width."""
 
@@ -233,6 +291,10 @@ class ConditionEmbedder(nnx.Module):
                                                param_dtype=pdt)
             self.pooled_text_2 = layers.linear(cfg.dim, cfg.dim, ('embed', 'embed_out'),
                                                rngs=rngs, param_dtype=pdt, zero_init=True)
+        if cfg.image_dim:  # Wan 2.1 I2V; called by DiT.__call__ on the image features
+            self.image_embedder = ImageEmbedder(cfg.image_dim, cfg.dim, pos_len=cfg.image_pos_len,
+                                                rngs=rngs, dtype=DTYPES[cfg.dtype],
+                                                param_dtype=pdt)
 
     def __call__(self, timestep, context, context_mask=None):
         """timestep: [B] -> temb [B, D], temb6 [B, 6, D]; or per token [B, N] -> temb [B, N, D],
@@ -293,10 +355,19 @@ class DiT(nnx.Module):
             grid.append(n // p)
         return tuple(grid)
 
-    def __call__(self, x, t, context, context_mask=None, skip=None):
+    def __call__(self, x, t, context, context_mask=None, skip=None, image=None):
         """`skip` (optional, bool [B, depth]): per example, blocks that act as the identity (the
-        weakened model of skip-layer guidance); None runs every block."""
+        weakened model of skip-layer guidance); None runs every block. `image` ([B, S, image_dim],
+        I2V models only, model.image_dim > 0): CLIP image features, attended in every block's
+        cross-attention through their own key/value projections."""
         cfg = self.cfg
+        if (image is None) != (not cfg.image_dim):
+            raise ValueError(f'model.image_dim={cfg.image_dim}: ' + (
+                'this image-to-video DiT needs image= (CLIP features [B, S, image_dim]).'
+                if image is None else 'this DiT takes no image features; drop image=.'))
+        if image is not None and (image.ndim != 3 or image.shape[-1] != cfg.image_dim):
+            raise ValueError(f'image features have shape {tuple(image.shape)}; expected '
+                             f'[B, S, {cfg.image_dim}].')
         b, tt, hh, ww, _ = x.shape
         grid = self.check_input(x.shape)
         if skip is not None:
@@ -313,7 +384,8 @@ class DiT(nnx.Module):
         h = constrain(h, ('act_batch', 'act_length', 'act_embed'))
         temb, temb6, ctx = self.condition_embedder(t.astype(jnp.float32) * cfg.timestep_scale,
                                                    context, context_mask)
-        h = self._run_blocks(h, ctx, context_mask, temb6, angles, skip)
+        img = None if image is None else self.condition_embedder.image_embedder(image)
+        h = self._run_blocks(h, ctx, context_mask, temb6, angles, skip, img)
         if t.ndim == 2:  # per token: temb [B, N, D] -> shift, scale [B, N, D]
             mod = self.scale_shift_table[...][:, None] + temb[:, :, None]
             shift, scale = [p[:, :, 0] for p in jnp.split(mod, 2, axis=2)]
@@ -325,7 +397,7 @@ class DiT(nnx.Module):
         return rearrange(out, 'b (f h w) (pt ph pw c) -> b (f pt) (h ph) (w pw) c',
                          f=grid[0], h=grid[1], w=grid[2], pt=pt, ph=ph, pw=pw)
 
-    def _run_blocks(self, h, ctx, ctx_mask, temb6, angles, skip=None):
+    def _run_blocks(self, h, ctx, ctx_mask, temb6, angles, skip=None, img=None):
         gdef, state = nnx.split(self.blocks)
         # skip [B, depth] -> [depth, B, 1, 1], scanned with the blocks
         flags = None if skip is None else jnp.transpose(skip)[:, :, None, None]
@@ -333,7 +405,7 @@ class DiT(nnx.Module):
         def body(carry, xs):
             block_state, flag = xs
             block = nnx.merge(gdef, block_state)
-            out = block(carry, ctx, ctx_mask, temb6, angles)
+            out = block(carry, ctx, ctx_mask, temb6, angles, img)
             return (out if flag is None else jnp.where(flag, carry, out)), None
 
         policy = REMAT_POLICIES[self.cfg.remat]

@@ -67,6 +67,10 @@ def test_key_map_covers_both_sides(case):
             assert {l for tg, l in slots if tg == path} == set(range(shape[0]))
 
 
-def test_i2v_config_rejected():
+def test_inconsistent_i2v_config_rejected():
+    """I2V sets image_dim and added_kv_proj_dim (= the width) together (tests/parity/
+    test_wan_i2v_parity.py checks the I2V DiT itself)."""
     with pytest.raises(ValueError, match='image-to-video'):
         wan.dit_config_from_hf(dict(CONFIGS['p122'][0], image_dim=1280))
+    with pytest.raises(ValueError, match='added_kv_proj_dim = the model width 24'):
+        wan.dit_config_from_hf(dict(CONFIGS['p122'][0], image_dim=1280, added_kv_proj_dim=16))

@@ -34,7 +34,7 @@ def _converted(tmp_path_factory, name, config, **folder_kw):
                                **folder_kw)
     dst = str(tmp_path_factory.mktemp(f'{name}_dst'))
     wan.convert_folder(src, dst)
-    return src, dst, TextToVideo.from_wan(dst, tiny_config(WAN22_CONFIG_PATH, name))
+    return src, dst, TextToVideo.from_wan(dst, tiny_config(name, WAN22_CONFIG_PATH))
 
 
 @pytest.fixture(scope='module')
@@ -49,7 +49,7 @@ def a14b(tmp_path_factory):
 def ti2v(tmp_path_factory):
     torch.set_num_threads(1)
     src, _, pipe = _converted(tmp_path_factory, 'tiny_ti2v',
-                              tiny_config(WAN22_CONFIG_PATH, 'tiny_ti2v'), expand_timesteps=True)
+                              tiny_config('tiny_ti2v', WAN22_CONFIG_PATH), expand_timesteps=True)
     return load_reference_pipeline(src), load_reference_pipeline(src, image_to_video=True), pipe
 
 

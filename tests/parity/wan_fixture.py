@@ -17,6 +17,12 @@ timesteps, first-frame conditioning); both land in model_index.json as diffusers
 `load_reference_pipeline(path)` gives the diffusers `WanPipeline` over the same weights (plain
 `WanPipeline.from_pretrained` would need the `accelerate` package), so a test can compare a
 sora_jax sample with the reference one. Needs torch, diffusers, transformers and sentencepiece (the [test] extra).
+
+`make_tiny_wan_folder(path, i2v=True)` writes the image-to-video folder of
+`configs/wan21.py:tiny_i2v` instead (a `diffusers.WanImageToVideoPipeline`: the transformer with
+image tokens and 36-style input channels, plus `image_encoder/` (a tiny transformers
+`CLIPVisionModel`) and `image_processor/` (CLIP's, PIL backend: torchvision is not installed));
+`load_reference_pipeline(path, image_to_video=True)` gives its `WanImageToVideoPipeline`.
 """
 from __future__ import annotations
 
@@ -32,9 +38,9 @@ SENTENCES = ('A red circle moves to the left across a blue background.',
              'A cat and a dog baking a cake together in a kitchen.')
 
 
-def tiny_config(path: str = CONFIG_PATH, arg: str = 'tiny'):
-    """`configs/wan21.py:tiny` (configs/ is not a package, so it is loaded by path); `path`,
-    `arg`: another config file and arg, e.g. WAN22_CONFIG_PATH, 'tiny_ti2v'."""
+def tiny_config(arg: str = 'tiny', path: str = CONFIG_PATH):
+    """`configs/wan21.py:tiny` (configs/ is not a package, so it is loaded by path); `arg`,
+    `path`: another arg and config file, e.g. 'tiny_i2v', or 'tiny_ti2v' of WAN22_CONFIG_PATH."""
     spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3] + '_config', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -44,13 +50,22 @@ def tiny_config(path: str = CONFIG_PATH, arg: str = 'tiny'):
 def diffusers_kwargs(c) -> dict:
     """Our config's model / vae / text sections as diffusers / transformers constructor kwargs."""
     m, v, t = c.model, c.vae, c.text
-    return {
+    image = {}
+    if m.get('image_dim', 0):
+        e = c.image_encoder
+        image = {'image_encoder': dict(
+            image_size=e.image_size, patch_size=e.patch_size, hidden_size=e.hidden_size,
+            intermediate_size=e.intermediate_size, num_hidden_layers=e.num_hidden_layers,
+            num_attention_heads=e.num_attention_heads, layer_norm_eps=e.layer_norm_eps,
+            hidden_act=e.hidden_act, projection_dim=e.hidden_size)}
+    return image | {
         'transformer': dict(patch_size=tuple(m.patch_size), num_attention_heads=m.num_heads,
                             attention_head_dim=m.dim // m.num_heads, in_channels=m.in_channels,
                             out_channels=m.out_channels, text_dim=m.text_dim,
                             freq_dim=m.freq_dim, ffn_dim=m.ffn_dim, num_layers=m.depth,
                             cross_attn_norm=m.cross_attn_norm, qk_norm='rms_norm_across_heads',
-                            eps=m.eps),
+                            eps=m.eps, **({'image_dim': m.image_dim, 'added_kv_proj_dim': m.dim}
+                                          if m.get('image_dim', 0) else {})),
         'vae': dict(base_dim=v.base_dim, z_dim=v.z_dim, dim_mult=list(v.dim_mult),
                     num_res_blocks=v.num_res_blocks, attn_scales=list(v.attn_scales),
                     temperal_downsample=list(v.temperal_downsample),
@@ -91,13 +106,14 @@ def _tokenizer(vocab_size: int):
 
 def make_tiny_wan_folder(path: str, seed: int = 0, *, two_experts: bool = False,
                          boundary_ratio: float | None = None, expand_timesteps: bool = False,
-                         config=None) -> str:
+                         config=None, i2v: bool = False) -> str:
     """Writes the tiny random Wan folder (see the module docstring) into `path`; returns `path`.
-    `config`: the sizes (default `configs/wan21.py:tiny`; e.g. `configs/wan22.py:tiny_ti2v`)."""
+    `config`: the sizes (default `configs/wan21.py:tiny`, or `tiny_i2v` with `i2v`; e.g.
+    `configs/wan22.py:tiny_ti2v`). `i2v`: a Wan 2.1 image-to-video folder (CLIP image encoder)."""
     import diffusers
     import torch
     import transformers
-    c = tiny_config() if config is None else config
+    c = config if config is not None else tiny_config('tiny_i2v' if i2v else 'tiny')
     kw = diffusers_kwargs(c)
     torch.set_num_threads(1)  # tiny modules: threads only add contention on small CI runners
     torch.manual_seed(seed)
@@ -107,8 +123,16 @@ def make_tiny_wan_folder(path: str, seed: int = 0, *, two_experts: bool = False,
         transformers.UMT5Config(**kw['text_encoder'])).eval()
     transformer_2 = (diffusers.WanTransformer3DModel(**kw['transformer']).eval()
                      if two_experts else None)
+    extra = {}
+    if i2v:
+        extra['image_encoder'] = transformers.CLIPVisionModel(
+            transformers.CLIPVisionConfig(**kw['image_encoder'])).eval()
+        size = c.image_encoder.image_size
+        extra['image_processor'] = transformers.CLIPImageProcessorPil(
+            size={'shortest_edge': size}, crop_size={'height': size, 'width': size})
     with torch.no_grad():  # randomise the one/zero-initialised norms and biases as well
-        for model in (transformer, vae, text_encoder) + ((transformer_2,) if two_experts else ()):
+        for model in ([transformer, vae, text_encoder] + ([transformer_2] if two_experts else [])
+                      + ([extra['image_encoder']] if i2v else [])):
             for name, p in model.named_parameters():
                 if 'norm' in name or name.endswith('gamma'):
                     p.copy_(1.0 + 0.3 * torch.randn_like(p) if not name.endswith('bias')
@@ -116,18 +140,19 @@ def make_tiny_wan_folder(path: str, seed: int = 0, *, two_experts: bool = False,
     scheduler = diffusers.UniPCMultistepScheduler(
         prediction_type='flow_prediction', use_flow_sigmas=True, num_train_timesteps=1000,
         flow_shift=c.sample.shift)
-    pipe = diffusers.WanPipeline(tokenizer=_tokenizer(c.text.vocab_size),
-                                 text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                                 transformer=transformer, transformer_2=transformer_2,
-                                 boundary_ratio=boundary_ratio, expand_timesteps=expand_timesteps)
+    cls = diffusers.WanImageToVideoPipeline if i2v else diffusers.WanPipeline
+    pipe = cls(tokenizer=_tokenizer(c.text.vocab_size), text_encoder=text_encoder, vae=vae,
+               scheduler=scheduler, transformer=transformer, transformer_2=transformer_2,
+               boundary_ratio=boundary_ratio, expand_timesteps=expand_timesteps, **extra)
     pipe.save_pretrained(path)
     return path
 
 
 def load_reference_pipeline(path: str, image_to_video: bool = False):
     """`diffusers.WanPipeline` over a Wan folder, without `accelerate` (`image_to_video`: the
-    `WanImageToVideoPipeline` over the same folder, for Wan 2.2 TI2V's image conditioning).
-    `transformer_2`, `boundary_ratio` and `expand_timesteps` follow the folder's model_index.json.
+    `WanImageToVideoPipeline` over the same folder: Wan 2.1 I2V with its CLIP image encoder when
+    the folder has one, or Wan 2.2 TI2V's image conditioning). `transformer_2`,
+    `boundary_ratio` and `expand_timesteps` follow the folder's model_index.json.
 
     `WanPipeline.from_pretrained` needs the `accelerate` package for `WanTransformer3DModel`
     (`_keep_in_fp32_modules` forces low_cpu_mem_usage, which needs accelerate); the [test] extra
@@ -151,12 +176,21 @@ def load_reference_pipeline(path: str, image_to_video: bool = False):
     import json
     with open(os.path.join(path, 'model_index.json')) as f:
         index = json.load(f)
+    extra = {}
+    if image_to_video:
+        # pipeline_wan_i2v's basic_clean calls ftfy unguarded (NameError without the package);
+        # pipeline_wan's is the same function with the `is_ftfy_available()` guard.
+        from diffusers.pipelines.wan import pipeline_wan, pipeline_wan_i2v
+        pipeline_wan_i2v.basic_clean = pipeline_wan.basic_clean
+        if os.path.isdir(os.path.join(path, 'image_encoder')):
+            extra = dict(image_encoder=transformers.CLIPVisionModel.from_pretrained(
+                             os.path.join(path, 'image_encoder')).eval(),
+                         image_processor=transformers.CLIPImageProcessorPil.from_pretrained(
+                             os.path.join(path, 'image_processor')))
     cls = diffusers.WanImageToVideoPipeline if image_to_video else diffusers.WanPipeline
-    if image_to_video:  # its prompt_clean calls ftfy unguarded (ftfy is not in [test]); use
-        from diffusers.pipelines.wan import pipeline_wan, pipeline_wan_i2v  # WanPipeline's,
-        pipeline_wan_i2v.prompt_clean = pipeline_wan.prompt_clean  # which skips it if absent
     second = os.path.isdir(os.path.join(path, 'transformer_2'))
     return cls(
+        **extra,
         tokenizer=transformers.AutoTokenizer.from_pretrained(os.path.join(path, 'tokenizer')),
         text_encoder=transformers.UMT5EncoderModel.from_pretrained(
             os.path.join(path, 'text_encoder')).eval(),
