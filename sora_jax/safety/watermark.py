@@ -31,10 +31,10 @@ I-frame, has about half the error of its P- and B-frames) and the search runs ag
 weights held fixed (re-weighting inside each hypothesis let noise win the search); the bits are
 read at its best crop with the weights re-estimated there. Measured on the combination in
 robustness.py (watermark_eval.py's 8 + 8 clips): shapes 0.80 -> 0.81, natural 0.93 -> 0.98;
-8 + 8 other clips (shapes seed 9, natural 300-307): 0.79 -> 0.79, 0.91 -> 0.98. Only gain 1 is tried: searching contrast
-too (0.85-1.05) gave the noise more hypotheses to win with (combination 0.79 / 0.77 -> 0.86 /
-0.83 without it, 8 + 8 clips). If the CRC-16 fails it flips up to the CHASE = 4 least reliable
-bits; `found` needs the CRC to match, which an unmarked video does with probability
+8 + 8 other clips (shapes seed 9, natural 300-307): 0.79 -> 0.79, 0.91 -> 0.98 (README). Only
+gain 1 is tried: searching contrast too (0.85-1.05) gave the noise more hypotheses to win with
+(combination 0.79 / 0.77 -> 0.86 / 0.83 without it, 8 + 8 clips). If the CRC-16 fails it flips
+up to the CHASE = 4 least reliable bits; `found` needs the CRC to match, which an unmarked video does with probability
 ~2^CHASE / 2^16 (measured rate: experiments/watermark_eval.py, README).
 
 Frame size: the box resize makes a mark applied at 32x32 and nearest-upscaled (the CLI's
@@ -352,9 +352,11 @@ def _refine(luma: np.ndarray, start, frame_w: np.ndarray | None = None):
         local = [(min(1.0, c0 + dc), o0 + do) for dc in fine for do in fine
                  if 0.8 <= c0 + dc <= 1.0 and 0 <= o0 + do <= 1 - min(1.0, c0 + dc) + 1e-9]
         if axis == 0:
-            soft, score = _fit(luma, _axis_matrices(h, local), _axis_matrices(w, [best[4]]), frame_w)
+            soft, score = _fit(luma, _axis_matrices(h, local), _axis_matrices(w, [best[4]]),
+                               frame_w)
         else:
-            soft, score = _fit(luma, _axis_matrices(h, [best[3]]), _axis_matrices(w, local), frame_w)
+            soft, score = _fit(luma, _axis_matrices(h, [best[3]]), _axis_matrices(w, local),
+                               frame_w)
         g, a, b = np.unravel_index(np.argmax(score), score.shape)
         if score[g, a, b] > best[0]:
             hyp = local[a if axis == 0 else b]
