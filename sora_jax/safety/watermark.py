@@ -34,8 +34,8 @@ robustness.py (watermark_eval.py's 8 + 8 clips): shapes 0.80 -> 0.81, natural 0.
 8 + 8 other clips (shapes seed 9, natural 300-307): 0.79 -> 0.79, 0.91 -> 0.98 (README). Only
 gain 1 is tried: searching contrast too (0.85-1.05) gave the noise more hypotheses to win with
 (combination 0.79 / 0.77 -> 0.86 / 0.83 without it, 8 + 8 clips). If the CRC-16 fails it flips
-up to the CHASE = 4 least reliable bits; `found` needs the CRC to match, which an unmarked video does with probability
-~2^CHASE / 2^16 (measured rate: experiments/watermark_eval.py, README).
+up to the CHASE = 4 least reliable bits; `found` needs the CRC to match, which an unmarked video
+does with probability ~2^CHASE / 2^16 (measured rate: experiments/watermark_eval.py, README).
 
 Frame size: the box resize makes a mark applied at 32x32 and nearest-upscaled (the CLI's
 `display_scale`) read exactly as at 32x32; any other written size is resampled to 64x64.
