@@ -31,7 +31,8 @@ I-frame, has about half the error of its P- and B-frames) and the search runs ag
 weights held fixed (re-weighting inside each hypothesis let noise win the search); the bits are
 read at its best crop with the weights re-estimated there. Measured on the combination in
 robustness.py (watermark_eval.py's 8 + 8 clips): shapes 0.80 -> 0.81, natural 0.93 -> 0.98;
-8 + 8 other clips (shapes seed 9, natural 300-307): 0.79 -> 0.79, 0.91 -> 0.98 (README). Only
+8 + 8 other clips (shapes seed 9, natural 300-307): 0.79 -> 0.79, 0.91 -> 0.98; shapes seed 5,
+natural 600-607: 0.79 -> 0.81, 0.88 -> 0.92 (README). Only
 gain 1 is tried: searching contrast too (0.85-1.05) gave the noise more hypotheses to win with
 (combination 0.79 / 0.77 -> 0.86 / 0.83 without it, 8 + 8 clips). If the CRC-16 fails it flips
 up to the CHASE = 4 least reliable bits; `found` needs the CRC to match, which an unmarked video
