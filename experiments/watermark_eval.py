@@ -1,7 +1,7 @@
 """Measure the invisible watermark: PSNR, bit accuracy after each transform, false positives.
 
   python experiments/watermark_eval.py --clips=8 --fpr_clips=800 --checkpoint=checkpoints/shapes \
-      --model_clips=4 --json=outputs/watermark_eval.json   # README figures (~20 min, 2 cores)
+      --model_clips=4 --json=outputs/watermark_eval.json   # README figures (~25 min, 2 busy cores)
   python experiments/watermark_eval.py --clips=4 --fpr_clips=40 --json=/tmp/wm.json   # quick look
 
 Marked clips: `--clips` shapes-generator clips (16 frames, 32x32, marked at 32x32 and written
