@@ -5,7 +5,7 @@ With `config.lora.rank > 0` the train state is partitioned (see `train/state.py`
   state.frozen                                      the base parameters (no gradient, no
                                                     optimizer state, optionally bfloat16)
 The base comes from `lora.base` (default: `train.init_from`), a training workdir or exported
-bundle; it is loaded at the start and again on every resume. Checkpoints hold only the adapters
+bundle, or a converted Wan 2.1 folder (configs/wan21.py:lora_*, train/wan_frozen.py); it is loaded at the start and again on every resume. Checkpoints hold only the adapters
 (`state.frozen` is dropped before saving) plus, in the saved config, a pointer to the base:
 `lora.base` (its path) and `lora.base_sha256` (a hash of its checkpoint files). A resume whose
 base files no longer hash the same is an error.
@@ -85,7 +85,11 @@ def split(model: nnx.Module, config):
 
 
 def base_fingerprint(source: str) -> tuple[str, int]:
-    """(sha256 of the newest checkpoint's files, its step) of a workdir / bundle."""
+    """(sha256 of the newest checkpoint's files, its step) of a workdir / bundle; (sha256 of
+    its transformer/ files, 0) of a converted Wan folder (train/wan_frozen.py)."""
+    from sora_jax.train import wan_frozen
+    if wan_frozen.is_converted(source):
+        return wan_frozen.fingerprint(source), 0
     directory = pathlib.Path(ckpt.checkpoint_dir(source))
     steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
     if not steps:
@@ -112,16 +116,24 @@ def load_base(state, config, expected_sha256: str = ''):
                          'point lora.base / train.init_from at the original base.')
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
                             state.frozen)
+    from sora_jax.train import wan_frozen
+    if wan_frozen.is_converted(src):  # a converted Wan folder: its DiT is the whole base
+        frozen, step = wan_frozen.load_dit_params(src, abstract), 0
+        return _loaded(state.replace(frozen=frozen), src, sha, step), sha
     try:
         frozen, step = ckpt.restore_params(ckpt.checkpoint_dir(src), abstract,
                                            ema=bool(config.train.get('init_from_ema', True)))
     except ValueError as e:
         raise ValueError(f'lora base {src!r} does not fit this model ({e}); the model config '
                          'must match the base run.') from e
+    return _loaded(state.replace(frozen=frozen), src, sha, step), sha
+
+
+def _loaded(state, src: str, sha: str, step: int):
     n = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info('LoRA: base params of step %d of %s (sha256 %s...) frozen; %s adapter params '
                  'train.', step, src, sha[:12], f'{n:,}')
-    return state.replace(frozen=frozen), sha
+    return state
 
 
 def with_pointer(config, sha256: str):
@@ -142,13 +154,16 @@ def saved_sha256(workdir: str) -> str:
 def read_adapter(workdir: str, *, ema: bool = True):
     """(adapter as `convert/lora.py` holds it, step, config) of a LoRA run's newest checkpoint
     (its EMA adapters unless `ema=False`)."""
+    import importlib
+
     from sora_jax.convert import lora as lora_files
-    from sora_jax.train.objectives import flow as flow_objective
     cdir = ckpt.checkpoint_dir(workdir)
     config = ckpt.load_config(cdir)
     if not enabled(config):
         raise ValueError(f'{workdir!r} is not a LoRA run (its config has lora.rank=0).')
-    model = nnx.eval_shape(lambda: flow_objective.build_model(config, nnx.Rngs(0)))
+    objective = importlib.import_module(  # flow (Denoiser) or flow_context (a Wan DiT alone)
+        f'sora_jax.train.objectives.{config.get("objective", "flow")}')
+    model = nnx.eval_shape(lambda: objective.build_model(config, nnx.Rngs(0)))
     dit = getattr(model, 'dit', model)
     abstract = nnx.state(dit, nnx.LoRAParam)
     prefix = ('dit',) if dit is not model else ()
