@@ -65,13 +65,17 @@ def make_sources(config, pixel_sources: dict[str, Any]) -> dict[str, Any]:
     from sora_jax.data import text_features
     from sora_jax.train.frozen_vae import FrozenVAE
     root = config.checkpoint
-    _, vae = load_converted(root, 'vae', np.float32)
-    graphdef, state = nnx.split(vae)
-    frozen = FrozenVAE(graphdef, state, config, step=0)
+    vae: list = []  # loaded on the first clip to encode: not at all when the cache is complete
+
+    def encode(video):
+        if not vae:
+            graphdef, state = nnx.split(load_converted(root, 'vae', np.float32)[1])
+            vae.append(FrozenVAE(graphdef, state, config, step=0))
+        return vae[0].encode(video)
     out = latents_lib.cache_dir(config.data.data_dir, config.data.to_dict(),
                                 os.path.join(root, 'vae'), 0)
-    latents_lib.encode_dataset(pixel_sources, frozen.encode, out, batch_size=1)
-    del vae, state, frozen
+    latents_lib.encode_dataset(pixel_sources, encode, out, batch_size=1)
+    vae.clear()
     sources = {s: latents_lib.open_split(out, s) for s in pixel_sources}
     max_length = int(config.text.max_length)
     captions = text_features.captions_of(sources)
