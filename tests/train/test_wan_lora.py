@@ -125,3 +125,15 @@ def test_lora_run_and_exported_file_sample_the_same_video_unlike_the_base(run, t
     np.testing.assert_allclose(v_file.astype(int), v_run.astype(int), atol=1)
     diff = np.abs(v_run.astype(int) - v_base.astype(int))
     assert diff.mean() > 1.0, diff.mean()
+
+
+def test_bad_wan_configs(run, tmp_path):
+    _, c, _, _ = run
+    bad = c.copy_and_resolve_references()
+    bad.checkpoint = str(tmp_path)
+    with pytest.raises(ValueError, match='not a converted Wan folder'):
+        wan_frozen.validate(bad)
+    bad = c.copy_and_resolve_references()
+    bad.model.ffn_dim = 96
+    with pytest.raises(ValueError, match="ffn_dim': \\(96, 48\\)"):
+        wan_frozen.validate(bad)
