@@ -69,6 +69,8 @@ def test_only_adapters_train_base_is_the_converted_dit(run):
     _, state, _, _, _ = loop.init_state(c, mesh, mesh_lib.rules_dict(), flow_context)
     state, sha = lora_train.load_base(state, c)
     assert sha == wan_frozen.fingerprint(c.checkpoint)
+    with pytest.raises(ValueError, match='changed since this run started'):  # resume, other base
+        lora_train.load_base(state, c, expected_sha256='0' * 64)
     converted = restore_params(os.path.join(c.checkpoint, 'transformer', 'params'))
     frozen = _leaves(state.frozen)
     assert set(frozen) == set(converted)  # the whole DiT, and nothing else, is the base
