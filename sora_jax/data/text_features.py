@@ -45,8 +45,10 @@ def captions_of(sources: dict[str, Any]) -> list[str]:
 
 
 def cache_path(root: str, captions: Sequence[str], encoder_id: str, max_length: int) -> str:
+    """`<root>/text_features/<key>.npz`, the key hashing (captions, encoder id, max_length)."""
     ident = json.dumps([list(captions), encoder_id, int(max_length)])
-    return os.path.join(root, 'text_features', hashlib.sha1(ident.encode()).hexdigest()[:16] + '.npz')
+    key = hashlib.sha1(ident.encode()).hexdigest()[:16]
+    return os.path.join(root, 'text_features', key + '.npz')
 
 
 def encode_captions(captions: Sequence[str], make_encoder: Callable[[], EncodeFn], path: str,

@@ -54,6 +54,7 @@ from sora_jax.train import previews as previews_lib
 from sora_jax.train import state as state_lib
 from sora_jax.train import step as step_lib
 from sora_jax.train import tracking
+from sora_jax.train import wan_frozen
 from sora_jax.train.validate import check_init_from, validate_config
 
 
@@ -72,7 +73,6 @@ def make_sources(config) -> dict[str, Any]:
     objective='flow_context', latents and caption features come from the converted Wan folder
     config.checkpoint (train/wan_frozen.py)."""
     sources = _pixel_sources(config)
-    from sora_jax.train import wan_frozen
     if wan_frozen.uses_wan(config):  # latents + UMT5 features from the converted Wan folder
         return wan_frozen.make_sources(config, sources)
     if config.get('autoencoder', 'none') in ('none', '', None):
@@ -129,7 +129,7 @@ def make_data(config, split: str, *, batch_size: int, shuffle: bool, num_epochs=
         raise ValueError(f'the dataset has no {split!r} split (splits: {sorted(sources)}).')
     tok = ByteTokenizer(config.text.max_length) if 'text' in config else ByteTokenizer()
     tokenize = tok.encode_one
-    if config.get('objective', 'flow') == 'flow_context':  # the caption is in 'context' (UMT5)
+    if wan_frozen.uses_wan(config):  # the caption is in 'context' (its UMT5 features)
         tokenize = functools.partial(tok.encode_one, warn=False)
     return data_pipeline.make_dataset(
         sources[split], batch_size=batch_size, seed=config.seed, tokenize=tokenize,
@@ -322,7 +322,8 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
                     break
                 batch = next(data_iter)
                 if batch_keys is None:
-                    batch_keys = [k for k in ('video', 'latents', 'text_ids', 'context') if k in batch]
+                    batch_keys = [k for k in ('video', 'latents', 'text_ids', 'context')
+                                  if k in batch]
                 inputs = {k: batch[k] for k in batch_keys}
                 if nan_from and step + 1 >= nan_from:  # fault injection (test hook)
                     inputs = {k: np.full_like(v, np.nan) if v.dtype.kind == 'f' else v

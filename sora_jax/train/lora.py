@@ -5,7 +5,8 @@ With `config.lora.rank > 0` the train state is partitioned (see `train/state.py`
   state.frozen                                      the base parameters (no gradient, no
                                                     optimizer state, optionally bfloat16)
 The base comes from `lora.base` (default: `train.init_from`), a training workdir or exported
-bundle, or a converted Wan 2.1 folder (configs/wan21.py:lora_*, train/wan_frozen.py); it is loaded at the start and again on every resume. Checkpoints hold only the adapters
+bundle, or a converted Wan 2.1 folder (configs/wan21.py:lora_*, train/wan_frozen.py); it is
+loaded at the start and again on every resume. Checkpoints hold only the adapters
 (`state.frozen` is dropped before saving) plus, in the saved config, a pointer to the base:
 `lora.base` (its path) and `lora.base_sha256` (a hash of its checkpoint files). A resume whose
 base files no longer hash the same is an error.
@@ -22,6 +23,7 @@ from flax import nnx
 
 from sora_jax.models.lora import BASE_DTYPES, LoRAConfig
 from sora_jax.train import checkpoint as ckpt
+from sora_jax.train import wan_frozen
 
 
 POINTER_KEYS = ('base', 'base_sha256')  # config.lora keys naming the base, not the adapters
@@ -87,7 +89,6 @@ def split(model: nnx.Module, config):
 def base_fingerprint(source: str) -> tuple[str, int]:
     """(sha256 of the newest checkpoint's files, its step) of a workdir / bundle; (sha256 of
     its transformer/ files, 0) of a converted Wan folder (train/wan_frozen.py)."""
-    from sora_jax.train import wan_frozen
     if wan_frozen.is_converted(source):
         return wan_frozen.fingerprint(source), 0
     directory = pathlib.Path(ckpt.checkpoint_dir(source))
@@ -116,7 +117,6 @@ def load_base(state, config, expected_sha256: str = ''):
                          'point lora.base / train.init_from at the original base.')
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
                             state.frozen)
-    from sora_jax.train import wan_frozen
     if wan_frozen.is_converted(src):  # a converted Wan folder: its DiT is the whole base
         frozen, step = wan_frozen.load_dit_params(src, abstract), 0
         return _loaded(state.replace(frozen=frozen), src, sha, step), sha
