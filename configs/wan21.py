@@ -242,7 +242,7 @@ def _lora_config(arg: str) -> mlc.ConfigDict:
     c.lora.targets = ('attn1.*', 'attn2.*', 'ffn')  # attn{1,2}.{q,k,v,o}, ffn.in/out, groups
     c.lora.base_dtype = 'bfloat16'    # the frozen base DiT (Wan ships bf16 weights)
     c.lora.dropout = 0.0              # only 0 is supported
-    c.lora.base = c.get_ref('checkpoint')  # the converted Wan folder whose DiT is adapted
+    c.lora.base = ''                  # the converted Wan folder whose DiT is adapted ('' = checkpoint)
     c.lora.base_sha256 = ''           # filled in by the run: hash of the base's transformer files
 
     t = c.train

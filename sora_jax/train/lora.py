@@ -42,8 +42,10 @@ def enabled(config) -> bool:
 
 
 def base_source(config) -> str:
-    """The base model directory: lora.base, else train.init_from."""
-    return config.lora.get('base', '') or config.train.get('init_from', '')
+    """The base model directory: lora.base, else train.init_from, else (a Wan config,
+    objective flow_context) the converted folder config.checkpoint."""
+    wan = config.get('checkpoint', '') if wan_frozen.uses_wan(config) else ''
+    return config.lora.get('base', '') or config.train.get('init_from', '') or wan
 
 
 def validate(config) -> None:
@@ -54,6 +56,8 @@ def validate(config) -> None:
     if config.get('objective', 'flow') not in ('flow', 'flow_context'):
         raise ValueError(f'lora.rank={lc.rank}: LoRA adapts the DiT; config.objective='
                          f'{config.objective!r} has none. Use a DiT config or lora.rank=0.')
+    if wan_frozen.uses_wan(config):  # config.checkpoint must be a converted Wan folder
+        wan_frozen.validate(config)
     src = base_source(config)
     if not src:
         raise ValueError(f'lora.rank={lc.rank} needs a base model to adapt: set '

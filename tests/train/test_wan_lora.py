@@ -139,3 +139,13 @@ def test_bad_wan_configs(run, tmp_path):
     bad.model.ffn_dim = 96
     with pytest.raises(ValueError, match="ffn_dim': \\(96, 48\\)"):
         wan_frozen.validate(bad)
+
+
+def test_lora_base_defaults_to_the_converted_folder(tmp_path):
+    c = wan21.get_config('lora_tiny')
+    c.checkpoint = str(tmp_path)
+    assert lora_train.base_source(c) == str(tmp_path)
+    c.lora.base = str(tmp_path / 'other')  # an override changes the base only
+    assert c.checkpoint == str(tmp_path) and lora_train.base_source(c) == c.lora.base
+    with pytest.raises(ValueError, match='not a converted Wan folder'):
+        lora_train.validate(c)  # config.checkpoint is checked first, with the convert command
