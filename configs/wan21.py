@@ -71,11 +71,13 @@ _RESOLUTIONS = {'480p': (480, 832, 3.0), '720p': (720, 1280, 5.0)}  # -> (H, W, 
 
 
 def get_config(arg: str = 't2v_1.3b') -> mlc.ConfigDict:
+    if arg.startswith('lora_'):  # lora_1.3b, lora_14b, lora_tiny: see _lora_config
+        return _lora_config(arg)
     name, _, res = arg.partition(',')
     if name not in (*_SIZES, *_I2V, 'tiny', 'tiny_i2v'):
         raise ValueError(f'configs/wan21.py: unknown arg {arg!r}; use t2v_1.3b, t2v_14b '
-                         '(optionally ",480p" / ",720p"), i2v_14b_480p, i2v_14b_720p, tiny or '
-                         'tiny_i2v.')
+                         '(optionally ",480p" / ",720p"), i2v_14b_480p, i2v_14b_720p, tiny, '
+                         'tiny_i2v, or lora_1.3b / lora_14b / lora_tiny.')
     if name in _I2V:
         if res and res != _I2V[name][0]:
             raise ValueError(f'configs/wan21.py: {name} is a {_I2V[name][0]} checkpoint; drop '
@@ -231,3 +233,83 @@ def _image_to_video(c: mlc.ConfigDict, tiny: bool) -> None:
         c.image_encoder.intermediate_size, c.image_encoder.num_hidden_layers = 24, 2
         c.image_encoder.num_attention_heads = 2
         c.text.max_length = 512  # diffusers' I2V attention splits off the last 512 tokens as text
+
+
+def _lora_config(arg: str) -> mlc.ConfigDict:
+    """`lora_1.3b` / `lora_14b` (optionally ',480p' / ',720p') / `lora_tiny`: LoRA fine-tuning of a
+    converted Wan 2.1 folder (`checkpoint`) on a folder of your clips (`data.folder`, with
+    captions.jsonl). Its VAE encodes the clips once into a latent cache, its UMT5 encodes every
+    caption once (`sora_jax/train/wan_frozen.py`), its DiT is the frozen base of the adapters
+    (`lora.base`, default = `checkpoint`). The README section "LoRA fine-tuning and shared LoRA
+    files" walks it through: convert, train, export, sample. Rank 32 on every block projection:
+    43,745,280 adapter params over the frozen 1.3B DiT (lora_14b: 153,354,240), counted with
+    nnx.eval_shape; lora_tiny is for tests/train/test_wan_lora.py.
+
+      python experiments/train.py --config=configs/wan21.py:lora_1.3b --workdir=workdirs/wan_lora \\
+          --config.checkpoint=checkpoints/wan21_t2v_1.3b --config.data.folder=DIR
+    """
+    size, _, res = arg[len('lora_'):].partition(',')
+    name = 'tiny' if size == 'tiny' else f't2v_{size}'
+    if name not in (*_SIZES, 'tiny'):
+        raise ValueError(f'configs/wan21.py: unknown arg {arg!r}; use lora_1.3b, lora_14b '
+                         '(optionally ",480p" / ",720p") or lora_tiny.')
+    c = get_config(name + (f',{res}' if res else ''))
+    c.objective = 'flow_context'      # the DiT on latents + UMT5 features of the captions
+    c.autoencoder = 'none'            # unused: the VAE is the converted folder's
+    c.latent_mean = c.latent_std = ()  # unused: latents are normalised by vae.latents_mean/std
+    c.model.remat = 'full'            # recompute each block in the backward pass
+
+    c.data = mlc.ConfigDict()         # a folder of videos (sora_jax/data/builders/video_folder.py)
+    c.data.name = 'folder'            # your clips
+    c.data.folder = ''                # directory of mp4/webm/gif files + captions.jsonl
+    c.data.captions = ''              # its captions.jsonl / .csv (default: inside the folder)
+    c.data.data_dir = 'data_cache'    # tfds build, latent cache and caption features go here
+    c.data.staging_dir = ''           # local mirror of a gs:// data_dir ('': ~/.cache/sora_jax/data)
+    c.data.frame_stride = 1           # keep every n-th frame of the videos
+    c.data.validation_fraction = 0.0  # clips held out for evaluation
+    c.data.allowed_licenses = ()      # clips must carry one of these licenses; (): any
+    c.data.exclude = ''               # opt-out file: creators / file names / sources, one a line
+    c.data.num_frames = 33            # T of each clip (1 + 4k: 33 -> 9 latent frames)
+    c.data.height = c.sample.height   # H (multiple of 16)
+    c.data.width = c.sample.width     # W (multiple of 16)
+    c.data.sizes = ()                 # ((T, H, W), ...) size buckets; overrides the three above
+    c.data.size_weights = ()          # relative frequency of each size bucket (default uniform)
+    c.data.spanish_prob = 0.0         # probability of the Spanish caption (if the folder has one)
+    c.data.worker_count = 0           # grain worker processes
+
+    c.lora = mlc.ConfigDict()         # sora_jax/train/lora.py
+    c.lora.rank = 32                  # adapter rank
+    c.lora.alpha = 32.0               # scale = alpha / rank
+    c.lora.targets = ('attn1.*', 'attn2.*', 'ffn')  # attn{1,2}.{q,k,v,o}, ffn.in/out, groups
+    c.lora.base_dtype = 'bfloat16'    # the frozen base DiT (Wan ships bf16 weights)
+    c.lora.dropout = 0.0              # only 0 is supported
+    c.lora.base = ''                  # the converted Wan folder whose DiT is adapted ('' = checkpoint)
+    c.lora.base_sha256 = ''           # filled in by the run: hash of the base's transformer files
+
+    t = c.train
+    t.num_steps = 2000                # optimizer steps
+    t.batch_size = 1                  # global batch (clips)
+    t.learning_rate = 1e-4            # peak LR of the adapters
+    t.warmup_steps = 50               # linear warmup
+    t.weight_decay = 0.0              # AdamW (no decay on adapters)
+    t.ema_decay = 0.99                # EMA of the adapters (sampled by default)
+    t.log_every = 10                  # steps between logged scalars
+    t.checkpoint_every = 250          # steps between checkpoints
+    t.init_from = ''                  # unused with LoRA (the base is lora.base)
+    t.init_from_ema = True            # unused (a converted folder has one set of weights)
+    t.eval_every = 0                  # held-out evaluation (needs data.validation_fraction > 0)
+    t.keep_checkpoints = 2            # newest checkpoints kept
+    t.max_nonfinite = 20              # stop after this many non-finite steps in a row
+    t.log_to = ('tensorboard',)       # tracking backends: tensorboard (workdir/tb), wandb
+    t.eval_num_videos = 0             # no preview videos
+    t.profile_steps = ()              # (first, last) 1-based steps traced into workdir/profile
+    c.sample.fps = 16                 # frames per second of written videos
+    if size == 'tiny':                # tests/train/test_wan_lora.py: a tiny random Wan folder
+        c.data.num_frames, c.data.height, c.data.width = 5, 32, 32
+        c.lora.rank, c.lora.alpha, c.lora.base_dtype = 4, 4.0, 'float32'
+        c.model.remat = 'none'        # a quicker compile
+        t.num_steps, t.batch_size, t.warmup_steps = 4, 2, 0
+        t.learning_rate, t.ema_decay, t.grad_clip = 3e-2, 0.0, 10.0
+        t.log_every, t.checkpoint_every = 2, 2
+        c.flow.text_dropout = 0.0
+    return c

@@ -176,8 +176,9 @@ class TextToVideo:
 
     @classmethod
     def _from_lora_run(cls, path: str, config, ema: bool) -> 'TextToVideo':
-        """A LoRA training workdir: the base it names (config.lora.base) with its adapters
-        merged in (train/lora.py)."""
+        """A LoRA training workdir: the base it names (config.lora.base: a workdir / bundle, or a
+        converted Wan folder, sampled with the run's config) with its adapters merged in
+        (train/lora.py)."""
         from sora_jax.convert import lora as lora_files
         from sora_jax.train import lora as lora_train
         base = config.lora.get('base', '')
@@ -185,7 +186,11 @@ class TextToVideo:
         if sha != config.lora.get('base_sha256', ''):
             raise ValueError(f'{path!r} was trained on base {base!r} whose files no longer hash '
                              'the same; restore the original base to sample this LoRA run.')
-        pipe = cls.from_checkpoint(base, ema=bool(config.train.get('init_from_ema', True)))
+        from sora_jax.train import wan_frozen
+        if wan_frozen.is_converted(base):  # configs/wan21.py:lora_*: sampled as from_wan
+            pipe = cls.from_wan(base, config)
+        else:
+            pipe = cls.from_checkpoint(base, ema=bool(config.train.get('init_from_ema', True)))
         adapter, step, _ = lora_train.read_adapter(path, ema=ema)
         pipe._base = lora_files.apply(*pipe._base, [adapter], merge=True)
         pipe.graphdef, pipe.params = pipe._base

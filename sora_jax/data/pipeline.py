@@ -75,7 +75,8 @@ def choose_language(seed: int, example_id: int, spanish_prob: float) -> int:
 
 class ExampleTransform:
     """Raw tfds example -> {'video': f32 [T,H,W,3], 'text_ids': i32 [L], 'id': i64}
-    ('latents' f32 [T',h,w,C] instead of 'video' for pre-encoded examples).
+    ('latents' f32 [T',h,w,C] instead of 'video' for pre-encoded examples; plus 'context'
+    f32 [L', D] when the source adds text features, data/text_features.py).
 
     The caption language is drawn from (seed, id); an empty caption in the chosen
     language (e.g. a video folder without Spanish captions) falls back to the other.
@@ -96,6 +97,8 @@ class ExampleTransform:
             raise ValueError(f"tokenize must return an integer vector [L], got {ids.dtype} "
                              f"{ids.shape} for {text!r}.")
         out = {"text_ids": ids.astype(np.int32), "id": np.int64(ex_id)}
+        if "context" in ex:  # precomputed text features (data/text_features.py)
+            out["context"] = np.asarray(ex["context"], np.float32)
         if "latents" in ex:  # pre-encoded by a VAE (data/latents.py)
             out["latents"] = np.asarray(ex["latents"], np.float32)
         else:
@@ -111,9 +114,12 @@ def stack_batch(elements: Sequence[Mapping[str, np.ndarray]], pad_id: int = 0) -
     for i, e in enumerate(elements):
         text[i, :len(e["text_ids"])] = e["text_ids"]
     key = _data_key(elements[0])
-    return {key: np.stack([e[key] for e in elements]),
-            "text_ids": text,
-            "id": np.asarray([e["id"] for e in elements], np.int64)}
+    out = {key: np.stack([e[key] for e in elements]),
+           "text_ids": text,
+           "id": np.asarray([e["id"] for e in elements], np.int64)}
+    if "context" in elements[0]:
+        out["context"] = np.stack([e["context"] for e in elements])
+    return out
 
 
 def _data_key(element: Mapping[str, np.ndarray]) -> str:

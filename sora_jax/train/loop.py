@@ -26,6 +26,7 @@ loss), `train.debug_sleep_per_step` (seconds, to let a test signal a run mid-way
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import math
@@ -53,6 +54,7 @@ from sora_jax.train import previews as previews_lib
 from sora_jax.train import state as state_lib
 from sora_jax.train import step as step_lib
 from sora_jax.train import tracking
+from sora_jax.train import wan_frozen
 from sora_jax.train.validate import check_init_from, validate_config
 
 
@@ -67,7 +69,9 @@ def objective_module(config):
 def make_sources(config) -> dict[str, Any]:
     """{split: random-access source} for config.data; VAE latents when config.autoencoder is set
     (encoded once into a cache, process i of n encoding records i::n; normalised by
-    config.latent_mean/std, from the cache's train statistics when unset).
+    config.latent_mean/std, from the cache's train statistics when unset). With
+    objective='flow_context', latents and caption features come from the converted Wan folder
+    config.checkpoint (train/wan_frozen.py).
 
     A remote `data.data_dir` (gs://...) is built and read through a local mirror
     (`sora_jax/data/staging.py`): what the bucket holds is pulled first, what was built here is
@@ -76,6 +80,10 @@ def make_sources(config) -> dict[str, Any]:
     mirror = staging.Mirror(config.data.data_dir, config.data.get('staging_dir', ''))
     mirror.pull()
     sources = _pixel_sources(config, mirror.local)
+    if wan_frozen.uses_wan(config):  # latents + UMT5 features from the converted Wan folder
+        sources = wan_frozen.make_sources(config, sources, mirror.local)
+        mirror.push()
+        return sources
     if config.get('autoencoder', 'none') in ('none', '', None):
         mirror.push()
         return sources
@@ -131,8 +139,11 @@ def make_data(config, split: str, *, batch_size: int, shuffle: bool, num_epochs=
     if split not in sources:
         raise ValueError(f'the dataset has no {split!r} split (splits: {sorted(sources)}).')
     tok = ByteTokenizer(config.text.max_length) if 'text' in config else ByteTokenizer()
+    tokenize = tok.encode_one
+    if wan_frozen.uses_wan(config):  # the caption is in 'context' (its UMT5 features)
+        tokenize = functools.partial(tok.encode_one, warn=False)
     return data_pipeline.make_dataset(
-        sources[split], batch_size=batch_size, seed=config.seed, tokenize=tok.encode_one,
+        sources[split], batch_size=batch_size, seed=config.seed, tokenize=tokenize,
         shuffle=shuffle, num_epochs=num_epochs, spanish_prob=config.data.spanish_prob,
         worker_count=config.data.worker_count if split == 'train' else 0)
 
@@ -322,7 +333,8 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
                     break
                 batch = next(data_iter)
                 if batch_keys is None:
-                    batch_keys = [k for k in ('video', 'latents', 'text_ids') if k in batch]
+                    batch_keys = [k for k in ('video', 'latents', 'text_ids', 'context')
+                                  if k in batch]
                 inputs = {k: batch[k] for k in batch_keys}
                 if nan_from and step + 1 >= nan_from:  # fault injection (test hook)
                     inputs = {k: np.full_like(v, np.nan) if v.dtype.kind == 'f' else v
@@ -486,7 +498,7 @@ def evaluate(config, graphdef, objective, params, mesh, rules, num_batches: int 
     for i, batch in enumerate(ds):
         if num_batches is not None and i >= num_batches:
             break
-        keys = [k for k in ('video', 'latents', 'text_ids') if k in batch]
+        keys = [k for k in ('video', 'latents', 'text_ids', 'context') if k in batch]
         m = eval_fn(params, to_global({k: batch[k] for k in keys}, mesh, rules),
                     jax.random.key(1234 + i), frozen)
         for k, v in jax.device_get(m).items():

@@ -5,7 +5,8 @@ With `config.lora.rank > 0` the train state is partitioned (see `train/state.py`
   state.frozen                                      the base parameters (no gradient, no
                                                     optimizer state, optionally bfloat16)
 The base comes from `lora.base` (default: `train.init_from`), a training workdir or exported
-bundle; it is loaded at the start and again on every resume. Checkpoints hold only the adapters
+bundle, or a converted Wan 2.1 folder (configs/wan21.py:lora_*, train/wan_frozen.py); it is
+loaded at the start and again on every resume. Checkpoints hold only the adapters
 (`state.frozen` is dropped before saving) plus, in the saved config, a pointer to the base:
 `lora.base` (its path) and `lora.base_sha256` (a hash of its checkpoint files). A resume whose
 base files no longer hash the same is an error.
@@ -22,6 +23,7 @@ from flax import nnx
 
 from sora_jax.models.lora import BASE_DTYPES, LoRAConfig
 from sora_jax.train import checkpoint as ckpt
+from sora_jax.train import wan_frozen
 
 
 POINTER_KEYS = ('base', 'base_sha256')  # config.lora keys naming the base, not the adapters
@@ -40,8 +42,10 @@ def enabled(config) -> bool:
 
 
 def base_source(config) -> str:
-    """The base model directory: lora.base, else train.init_from."""
-    return config.lora.get('base', '') or config.train.get('init_from', '')
+    """The base model directory: lora.base, else train.init_from, else (a Wan config,
+    objective flow_context) the converted folder config.checkpoint."""
+    wan = config.get('checkpoint', '') if wan_frozen.uses_wan(config) else ''
+    return config.lora.get('base', '') or config.train.get('init_from', '') or wan
 
 
 def validate(config) -> None:
@@ -52,6 +56,8 @@ def validate(config) -> None:
     if config.get('objective', 'flow') not in ('flow', 'flow_context'):
         raise ValueError(f'lora.rank={lc.rank}: LoRA adapts the DiT; config.objective='
                          f'{config.objective!r} has none. Use a DiT config or lora.rank=0.')
+    if wan_frozen.uses_wan(config):  # config.checkpoint must be a converted Wan folder
+        wan_frozen.validate(config)
     src = base_source(config)
     if not src:
         raise ValueError(f'lora.rank={lc.rank} needs a base model to adapt: set '
@@ -85,7 +91,10 @@ def split(model: nnx.Module, config):
 
 
 def base_fingerprint(source: str) -> tuple[str, int]:
-    """(sha256 of the newest checkpoint's files, its step) of a workdir / bundle."""
+    """(sha256 of the newest checkpoint's files, its step) of a workdir / bundle; (sha256 of
+    its transformer/ files, 0) of a converted Wan folder (train/wan_frozen.py)."""
+    if wan_frozen.is_converted(source):
+        return wan_frozen.fingerprint(source), 0
     directory = pathlib.Path(ckpt.checkpoint_dir(source))
     steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
     if not steps:
@@ -112,16 +121,23 @@ def load_base(state, config, expected_sha256: str = ''):
                          'point lora.base / train.init_from at the original base.')
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
                             state.frozen)
+    if wan_frozen.is_converted(src):  # a converted Wan folder: its DiT is the whole base
+        frozen, step = wan_frozen.load_dit_params(src, abstract), 0
+        return _loaded(state.replace(frozen=frozen), src, sha, step), sha
     try:
         frozen, step = ckpt.restore_params(ckpt.checkpoint_dir(src), abstract,
                                            ema=bool(config.train.get('init_from_ema', True)))
     except ValueError as e:
         raise ValueError(f'lora base {src!r} does not fit this model ({e}); the model config '
                          'must match the base run.') from e
+    return _loaded(state.replace(frozen=frozen), src, sha, step), sha
+
+
+def _loaded(state, src: str, sha: str, step: int):
     n = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info('LoRA: base params of step %d of %s (sha256 %s...) frozen; %s adapter params '
                  'train.', step, src, sha[:12], f'{n:,}')
-    return state.replace(frozen=frozen), sha
+    return state
 
 
 def with_pointer(config, sha256: str):
@@ -142,13 +158,16 @@ def saved_sha256(workdir: str) -> str:
 def read_adapter(workdir: str, *, ema: bool = True):
     """(adapter as `convert/lora.py` holds it, step, config) of a LoRA run's newest checkpoint
     (its EMA adapters unless `ema=False`)."""
+    import importlib
+
     from sora_jax.convert import lora as lora_files
-    from sora_jax.train.objectives import flow as flow_objective
     cdir = ckpt.checkpoint_dir(workdir)
     config = ckpt.load_config(cdir)
     if not enabled(config):
         raise ValueError(f'{workdir!r} is not a LoRA run (its config has lora.rank=0).')
-    model = nnx.eval_shape(lambda: flow_objective.build_model(config, nnx.Rngs(0)))
+    objective = importlib.import_module(  # flow (Denoiser) or flow_context (a Wan DiT alone)
+        f'sora_jax.train.objectives.{config.get("objective", "flow")}')
+    model = nnx.eval_shape(lambda: objective.build_model(config, nnx.Rngs(0)))
     dit = getattr(model, 'dit', model)
     abstract = nnx.state(dit, nnx.LoRAParam)
     prefix = ('dit',) if dit is not model else ()

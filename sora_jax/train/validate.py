@@ -159,7 +159,8 @@ def _check_model(config) -> None:
     if m.dim % m.num_heads or (m.dim // m.num_heads) % 2:
         raise _err('model.num_heads', m.num_heads, f'must divide model.dim={m.dim} into an even '
                    'head dim (RoPE rotates pairs).')
-    if 'text' in config and 'text_dim' in m and m.text_dim != config.text.dim:
+    if 'text' in config and 'text_dim' in m and 'dim' in config.text and \
+            m.text_dim != config.text.dim:
         raise _err('model.text_dim', m.text_dim, f'must equal text.dim={config.text.dim}.')
 
 
@@ -196,6 +197,10 @@ def _check_sizes(config) -> None:
 
 def _vae_factors(config) -> tuple[int, int]:
     """(temporal, spatial) factors of config.autoencoder, read from its saved config."""
+    from sora_jax.train import wan_frozen
+    if wan_frozen.uses_wan(config):  # the converted Wan folder's VAE (config.vae)
+        wan_frozen.validate(config)
+        return wan_frozen.factors(config)
     path = config.get('autoencoder', 'none')
     if path in ('none', '', None):
         if config.get('latent_channels', 3) != 3:

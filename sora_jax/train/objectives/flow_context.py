@@ -11,8 +11,10 @@ The loss is `objectives/flow.py`'s: x_t = (1 - t) x0 + t eps, target eps - x0; t
 to all-zero features with probability `flow.text_dropout` (Wan's padding of an empty prompt is
 close to, not equal to, that: use precomputed empty-prompt features in `context` to match it).
 
-This is the train step `experiments/aot.py --task=train` compiles for Wan sizes; the data
-pipeline does not yet produce `context` (a text-feature cache), so `train.py` cannot feed it.
+This is the train step `experiments/aot.py --task=train` compiles for Wan sizes, and the one
+`train.py` runs for configs/wan21.py:lora_* (a LoRA over a converted Wan folder, trained on a
+video folder): `train/wan_frozen.py` builds the batches (latents from the folder's VAE, `context`
+from its UMT5, each caption encoded once by `data/text_features.py`).
 """
 from __future__ import annotations
 
