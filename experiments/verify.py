@@ -17,8 +17,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_string('json', None, 'Also write the report as JSON here.')
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Command-line flags, defined only when run as a script (tests import this module beside
+    other experiments/ scripts that define a --json of their own)."""
+    flags.DEFINE_string('json', None, 'Also write the report as JSON here.')
 
 
 def verify(path: str) -> dict:
@@ -74,4 +79,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    define_flags()
     app.run(main)
