@@ -124,3 +124,4 @@ def test_aot_compiles_a_wan22_sampling_step():
     c.mesh.shape = (1, 1, 1, 4)
     rep = run.check(c, 'v5p-8', 'sample', num_frames=5, height=64, width=64, batch_size=1)
     assert rep['fits'] and rep['tokens_per_clip'] == 2 * 2 * 2  # 2 latent frames of 4 x 4
+    assert rep['inputs']['timesteps'] == [2, 8]  # TI2V: one timestep per token, CFG rows

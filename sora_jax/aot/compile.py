@@ -3,7 +3,8 @@
   train   `train/step.make_train_step` (optimizer state, EMA, remat, the configured attention
           kernel) jitted exactly as `train/loop.py` jits it, over the train state's shardings
   sample  one DiT forward on the classifier-free-guidance batch (2B clips), as
-          `pipeline.TextToVideo` runs it every sampling step
+          `pipeline.TextToVideo` runs it every sampling step (with Wan 2.1 I2V's image channels
+          and CLIP tokens, Wan 2.2 TI2V's per-token timesteps)
   decode  the VAE's chunked causal decode (`train/frozen_vae._decode`, the pipeline's)
 
 `compile_task(config, task, mesh, ...)` returns (compiled, info): `info` holds what the report
@@ -116,28 +117,50 @@ def _compile_train(config, mesh, rules, shape: Shape, hbm_bytes: float | None = 
 
 
 def _compile_sample(config, mesh, rules, shape: Shape, hbm_bytes=None):
+    """One guided DiT forward, with the inputs the pipeline gives the model at every step: Wan 2.1
+    I2V (model.image_dim > 0) its model.in_channels-wide input (noise, mask, image latents) and
+    the CLIP image tokens; Wan 2.2 TI2V (sample.expand_timesteps) one timestep per token."""
     objective = objective_module(config)
-    model = nnx.eval_shape(lambda: objective.build_model(config, nnx.Rngs(0)))
+    c = int(config.latent_channels)
+    image_dim = int(config.model.get('image_dim', 0) or 0)
+    in_c = int(config.model.in_channels) if image_dim else c
+
+    def build():
+        if not image_dim:
+            return objective.build_model(config, nnx.Rngs(0))
+        from sora_jax.models.dit import DiT, DiTConfig  # the I2V DiT: input wider than output
+        return DiT(DiTConfig.from_config(dict(config.model.to_dict(), out_channels=c)),
+                   rngs=nnx.Rngs(0))
+
+    model = nnx.eval_shape(build)
     graphdef, params = nnx.split(model, nnx.Param)[0], nnx.state(model, nnx.Param)
     shardings = mesh_lib.state_shardings(params, mesh, rules)
     params = _abstract(params, shardings)
     b2 = 2 * shape.batch_size  # conditional + unconditional rows
     lt, lh, lw = shape.latent(config)
-    c = int(config.latent_channels)
     dt = jnp.dtype(config.model.dtype)
     sh = lambda nd: mesh_lib.batch_sharding(mesh, nd, rules)
-    x = jax.ShapeDtypeStruct((b2, lt, lh, lw, c), jnp.float32, sharding=sh(5))
-    t = jax.ShapeDtypeStruct((b2,), jnp.float32, sharding=sh(1))
+    x = jax.ShapeDtypeStruct((b2, lt, lh, lw, in_c), jnp.float32, sharding=sh(5))
+    per_token = bool(config.get('sample', {}).get('expand_timesteps', False))
+    t = jax.ShapeDtypeStruct((b2, shape.tokens(config)) if per_token else (b2,), jnp.float32,
+                             sharding=sh(2 if per_token else 1))
     ctx = jax.ShapeDtypeStruct((b2, shape.text_length, int(config.model.text_dim)), dt,
                                sharding=sh(3))
+    args = [params, x, t, ctx]
+    if image_dim:
+        enc = config.image_encoder  # CLIP: (image_size / patch_size)^2 patches + [CLS]
+        tokens = (int(enc.image_size) // int(enc.patch_size)) ** 2 + 1
+        args.append(jax.ShapeDtypeStruct((b2, tokens, image_dim), jnp.float32, sharding=sh(3)))
 
-    def forward(p, x, t, ctx):
-        return nnx.merge(graphdef, p)(x, t, ctx)
+    def forward(p, x, t, ctx, image=None):
+        return nnx.merge(graphdef, p)(x, t, ctx, image=image)
 
     with jax.set_mesh(mesh), mesh_lib.use_rules(rules):
-        compiled = jax.jit(forward, out_shardings=sh(5)).lower(params, x, t, ctx).compile()
+        compiled = jax.jit(forward, out_shardings=sh(5)).lower(*args).compile()
     n = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-    return compiled, dict(params=n, model=config.model.to_dict())
+    names = ('latents', 'timesteps', 'context', 'image')
+    return compiled, dict(params=n, model=config.model.to_dict(),
+                          inputs={k: a.shape for k, a in zip(names, args[1:])})
 
 
 def _compile_decode(config, mesh, rules, shape: Shape, hbm_bytes=None):

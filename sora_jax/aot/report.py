@@ -121,6 +121,8 @@ def build(sl: Slice, compiled, info: dict, *, batch_size: int, text_length: int,
                collectives=coll, kernels=hlo.custom_kernels(hlo_text), chip_figures=dict(bf16_flops=chip.bf16_flops,
                                                    hbm_bw=chip.hbm_bw, ici_bw=chip.ici_bw,
                                                    source=chip.source))
+    if 'inputs' in info:  # the sample task's model inputs: {name: shape}
+        rep['inputs'] = {k: list(v) for k, v in info['inputs'].items()}
     if info['task'] in ('train', 'sample'):
         clips = batch_size * (2 if info['task'] == 'sample' else 1)
         fl = dit_flops(info['model'], info['tokens_per_clip'], clips, text_length, info['task'])

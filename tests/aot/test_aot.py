@@ -169,3 +169,18 @@ def test_vae_chunked_decode_compiles():
     # the VAE's weights (replicated, float32) are the arguments, plus the latents
     assert rep['memory_bytes']['argument'] >= 4 * rep['params']
     assert rep['latent'] == [5, 8, 8]
+
+
+def test_wan_i2v_sample_compiles():
+    """configs/wan21.py:tiny_i2v: the DiT input is the I2V width (noise, 4 mask channels, image
+    latents) and the CLIP image tokens are an input, as the pipeline feeds them every step."""
+    c = wan21.get_config('tiny_i2v')
+    c.mesh.shape = (1, 1, 1, 4)
+    rep = run.check(c, 'v5p-8', 'sample', num_frames=5, height=64, width=64, batch_size=1)
+    assert rep['fits'] and rep['latent'] == [2, 8, 8]
+    enc = c.image_encoder
+    assert rep['inputs'] == {
+        'latents': [2, 2, 8, 8, c.model.in_channels], 'timesteps': [2],
+        'context': [2, rep['inputs']['context'][1], c.model.text_dim],
+        'image': [2, (enc.image_size // enc.patch_size) ** 2 + 1, c.model.image_dim]}
+    assert c.model.in_channels == 2 * c.latent_channels + 4
