@@ -9,6 +9,9 @@
   image-to-video as `WanImageToVideoPipeline(expand_timesteps=True)` (the image's latent frame
   enters the DiT clean with per-token timestep 0 and is pasted into the result), on
   `configs/wan22.py:tiny_ti2v` (a tiny Wan 2.2 residual VAE: 16x space, 8 latent channels).
+* I2V-A14B: two experts whose input is Wan 2.1 I2V's (noise, 4 mask channels, the image's
+  latents) without CLIP image tokens, as `WanImageToVideoPipeline(transformer, transformer_2,
+  boundary_ratio)` runs it; on `configs/wan21.py:tiny_i2v` with `model.image_dim = 0`.
 Latents and decoded frames are compared.
 """
 import jax.numpy as jnp
@@ -191,3 +194,40 @@ def test_ti2v_image_to_video_matches_diffusers(ti2v):
     img = image[None, None].astype(np.float32) / 127.5 - 1.0
     enc = np.asarray(pipe.vae.encode(jnp.asarray(img)))[:, 0]  # [1, h, w, C]
     np.testing.assert_allclose(lat[:, 0], np.broadcast_to(enc, lat[:, 0].shape), atol=1e-6)
+
+
+@pytest.fixture(scope='module')
+def i2v_a14b(tmp_path_factory):
+    torch.set_num_threads(1)
+    from sora_jax.pipeline import TextToVideo
+    c = tiny_config('tiny_i2v')
+    c.model.image_dim = 0  # Wan 2.2 I2V-A14B: image latents in the input channels, no CLIP
+    del c['image_encoder']
+    src = make_tiny_wan_folder(str(tmp_path_factory.mktemp('i2v_a14b_src')), config=c, i2v=True,
+                               two_experts=True, boundary_ratio=0.9)
+    dst = str(tmp_path_factory.mktemp('i2v_a14b_dst'))
+    wan.convert_folder(src, dst)
+    return c, load_reference_pipeline(src, image_to_video=True), TextToVideo.from_wan(dst, c)
+
+
+def test_i2v_a14b_sample_matches_diffusers(i2v_a14b):
+    """4 steps, the high-noise expert (CFG 4) at timesteps >= 900, the low-noise one after
+    (guidance_scale_2 = 3); the image's latents and mask channels beside the noise every step."""
+    import PIL.Image
+    c, ref, pipe = i2v_a14b
+    assert pipe.wan_i2v and pipe.image_encoder is None and pipe.boundary_ratio == 0.9
+    frames, h, w, steps = 5, 32, 32, 4
+    rng = np.random.default_rng(5)
+    image = (rng.uniform(0, 255, (h // 8, w // 8, 3))).astype(np.uint8)  # smooth: upsampled
+    image = np.asarray(PIL.Image.fromarray(image).resize((w, h), PIL.Image.BILINEAR))
+    noise = _noise(2, frames, h, w, seed=6)
+    kw = dict(prompt=PROMPTS, negative_prompt=NEGS, num_frames=frames, height=h, width=w,
+              num_inference_steps=steps, guidance_scale=4.0, guidance_scale_2=3.0)
+    with torch.no_grad():
+        common = dict(kw, image=PIL.Image.fromarray(image), latents=noise,
+                      max_sequence_length=c.text.max_length)
+        ref_lat = ref(**common, output_type='latent').frames
+        ref_np = ref(**common, output_type='np').frames
+    lat, vid = _ours(pipe, **kw, shift=c.sample.shift, mode='i2v', image=image,
+                     latents=noise.permute(0, 2, 3, 4, 1).numpy())
+    _compare('i2v a14b', pipe, ref_lat.numpy(), ref_np, lat, vid, noise)

@@ -124,7 +124,7 @@ def make_tiny_wan_folder(path: str, seed: int = 0, *, two_experts: bool = False,
     transformer_2 = (diffusers.WanTransformer3DModel(**kw['transformer']).eval()
                      if two_experts else None)
     extra = {}
-    if i2v:
+    if i2v and 'image_encoder' in kw:  # Wan 2.1 I2V; Wan 2.2 I2V-A14B has no image tokens
         extra['image_encoder'] = transformers.CLIPVisionModel(
             transformers.CLIPVisionConfig(**kw['image_encoder'])).eval()
         size = c.image_encoder.image_size
@@ -132,7 +132,7 @@ def make_tiny_wan_folder(path: str, seed: int = 0, *, two_experts: bool = False,
             size={'shortest_edge': size}, crop_size={'height': size, 'width': size})
     with torch.no_grad():  # randomise the one/zero-initialised norms and biases as well
         for model in ([transformer, vae, text_encoder] + ([transformer_2] if two_experts else [])
-                      + ([extra['image_encoder']] if i2v else [])):
+                      + ([extra['image_encoder']] if 'image_encoder' in extra else [])):
             for name, p in model.named_parameters():
                 if 'norm' in name or name.endswith('gamma'):
                     p.copy_(1.0 + 0.3 * torch.randn_like(p) if not name.endswith('bias')
