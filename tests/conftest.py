@@ -1,5 +1,5 @@
-"""Test session setup: 8 simulated CPU devices so mesh tests run anywhere, and one persistent
-compilation cache for the whole session.
+"""Test session setup: 8 simulated CPU devices so mesh tests run anywhere, XLA flags that halve
+compile times (tests/xla.py), and one persistent compilation cache for the whole session.
 
 The cache is a fresh temporary directory made by the first process (pytest itself, before its
 xdist workers start, so they inherit it) and removed when that process ends: a program compiled
@@ -8,11 +8,17 @@ program (the tiny configs recur across files), and nothing is written to the use
 Tests of the cache itself give their CLIs a directory of their own (tests/test_sample_cli.py).
 """
 import atexit
+import importlib.util
 import os
 import shutil
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# tests/xla.py by path: while pytest imports this conftest, `tests` is not importable yet.
+_spec = importlib.util.spec_from_file_location("tests_xla", os.path.join(os.path.dirname(__file__), "xla.py"))
+_xla = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_xla)
+
+os.environ.setdefault("XLA_FLAGS", _xla.xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 if "SORA_JAX_TEST_CACHE" not in os.environ:

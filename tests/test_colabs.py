@@ -5,6 +5,7 @@ import pathlib
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from tests.xla import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ def test_sweep_and_compare_notebook(tmp_path):
         'SORA_JAX_ROOT': str(ROOT), 'SORA_JAX_SWEEP_DIR': str(tmp_path / 'sweep'),
         'SORA_JAX_SWEEP_SET': sets, 'SORA_JAX_SAVE_PLOT': str(tmp_path / 'loss.png'),
         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-        'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+        'XLA_FLAGS': xla_flags(2)})
     out = _outputs(nb)
     assert "{'done': 4}" in out
     assert "curves: {'00_learning_rate=0.001,seed=0': 4, " in out

@@ -11,6 +11,7 @@ import numpy as np
 from sora_jax.data import shapes
 from sora_jax.evaluation import reconstruction as rec
 from sora_jax.io.video import read_video, write_video
+from tests.xla import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +30,7 @@ def test_reconstruction_alone(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, 'experiments/reconstruct.py'),
            '--checkpoint=' + os.path.join(ROOT, 'checkpoints/shapes/vae'), f'--input={src}',
            f'--out={alone}', '--noside_by_side', f'--out_reconstruction={also}']
-    env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='', PYTHONPATH=ROOT)
+    env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags(), PYTHONPATH=ROOT)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     fitted, _ = rec.fit_video(read_video(src), 1, 4)

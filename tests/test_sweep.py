@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from sora_jax.sweep import spec
+from tests.xla import xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = '''
@@ -45,7 +46,7 @@ def get_sweep(arg=None):
 
 def _env(base: Path) -> dict:
     return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1',
-                XLA_FLAGS='--xla_force_host_platform_device_count=2',
+                XLA_FLAGS=xla_flags(2),
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
 
 

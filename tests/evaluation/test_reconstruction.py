@@ -13,12 +13,13 @@ from sora_jax.data import shapes
 from sora_jax.evaluation import reconstruction as rec
 from sora_jax.io.video import read_video, write_video
 from sora_jax.models.vae import VAEConfig, WanVAE
+from tests.xla import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _env():
-    return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='', PYTHONPATH=ROOT)
+    return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags(), PYTHONPATH=ROOT)
 
 
 @pytest.fixture(scope='session')

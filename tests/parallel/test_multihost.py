@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+from tests.xla import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, 'experiments', 'train.py')
@@ -31,7 +32,7 @@ def _launch(workdir, data_dir, cache_dir, timeout=900):
     the first one's compiled executables (persistent compilation cache)."""
     port = _free_port()
     env = dict(os.environ, JAX_PLATFORMS='cpu',
-               XLA_FLAGS='--xla_force_host_platform_device_count=2',
+               XLA_FLAGS=xla_flags(2),
                JAX_COMPILATION_CACHE_DIR=str(cache_dir),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')

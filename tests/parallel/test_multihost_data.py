@@ -14,6 +14,7 @@ import pytest
 from sora_jax.data import latents as L
 from sora_jax.data import pipeline as P
 from sora_jax.data.builders import shapes as B
+from tests.xla import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZES = ((4, 16, 16), (2, 8, 12), (6, 16, 8))
@@ -64,7 +65,7 @@ def run(tmp_path_factory):
     sources = B.build_shapes(tmp / 'tfds', CONFIG)
     script = tmp / 'reader.py'
     script.write_text(SCRIPT)
-    env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1',
+    env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags(1),
                PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
     coordinator = f'127.0.0.1:{_free_port()}'
     procs = [subprocess.Popen([sys.executable, str(script), coordinator, str(i), str(tmp / 'tfds'),

@@ -13,6 +13,7 @@ import pytest
 
 from sora_jax.data import shapes
 from sora_jax.io import video as V
+from tests.xla import xla_flags
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = '''
@@ -66,7 +67,7 @@ def run(folder, tmp_path_factory):
     cfg.write_text(CONFIG)
     work = base / 'folder_run'
     env = dict(os.environ, JAX_PLATFORMS='cpu',
-               XLA_FLAGS='--xla_force_host_platform_device_count=2',
+               XLA_FLAGS=xla_flags(2),
                JAX_COMPILATION_CACHE_DIR=str(base / 'jax_cache'),  # shared with test_preemption
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
     p = subprocess.run(

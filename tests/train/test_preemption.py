@@ -25,6 +25,7 @@ import pytest
 
 from configs import shapes as shapes_config
 from sora_jax.train import loop
+from tests.xla import xla_flags
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = '''
@@ -51,7 +52,7 @@ NAN_FLAGS = ('--config.train.debug_nan_from_step=3', '--config.train.max_nonfini
 
 def subprocess_env(base: Path) -> dict:
     return dict(os.environ, JAX_PLATFORMS='cpu',
-                XLA_FLAGS='--xla_force_host_platform_device_count=2',
+                XLA_FLAGS=xla_flags(2),
                 JAX_COMPILATION_CACHE_DIR=str(base / 'jax_cache'),
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', PYTHONUNBUFFERED='1')
 
