@@ -8,6 +8,7 @@ import pytest
 
 from sora_jax.models import umt5, vae
 from sora_jax.models.dit import DiTConfig
+from tests.parity.wan_fixture import diffusers_kwargs
 
 _PATH = os.path.join(os.path.dirname(__file__), '..', 'configs', 'wan21.py')
 _spec = importlib.util.spec_from_file_location('wan21_config', _PATH)
@@ -73,12 +74,7 @@ def test_matches_diffusers_on_meta_device(arg):
     c = wan21.get_config(arg)
     m = c.model
     with torch.device('meta'):
-        ref = diffusers.WanTransformer3DModel(
-            patch_size=tuple(m.patch_size), num_attention_heads=m.num_heads,
-            attention_head_dim=m.dim // m.num_heads, in_channels=m.in_channels,
-            out_channels=m.out_channels, text_dim=m.text_dim, freq_dim=m.freq_dim,
-            ffn_dim=m.ffn_dim, num_layers=m.depth, eps=m.eps, cross_attn_norm=m.cross_attn_norm,
-            qk_norm='rms_norm_across_heads')
+        ref = diffusers.WanTransformer3DModel(**diffusers_kwargs(c)['transformer'])
         ref_vae = diffusers.AutoencoderKLWan()
     assert sum(p.numel() for p in ref.parameters()) == DIT_PARAMS[arg]
     # what the converter reads from a hub config.json is what this config says
@@ -128,12 +124,7 @@ def test_i2v_matches_diffusers_on_meta_device():
     c = wan21.get_config('i2v_14b_480p')
     m, e = c.model, c.image_encoder
     with torch.device('meta'):
-        ref = diffusers.WanTransformer3DModel(
-            patch_size=tuple(m.patch_size), num_attention_heads=m.num_heads,
-            attention_head_dim=m.dim // m.num_heads, in_channels=m.in_channels,
-            out_channels=m.out_channels, text_dim=m.text_dim, freq_dim=m.freq_dim,
-            ffn_dim=m.ffn_dim, num_layers=m.depth, eps=m.eps, cross_attn_norm=m.cross_attn_norm,
-            qk_norm='rms_norm_across_heads', image_dim=m.image_dim, added_kv_proj_dim=m.dim)
+        ref = diffusers.WanTransformer3DModel(**diffusers_kwargs(c)['transformer'])
         ref_clip = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
             **e.to_dict(), projection_dim=1024))
     assert sum(p.numel() for p in ref.parameters()) == I2V_DIT_PARAMS

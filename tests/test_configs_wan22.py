@@ -8,6 +8,7 @@ import pytest
 from sora_jax.aot.compile import Shape
 from sora_jax.models import vae
 from sora_jax.models.dit import DiTConfig
+from tests.parity.wan_fixture import diffusers_kwargs
 
 _PATH = os.path.join(os.path.dirname(__file__), '..', 'configs', 'wan22.py')
 _spec = importlib.util.spec_from_file_location('wan22_config', _PATH)
@@ -92,12 +93,7 @@ def test_matches_diffusers_on_meta_device(arg):
     c = wan22.get_config(arg)
     m = c.model
     with torch.device('meta'):
-        ref = diffusers.WanTransformer3DModel(
-            patch_size=tuple(m.patch_size), num_attention_heads=m.num_heads,
-            attention_head_dim=m.dim // m.num_heads, in_channels=m.in_channels,
-            out_channels=m.out_channels, text_dim=m.text_dim, freq_dim=m.freq_dim,
-            ffn_dim=m.ffn_dim, num_layers=m.depth, eps=m.eps, cross_attn_norm=m.cross_attn_norm,
-            qk_norm='rms_norm_across_heads')
+        ref = diffusers.WanTransformer3DModel(**diffusers_kwargs(c)['transformer'])
     assert sum(p.numel() for p in ref.parameters()) == DIT_PARAMS[arg]
     parsed = wan.dit_config_from_hf(dict(ref.config))  # what the converter reads from the hub
     ours = DiTConfig.from_config(m)
