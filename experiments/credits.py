@@ -25,7 +25,7 @@ def main(argv):
     from sora_jax.safety import record
     rec = record.load(FLAGS.checkpoint)
     if FLAGS.write:
-        from sora_jax.train import checkpoint as ckpt
+        from sora_jax.io import checkpoint as ckpt
         rec = record.for_config(ckpt.load_config(os.path.join(FLAGS.checkpoint, 'checkpoints')))
         print(f'wrote {record.write(FLAGS.checkpoint, rec)}')
     if rec is None:

@@ -200,13 +200,13 @@ def _checkpoint_vae(checkpoint):
     """The VAE a DiT checkpoint samples through (a bundle's vae/, a workdir's autoencoder), or the
     checkpoint itself when it is a VAE run."""
     from sora_jax.pipeline import load_vae
-    from sora_jax.train import checkpoint as ckpt
+    from sora_jax.io import checkpoint as ckpt
     if not checkpoint:
         raise ValueError('--autoencoder needs --checkpoint=DIR (a DiT run or bundle with a VAE, '
                          'or a VAE run).')
     config = ckpt.load_config(ckpt.checkpoint_dir(checkpoint))
     if config.get('objective') == 'vae':
-        from sora_jax.train import frozen_vae
+        from sora_jax.models import frozen_vae
         return frozen_vae.load(checkpoint)
     vae = load_vae(config.get('autoencoder', 'none'), relative_to=checkpoint)
     if vae is None:
@@ -222,7 +222,7 @@ def main(argv):
     if F.suite == 'ground_truth':
         data = {}
         if F.checkpoint:  # judge the data distribution that checkpoint was trained on
-            from sora_jax.train import checkpoint as ckpt
+            from sora_jax.io import checkpoint as ckpt
             data = ckpt.load_config(ckpt.checkpoint_dir(F.checkpoint)).get('data', {})
         backgrounds = tuple(F.backgrounds or data.get('backgrounds', ()) or ()) or None
         size_scale = F.size_scale if F.size_scale is not None else float(data.get('size_scale', 1.0))

@@ -38,12 +38,13 @@ def export_params(src_workdir: str, dst_workdir: str, build_model, dtype: str, e
     import jax.numpy as jnp
     from flax import nnx
 
+    from sora_jax.io import checkpoint as ckpt_io
     from sora_jax.train import checkpoint as ckpt
 
     cdir = os.path.join(src_workdir, 'checkpoints')
-    config = ckpt.load_config(cdir)
+    config = ckpt_io.load_config(cdir)
     abstract = nnx.state(nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0))), nnx.Param)
-    params, step = ckpt.restore_params(cdir, abstract, ema=ema, step=step)
+    params, step = ckpt_io.restore_params(cdir, abstract, ema=ema, step=step)
     params = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), params)
     if edit_config is not None:
         config = edit_config(config)
@@ -65,8 +66,8 @@ def export_bundle(dit: str, dst: str, dtype: str = 'float16', ema: bool = True,
     from etils import epath
 
     from sora_jax.data import staging
+    from sora_jax.io import checkpoint as ckpt
     from sora_jax.safety import record
-    from sora_jax.train import checkpoint as ckpt
     from sora_jax.train.objectives import flow as flow_objective
     from sora_jax.train.objectives import vae as vae_objective
 

@@ -120,7 +120,7 @@ def main(argv):
         if path and pathlib.Path(path).suffix.lower() not in VIDEO_EXTENSIONS:
             raise app.UsageError(f'--{name}={path!r}: use a video extension {list(VIDEO_EXTENSIONS)}.')
     compile_cache.enable()
-    from sora_jax.train import frozen_vae
+    from sora_jax.models import frozen_vae
     vae = frozen_vae.load(FLAGS.checkpoint)
     result = reconstruct_file(vae) if FLAGS.input else reconstruct_suite(vae)
     result.update(checkpoint=FLAGS.checkpoint, step=int(vae.step))

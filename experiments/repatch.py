@@ -62,13 +62,14 @@ def repatch(src: str, dst: str, patch_t: int, ema: bool = True) -> tuple[int, tu
     import jax
     import numpy as np
     from flax import nnx
+    from sora_jax.io import checkpoint as ckpt_io
+    from sora_jax.models import denoiser
     from sora_jax.train import checkpoint as ckpt
-    from sora_jax.train.objectives import flow as flow_objective
-    cdir = ckpt.checkpoint_dir(src)
-    config = ckpt.load_config(cdir)
+    cdir = ckpt_io.checkpoint_dir(src)
+    config = ckpt_io.load_config(cdir)
     model_abs = lambda c: nnx.state(nnx.eval_shape(
-        lambda: flow_objective.build_model(c, nnx.Rngs(0))), nnx.Param)
-    params, step = ckpt.restore_params(cdir, model_abs(config), ema=ema)
+        lambda: denoiser.build_model(c, nnx.Rngs(0))), nnx.Param)
+    params, step = ckpt_io.restore_params(cdir, model_abs(config), ema=ema)
     old_patch = tuple(config.model.patch_size)
     new = config.copy_and_resolve_references()
     new.unlock()

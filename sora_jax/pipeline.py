@@ -38,14 +38,14 @@ from tqdm import tqdm
 from sora_jax.diffusion import conditioning as cond_lib
 from sora_jax.diffusion import flow
 from sora_jax.diffusion import samplers
+from sora_jax.io import checkpoint as ckpt
 from sora_jax.io import video as video_io
+from sora_jax.models import denoiser
+from sora_jax.models import frozen_vae
+from sora_jax.models.frozen_vae import FrozenVAE
 from sora_jax.models.text import ByteTokenizer
 from sora_jax.safety import moderation as moderation_lib
 from sora_jax.safety import watermark as watermark_lib
-from sora_jax.train import checkpoint as ckpt
-from sora_jax.train import frozen_vae
-from sora_jax.train.frozen_vae import FrozenVAE
-from sora_jax.train.objectives import flow as flow_objective
 
 MAX_FRAMES = 1024
 
@@ -163,7 +163,7 @@ class TextToVideo:
         config = ckpt.load_config(cdir)
         if config.get('lora', {}).get('rank', 0):  # a LoRA run: its base plus its adapters
             return cls._from_lora_run(path, config, ema)
-        abstract = nnx.state(nnx.eval_shape(lambda: flow_objective.build_model(config, nnx.Rngs(0))),
+        abstract = nnx.state(nnx.eval_shape(lambda: denoiser.build_model(config, nnx.Rngs(0))),
                              nnx.Param)
         params, step = ckpt.restore_params(cdir, abstract, ema=ema)
         logging.info('Loaded %s params of step %d from %s', 'EMA' if ema else 'raw', step, path)
@@ -178,20 +178,20 @@ class TextToVideo:
     def _from_lora_run(cls, path: str, config, ema: bool) -> 'TextToVideo':
         """A LoRA training workdir: the base it names (config.lora.base: a workdir / bundle, or a
         converted Wan folder, sampled with the run's config) with its adapters merged in
-        (train/lora.py)."""
+        (convert/lora_run.py)."""
         from sora_jax.convert import lora as lora_files
-        from sora_jax.train import lora as lora_train
+        from sora_jax.convert import lora_run
         base = config.lora.get('base', '')
-        sha, _ = lora_train.base_fingerprint(base)
+        sha, _ = lora_run.base_fingerprint(base)
         if sha != config.lora.get('base_sha256', ''):
             raise ValueError(f'{path!r} was trained on base {base!r} whose files no longer hash '
                              'the same; restore the original base to sample this LoRA run.')
-        from sora_jax.train import wan_frozen
-        if wan_frozen.is_converted(base):  # configs/wan21.py:lora_*: sampled as from_wan
+        from sora_jax.convert import checkpoint as converted
+        if converted.is_converted(base):  # configs/wan21.py:lora_*: sampled as from_wan
             pipe = cls.from_wan(base, config)
         else:
             pipe = cls.from_checkpoint(base, ema=bool(config.train.get('init_from_ema', True)))
-        adapter, step, _ = lora_train.read_adapter(path, ema=ema)
+        adapter, step, _ = lora_run.read_adapter(path, ema=ema)
         pipe._base = lora_files.apply(*pipe._base, [adapter], merge=True)
         pipe.graphdef, pipe.params = pipe._base
         logging.info('LoRA run %s (step %d) merged into its base %s', path, step, base)
@@ -201,12 +201,12 @@ class TextToVideo:
     @classmethod
     def from_config(cls, config, seed: int = 0, vae: FrozenVAE | None = None) -> 'TextToVideo':
         """Randomly initialised shapes-family model (tests, smoke runs)."""
-        model = flow_objective.build_model(config, nnx.Rngs(seed))
+        model = denoiser.build_model(config, nnx.Rngs(seed))
         return cls._from_denoiser(config, nnx.state(model, nnx.Param), vae)
 
     @classmethod
     def _from_denoiser(cls, config, params, vae) -> 'TextToVideo':
-        model = nnx.eval_shape(lambda: flow_objective.build_model(config, nnx.Rngs(0)))
+        model = nnx.eval_shape(lambda: denoiser.build_model(config, nnx.Rngs(0)))
         text = ByteText(nnx.graphdef(model.text), params['text'], config.text.max_length)
         return cls(config, nnx.graphdef(model.dit), params['dit'], text, vae)
 

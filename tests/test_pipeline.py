@@ -9,7 +9,7 @@ from flax import nnx
 from configs import shapes as shapes_config
 from sora_jax.models import vae as vae_lib
 from sora_jax.pipeline import TextToVideo
-from sora_jax.train.frozen_vae import FrozenVAE
+from sora_jax.models.frozen_vae import FrozenVAE
 
 KW = dict(num_inference_steps=3, guidance_scale=2.0, progress=False)
 

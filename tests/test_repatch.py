@@ -13,6 +13,7 @@ from configs import shapes as shapes_config
 from sora_jax.models.dit import DiT, DiTConfig
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.pipeline import TextToVideo
+from sora_jax.io import checkpoint as ckpt_io
 from sora_jax.train import checkpoint as ckpt
 from sora_jax.train import loop
 from sora_jax.train.objectives import flow as flow_objective
@@ -55,7 +56,7 @@ def test_script_writes_a_loadable_warm_start(tmp_path):
     mngr.wait_until_finished()
     step, old, new = repatch.repatch(str(tmp_path / 'run'), str(tmp_path / 'p1'), 1)
     assert (step, old, new) == (3, (2, 2, 2), (1, 2, 2))
-    assert tuple(ckpt.load_config(tmp_path / 'p1' / 'checkpoints').model.patch_size) == (1, 2, 2)
+    assert tuple(ckpt_io.load_config(tmp_path / 'p1' / 'checkpoints').model.patch_size) == (1, 2, 2)
     pipe = TextToVideo.from_checkpoint(tmp_path / 'p1')
     out = pipe('a red circle', num_frames=3, height=8, width=8, num_inference_steps=2)
     assert out.shape == (1, 3, 8, 8, 3)

@@ -5,7 +5,7 @@
   sample  one DiT forward on the classifier-free-guidance batch (2B clips), as
           `pipeline.TextToVideo` runs it every sampling step (with Wan 2.1 I2V's image channels
           and CLIP tokens, Wan 2.2 TI2V's per-token timesteps)
-  decode  the VAE's chunked causal decode (`train/frozen_vae._decode`, the pipeline's)
+  decode  the VAE's chunked causal decode (`models/frozen_vae._decode`, the pipeline's)
 
 `compile_task(config, task, mesh, ...)` returns (compiled, info): `info` holds what the report
 needs besides the executable (token counts, parameter counts, the attention kernel chosen).
@@ -165,7 +165,7 @@ def _compile_sample(config, mesh, rules, shape: Shape, hbm_bytes=None):
 
 def _compile_decode(config, mesh, rules, shape: Shape, hbm_bytes=None):
     from sora_jax.models import vae as vae_lib
-    from sora_jax.train import frozen_vae
+    from sora_jax.models import frozen_vae
     cfg = vae_lib.from_config(config.vae)
     model = nnx.eval_shape(lambda: vae_lib.WanVAE(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)

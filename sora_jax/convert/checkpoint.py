@@ -21,9 +21,13 @@ With a `mesh`, `load_wan` / `load_converted` restore every parameter straight in
 sharding (the logical axis rules of `parallel/mesh.py` applied to the abstract model built with
 `nnx.eval_shape`): each process reads only its devices' slices, so no host ever holds a whole
 copy of the 14B transformer. Without one, params are read whole onto the host (one device).
+
+`is_converted` tells such a folder from a training workdir; `fingerprint` hashes its
+transformer/ (the base a Wan LoRA run names, `convert/lora_run.py`).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, Mapping, NamedTuple, Optional
 
@@ -46,6 +50,25 @@ class WanModels(NamedTuple):
     pipeline: dict = {}        # model_index.json settings: boundary_ratio, expand_timesteps
     image_encoder: Any = None    # sora_jax.models.clip_vision.CLIPVisionEncoder (I2V folders)
     image_processor: Any = None  # sora_jax.models.clip_preprocess.CLIPImageConfig (I2V folders)
+
+
+def is_converted(path: str) -> bool:
+    """True for a folder written by experiments/convert_wan.py (it has transformer/config.json)."""
+    return bool(path) and os.path.isfile(os.path.join(path, 'transformer', 'config.json'))
+
+
+def fingerprint(root: str) -> str:
+    """sha256 of the files of a converted folder's transformer/ (its config and params)."""
+    base = os.path.join(root, 'transformer')
+    h = hashlib.sha256()
+    for dirpath, _, files in sorted(os.walk(base)):
+        for name in sorted(files):
+            path = os.path.join(dirpath, name)
+            h.update(os.path.relpath(path, base).encode())
+            with open(path, 'rb') as f:
+                for chunk in iter(lambda: f.read(1 << 24), b''):
+                    h.update(chunk)
+    return h.hexdigest()
 
 
 def load_converted(dst: str, component: str, weights_dtype: Any = None, *, mesh: Any = None,

@@ -417,3 +417,16 @@ class DiT(nnx.Module):
         for i in range(self.cfg.depth):
             h, _ = body(h, (jax.tree.map(lambda a: a[i], state), None if flags is None else flags[i]))
         return h
+
+
+def dit_config(config) -> DiTConfig:
+    """The DiT of a run config fed precomputed text features (objective 'flow_context', Wan
+    2.1: `train/objectives/flow_context.py`): config.latent_channels in and out, adapters per
+    config.lora."""
+    c = int(config.latent_channels)
+    return DiTConfig.from_config(dict(config.model.to_dict(), in_channels=c, out_channels=c,
+                                      lora=lora_lib.config_of(config).layout()))
+
+
+def build_model(config, rngs: nnx.Rngs) -> DiT:
+    return DiT(dit_config(config), rngs=rngs)

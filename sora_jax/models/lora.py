@@ -111,6 +111,23 @@ class LoRAConfig:
         return tuple((m, self.rank, self.scale) for m in resolve_targets(self.targets))
 
 
+POINTER_KEYS = ('base', 'base_sha256')  # config.lora keys naming the base, not the adapters
+
+
+def config_of(config) -> LoRAConfig:
+    """The `LoRAConfig` of a run config (`config.lora`; none: off). The keys a LoRA run's saved
+    config adds to name its base (`POINTER_KEYS`, train/lora.py) are not adapter settings."""
+    section = config.get('lora', None)
+    if section is None:
+        return LoRAConfig()
+    d = section.to_dict() if hasattr(section, 'to_dict') else dict(section)
+    return LoRAConfig.from_config({k: v for k, v in d.items() if k not in POINTER_KEYS})
+
+
+def enabled(config) -> bool:
+    return config_of(config).enabled
+
+
 def lora_of(layout: Layout, prefix: str) -> dict[str, tuple[int, float]]:
     """{name: (rank, scale)} of the modules under `prefix` ('attn1.', 'ffn.') in a layout."""
     return {m[len(prefix):]: (r, s) for m, r, s in layout if m.startswith(prefix)}

@@ -44,6 +44,8 @@ from flax import nnx
 from tqdm import tqdm
 
 from sora_jax.data import pipeline as data_pipeline
+from sora_jax.io import checkpoint as ckpt_io
+from sora_jax.models import lora as lora_lib
 from sora_jax.models.text import ByteTokenizer
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.safety import record as data_record
@@ -88,7 +90,7 @@ def make_sources(config) -> dict[str, Any]:
         mirror.push()
         return sources
     from sora_jax.data import latents as latents_lib
-    from sora_jax.train import frozen_vae
+    from sora_jax.models import frozen_vae
     vae = frozen_vae.load(config.autoencoder)
     out = latents_lib.cache_dir(mirror.local, config.data.to_dict(), config.autoencoder,
                                 vae.step)
@@ -152,7 +154,7 @@ def _init_fn(config, objective, tx):
     def init_fn(k):
         k_model, k_state = jax.random.split(k)
         model = objective.build_model(config, nnx.Rngs(k_model))
-        if lora_train.enabled(config):  # adapters train; the base is frozen (train/lora.py)
+        if lora_lib.enabled(config):  # adapters train; the base is frozen (train/lora.py)
             adapters, base = lora_train.split(model, config)
             return state_lib.create(adapters, tx, k_state, frozen=base)
         return state_lib.create(nnx.state(model, nnx.Param), tx, k_state)
@@ -185,11 +187,11 @@ def warm_start(state, source: str, *, ema: bool = True, adapt=None):
     initialisation; a shape mismatch is an error. Step, optimizer and data position start from
     zero: this is fine-tuning, not resume. `adapt(params) -> params` (the objective's
     `adapt_warm_start`) edits the loaded params, e.g. inflating an image VAE to video."""
-    directory = ckpt.checkpoint_dir(source)
+    directory = ckpt_io.checkpoint_dir(source)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
                             state.params)
     try:
-        loaded, step = ckpt.restore_params(directory, abstract, ema=ema, missing_ok=True)
+        loaded, step = ckpt_io.restore_params(directory, abstract, ema=ema, missing_ok=True)
     except ValueError as e:  # shape mismatch, or no checkpoint
         raise ValueError(f'train.init_from={source!r}: cannot load its params into this model '
                          f'({e}); the model config must match the source run.') from e

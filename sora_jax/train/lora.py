@@ -9,36 +9,23 @@ bundle, or a converted Wan 2.1 folder (configs/wan21.py:lora_*, train/wan_frozen
 loaded at the start and again on every resume. Checkpoints hold only the adapters
 (`state.frozen` is dropped before saving) plus, in the saved config, a pointer to the base:
 `lora.base` (its path) and `lora.base_sha256` (a hash of its checkpoint files). A resume whose
-base files no longer hash the same is an error.
+base files no longer hash the same is an error. Reading a run's adapters and hashing its base
+(sampling needs both) is `convert/lora_run.py`'s; `config.lora` itself is `models/lora.py`'s.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import pathlib
 
 import jax
 from absl import logging
 from flax import nnx
 
-from sora_jax.models.lora import BASE_DTYPES, LoRAConfig
-from sora_jax.train import checkpoint as ckpt
+from sora_jax.convert import checkpoint as converted
+from sora_jax.convert import lora_run
+from sora_jax.io import checkpoint as ckpt
+from sora_jax.models import lora as lora_lib
+from sora_jax.models.lora import BASE_DTYPES
 from sora_jax.train import wan_frozen
-
-
-POINTER_KEYS = ('base', 'base_sha256')  # config.lora keys naming the base, not the adapters
-
-
-def config_of(config) -> LoRAConfig:
-    section = config.get('lora', None)
-    if section is None:
-        return LoRAConfig()
-    d = section.to_dict() if hasattr(section, 'to_dict') else dict(section)
-    return LoRAConfig.from_config({k: v for k, v in d.items() if k not in POINTER_KEYS})
-
-
-def enabled(config) -> bool:
-    return config_of(config).enabled
 
 
 def base_source(config) -> str:
@@ -50,7 +37,7 @@ def base_source(config) -> str:
 
 def validate(config) -> None:
     """lora.* keys, and a base model when LoRA is on."""
-    lc = config_of(config)
+    lc = lora_lib.config_of(config)
     if not lc.enabled:
         return
     if config.get('objective', 'flow') not in ('flow', 'flow_context'):
@@ -71,7 +58,7 @@ def validate(config) -> None:
 def inherit_latent_stats(config) -> None:
     """Empty `latent_mean` / `latent_std` (with a VAE) become the base run's: adapters learn in
     the base model's latent space, not in statistics of the new data."""
-    if not enabled(config) or config.get('autoencoder', 'none') in ('none', '', None):
+    if not lora_lib.enabled(config) or config.get('autoencoder', 'none') in ('none', '', None):
         return
     if len(config.get('latent_mean', ())):
         return
@@ -85,28 +72,9 @@ def inherit_latent_stats(config) -> None:
 def split(model: nnx.Module, config):
     """(adapters, base) of a freshly built model; base cast to lora.base_dtype."""
     _, adapters, base = nnx.split(model, nnx.LoRAParam, nnx.Param)
-    dtype = BASE_DTYPES[config_of(config).base_dtype]
+    dtype = BASE_DTYPES[lora_lib.config_of(config).base_dtype]
     base = jax.tree.map(lambda x: x.astype(dtype), base)
     return adapters, base
-
-
-def base_fingerprint(source: str) -> tuple[str, int]:
-    """(sha256 of the newest checkpoint's files, its step) of a workdir / bundle; (sha256 of
-    its transformer/ files, 0) of a converted Wan folder (train/wan_frozen.py)."""
-    if wan_frozen.is_converted(source):
-        return wan_frozen.fingerprint(source), 0
-    directory = pathlib.Path(ckpt.checkpoint_dir(source))
-    steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-    if not steps:
-        raise ValueError(f'lora base {source!r} holds no complete checkpoint.')
-    step_dir = directory / str(steps[-1])
-    h = hashlib.sha256()
-    for path in sorted(p for p in step_dir.rglob('*') if p.is_file()):
-        h.update(os.fspath(path.relative_to(step_dir)).encode())
-        with open(path, 'rb') as f:
-            for chunk in iter(lambda: f.read(1 << 24), b''):
-                h.update(chunk)
-    return h.hexdigest(), steps[-1]
 
 
 def load_base(state, config, expected_sha256: str = ''):
@@ -114,14 +82,14 @@ def load_base(state, config, expected_sha256: str = ''):
     train.init_from_ema=False), and the base's hash; `expected_sha256` (from a checkpoint being
     resumed) must match it."""
     src = base_source(config)
-    sha, _ = base_fingerprint(src)
+    sha, _ = lora_run.base_fingerprint(src)
     if expected_sha256 and sha != expected_sha256:
         raise ValueError(f'lora base {src!r} changed since this run started: its files hash to '
                          f'{sha[:12]}..., the checkpoint was trained on {expected_sha256[:12]}...; '
                          'point lora.base / train.init_from at the original base.')
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
                             state.frozen)
-    if wan_frozen.is_converted(src):  # a converted Wan folder: its DiT is the whole base
+    if converted.is_converted(src):  # a converted Wan folder: its DiT is the whole base
         frozen, step = wan_frozen.load_dit_params(src, abstract), 0
         return _loaded(state.replace(frozen=frozen), src, sha, step), sha
     try:
@@ -155,39 +123,12 @@ def saved_sha256(workdir: str) -> str:
     return cfg.get('lora', {}).get('base_sha256', '')
 
 
-def read_adapter(workdir: str, *, ema: bool = True):
-    """(adapter as `convert/lora.py` holds it, step, config) of a LoRA run's newest checkpoint
-    (its EMA adapters unless `ema=False`)."""
-    import importlib
-
-    from sora_jax.convert import lora as lora_files
-    cdir = ckpt.checkpoint_dir(workdir)
-    config = ckpt.load_config(cdir)
-    if not enabled(config):
-        raise ValueError(f'{workdir!r} is not a LoRA run (its config has lora.rank=0).')
-    objective = importlib.import_module(  # flow (Denoiser) or flow_context (a Wan DiT alone)
-        f'sora_jax.train.objectives.{config.get("objective", "flow")}')
-    model = nnx.eval_shape(lambda: objective.build_model(config, nnx.Rngs(0)))
-    dit = getattr(model, 'dit', model)
-    abstract = nnx.state(dit, nnx.LoRAParam)
-    prefix = ('dit',) if dit is not model else ()
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
-    wrapped = abstract
-    for p in reversed(prefix):
-        wrapped = {p: wrapped}
-    params, step = ckpt.restore_params(cdir, wrapped, ema=ema)
-    for p in prefix:
-        params = params[p]
-    flat = {'/'.join(map(str, p)): v[...] for p, v in nnx.to_flat_state(nnx.State(params))}
-    return lora_files.from_params(flat, dit.cfg.lora), step, config
-
-
 def export(workdir: str, out: str, *, ema: bool = True) -> dict:
     """Writes the adapters of a LoRA run's newest checkpoint (EMA unless `ema=False`) as a
     safetensors file in the diffusers layout (`convert/lora.py`); returns
     {'file', 'step', 'bytes', 'adapter_params', 'base', 'base_sha256'}."""
     from sora_jax.convert import lora as lora_files
-    adapter, step, config = read_adapter(workdir, ema=ema)
+    adapter, step, config = lora_run.read_adapter(workdir, ema=ema)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tensors = lora_files.save(out, adapter)
     return {'file': out, 'step': step, 'bytes': os.path.getsize(out),

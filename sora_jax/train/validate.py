@@ -213,7 +213,7 @@ def _vae_factors(config) -> tuple[int, int]:
         raise _err('autoencoder', path, f'{cdir} does not exist; train a VAE first '
                    '(experiments/train.py --config=configs/shapes.py:vae --workdir=...) or use '
                    "'none' for pixel space.")
-    from sora_jax.train import checkpoint as ckpt
+    from sora_jax.io import checkpoint as ckpt
     vae = ckpt.load_config(cdir).vae
     if config.get('latent_channels') != vae.z_dim:
         raise _err('latent_channels', config.get('latent_channels'),

@@ -12,7 +12,6 @@ tokenizer/, transformer/, vae/; `convert/checkpoint.py`). From it:
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
@@ -20,11 +19,6 @@ import jax
 import numpy as np
 
 COMPONENTS = ('text_encoder', 'tokenizer', 'transformer', 'vae')
-
-
-def is_converted(path: str) -> bool:
-    """True for a folder written by experiments/convert_wan.py (it has transformer/config.json)."""
-    return bool(path) and os.path.isfile(os.path.join(path, 'transformer', 'config.json'))
 
 
 def uses_wan(config) -> bool:
@@ -66,7 +60,7 @@ def make_sources(config, pixel_sources: dict[str, Any], data_dir: str | None = N
     from sora_jax.convert.checkpoint import load_converted
     from sora_jax.data import latents as latents_lib
     from sora_jax.data import text_features
-    from sora_jax.train.frozen_vae import FrozenVAE
+    from sora_jax.models.frozen_vae import FrozenVAE
     root = config.checkpoint
     vae: list = []  # loaded on the first clip to encode: not at all when the cache is complete
 
@@ -109,20 +103,6 @@ def caption_encoder(root: str, max_length: int):
         out = np.asarray(jax.device_get(run(state, ids, mask)).astype(np.float32))
         return [o[:int(m.sum())] for o, m in zip(out, mask)]
     return encode
-
-
-def fingerprint(root: str) -> str:
-    """sha256 of the files of a converted folder's transformer/ (its config and params)."""
-    base = os.path.join(root, 'transformer')
-    h = hashlib.sha256()
-    for dirpath, _, files in sorted(os.walk(base)):
-        for name in sorted(files):
-            path = os.path.join(dirpath, name)
-            h.update(os.path.relpath(path, base).encode())
-            with open(path, 'rb') as f:
-                for chunk in iter(lambda: f.read(1 << 24), b''):
-                    h.update(chunk)
-    return h.hexdigest()
 
 
 def load_dit_params(root: str, abstract):

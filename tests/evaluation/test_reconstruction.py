@@ -82,7 +82,7 @@ def test_cli_round_trip_matches_library(workdir, input_video, tmp_path):
     assert read_video(out.with_suffix('.gif')).shape[0] == 9
 
     # The same round trip here: a GAN workdir loads as its plain WanVAE part.
-    from sora_jax.train import frozen_vae
+    from sora_jax.models import frozen_vae
     vae = frozen_vae.load(workdir)
     assert isinstance(vae.module, WanVAE) and vae.step == 2
     frames, _ = rec.fit_video(read_video(input_video), 4, 4)
@@ -106,7 +106,7 @@ def test_cli_round_trip_matches_library(workdir, input_video, tmp_path):
 
 
 def test_batched_clips_equal_one_by_one(workdir):
-    from sora_jax.train import frozen_vae
+    from sora_jax.models import frozen_vae
     vae = frozen_vae.load(workdir)
     clips = rec.heldout_shapes(3, 9, 16, 20)  # the CLI test's shape: one compile reused
     assert clips.shape == (3, 9, 16, 20, 3)

@@ -108,7 +108,7 @@ def test_tracker_metrics_and_videos(bucket):
 
 
 def test_checkpoint_dirs_and_init_from(bucket):
-    from sora_jax.train import checkpoint as ckpt
+    from sora_jax.io import checkpoint as ckpt
     from sora_jax.train.validate import check_init_from
     (bucket / 'b' / 'bundle' / 'checkpoints' / '5').mkdir(parents=True)
     assert ckpt.checkpoint_dir('gs://b/bundle') == 'gs://b/bundle/checkpoints'
@@ -161,7 +161,8 @@ def test_remote_data_dir_builds_locally_and_is_reused_from_the_bucket(bucket, tm
 def test_latent_cache_of_a_remote_data_dir(bucket, tmp_path, monkeypatch):
     """The latent cache is written in the mirror and pushed; a stand-in encoder (a 2x2 mean
     pool to 3 channels) instead of a VAE, so nothing compiles: the cache layout is the VAE's."""
-    from sora_jax.train import frozen_vae, loop
+    from sora_jax.models import frozen_vae
+    from sora_jax.train import loop
 
     class Pool:
         step = 7

@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 
 from configs import shapes as shapes_config
+from sora_jax.convert import lora_run
+from sora_jax.io import checkpoint as ckpt_io
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.train import checkpoint as ckpt
 from sora_jax.train import lora as lora_train
 from sora_jax.train import loop
 from sora_jax.train import step as step_lib
 from sora_jax.train.objectives import flow as flow_objective
+from tests.test_pipeline_imports import train_modules_after
 
 MESH = (2, 2, 2, 1)
 
@@ -100,19 +103,19 @@ def test_checkpoint_holds_adapters_and_resume_is_exact(base):
         saved['params'])]
     assert keys and all('lora' in k for k in keys)
     assert saved.get('frozen') in (None, {}, [])
-    cfg = ckpt.load_config(os.path.join(run_a, 'checkpoints'))
+    cfg = ckpt_io.load_config(os.path.join(run_a, 'checkpoints'))
     assert cfg.lora.base == base_dir
-    assert cfg.lora.base_sha256 == lora_train.base_fingerprint(base_dir)[0]
+    assert cfg.lora.base_sha256 == lora_run.base_fingerprint(base_dir)[0]
     # resume: run B = A's step-2 checkpoint continued to step 4
     shutil.copytree(os.path.join(run_a, 'checkpoints', '2'),
                     os.path.join(run_b, 'checkpoints', '2'))
     loop.train_and_evaluate(c, run_b)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                             dict(params=saved['params'], ema_params=saved['ema_params']))
-    a, _ = ckpt.restore_params(os.path.join(run_a, 'checkpoints'), abstract['params'], ema=False)
-    b, _ = ckpt.restore_params(os.path.join(run_b, 'checkpoints'), abstract['params'], ema=False)
-    ea, _ = ckpt.restore_params(os.path.join(run_a, 'checkpoints'), abstract['ema_params'])
-    eb, _ = ckpt.restore_params(os.path.join(run_b, 'checkpoints'), abstract['ema_params'])
+    a, _ = ckpt_io.restore_params(os.path.join(run_a, 'checkpoints'), abstract['params'], ema=False)
+    b, _ = ckpt_io.restore_params(os.path.join(run_b, 'checkpoints'), abstract['params'], ema=False)
+    ea, _ = ckpt_io.restore_params(os.path.join(run_a, 'checkpoints'), abstract['ema_params'])
+    eb, _ = ckpt_io.restore_params(os.path.join(run_b, 'checkpoints'), abstract['ema_params'])
     for x, y in zip(jax.tree.leaves((a, ea)), jax.tree.leaves((b, eb))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     # a changed base is refused on resume
@@ -123,6 +126,34 @@ def test_checkpoint_holds_adapters_and_resume_is_exact(base):
         f.write('changed')
     with pytest.raises(ValueError, match='changed since this run started'):
         loop.train_and_evaluate(c2, run_b)
+
+
+def test_lora_run_samples_without_the_train_package(base, tmp_path):
+    """A LoRA run's checkpoint (adapters + base pointer, as the loop saves it) loads for sampling
+    in a fresh process that imports no sora_jax.train module; its adapters are merged in."""
+    root, base_dir, base_params = base
+    c = _config(os.path.join(root, 'data'), base_dir)
+    mesh = mesh_lib.make_mesh((1, 1, 1, 1), devices=jax.devices()[:1])
+    _, state, _, _, _ = loop.init_state(c, mesh, mesh_lib.rules_dict(), flow_objective)
+    state, sha = lora_train.load_base(state, c)
+    ones = lambda p, x: jnp.ones_like(x) if 'lora_b' in jax.tree_util.keystr(p) else x
+    state = state.replace(ema_params=jax.tree_util.tree_map_with_path(ones, state.ema_params))
+    run = str(tmp_path / 'run')
+    mngr = ckpt.manager(os.path.join(run, 'checkpoints'), async_save=False)
+    ckpt.save(mngr, 3, state.replace(frozen=None), None, lora_train.with_pointer(c, sha))
+    mngr.wait_until_finished()
+    out = tmp_path / 'to_q.npy'
+    code = ('import numpy as np\nfrom sora_jax.pipeline import TextToVideo\n'
+            f'pipe = TextToVideo.from_checkpoint({run!r})\n'
+            "q = pipe.params['blocks']['attn1']['to_q']['kernel'][...]\n"
+            f'np.save({str(out)!r}, np.asarray(q))')
+    assert train_modules_after(code) == []
+    # the base's kernel + (alpha / rank = 2) A @ B, B all ones
+    lora = state.ema_params['dit']['blocks']['attn1']['to_q']['lora']
+    a, b = np.asarray(lora['lora_a'][...]), np.asarray(lora['lora_b'][...])
+    want = np.asarray(base_params['dit']['blocks']['attn1']['to_q']['kernel'][...]) + 2.0 * a @ b
+    assert np.abs(2.0 * a @ b).max() > 0.1
+    np.testing.assert_allclose(np.load(out), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('lora, match', [

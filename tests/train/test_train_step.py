@@ -7,6 +7,7 @@ import pytest
 
 from configs import shapes as shapes_config
 from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.io import checkpoint as ckpt_io
 from sora_jax.train import checkpoint as ckpt
 from sora_jax.train import loop
 from sora_jax.train import step as step_lib
@@ -126,7 +127,7 @@ def test_checkpoint_restore_identical_next_step(tmp_path):
         if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
             x, y = jax.random.key_data(x), jax.random.key_data(y)
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    assert ckpt.load_config(tmp_path / 'ck').model.dim == c.model.dim
+    assert ckpt_io.load_config(tmp_path / 'ck').model.dim == c.model.dim
 
 
 def test_warm_start_takes_the_source_ema_params(tmp_path):

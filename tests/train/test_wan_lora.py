@@ -10,9 +10,11 @@ import jax
 import numpy as np
 import pytest
 
+from sora_jax.convert import checkpoint as convert_ckpt
 from sora_jax.convert import wan
 from sora_jax.convert.orbax_params import restore_params
 from sora_jax.data import shapes
+from sora_jax.io import checkpoint as ckpt_io
 from sora_jax.io import video as V
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.train import checkpoint as ckpt
@@ -21,6 +23,7 @@ from sora_jax.train import loop
 from sora_jax.train import wan_frozen
 from sora_jax.train.objectives import flow_context
 from tests.parity.wan_fixture import SENTENCES, make_tiny_wan_folder
+from tests.test_pipeline_imports import train_modules_after
 
 _spec = importlib.util.spec_from_file_location('wan21_config', os.path.join(
     os.path.dirname(__file__), '..', '..', 'configs', 'wan21.py'))
@@ -68,7 +71,7 @@ def test_only_adapters_train_base_is_the_converted_dit(run):
     mesh = mesh_lib.make_mesh((1, 1, 1, 1), devices=jax.devices()[:1])
     _, state, _, _, _ = loop.init_state(c, mesh, mesh_lib.rules_dict(), flow_context)
     state, sha = lora_train.load_base(state, c)
-    assert sha == wan_frozen.fingerprint(c.checkpoint)
+    assert sha == convert_ckpt.fingerprint(c.checkpoint)
     with pytest.raises(ValueError, match='changed since this run started'):  # resume, other base
         lora_train.load_base(state, c, expected_sha256='0' * 64)
     converted = restore_params(os.path.join(c.checkpoint, 'transformer', 'params'))
@@ -88,7 +91,7 @@ def test_only_adapters_train_base_is_the_converted_dit(run):
     # what trained: every adapter (A and B) moved from its initialisation; nothing else saved
     init = _leaves(state.params)
     assert init and all('lora' in k for k in init)
-    trained, _ = ckpt.restore_params(os.path.join(work, 'checkpoints'), state.params, ema=False)
+    trained, _ = ckpt_io.restore_params(os.path.join(work, 'checkpoints'), state.params, ema=False)
     moved = [k for k, v in _leaves(trained).items() if not np.array_equal(v, init[k])]
     assert len(moved) == len(init)
     n_opt = sum(x.size for x in jax.tree.leaves(state.opt_state))
@@ -105,9 +108,9 @@ def test_checkpoint_holds_adapters_and_the_base_pointer(run):
         saved['params'])]
     assert keys and all('lora' in k for k in keys)
     assert saved.get('frozen') in (None, {}, [])
-    cfg = ckpt.load_config(os.path.join(work, 'checkpoints'))
+    cfg = ckpt_io.load_config(os.path.join(work, 'checkpoints'))
     assert cfg.lora.base == c.checkpoint and cfg.objective == 'flow_context'
-    assert cfg.lora.base_sha256 == wan_frozen.fingerprint(c.checkpoint)
+    assert cfg.lora.base_sha256 == convert_ckpt.fingerprint(c.checkpoint)
 
 
 def test_lora_run_and_exported_file_sample_the_same_video_unlike_the_base(run, tmp_path):
@@ -127,6 +130,23 @@ def test_lora_run_and_exported_file_sample_the_same_video_unlike_the_base(run, t
     np.testing.assert_allclose(v_file.astype(int), v_run.astype(int), atol=1)
     diff = np.abs(v_run.astype(int) - v_base.astype(int))
     assert diff.mean() > 1.0, diff.mean()
+
+
+def test_lora_run_samples_without_the_train_package(run, tmp_path):
+    """A fresh process loads the Wan LoRA run (converted base + merged adapters) for sampling
+    without importing any sora_jax.train module, to the same weights as this process."""
+    from sora_jax.pipeline import TextToVideo
+    _, c, work, _ = run
+    out = tmp_path / 'to_q.npy'
+    code = ('import numpy as np\nfrom sora_jax.pipeline import TextToVideo\n'
+            f'pipe = TextToVideo.from_checkpoint({work!r})\n'
+            "q = pipe.params['blocks']['attn1']['to_q']['kernel'][...]\n"
+            f'np.save({str(out)!r}, np.asarray(q))')
+    assert train_modules_after(code) == []
+    here = TextToVideo.from_checkpoint(work).params['blocks']['attn1']['to_q']['kernel'][...]
+    base = TextToVideo.from_wan(c.checkpoint, c).params['blocks']['attn1']['to_q']['kernel'][...]
+    np.testing.assert_array_equal(np.load(out), np.asarray(here))
+    assert np.abs(np.load(out) - np.asarray(base)).max() > 0  # the trained adapters merged in
 
 
 def test_bad_wan_configs(run, tmp_path):

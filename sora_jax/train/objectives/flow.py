@@ -5,36 +5,19 @@ velocity of x_t = (1 - t) x0 + t eps
 
 Batches hold `latents` [B, T, H, W, C] (pre-encoded by a VAE) or, in pixel space, `video`
 [B, T, H, W, 3] in [-1, 1]; plus `text_ids` [B, L].
+
+The model (`build_model`) is `models/denoiser.py`'s, the one sampling restores into.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from sora_jax.diffusion import conditioning
 from sora_jax.diffusion import flow
-from sora_jax.models.denoiser import Denoiser
-from sora_jax.models.dit import DiTConfig
-from sora_jax.models.text import BOS, PAD, ByteEncoderConfig
-
-
-def conditioning_enabled(config) -> bool:
-    return bool(config.get('conditioning', {}).get('enabled', False))
-
-
-def dit_config(config) -> DiTConfig:
-    """DiT config with channels derived from the data (pixels or VAE latents): C in and out, or
-    2C + 1 in with frame-mask conditioning (noisy latents, known latents, mask)."""
-    c = int(config.latent_channels)
-    cin = 2 * c + 1 if conditioning_enabled(config) else c
-    from sora_jax.train import lora as lora_train  # config.lora: adapters on the blocks
-    return DiTConfig.from_config(dict(config.model.to_dict(), in_channels=cin, out_channels=c,
-                                      lora=lora_train.config_of(config).layout()))
-
-
-def build_model(config, rngs: nnx.Rngs) -> Denoiser:
-    return Denoiser(ByteEncoderConfig.from_config(config.text), dit_config(config), rngs=rngs)
+from sora_jax.models.denoiser import Denoiser, conditioning_enabled
+from sora_jax.models.denoiser import build_model  # noqa: F401  (the objective's model: loop.py)
+from sora_jax.models.text import BOS, PAD
 
 
 def null_text(ids: jax.Array) -> jax.Array:

@@ -15,27 +15,18 @@ This is the train step `experiments/aot.py --task=train` compiles for Wan sizes,
 `train.py` runs for configs/wan21.py:lora_* (a LoRA over a converted Wan folder, trained on a
 video folder): `train/wan_frozen.py` builds the batches (latents from the folder's VAE, `context`
 from its UMT5, each caption encoded once by `data/text_features.py`).
+
+The model (`build_model`) is `models/dit.py`'s, the one sampling a LoRA run restores into.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from sora_jax.diffusion import flow
-from sora_jax.models.dit import DiT, DiTConfig
+from sora_jax.models.dit import DiT
+from sora_jax.models.dit import build_model  # noqa: F401  (the objective's model: the DiT alone)
 from sora_jax.train.objectives import flow as flow_objective
-
-
-def dit_config(config) -> DiTConfig:
-    from sora_jax.train import lora as lora_train  # config.lora: adapters on the blocks
-    c = int(config.latent_channels)
-    return DiTConfig.from_config(dict(config.model.to_dict(), in_channels=c, out_channels=c,
-                                      lora=lora_train.config_of(config).layout()))
-
-
-def build_model(config, rngs: nnx.Rngs) -> DiT:
-    return DiT(dit_config(config), rngs=rngs)
 
 
 def loss_fn(model: DiT, batch, rng: jax.Array, config):

@@ -26,7 +26,8 @@ AdamW step updates both players on their own objectives (same learning rate and 
 loop only hands `loss_fn` the params, so there is no step counter to gate on: the adversarial
 terms are on from step 0, and `disc_start` must be 0 with `use_gan` (a ValueError says so). To
 warm up without the GAN, lower `disc_weight` instead. The discriminator is checkpointed with the
-VAE; `frozen_vae.load` keeps the `.vae` part.
+VAE; `models/frozen_vae.load` keeps the `.vae` part (telling the layouts apart as `use_gan`
+does: tests/models/test_frozen_vae.py).
 
 A custom two-optimizer trainer can instead call `loss_fn(vae, ..., step=, disc=)` and
 `disc_loss_fn`, which gate on `disc_start`.

@@ -1,7 +1,7 @@
 """A trained VAE, frozen: load it from its checkpoint and encode / decode under jit.
 
-Used by DiT training on latents (`config.autoencoder` = a VAE training workdir) and by the
-inference pipeline. Latents are normalised with the VAE's per-channel mean/std (and an extra
+Used by the inference pipeline and by DiT training on latents (`config.autoencoder` = a VAE
+training workdir). Latents are normalised with the VAE's per-channel mean/std (and an extra
 `latent_scale` when the VAE config sets one) so the DiT sees roughly unit-variance inputs.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from etils import epath
 from flax import nnx
 
-from sora_jax.train import checkpoint as ckpt
+from sora_jax.io import checkpoint as ckpt
+from sora_jax.models.vae import WanVAE
 
 
 @dataclasses.dataclass
@@ -80,8 +81,6 @@ def _decode(graphdef, state, latents):
 def load(path: str | os.PathLike, *, ema: bool = True) -> FrozenVAE:
     """A VAE training workdir (`<path>/checkpoints/<step>`) -> FrozenVAE (EMA weights by default;
     for a GAN run, the VAE part only)."""
-    from sora_jax.train.objectives import vae as vae_objective
-
     path = os.fspath(path)
     cdir = epath.Path(path) / 'checkpoints'
     if not cdir.is_dir():
@@ -91,11 +90,24 @@ def load(path: str | os.PathLike, *, ema: bool = True) -> FrozenVAE:
     if config.objective != 'vae':
         raise ValueError(f'{path!r} holds a {config.objective!r} model, not a VAE; point '
                          'config.autoencoder at the workdir of a configs/...:vae run.')
-    # The training model is a WanVAE, or a VAEWithDiscriminator (vae.use_gan) whose `.vae` we keep.
-    abstract = nnx.state(nnx.eval_shape(lambda: vae_objective.build_model(config, nnx.Rngs(0))),
-                         nnx.Param)
-    params, step = ckpt.restore_params(cdir, abstract, ema=ema)
-    model = vae_objective.build_model(config, nnx.Rngs(0))  # non-param constants, then weights
+    # The training model is a WanVAE, or (a GAN run) train/objectives/vae.py's
+    # VAEWithDiscriminator, params {'vae': WanVAE's, 'disc': ...}, whose `.vae` we keep.
+    abstract = nnx.state(nnx.eval_shape(lambda: WanVAE(config.vae, rngs=nnx.Rngs(0))), nnx.Param)
+    gan = _with_discriminator(config)
+    params, step = ckpt.restore_params(cdir, {'vae': abstract} if gan else abstract, ema=ema,
+                                       missing_ok=gan)  # a GAN run's 'disc' params are left
+    params = params['vae'] if gan else params
+    if len(jax.tree.leaves(params)) != len(jax.tree.leaves(abstract)):  # missing: None leaves
+        raise ValueError(f'{path!r} step {step} lacks parameters of the VAE its config.vae '
+                         'describes; point config.autoencoder at a complete VAE run.')
+    model = WanVAE(config.vae, rngs=nnx.Rngs(0))  # non-param constants, then weights
     nnx.update(model, params)
-    graphdef, state = nnx.split(vae_objective.vae_of(model))
+    graphdef, state = nnx.split(model)
     return FrozenVAE(graphdef, state, config, step)
+
+
+def _with_discriminator(config) -> bool:
+    """Whether a VAE run trained the discriminator inside its model: `use_gan(config)` of
+    train/objectives/vae.py (vae.use_gan with vae.disc_weight > 0; its defaults False, 0.1)."""
+    vae = config.vae
+    return bool(vae.get('use_gan', False)) and float(vae.get('disc_weight', 0.1)) > 0

@@ -1,0 +1,38 @@
+"""Inference needs nothing from the training package (DESIGN.md: `pipeline` imports nothing from
+`train/`): importing `sora_jax.pipeline` and loading the shipped bundle (DiT checkpoint + its
+frozen VAE) in a fresh process leave no `sora_jax.train` module in sys.modules. LoRA runs are
+checked the same way where their fixtures live (tests/train/test_lora_train.py,
+tests/train/test_wan_lora.py), with `train_modules_after`."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+from tests.xla import xla_flags
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CKPT = ROOT / 'checkpoints' / 'shapes'
+
+
+def train_modules_after(code: str) -> list[str]:
+    """The `sora_jax.train*` modules a fresh Python process has imported after running `code`."""
+    script = (f'{code}\nimport json, sys\n'
+              "print(json.dumps(sorted(m for m in sys.modules if m == 'sora_jax.train' or "
+              "m.startswith('sora_jax.train.'))))")
+    env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags(), PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True,
+                       timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_importing_the_pipeline_imports_no_train_module():
+    assert train_modules_after('import sora_jax.pipeline') == []
+
+
+def test_loading_the_shipped_bundle_imports_no_train_module():
+    code = ('from sora_jax.pipeline import TextToVideo\n'
+            f'pipe = TextToVideo.from_checkpoint({str(CKPT)!r})\n'
+            'assert pipe.vae is not None and pipe.vae.step >= 0')  # the bundle's own VAE loaded
+    assert train_modules_after(code) == []
