@@ -26,7 +26,6 @@ loss), `train.debug_sleep_per_step` (seconds, to let a test signal a run mid-way
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import json
 import math
@@ -43,20 +42,18 @@ from etils import epath
 from flax import nnx
 from tqdm import tqdm
 
-from sora_jax.data import pipeline as data_pipeline
 from sora_jax.io import checkpoint as ckpt_io
 from sora_jax.models import lora as lora_lib
-from sora_jax.models.text import ByteTokenizer
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.safety import record as data_record
 from sora_jax.train import checkpoint as ckpt
 from sora_jax.train import lora as lora_train
 from sora_jax.train import perf as perf_lib
 from sora_jax.train import previews as previews_lib
+from sora_jax.train import sources as sources_lib
 from sora_jax.train import state as state_lib
 from sora_jax.train import step as step_lib
 from sora_jax.train import tracking
-from sora_jax.train import wan_frozen
 from sora_jax.train.validate import check_init_from, validate_config
 
 
@@ -66,88 +63,6 @@ def objective_module(config):
     except ModuleNotFoundError as e:
         raise ValueError(f'config.objective={config.objective!r} has no module '
                          f'sora_jax/train/objectives/{config.objective}.py.') from e
-
-
-def make_sources(config) -> dict[str, Any]:
-    """{split: random-access source} for config.data; VAE latents when config.autoencoder is set
-    (encoded once into a cache, process i of n encoding records i::n; normalised by
-    config.latent_mean/std, from the cache's train statistics when unset). With
-    objective='flow_context', latents and caption features come from the converted Wan folder
-    config.checkpoint (train/wan_frozen.py).
-
-    A remote `data.data_dir` (gs://...) is built and read through a local mirror
-    (`sora_jax/data/staging.py`): what the bucket holds is pulled first, what was built here is
-    pushed back, so the next machine reuses it."""
-    from sora_jax.data import staging
-    mirror = staging.Mirror(config.data.data_dir, config.data.get('staging_dir', ''))
-    mirror.pull()
-    sources = _pixel_sources(config, mirror.local)
-    if wan_frozen.uses_wan(config):  # latents + UMT5 features from the converted Wan folder
-        sources = wan_frozen.make_sources(config, sources, mirror.local)
-        mirror.push()
-        return sources
-    if config.get('autoencoder', 'none') in ('none', '', None):
-        mirror.push()
-        return sources
-    from sora_jax.data import latents as latents_lib
-    from sora_jax.models import frozen_vae
-    vae = frozen_vae.load(config.autoencoder)
-    out = latents_lib.cache_dir(mirror.local, config.data.to_dict(), config.autoencoder,
-                                vae.step)
-    latents_lib.encode_dataset(sources, vae.encode, out, batch_size=8)
-    mirror.push()
-    if not len(config.latent_mean):
-        stats = latents_lib.load_stats(out)
-        config.latent_mean, config.latent_std = tuple(stats['mean']), tuple(stats['std'])
-        logging.info('latent stats: mean %s std %s', np.round(stats['mean'], 3),
-                     np.round(stats['std'], 3))
-    return {s: latents_lib.open_split(out, s, config.latent_mean, config.latent_std)
-            for s in sources}
-
-
-def _pixel_sources(config, data_dir: str) -> dict[str, Any]:
-    d = config.data
-    if d.name == 'shapes':
-        from sora_jax.data import shapes as shapes_lib
-        from sora_jax.data.builders.shapes import ShapesConfig, build_shapes
-        sc = ShapesConfig(num_train=d.num_train, num_validation=d.num_validation,
-                          num_frames=d.num_frames, height=d.height, width=d.width,
-                          sizes=tuple(tuple(s) for s in d.sizes),
-                          size_weights=tuple(d.get("size_weights", ())), holdout=tuple(d.holdout),
-                          max_objects=d.max_objects, seed=config.seed,
-                          backgrounds=tuple(d.get('backgrounds', shapes_lib.BACKGROUNDS)),
-                          size_scale=float(d.get('size_scale', 1.0)))
-        return build_shapes(data_dir, sc)
-    if d.name in ('folder', 'video_folder'):
-        from sora_jax.data.builders.video_folder import VideoFolderConfig, build_video_folder
-        vc = VideoFolderConfig.from_data_config(d)
-        return dict(build_video_folder(data_dir, vc))  # 'validation' only if a fraction is set
-    raise ValueError(f"config.data.name={d.name!r} is not 'shapes' or 'folder'.")
-
-
-def skipped_files(sources: dict[str, Any]) -> dict[str, list[str]]:
-    """{reason: [paths]} of the files the dataset build skipped (video folders; {} otherwise)."""
-    for src in sources.values():
-        info = getattr(src, 'dataset_info', None)
-        meta = getattr(info, 'metadata', None) or {}
-        if 'skipped' in meta:
-            return {k: list(v) for k, v in meta['skipped'].items()}
-    return {}
-
-
-def make_data(config, split: str, *, batch_size: int, shuffle: bool, num_epochs=None,
-              sources: dict[str, Any] | None = None):
-    sources = make_sources(config) if sources is None else sources
-    if split not in sources:
-        raise ValueError(f'the dataset has no {split!r} split (splits: {sorted(sources)}).')
-    tok = ByteTokenizer(config.text.max_length) if 'text' in config else ByteTokenizer()
-    tokenize = tok.encode_one
-    if wan_frozen.uses_wan(config):  # the caption is in 'context' (its UMT5 features)
-        tokenize = functools.partial(tok.encode_one, warn=False)
-    return data_pipeline.make_dataset(
-        sources[split], batch_size=batch_size, seed=config.seed, tokenize=tokenize,
-        shuffle=shuffle, num_epochs=num_epochs, spanish_prob=config.data.spanish_prob,
-        worker_count=config.data.worker_count if split == 'train' else 0)
 
 
 def _init_fn(config, objective, tx):
@@ -269,15 +184,15 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
     if t.batch_size % n_proc:
         raise ValueError(f'train.batch_size={t.batch_size} is not divisible by the '
                          f'{n_proc} processes; use a multiple of {n_proc}.')
-    sources = make_sources(config)
+    sources = sources_lib.make_sources(config)
     data_record.write_for_run(workdir, data_record.for_config(config, sources))
-    skipped = skipped_files(sources)
+    skipped = sources_lib.skipped_files(sources)
     if any(skipped.values()):
         logging.warning('data: %d files skipped at build time %s: %s', _count(skipped),
                         {k: len(v) for k, v in skipped.items()},
                         {k: v for k, v in skipped.items() if v})
-    ds = make_data(config, 'train', batch_size=t.batch_size // n_proc, shuffle=True,
-                   sources=sources)
+    ds = sources_lib.make_data(config, 'train', batch_size=t.batch_size // n_proc, shuffle=True,
+                               sources=sources)
     data_iter = iter(ds)
 
     graphdef, state, shardings, tx, schedule = init_state(config, mesh, rules, objective)
@@ -484,7 +399,7 @@ def evaluate(config, graphdef, objective, params, mesh, rules, num_batches: int 
     """Mean held-out loss of the given params (LoRA: adapters over the `frozen` base) over the
     validation split (fixed RNG); {} when the dataset has no validation split (e.g. a video
     folder with data.validation_fraction=0)."""
-    sources = make_sources(config)
+    sources = sources_lib.make_sources(config)
     if 'validation' not in sources:
         logging.info('no validation split (splits: %s); skipping evaluation.', sorted(sources))
         return {}
@@ -492,8 +407,8 @@ def evaluate(config, graphdef, objective, params, mesh, rules, num_batches: int 
     bs -= bs % max(1, math.prod(mesh.shape[a] for a in ('data', 'fsdp')))
     if bs <= 0:
         return {}
-    ds = make_data(config, 'validation', batch_size=bs, shuffle=False, num_epochs=1,
-                   sources=sources)
+    ds = sources_lib.make_data(config, 'validation', batch_size=bs, shuffle=False,
+                               num_epochs=1, sources=sources)
     eval_fn = jax.jit(step_lib.make_eval_step(graphdef, objective.loss_fn, config))
     totals: dict[str, float] = {}
     n = 0

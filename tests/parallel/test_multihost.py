@@ -77,12 +77,12 @@ def _params(ckpt_dir):
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
     from configs import shapes as shapes_config
-    from sora_jax.train import loop
+    from sora_jax.train import sources as sources_lib
     tmp = tmp_path_factory.mktemp('multihost')
     data_dir = str(tmp / 'data')
     config = shapes_config.get_config('tiny')
     config.data.data_dir = data_dir
-    loop.make_sources(config)  # build the dataset once, before two processes read it
+    sources_lib.make_sources(config)  # build the dataset once, before two processes read it
     full = tmp / 'full'
     out_full = _launch(full, data_dir, tmp / 'cache')
     resumed = tmp / 'resumed'

@@ -140,9 +140,9 @@ def test_remote_data_dir_builds_locally_and_is_reused_from_the_bucket(bucket, tm
                                                                       monkeypatch):
     from sora_jax.data import staging
     from sora_jax.data.builders import shapes as shapes_builder
-    from sora_jax.train import loop
+    from sora_jax.train import sources as sources_lib
     c = _tiny_data('gs://b/data', tmp_path / 'mirror1')
-    first = loop.make_sources(c)
+    first = sources_lib.make_sources(c)
     assert {s: len(v) for s, v in first.items()} == {'train': 8, 'validation': 2}
     pushed = sorted(p.relative_to(bucket / 'b' / 'data').as_posix()
                     for p in (bucket / 'b' / 'data').rglob('*') if p.is_file())
@@ -152,7 +152,7 @@ def test_remote_data_dir_builds_locally_and_is_reused_from_the_bucket(bucket, tm
     monkeypatch.setattr(shapes_builder.SyntheticShapes, '_generate_examples',
                         lambda *a, **k: pytest.fail('regenerated instead of pulling'))
     c2 = _tiny_data('gs://b/data', tmp_path / 'mirror2')
-    second = loop.make_sources(c2)
+    second = sources_lib.make_sources(c2)
     assert np.array_equal(second['train'][3]['video'], first['train'][3]['video'])
     assert staging.copy_missing(tmp_path / 'mirror2', 'gs://b/data') == []
     assert staging.Mirror('gs://b/data', str(tmp_path / 'mirror2')).pull() == []
@@ -162,7 +162,7 @@ def test_latent_cache_of_a_remote_data_dir(bucket, tmp_path, monkeypatch):
     """The latent cache is written in the mirror and pushed; a stand-in encoder (a 2x2 mean
     pool to 3 channels) instead of a VAE, so nothing compiles: the cache layout is the VAE's."""
     from sora_jax.models import frozen_vae
-    from sora_jax.train import loop
+    from sora_jax.train import sources as sources_lib
 
     class Pool:
         step = 7
@@ -175,7 +175,7 @@ def test_latent_cache_of_a_remote_data_dir(bucket, tmp_path, monkeypatch):
     monkeypatch.setattr(frozen_vae, 'load', lambda path: Pool())
     c = _tiny_data('gs://b/data_latents', tmp_path / 'mirror')
     c.autoencoder = 'gs://b/some_vae'
-    sources = loop.make_sources(c)
+    sources = sources_lib.make_sources(c)
     assert sources['train'][0]['latents'].shape == (4, 4, 4, 3)  # 4x8x8 clips, pooled
     (cache,) = (bucket / 'b' / 'data_latents' / 'latents').iterdir()
     assert (cache / 'DONE').is_file() and (cache / 'stats.json').is_file()

@@ -16,6 +16,7 @@ from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.train import checkpoint as ckpt
 from sora_jax.train import lora as lora_train
 from sora_jax.train import loop
+from sora_jax.train import sources as sources_lib
 from sora_jax.train import step as step_lib
 from sora_jax.train.objectives import flow as flow_objective
 from tests.test_pipeline_imports import train_modules_after
@@ -71,7 +72,7 @@ def test_only_adapters_train_base_bitwise_unchanged(base):
             jnp.bfloat16))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
     fn = step_lib.make_train_step(graphdef, flow_objective.loss_fn, tx, c, sched)
-    batch = next(iter(loop.make_data(c, 'train', batch_size=8, shuffle=True)))
+    batch = next(iter(sources_lib.make_data(c, 'train', batch_size=8, shuffle=True)))
     batch = {k: batch[k] for k in ('video', 'text_ids')}
     with jax.set_mesh(mesh), mesh_lib.use_rules(rules):
         jfn = jax.jit(fn, out_shardings=(shardings, None))

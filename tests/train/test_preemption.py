@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import shapes as shapes_config
-from sora_jax.train import loop
+from sora_jax.train import sources as sources_lib
 from tests.xla import xla_flags
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,7 +117,7 @@ def _text(base, name):
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
     base = tmp_path_factory.getbasetemp()
-    loop.make_sources(shapes_config.get_config('tiny'))  # build the data once, before 2 readers
+    sources_lib.make_sources(shapes_config.get_config('tiny'))  # build the data once, before 2 readers
     ref_dir, res_dir = base / 'ref', base / 'resumed'
     ck = res_dir / 'checkpoints'
     t0 = time.time()

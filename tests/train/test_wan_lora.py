@@ -20,6 +20,7 @@ from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.train import checkpoint as ckpt
 from sora_jax.train import lora as lora_train
 from sora_jax.train import loop
+from sora_jax.train import sources as sources_lib
 from sora_jax.train import wan_frozen
 from sora_jax.train.objectives import flow_context
 from tests.parity.wan_fixture import SENTENCES, make_tiny_wan_folder
@@ -80,7 +81,7 @@ def test_only_adapters_train_base_is_the_converted_dit(run):
     for k, v in converted.items():
         np.testing.assert_array_equal(frozen[k], v, err_msg=k)
     # the run's batches: Wan latents of the clips and UMT5 features of their captions
-    batch = next(iter(loop.make_data(c, 'train', batch_size=2, shuffle=True)))
+    batch = next(iter(sources_lib.make_data(c, 'train', batch_size=2, shuffle=True)))
     assert batch['latents'].shape == (2, 2, 4, 4, 4)  # 5 x 32 x 32 clips
     assert batch['context'].shape == (2, c.text.max_length, c.model.text_dim)
     from sora_jax.pipeline import TextToVideo
