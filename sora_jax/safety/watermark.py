@@ -28,15 +28,19 @@ frame, an I-frame, has about half the error of its P- and B-frames; weights are 
 during a search: re-weighting each hypothesis let noise win it). A host pattern can fit better
 than a mark weakened by compression, so the list decoder tries the CANDIDATES best hypotheses in
 turn, at each the flips of up to LIST_FLIPS of the LIST_BITS least reliable bits (93 patterns,
-least total reliability first), and the first codeword found is the mark. An unmarked video
-passes with probability about CANDIDATES x 93 / 2^22 = 0.03% (measured rate:
+least total reliability first), and the first codeword found is the mark (a cheaper coarse-only
+pass goes first, see `detect`). An unmarked video passes with probability about (4 + 12) x 93 /
+2^22 = 0.035% (measured rate:
 experiments/watermark_eval.py, README). Only gain 1 is tried: searching contrast too gave the
 noise more hypotheses to win with. The previous format (48 bits: a CRC-16, one best crop and a
 4-bit Chase search) read the combination in robustness.py at 0.80 / 0.92 on 5 + 5 sets of 8
 shapes / natural clips where this one reads 0.86 / 0.97 (watermark_eval.py --sets; README).
 
 Frame size: the box resize makes a mark applied at 32x32 and nearest-upscaled (the CLI's
-`display_scale`) read exactly as at 32x32; any other written size is resampled to 64x64.
+`display_scale`) read exactly as at 32x32; any other written size is resampled to 64x64. The
+detector first area-resamples frames larger than DETECT_SIZE = 64 px (longer side) down to it
+(the band has 4.5 cycles at most), its grids read SEARCH_FRAMES = 8 evenly spaced frames and
+its phases are computed in float32: a 16-frame 128x128 clip takes about 1-2 s on one core.
 """
 from __future__ import annotations
 
@@ -58,7 +62,8 @@ STEP = 100.0                # dither-modulation step of each bit's projection (L
 GAINS = (1.0,)              # contrast gains the detector tries (see above)
 LIST_BITS = 8               # least reliable bits the list decoder may flip ...
 LIST_FLIPS = 3              # ... at most this many at a time (93 flip patterns)
-CANDIDATES = 12             # crop hypotheses the list decoder tries (best fit first)
+CANDIDATES = 12             # crop hypotheses the list decoder tries (best fit first) ...
+QUICK_TOP_K, QUICK_CANDIDATES = 6, 4  # ... after these of the coarse grid alone (see detect)
 MAX_RMS = 2.5               # cap on the RMS change per pixel (grey levels): PSNR >= 40.1 dB
 PASSES = 3
 KEY = b'sora_jax watermark v1'
@@ -326,14 +331,16 @@ def _band_projection() -> np.ndarray:
 def _phases(luma: np.ndarray, my: np.ndarray, mx: np.ndarray) -> np.ndarray:
     """Per-frame soft bits of every (gain, y hypothesis, x hypothesis): [G, T, Hy, Hx, N_BITS] in
     [-1, 1], + = bit 0 (the cosine of each projection's phase on its bit's lattice)."""
+    luma, my, mx = (np.asarray(a, np.float32) for a in (luma, my, mx))   # (ample: STEP = 100)
     half = np.einsum('thw,bkw->tbhk', luma, mx, optimize=True)    # [T, Hx, H, K]
     t, hx, h, k = half.shape
     d = my.reshape(-1, h) @ np.moveaxis(half, 2, 0).reshape(h, -1)   # [Hy K, T Hx K] LL-DCT rows
     d = np.moveaxis(d.reshape(-1, k, t, hx, k), 2, 0)               # [T, Hy, K, Hx, K]
     d = np.ascontiguousarray(np.swapaxes(d, 2, 3)).reshape(t, -1, hx, k * k)
-    proj = d @ _band_projection().reshape(k * k, N_BITS)           # [T, Hy, Hx, N_BITS]
-    gains = np.asarray(GAINS)[:, None, None, None, None]
-    return np.cos(2 * np.pi * (proj[None] / gains - _dither()) / STEP)
+    proj = d @ _band_projection().reshape(k * k, N_BITS).astype(np.float32)  # [T, Hy, Hx, NB]
+    gains = np.asarray(GAINS, np.float32)[:, None, None, None, None]
+    phase = (proj[None] / gains - _dither().astype(np.float32)) * np.float32(2 * np.pi / STEP)
+    return np.cos(phase).astype(np.float64)
 
 
 def _fit(luma: np.ndarray, my: np.ndarray, mx: np.ndarray, frame_w: np.ndarray | None = None):
@@ -409,7 +416,8 @@ def _fit_chunked(luma, my, mx, frame_w):
     return np.concatenate([p[0] for p in parts], 2), np.concatenate([p[1] for p in parts], 2)
 
 
-def _search(luma: np.ndarray, frame_w: np.ndarray | None = None) -> list:
+def _search(luma: np.ndarray, frame_w: np.ndarray | None = None, fine: bool = True,
+            top_k: int = TOP_K) -> list:
     """Crop hypotheses (score, soft [N_BITS], gain, (cy, oy), (cx, ox)), best fit first. The
     score's peak is about 0.5% wide in each parameter (the host's large low-frequency
     coefficients move with the window), so a grid coarse in both axes misses it: each axis is
@@ -417,28 +425,31 @@ def _search(luma: np.ndarray, frame_w: np.ndarray | None = None) -> list:
     at least SEPARATION apart, are refined (`_refine`) with frames averaged with weights frame_w."""
     h, w = luma.shape[1:]
     coarse_y, coarse_x = _hypotheses(h), _hypotheses(w)
-    fine = _fine_hypotheses()
-    axis = {(h, 'coarse'): _axis_matrices(h), (w, 'coarse'): _axis_matrices(w),
-            (h, 'fine'): _fine_axis_matrices(h), (w, 'fine'): _fine_axis_matrices(w)}
+    fine_h = _fine_hypotheses() if fine else None
+    axis = {(h, 'coarse'): _axis_matrices(h), (w, 'coarse'): _axis_matrices(w)}
+    if fine:
+        axis.update({(h, 'fine'): _fine_axis_matrices(h), (w, 'fine'): _fine_axis_matrices(w)})
     entries = []                                         # (score, g, hyp_y, hyp_x, soft)
     keep = np.unique(np.linspace(0, len(luma) - 1, min(len(luma), SEARCH_FRAMES)).round())
     sub = luma[keep.astype(int)]                         # the grids read SEARCH_FRAMES frames
     sub_w = None if frame_w is None else np.asarray(frame_w)[keep.astype(int)]
-    for ys, xs, ky, kx in ((coarse_y, fine, 'coarse', 'fine'), (fine, coarse_x, 'fine', 'coarse')):
+    passes = (((coarse_y, fine_h, 'coarse', 'fine'), (fine_h, coarse_x, 'fine', 'coarse')) if fine
+              else ((coarse_y, coarse_x, 'coarse', 'coarse'),))
+    for ys, xs, ky, kx in passes:
         if len(xs) >= len(ys):
             soft, score = _fit_chunked(sub, axis[h, ky], axis[w, kx], sub_w)
         else:                                            # the same, transposed
             soft, score = _fit_chunked(np.swapaxes(sub, 1, 2), axis[w, kx], axis[h, ky], sub_w)
             soft, score = np.swapaxes(soft, 1, 2), np.swapaxes(score, 1, 2)
         per_geom = score.max(0)
-        for flat in np.argsort(per_geom.ravel())[::-1][:TOP_K * 64]:
+        for flat in np.argsort(per_geom.ravel())[::-1][:top_k * 64]:
             a, b = np.unravel_index(flat, per_geom.shape)
             g = int(np.argmax(score[:, a, b]))
             entries.append((float(score[g, a, b]), g, ys[a], xs[b], soft[g, a, b]))
     entries.sort(key=lambda e: -e[0])
     out, starts = [], np.zeros((0, 4))
     for sc, g, hyp_y, hyp_x, soft_ab in entries:
-        if len(out) == TOP_K:
+        if len(out) == top_k:
             break
         geom = np.array([*hyp_y, *hyp_x])
         if len(starts) and (np.abs(starts - geom).max(1) < SEPARATION).any():
@@ -475,13 +486,11 @@ def _soft_at(luma: np.ndarray, cand) -> np.ndarray:
 
 
 def detect(frames) -> Detection:
-    """Reads the mark from uint8 [T, H, W, 3] frames (any size, any number of frames): a coarse
-    search over crop hypotheses, then a finer one around each of the TOP_K best coarse hypotheses
-    (one refined alone locks onto noise when the mark is weak); then the frames are weighted by
-    how well they fit the best one and the search is run again with those weights (fixed during a
-    search: re-weighting each hypothesis lets noise win it). The list decoder then tries the
-    CANDIDATES best-fitting hypotheses of the two searches in turn: a host pattern can fit better
-    than a weakened mark, but only the mark's hypothesis yields a codeword."""
+    """Reads the mark from uint8 [T, H, W, 3] frames (any size, any number of frames). First the
+    coarse grid alone (13 x 13 crops, its QUICK_TOP_K best refined, QUICK_CANDIDATES decoded:
+    enough for every single transform in robustness.py); if no codeword is found, the fine
+    search (`_search`) and the list decoder over its CANDIDATES best hypotheses. An unmarked
+    video runs both: (QUICK_CANDIDATES + CANDIDATES) x 93 chances in 2^22 of a false codeword."""
     frames = _check_video(frames)
     luma = _luma(frames)                                    # [T, H, W]
     h, w = luma.shape[1:]
@@ -489,24 +498,15 @@ def detect(frames) -> Detection:
         scale = DETECT_SIZE / max(h, w)
         hs, ws = max(32, round(h * scale)), max(32, round(w * scale))
         luma = _box_matrix(hs, h) @ luma @ _box_matrix(ws, w).T
-    first = _search(luma)
-    fw = _weights_at(luma, first[0])
-    second = sorted((_refine(luma, _rescored(luma, c, fw), fw) for c in first),
-                    key=lambda c: -c[0])
-    cands, seen = [], set()
-    for c in second + first:
-        if (c[3], c[4]) not in seen:
-            seen.add((c[3], c[4]))
-            cands.append(c)
-    best, s_best, fixed, flips = cands[0], None, None, 0
-    for cand in cands[:CANDIDATES]:
-        s = _soft_at(luma, cand)
-        if s_best is None:
-            s_best = s
-        fixed, flips = _list_decode((s < 0).astype(np.uint8), np.abs(s))
-        if fixed is not None:
-            best, s_best = cand, s
-            break
+    # Most transforms leave the mark strong enough for the coarse grid: try it first (cheap).
+    hit = _decode_first(luma, _candidates(luma, fine=False, top_k=QUICK_TOP_K), QUICK_CANDIDATES)
+    if hit is None:
+        cands = _candidates(luma, fine=True, top_k=TOP_K)
+        hit = _decode_first(luma, cands, CANDIDATES)
+    if hit is not None:
+        best, s_best, fixed, flips = hit
+    else:
+        best, s_best, fixed, flips = cands[0], _soft_at(luma, cands[0]), None, 0
     sc, _, gain, (cy, oy), (cx, ox) = best
     hard = (s_best < 0).astype(np.uint8)                     # payload + check bits
     found = fixed is not None
@@ -517,6 +517,33 @@ def detect(frames) -> Detection:
                      bits=hard[:N_PAYLOAD], confidence=float(np.mean(np.abs(s_best))), score=sc,
                      corrected=flips,
                      crop=tuple(round(float(x), 4) for x in (cy, oy, cx, ox, gain)))
+
+
+def _candidates(luma: np.ndarray, fine: bool, top_k: int) -> list:
+    """Crop hypotheses for the list decoder, best first: those of `_search`, then the same
+    refined again with the frames weighted by how well they fit the best one (the weights are
+    fixed during a search: re-weighting each hypothesis lets noise win it)."""
+    first = _search(luma, fine=fine, top_k=top_k)
+    fw = _weights_at(luma, first[0])
+    second = sorted((_refine(luma, _rescored(luma, c, fw), fw) for c in first),
+                    key=lambda c: -c[0])
+    cands, seen = [], set()
+    for c in second + first:
+        if (c[3], c[4]) not in seen:
+            seen.add((c[3], c[4]))
+            cands.append(c)
+    return cands
+
+
+def _decode_first(luma: np.ndarray, cands: list, n: int):
+    """(hypothesis, soft bits, codeword, flips) of the first of n hypotheses whose bits decode
+    (`_list_decode`), or None."""
+    for cand in cands[:n]:
+        s = _soft_at(luma, cand)
+        fixed, flips = _list_decode((s < 0).astype(np.uint8), np.abs(s))
+        if fixed is not None:
+            return cand, s, fixed, flips
+    return None
 
 
 @functools.lru_cache(maxsize=1)
