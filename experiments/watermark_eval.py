@@ -5,6 +5,7 @@
   python experiments/watermark_eval.py --clips=4 --fpr_clips=40 --json=/tmp/wm.json   # quick look
   python experiments/watermark_eval.py --sets=shapes:1,shapes:9,shapes:5,shapes:3,shapes:7,\
       natural:0,natural:300,natural:600,natural:900,natural:1200   # the combination alone, 80 clips
+  python experiments/watermark_eval.py --fpr_only --fpr_clips=800   # the false-positive rate alone
 
 Marked clips: `--clips` shapes-generator clips (16 frames, 32x32, marked at 32x32 and written
 4x nearest-upscaled to 128x128 as sample.py does; the shipped model's outputs have this form)
@@ -41,6 +42,7 @@ flags.DEFINE_integer('images', 8, 'Single marked frames (t2i) per source, writte
 flags.DEFINE_string('checkpoint', None, 'Also mark clips sampled from this model (e.g. '
                     'checkpoints/shapes).')
 flags.DEFINE_integer('model_clips', 4, 'Clips sampled from --checkpoint.')
+flags.DEFINE_bool('fpr_only', False, 'Only the false-positive rate on --fpr_clips unmarked clips.')
 flags.DEFINE_list('sets', [], 'Only the combination, on these sets of 8 clips: shapes:SEED or '
                   'natural:START (see above).')
 flags.DEFINE_string('json', 'outputs/watermark_eval.json', 'Where to write the figures.')
@@ -206,9 +208,11 @@ def main(argv):
 
     from sora_jax.safety import robustness
     t0 = time.time()
-    if FLAGS.sets:
-        result = {'combination_sets': combination_sets(FLAGS.sets),
-                  'seconds': round(time.time() - t0, 1)}
+    if FLAGS.sets or FLAGS.fpr_only:
+        result = ({'combination_sets': combination_sets(FLAGS.sets)} if FLAGS.sets else
+                  {'false_positive': false_positives(FLAGS.fpr_clips)})
+        result['seconds'] = round(time.time() - t0, 1)
+        print(result, flush=True)
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
         with open(FLAGS.json, 'w') as f:
             json.dump(result, f, indent=1)
