@@ -6,6 +6,7 @@
   python experiments/watermark_eval.py --sets=shapes:1,shapes:9,shapes:5,shapes:3,shapes:7,\
       natural:0,natural:300,natural:600,natural:900,natural:1200   # the combination alone, 80 clips
   python experiments/watermark_eval.py --fpr_only --fpr_clips=800   # the false-positive rate alone
+  python experiments/watermark_eval.py --fpr_only --fpr_clips=400 --fpr_start=400   # its 2nd half
 
 Marked clips: `--clips` shapes-generator clips (16 frames, 32x32, marked at 32x32 and written
 4x nearest-upscaled to 128x128 as sample.py does; the shipped model's outputs have this form)
@@ -13,8 +14,8 @@ and `--clips` natural-looking clips (pans and zooms over a photograph PyWavelets
 plus, with --checkpoint, `--model_clips` clips sampled from that model. Each is marked with a
 random payload, written as sample.py writes (H.264 CRF 18 .mp4), read back, then put through
 every transform of sora_jax/safety/robustness.py. Bit accuracy = the fraction of the 32 payload
-bits decoded right (after the CRC-checked correction when the mark is found, else the raw
-decisions); `found` = the CRC matched. Text-to-image: `--images` single frames (shapes
+bits decoded right (the decoded codeword when the mark is found, else the raw
+decisions); `found` = a codeword was found. Text-to-image: `--images` single frames (shapes
 generator, and with --checkpoint the model's mode='t2i' output, marked by the pipeline) written
 as sample.py writes them (.png, upscaled) and read back with detect_file. False positives:
 `--fpr_clips` unmarked clips (half shapes, half natural, through the same mp4 round trip) that
@@ -42,6 +43,8 @@ flags.DEFINE_integer('images', 8, 'Single marked frames (t2i) per source, writte
 flags.DEFINE_string('checkpoint', None, 'Also mark clips sampled from this model (e.g. '
                     'checkpoints/shapes).')
 flags.DEFINE_integer('model_clips', 4, 'Clips sampled from --checkpoint.')
+flags.DEFINE_integer('fpr_start', 0, 'With --fpr_only: skip the first clips of the unmarked '
+                     'sequence (run a long measurement as parts in parallel).')
 flags.DEFINE_bool('fpr_only', False, 'Only the false-positive rate on --fpr_clips unmarked clips.')
 flags.DEFINE_list('sets', [], 'Only the combination, on these sets of 8 clips: shapes:SEED or '
                   'natural:START (see above).')
@@ -109,20 +112,23 @@ def upper_bound(hits, n, conf=0.95):
     return 1.0 if hits >= n else float(stats.beta.ppf(conf, hits + 1, n - hits))
 
 
-def false_positives(n):
+def false_positives(n, start=0):
+    """n unmarked clips: shapes scenes start/2.. (seed 7) and natural clips 10000 + start/2..
+    (so --fpr_start=0 and --fpr_start=400 with --fpr_clips=400 split the 800 of one run)."""
     import numpy as np
 
     from sora_jax.safety import robustness, watermark as wm
     hits, scores = 0, []
-    half = n // 2
-    clips = [upscale(c) for c in shapes_clips(half, seed=7)]
-    for i, c in enumerate(clips + [robustness.natural_clip(10_000 + i) for i in range(n - half)]):
+    half, first = n // 2, start // 2
+    clips = [upscale(c) for c in shapes_clips(first + half, seed=7)[first:]]
+    for i, c in enumerate(clips + [robustness.natural_clip(10_000 + first + i)
+                                   for i in range(n - half)]):
         d = wm.detect(as_written(c))
         hits += d.found
         scores.append(d.score)
         if (i + 1) % 50 == 0:
             print(f'  unmarked {i + 1}/{n}: {hits} false positives', flush=True)
-    return {'clips': n, 'false_positives': int(hits), 'rate': hits / n,
+    return {'clips': n, 'start': start, 'false_positives': int(hits), 'rate': hits / n,
             'rate_upper_95': round(upper_bound(hits, n), 5),
             'score_median': round(float(np.median(scores)), 3),
             'score_p99': round(float(np.quantile(scores, 0.99)), 3),
@@ -210,7 +216,7 @@ def main(argv):
     t0 = time.time()
     if FLAGS.sets or FLAGS.fpr_only:
         result = ({'combination_sets': combination_sets(FLAGS.sets)} if FLAGS.sets else
-                  {'false_positive': false_positives(FLAGS.fpr_clips)})
+                  {'false_positive': false_positives(FLAGS.fpr_clips, FLAGS.fpr_start)})
         result['seconds'] = round(time.time() - t0, 1)
         print(result, flush=True)
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
