@@ -191,7 +191,8 @@ def combination_sets(names):
         for clip in clips:
             mid, key = (int(x) for x in rng.integers(0, 2 ** 16, 2))
             scale = 4 if src == 'shapes' else 1
-            d = wm.detect(robustness.combination(as_written(upscale(wm.embed(clip, mid, key), scale))))
+            marked = as_written(upscale(wm.embed(clip, mid, key), scale))
+            d = wm.detect(robustness.combination(marked))
             truth = wm.payload_bits(mid, key)
             accs.append(float(np.mean(wm.payload_bits(d.model_id, d.user_key) == truth)) if d.found
                         else float(np.mean(d.bits == truth)))
@@ -204,7 +205,8 @@ def combination_sets(names):
         rows = [a for n, r in out.items() if n.startswith(src) for a in r['per_clip']]
         if rows:
             out[f'{src}_mean'] = round(float(np.mean(rows)), 4)
-            print(f'{src}: mean bit accuracy {np.mean(rows):.3f} over {len(rows)} clips', flush=True)
+            print(f'{src}: mean bit accuracy {np.mean(rows):.3f} over {len(rows)} clips',
+                  flush=True)
     return out
 
 
