@@ -2,12 +2,14 @@
 `train/`): importing `sora_jax.pipeline` and loading the shipped bundle (DiT checkpoint + its
 frozen VAE) in a fresh process leave no `sora_jax.train` module in sys.modules. LoRA runs are
 checked the same way where their fixtures live (tests/train/test_lora_train.py,
-tests/train/test_wan_lora.py), with `train_modules_after`."""
+tests/train/test_wan_lora.py), with `fresh_to_q_kernel`."""
 import json
 import os
 import pathlib
 import subprocess
 import sys
+
+import numpy as np
 
 from tests.xla import xla_flags
 
@@ -25,6 +27,17 @@ def train_modules_after(code: str) -> list[str]:
                        timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def fresh_to_q_kernel(checkpoint: str, out) -> tuple[list[str], np.ndarray]:
+    """(`sora_jax.train*` modules imported, first block's attn1 to_q kernel) of a fresh process
+    that loads `checkpoint` for sampling with `TextToVideo.from_checkpoint`; the kernel goes
+    through the file `out` (.npy)."""
+    code = ('import numpy as np\nfrom sora_jax.pipeline import TextToVideo\n'
+            f'pipe = TextToVideo.from_checkpoint({str(checkpoint)!r})\n'
+            "q = pipe.params['blocks']['attn1']['to_q']['kernel'][...]\n"
+            f'np.save({str(out)!r}, np.asarray(q))')
+    return train_modules_after(code), np.load(out)
 
 
 def test_importing_the_pipeline_imports_no_train_module():

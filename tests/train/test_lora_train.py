@@ -19,7 +19,7 @@ from sora_jax.train import loop
 from sora_jax.train import sources as sources_lib
 from sora_jax.train import step as step_lib
 from sora_jax.train.objectives import flow as flow_objective
-from tests.test_pipeline_imports import train_modules_after
+from tests.test_pipeline_imports import fresh_to_q_kernel
 
 MESH = (2, 2, 2, 1)
 
@@ -143,18 +143,14 @@ def test_lora_run_samples_without_the_train_package(base, tmp_path):
     mngr = ckpt.manager(os.path.join(run, 'checkpoints'), async_save=False)
     ckpt.save(mngr, 3, state.replace(frozen=None), None, lora_train.with_pointer(c, sha))
     mngr.wait_until_finished()
-    out = tmp_path / 'to_q.npy'
-    code = ('import numpy as np\nfrom sora_jax.pipeline import TextToVideo\n'
-            f'pipe = TextToVideo.from_checkpoint({run!r})\n'
-            "q = pipe.params['blocks']['attn1']['to_q']['kernel'][...]\n"
-            f'np.save({str(out)!r}, np.asarray(q))')
-    assert train_modules_after(code) == []
+    modules, q = fresh_to_q_kernel(run, tmp_path / 'to_q.npy')
+    assert modules == []
     # the base's kernel + (alpha / rank = 2) A @ B, B all ones
     lora = state.ema_params['dit']['blocks']['attn1']['to_q']['lora']
     a, b = np.asarray(lora['lora_a'][...]), np.asarray(lora['lora_b'][...])
     want = np.asarray(base_params['dit']['blocks']['attn1']['to_q']['kernel'][...]) + 2.0 * a @ b
     assert np.abs(2.0 * a @ b).max() > 0.1
-    np.testing.assert_allclose(np.load(out), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(q, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('lora, match', [

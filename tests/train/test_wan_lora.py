@@ -24,7 +24,7 @@ from sora_jax.train import sources as sources_lib
 from sora_jax.train import wan_frozen
 from sora_jax.train.objectives import flow_context
 from tests.parity.wan_fixture import SENTENCES, make_tiny_wan_folder
-from tests.test_pipeline_imports import train_modules_after
+from tests.test_pipeline_imports import fresh_to_q_kernel
 
 _spec = importlib.util.spec_from_file_location('wan21_config', os.path.join(
     os.path.dirname(__file__), '..', '..', 'configs', 'wan21.py'))
@@ -138,16 +138,12 @@ def test_lora_run_samples_without_the_train_package(run, tmp_path):
     without importing any sora_jax.train module, to the same weights as this process."""
     from sora_jax.pipeline import TextToVideo
     _, c, work, _ = run
-    out = tmp_path / 'to_q.npy'
-    code = ('import numpy as np\nfrom sora_jax.pipeline import TextToVideo\n'
-            f'pipe = TextToVideo.from_checkpoint({work!r})\n'
-            "q = pipe.params['blocks']['attn1']['to_q']['kernel'][...]\n"
-            f'np.save({str(out)!r}, np.asarray(q))')
-    assert train_modules_after(code) == []
+    modules, q = fresh_to_q_kernel(work, tmp_path / 'to_q.npy')
+    assert modules == []
     here = TextToVideo.from_checkpoint(work).params['blocks']['attn1']['to_q']['kernel'][...]
     base = TextToVideo.from_wan(c.checkpoint, c).params['blocks']['attn1']['to_q']['kernel'][...]
-    np.testing.assert_array_equal(np.load(out), np.asarray(here))
-    assert np.abs(np.load(out) - np.asarray(base)).max() > 0  # the trained adapters merged in
+    np.testing.assert_array_equal(q, np.asarray(here))
+    assert np.abs(q - np.asarray(base)).max() > 0  # the trained adapters merged in
 
 
 def test_bad_wan_configs(run, tmp_path):
