@@ -408,21 +408,20 @@ def _fine_axis_matrices(n: int) -> np.ndarray:
     return _axis_matrices(n, _fine_hypotheses())
 
 
-def _fit_chunked(luma, my, mx, frame_w):
+def _fit_chunked(luma, my, mx):
     """`_fit` over many x hypotheses, a chunk at a time (about 20M values of the largest
     intermediate, [T, chunk, H, K], so long videos fit in memory)."""
     chunk = max(1, int(2e7 // (luma.shape[0] * luma.shape[1] * my.shape[1])))
-    parts = [_fit(luma, my, mx[i:i + chunk], frame_w) for i in range(0, len(mx), chunk)]
+    parts = [_fit(luma, my, mx[i:i + chunk]) for i in range(0, len(mx), chunk)]
     return np.concatenate([p[0] for p in parts], 2), np.concatenate([p[1] for p in parts], 2)
 
 
-def _search(luma: np.ndarray, frame_w: np.ndarray | None = None, fine: bool = True,
-            top_k: int = TOP_K) -> list:
+def _search(luma: np.ndarray, fine: bool = True, top_k: int = TOP_K) -> list:
     """Crop hypotheses (score, soft [N_BITS], gain, (cy, oy), (cx, ox)), best fit first. The
     score's peak is about 0.5% wide in each parameter (the host's large low-frequency
     coefficients move with the window), so a grid coarse in both axes misses it: each axis is
     searched on the FINE grid against the coarse grid of the other, and the TOP_K best of those,
-    at least SEPARATION apart, are refined (`_refine`) with frames averaged with weights frame_w."""
+    at least SEPARATION apart, are refined (`_refine`), frames equally weighted."""
     h, w = luma.shape[1:]
     coarse_y, coarse_x = _hypotheses(h), _hypotheses(w)
     fine_h = _fine_hypotheses() if fine else None
@@ -432,14 +431,13 @@ def _search(luma: np.ndarray, frame_w: np.ndarray | None = None, fine: bool = Tr
     entries = []                                         # (score, g, hyp_y, hyp_x, soft)
     keep = np.unique(np.linspace(0, len(luma) - 1, min(len(luma), SEARCH_FRAMES)).round())
     sub = luma[keep.astype(int)]                         # the grids read SEARCH_FRAMES frames
-    sub_w = None if frame_w is None else np.asarray(frame_w)[keep.astype(int)]
     passes = (((coarse_y, fine_h, 'coarse', 'fine'), (fine_h, coarse_x, 'fine', 'coarse')) if fine
               else ((coarse_y, coarse_x, 'coarse', 'coarse'),))
     for ys, xs, ky, kx in passes:
         if len(xs) >= len(ys):
-            soft, score = _fit_chunked(sub, axis[h, ky], axis[w, kx], sub_w)
+            soft, score = _fit_chunked(sub, axis[h, ky], axis[w, kx])
         else:                                            # the same, transposed
-            soft, score = _fit_chunked(np.swapaxes(sub, 1, 2), axis[w, kx], axis[h, ky], sub_w)
+            soft, score = _fit_chunked(np.swapaxes(sub, 1, 2), axis[w, kx], axis[h, ky])
             soft, score = np.swapaxes(soft, 1, 2), np.swapaxes(score, 1, 2)
         per_geom = score.max(0)
         for flat in np.argsort(per_geom.ravel())[::-1][:top_k * 64]:
@@ -455,9 +453,8 @@ def _search(luma: np.ndarray, frame_w: np.ndarray | None = None, fine: bool = Tr
         if len(starts) and (np.abs(starts - geom).max(1) < SEPARATION).any():
             continue                    # a neighbour of a better start: refines to the same place
         starts = np.vstack([starts, geom])
-        out.append(_refine(luma, _rescored(luma, (sc, soft_ab, GAINS[g], hyp_y, hyp_x), frame_w)
-                           if len(sub) < len(luma) else (sc, soft_ab, GAINS[g], hyp_y, hyp_x),
-                           frame_w))
+        start = (sc, soft_ab, GAINS[g], hyp_y, hyp_x)
+        out.append(_refine(luma, _rescored(luma, start, None) if len(sub) < len(luma) else start))
     return sorted(out, key=lambda c: -c[0])
 
 
@@ -479,10 +476,7 @@ def _weights_at(luma: np.ndarray, best) -> np.ndarray:
 
 def _soft_at(luma: np.ndarray, cand) -> np.ndarray:
     """[N_BITS] soft bits at one crop hypothesis, frames weighted by their fit there."""
-    h, w = luma.shape[1:]
-    fw = _weights_at(luma, cand)
-    return _fit(luma, _axis_matrices(h, [cand[3]]), _axis_matrices(w, [cand[4]]), fw)[0][
-        GAINS.index(cand[2]), 0, 0]
+    return _rescored(luma, cand, _weights_at(luma, cand))[1]
 
 
 def detect(frames) -> Detection:
