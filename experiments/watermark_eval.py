@@ -38,7 +38,7 @@ from absl import app, flags  # noqa: E402
 
 flags.DEFINE_integer('clips', 12, 'Marked clips per source (shapes, natural).')
 flags.DEFINE_integer('fpr_clips', 800, 'Unmarked clips for the false-positive rate (>= 600 with '
-                     'none found bounds it <= 0.5% at 95%).')
+                     'none found bounds it <= 0.5% at 95%; 0: skip it).')
 flags.DEFINE_integer('images', 8, 'Single marked frames (t2i) per source, written as .png.')
 flags.DEFINE_string('checkpoint', None, 'Also mark clips sampled from this model (e.g. '
                     'checkpoints/shapes).')
@@ -239,7 +239,7 @@ def main(argv):
                 for i in range(FLAGS.model_clips)]
         sources['shapes_model_written_128'] = (vids, int(pipe.config.sample.get('display_scale', 4)))
     result = {'marked': evaluate(sources, rng), 'images': images(FLAGS.images, pipe),
-              'false_positive': false_positives(FLAGS.fpr_clips),
+              'false_positive': false_positives(FLAGS.fpr_clips) if FLAGS.fpr_clips else None,
               'seconds': round(time.time() - t0, 1)}
     print(f'false positives: {result["false_positive"]}', flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)

@@ -13,9 +13,13 @@ the low band keeps 35-70%. A bit is carried by dither modulation: its projection
 nearest point of that bit's lattice STEP * Z + dither (+ STEP / 2 for a 1).
 
 Embedding re-measures: per frame, 3 passes quantise the projections of the uint8 result
-(rounding, clipping, the box resize back to the frame size) and correct them. The change is
-added equally to R, G and B (luma only) and capped at an RMS of MAX_RMS = 2.5 grey levels, so
-PSNR >= 40 dB against the unmarked frames (40.1 at the cap). Every frame carries the same bits.
+(rounding, clipping, the box resize back to the frame size) and correct them. The change is a
+luma change made along (R, G, B) ~ (0.299, 0.587, 0.114), the luma weights: per unit of RGB
+squared error that moves the luma 1.157x as far as an equal change to R, G and B, and the lattice
+step was raised from 100 to STEP = 120 to spend it (at 100 the PSNR sat near 41 dB, unused; 110
+to 130 read alike, 140 worse: the cap binds). The change is capped at an RMS of MAX_RMS = 2.5 per
+channel, so PSNR >= 40 dB against the unmarked frames (40.1 at the cap). Every frame carries the
+same bits.
 
 Detection averages each bit's soft decision (the cosine of its projection's phase on its bit's
 lattice) over the frames and scores crop hypotheses (the frame is an 87.5-100% window of the
@@ -58,17 +62,21 @@ CANON = 64                  # canonical analysis grid (pixels)
 BAND = (1, 9)               # DCT indices u + v of the LL band (32 x 32) that carry bits
 N_PAYLOAD, N_CHECK = 32, 22
 N_BITS = N_PAYLOAD + N_CHECK  # 54 channel bits, one band coefficient each
-STEP = 100.0                # dither-modulation step of each bit's projection (LL-DCT units)
+STEP = 120.0                # dither-modulation step of each bit's projection (LL-DCT units)
 GAINS = (1.0,)              # contrast gains the detector tries (see above)
 LIST_BITS = 8               # least reliable bits the list decoder may flip ...
 LIST_FLIPS = 3              # ... at most this many at a time (93 flip patterns)
 CANDIDATES = 12             # crop hypotheses the list decoder tries (best fit first) ...
 QUICK_TOP_K, QUICK_CANDIDATES = 6, 4  # ... after these of the coarse grid alone (see detect)
-MAX_RMS = 2.5               # cap on the RMS change per pixel (grey levels): PSNR >= 40.1 dB
+MAX_RMS = 2.5               # cap on the RMS change per pixel and channel: PSNR >= 40.1 dB
+# The change's direction in (R, G, B) per unit of luma: along the luma weights, the most luma per
+# unit of RGB squared error (1.157x the luma of an equal change to R, G and B at the same PSNR).
+_COLOR = np.array([0.299, 0.587, 0.114]) / (0.299 ** 2 + 0.587 ** 2 + 0.114 ** 2)
+_LUMA_CAP = MAX_RMS / float(np.sqrt(np.mean(_COLOR ** 2)))   # the cap in luma: 2.89
 PASSES = 3
 KEY = b'sora_jax watermark v1'
 _CROPS = (1.0, 0.975, 0.95, 0.925, 0.9, 0.875)
-TOP_K = 12                  # crop hypotheses the detector refines ...
+TOP_K = 24                  # crop hypotheses the detector refines ...
 SEPARATION = 0.01           # ... at least this far apart (coverage or offset, either axis)
 FINE = 0.0025               # step of the fine grid of one axis (coverage and offset)
 SEARCH_FRAMES = 8           # frames (evenly spaced) the grids read; refinement reads them all
@@ -282,16 +290,16 @@ def embed(frames, model_id: int, user_key: int = 0) -> np.ndarray:
         base = frames[i].astype(np.float64)
         res = np.zeros((h, w))
         for _ in range(PASSES):
-            cur = np.clip(np.round(base + res[..., None]), 0, 255)
+            cur = np.clip(np.round(base + res[..., None] * _COLOR), 0, 255)
             proj = _projections(_analysis(_canon(_luma(cur))))
             move = _quantize(proj, bits01) - proj            # [N_BITS], |move| <= STEP / 2
             if np.abs(move).max() < 0.05 * STEP:
                 break
             res += _uncanon(_synthesis(signs * move[owner]), h, w)
             rms = np.sqrt(np.mean(res ** 2))
-            if rms > MAX_RMS:
-                res *= MAX_RMS / rms
-        out[i] = np.clip(np.round(base + res[..., None]), 0, 255).astype(np.uint8)
+            if rms > _LUMA_CAP:
+                res *= _LUMA_CAP / rms
+        out[i] = np.clip(np.round(base + res[..., None] * _COLOR), 0, 255).astype(np.uint8)
     return out
 
 
@@ -522,9 +530,10 @@ def _candidates(luma: np.ndarray, fine: bool, top_k: int) -> list:
     second = sorted((_refine(luma, _rescored(luma, c, fw), fw) for c in first),
                     key=lambda c: -c[0])
     cands, seen = [], set()
-    for c in second + first:
-        if (c[3], c[4]) not in seen:
-            seen.add((c[3], c[4]))
+    for c in second + first:      # distinct crops only (refinements often meet at one point)
+        key = tuple(int(round(float(x) / (FINE / 2))) for x in (*c[3], *c[4]))
+        if key not in seen:
+            seen.add(key)
             cands.append(c)
     return cands
 
