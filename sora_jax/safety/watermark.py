@@ -38,7 +38,8 @@ pass goes first, see `detect`). An unmarked video passes with probability about 
 experiments/watermark_eval.py, README). Only gain 1 is tried: searching contrast too gave the
 noise more hypotheses to win with. The previous format (48 bits: a CRC-16, one best crop and a
 4-bit Chase search) read the combination in robustness.py at 0.80 / 0.92 on 5 + 5 sets of 8
-shapes / natural clips where this one reads 0.86 / 0.97 (watermark_eval.py --sets; README).
+shapes / natural clips where this one reads 0.94 / 1.00 (0.86 / 0.97 before the change along
+the luma weights; watermark_eval.py --sets; README).
 
 Frame size: the box resize makes a mark applied at 32x32 and nearest-upscaled (the CLI's
 `display_scale`) read exactly as at 32x32; any other written size is resampled to 64x64. The
