@@ -7,6 +7,10 @@
       natural:0,natural:300,natural:600,natural:900,natural:1200   # the combination alone, 80 clips
   python experiments/watermark_eval.py --fpr_only --fpr_clips=800   # the false-positive rate alone
   python experiments/watermark_eval.py --fpr_only --fpr_clips=400 --fpr_start=400   # its 2nd half
+  python experiments/watermark_eval.py --timing_clips=3   # seconds per detection (README)
+
+Two measurements side by side on 2 cores: give each OMP_NUM_THREADS=1 (with two BLAS threads
+each, the false-positive halves took 8.6 s a clip where one alone takes about 2 s).
 
 Marked clips: `--clips` shapes-generator clips (16 frames, 32x32, marked at 32x32 and written
 4x nearest-upscaled to 128x128 as sample.py does; the shipped model's outputs have this form)
@@ -48,6 +52,9 @@ flags.DEFINE_integer('fpr_start', 0, 'With --fpr_only: skip the first clips of t
 flags.DEFINE_bool('fpr_only', False, 'Only the false-positive rate on --fpr_clips unmarked clips.')
 flags.DEFINE_list('sets', [], 'Only the combination, on these sets of 8 clips: shapes:SEED or '
                   'natural:START (see above).')
+flags.DEFINE_integer('timing_clips', 0, 'Only the detection time: per clip, on this many unmarked, '
+                     'marked and marked-then-combined clips of each source (the first of the '
+                     'unmarked ones is read once before, untimed, to fill caches).')
 flags.DEFINE_string('json', 'outputs/watermark_eval.json', 'Where to write the figures.')
 FLAGS = flags.FLAGS
 
@@ -210,15 +217,46 @@ def combination_sets(names):
     return out
 
 
+def detection_time(n):
+    """Seconds wm.detect takes per clip: n shapes (seed 7) and n natural (10000..) clips as
+    written by sample.py, unmarked, marked, and marked then put through the combination."""
+    import numpy as np
+
+    from sora_jax.safety import robustness, watermark as wm
+    shapes = [upscale(c) for c in shapes_clips(n, seed=7)]
+    natural = [robustness.natural_clip(10_000 + i) for i in range(n)]
+    unmarked = [as_written(v) for v in shapes + natural]
+    marked = ([as_written(upscale(wm.embed(c, 5, 7))) for c in shapes_clips(n, seed=7)]
+              + [as_written(wm.embed(c, 5, 7)) for c in natural])
+    wm.detect(unmarked[0])                                  # caches, untimed
+    out = {}
+    for name, vids in (('unmarked', unmarked), ('marked', marked),
+                       ('marked_combination', [robustness.combination(v) for v in marked])):
+        secs, found = [], 0
+        for v in vids:
+            t0 = time.perf_counter()
+            found += wm.detect(v).found
+            secs.append(round(time.perf_counter() - t0, 3))
+        out[name] = {'shape': list(vids[0].shape), 'seconds': secs, 'found': int(found),
+                     'median': round(float(np.median(secs)), 3)}
+        print(f'{name:20s} {vids[0].shape}: {np.median(secs):.2f} s a clip (median; '
+              f'{min(secs):.2f}-{max(secs):.2f}), found {found}/{len(vids)}', flush=True)
+    return out
+
+
 def main(argv):
     del argv
     import numpy as np
 
     from sora_jax.safety import robustness
     t0 = time.time()
-    if FLAGS.sets or FLAGS.fpr_only:
-        result = ({'combination_sets': combination_sets(FLAGS.sets)} if FLAGS.sets else
-                  {'false_positive': false_positives(FLAGS.fpr_clips, FLAGS.fpr_start)})
+    if FLAGS.sets or FLAGS.fpr_only or FLAGS.timing_clips:
+        if FLAGS.sets:
+            result = {'combination_sets': combination_sets(FLAGS.sets)}
+        elif FLAGS.fpr_only:
+            result = {'false_positive': false_positives(FLAGS.fpr_clips, FLAGS.fpr_start)}
+        else:
+            result = {'detection_time': detection_time(FLAGS.timing_clips)}
         result['seconds'] = round(time.time() - t0, 1)
         print(result, flush=True)
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)

@@ -87,6 +87,13 @@ def test_combination_sets_script(tmp_path):
     assert fpr.returncode == 0, fpr.stderr[-2000:]
     fp = json.loads(out.read_text())['false_positive']
     assert fp['clips'] == 2 and fp['start'] == 400 and fp['false_positives'] == 0
+    timing = subprocess.run([sys.executable, os.path.join(root, 'experiments', 'watermark_eval.py'),
+                             '--timing_clips=1', f'--json={out}'], cwd=root, capture_output=True,
+                            text=True, timeout=600)
+    assert timing.returncode == 0, timing.stderr[-2000:]
+    t = json.loads(out.read_text())['detection_time']
+    assert t['unmarked']['found'] == 0 and t['marked']['found'] == 2
+    assert all(len(t[k]['seconds']) == 2 and t[k]['median'] > 0 for k in t)
     bad = subprocess.run([sys.executable, os.path.join(root, 'experiments', 'watermark_eval.py'),
                           '--sets=shapes9', f'--json={out}'], cwd=root, capture_output=True,
                          text=True, timeout=300)
