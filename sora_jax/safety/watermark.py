@@ -90,13 +90,13 @@ WINDOW = 0.125              # margin left unmarked on each side, so crops up to 
 
 @dataclasses.dataclass(frozen=True)
 class Detection:
-    found: bool                # CRC matched at the best crop hypothesis
+    found: bool                # a codeword was decoded at one of the crop hypotheses tried
     model_id: int | None       # 16-bit model id (None when not found)
     user_key: int | None       # 16-bit user key
-    bits: np.ndarray           # the 32 payload bits as decoded (hard decisions, before Chase)
-    confidence: float          # mean |soft decision| of the 48 bits (1 = every bit on its lattice)
+    bits: np.ndarray           # the 32 payload bits as read (hard decisions, before any flip)
+    confidence: float          # mean |soft decision| of the 54 bits (1 = every bit on its lattice)
     score: float               # the search's fit score (the same statistic at the best hypothesis)
-    corrected: int             # payload/CRC bits flipped by the Chase decoder
+    corrected: int             # channel bits flipped by the list decoder
     crop: tuple                # (coverage y, offset y, coverage x, offset x) of the best hypothesis
 
     def summary(self) -> str:
@@ -148,7 +148,7 @@ def payload_bits(model_id: int, user_key: int) -> np.ndarray:
 
 
 def _codeword(model_id: int, user_key: int) -> np.ndarray:
-    """[N_BITS] in {-1, +1}: payload, CRC."""
+    """[N_BITS] in {-1, +1}: payload, then check bits."""
     p = payload_bits(model_id, user_key)
     bits = np.concatenate([p, _check_bits(p)])
     return bits.astype(np.float64) * 2 - 1
