@@ -97,7 +97,7 @@ class Detection:
     confidence: float          # mean |soft decision| of the 54 bits (1 = every bit on its lattice)
     score: float               # the search's fit score (the same statistic at the best hypothesis)
     corrected: int             # channel bits flipped by the list decoder
-    crop: tuple                # (coverage y, offset y, coverage x, offset x, gain) of that hypothesis
+    crop: tuple                # (coverage y, offset y, coverage x, offset x, gain) found there
 
     def summary(self) -> str:
         if not self.found:
