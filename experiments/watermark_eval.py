@@ -75,6 +75,24 @@ def as_written(v):
     return robustness.reencode(v, 18)
 
 
+def unmarked_sources(n_shapes, n_natural, first=0):
+    """[(clip, scale)] of the unmarked sequence: shapes scenes first.. (seed 7, 32x32, written 4x
+    upscaled) then natural clips 10000 + first.. (128x128)."""
+    from sora_jax.safety import robustness
+    return ([(c, 4) for c in shapes_clips(first + n_shapes, seed=7)[first:]]
+            + [(robustness.natural_clip(10_000 + first + i), 1) for i in range(n_natural)])
+
+
+def payload_accuracy(d, truth):
+    """Fraction of the 32 payload bits right: of the codeword when the mark is found, else of the
+    raw decisions."""
+    import numpy as np
+
+    from sora_jax.safety import watermark as wm
+    bits = wm.payload_bits(d.model_id, d.user_key) if d.found else d.bits
+    return float(np.mean(bits == truth))
+
+
 def evaluate(sources, rng):
     import numpy as np
 
@@ -93,8 +111,7 @@ def evaluate(sources, rng):
             for t, f in robustness.TRANSFORMS.items():
                 d = wm.detect(f(written))
                 raw = float(np.mean(d.bits == truth))
-                acc = float(np.mean(wm.payload_bits(d.model_id, d.user_key) == truth)) if d.found else raw
-                rows[t]['bit_accuracy'].append(acc)
+                rows[t]['bit_accuracy'].append(payload_accuracy(d, truth))
                 rows[t]['raw_bit_accuracy'].append(raw)
                 rows[t]['found'].append(bool(d.found))
                 rows[t]['score'].append(d.score)
@@ -124,13 +141,10 @@ def false_positives(n, start=0):
     (so --fpr_start=0 and --fpr_start=400 with --fpr_clips=400 split the 800 of one run)."""
     import numpy as np
 
-    from sora_jax.safety import robustness, watermark as wm
+    from sora_jax.safety import watermark as wm
     hits, scores = 0, []
-    half, first = n // 2, start // 2
-    clips = [upscale(c) for c in shapes_clips(first + half, seed=7)[first:]]
-    for i, c in enumerate(clips + [robustness.natural_clip(10_000 + first + i)
-                                   for i in range(n - half)]):
-        d = wm.detect(as_written(c))
+    for i, (c, k) in enumerate(unmarked_sources(n // 2, n - n // 2, start // 2)):
+        d = wm.detect(as_written(upscale(c, k)))
         hits += d.found
         scores.append(d.score)
         if (i + 1) % 50 == 0:
@@ -201,8 +215,7 @@ def combination_sets(names):
             marked = as_written(upscale(wm.embed(clip, mid, key), scale))
             d = wm.detect(robustness.combination(marked))
             truth = wm.payload_bits(mid, key)
-            accs.append(float(np.mean(wm.payload_bits(d.model_id, d.user_key) == truth)) if d.found
-                        else float(np.mean(d.bits == truth)))
+            accs.append(payload_accuracy(d, truth))
             found.append(bool(d.found))
         out[name] = {'bit_accuracy': round(float(np.mean(accs)), 4), 'found': int(sum(found)),
                      'per_clip': [round(a, 3) for a in accs]}
@@ -223,11 +236,9 @@ def detection_time(n):
     import numpy as np
 
     from sora_jax.safety import robustness, watermark as wm
-    shapes = [upscale(c) for c in shapes_clips(n, seed=7)]
-    natural = [robustness.natural_clip(10_000 + i) for i in range(n)]
-    unmarked = [as_written(v) for v in shapes + natural]
-    marked = ([as_written(upscale(wm.embed(c, 5, 7))) for c in shapes_clips(n, seed=7)]
-              + [as_written(wm.embed(c, 5, 7)) for c in natural])
+    sources = unmarked_sources(n, n)
+    unmarked = [as_written(upscale(c, k)) for c, k in sources]
+    marked = [as_written(upscale(wm.embed(c, 5, 7), k)) for c, k in sources]
     wm.detect(unmarked[0])                                  # caches, untimed
     out = {}
     for name, vids in (('unmarked', unmarked), ('marked', marked),
@@ -250,20 +261,18 @@ def main(argv):
 
     from sora_jax.safety import robustness
     t0 = time.time()
-    if FLAGS.sets or FLAGS.fpr_only or FLAGS.timing_clips:
-        if FLAGS.sets:
-            result = {'combination_sets': combination_sets(FLAGS.sets)}
-        elif FLAGS.fpr_only:
-            result = {'false_positive': false_positives(FLAGS.fpr_clips, FLAGS.fpr_start)}
-        else:
-            result = {'detection_time': detection_time(FLAGS.timing_clips)}
+    if FLAGS.sets:
+        result = {'combination_sets': combination_sets(FLAGS.sets)}
+    elif FLAGS.fpr_only:
+        result = {'false_positive': false_positives(FLAGS.fpr_clips, FLAGS.fpr_start)}
+    elif FLAGS.timing_clips:
+        result = {'detection_time': detection_time(FLAGS.timing_clips)}
+    else:
+        result = None
+    if result is not None:
         result['seconds'] = round(time.time() - t0, 1)
         print(result, flush=True)
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
-        with open(FLAGS.json, 'w') as f:
-            json.dump(result, f, indent=1)
-        print(f'wrote {FLAGS.json}')
-        return
+        return write_json(result)
     rng = np.random.default_rng(0)
     sources = {'shapes_32x32_written_128': (shapes_clips(FLAGS.clips), 4),
                'natural_128': ([robustness.natural_clip(i) for i in range(FLAGS.clips)], 1)}
@@ -280,6 +289,10 @@ def main(argv):
               'false_positive': false_positives(FLAGS.fpr_clips) if FLAGS.fpr_clips else None,
               'seconds': round(time.time() - t0, 1)}
     print(f'false positives: {result["false_positive"]}', flush=True)
+    write_json(result)
+
+
+def write_json(result):
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
     with open(FLAGS.json, 'w') as f:
         json.dump(result, f, indent=1)
