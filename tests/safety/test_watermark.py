@@ -72,31 +72,28 @@ def test_combination_sets_script(tmp_path):
     import sys
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = tmp_path / 'sets.json'
-    run = subprocess.run([sys.executable, os.path.join(root, 'experiments', 'watermark_eval.py'),
-                          '--sets=shapes:9,natural:300', f'--json={out}'], cwd=root,
-                         capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-2000:]
-    sets = json.loads(out.read_text())['combination_sets']
+
+    script = os.path.join(root, 'experiments', 'watermark_eval.py')
+
+    def run(*flags, timeout):
+        return subprocess.run([sys.executable, script, *flags, f'--json={out}'], cwd=root,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def result(*flags, timeout=600):
+        r = run(*flags, timeout=timeout)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(out.read_text())
+
+    sets = result('--sets=shapes:9,natural:300', timeout=900)['combination_sets']
     print(f"\ncombination: {sets}")
     assert sets['shapes:9']['bit_accuracy'] >= 0.90 and sets['shapes:9']['found'] >= 4
     assert sets['natural:300']['bit_accuracy'] >= 0.95 and sets['natural:300']['found'] >= 6
-    fpr = subprocess.run([sys.executable, os.path.join(root, 'experiments', 'watermark_eval.py'),
-                          '--fpr_only', '--fpr_clips=2', '--fpr_start=400', f'--json={out}'],
-                         cwd=root,
-                         capture_output=True, text=True, timeout=600)
-    assert fpr.returncode == 0, fpr.stderr[-2000:]
-    fp = json.loads(out.read_text())['false_positive']
+    fp = result('--fpr_only', '--fpr_clips=2', '--fpr_start=400')['false_positive']
     assert fp['clips'] == 2 and fp['start'] == 400 and fp['false_positives'] == 0
-    timing = subprocess.run([sys.executable, os.path.join(root, 'experiments', 'watermark_eval.py'),
-                             '--timing_clips=1', f'--json={out}'], cwd=root, capture_output=True,
-                            text=True, timeout=600)
-    assert timing.returncode == 0, timing.stderr[-2000:]
-    t = json.loads(out.read_text())['detection_time']
+    t = result('--timing_clips=1')['detection_time']
     assert t['unmarked']['found'] == 0 and t['marked']['found'] == 2
     assert all(len(t[k]['seconds']) == 2 and t[k]['median'] > 0 for k in t)
-    bad = subprocess.run([sys.executable, os.path.join(root, 'experiments', 'watermark_eval.py'),
-                          '--sets=shapes9', f'--json={out}'], cwd=root, capture_output=True,
-                         text=True, timeout=300)
+    bad = run('--sets=shapes9', timeout=300)
     assert bad.returncode != 0 and 'must be shapes:SEED or natural:START' in bad.stderr
 
 
