@@ -31,15 +31,19 @@ in 0.25% steps with the frames weighted by how well they fit the best one (a re-
 frame, an I-frame, has about half the error of its P- and B-frames; weights are held fixed
 during a search: re-weighting each hypothesis let noise win it). A host pattern can fit better
 than a mark weakened by compression, so the list decoder tries the CANDIDATES best hypotheses in
-turn, at each the flips of up to LIST_FLIPS of the LIST_BITS least reliable bits (93 patterns,
-least total reliability first), and the first codeword found is the mark (a cheaper coarse-only
-pass goes first, see `detect`). An unmarked video passes with probability about (4 + 12) x 93 /
-2^22 = 0.035% (measured rate:
-experiments/watermark_eval.py, README). Only gain 1 is tried: searching contrast too gave the
-noise more hypotheses to win with. The previous format (48 bits: a CRC-16, one best crop and a
-4-bit Chase search) read the combination in robustness.py at 0.80 / 0.92 on 5 + 5 sets of 8
-shapes / natural clips where this one reads 0.94 / 1.00 (0.86 / 0.97 before the change along
-the luma weights; watermark_eval.py --sets; README).
+turn, at each the LIST cheapest flip patterns (sets of up to LIST_FLIPS channel bits, least
+total reliability first), and the first codeword found is the mark (a cheaper coarse-only pass
+goes first, see `detect`). Cheapest first rather than the flips of the few least reliable bits:
+after a re-encode one wrong bit is often of middling reliability (the 25th least reliable of
+54, say), which a short list of the least reliable bits never reaches. The patterns went from
+12 candidates x 93 to 2 x 600, the same false-positive chance: on the 80 clips of
+`watermark_eval.py --sets` (README) the combination's shapes / natural clips found went from 26 /
+39 to 30 / 40 of 40. An unmarked video passes with probability about (4 x 93 + 2 x 600) / 2^22 =
+0.037% (measured rate: experiments/watermark_eval.py, README). Only gain 1 is tried: searching
+contrast too gave the noise more hypotheses to win with. The previous format (48 bits: a CRC-16,
+one best crop and a 4-bit Chase search) read the combination in robustness.py at 0.80 / 0.92 on
+5 + 5 sets of 8 shapes / natural clips where this one reads 0.94 / 1.00 (0.86 / 0.97 before the
+change along the luma weights; watermark_eval.py --sets; README).
 
 Frame size: the box resize makes a mark applied at 32x32 and nearest-upscaled (the CLI's
 `display_scale`) read exactly as at 32x32; any other written size is resampled to 64x64. The
@@ -52,7 +56,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import itertools
+import heapq
 
 import numpy as np
 import pywt
@@ -65,10 +69,9 @@ N_PAYLOAD, N_CHECK = 32, 22
 N_BITS = N_PAYLOAD + N_CHECK  # 54 channel bits, one band coefficient each
 STEP = 120.0                # dither-modulation step of each bit's projection (LL-DCT units)
 GAINS = (1.0,)              # contrast gains the detector tries (see above)
-LIST_BITS = 8               # least reliable bits the list decoder may flip ...
-LIST_FLIPS = 3              # ... at most this many at a time (93 flip patterns)
-CANDIDATES = 12             # crop hypotheses the list decoder tries (best fit first) ...
-QUICK_TOP_K, QUICK_CANDIDATES = 6, 4  # ... after these of the coarse grid alone (see detect)
+LIST_FLIPS = 4              # channel bits a flip pattern of the list decoder changes at most
+CANDIDATES, LIST = 2, 600   # crop hypotheses the list decoder tries (best fit first), patterns each
+QUICK_TOP_K, QUICK_CANDIDATES, QUICK_LIST = 6, 4, 93  # the same, coarse grid alone (first)
 MAX_RMS = 2.5               # cap on the RMS change per pixel and channel: PSNR >= 40.1 dB
 # The change's direction in (R, G, B) per unit of luma: along the luma weights, the most luma per
 # unit of RGB squared error (1.157x the luma of an equal change to R, G and B at the same PSNR).
@@ -491,9 +494,10 @@ def _soft_at(luma: np.ndarray, cand) -> np.ndarray:
 def detect(frames) -> Detection:
     """Reads the mark from uint8 [T, H, W, 3] frames (any size, any number of frames). First the
     coarse grid alone (13 x 13 crops, its QUICK_TOP_K best refined, QUICK_CANDIDATES decoded:
-    enough for every single transform in robustness.py); if no codeword is found, the fine
-    search (`_search`) and the list decoder over its CANDIDATES best hypotheses. An unmarked
-    video runs both: (QUICK_CANDIDATES + CANDIDATES) x 93 chances in 2^22 of a false codeword."""
+    enough for every single transform in robustness.py; QUICK_LIST flip patterns each); if no
+    codeword is found, the fine search (`_search`) and the list decoder over its CANDIDATES best
+    hypotheses (LIST patterns each). An unmarked video runs both: QUICK_CANDIDATES x QUICK_LIST +
+    CANDIDATES x LIST = 1572 chances in 2^22 of a false codeword (0.037%)."""
     frames = _check_video(frames)
     luma = _luma(frames)                                    # [T, H, W]
     h, w = luma.shape[1:]
@@ -502,10 +506,11 @@ def detect(frames) -> Detection:
         hs, ws = max(32, round(h * scale)), max(32, round(w * scale))
         luma = _box_matrix(hs, h) @ luma @ _box_matrix(ws, w).T
     # Most transforms leave the mark strong enough for the coarse grid: try it first (cheap).
-    hit = _decode_first(luma, _candidates(luma, fine=False, top_k=QUICK_TOP_K), QUICK_CANDIDATES)
+    hit = _decode_first(luma, _candidates(luma, fine=False, top_k=QUICK_TOP_K), QUICK_CANDIDATES,
+                        QUICK_LIST)
     if hit is None:
         cands = _candidates(luma, fine=True, top_k=TOP_K)
-        hit = _decode_first(luma, cands, CANDIDATES)
+        hit = _decode_first(luma, cands, CANDIDATES, LIST)
     if hit is not None:
         best, s_best, fixed, flips = hit
     else:
@@ -539,27 +544,32 @@ def _candidates(luma: np.ndarray, fine: bool, top_k: int) -> list:
     return cands
 
 
-def _decode_first(luma: np.ndarray, cands: list, n: int):
+def _decode_first(luma: np.ndarray, cands: list, n: int, size: int):
     """(hypothesis, soft bits, codeword, flips) of the first of n hypotheses whose bits decode
-    (`_list_decode`), or None."""
+    with a list of `size` flip patterns (`_list_decode`), or None."""
     for cand in cands[:n]:
         s = _soft_at(luma, cand)
-        fixed, flips = _list_decode((s < 0).astype(np.uint8), np.abs(s))
+        fixed, flips = _list_decode((s < 0).astype(np.uint8), np.abs(s), size)
         if fixed is not None:
             return cand, s, fixed, flips
     return None
 
 
-@functools.lru_cache(maxsize=1)
-def _flip_patterns() -> np.ndarray:
-    """[P, LIST_BITS] bool: every set of at most LIST_FLIPS of the LIST_BITS least reliable bits."""
-    rows = [np.zeros(LIST_BITS, bool)]
-    for k in range(1, LIST_FLIPS + 1):
-        for combo in itertools.combinations(range(LIST_BITS), k):
-            r = np.zeros(LIST_BITS, bool)
-            r[list(combo)] = True
-            rows.append(r)
-    return np.stack(rows)
+def _cheapest_flips(weights: np.ndarray, n: int) -> list:
+    """The n cheapest sets of at most LIST_FLIPS indices into the ascending `weights`, cheapest
+    total first, the empty set first: a best-first walk in which a set whose largest index is i
+    has two successors (i + 1 added; i moved to i + 1), so each set is reached exactly once and
+    never before a cheaper one."""
+    out, heap = [()], [(float(weights[0]), (0,))]
+    while heap and len(out) < n:
+        cost, idx = heapq.heappop(heap)
+        out.append(idx)
+        i = idx[-1]
+        if i + 1 < len(weights):
+            if len(idx) < LIST_FLIPS:
+                heapq.heappush(heap, (cost + weights[i + 1], idx + (i + 1,)))
+            heapq.heappush(heap, (cost - weights[i] + weights[i + 1], idx[:-1] + (i + 1,)))
+    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -570,23 +580,23 @@ def _syndrome_columns() -> np.ndarray:
     return np.array([_bits_int(c) for c in cols], np.int64)
 
 
-def _list_decode(hard: np.ndarray, reliability: np.ndarray):
-    """(payload+check bits of a codeword, flips) or (None, 0): the most likely flip pattern of
-    the LIST_BITS least reliable bits (at most LIST_FLIPS of them, least total reliability first)
-    that makes the check bits match. An unmarked reading passes with probability about
-    len(_flip_patterns()) / 2^N_CHECK per hypothesis tried."""
+def _list_decode(hard: np.ndarray, reliability: np.ndarray, size: int = LIST):
+    """(payload+check bits of a codeword, flips) or (None, 0): the first of the `size` most likely
+    flip patterns (sets of at most LIST_FLIPS channel bits, least total reliability first: a
+    wrong bit need not be among the least reliable few, only cheap) that makes the check bits
+    match. An unmarked reading passes with probability about size / 2^N_CHECK."""
     syn = _bits_int(_check_bits(hard[:N_PAYLOAD]) ^ hard[N_PAYLOAD:])
-    order = np.argsort(reliability)[:LIST_BITS]
-    pats = _flip_patterns()
-    flip_syn = np.bitwise_xor.reduce(np.where(pats, _syndrome_columns()[order][None], 0), axis=1)
-    ok = np.flatnonzero(flip_syn == syn)
-    if not ok.size:
-        return None, 0
-    cost = pats[ok] @ reliability[order]
-    pat = pats[ok[np.argmin(cost)]]
-    fixed = hard.copy()
-    fixed[order[pat]] ^= 1
-    return fixed, int(pat.sum())
+    order = np.argsort(reliability, kind='stable')
+    cols = _syndrome_columns()[order]
+    for pat in _cheapest_flips(reliability[order], size):
+        x = 0
+        for j in pat:
+            x ^= int(cols[j])
+        if x == syn:
+            fixed = hard.copy()
+            fixed[order[list(pat)]] ^= 1
+            return fixed, len(pat)
+    return None, 0
 
 
 def detect_file(path) -> Detection:
