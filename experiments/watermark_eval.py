@@ -1,7 +1,7 @@
 """Measure the invisible watermark: PSNR, bit accuracy after each transform, false positives.
 
   python experiments/watermark_eval.py --clips=8 --fpr_clips=800 --checkpoint=checkpoints/shapes \
-      --model_clips=4 --json=outputs/watermark_eval.json   # README figures (~25 min, 2 busy cores)
+      --model_clips=4 --json=outputs/watermark_eval.json   # all of it (~30 min on 2 cores)
   python experiments/watermark_eval.py --clips=4 --fpr_clips=40 --json=/tmp/wm.json   # quick look
   python experiments/watermark_eval.py --sets=shapes:1,shapes:9,shapes:5,shapes:3,shapes:7,\
       natural:0,natural:300,natural:600,natural:900,natural:1200   # the combination alone, 80 clips
