@@ -17,9 +17,15 @@ Embedding re-measures: per frame, 3 passes quantise the projections of the uint8
 luma change made along (R, G, B) ~ (0.299, 0.587, 0.114), the luma weights: per unit of RGB
 squared error that moves the luma 1.157x as far as an equal change to R, G and B, and the lattice
 step was raised from 100 to STEP = 120 to spend it (at 100 the PSNR sat near 41 dB, unused; 110
-to 130 read alike, 140 worse: the cap binds). The change is capped at an RMS of MAX_RMS = 2.5 per
-channel, so PSNR >= 40 dB against the unmarked frames (40.1 at the cap). Every frame carries the
-same bits.
+to 130 read alike, 140 worse: the cap binds; measured with a cap on every frame, as then). The
+change's budget is an RMS of MAX_RMS = 2.5 per channel over the video, so PSNR >= 40 dB against
+the unmarked video (40.1 at the cap). It is a budget per video, not per frame: most frames need
+about the cap or a little more, some less, and what those leave goes to the frames that need
+more, under one common per-frame cap (`_frame_caps`; at most FRAME_OVER = 1.25x the budget, so
+no frame below 38.2 dB; the test's shapes clip has frames at 40.00-40.61 dB). On the combination
+that lifted the shapes clips of `watermark_eval.py --sets` from 0.941 to 0.958 (and from 0.919
+to 0.933 on 8 more sets; README) over a cap of 2.5 on every frame. Every frame carries the same
+bits.
 
 Detection averages each bit's soft decision (the cosine of its projection's phase on its bit's
 lattice) over the frames and scores crop hypotheses (the frame is an 87.5-100% window of the
@@ -72,7 +78,8 @@ GAINS = (1.0,)              # contrast gains the detector tries (see above)
 LIST_FLIPS = 4              # channel bits a flip pattern of the list decoder changes at most
 CANDIDATES, LIST = 2, 600   # crop hypotheses the list decoder tries (best fit first), patterns each
 QUICK_TOP_K, QUICK_CANDIDATES, QUICK_LIST = 6, 4, 93  # the same, coarse grid alone (first)
-MAX_RMS = 2.5               # cap on the RMS change per pixel and channel: PSNR >= 40.1 dB
+MAX_RMS = 2.5               # budget: RMS change per pixel and channel over a video, PSNR >= 40.1
+FRAME_OVER = 1.25           # a frame may take up to this x MAX_RMS (>= 38.2 dB; see embed)
 # The change's direction in (R, G, B) per unit of luma: along the luma weights, the most luma per
 # unit of RGB squared error (1.157x the luma of an equal change to R, G and B at the same PSNR).
 _COLOR = np.array([0.299, 0.587, 0.114]) / (0.299 ** 2 + 0.587 ** 2 + 0.114 ** 2)
@@ -281,30 +288,63 @@ def _quantize(p: np.ndarray, bits01: np.ndarray) -> np.ndarray:
 
 
 def embed(frames, model_id: int, user_key: int = 0) -> np.ndarray:
-    """uint8 [T, H, W, 3] (or [B, T, H, W, 3]) -> the same frames carrying the mark."""
+    """uint8 [T, H, W, 3] (or [B, T, H, W, 3]) -> the same frames carrying the mark. The change
+    has a budget per video, not per frame: frames whose projections sit near their lattice need
+    less than the cap, and what they leave goes to the frames that need more (`_frame_caps`)."""
     frames = np.asarray(frames)
     if frames.ndim == 5:
         return np.stack([embed(v, model_id, user_key) for v in frames])
     frames = _check_video(frames)
     bits01 = (_codeword(model_id, user_key) > 0).astype(np.float64)
-    _, owner, signs = _layout()
-    t, h, w, _ = frames.shape
+    first = [_embed_frame(f, bits01, _LUMA_CAP * FRAME_OVER) for f in frames]
+    cap = _frame_caps(np.array([r for _, r, _ in first]))
     out = np.empty_like(frames)
-    for i in range(t):
-        base = frames[i].astype(np.float64)
-        res = np.zeros((h, w))
-        for _ in range(PASSES):
-            cur = np.clip(np.round(base + res[..., None] * _COLOR), 0, 255)
-            proj = _projections(_analysis(_canon(_luma(cur))))
-            move = _quantize(proj, bits01) - proj            # [N_BITS], |move| <= STEP / 2
-            if np.abs(move).max() < 0.05 * STEP:
-                break
-            res += _uncanon(_synthesis(signs * move[owner]), h, w)
-            rms = np.sqrt(np.mean(res ** 2))
-            if rms > _LUMA_CAP:
-                res *= _LUMA_CAP / rms
-        out[i] = np.clip(np.round(base + res[..., None] * _COLOR), 0, 255).astype(np.uint8)
+    for i, (marked, _, peak) in enumerate(first):
+        # A frame whose change never passed the cap is what embedding under the cap gives.
+        out[i] = marked if peak <= cap else _embed_frame(frames[i], bits01, cap)[0]
     return out
+
+
+def _frame_caps(need: np.ndarray) -> float:
+    """The common cap c on each frame's RMS luma change such that the video's mean square change,
+    mean(min(need, c)^2), is the budget _LUMA_CAP^2 (at most FRAME_OVER x _LUMA_CAP), where
+    need [T] is the RMS each frame's change took under that ceiling."""
+    top = _LUMA_CAP * FRAME_OVER
+    if np.mean(need ** 2) <= _LUMA_CAP ** 2:
+        return top
+    n = np.sort(need)
+    total = len(n) * _LUMA_CAP ** 2
+    below = 0.0                              # sum of squares of the frames kept under c
+    for k in range(len(n)):
+        c = np.sqrt((total - below) / (len(n) - k))
+        if c <= n[k]:
+            return float(min(c, top))
+        below += n[k] ** 2
+    return top
+
+
+def _embed_frame(frame: np.ndarray, bits01: np.ndarray, cap: float):
+    """One frame: (uint8 [H, W, 3] marked, RMS of its luma change, the largest RMS any pass
+    reached before capping). PASSES passes re-measure the rounded, clipped result and move the
+    projections the rest of the way; the change is scaled back to RMS `cap` when it passes it."""
+    _, owner, signs = _layout()
+    h, w, _ = frame.shape
+    base = frame.astype(np.float64)
+    res = np.zeros((h, w))
+    peak = 0.0
+    for _ in range(PASSES):
+        cur = np.clip(np.round(base + res[..., None] * _COLOR), 0, 255)
+        proj = _projections(_analysis(_canon(_luma(cur))))
+        move = _quantize(proj, bits01) - proj            # [N_BITS], |move| <= STEP / 2
+        if np.abs(move).max() < 0.05 * STEP:
+            break
+        res += _uncanon(_synthesis(signs * move[owner]), h, w)
+        rms = np.sqrt(np.mean(res ** 2))
+        peak = max(peak, rms)
+        if rms > cap:
+            res *= cap / rms
+    marked = np.clip(np.round(base + res[..., None] * _COLOR), 0, 255).astype(np.uint8)
+    return marked, float(np.sqrt(np.mean(res ** 2))), peak
 
 
 # ---------------------------------------------------------------- detect

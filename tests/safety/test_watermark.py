@@ -35,6 +35,25 @@ def test_psnr_and_payload(marked):
     assert min(psnrs) >= 40.0
 
 
+def test_budget_is_per_video():
+    """Frames that need less than the cap leave the rest to those that need more: the video's
+    PSNR stays >= 40 dB while some frames go below the per-frame 40.1 dB (none below the
+    FRAME_OVER ceiling, 38.2 dB); the common cap solves mean(min(need, c)^2) = budget^2."""
+    clip = _shapes(1)
+    m = wm.embed(clip, MID, KEY)
+    frames = [wm.psnr(m[i:i + 1], clip[i:i + 1]) for i in range(len(clip))]
+    print(f'\nvideo PSNR {wm.psnr(m, clip):.2f}, frames {min(frames):.2f}-{max(frames):.2f}')
+    assert wm.psnr(m, clip) >= 40.0 and min(frames) < 40.05
+    assert min(frames) >= 40.1 - 20 * np.log10(wm.FRAME_OVER) - 0.05
+    cap = wm._LUMA_CAP
+    need = np.array([0.5, 0.9, 1.1, 1.2, 1.25, 1.25]) * cap
+    c = wm._frame_caps(need)
+    assert 1.0 * cap < c < 1.25 * cap
+    np.testing.assert_allclose(np.mean(np.minimum(need, c) ** 2), cap ** 2)
+    assert wm._frame_caps(need * 0.5) == cap * wm.FRAME_OVER          # nothing binds
+    assert wm._frame_caps(np.full(4, 3.0) * cap) == pytest.approx(cap)  # all need more: the cap
+
+
 def test_change_is_along_the_luma_weights():
     """The change moves the luma 1.157x as far per unit of RGB squared error as an equal change
     to R, G and B would (ratio 1.0): it is made along (0.299, 0.587, 0.114)."""
@@ -62,8 +81,9 @@ def test_bit_accuracy_after_transform(marked, name):
 def test_combination_sets_script(tmp_path):
     """experiments/watermark_eval.py --sets and --fpr_only. The combination (crop 10% + half size
     + middle half + CRF 28) on 8 shapes clips of seed 9 and 8 natural clips 300-307, written as
-    sample.py writes them: they read 0.94 (found 6/8) and 1.00 (8/8); with the list of flips of the
-    8 least reliable bits (12 candidates x 93 patterns) 0.93 (4/8) and 0.99 (7/8); before the
+    sample.py writes them: they read 0.96 (found 7/8) and 1.00 (8/8); with a budget per frame
+    instead of per video 0.94 (6/8) and 1.00 (8/8); with the list of flips of the 8 least
+    reliable bits (12 candidates x 93 patterns) 0.93 (4/8) and 0.99 (7/8); before the
     change along the luma weights (lattice step 100, 12 refined crops) 0.93 (4/8) and 0.98 (6/8);
     the format before that (one best crop, CRC-16 with a 4-bit Chase search) 0.855 and 0.898. The
     >= 0.95 target is met on these natural clips, not on the shapes clips (README)."""
@@ -87,7 +107,7 @@ def test_combination_sets_script(tmp_path):
 
     sets = result('--sets=shapes:9,natural:300', timeout=900)['combination_sets']
     print(f"\ncombination: {sets}")
-    assert sets['shapes:9']['bit_accuracy'] >= 0.90 and sets['shapes:9']['found'] >= 5
+    assert sets['shapes:9']['bit_accuracy'] >= 0.95 and sets['shapes:9']['found'] >= 6
     assert sets['natural:300']['bit_accuracy'] >= 0.95 and sets['natural:300']['found'] >= 7
     fp = result('--fpr_only', '--fpr_clips=2', '--fpr_start=400')['false_positive']
     assert fp['clips'] == 2 and fp['start'] == 400 and fp['false_positives'] == 0
