@@ -296,12 +296,13 @@ def embed(frames, model_id: int, user_key: int = 0) -> np.ndarray:
         return np.stack([embed(v, model_id, user_key) for v in frames])
     frames = _check_video(frames)
     bits01 = (_codeword(model_id, user_key) > 0).astype(np.float64)
-    first = [_embed_frame(f, bits01, _LUMA_CAP * FRAME_OVER) for f in frames]
+    top = _LUMA_CAP * FRAME_OVER
+    first = [_embed_frame(f, bits01, top) for f in frames]
     cap = _frame_caps(np.array([r for _, r, _ in first]))
     out = np.empty_like(frames)
     for i, (marked, _, peak) in enumerate(first):
         # A frame whose change never passed the cap is what embedding under the cap gives.
-        out[i] = marked if peak <= cap else _embed_frame(frames[i], bits01, cap)[0]
+        out[i] = marked if peak <= cap or cap >= top else _embed_frame(frames[i], bits01, cap)[0]
     return out
 
 
