@@ -37,15 +37,16 @@ def test_psnr_and_payload(marked):
 
 def test_budget_is_per_video():
     """Frames that need less than the cap leave the rest to those that need more: the video's
-    PSNR stays >= 40 dB while some frames go below the per-frame 40.1 dB (none below the
-    FRAME_OVER ceiling, 38.2 dB); the common cap solves mean(min(need, c)^2) = budget^2."""
+    PSNR stays >= 40 dB while some frames go below the 40.16 dB a cap on every frame gives (none
+    below the FRAME_OVER ceiling, 38.2 dB); the common cap solves mean(min(need, c)^2) =
+    budget^2. The RMS is of the frames as written (rounded, clipped)."""
     clip = _shapes(1)
     m = wm.embed(clip, MID, KEY)
     frames = [wm.psnr(m[i:i + 1], clip[i:i + 1]) for i in range(len(clip))]
     print(f'\nvideo PSNR {wm.psnr(m, clip):.2f}, frames {min(frames):.2f}-{max(frames):.2f}')
-    assert wm.psnr(m, clip) >= 40.0 and min(frames) < 40.05
+    assert wm.psnr(m, clip) >= 40.0 and min(frames) < 40.15
     assert min(frames) >= 40.1 - 20 * np.log10(wm.FRAME_OVER) - 0.05
-    cap = wm._LUMA_CAP
+    cap = wm.MAX_RMS
     need = np.array([0.5, 0.9, 1.1, 1.2, 1.25, 1.25]) * cap
     c = wm._frame_caps(need)
     assert 1.0 * cap < c < 1.25 * cap
@@ -81,8 +82,11 @@ def test_bit_accuracy_after_transform(marked, name):
 def test_combination_sets_script(tmp_path):
     """experiments/watermark_eval.py --sets and --fpr_only. The combination (crop 10% + half size
     + middle half + CRF 28) on 8 shapes clips of seed 9 and 8 natural clips 300-307, written as
-    sample.py writes them: they read 0.96 (found 7/8) and 1.00 (8/8); with a budget per frame
-    instead of per video 0.94 (6/8) and 1.00 (8/8); with the list of flips of the 8 least
+    sample.py writes them: they read 0.93 (found 6/8) and 1.00 (8/8); with the budget on the
+    intended rather than the written change 0.96 (7/8) and 1.00 (8/8) (one 8-clip set moves by a
+    few hundredths either way: over 168 shapes clips that change raised the mean 0.940 -> 0.952,
+    README); with a budget per frame instead of per video 0.94 (6/8) and 1.00 (8/8); with the
+    list of flips of the 8 least
     reliable bits (12 candidates x 93 patterns) 0.93 (4/8) and 0.99 (7/8); before the
     change along the luma weights (lattice step 100, 12 refined crops) 0.93 (4/8) and 0.98 (6/8);
     the format before that (one best crop, CRC-16 with a 4-bit Chase search) 0.855 and 0.898. The
@@ -107,7 +111,7 @@ def test_combination_sets_script(tmp_path):
 
     sets = result('--sets=shapes:9,natural:300', timeout=900)['combination_sets']
     print(f"\ncombination: {sets}")
-    assert sets['shapes:9']['bit_accuracy'] >= 0.95 and sets['shapes:9']['found'] >= 6
+    assert sets['shapes:9']['bit_accuracy'] >= 0.90 and sets['shapes:9']['found'] >= 6
     assert sets['natural:300']['bit_accuracy'] >= 0.95 and sets['natural:300']['found'] >= 7
     fp = result('--fpr_only', '--fpr_clips=2', '--fpr_start=400')['false_positive']
     assert fp['clips'] == 2 and fp['start'] == 400 and fp['false_positives'] == 0
