@@ -337,28 +337,26 @@ def _embed_frame(frame: np.ndarray, bits01: np.ndarray, cap: float):
     base = frame.astype(np.float64)
 
     def written(res):
-        return np.clip(np.round(base + res[..., None] * _COLOR), 0, 255)
-
-    def rms_of(res):
-        return float(np.sqrt(np.mean((written(res) - base) ** 2)))
+        """The frame as written with the luma change res, and the RMS of its change."""
+        cur = np.clip(np.round(base + res[..., None] * _COLOR), 0, 255)
+        return cur, float(np.sqrt(np.mean((cur - base) ** 2)))
 
     res = np.zeros((h, w))
-    peak = 0.0
+    cur, rms, peak = base, 0.0, 0.0                      # (no change: the frame itself)
     for _ in range(PASSES):
-        proj = _projections(_analysis(_canon(_luma(written(res)))))
+        proj = _projections(_analysis(_canon(_luma(cur))))
         move = _quantize(proj, bits01) - proj            # [N_BITS], |move| <= STEP / 2
         if np.abs(move).max() < 0.05 * STEP:
             break
         res += _uncanon(_synthesis(signs * move[owner]), h, w)
-        rms = rms_of(res)
+        cur, rms = written(res)
         peak = max(peak, rms)
         for _ in range(8):             # clipped pixels do not shrink with res: scale until under
             if rms <= cap * 1.001:
                 break
             res *= cap / rms
-            rms = rms_of(res)
-    marked = written(res).astype(np.uint8)
-    return marked, rms_of(res), peak
+            cur, rms = written(res)
+    return cur.astype(np.uint8), rms, peak
 
 
 # ---------------------------------------------------------------- detect
