@@ -82,6 +82,7 @@ CANDIDATES, LIST = 2, 600   # crop hypotheses the list decoder tries (best fit f
 QUICK_TOP_K, QUICK_CANDIDATES, QUICK_LIST = 6, 4, 93  # the same, coarse grid alone (first)
 MAX_RMS = 2.5               # budget: RMS change per pixel and channel over a video, as written
 FRAME_OVER = 1.25           # a frame may take up to this x MAX_RMS (>= 38.2 dB; see embed)
+_FRAME_TOP = MAX_RMS * FRAME_OVER  # ... that is, this RMS
 # The change's direction in (R, G, B) per unit of luma: along the luma weights, the most luma per
 # unit of RGB squared error (1.157x the luma of an equal change to R, G and B at the same PSNR).
 _COLOR = np.array([0.299, 0.587, 0.114]) / (0.299 ** 2 + 0.587 ** 2 + 0.114 ** 2)
@@ -297,13 +298,13 @@ def embed(frames, model_id: int, user_key: int = 0) -> np.ndarray:
         return np.stack([embed(v, model_id, user_key) for v in frames])
     frames = _check_video(frames)
     bits01 = (_codeword(model_id, user_key) > 0).astype(np.float64)
-    top = MAX_RMS * FRAME_OVER
-    first = [_embed_frame(f, bits01, top) for f in frames]
+    first = [_embed_frame(f, bits01, _FRAME_TOP) for f in frames]
     cap = _frame_caps(np.array([r for _, r, _ in first]))
     out = np.empty_like(frames)
     for i, (marked, _, peak) in enumerate(first):
         # A frame whose change never passed the cap is what embedding under the cap gives.
-        out[i] = marked if peak <= cap or cap >= top else _embed_frame(frames[i], bits01, cap)[0]
+        out[i] = (marked if peak <= cap or cap >= _FRAME_TOP
+                  else _embed_frame(frames[i], bits01, cap)[0])
     return out
 
 
@@ -311,18 +312,17 @@ def _frame_caps(need: np.ndarray) -> float:
     """The common cap c on each frame's RMS change (RGB, as written) such that the video's mean
     square change, mean(min(need, c)^2), is the budget MAX_RMS^2 (c at most FRAME_OVER x
     MAX_RMS), where need [T] is the RMS each frame's change took under that ceiling."""
-    top = MAX_RMS * FRAME_OVER
     if np.mean(need ** 2) <= MAX_RMS ** 2:
-        return top
+        return _FRAME_TOP
     n = np.sort(need)
     total = len(n) * MAX_RMS ** 2
     below = 0.0                              # sum of squares of the frames kept under c
     for k in range(len(n)):
         c = np.sqrt((total - below) / (len(n) - k))
         if c <= n[k]:
-            return float(min(c, top))
+            return float(min(c, _FRAME_TOP))
         below += n[k] ** 2
-    return top
+    return _FRAME_TOP
 
 
 def _embed_frame(frame: np.ndarray, bits01: np.ndarray, cap: float):
