@@ -39,25 +39,60 @@ docs/aot/*.json, the table in the README section "TPU slices, checked ahead of t
   sample 1.3B, 480p, v5e-8: (1, 1, 1, 8): 3.8 of 14.9 GiB.
 XLA attention at 14B 720p on v5p-8 needs 456.6 GiB of temporaries per chip (refused); splash fits.
 """
+
 import ml_collections as mlc
 
 # Wan's own default negative prompt (wan/configs/shared_config.py `sample_neg_prompt`).
 WAN_NEGATIVE_PROMPT = (
     '色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，'
     'JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，'
-    '手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走')
+    '手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走'
+)
 # The English version used in diffusers' WanPipeline example (pipeline_wan.py).
 WAN_NEGATIVE_PROMPT_EN = (
     'Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, '
     'images, static, overall gray, worst quality, low quality, JPEG compression residue, ugly, '
     'incomplete, extra fingers, poorly drawn hands, poorly drawn faces, deformed, disfigured, '
     'misshapen limbs, fused fingers, still picture, messy background, three legs, many people in '
-    'the background, walking backwards')
+    'the background, walking backwards'
+)
 
-WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-                      0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
-WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
-                     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+WAN21_LATENTS_MEAN = (
+    -0.7571,
+    -0.7089,
+    -0.9113,
+    0.1075,
+    -0.1745,
+    0.9653,
+    -0.1517,
+    1.5508,
+    0.4134,
+    -0.0715,
+    0.5517,
+    -0.3632,
+    -0.1922,
+    -0.9497,
+    0.2503,
+    -0.2921,
+)
+WAN21_LATENTS_STD = (
+    2.8184,
+    1.4541,
+    2.3275,
+    2.6558,
+    1.2196,
+    1.7708,
+    2.6052,
+    2.0743,
+    3.2687,
+    2.1526,
+    2.8652,
+    1.5579,
+    1.6382,
+    1.1253,
+    2.8251,
+    1.9160,
+)
 
 _SIZES = {  # arg -> (num_heads, ffn_dim, depth, hub id)
     't2v_1.3b': (12, 8960, 30, 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers'),
@@ -75,117 +110,125 @@ def get_config(arg: str = 't2v_1.3b') -> mlc.ConfigDict:
         return _lora_config(arg)
     name, _, res = arg.partition(',')
     if name not in (*_SIZES, *_I2V, 'tiny', 'tiny_i2v'):
-        raise ValueError(f'configs/wan21.py: unknown arg {arg!r}; use t2v_1.3b, t2v_14b '
-                         '(optionally ",480p" / ",720p"), i2v_14b_480p, i2v_14b_720p, tiny, '
-                         'tiny_i2v, or lora_1.3b / lora_14b / lora_tiny.')
+        raise ValueError(
+            f'configs/wan21.py: unknown arg {arg!r}; use t2v_1.3b, t2v_14b '
+            '(optionally ",480p" / ",720p"), i2v_14b_480p, i2v_14b_720p, tiny, '
+            'tiny_i2v, or lora_1.3b / lora_14b / lora_tiny.'
+        )
     if name in _I2V:
         if res and res != _I2V[name][0]:
-            raise ValueError(f'configs/wan21.py: {name} is a {_I2V[name][0]} checkpoint; drop '
-                             f'",{res}" from {arg!r}.')
+            raise ValueError(
+                f'configs/wan21.py: {name} is a {_I2V[name][0]} checkpoint; drop '
+                f'",{res}" from {arg!r}.'
+            )
         res = _I2V[name][0]
     res = res or ('720p' if name == 't2v_14b' else '480p')
     if res not in _RESOLUTIONS:
         raise ValueError(f'configs/wan21.py: resolution {res!r} in {arg!r}; use 480p or 720p.')
     c = mlc.ConfigDict()
-    c.seed = 0                        # every random draw folds from this
+    c.seed = 0  # every random draw folds from this
     c.hf_id = _SIZES.get(name, (None,) * 4)[3] or _I2V.get(name, ('', ''))[1]  # hub repo
-    c.checkpoint = f'checkpoints/wan21_{name}'  # converted folder (experiments/convert_wan.py --dst)
+    c.checkpoint = (
+        f'checkpoints/wan21_{name}'  # converted folder (experiments/convert_wan.py --dst)
+    )
 
-    c.model = mlc.ConfigDict()        # sora_jax.models.dit.DiTConfig
-    c.model.patch_size = (1, 2, 2)    # (t, h, w) patch over latents
-    c.model.in_channels = 16          # latent channels in (= vae.z_dim)
-    c.model.out_channels = 16         # velocity channels out
-    c.model.dim = 1536                # width = num_heads * 128
-    c.model.num_heads = 12            # attention heads (head dim 128)
-    c.model.ffn_dim = 8960            # MLP hidden width
-    c.model.depth = 30                # blocks
-    c.model.text_dim = 4096           # text embedding width (= text.d_model)
-    c.model.freq_dim = 256            # sinusoidal timestep features
-    c.model.eps = 1e-6                # norm epsilon
-    c.model.cross_attn_norm = True    # affine LayerNorm before cross-attention
-    c.model.rope_theta = 10000.0      # RoPE base
-    c.model.timestep_scale = 1000.0   # t in [0, 1] -> Wan timesteps in [0, 1000]
-    c.model.attention = 'auto'        # auto | xla | cudnn | chunked | splash
-    c.model.attention_chunk = 512     # query/key chunk of the 'chunked' kernel
-    c.model.dtype = 'bfloat16'        # compute dtype (Wan runs its DiT in bf16)
+    c.model = mlc.ConfigDict()  # sora_jax.models.dit.DiTConfig
+    c.model.patch_size = (1, 2, 2)  # (t, h, w) patch over latents
+    c.model.in_channels = 16  # latent channels in (= vae.z_dim)
+    c.model.out_channels = 16  # velocity channels out
+    c.model.dim = 1536  # width = num_heads * 128
+    c.model.num_heads = 12  # attention heads (head dim 128)
+    c.model.ffn_dim = 8960  # MLP hidden width
+    c.model.depth = 30  # blocks
+    c.model.text_dim = 4096  # text embedding width (= text.d_model)
+    c.model.freq_dim = 256  # sinusoidal timestep features
+    c.model.eps = 1e-6  # norm epsilon
+    c.model.cross_attn_norm = True  # affine LayerNorm before cross-attention
+    c.model.rope_theta = 10000.0  # RoPE base
+    c.model.timestep_scale = 1000.0  # t in [0, 1] -> Wan timesteps in [0, 1000]
+    c.model.attention = 'auto'  # auto | xla | cudnn | chunked | splash
+    c.model.attention_chunk = 512  # query/key chunk of the 'chunked' kernel
+    c.model.dtype = 'bfloat16'  # compute dtype (Wan runs its DiT in bf16)
     c.model.param_dtype = 'bfloat16'  # weights as loaded
-    c.model.scan_layers = True        # lax.scan over blocks (compile time flat in depth)
-    c.model.remat = 'none'            # none | full | dots | dots_all (training only)
+    c.model.scan_layers = True  # lax.scan over blocks (compile time flat in depth)
+    c.model.remat = 'none'  # none | full | dots | dots_all (training only)
 
-    c.vae = mlc.ConfigDict()          # sora_jax.models.vae.VAEConfig (= diffusers AutoencoderKLWan)
-    c.vae.base_dim = 96               # channels of the first level
-    c.vae.z_dim = 16                  # latent channels
-    c.vae.dim_mult = (1, 2, 4, 4)     # channel multiplier per level
-    c.vae.num_res_blocks = 2          # residual blocks per encoder level (+1 in the decoder)
-    c.vae.attn_scales = ()            # scales with encoder attention (none in Wan 2.1)
+    c.vae = mlc.ConfigDict()  # sora_jax.models.vae.VAEConfig (= diffusers AutoencoderKLWan)
+    c.vae.base_dim = 96  # channels of the first level
+    c.vae.z_dim = 16  # latent channels
+    c.vae.dim_mult = (1, 2, 4, 4)  # channel multiplier per level
+    c.vae.num_res_blocks = 2  # residual blocks per encoder level (+1 in the decoder)
+    c.vae.attn_scales = ()  # scales with encoder attention (none in Wan 2.1)
     c.vae.temperal_downsample = (False, True, True)  # per level: also halve time (4x in total)
-    c.vae.dropout = 0.0               # dropout in residual blocks (training only)
+    c.vae.dropout = 0.0  # dropout in residual blocks (training only)
     c.vae.latents_mean = WAN21_LATENTS_MEAN  # per-channel latent mean (diffusion space shift)
-    c.vae.latents_std = WAN21_LATENTS_STD    # per-channel latent std (diffusion space scale)
-    c.vae.in_channels = 3             # video channels in
-    c.vae.out_channels = 3            # video channels out
+    c.vae.latents_std = WAN21_LATENTS_STD  # per-channel latent std (diffusion space scale)
+    c.vae.in_channels = 3  # video channels in
+    c.vae.out_channels = 3  # video channels out
     c.vae.tile_sample_min_size = 256  # tile size in pixels for tiled encode/decode
-    c.vae.tile_sample_stride = 192    # tile stride in pixels (overlap = size - stride)
-    c.vae.dtype = 'float32'           # VAE param dtype at load (Wan decodes in float32)
+    c.vae.tile_sample_stride = 192  # tile stride in pixels (overlap = size - stride)
+    c.vae.dtype = 'float32'  # VAE param dtype at load (Wan decodes in float32)
 
-    c.text = mlc.ConfigDict()         # sora_jax.models.umt5.UMT5Config (umt5-xxl encoder)
-    c.text.vocab_size = 256384        # rows of the token table
-    c.text.d_model = 4096             # width (= model.text_dim)
-    c.text.d_kv = 64                  # per-head width
-    c.text.num_heads = 64             # attention heads
-    c.text.d_ff = 10240               # gated-GELU FFN width
-    c.text.num_layers = 24            # encoder blocks (each with its own bias table)
-    c.text.num_buckets = 32           # relative position buckets
-    c.text.max_distance = 128         # distances >= this share the last bucket
-    c.text.eps = 1e-6                 # RMS norm epsilon
-    c.text.dtype = 'bfloat16'         # compute dtype (Wan: t5_dtype bf16)
-    c.text.param_dtype = 'bfloat16'   # weights as loaded
-    c.text.max_length = 512           # tokens, padded/truncated (Wan text_len; zeroed past the end)
+    c.text = mlc.ConfigDict()  # sora_jax.models.umt5.UMT5Config (umt5-xxl encoder)
+    c.text.vocab_size = 256384  # rows of the token table
+    c.text.d_model = 4096  # width (= model.text_dim)
+    c.text.d_kv = 64  # per-head width
+    c.text.num_heads = 64  # attention heads
+    c.text.d_ff = 10240  # gated-GELU FFN width
+    c.text.num_layers = 24  # encoder blocks (each with its own bias table)
+    c.text.num_buckets = 32  # relative position buckets
+    c.text.max_distance = 128  # distances >= this share the last bucket
+    c.text.eps = 1e-6  # RMS norm epsilon
+    c.text.dtype = 'bfloat16'  # compute dtype (Wan: t5_dtype bf16)
+    c.text.param_dtype = 'bfloat16'  # weights as loaded
+    c.text.max_length = 512  # tokens, padded/truncated (Wan text_len; zeroed past the end)
 
     height, width, shift = _RESOLUTIONS[res]
     c.sample = mlc.ConfigDict()
-    c.sample.sampler = 'unipc'        # UniPC multistep, flow prediction (Wan's solver)
-    c.sample.steps = 50               # sampling steps
-    c.sample.guidance_scale = 5.0     # classifier-free guidance
-    c.sample.shift = shift            # flow shift: 3.0 at 480p, 5.0 at 720p
+    c.sample.sampler = 'unipc'  # UniPC multistep, flow prediction (Wan's solver)
+    c.sample.steps = 50  # sampling steps
+    c.sample.guidance_scale = 5.0  # classifier-free guidance
+    c.sample.shift = shift  # flow shift: 3.0 at 480p, 5.0 at 720p
     c.sample.timestep_quantization = 1000  # DiT sees int(1000 t), as Wan / diffusers' UniPC pass it
-    c.sample.num_frames = 81          # frames (1 + 4k; 81 -> 21 latent frames)
-    c.sample.height = height          # pixels (multiple of 16)
-    c.sample.width = width            # pixels (multiple of 16)
-    c.sample.fps = 16                 # frames per second of written videos
-    c.sample.negative_prompt = WAN_NEGATIVE_PROMPT  # Wan's default (English: WAN_NEGATIVE_PROMPT_EN;
-                                      # diffusers' WanPipeline defaults to '')
+    c.sample.num_frames = 81  # frames (1 + 4k; 81 -> 21 latent frames)
+    c.sample.height = height  # pixels (multiple of 16)
+    c.sample.width = width  # pixels (multiple of 16)
+    c.sample.fps = 16  # frames per second of written videos
+    c.sample.negative_prompt = (
+        WAN_NEGATIVE_PROMPT  # Wan's default (English: WAN_NEGATIVE_PROMPT_EN;
+    )
+    # diffusers' WanPipeline defaults to '')
 
     c.mesh = mlc.ConfigDict()
-    c.mesh.shape = (1, 1, 1, -1)      # (data, fsdp, tensor, sequence); -1 = the remaining devices
-    c.mesh.rules = ()                 # ((logical, mesh axis), ...) overrides of parallel/mesh.py
+    c.mesh.shape = (1, 1, 1, -1)  # (data, fsdp, tensor, sequence); -1 = the remaining devices
+    c.mesh.rules = ()  # ((logical, mesh axis), ...) overrides of parallel/mesh.py
 
     # Training (the step experiments/aot.py --task=train compiles; objectives/flow_context.py).
-    c.objective = 'flow_context'      # DiT on latents + precomputed UMT5 features
-    c.latent_channels = 16            # = vae.z_dim
+    c.objective = 'flow_context'  # DiT on latents + precomputed UMT5 features
+    c.latent_channels = 16  # = vae.z_dim
     c.flow = mlc.ConfigDict()
     c.flow.timestep_sampling = 'logit_normal'  # logit_normal | uniform
-    c.flow.logit_mean = 0.0           # logit-normal location
-    c.flow.logit_std = 1.0            # logit-normal scale
-    c.flow.shift = shift              # training timestep shift (as sampling)
-    c.flow.text_dropout = 0.1         # probability of zeroed text features (for CFG)
-    c.flow.prediction = 'velocity'    # the DiT predicts velocity
+    c.flow.logit_mean = 0.0  # logit-normal location
+    c.flow.logit_std = 1.0  # logit-normal scale
+    c.flow.shift = shift  # training timestep shift (as sampling)
+    c.flow.text_dropout = 0.1  # probability of zeroed text features (for CFG)
+    c.flow.prediction = 'velocity'  # the DiT predicts velocity
     c.train = mlc.ConfigDict()
-    c.train.num_steps = 1000          # optimizer steps
-    c.train.batch_size = 8            # global batch (clips)
-    c.train.grad_accum_steps = 1      # micro-batches per step
-    c.train.learning_rate = 1e-5      # peak LR (fine-tuning)
-    c.train.min_lr_ratio = 0.1        # final LR / peak
-    c.train.warmup_steps = 100        # linear warmup
-    c.train.weight_decay = 0.01       # AdamW
-    c.train.b1 = 0.9                  # AdamW
-    c.train.b2 = 0.999                # AdamW
-    c.train.grad_clip = 1.0           # global-norm clip
-    c.train.ema_decay = 0.999         # EMA of params
-    c.train.param_dtype = 'float32'   # master weights when training (replaces model.param_dtype)
-    c.train.remat = 'full'            # remat policy when training (replaces model.remat)
-    c.train.log_every = 50            # steps between logged scalars
-    c.train.checkpoint_every = 500    # steps between checkpoints
+    c.train.num_steps = 1000  # optimizer steps
+    c.train.batch_size = 8  # global batch (clips)
+    c.train.grad_accum_steps = 1  # micro-batches per step
+    c.train.learning_rate = 1e-5  # peak LR (fine-tuning)
+    c.train.min_lr_ratio = 0.1  # final LR / peak
+    c.train.warmup_steps = 100  # linear warmup
+    c.train.weight_decay = 0.01  # AdamW
+    c.train.b1 = 0.9  # AdamW
+    c.train.b2 = 0.999  # AdamW
+    c.train.grad_clip = 1.0  # global-norm clip
+    c.train.ema_decay = 0.999  # EMA of params
+    c.train.param_dtype = 'float32'  # master weights when training (replaces model.param_dtype)
+    c.train.remat = 'full'  # remat policy when training (replaces model.remat)
+    c.train.log_every = 50  # steps between logged scalars
+    c.train.checkpoint_every = 500  # steps between checkpoints
 
     if name == 't2v_14b' or name in _I2V:
         c.model.num_heads, c.model.ffn_dim, c.model.depth = _SIZES['t2v_14b'][:3]
@@ -217,16 +260,16 @@ def _image_to_video(c: mlc.ConfigDict, tiny: bool) -> None:
     of [image, zeros...] in (2 z_dim + 4 channels), CLIP image tokens in every cross-attention.
     Sample with `TextToVideo(..., mode='i2v', image=...)` (or sample.py --mode=i2v --image=...)."""
     c.model.in_channels = 2 * c.latent_channels + 4  # 36: [noise, mask, image latents]
-    c.model.image_dim = 1280          # CLIP ViT-H/14 width (= image_encoder.hidden_size)
+    c.model.image_dim = 1280  # CLIP ViT-H/14 width (= image_encoder.hidden_size)
     c.image_encoder = mlc.ConfigDict()  # sora_jax.models.clip_vision.CLIPVisionConfig
     c.image_encoder.image_size = 224  # input pixels (square; CLIPImageProcessor crop)
-    c.image_encoder.patch_size = 14   # 16 x 16 patches + [CLS] = 257 image tokens
-    c.image_encoder.hidden_size = 1280          # width
-    c.image_encoder.intermediate_size = 5120    # MLP hidden width
-    c.image_encoder.num_hidden_layers = 32      # blocks (Wan reads the output of block 31)
-    c.image_encoder.num_attention_heads = 16    # heads
-    c.image_encoder.layer_norm_eps = 1e-5       # LayerNorm epsilon
-    c.image_encoder.hidden_act = 'gelu'         # exact GELU
+    c.image_encoder.patch_size = 14  # 16 x 16 patches + [CLS] = 257 image tokens
+    c.image_encoder.hidden_size = 1280  # width
+    c.image_encoder.intermediate_size = 5120  # MLP hidden width
+    c.image_encoder.num_hidden_layers = 32  # blocks (Wan reads the output of block 31)
+    c.image_encoder.num_attention_heads = 16  # heads
+    c.image_encoder.layer_norm_eps = 1e-5  # LayerNorm epsilon
+    c.image_encoder.hidden_act = 'gelu'  # exact GELU
     if tiny:
         c.model.image_dim = c.image_encoder.hidden_size = 16
         c.image_encoder.image_size, c.image_encoder.patch_size = 32, 8
@@ -248,66 +291,68 @@ def _lora_config(arg: str) -> mlc.ConfigDict:
       python experiments/train.py --config=configs/wan21.py:lora_1.3b --workdir=workdirs/wan_lora \\
           --config.checkpoint=checkpoints/wan21_t2v_1.3b --config.data.folder=DIR
     """
-    size, _, res = arg[len('lora_'):].partition(',')
+    size, _, res = arg[len('lora_') :].partition(',')
     name = 'tiny' if size == 'tiny' else f't2v_{size}'
     if name not in (*_SIZES, 'tiny'):
-        raise ValueError(f'configs/wan21.py: unknown arg {arg!r}; use lora_1.3b, lora_14b '
-                         '(optionally ",480p" / ",720p") or lora_tiny.')
+        raise ValueError(
+            f'configs/wan21.py: unknown arg {arg!r}; use lora_1.3b, lora_14b '
+            '(optionally ",480p" / ",720p") or lora_tiny.'
+        )
     c = get_config(name + (f',{res}' if res else ''))
-    c.objective = 'flow_context'      # the DiT on latents + UMT5 features of the captions
-    c.autoencoder = 'none'            # unused: the VAE is the converted folder's
+    c.objective = 'flow_context'  # the DiT on latents + UMT5 features of the captions
+    c.autoencoder = 'none'  # unused: the VAE is the converted folder's
     c.latent_mean = c.latent_std = ()  # unused: latents are normalised by vae.latents_mean/std
-    c.model.remat = 'full'            # recompute each block in the backward pass
+    c.model.remat = 'full'  # recompute each block in the backward pass
 
-    c.data = mlc.ConfigDict()         # a folder of videos (sora_jax/data/builders/video_folder.py)
-    c.data.name = 'folder'            # your clips
-    c.data.folder = ''                # directory of mp4/webm/gif files + captions.jsonl
-    c.data.captions = ''              # its captions.jsonl / .csv (default: inside the folder)
-    c.data.data_dir = 'data_cache'    # tfds build, latent cache and caption features go here
-    c.data.staging_dir = ''           # local mirror of a gs:// data_dir ('': ~/.cache/sora_jax/data)
-    c.data.frame_stride = 1           # keep every n-th frame of the videos
+    c.data = mlc.ConfigDict()  # a folder of videos (sora_jax/data/builders/video_folder.py)
+    c.data.name = 'folder'  # your clips
+    c.data.folder = ''  # directory of mp4/webm/gif files + captions.jsonl
+    c.data.captions = ''  # its captions.jsonl / .csv (default: inside the folder)
+    c.data.data_dir = 'data_cache'  # tfds build, latent cache and caption features go here
+    c.data.staging_dir = ''  # local mirror of a gs:// data_dir ('': ~/.cache/sora_jax/data)
+    c.data.frame_stride = 1  # keep every n-th frame of the videos
     c.data.validation_fraction = 0.0  # clips held out for evaluation
-    c.data.allowed_licenses = ()      # clips must carry one of these licenses; (): any
-    c.data.exclude = ''               # opt-out file: creators / file names / sources, one a line
-    c.data.num_frames = 33            # T of each clip (1 + 4k: 33 -> 9 latent frames)
-    c.data.height = c.sample.height   # H (multiple of 16)
-    c.data.width = c.sample.width     # W (multiple of 16)
-    c.data.sizes = ()                 # ((T, H, W), ...) size buckets; overrides the three above
-    c.data.size_weights = ()          # relative frequency of each size bucket (default uniform)
-    c.data.spanish_prob = 0.0         # probability of the Spanish caption (if the folder has one)
-    c.data.worker_count = 0           # grain worker processes
+    c.data.allowed_licenses = ()  # clips must carry one of these licenses; (): any
+    c.data.exclude = ''  # opt-out file: creators / file names / sources, one a line
+    c.data.num_frames = 33  # T of each clip (1 + 4k: 33 -> 9 latent frames)
+    c.data.height = c.sample.height  # H (multiple of 16)
+    c.data.width = c.sample.width  # W (multiple of 16)
+    c.data.sizes = ()  # ((T, H, W), ...) size buckets; overrides the three above
+    c.data.size_weights = ()  # relative frequency of each size bucket (default uniform)
+    c.data.spanish_prob = 0.0  # probability of the Spanish caption (if the folder has one)
+    c.data.worker_count = 0  # grain worker processes
 
-    c.lora = mlc.ConfigDict()         # sora_jax/train/lora.py
-    c.lora.rank = 32                  # adapter rank
-    c.lora.alpha = 32.0               # scale = alpha / rank
+    c.lora = mlc.ConfigDict()  # sora_jax/train/lora.py
+    c.lora.rank = 32  # adapter rank
+    c.lora.alpha = 32.0  # scale = alpha / rank
     c.lora.targets = ('attn1.*', 'attn2.*', 'ffn')  # attn{1,2}.{q,k,v,o}, ffn.in/out, groups
-    c.lora.base_dtype = 'bfloat16'    # the frozen base DiT (Wan ships bf16 weights)
-    c.lora.dropout = 0.0              # only 0 is supported
-    c.lora.base = ''                  # the converted Wan folder whose DiT is adapted ('' = checkpoint)
-    c.lora.base_sha256 = ''           # filled in by the run: hash of the base's transformer files
+    c.lora.base_dtype = 'bfloat16'  # the frozen base DiT (Wan ships bf16 weights)
+    c.lora.dropout = 0.0  # only 0 is supported
+    c.lora.base = ''  # the converted Wan folder whose DiT is adapted ('' = checkpoint)
+    c.lora.base_sha256 = ''  # filled in by the run: hash of the base's transformer files
 
     t = c.train
-    t.num_steps = 2000                # optimizer steps
-    t.batch_size = 1                  # global batch (clips)
-    t.learning_rate = 1e-4            # peak LR of the adapters
-    t.warmup_steps = 50               # linear warmup
-    t.weight_decay = 0.0              # AdamW (no decay on adapters)
-    t.ema_decay = 0.99                # EMA of the adapters (sampled by default)
-    t.log_every = 10                  # steps between logged scalars
-    t.checkpoint_every = 250          # steps between checkpoints
-    t.init_from = ''                  # unused with LoRA (the base is lora.base)
-    t.init_from_ema = True            # unused (a converted folder has one set of weights)
-    t.eval_every = 0                  # held-out evaluation (needs data.validation_fraction > 0)
-    t.keep_checkpoints = 2            # newest checkpoints kept
-    t.max_nonfinite = 20              # stop after this many non-finite steps in a row
-    t.log_to = ('tensorboard',)       # tracking backends: tensorboard (workdir/tb), wandb
-    t.eval_num_videos = 0             # no preview videos
-    t.profile_steps = ()              # (first, last) 1-based steps traced into workdir/profile
-    c.sample.fps = 16                 # frames per second of written videos
-    if size == 'tiny':                # tests/train/test_wan_lora.py: a tiny random Wan folder
+    t.num_steps = 2000  # optimizer steps
+    t.batch_size = 1  # global batch (clips)
+    t.learning_rate = 1e-4  # peak LR of the adapters
+    t.warmup_steps = 50  # linear warmup
+    t.weight_decay = 0.0  # AdamW (no decay on adapters)
+    t.ema_decay = 0.99  # EMA of the adapters (sampled by default)
+    t.log_every = 10  # steps between logged scalars
+    t.checkpoint_every = 250  # steps between checkpoints
+    t.init_from = ''  # unused with LoRA (the base is lora.base)
+    t.init_from_ema = True  # unused (a converted folder has one set of weights)
+    t.eval_every = 0  # held-out evaluation (needs data.validation_fraction > 0)
+    t.keep_checkpoints = 2  # newest checkpoints kept
+    t.max_nonfinite = 20  # stop after this many non-finite steps in a row
+    t.log_to = ('tensorboard',)  # tracking backends: tensorboard (workdir/tb), wandb
+    t.eval_num_videos = 0  # no preview videos
+    t.profile_steps = ()  # (first, last) 1-based steps traced into workdir/profile
+    c.sample.fps = 16  # frames per second of written videos
+    if size == 'tiny':  # tests/train/test_wan_lora.py: a tiny random Wan folder
         c.data.num_frames, c.data.height, c.data.width = 5, 32, 32
         c.lora.rank, c.lora.alpha, c.lora.base_dtype = 4, 4.0, 'float32'
-        c.model.remat = 'none'        # a quicker compile
+        c.model.remat = 'none'  # a quicker compile
         t.num_steps, t.batch_size, t.warmup_steps = 4, 2, 0
         t.learning_rate, t.ema_decay, t.grad_clip = 3e-2, 0.0, 10.0
         t.log_every, t.checkpoint_every = 2, 2

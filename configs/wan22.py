@@ -30,6 +30,7 @@ Convert the diffusers folder once (the A14B's `transformer_2/` and model_index.j
 
   (A14B: Wan-AI/Wan2.2-T2V-A14B-Diffusers -> checkpoints/wan22_t2v_a14b, --config=...:t2v_a14b.)
 """
+
 import importlib.util
 import os
 
@@ -51,29 +52,34 @@ _RESOLUTIONS = {'480p': (480, 832), '720p': (720, 1280)}  # A14B sizes (H, W)
 def get_config(arg: str = 'ti2v_5b') -> mlc.ConfigDict:
     name, _, res = arg.partition(',')
     if name not in (*_HUB, 'tiny', 'tiny_ti2v'):
-        raise ValueError(f'configs/wan22.py: unknown arg {arg!r}; use ti2v_5b, t2v_a14b, '
-                         'i2v_a14b (A14B optionally ",480p" / ",720p"), tiny or tiny_ti2v.')
+        raise ValueError(
+            f'configs/wan22.py: unknown arg {arg!r}; use ti2v_5b, t2v_a14b, '
+            'i2v_a14b (A14B optionally ",480p" / ",720p"), tiny or tiny_ti2v.'
+        )
     if res and (name not in ('t2v_a14b', 'i2v_a14b') or res not in _RESOLUTIONS):
-        raise ValueError(f'configs/wan22.py: resolution {res!r} in {arg!r}; only the A14B args '
-                         'take ",480p" or ",720p" (TI2V-5B is 704x1280).')
+        raise ValueError(
+            f'configs/wan22.py: resolution {res!r} in {arg!r}; only the A14B args '
+            'take ",480p" or ",720p" (TI2V-5B is 704x1280).'
+        )
     c = wan21.get_config('tiny' if name.startswith('tiny') else 't2v_14b')
-    c.hf_id = _HUB.get(name, '')      # hub repo of the diffusers weights
+    c.hf_id = _HUB.get(name, '')  # hub repo of the diffusers weights
     c.checkpoint = '' if name.startswith('tiny') else f'checkpoints/wan22_{name}'
     s = c.sample
-    s.boundary_ratio = None           # two experts: switch at timestep boundary_ratio * 1000
-                                      # (None: one DiT; a converted folder's model_index.json
-                                      # gives it when this is None)
-    s.guidance_scale_2 = None         # CFG of the low-noise expert (None: guidance_scale)
-    s.expand_timesteps = None         # TI2V per-token timesteps (None: from model_index.json)
+    s.boundary_ratio = None  # two experts: switch at timestep boundary_ratio * 1000
+    # (None: one DiT; a converted folder's model_index.json
+    # gives it when this is None)
+    s.guidance_scale_2 = None  # CFG of the low-noise expert (None: guidance_scale)
+    s.expand_timesteps = None  # TI2V per-token timesteps (None: from model_index.json)
 
     if name == 'ti2v_5b':
         from sora_jax.models.vae import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
+
         c.model.dim, c.model.num_heads, c.model.ffn_dim, c.model.depth = 3072, 24, 14336, 30
         c.model.in_channels = c.model.out_channels = c.latent_channels = 48
-        v = c.vae                     # the Wan 2.2 VAE (sora_jax.models.vae.wan22_config)
+        v = c.vae  # the Wan 2.2 VAE (sora_jax.models.vae.wan22_config)
         v.base_dim, v.decoder_base_dim, v.z_dim = 160, 256, 48  # encoder / decoder widths, latent
-        v.is_residual = True          # residual down / up blocks
-        v.patch_size = 2              # 2x2 pixel patches around the VAE: 16x space in total
+        v.is_residual = True  # residual down / up blocks
+        v.patch_size = 2  # 2x2 pixel patches around the VAE: 16x space in total
         v.in_channels = v.out_channels = 12  # 3 colours x 2 x 2 patch
         v.latents_mean, v.latents_std = WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
         s.steps, s.guidance_scale, s.shift = 50, 5.0, 5.0

@@ -11,6 +11,7 @@ v5e / v6e names count chips) or topology strings (v5p:4x4x2). Needs libtpu
 splash attention for a TPU target. Train steps use `train.param_dtype` / `train.remat` from the
 config (configs/wan21.py: float32 master weights, remat 'full').
 """
+
 import json
 import os
 import sys
@@ -27,8 +28,12 @@ flags.DEFINE_enum('task', 'train', ['train', 'sample', 'decode'], 'Which step to
 flags.DEFINE_integer('num_frames', None, 'Frames (default: config.sample.num_frames).')
 flags.DEFINE_integer('height', None, 'Pixels (default: config.sample.height).')
 flags.DEFINE_integer('width', None, 'Pixels (default: config.sample.width).')
-flags.DEFINE_integer('batch_size', None, 'Clips per step (default: train.batch_size for train, '
-                     '1 otherwise; sampling compiles the 2x CFG batch).')
+flags.DEFINE_integer(
+    'batch_size',
+    None,
+    'Clips per step (default: train.batch_size for train, '
+    '1 otherwise; sampling compiles the 2x CFG batch).',
+)
 flags.DEFINE_integer('text_length', None, 'Text tokens (default: config.text.max_length).')
 flags.DEFINE_string('json', None, 'Write the report here.')
 flags.mark_flags_as_required(['config', 'topology'])
@@ -37,12 +42,20 @@ flags.mark_flags_as_required(['config', 'topology'])
 def main(argv):
     del argv
     from sora_jax.aot import report, run
+
     f = flags.FLAGS
     c = f.config
     batch = f.batch_size or (int(c.train.batch_size) if f.task == 'train' else 1)
-    rep = run.check(c, f.topology, f.task, num_frames=f.num_frames or int(c.sample.num_frames),
-                    height=f.height or int(c.sample.height), width=f.width or int(c.sample.width),
-                    batch_size=batch, text_length=f.text_length)
+    rep = run.check(
+        c,
+        f.topology,
+        f.task,
+        num_frames=f.num_frames or int(c.sample.num_frames),
+        height=f.height or int(c.sample.height),
+        width=f.width or int(c.sample.width),
+        batch_size=batch,
+        text_length=f.text_length,
+    )
     rep['command'] = ' '.join(['python', 'experiments/aot.py'] + sys.argv[1:])
     print(report.text(rep), flush=True)
     if f.json:

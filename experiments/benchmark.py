@@ -23,6 +23,7 @@ profiler), summed by op kind, to the table and the JSON.
 Subcommands live in SUBCOMMANDS {name: fn(FLAGS) -> dict}; `vae` is loaded from
 `experiments/benchmark_vae.py` (its `run(FLAGS) -> dict`) so that file's owner adds flags there.
 """
+
 import collections
 import json
 import os
@@ -42,22 +43,45 @@ host_memory.retain_freed_memory()  # before jax starts its threads (see the modu
 from absl import app, flags  # noqa: E402
 
 flags.DEFINE_string('json', None, 'Write the figures to this JSON file.')
-flags.DEFINE_integer('threads', 0, 'CPU cores for both runtimes: the process is pinned to this '
-                     'many cores (XLA:CPU sizes its pool by them) and torch.set_num_threads gets '
-                     'the same number (0: every core this process may use).')
-flags.DEFINE_integer('rounds', 5, 'Timing rounds (JAX and torch interleaved); medians and '
-                     'ranges over rounds are reported.')
+flags.DEFINE_integer(
+    'threads',
+    0,
+    'CPU cores for both runtimes: the process is pinned to this '
+    'many cores (XLA:CPU sizes its pool by them) and torch.set_num_threads gets '
+    'the same number (0: every core this process may use).',
+)
+flags.DEFINE_integer(
+    'rounds',
+    5,
+    'Timing rounds (JAX and torch interleaved); medians and ranges over rounds are reported.',
+)
 flags.DEFINE_integer('iters', 2, 'Steps per timing round.')
-flags.DEFINE_float('quiet_share', 0.1, 'Figures are marked as taken on a loaded machine when '
-                   'other processes used more than this share of all cores during the timed '
-                   'rounds (from /proc/stat minus this process; Linux).')
-flags.DEFINE_float('quiet_load', None, 'Where /proc/stat is missing: a 1-minute load average '
-                   'above this before the run marks the figures as loaded (default: the number '
-                   'of cores).')
-flags.DEFINE_string('profile', None, 'dit: also write a per-op profile of one train step of '
-                    'each runtime under this directory and summarise it by op kind.')
-flags.DEFINE_bool('forward', True, 'dit: also time one forward pass on the CFG batch (2 x '
-                  '--batch: a sampling step) against torch.')
+flags.DEFINE_float(
+    'quiet_share',
+    0.1,
+    'Figures are marked as taken on a loaded machine when '
+    'other processes used more than this share of all cores during the timed '
+    'rounds (from /proc/stat minus this process; Linux).',
+)
+flags.DEFINE_float(
+    'quiet_load',
+    None,
+    'Where /proc/stat is missing: a 1-minute load average '
+    'above this before the run marks the figures as loaded (default: the number '
+    'of cores).',
+)
+flags.DEFINE_string(
+    'profile',
+    None,
+    'dit: also write a per-op profile of one train step of '
+    'each runtime under this directory and summarise it by op kind.',
+)
+flags.DEFINE_bool(
+    'forward',
+    True,
+    'dit: also time one forward pass on the CFG batch (2 x '
+    '--batch: a sampling step) against torch.',
+)
 # dit
 flags.DEFINE_integer('dim', 512, 'DiT width.')
 flags.DEFINE_integer('heads', 8, 'DiT heads.')
@@ -71,14 +95,21 @@ flags.DEFINE_integer('batch', 4, 'Clips per train step.')
 flags.DEFINE_string('dtype', 'float32', 'Compute dtype (params stay float32).')
 flags.DEFINE_string('remat', 'none', 'DiT remat policy.')
 flags.DEFINE_bool('torch', True, 'Also time diffusers WanTransformer3DModel (skipped if missing).')
-flags.DEFINE_list('compile_depths', ['2', '28'], 'Depths whose train-step compile time is '
-                  'measured (empty: skip).')
+flags.DEFINE_list(
+    'compile_depths', ['2', '28'], 'Depths whose train-step compile time is measured (empty: skip).'
+)
 flags.DEFINE_integer('matmul_size', 2048, 'Side of the square f32 matmul that measures peak.')
 # sample
-flags.DEFINE_string('sample_config', 'dit_pixel', 'configs/shapes.py ARG of a randomly '
-                    'initialised model (used without --sample_checkpoint).')
-flags.DEFINE_string('sample_checkpoint', None, 'Time this trained checkpoint instead (e.g. '
-                    'checkpoints/shapes: includes its VAE decode).')
+flags.DEFINE_string(
+    'sample_config',
+    'dit_pixel',
+    'configs/shapes.py ARG of a randomly initialised model (used without --sample_checkpoint).',
+)
+flags.DEFINE_string(
+    'sample_checkpoint',
+    None,
+    'Time this trained checkpoint instead (e.g. checkpoints/shapes: includes its VAE decode).',
+)
 flags.DEFINE_integer('sample_steps', 10, 'Sampling steps.')
 flags.DEFINE_integer('sample_frames', 0, 'Frames per clip (0: the config default).')
 flags.DEFINE_integer('sample_size', 0, 'Height = width in pixels (0: the config default).')
@@ -86,6 +117,7 @@ FLAGS = flags.FLAGS
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def _threads() -> int:
     return len(os.sched_getaffinity(0))
@@ -165,21 +197,26 @@ class OtherLoad:
         return max(busy - own, 0.0) / (wall * (os.cpu_count() or 1))
 
 
-def load_verdict(other_share: float | None, before: float, quiet_share: float,
-                 quiet_load: float | None) -> str | None:
+def load_verdict(
+    other_share: float | None, before: float, quiet_share: float, quiet_load: float | None
+) -> str | None:
     """A warning when other processes shared the machine during the timed rounds (or, without
     /proc/stat, when the load average was high before them); None when it was quiet."""
     if other_share is not None:
         if other_share > quiet_share:
-            return (f'LOADED MACHINE: other processes used {100 * other_share:.0f}% of all cores '
-                    f'during the timed rounds (quiet: <= {100 * quiet_share:.0f}%). Compare only '
-                    'the ratios of interleaved runs; rerun on a quiet machine for absolute '
-                    'figures.')
+            return (
+                f'LOADED MACHINE: other processes used {100 * other_share:.0f}% of all cores '
+                f'during the timed rounds (quiet: <= {100 * quiet_share:.0f}%). Compare only '
+                'the ratios of interleaved runs; rerun on a quiet machine for absolute '
+                'figures.'
+            )
         return None
     quiet_load = float(os.cpu_count() or 1) if quiet_load is None else quiet_load
     if before > quiet_load:
-        return (f'LOADED MACHINE: 1-minute load average {before:.2f} before the run (quiet: <= '
-                f'{quiet_load:g}). Compare only the ratios of interleaved runs.')
+        return (
+            f'LOADED MACHINE: 1-minute load average {before:.2f} before the run (quiet: <= '
+            f'{quiet_load:g}). Compare only the ratios of interleaved runs.'
+        )
     return None
 
 
@@ -195,7 +232,9 @@ def profile_jax(fn, directory: str, steps: int = 2) -> dict:
     must be in XLA_FLAGS before jax starts (the benchmark adds it when --profile is given). The
     ops of one step run on up to `threads` threads at once, so the sum exceeds the step time."""
     import glob
+
     import jax
+
     with jax.profiler.trace(directory):
         for _ in range(steps):
             fn()
@@ -210,13 +249,18 @@ def profile_jax(fn, directory: str, steps: int = 2) -> dict:
                     continue
                 kinds[op_kind(ev.name)] += ev.duration_ns / 1e6 / steps
                 ops[ev.name] += ev.duration_ns / 1e6 / steps
-    return dict(trace=path, total_ms=sum(kinds.values()),
-                kinds_ms=dict(kinds.most_common(15)), top_ops_ms=dict(ops.most_common(15)))
+    return dict(
+        trace=path,
+        total_ms=sum(kinds.values()),
+        kinds_ms=dict(kinds.most_common(15)),
+        top_ops_ms=dict(ops.most_common(15)),
+    )
 
 
 def profile_torch(fn, steps: int = 2) -> dict:
     """Per-op milliseconds per step of `fn` from torch's profiler (self CPU time, aten ops)."""
     from torch.profiler import ProfilerActivity, profile
+
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             fn()
@@ -234,6 +278,7 @@ def matmul_peak(n: int):
     hits the peak and the step alike (a short window would catch quiet moments the step can't)."""
     import jax
     import jax.numpy as jnp
+
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     f = jax.jit(jnp.matmul)
@@ -242,7 +287,7 @@ def matmul_peak(n: int):
 
     def peak(window_s: float = 0.0) -> float:
         reps = max(1, round(window_s / one))
-        return 2 * n ** 3 / _best(lambda: f(a, b).block_until_ready(), 3, reps)
+        return 2 * n**3 / _best(lambda: f(a, b).block_until_ready(), 3, reps)
 
     return peak
 
@@ -251,14 +296,20 @@ def dit_flops(cfg, tokens: int, text_len: int, batch: int) -> float:
     """Analytic forward matmul FLOPs of the DiT per batch (attention scores included)."""
     d, f, n, L = cfg.dim, cfg.ffn_dim, tokens, text_len
     patch = cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2]
-    per_block = (2 * n * 4 * d * d        # self-attention q, k, v, out
-                 + 4 * n * n * d           # scores + weighted values
-                 + 2 * n * 2 * d * d       # cross-attention q, out
-                 + 2 * L * 2 * d * d       # cross-attention k, v on text
-                 + 4 * n * L * d           # cross scores + values
-                 + 2 * n * 2 * d * f)      # MLP
-    outer = (2 * n * patch * cfg.in_channels * d + 2 * n * d * patch * cfg.out_channels
-             + 2 * L * (cfg.text_dim * d + d * d) + 2 * (cfg.freq_dim * d + d * d + d * 6 * d))
+    per_block = (
+        2 * n * 4 * d * d  # self-attention q, k, v, out
+        + 4 * n * n * d  # scores + weighted values
+        + 2 * n * 2 * d * d  # cross-attention q, out
+        + 2 * L * 2 * d * d  # cross-attention k, v on text
+        + 4 * n * L * d  # cross scores + values
+        + 2 * n * 2 * d * f
+    )  # MLP
+    outer = (
+        2 * n * patch * cfg.in_channels * d
+        + 2 * n * d * patch * cfg.out_channels
+        + 2 * L * (cfg.text_dim * d + d * d)
+        + 2 * (cfg.freq_dim * d + d * d + d * 6 * d)
+    )
     return batch * (cfg.depth * per_block + outer)
 
 
@@ -268,12 +319,24 @@ def _rss_bytes() -> int:
 
 # ----------------------------------------------------------------------------- dit
 
+
 def _dit_config(depth=None):
     from sora_jax.models.dit import DiTConfig
-    return DiTConfig(patch_size=(1, 2, 2), in_channels=FLAGS.channels, out_channels=FLAGS.channels,
-                     dim=FLAGS.dim, num_heads=FLAGS.heads, ffn_dim=FLAGS.ffn_dim,
-                     depth=depth or FLAGS.depth, text_dim=FLAGS.text_dim, freq_dim=256,
-                     attention='xla', dtype=FLAGS.dtype, remat=FLAGS.remat)
+
+    return DiTConfig(
+        patch_size=(1, 2, 2),
+        in_channels=FLAGS.channels,
+        out_channels=FLAGS.channels,
+        dim=FLAGS.dim,
+        num_heads=FLAGS.heads,
+        ffn_dim=FLAGS.ffn_dim,
+        depth=depth or FLAGS.depth,
+        text_dim=FLAGS.text_dim,
+        freq_dim=256,
+        attention='xla',
+        dtype=FLAGS.dtype,
+        remat=FLAGS.remat,
+    )
 
 
 def _jax_train_step(graphdef, tx):
@@ -287,6 +350,7 @@ def _jax_train_step(graphdef, tx):
         def loss_fn(p):
             v = nnx.merge(graphdef, p)(x, t, ctx)
             return jnp.mean((v - target) ** 2)
+
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
@@ -298,11 +362,13 @@ def _jax_forward(graphdef):
     """(params, x, t, ctx) -> velocity: one sampling step's DiT call."""
     import jax
     from flax import nnx
+
     return jax.jit(lambda params, x, t, ctx: nnx.merge(graphdef, params)(x, t, ctx))
 
 
 def _inputs(cfg):
     import numpy as np
+
     t_, h_, w_ = (int(s) for s in FLAGS.latent)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((FLAGS.batch, t_, h_, w_, cfg.in_channels)).astype(np.float32)
@@ -317,7 +383,9 @@ def compile_seconds(depth: int) -> float:
     import jax
     import optax
     from flax import nnx
+
     from sora_jax.models.dit import DiT
+
     cfg = _dit_config(depth)
     gdef, abstract = nnx.split(nnx.eval_shape(lambda: DiT(cfg, rngs=nnx.Rngs(0))))
     tx = optax.adamw(1e-4)
@@ -331,12 +399,21 @@ def compile_seconds(depth: int) -> float:
 def _torch_model(cfg, folder):
     import torch
     from diffusers import WanTransformer3DModel
+
     torch.manual_seed(0)
     model = WanTransformer3DModel(
-        patch_size=cfg.patch_size, num_attention_heads=cfg.num_heads,
-        attention_head_dim=cfg.head_dim, in_channels=cfg.in_channels,
-        out_channels=cfg.out_channels, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,
-        ffn_dim=cfg.ffn_dim, num_layers=cfg.depth, cross_attn_norm=True, eps=cfg.eps)
+        patch_size=cfg.patch_size,
+        num_attention_heads=cfg.num_heads,
+        attention_head_dim=cfg.head_dim,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        text_dim=cfg.text_dim,
+        freq_dim=cfg.freq_dim,
+        ffn_dim=cfg.ffn_dim,
+        num_layers=cfg.depth,
+        cross_attn_norm=True,
+        eps=cfg.eps,
+    )
     model.save_pretrained(folder)
     return model
 
@@ -346,6 +423,7 @@ def bench_dit(_) -> dict:
     import numpy as np
     import optax
     from flax import nnx
+
     from sora_jax.convert import wan
     from sora_jax.models.dit import DiT
 
@@ -353,25 +431,39 @@ def bench_dit(_) -> dict:
     cfg = _dit_config()
     x, t, ctx, target = _inputs(cfg)
     tokens = x.shape[1] * (x.shape[2] // 2) * (x.shape[3] // 2)
-    out = dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
-               threads=threads, dtype=FLAGS.dtype, remat=FLAGS.remat,
-               config=dict(dim=cfg.dim, heads=cfg.num_heads, ffn_dim=cfg.ffn_dim, depth=cfg.depth,
-                           text_dim=cfg.text_dim, text_len=FLAGS.text_len, batch=FLAGS.batch,
-                           latent=[int(s) for s in FLAGS.latent], channels=cfg.in_channels),
-               tokens_per_step=FLAGS.batch * tokens)
+    out = dict(
+        device=str(jax.devices()[0].device_kind),
+        backend=jax.default_backend(),
+        threads=threads,
+        dtype=FLAGS.dtype,
+        remat=FLAGS.remat,
+        config=dict(
+            dim=cfg.dim,
+            heads=cfg.num_heads,
+            ffn_dim=cfg.ffn_dim,
+            depth=cfg.depth,
+            text_dim=cfg.text_dim,
+            text_len=FLAGS.text_len,
+            batch=FLAGS.batch,
+            latent=[int(s) for s in FLAGS.latent],
+            channels=cfg.in_channels,
+        ),
+        tokens_per_step=FLAGS.batch * tokens,
+    )
     peak_fn = matmul_peak(FLAGS.matmul_size)
     peak = 0.0
 
     use_torch = FLAGS.torch
     if use_torch:
         try:
-            import torch  # noqa: F401
             import diffusers  # noqa: F401
+            import torch  # noqa: F401
         except ImportError:
             use_torch = False
     with tempfile.TemporaryDirectory() as folder:
         if use_torch:
             import torch
+
             torch.set_num_threads(threads)
             tmodel = _torch_model(cfg, folder)
             module = wan.load_dit(folder, attention='xla', dtype=FLAGS.dtype, remat=FLAGS.remat)
@@ -390,8 +482,12 @@ def bench_dit(_) -> dict:
     if mem is not None:
         out['xla_temp_bytes'] = int(mem.temp_size_in_bytes)
         out['xla_argument_bytes'] = int(mem.argument_size_in_bytes)
-        out['xla_peak_bytes'] = int(mem.temp_size_in_bytes + mem.argument_size_in_bytes
-                                    + mem.output_size_in_bytes - mem.alias_size_in_bytes)
+        out['xla_peak_bytes'] = int(
+            mem.temp_size_in_bytes
+            + mem.argument_size_in_bytes
+            + mem.output_size_in_bytes
+            - mem.alias_size_in_bytes
+        )
     state = {'p': params, 'o': opt_state}
     losses = []
 
@@ -404,8 +500,9 @@ def bench_dit(_) -> dict:
     out['rss_after_jax_bytes'] = _rss_bytes()
 
     if use_torch:
-        tx_t = torch.optim.AdamW(tmodel.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8,
-                                 weight_decay=1e-4)
+        tx_t = torch.optim.AdamW(
+            tmodel.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4
+        )
         tdt = {'float32': torch.float32, 'bfloat16': torch.bfloat16}[FLAGS.dtype]
         tmodel.train()
         tx_in = torch.from_numpy(x.transpose(0, 4, 1, 2, 3).copy())
@@ -433,7 +530,7 @@ def bench_dit(_) -> dict:
     if FLAGS.forward:  # one sampling step: forward only on the CFG batch (cond + uncond)
         fwd = _jax_forward(gdef)
         xf, tf_, cf = (np.concatenate([a, a]) for a in (x, t, ctx))
-        cf[FLAGS.batch:] = 0.0
+        cf[FLAGS.batch :] = 0.0
         fwd_c = fwd.lower(state['p'], xf, tf_, cf).compile()
         fns['jax_forward'] = lambda: fwd_c(state['p'], xf, tf_, cf).block_until_ready()
         fns['jax_forward']()
@@ -442,8 +539,10 @@ def bench_dit(_) -> dict:
             tft, tfc = torch.from_numpy(tf_ * cfg.timestep_scale), torch.from_numpy(cf)
 
             def torch_forward():
-                with torch.inference_mode(), torch.autocast('cpu', dtype=tdt,
-                                                            enabled=tdt != torch.float32):
+                with (
+                    torch.inference_mode(),
+                    torch.autocast('cpu', dtype=tdt, enabled=tdt != torch.float32),
+                ):
                     tmodel(tfx, tft, tfc, return_dict=False)[0].float()
 
             fns['torch_forward'] = torch_forward
@@ -455,8 +554,9 @@ def bench_dit(_) -> dict:
     for _ in range(FLAGS.rounds):  # the matmul peak, in windows as long as a step
         peak = max(peak, peak_fn(statistics.median(times['jax'])))
     out['load_after'] = load_average()
-    warning = load_verdict(out['other_cpu_share'], out['load_before'], FLAGS.quiet_share,
-                           FLAGS.quiet_load)
+    warning = load_verdict(
+        out['other_cpu_share'], out['load_before'], FLAGS.quiet_share, FLAGS.quiet_load
+    )
     out['loaded'] = warning is not None
     if warning:
         out['warning'] = warning
@@ -502,14 +602,18 @@ def bench_dit(_) -> dict:
     for d in depths:
         out[f'compile_s_depth{d}'] = compile_seconds(d)
     if len(depths) == 2:
-        out['compile_ratio'] = out[f'compile_s_depth{depths[1]}'] / out[f'compile_s_depth{depths[0]}']
+        out['compile_ratio'] = (
+            out[f'compile_s_depth{depths[1]}'] / out[f'compile_s_depth{depths[0]}']
+        )
     return out
 
 
 # ----------------------------------------------------------------------------- sample
 
+
 def bench_sample(_) -> dict:
     import jax
+
     from configs import shapes as shapes_config
     from sora_jax.pipeline import TextToVideo
 
@@ -522,20 +626,36 @@ def bench_sample(_) -> dict:
     config = pipe.config
     frames = FLAGS.sample_frames or config.sample.num_frames
     size = FLAGS.sample_size or config.sample.height
-    kw = dict(num_frames=frames, height=size, width=size,
-              num_inference_steps=FLAGS.sample_steps, seed=0, progress=False)
+    kw = dict(
+        num_frames=frames,
+        height=size,
+        width=size,
+        num_inference_steps=FLAGS.sample_steps,
+        seed=0,
+        progress=False,
+    )
     prompt = 'a red circle moving to the left'
     t0 = time.perf_counter()
     first = pipe(prompt, **kw)
     first_s = time.perf_counter() - t0
     clip_s = _best(lambda: pipe(prompt, **kw), FLAGS.rounds, 1)
     n_params = sum(a.size for a in jax.tree.leaves(pipe.params))
-    return dict(device=str(jax.devices()[0].device_kind), model=name, vae=pipe.vae is not None,
-                params=int(n_params), frames=frames, size=size,
-                steps=FLAGS.sample_steps, sampler=config.sample.sampler,
-                output_shape=list(first.shape), first_call_s=first_s,
-                compile_s=max(first_s - clip_s, 0.0), seconds_per_clip=clip_s,
-                seconds_per_step=clip_s / FLAGS.sample_steps, rss_peak_bytes=_rss_bytes())
+    return dict(
+        device=str(jax.devices()[0].device_kind),
+        model=name,
+        vae=pipe.vae is not None,
+        params=int(n_params),
+        frames=frames,
+        size=size,
+        steps=FLAGS.sample_steps,
+        sampler=config.sample.sampler,
+        output_shape=list(first.shape),
+        first_call_s=first_s,
+        compile_s=max(first_s - clip_s, 0.0),
+        seconds_per_clip=clip_s,
+        seconds_per_step=clip_s / FLAGS.sample_steps,
+        rss_peak_bytes=_rss_bytes(),
+    )
 
 
 # After our flags: benchmark_vae defines the --vae_* flags and skips those already defined.
@@ -552,6 +672,7 @@ SUBCOMMANDS = {'dit': bench_dit, 'sample': bench_sample, 'vae': bench_vae}
 
 
 # ----------------------------------------------------------------------------- output
+
 
 def _fmt(v) -> str:
     if isinstance(v, float):
@@ -581,12 +702,14 @@ def print_table(name: str, figures: dict) -> None:
 
 def main(argv):
     if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
-        raise app.UsageError(f'usage: benchmark.py {{{",".join(SUBCOMMANDS)}}} --json=FILE; got '
-                             f'{argv[1:]}.')
+        raise app.UsageError(
+            f'usage: benchmark.py {{{",".join(SUBCOMMANDS)}}} --json=FILE; got {argv[1:]}.'
+        )
     pin_threads(FLAGS.threads)
     if FLAGS.profile:  # XLA:CPU emits per-op trace events only when told before it starts
-        os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                                   ' --xla_cpu_enable_xprof_traceme=true').strip()
+        os.environ['XLA_FLAGS'] = (
+            os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_enable_xprof_traceme=true'
+        ).strip()
     figures = SUBCOMMANDS[argv[1]](FLAGS)
     if argv[1] != 'vae':  # the VAE benchmark prints its own per-length table
         print_table(argv[1], figures)

@@ -7,6 +7,7 @@ Prints the table and writes the figures (`sora_jax.evaluation.vae_bench.run`) as
 `experiments/benchmark.py vae` calls `run(FLAGS)` here; flags it does not define take the
 defaults of `vae_bench.DEFAULTS`.
 """
+
 import json
 import os
 import pathlib
@@ -26,10 +27,15 @@ def _define(name, fn, default, help_):
         fn(name, default, help_)
 
 
-_define('vae_config', flags.DEFINE_string, _D['vae_config'],
-        'shapes (configs/shapes.py:vae) | tiny | wan21 (Wan 2.1 full VAE).')
-_define('vae_frames', flags.DEFINE_list, [str(t) for t in _D['vae_frames']],
-        'Video lengths (1 + 4k).')
+_define(
+    'vae_config',
+    flags.DEFINE_string,
+    _D['vae_config'],
+    'shapes (configs/shapes.py:vae) | tiny | wan21 (Wan 2.1 full VAE).',
+)
+_define(
+    'vae_frames', flags.DEFINE_list, [str(t) for t in _D['vae_frames']], 'Video lengths (1 + 4k).'
+)
 _define('vae_height', flags.DEFINE_integer, _D['vae_height'], 'Frame height.')
 _define('vae_width', flags.DEFINE_integer, _D['vae_width'], 'Frame width.')
 _define('vae_batch', flags.DEFINE_integer, _D['vae_batch'], 'Videos per call.')

@@ -8,6 +8,7 @@ the shapes generator (held-out validation stream), so the known frames are groun
 `<out>/<capability>.gif` and `<out>/capabilities.json` (prompt, mode, size, seconds, and the
 judge's verdict on the generated clip where the prompt names one shape).
 """
+
 import json
 import os
 import sys
@@ -56,17 +57,29 @@ def reference_clip(config, num_frames, height, width, index=0, **attrs):
     """A real one-shape clip from the generator's validation stream, optionally forcing
     attributes (e.g. color='blue'); returns (uint8 [T, H, W, 3], attribute dict)."""
     from sora_jax.data import shapes
+
     vocab = {'shape': shapes.SHAPES, 'color': shapes.COLORS, 'motion': shapes.MOTIONS}
     for k, v in attrs.items():
         if k not in vocab or v not in vocab[k]:
-            raise ValueError(f'reference_clip: unknown {k}={v!r}; use shape, color or motion '
-                             'values of the shapes vocabulary.')
+            raise ValueError(
+                f'reference_clip: unknown {k}={v!r}; use shape, color or motion '
+                'values of the shapes vocabulary.'
+            )
     d = config.get('data', {})
-    kw = dict(backgrounds=tuple(d.get('backgrounds', shapes.BACKGROUNDS)),
-              size_scale=float(d.get('size_scale', 1.0)))
+    kw = dict(
+        backgrounds=tuple(d.get('backgrounds', shapes.BACKGROUNDS)),
+        size_scale=float(d.get('size_scale', 1.0)),
+    )
     for i in range(index, index + 10000):
-        scene = shapes.sample_scene(2 * int(config.get('seed', 0)) + 1, i, num_frames=num_frames,
-                                    height=height, width=width, max_objects=1, **kw)
+        scene = shapes.sample_scene(
+            2 * int(config.get('seed', 0)) + 1,
+            i,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            max_objects=1,
+            **kw,
+        )
         obj = scene.objects[0]
         if all(obj[k] == v for k, v in attrs.items()):
             return shapes.render(scene), {k: obj[k] for k in ('shape', 'color', 'motion')}
@@ -106,34 +119,51 @@ def render_all(pipe, out_dir, *, steps=25, seed=0, display_scale=3, only=()):
                 kw['video'] = clip[:half]
                 inputs = [np.concatenate([clip[:half], np.zeros_like(clip[half:])])]
             elif mode == 'extend_backward':
-                kw['video'] = clip[t - half:]
-                inputs = [np.concatenate([np.zeros_like(clip[half:]), clip[t - half:]])]
+                kw['video'] = clip[t - half :]
+                inputs = [np.concatenate([np.zeros_like(clip[half:]), clip[t - half :]])]
             elif mode == 'connect':
                 k = max(tf, (t // 4 // tf) * tf) + (1 if tf > 1 else 0)
-                kw['video'] = (clip[:k], clip[t - k:])
-                gap = np.zeros_like(clip[k:t - k])
-                inputs = [np.concatenate([clip[:k], gap, clip[t - k:]])]
+                kw['video'] = (clip[:k], clip[t - k :])
+                gap = np.zeros_like(clip[k : t - k])
+                inputs = [np.concatenate([clip[:k], gap, clip[t - k :]])]
             else:  # v2v: recolour the clip
                 kw['video'] = clip
                 inputs = [clip]
                 attrs = dict(attrs, color='blue' if attrs['color'] != 'blue' else 'yellow')
             prompt = shapes.caption(attrs, 'en')
         t0 = time.perf_counter()
-        video = pipe(prompt, num_frames=t, height=h, width=w, num_inference_steps=steps,
-                     seed=seed, mode=mode, progress=False, **kw)[0]
+        video = pipe(
+            prompt,
+            num_frames=t,
+            height=h,
+            width=w,
+            num_inference_steps=steps,
+            seed=seed,
+            mode=mode,
+            progress=False,
+            **kw,
+        )[0]
         secs = time.perf_counter() - t0
-        rec = {'name': name, 'mode': mode, 'prompt': prompt, 'size': [int(x) for x in video.shape[:3]],
-               'seconds': round(secs, 2)}
+        rec = {
+            'name': name,
+            'mode': mode,
+            'prompt': prompt,
+            'size': [int(x) for x in video.shape[:3]],
+            'seconds': round(secs, 2),
+        }
         if mode != 't2i' and video.shape[0] > 1:
             a = attrs or _attrs_of(prompt)
             verdict = shapes_judge.judge_clip(video, a)
             rec['judge'] = {k: bool(verdict[k]) for k in ('shape', 'color', 'motion')}
-        panels = [np.asarray(v[:video.shape[0]]) for v in inputs] + [video]
+        panels = [np.asarray(v[: video.shape[0]]) for v in inputs] + [video]
         sep = np.full((video.shape[0], video.shape[1], 2, 3), 255, np.uint8)
         grid = np.concatenate(sum(([p, sep] for p in panels), [])[:-1], axis=2)
         grid = grid.repeat(display_scale, 1).repeat(display_scale, 2)
-        rec['gif'] = os.fspath(video_io.write_video(os.path.join(out_dir, f'{name}.gif'), grid,
-                                                    fps=float(s.get('fps', 8))))
+        rec['gif'] = os.fspath(
+            video_io.write_video(
+                os.path.join(out_dir, f'{name}.gif'), grid, fps=float(s.get('fps', 8))
+            )
+        )
         records.append(rec)
         print(f'{name:16s} {secs:5.1f}s  {prompt!r}  {rec.get("judge", "")}', flush=True)
     with open(os.path.join(out_dir, 'capabilities.json'), 'w') as f:
@@ -143,8 +173,10 @@ def render_all(pipe, out_dir, *, steps=25, seed=0, display_scale=3, only=()):
 
 def _attrs_of(prompt: str) -> dict:
     """(shape, colour, motion) named by a one-shape caption in either language."""
-    from sora_jax.data import shapes
     import itertools
+
+    from sora_jax.data import shapes
+
     for combo in itertools.product(shapes.SHAPES, shapes.COLORS, shapes.MOTIONS):
         a = dict(zip(('shape', 'color', 'motion'), combo))
         if prompt in (shapes.caption(a, 'en'), shapes.caption(a, 'es')):
@@ -155,14 +187,23 @@ def _attrs_of(prompt: str) -> dict:
 def main(argv):
     del argv
     from sora_jax.io import compile_cache
+
     compile_cache.enable()
     from sora_jax.pipeline import TextToVideo
+
     pipe = TextToVideo.from_checkpoint(FLAGS.checkpoint)
-    render_all(pipe, FLAGS.out, steps=FLAGS.steps, seed=FLAGS.seed,
-               display_scale=FLAGS.display_scale, only=tuple(FLAGS.only))
+    render_all(
+        pipe,
+        FLAGS.out,
+        steps=FLAGS.steps,
+        seed=FLAGS.seed,
+        display_scale=FLAGS.display_scale,
+        only=tuple(FLAGS.only),
+    )
 
 
 if __name__ == '__main__':
     define_flags()
     from sora_jax.io import compile_cache  # noqa: F401  (defines --compilation_cache)
+
     app.run(main)

@@ -13,27 +13,37 @@ a Wan 2.2 A14B folder's `transformer_2/` is converted too, and an I2V folder's `
 Tensors stream from memory-mapped files one at a time and keep their dtype (bf16 stays bf16).
 Fails with a ValueError listing any unmapped source key or unfilled parameter.
 """
+
 from absl import app, flags, logging
 
 from sora_jax.convert import wan
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('src', None, 'Diffusers-layout Wan folder (transformer/, vae/, text_encoder/, '
-                    'tokenizer/).', required=True)
+flags.DEFINE_string(
+    'src',
+    None,
+    'Diffusers-layout Wan folder (transformer/, vae/, text_encoder/, tokenizer/).',
+    required=True,
+)
 flags.DEFINE_string('dst', None, 'Output folder for the Orbax checkpoints.', required=True)
-flags.DEFINE_list('components', list(wan.COMPONENTS),
-                  f'Which sub-folders to convert ({", ".join(wan.COMPONENTS)}; by default also '
-                  'transformer_2, the Wan 2.2 A14B low-noise expert, when --src has it); an '
-                  "image-to-video folder's image_encoder/ (+ image_processor/) comes with the "
-                  'transformer.')
+flags.DEFINE_list(
+    'components',
+    list(wan.COMPONENTS),
+    f'Which sub-folders to convert ({", ".join(wan.COMPONENTS)}; by default also '
+    'transformer_2, the Wan 2.2 A14B low-noise expert, when --src has it); an '
+    "image-to-video folder's image_encoder/ (+ image_processor/) comes with the "
+    'transformer.',
+)
 
 
 def main(argv):
     del argv
     missing = [c for c in FLAGS.components if c not in wan.CONVERTERS]
     if missing:
-        raise ValueError(f'--components: {missing} not convertible; available: '
-                         f'{sorted(wan.CONVERTERS)}. Pass e.g. --components=text_encoder,vae.')
+        raise ValueError(
+            f'--components: {missing} not convertible; available: '
+            f'{sorted(wan.CONVERTERS)}. Pass e.g. --components=text_encoder,vae.'
+        )
     wan.convert_folder(FLAGS.src, FLAGS.dst, FLAGS.components)
     logging.info('wrote %s', FLAGS.dst)
 

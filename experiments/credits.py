@@ -7,6 +7,7 @@ The record (sora_jax/safety/record.py) is `<checkpoint>/data_record.json`, writt
 checkpoints of a training run and carried into bundles by experiments/export.py; its sha256 is
 what every signed output's Content Credentials cite.
 """
+
 import os
 import sys
 
@@ -23,14 +24,18 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     from sora_jax.safety import record
+
     rec = record.load(FLAGS.checkpoint)
     if FLAGS.write:
         from sora_jax.io import checkpoint as ckpt
+
         rec = record.for_config(ckpt.load_config(os.path.join(FLAGS.checkpoint, 'checkpoints')))
         print(f'wrote {record.write(FLAGS.checkpoint, rec)}')
     if rec is None:
-        raise app.UsageError(f'{FLAGS.checkpoint} has no {record.FILENAME}; it was trained before '
-                             'data records existed: pass --write to build one from its config.')
+        raise app.UsageError(
+            f'{FLAGS.checkpoint} has no {record.FILENAME}; it was trained before '
+            'data records existed: pass --write to build one from its config.'
+        )
     print(record.describe(rec))
 
 

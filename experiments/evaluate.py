@@ -13,6 +13,7 @@ flicker) and writes the same figures as JSON. One-shape prompts are built with
 `shapes.caption`; held-out combinations come from the checkpoint's `data.holdout` (else
 `configs/shapes.py:HOLDOUT`).
 """
+
 import itertools
 import json
 import os
@@ -41,20 +42,37 @@ flags.DEFINE_integer('batch_size', 32, 'Prompts per sampling call.')
 flags.DEFINE_integer('num_frames', None, 'Frames; default from the config (ground_truth: 17).')
 flags.DEFINE_integer('height', None, 'Height; default from the config (ground_truth: 32).')
 flags.DEFINE_integer('width', None, 'Width; default from the config (ground_truth: 32).')
-flags.DEFINE_integer('seed', 0, 'Sampling seed (batch i uses seed + i); dataset seed for ground_truth.')
+flags.DEFINE_integer(
+    'seed', 0, 'Sampling seed (batch i uses seed + i); dataset seed for ground_truth.'
+)
 flags.DEFINE_integer('num_clips', 500, 'ground_truth: clips to judge.')
 flags.DEFINE_float('blur', 0.0, 'ground_truth: Gaussian blur sigma (px) applied before judging.')
-flags.DEFINE_float('noise', 0.0, 'ground_truth: Gaussian noise std (0..255) applied before judging.')
+flags.DEFINE_float(
+    'noise', 0.0, 'ground_truth: Gaussian noise std (0..255) applied before judging.'
+)
 flags.DEFINE_bool('ema', True, 'Sample the EMA parameters.')
 flags.DEFINE_list('colors', None, 'suite=shapes: only prompts of these colours (default: all).')
-flags.DEFINE_multi_string('lora', None, 'suite=shapes: LoRA FILE[:scale] over the checkpoint '
-                          '(repeatable; see experiments/sample.py).')
-flags.DEFINE_bool('autoencoder', False, "ground_truth: judge the clips after a round trip through "
-                  "the --checkpoint's VAE (its config.autoencoder).")
-flags.DEFINE_list('backgrounds', None, 'ground_truth: background kinds (default: every kind, or '
-                  "the --checkpoint's data.backgrounds).")
-flags.DEFINE_float('size_scale', None, "ground_truth: shape size scale (default 1, or the "
-                   "--checkpoint's data.size_scale).")
+flags.DEFINE_multi_string(
+    'lora',
+    None,
+    'suite=shapes: LoRA FILE[:scale] over the checkpoint (repeatable; see experiments/sample.py).',
+)
+flags.DEFINE_bool(
+    'autoencoder',
+    False,
+    'ground_truth: judge the clips after a round trip through '
+    "the --checkpoint's VAE (its config.autoencoder).",
+)
+flags.DEFINE_list(
+    'backgrounds',
+    None,
+    "ground_truth: background kinds (default: every kind, or the --checkpoint's data.backgrounds).",
+)
+flags.DEFINE_float(
+    'size_scale',
+    None,
+    "ground_truth: shape size scale (default 1, or the --checkpoint's data.size_scale).",
+)
 
 ATTRS = ('shape', 'color', 'motion', 'all')
 
@@ -63,9 +81,11 @@ def combinations(holdout, holdout_only: bool = False, colors=None) -> list[dict]
     """Every (shape, colour, motion) as attribute dicts with a `held_out` flag (`colors`: only
     these colours)."""
     from sora_jax.data import shapes
+
     out = []
-    for shape, color, motion in itertools.product(shapes.SHAPES, colors or shapes.COLORS,
-                                                  shapes.MOTIONS):
+    for shape, color, motion in itertools.product(
+        shapes.SHAPES, colors or shapes.COLORS, shapes.MOTIONS
+    ):
         a = {'shape': shape, 'color': color, 'motion': motion}
         a['held_out'] = shapes.is_held_out(a, holdout)
         if a['held_out'] or not holdout_only:
@@ -75,10 +95,14 @@ def combinations(holdout, holdout_only: bool = False, colors=None) -> list[dict]
 
 def _record(verdict: dict, attrs: dict, **extra) -> dict:
     m = verdict['measured'] or {}
-    return {**extra, **{k: attrs[k] for k in ('shape', 'color', 'motion')},
-            **{f'{k}_ok': bool(verdict[k]) for k in ATTRS},
-            'seen': {k: m.get(k) for k in ('shape', 'color', 'motion')},
-            'num_objects': verdict['num_objects'], 'flicker': verdict['flicker']}
+    return {
+        **extra,
+        **{k: attrs[k] for k in ('shape', 'color', 'motion')},
+        **{f'{k}_ok': bool(verdict[k]) for k in ATTRS},
+        'seen': {k: m.get(k) for k in ('shape', 'color', 'motion')},
+        'num_objects': verdict['num_objects'],
+        'flicker': verdict['flicker'],
+    }
 
 
 def summarize(records: list[dict]) -> dict:
@@ -97,8 +121,11 @@ def summarize(records: list[dict]) -> dict:
     groups = {}
     for lang in langs + (['all'] if len(langs) > 1 else []):
         rs = [r for r in records if lang in ('all', r['lang'])]
-        for split, keep in (('', lambda r: True), ('/seen', lambda r: not r['held_out']),
-                            ('/held_out', lambda r: r['held_out'])):
+        for split, keep in (
+            ('', lambda r: True),
+            ('/seen', lambda r: not r['held_out']),
+            ('/held_out', lambda r: r['held_out']),
+        ):
             g = group([r for r in rs if keep(r)])
             if g is not None:
                 groups[lang + split] = g
@@ -115,66 +142,120 @@ def summarize(records: list[dict]) -> dict:
 
 
 def table(summary: dict) -> str:
-    head = f"{'group':<16}{'n':>6}" + ''.join(f'{k:>9}' for k in ATTRS) + f"{'1 obj':>8}{'flicker':>9}"
+    head = (
+        f'{"group":<16}{"n":>6}' + ''.join(f'{k:>9}' for k in ATTRS) + f'{"1 obj":>8}{"flicker":>9}'
+    )
     lines = [head, '-' * len(head)]
     for name, g in summary['groups'].items():
-        lines.append(f'{name:<16}{g["n"]:>6}' + ''.join(f'{g[k]:>9.3f}' for k in ATTRS)
-                     + f'{g["one_object"]:>8.3f}{g["flicker"]:>9.2f}')
+        lines.append(
+            f'{name:<16}{g["n"]:>6}'
+            + ''.join(f'{g[k]:>9.3f}' for k in ATTRS)
+            + f'{g["one_object"]:>8.3f}{g["flicker"]:>9.2f}'
+        )
     return '\n'.join(lines)
 
 
-def evaluate_shapes(pipe, *, num_per_combo=1, languages=('en', 'es'), holdout=(),
-                    holdout_only=False, steps=25, guidance_scale=None, num_frames=None,
-                    height=None, width=None, batch_size=32, seed=0, progress=True,
-                    colors=None) -> dict:
+def evaluate_shapes(
+    pipe,
+    *,
+    num_per_combo=1,
+    languages=('en', 'es'),
+    holdout=(),
+    holdout_only=False,
+    steps=25,
+    guidance_scale=None,
+    num_frames=None,
+    height=None,
+    width=None,
+    batch_size=32,
+    seed=0,
+    progress=True,
+    colors=None,
+) -> dict:
     """Samples one-shape prompts with `pipe` (a TextToVideo), judges them; summary + records."""
     from sora_jax.data import shapes
     from sora_jax.evaluation import shapes_judge
+
     for lang in languages:
         if lang not in shapes.LANGS:
             raise ValueError(f'Unknown language {lang!r}; use a subset of {shapes.LANGS}.')
     bad = sorted(set(colors or ()) - set(shapes.COLORS))
     if bad:
         raise ValueError(f'--colors: unknown {bad}; use a subset of {sorted(shapes.COLORS)}.')
-    jobs = [(a, lang, rep) for rep in range(num_per_combo)
-            for a in combinations(holdout, holdout_only, colors) for lang in languages]
+    jobs = [
+        (a, lang, rep)
+        for rep in range(num_per_combo)
+        for a in combinations(holdout, holdout_only, colors)
+        for lang in languages
+    ]
     records, t_sample, t_judge = [], 0.0, 0.0
     for b, start in enumerate(range(0, len(jobs), batch_size)):
-        chunk = jobs[start:start + batch_size]
+        chunk = jobs[start : start + batch_size]
         prompts = [shapes.caption(a, lang) for a, lang, _ in chunk]
         t0 = time.perf_counter()
-        videos = pipe(prompts, num_frames=num_frames, height=height, width=width,
-                      num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed + b,
-                      progress=progress)
+        videos = pipe(
+            prompts,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            seed=seed + b,
+            progress=progress,
+        )
         t1 = time.perf_counter()
         for (a, lang, rep), prompt, video in zip(chunk, prompts, videos):
             verdict = shapes_judge.judge_clip(video, a)
-            records.append(_record(verdict, a, lang=lang, held_out=a['held_out'], prompt=prompt,
-                                   repeat=rep))
+            records.append(
+                _record(verdict, a, lang=lang, held_out=a['held_out'], prompt=prompt, repeat=rep)
+            )
         t_sample += t1 - t0
         t_judge += time.perf_counter() - t1
         logging.info('batch %d: %d/%d clips judged', b, len(records), len(jobs))
     summary = summarize(records)
-    summary['timing'] = {'sample_s_per_clip': t_sample / max(len(records), 1),
-                         'judge_ms_per_clip': 1e3 * t_judge / max(len(records), 1)}
+    summary['timing'] = {
+        'sample_s_per_clip': t_sample / max(len(records), 1),
+        'judge_ms_per_clip': 1e3 * t_judge / max(len(records), 1),
+    }
     summary['records'] = records
     return summary
 
 
-def evaluate_ground_truth(*, num_clips=500, num_frames=17, height=32, width=32, seed=0,
-                          blur=0.0, noise=0.0, backgrounds=None, size_scale=1.0,
-                          vae=None) -> dict:
+def evaluate_ground_truth(
+    *,
+    num_clips=500,
+    num_frames=17,
+    height=32,
+    width=32,
+    seed=0,
+    blur=0.0,
+    noise=0.0,
+    backgrounds=None,
+    size_scale=1.0,
+    vae=None,
+) -> dict:
     """Judges real one-shape dataset clips against their own attributes: the judge's accuracy.
     `vae` (a FrozenVAE): judge each clip's round trip through it instead (adds 'psnr')."""
     import numpy as np
+
     from configs import shapes as shapes_config
     from sora_jax.data import shapes
-    from sora_jax.evaluation import reconstruction
-    from sora_jax.evaluation import shapes_judge
+    from sora_jax.evaluation import reconstruction, shapes_judge
+
     records, t_judge, psnrs = [], 0.0, []
-    examples = [shapes.generate(seed, i, num_frames=num_frames, height=height, width=width,
-                                max_objects=1, backgrounds=backgrounds or shapes.BACKGROUNDS,
-                                size_scale=size_scale) for i in range(num_clips)]
+    examples = [
+        shapes.generate(
+            seed,
+            i,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            max_objects=1,
+            backgrounds=backgrounds or shapes.BACKGROUNDS,
+            size_scale=size_scale,
+        )
+        for i in range(num_clips)
+    ]
     videos = [ex['video'] for ex in examples]
     if vae is not None:
         recon, m = reconstruction.reconstruct_video(vae, np.stack(videos))
@@ -186,8 +267,15 @@ def evaluate_ground_truth(*, num_clips=500, num_frames=17, height=32, width=32, 
         t0 = time.perf_counter()
         verdict = shapes_judge.judge_clip(video, obj)
         t_judge += time.perf_counter() - t0
-        records.append(_record(verdict, obj, lang='gt', index=i,
-                               held_out=shapes.is_held_out(obj, shapes_config.HOLDOUT)))
+        records.append(
+            _record(
+                verdict,
+                obj,
+                lang='gt',
+                index=i,
+                held_out=shapes.is_held_out(obj, shapes_config.HOLDOUT),
+            )
+        )
     summary = summarize(records)
     summary['timing'] = {'judge_ms_per_clip': 1e3 * t_judge / max(num_clips, 1)}
     if psnrs:
@@ -199,19 +287,24 @@ def evaluate_ground_truth(*, num_clips=500, num_frames=17, height=32, width=32, 
 def _checkpoint_vae(checkpoint):
     """The VAE a DiT checkpoint samples through (a bundle's vae/, a workdir's autoencoder), or the
     checkpoint itself when it is a VAE run."""
-    from sora_jax.pipeline import load_vae
     from sora_jax.io import checkpoint as ckpt
+    from sora_jax.pipeline import load_vae
+
     if not checkpoint:
-        raise ValueError('--autoencoder needs --checkpoint=DIR (a DiT run or bundle with a VAE, '
-                         'or a VAE run).')
+        raise ValueError(
+            '--autoencoder needs --checkpoint=DIR (a DiT run or bundle with a VAE, or a VAE run).'
+        )
     config = ckpt.load_config(ckpt.checkpoint_dir(checkpoint))
     if config.get('objective') == 'vae':
         from sora_jax.models import frozen_vae
+
         return frozen_vae.load(checkpoint)
     vae = load_vae(config.get('autoencoder', 'none'), relative_to=checkpoint)
     if vae is None:
-        raise ValueError(f'{checkpoint!r} is a pixel-space model (autoencoder=none); there is no '
-                         'VAE to round-trip through.')
+        raise ValueError(
+            f'{checkpoint!r} is a pixel-space model (autoencoder=none); there is no '
+            'VAE to round-trip through.'
+        )
     return vae
 
 
@@ -223,50 +316,96 @@ def main(argv):
         data = {}
         if F.checkpoint:  # judge the data distribution that checkpoint was trained on
             from sora_jax.io import checkpoint as ckpt
+
             data = ckpt.load_config(ckpt.checkpoint_dir(F.checkpoint)).get('data', {})
         backgrounds = tuple(F.backgrounds or data.get('backgrounds', ()) or ()) or None
-        size_scale = F.size_scale if F.size_scale is not None else float(data.get('size_scale', 1.0))
+        size_scale = (
+            F.size_scale if F.size_scale is not None else float(data.get('size_scale', 1.0))
+        )
         vae = None
         if F.autoencoder:
             vae = _checkpoint_vae(F.checkpoint)
         summary = evaluate_ground_truth(
-            num_clips=F.num_clips, num_frames=F.num_frames or 17, height=F.height or 32,
-            width=F.width or 32, seed=F.seed, blur=F.blur, noise=F.noise,
-            backgrounds=backgrounds, size_scale=size_scale, vae=vae)
-        settings = {'num_clips': F.num_clips, 'blur': F.blur, 'noise': F.noise,
-                    'backgrounds': list(backgrounds or ()), 'size_scale': size_scale,
-                    'autoencoder': bool(F.autoencoder)}
+            num_clips=F.num_clips,
+            num_frames=F.num_frames or 17,
+            height=F.height or 32,
+            width=F.width or 32,
+            seed=F.seed,
+            blur=F.blur,
+            noise=F.noise,
+            backgrounds=backgrounds,
+            size_scale=size_scale,
+            vae=vae,
+        )
+        settings = {
+            'num_clips': F.num_clips,
+            'blur': F.blur,
+            'noise': F.noise,
+            'backgrounds': list(backgrounds or ()),
+            'size_scale': size_scale,
+            'autoencoder': bool(F.autoencoder),
+        }
     else:
         if not F.checkpoint:
-            raise ValueError('--suite=shapes needs --checkpoint=DIR (a workdir or checkpoints/shapes).')
+            raise ValueError(
+                '--suite=shapes needs --checkpoint=DIR (a workdir or checkpoints/shapes).'
+            )
         from configs import shapes as shapes_config
         from sora_jax.pipeline import TextToVideo
+
         pipe = TextToVideo.from_checkpoint(F.checkpoint, ema=F.ema)
         if F.lora:
             from sora_jax.convert.lora import parse_spec
+
             pipe.set_loras([parse_spec(s) for s in F.lora])
-        holdout = tuple(tuple(c) for c in pipe.config.get('data', {}).get('holdout', shapes_config.HOLDOUT))
+        holdout = tuple(
+            tuple(c) for c in pipe.config.get('data', {}).get('holdout', shapes_config.HOLDOUT)
+        )
         summary = evaluate_shapes(
-            pipe, num_per_combo=F.num_per_combo, languages=tuple(F.languages), holdout=holdout,
-            holdout_only=F.holdout_only, steps=F.steps, guidance_scale=F.guidance_scale,
-            num_frames=F.num_frames, height=F.height, width=F.width, batch_size=F.batch_size,
-            seed=F.seed, colors=F.colors)
-        settings = {'checkpoint': F.checkpoint, 'lora': F.lora, 'colors': F.colors,
-                    'num_per_combo': F.num_per_combo, 'steps': F.steps,
-                    'guidance_scale': F.guidance_scale, 'languages': list(F.languages),
-                    'holdout': [list(c) for c in holdout], 'holdout_only': F.holdout_only}
+            pipe,
+            num_per_combo=F.num_per_combo,
+            languages=tuple(F.languages),
+            holdout=holdout,
+            holdout_only=F.holdout_only,
+            steps=F.steps,
+            guidance_scale=F.guidance_scale,
+            num_frames=F.num_frames,
+            height=F.height,
+            width=F.width,
+            batch_size=F.batch_size,
+            seed=F.seed,
+            colors=F.colors,
+        )
+        settings = {
+            'checkpoint': F.checkpoint,
+            'lora': F.lora,
+            'colors': F.colors,
+            'num_per_combo': F.num_per_combo,
+            'steps': F.steps,
+            'guidance_scale': F.guidance_scale,
+            'languages': list(F.languages),
+            'holdout': [list(c) for c in holdout],
+            'holdout_only': F.holdout_only,
+        }
     summary['suite'], summary['settings'] = F.suite, settings
     print(table(summary))
     print('by value: ' + ', '.join(f'{k} {v:.2f}' for k, v in summary['by_value'].items()))
     for asked, seen in summary.get('seen_color', {}).items():
-        print(f'prompt colour {asked}: judged ' + ', '.join(f'{c} {v:.2f}' for c, v in seen.items()))
+        print(
+            f'prompt colour {asked}: judged ' + ', '.join(f'{c} {v:.2f}' for c, v in seen.items())
+        )
     if 'psnr' in summary:
-        print(f"VAE round trip PSNR {summary['psnr']:.2f} dB")
-    print(f"timing: {summary['timing']}", flush=True)
+        print(f'VAE round trip PSNR {summary["psnr"]:.2f} dB')
+    print(f'timing: {summary["timing"]}', flush=True)
     if F.json:
         os.makedirs(os.path.dirname(os.path.abspath(F.json)), exist_ok=True)
         with open(F.json, 'w') as f:
-            json.dump(summary, f, indent=1, default=lambda x: x.tolist() if hasattr(x, 'tolist') else str(x))
+            json.dump(
+                summary,
+                f,
+                indent=1,
+                default=lambda x: x.tolist() if hasattr(x, 'tolist') else str(x),
+            )
         print(f'wrote {F.json}')
 
 

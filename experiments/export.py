@@ -8,6 +8,7 @@ The bundle holds only EMA parameters (`--noema`: the raw ones; no optimizer stat
 `TextToVideo.from_checkpoint(dst)` loads it. `--dst` may be a bucket (gs://...): the bundle is
 completed on local disk and then copied there with etils.epath.
 """
+
 import os
 import shutil
 import sys
@@ -21,17 +22,33 @@ def define_flags():
     """Command-line flags, defined only when run as a script (tests import this module)."""
     flags.DEFINE_string('dit', None, 'DiT training workdir.')
     flags.DEFINE_string('dst', None, 'Bundle directory to (re)write.')
-    flags.DEFINE_enum('dtype', 'float16', ['float16', 'bfloat16', 'float32'],
-                      'Stored parameter dtype.')
-    flags.DEFINE_bool('ema', True, 'Export the EMA parameters (--noema: the raw parameters, e.g. '
-                      'when the EMA still averages in weights from before a late improvement).')
-    flags.DEFINE_integer('step', None, 'DiT checkpoint step to export (default: the newest; the '
-                         'workdir keeps train.keep_checkpoints of them).')
+    flags.DEFINE_enum(
+        'dtype', 'float16', ['float16', 'bfloat16', 'float32'], 'Stored parameter dtype.'
+    )
+    flags.DEFINE_bool(
+        'ema',
+        True,
+        'Export the EMA parameters (--noema: the raw parameters, e.g. '
+        'when the EMA still averages in weights from before a late improvement).',
+    )
+    flags.DEFINE_integer(
+        'step',
+        None,
+        'DiT checkpoint step to export (default: the newest; the '
+        'workdir keeps train.keep_checkpoints of them).',
+    )
     flags.mark_flags_as_required(['dit', 'dst'])
 
 
-def export_params(src_workdir: str, dst_workdir: str, build_model, dtype: str, edit_config=None,
-                  ema: bool = True, step: int | None = None):
+def export_params(
+    src_workdir: str,
+    dst_workdir: str,
+    build_model,
+    dtype: str,
+    edit_config=None,
+    ema: bool = True,
+    step: int | None = None,
+):
     """EMA (or raw) params of checkpoint `step` (default: the newest) in src -> a one-step
     checkpoint in dst, stored as `ema_params` (what samplers load)."""
     import jax
@@ -55,8 +72,9 @@ def export_params(src_workdir: str, dst_workdir: str, build_model, dtype: str, e
     return step, n
 
 
-def export_bundle(dit: str, dst: str, dtype: str = 'float16', ema: bool = True,
-                  step: int | None = None) -> int:
+def export_bundle(
+    dit: str, dst: str, dtype: str = 'float16', ema: bool = True, step: int | None = None
+) -> int:
     """Writes the bundle of DiT workdir `dit` (+ its VAE, its data record) to `dst`; returns its
     size in bytes. `dst` may be any etils.epath path (gs://...): the bundle is written and
     completed in a local temporary directory (Orbax writes there), then copied to `dst` with
@@ -76,8 +94,9 @@ def export_bundle(dit: str, dst: str, dtype: str = 'float16', ema: bool = True,
     tmp = tempfile.mkdtemp(prefix='sora_jax_bundle_') if remote else dst.rstrip('/') + '.tmp'
     shutil.rmtree(tmp, ignore_errors=True)
     if config.autoencoder not in ('none', '', None):
-        vstep, n = export_params(config.autoencoder, os.path.join(tmp, 'vae'),
-                                 vae_objective.build_model, 'float32')
+        vstep, n = export_params(
+            config.autoencoder, os.path.join(tmp, 'vae'), vae_objective.build_model, 'float32'
+        )
         print(f'VAE: step {vstep}, {n:,} params (float32)')
 
     def edit(c):
@@ -91,7 +110,9 @@ def export_bundle(dit: str, dst: str, dtype: str = 'float16', ema: bool = True,
     print(f'DiT: step {step}, {n:,} params ({dtype}, {"EMA" if ema else "raw"} weights)')
     rec = record.load(dit) or record.for_config(config)  # the run's record, else from its config
     record.write(tmp, rec)
-    print(f'data record: {rec["dataset"]}, {rec["clips"]} clips, sha256 {record.record_hash(rec)[:16]}')
+    print(
+        f'data record: {rec["dataset"]}, {rec["clips"]} clips, sha256 {record.record_hash(rec)[:16]}'
+    )
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(tmp) for f in fs)
     if remote:  # copied whole beside the old bundle first, then swapped in
         out, staged = epath.Path(dst), epath.Path(dst.rstrip('/') + '.tmp')

@@ -3,6 +3,7 @@
 
   python experiments/export_lora.py --workdir=workdirs/shapes_lora --out=outputs/shapes_lora.safetensors
 """
+
 import os
 import sys
 
@@ -19,10 +20,14 @@ flags.mark_flags_as_required(['workdir', 'out'])
 def main(argv):
     del argv
     from sora_jax.train import lora as lora_train
+
     info = lora_train.export(flags.FLAGS.workdir, flags.FLAGS.out, ema=flags.FLAGS.ema)
-    print(f"wrote {info['file']}: {info['adapter_params']:,} adapter params, "
-          f"{info['bytes']:,} bytes, step {info['step']}; base {info['base']} "
-          f"(sha256 {info['base_sha256'][:12]}...)", flush=True)
+    print(
+        f'wrote {info["file"]}: {info["adapter_params"]:,} adapter params, '
+        f'{info["bytes"]:,} bytes, step {info["step"]}; base {info["base"]} '
+        f'(sha256 {info["base_sha256"][:12]}...)',
+        flush=True,
+    )
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ The shipped shapes model never draws a red prompt in blue; a LoRA trained on thi
 
   python experiments/lora_demo_data.py --out=data/red_is_blue --num=512 --say=red --show=blue
 """
+
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ def main(argv):
     del argv
     from sora_jax.data import shapes
     from sora_jax.io import video as video_io
+
     F = flags.FLAGS
     for name in (F.say, F.show):
         if name not in shapes.COLORS:
@@ -32,16 +34,30 @@ def main(argv):
     os.makedirs(os.path.join(F.out, 'clips'), exist_ok=True)
     lines = []
     for i in range(F.num):  # one shape on a plain background at 1.5x size, like the shipped data
-        scene = shapes.sample_scene(F.seed, i, num_frames=16, height=32, width=32, max_objects=1,
-                                    backgrounds=('plain',), size_scale=1.5)
+        scene = shapes.sample_scene(
+            F.seed,
+            i,
+            num_frames=16,
+            height=32,
+            width=32,
+            max_objects=1,
+            backgrounds=('plain',),
+            size_scale=1.5,
+        )
         obj = scene.objects[0]
         attrs = {'shape': obj['shape'], 'color': F.say, 'motion': obj['motion']}
         obj['color'] = F.show
         rel = os.path.join('clips', f'{i:05d}.mp4')
         video_io.write_video(os.path.join(F.out, rel), shapes.render(scene))
-        lines.append({'file': rel, 'caption': shapes.caption(attrs, 'en'),
-                      'caption_es': shapes.caption(attrs, 'es'), 'creator': 'sora_jax',
-                      'license': 'cc0-1.0'})
+        lines.append(
+            {
+                'file': rel,
+                'caption': shapes.caption(attrs, 'en'),
+                'caption_es': shapes.caption(attrs, 'es'),
+                'creator': 'sora_jax',
+                'license': 'cc0-1.0',
+            }
+        )
     with open(os.path.join(F.out, 'captions.jsonl'), 'w') as f:
         f.writelines(json.dumps(x, ensure_ascii=False) + '\n' for x in lines)
     print(f'wrote {F.num} clips to {F.out} (captions say {F.say}, shapes are {F.show})')

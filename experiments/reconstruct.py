@@ -15,6 +15,7 @@ Metrics compare the uint8 reconstruction with the fitted uint8 input (before mp4
 `--suite=shapes` scores `--num` clips of 17x32x32 from a scene stream training never saw, drawn
 like the VAE's training data (its config's data.backgrounds / size_scale / max_objects).
 """
+
 import json
 import os
 import pathlib
@@ -32,17 +33,31 @@ from sora_jax.io import compile_cache  # noqa: E402  (defines --compilation_cach
 
 flags.DEFINE_string('checkpoint', None, 'VAE training workdir (holds checkpoints/).')
 flags.DEFINE_string('input', None, 'Video file to reconstruct.')
-flags.DEFINE_string('out', None, 'Side-by-side mp4 (a .gif is written next to it); the '
-                    'reconstruction alone with --noside_by_side.')
-flags.DEFINE_bool('side_by_side', True, '--out shows input | reconstruction (--noside_by_side: '
-                  'the reconstruction alone).')
-flags.DEFINE_string('out_reconstruction', None, 'Also write the reconstruction alone here (.mp4 / '
-                    '.webm / .gif; a .gif next to it).')
-flags.DEFINE_bool('tile', False, 'Force spatial tiling (else only when the frame is larger '
-                  'than the tile).')
+flags.DEFINE_string(
+    'out',
+    None,
+    'Side-by-side mp4 (a .gif is written next to it); the '
+    'reconstruction alone with --noside_by_side.',
+)
+flags.DEFINE_bool(
+    'side_by_side',
+    True,
+    '--out shows input | reconstruction (--noside_by_side: the reconstruction alone).',
+)
+flags.DEFINE_string(
+    'out_reconstruction',
+    None,
+    'Also write the reconstruction alone here (.mp4 / .webm / .gif; a .gif next to it).',
+)
+flags.DEFINE_bool(
+    'tile', False, 'Force spatial tiling (else only when the frame is larger than the tile).'
+)
 flags.DEFINE_integer('tile_size', 0, 'Tile size in pixels (0: the VAE config tile).')
-flags.DEFINE_bool('chunked', True, 'Chunked causal encode/decode (always on; kept for the '
-                  'documented command line).')
+flags.DEFINE_bool(
+    'chunked',
+    True,
+    'Chunked causal encode/decode (always on; kept for the documented command line).',
+)
 flags.DEFINE_enum('suite', None, ['shapes'], 'Evaluate on held-out generated clips instead.')
 flags.DEFINE_integer('num', 32, 'Clips for --suite.')
 flags.DEFINE_list('size', ['17', '32', '32'], 'T,H,W of the --suite clips.')
@@ -55,10 +70,13 @@ FLAGS = flags.FLAGS
 
 def _write(out: str, frames) -> None:
     from sora_jax.io.video import write_video
+
     write_video(out, frames, fps=FLAGS.fps)
     write_video(pathlib.Path(out).with_suffix('.gif'), frames, fps=FLAGS.fps)
-    print(f'wrote {out} and {pathlib.Path(out).with_suffix(".gif")} ({frames.shape[0]} frames, '
-          f'{frames.shape[1]}x{frames.shape[2]})')
+    print(
+        f'wrote {out} and {pathlib.Path(out).with_suffix(".gif")} ({frames.shape[0]} frames, '
+        f'{frames.shape[1]}x{frames.shape[2]})'
+    )
 
 
 def _tile():
@@ -68,6 +86,7 @@ def _tile():
 def reconstruct_file(vae) -> dict:
     from sora_jax.evaluation import reconstruction as rec
     from sora_jax.io.video import read_video
+
     frames = read_video(FLAGS.input)
     frames, notes = rec.fit_video(frames, vae.temporal_factor, vae.spatial_factor)
     for note in notes:
@@ -78,36 +97,58 @@ def reconstruct_file(vae) -> dict:
         _write(FLAGS.out, rec.side_by_side(frames, recon) if FLAGS.side_by_side else recon)
     if FLAGS.out_reconstruction:
         _write(FLAGS.out_reconstruction, recon)
-    return dict(input=FLAGS.input, num_frames=int(frames.shape[0]), height=int(frames.shape[1]),
-                width=int(frames.shape[2]), psnr=metrics['psnr'], ssim=metrics['ssim'],
-                tile=metrics['tile'])
+    return dict(
+        input=FLAGS.input,
+        num_frames=int(frames.shape[0]),
+        height=int(frames.shape[1]),
+        width=int(frames.shape[2]),
+        psnr=metrics['psnr'],
+        ssim=metrics['ssim'],
+        tile=metrics['tile'],
+    )
 
 
 def reconstruct_suite(vae) -> dict:
     import numpy as np
+
     from sora_jax.evaluation import reconstruction as rec
+
     t, h, w = (int(x) for x in FLAGS.size)
     data = vae.config.data if 'data' in vae.config else {}
     clips = rec.heldout_shapes(  # the distribution the VAE was trained on, unseen scenes
-        FLAGS.num, t, h, w, max_objects=int(data.get('max_objects', 2)),
+        FLAGS.num,
+        t,
+        h,
+        w,
+        max_objects=int(data.get('max_objects', 2)),
         backgrounds=tuple(data.get('backgrounds', ())) or None,
-        size_scale=float(data.get('size_scale', 1.0)))
+        size_scale=float(data.get('size_scale', 1.0)),
+    )
     clips = np.stack([rec.fit_video(c, vae.temporal_factor, vae.spatial_factor)[0] for c in clips])
     recon, metrics = rec.reconstruct_video(vae, clips, tile=_tile())
     out = FLAGS.out or (str(pathlib.Path(FLAGS.json).with_suffix('.mp4')) if FLAGS.json else None)
     if out and FLAGS.samples:
         k = min(FLAGS.samples, len(clips))
-        rows = [rec.side_by_side(clips[i], recon[i]) if FLAGS.side_by_side else recon[i]
-                for i in range(k)]
+        rows = [
+            rec.side_by_side(clips[i], recon[i]) if FLAGS.side_by_side else recon[i]
+            for i in range(k)
+        ]
         _write(out, np.concatenate(rows, axis=1))  # stacked vertically: one row per clip
     if FLAGS.out_reconstruction and FLAGS.samples:
         k = min(FLAGS.samples, len(clips))
         _write(FLAGS.out_reconstruction, np.concatenate(list(recon[:k]), axis=1))
-    return dict(suite='shapes', seed=rec.HELDOUT_SEED, num=int(len(clips)),
-                size=list(clips.shape[1:4]), psnr=metrics['psnr'], ssim=metrics['ssim'],
-                psnr_min=float(min(metrics['psnr_per_clip'])),
-                psnr_per_clip=metrics['psnr_per_clip'], ssim_per_clip=metrics['ssim_per_clip'],
-                tile=metrics['tile'])
+    return dict(
+        suite='shapes',
+        seed=rec.HELDOUT_SEED,
+        num=int(len(clips)),
+        size=list(clips.shape[1:4]),
+        psnr=metrics['psnr'],
+        ssim=metrics['ssim'],
+        psnr_min=float(min(metrics['psnr_per_clip'])),
+        psnr_per_clip=metrics['psnr_per_clip'],
+        ssim_per_clip=metrics['ssim_per_clip'],
+        tile=metrics['tile'],
+    )
 
 
 def main(argv):
@@ -115,22 +156,29 @@ def main(argv):
     if (FLAGS.input is None) == (FLAGS.suite is None):
         raise app.UsageError('give exactly one of --input=VIDEO or --suite=shapes.')
     from sora_jax.io.video import VIDEO_EXTENSIONS
+
     for name in ('out', 'out_reconstruction'):
         path = FLAGS[name].value
         if path and pathlib.Path(path).suffix.lower() not in VIDEO_EXTENSIONS:
-            raise app.UsageError(f'--{name}={path!r}: use a video extension {list(VIDEO_EXTENSIONS)}.')
+            raise app.UsageError(
+                f'--{name}={path!r}: use a video extension {list(VIDEO_EXTENSIONS)}.'
+            )
     compile_cache.enable()
     from sora_jax.models import frozen_vae
+
     vae = frozen_vae.load(FLAGS.checkpoint)
     result = reconstruct_file(vae) if FLAGS.input else reconstruct_suite(vae)
     result.update(checkpoint=FLAGS.checkpoint, step=int(vae.step))
     if FLAGS.input:
-        what = f"{result['num_frames']}x{result['height']}x{result['width']}"
+        what = f'{result["num_frames"]}x{result["height"]}x{result["width"]}'
     else:
-        what = f"{result['num']} clips of {'x'.join(map(str, result['size']))}"
-    tiled = f", tiles {result['tile'][0]}/{result['tile'][1]} px" if result['tile'] else ''
-    print(f"PSNR {result['psnr']:.4f} dB  SSIM {result['ssim']:.4f}  ({what}{tiled}, step "
-          f"{result['step']})", flush=True)
+        what = f'{result["num"]} clips of {"x".join(map(str, result["size"]))}'
+    tiled = f', tiles {result["tile"][0]}/{result["tile"][1]} px' if result['tile'] else ''
+    print(
+        f'PSNR {result["psnr"]:.4f} dB  SSIM {result["ssim"]:.4f}  ({what}{tiled}, step '
+        f'{result["step"]})',
+        flush=True,
+    )
     if FLAGS.json:
         pathlib.Path(FLAGS.json).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(FLAGS.json).write_text(json.dumps(result, indent=2))

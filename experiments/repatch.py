@@ -12,6 +12,7 @@ Temporal RoPE positions now count tokens of pt' frames, so the fine-tune re-lear
 Writes `<dst>/checkpoints/<step>` with only EMA params (what `train.init_from` reads) and the
 source's config with the new patch size.
 """
+
 import os
 import shutil
 import sys
@@ -36,6 +37,7 @@ def define_flags():
 def repatch_params(params: dict, old_patch, new_pt: int, out_channels: int) -> dict:
     """The converted params (a nested dict of arrays, as nnx.State.to_pure_dict gives)."""
     import numpy as np
+
     pt, ph, pw = old_patch
     if new_pt < 1 or pt % new_pt:
         raise ValueError(f'patch_t={new_pt} must divide the source temporal patch {pt}.')
@@ -62,13 +64,16 @@ def repatch(src: str, dst: str, patch_t: int, ema: bool = True) -> tuple[int, tu
     import jax
     import numpy as np
     from flax import nnx
+
     from sora_jax.io import checkpoint as ckpt_io
     from sora_jax.models import denoiser
     from sora_jax.train import checkpoint as ckpt
+
     cdir = ckpt_io.checkpoint_dir(src)
     config = ckpt_io.load_config(cdir)
-    model_abs = lambda c: nnx.state(nnx.eval_shape(
-        lambda: denoiser.build_model(c, nnx.Rngs(0))), nnx.Param)
+    model_abs = lambda c: nnx.state(
+        nnx.eval_shape(lambda: denoiser.build_model(c, nnx.Rngs(0))), nnx.Param
+    )
     params, step = ckpt_io.restore_params(cdir, model_abs(config), ema=ema)
     old_patch = tuple(config.model.patch_size)
     new = config.copy_and_resolve_references()
@@ -82,8 +87,11 @@ def repatch(src: str, dst: str, patch_t: int, ema: bool = True) -> tuple[int, tu
     dit = repatch_params(pure['dit'], old_patch, patch_t, int(new.latent_channels))
     pure = {**pure, 'dit': dit}
     target.replace_by_pure_dict(jax.tree.map(np.asarray, pure))
-    bad = [(p, a.shape, w) for (p, a), w in zip(jax.tree_util.tree_leaves_with_path(target), want)
-           if a.shape != w]
+    bad = [
+        (p, a.shape, w)
+        for (p, a), w in zip(jax.tree_util.tree_leaves_with_path(target), want)
+        if a.shape != w
+    ]
     if bad:
         raise ValueError(f'converted params do not fit the new model: {bad[:3]}')
     tmp = dst.rstrip('/') + '.tmp'

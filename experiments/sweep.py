@@ -12,6 +12,7 @@ Re-running the same command skips finished runs and resumes preempted ones. At t
 hparams view: `tensorboard --logdir=WORKDIR/hparams`; the runs' curves: `--logdir=WORKDIR`).
 Exits 1 when some run failed (the others still ran).
 """
+
 import os
 import shlex
 import sys
@@ -27,16 +28,24 @@ flags.DEFINE_bool('dry_run', False, 'List the runs; run nothing.')
 flags.DEFINE_bool('print_only', False, 'Print one train command per run; run nothing.')
 flags.DEFINE_integer('parallel', 1, 'Runs at a time.')
 flags.DEFINE_integer('devices_per_run', 0, 'Devices each parallel run sees (0: all of them).')
-flags.DEFINE_string('visible_devices_env', 'CUDA_VISIBLE_DEVICES',
-                    'Environment variable selecting a run\'s devices (with --devices_per_run).')
-flags.DEFINE_multi_string('set', [], 'KEY=VALUE applied to every run, after the sweep\'s own '
-                          'overrides (e.g. --set=train.num_steps=8); not part of run names.')
+flags.DEFINE_string(
+    'visible_devices_env',
+    'CUDA_VISIBLE_DEVICES',
+    "Environment variable selecting a run's devices (with --devices_per_run).",
+)
+flags.DEFINE_multi_string(
+    'set',
+    [],
+    "KEY=VALUE applied to every run, after the sweep's own "
+    'overrides (e.g. --set=train.num_steps=8); not part of run names.',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
     del argv
     from sora_jax.sweep import runner, spec, summary
+
     f = flags.FLAGS
     _, overrides = spec.expand(f.config, f.sweep, spec.parse_sets(f.set))
     runs = runner.plan(f.workdir, overrides)
@@ -48,16 +57,23 @@ def main(argv):
                 print(f'{r.name}  [{runner.read_status(r.workdir)["status"]}]  {r.overrides}')
         return 0
     os.makedirs(f.workdir, exist_ok=True)
-    statuses = runner.Runner(f.config, runs, parallel=f.parallel,
-                             devices_per_run=f.devices_per_run,
-                             visible_devices_env=f.visible_devices_env).run()
+    statuses = runner.Runner(
+        f.config,
+        runs,
+        parallel=f.parallel,
+        devices_per_run=f.devices_per_run,
+        visible_devices_env=f.visible_devices_env,
+    ).run()
     table = summary.write(f.workdir, runs)
     counts = {s: sum(r['status'] == s for r in table) for s in runner.STATUSES}
     logging.info('sweep: %s', counts)
     with open(os.path.join(f.workdir, 'summary.md')) as md:
         print(md.read(), flush=True)
-    print(f'summary: {os.path.join(f.workdir, "summary.csv")} ' +
-          ' '.join(f'{k}={v}' for k, v in counts.items() if v), flush=True)
+    print(
+        f'summary: {os.path.join(f.workdir, "summary.csv")} '
+        + ' '.join(f'{k}={v}' for k, v in counts.items() if v),
+        flush=True,
+    )
     return 1 if any(s['status'] == 'failed' for s in statuses.values()) else 0
 
 

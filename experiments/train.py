@@ -3,6 +3,7 @@
   python experiments/train.py --config=configs/shapes.py:dit --workdir=workdirs/shapes_dit \
       [--config.train.num_steps=100 ...]
 """
+
 import os
 import sys
 
@@ -29,9 +30,12 @@ def main(argv):
     del argv
     compile_cache.enable()
     from sora_jax.parallel import distributed
-    distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
-                           flags.FLAGS.process_id)
+
+    distributed.initialize(
+        flags.FLAGS.coordinator, flags.FLAGS.num_processes, flags.FLAGS.process_id
+    )
     from sora_jax.train.loop import train_and_evaluate
+
     metrics = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
     logging.info('done: %s', metrics)
     print('final', ' '.join(f'{k}={v:.5g}' for k, v in metrics.items()), flush=True)

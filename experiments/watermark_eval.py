@@ -31,6 +31,7 @@ shapes generator's scenes 0-7 of that seed, 32x32 written 128x128) or `natural:S
 clips START..START+7), each marked with a key drawn from seed SEED + 17 / START + 17, so a set
 reads the same on every run and two detector versions can be compared clip by clip.
 """
+
 import json
 import os
 import sys
@@ -41,28 +42,47 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 flags.DEFINE_integer('clips', 12, 'Marked clips per source (shapes, natural).')
-flags.DEFINE_integer('fpr_clips', 800, 'Unmarked clips for the false-positive rate (>= 600 with '
-                     'none found bounds it <= 0.5% at 95%; 0: skip it).')
+flags.DEFINE_integer(
+    'fpr_clips',
+    800,
+    'Unmarked clips for the false-positive rate (>= 600 with '
+    'none found bounds it <= 0.5% at 95%; 0: skip it).',
+)
 flags.DEFINE_integer('images', 8, 'Single marked frames (t2i) per source, written as .png.')
-flags.DEFINE_string('checkpoint', None, 'Also mark clips sampled from this model (e.g. '
-                    'checkpoints/shapes).')
+flags.DEFINE_string(
+    'checkpoint', None, 'Also mark clips sampled from this model (e.g. checkpoints/shapes).'
+)
 flags.DEFINE_integer('model_clips', 4, 'Clips sampled from --checkpoint.')
-flags.DEFINE_integer('fpr_start', 0, 'With --fpr_only: skip the first clips of the unmarked '
-                     'sequence (run a long measurement as parts in parallel).')
+flags.DEFINE_integer(
+    'fpr_start',
+    0,
+    'With --fpr_only: skip the first clips of the unmarked '
+    'sequence (run a long measurement as parts in parallel).',
+)
 flags.DEFINE_bool('fpr_only', False, 'Only the false-positive rate on --fpr_clips unmarked clips.')
-flags.DEFINE_list('sets', [], 'Only the combination, on these sets of 8 clips: shapes:SEED or '
-                  'natural:START (see above).')
-flags.DEFINE_integer('timing_clips', 0, 'Only the detection time: per clip, on this many unmarked, '
-                     'marked and marked-then-combined clips of each source (the first of the '
-                     'unmarked ones is read once before, untimed, to fill caches).')
+flags.DEFINE_list(
+    'sets',
+    [],
+    'Only the combination, on these sets of 8 clips: shapes:SEED or natural:START (see above).',
+)
+flags.DEFINE_integer(
+    'timing_clips',
+    0,
+    'Only the detection time: per clip, on this many unmarked, '
+    'marked and marked-then-combined clips of each source (the first of the '
+    'unmarked ones is read once before, untimed, to fill caches).',
+)
 flags.DEFINE_string('json', 'outputs/watermark_eval.json', 'Where to write the figures.')
 FLAGS = flags.FLAGS
 
 
 def shapes_clips(n, seed=1):
     from sora_jax.data import shapes
-    return [shapes.render(shapes.sample_scene(seed, i, num_frames=16, height=32, width=32))
-            for i in range(n)]
+
+    return [
+        shapes.render(shapes.sample_scene(seed, i, num_frames=16, height=32, width=32))
+        for i in range(n)
+    ]
 
 
 def upscale(v, k=4):
@@ -72,6 +92,7 @@ def upscale(v, k=4):
 def as_written(v):
     """The mp4 round trip sample.py's output goes through (H.264 CRF 18)."""
     from sora_jax.safety import robustness
+
     return robustness.reencode(v, 18)
 
 
@@ -79,8 +100,10 @@ def unmarked_sources(n_shapes, n_natural, first=0):
     """[(clip, scale)] of the unmarked sequence: shapes scenes first.. (seed 7, 32x32, written 4x
     upscaled) then natural clips 10000 + first.. (128x128)."""
     from sora_jax.safety import robustness
-    return ([(c, 4) for c in shapes_clips(first + n_shapes, seed=7)[first:]]
-            + [(robustness.natural_clip(10_000 + first + i), 1) for i in range(n_natural)])
+
+    return [(c, 4) for c in shapes_clips(first + n_shapes, seed=7)[first:]] + [
+        (robustness.natural_clip(10_000 + first + i), 1) for i in range(n_natural)
+    ]
 
 
 def payload_accuracy(d, truth):
@@ -89,6 +112,7 @@ def payload_accuracy(d, truth):
     import numpy as np
 
     from sora_jax.safety import watermark as wm
+
     bits = wm.payload_bits(d.model_id, d.user_key) if d.found else d.bits
     return float(np.mean(bits == truth))
 
@@ -96,14 +120,18 @@ def payload_accuracy(d, truth):
 def evaluate(sources, rng):
     import numpy as np
 
-    from sora_jax.safety import robustness, watermark as wm
+    from sora_jax.safety import robustness
+    from sora_jax.safety import watermark as wm
+
     out = {}
     for name, (clips, scale) in sources.items():
-        rows = {k: {'bit_accuracy': [], 'raw_bit_accuracy': [], 'found': [], 'score': []}
-                for k in robustness.TRANSFORMS}
+        rows = {
+            k: {'bit_accuracy': [], 'raw_bit_accuracy': [], 'found': [], 'score': []}
+            for k in robustness.TRANSFORMS
+        }
         psnrs = []
         for clip in clips:
-            mid, key = (int(x) for x in rng.integers(0, 2 ** 16, 2))
+            mid, key = (int(x) for x in rng.integers(0, 2**16, 2))
             marked = wm.embed(clip, mid, key)
             psnrs.append(wm.psnr(upscale(marked, scale), upscale(clip, scale)))
             written = as_written(upscale(marked, scale))
@@ -115,24 +143,35 @@ def evaluate(sources, rng):
                 rows[t]['raw_bit_accuracy'].append(raw)
                 rows[t]['found'].append(bool(d.found))
                 rows[t]['score'].append(d.score)
-        out[name] = {'clips': len(clips), 'psnr_db_min': round(min(psnrs), 2),
-                     'psnr_db_mean': round(float(np.mean(psnrs)), 2), 'transforms': {
-                         t: {'bit_accuracy': round(float(np.mean(r['bit_accuracy'])), 4),
-                             'bit_accuracy_min': round(float(np.min(r['bit_accuracy'])), 4),
-                             'raw_bit_accuracy': round(float(np.mean(r['raw_bit_accuracy'])), 4),
-                             'found_rate': round(float(np.mean(r['found'])), 4),
-                             'score_mean': round(float(np.mean(r['score'])), 3)}
-                         for t, r in rows.items()}}
+        out[name] = {
+            'clips': len(clips),
+            'psnr_db_min': round(min(psnrs), 2),
+            'psnr_db_mean': round(float(np.mean(psnrs)), 2),
+            'transforms': {
+                t: {
+                    'bit_accuracy': round(float(np.mean(r['bit_accuracy'])), 4),
+                    'bit_accuracy_min': round(float(np.min(r['bit_accuracy'])), 4),
+                    'raw_bit_accuracy': round(float(np.mean(r['raw_bit_accuracy'])), 4),
+                    'found_rate': round(float(np.mean(r['found'])), 4),
+                    'score_mean': round(float(np.mean(r['score'])), 3),
+                }
+                for t, r in rows.items()
+            },
+        }
         print(f'{name}: PSNR min {out[name]["psnr_db_min"]} dB', flush=True)
         for t, r in out[name]['transforms'].items():
-            print(f'  {t:20s} bit acc {r["bit_accuracy"]:.4f} (min {r["bit_accuracy_min"]:.3f}, raw '
-                  f'{r["raw_bit_accuracy"]:.4f})  found {r["found_rate"]:.3f}', flush=True)
+            print(
+                f'  {t:20s} bit acc {r["bit_accuracy"]:.4f} (min {r["bit_accuracy_min"]:.3f}, raw '
+                f'{r["raw_bit_accuracy"]:.4f})  found {r["found_rate"]:.3f}',
+                flush=True,
+            )
     return out
 
 
 def upper_bound(hits, n, conf=0.95):
     """Exact (Clopper-Pearson) one-sided upper confidence bound on a rate seen hits / n times."""
     from scipy import stats
+
     return 1.0 if hits >= n else float(stats.beta.ppf(conf, hits + 1, n - hits))
 
 
@@ -142,6 +181,7 @@ def false_positives(n, start=0):
     import numpy as np
 
     from sora_jax.safety import watermark as wm
+
     hits, scores = 0, []
     for i, (c, k) in enumerate(unmarked_sources(n // 2, n - n // 2, start // 2)):
         d = wm.detect(as_written(upscale(c, k)))
@@ -149,11 +189,16 @@ def false_positives(n, start=0):
         scores.append(d.score)
         if (i + 1) % 50 == 0:
             print(f'  unmarked {i + 1}/{n}: {hits} false positives', flush=True)
-    return {'clips': n, 'start': start, 'false_positives': int(hits), 'rate': hits / n,
-            'rate_upper_95': round(upper_bound(hits, n), 5),
-            'score_median': round(float(np.median(scores)), 3),
-            'score_p99': round(float(np.quantile(scores, 0.99)), 3),
-            'score_max': round(float(np.max(scores)), 3)}
+    return {
+        'clips': n,
+        'start': start,
+        'false_positives': int(hits),
+        'rate': hits / n,
+        'rate_upper_95': round(upper_bound(hits, n), 5),
+        'score_median': round(float(np.median(scores)), 3),
+        'score_p99': round(float(np.quantile(scores, 0.99)), 3),
+        'score_max': round(float(np.max(scores)), 3),
+    }
 
 
 def images(n, pipe=None):
@@ -164,18 +209,32 @@ def images(n, pipe=None):
 
     from sora_jax.io import video as video_io
     from sora_jax.safety import watermark as wm
+
     rng = np.random.default_rng(1)
     out = {}
-    keys = [tuple(int(x) for x in rng.integers(0, 2 ** 16, 2)) for _ in range(n)]
-    sources = {'shapes_frame_32x32_png_128': [(c[:1], 4, *k)
-                                              for c, k in zip(shapes_clips(n, seed=11), keys)]}
+    keys = [tuple(int(x) for x in rng.integers(0, 2**16, 2)) for _ in range(n)]
+    sources = {
+        'shapes_frame_32x32_png_128': [
+            (c[:1], 4, *k) for c, k in zip(shapes_clips(n, seed=11), keys)
+        ]
+    }
     if pipe is not None:
         scale = int(pipe.config.sample.get('display_scale', 4))
-        prompts = ['a green square standing still', 'a red circle', 'un triángulo azul',
-                   'a yellow star']
+        prompts = [
+            'a green square standing still',
+            'a red circle',
+            'un triángulo azul',
+            'a yellow star',
+        ]
         sources['shapes_model_t2i_png'] = [
-            (pipe(prompts[i % len(prompts)], mode='t2i', seed=100 + i, progress=False)[0], scale,
-             pipe.model_id, pipe.user_key) for i in range(n)]
+            (
+                pipe(prompts[i % len(prompts)], mode='t2i', seed=100 + i, progress=False)[0],
+                scale,
+                pipe.model_id,
+                pipe.user_key,
+            )
+            for i in range(n)
+        ]
     with tempfile.TemporaryDirectory() as tmp:
         for name, items in sources.items():
             found, accs = [], []
@@ -186,10 +245,15 @@ def images(n, pipe=None):
                 d = wm.detect_file(path)
                 found.append(bool(d.found and (d.model_id, d.user_key) == (mid, key)))
                 accs.append(float(np.mean(d.bits == wm.payload_bits(mid, key))))
-            out[name] = {'images': len(items), 'found': int(sum(found)),
-                         'raw_bit_accuracy': round(float(np.mean(accs)), 4)}
-            print(f'{name}: found {sum(found)}/{len(items)}, raw bit accuracy {np.mean(accs):.4f}',
-                  flush=True)
+            out[name] = {
+                'images': len(items),
+                'found': int(sum(found)),
+                'raw_bit_accuracy': round(float(np.mean(accs)), 4),
+            }
+            print(
+                f'{name}: found {sum(found)}/{len(items)}, raw bit accuracy {np.mean(accs):.4f}',
+                flush=True,
+            )
     return out
 
 
@@ -197,36 +261,50 @@ def combination_sets(names):
     """Bit accuracy after robustness.combination on 8-clip sets (module docstring)."""
     import numpy as np
 
-    from sora_jax.safety import robustness, watermark as wm
+    from sora_jax.safety import robustness
+    from sora_jax.safety import watermark as wm
+
     out = {}
     for name in names:
         src, _, start = name.partition(':')
         if src not in ('shapes', 'natural') or not start.isdigit():
-            raise ValueError(f'--sets entry {name!r} must be shapes:SEED or natural:START, e.g. '
-                             'shapes:1 or natural:300.')
+            raise ValueError(
+                f'--sets entry {name!r} must be shapes:SEED or natural:START, e.g. '
+                'shapes:1 or natural:300.'
+            )
         start = int(start)
         rng = np.random.default_rng(start + 17)
-        clips = (shapes_clips(8, seed=start) if src == 'shapes'
-                 else [robustness.natural_clip(start + i) for i in range(8)])
+        clips = (
+            shapes_clips(8, seed=start)
+            if src == 'shapes'
+            else [robustness.natural_clip(start + i) for i in range(8)]
+        )
         accs, found = [], []
         for clip in clips:
-            mid, key = (int(x) for x in rng.integers(0, 2 ** 16, 2))
+            mid, key = (int(x) for x in rng.integers(0, 2**16, 2))
             scale = 4 if src == 'shapes' else 1
             marked = as_written(upscale(wm.embed(clip, mid, key), scale))
             d = wm.detect(robustness.combination(marked))
             truth = wm.payload_bits(mid, key)
             accs.append(payload_accuracy(d, truth))
             found.append(bool(d.found))
-        out[name] = {'bit_accuracy': round(float(np.mean(accs)), 4), 'found': int(sum(found)),
-                     'per_clip': [round(a, 3) for a in accs]}
-        print(f'{name:14s} bit acc {np.mean(accs):.3f}  found {sum(found)}/8  '
-              f'{np.round(accs, 2).tolist()}', flush=True)
+        out[name] = {
+            'bit_accuracy': round(float(np.mean(accs)), 4),
+            'found': int(sum(found)),
+            'per_clip': [round(a, 3) for a in accs],
+        }
+        print(
+            f'{name:14s} bit acc {np.mean(accs):.3f}  found {sum(found)}/8  '
+            f'{np.round(accs, 2).tolist()}',
+            flush=True,
+        )
     for src in ('shapes', 'natural'):
         rows = [a for n, r in out.items() if n.startswith(src) for a in r['per_clip']]
         if rows:
             out[f'{src}_mean'] = round(float(np.mean(rows)), 4)
-            print(f'{src}: mean bit accuracy {np.mean(rows):.3f} over {len(rows)} clips',
-                  flush=True)
+            print(
+                f'{src}: mean bit accuracy {np.mean(rows):.3f} over {len(rows)} clips', flush=True
+            )
     return out
 
 
@@ -235,23 +313,35 @@ def detection_time(n):
     written by sample.py, unmarked, marked, and marked then put through the combination."""
     import numpy as np
 
-    from sora_jax.safety import robustness, watermark as wm
+    from sora_jax.safety import robustness
+    from sora_jax.safety import watermark as wm
+
     sources = unmarked_sources(n, n)
     unmarked = [as_written(upscale(c, k)) for c, k in sources]
     marked = [as_written(upscale(wm.embed(c, 5, 7), k)) for c, k in sources]
-    wm.detect(unmarked[0])                                  # caches, untimed
+    wm.detect(unmarked[0])  # caches, untimed
     out = {}
-    for name, vids in (('unmarked', unmarked), ('marked', marked),
-                       ('marked_combination', [robustness.combination(v) for v in marked])):
+    for name, vids in (
+        ('unmarked', unmarked),
+        ('marked', marked),
+        ('marked_combination', [robustness.combination(v) for v in marked]),
+    ):
         secs, found = [], 0
         for v in vids:
             t0 = time.perf_counter()
             found += wm.detect(v).found
             secs.append(round(time.perf_counter() - t0, 3))
-        out[name] = {'shape': list(vids[0].shape), 'seconds': secs, 'found': int(found),
-                     'median': round(float(np.median(secs)), 3)}
-        print(f'{name:20s} {vids[0].shape}: {np.median(secs):.2f} s a clip (median; '
-              f'{min(secs):.2f}-{max(secs):.2f}), found {found}/{len(vids)}', flush=True)
+        out[name] = {
+            'shape': list(vids[0].shape),
+            'seconds': secs,
+            'found': int(found),
+            'median': round(float(np.median(secs)), 3),
+        }
+        print(
+            f'{name:20s} {vids[0].shape}: {np.median(secs):.2f} s a clip (median; '
+            f'{min(secs):.2f}-{max(secs):.2f}), found {found}/{len(vids)}',
+            flush=True,
+        )
     return out
 
 
@@ -260,6 +350,7 @@ def main(argv):
     import numpy as np
 
     from sora_jax.safety import robustness
+
     t0 = time.time()
     if FLAGS.sets:
         result = {'combination_sets': combination_sets(FLAGS.sets)}
@@ -274,20 +365,35 @@ def main(argv):
         print(result, flush=True)
         return write_json(result)
     rng = np.random.default_rng(0)
-    sources = {'shapes_32x32_written_128': (shapes_clips(FLAGS.clips), 4),
-               'natural_128': ([robustness.natural_clip(i) for i in range(FLAGS.clips)], 1)}
+    sources = {
+        'shapes_32x32_written_128': (shapes_clips(FLAGS.clips), 4),
+        'natural_128': ([robustness.natural_clip(i) for i in range(FLAGS.clips)], 1),
+    }
     pipe = None
     if FLAGS.checkpoint:
         from sora_jax.pipeline import TextToVideo
+
         pipe = TextToVideo.from_checkpoint(FLAGS.checkpoint)
-        prompts = ['a red circle moving to the right', 'una estrella amarilla moviéndose hacia arriba',
-                   'a green square moving down', 'a white triangle moving to the left']
-        vids = [pipe(prompts[i % len(prompts)], seed=i, progress=False, watermark=False)[0]
-                for i in range(FLAGS.model_clips)]
-        sources['shapes_model_written_128'] = (vids, int(pipe.config.sample.get('display_scale', 4)))
-    result = {'marked': evaluate(sources, rng), 'images': images(FLAGS.images, pipe),
-              'false_positive': false_positives(FLAGS.fpr_clips) if FLAGS.fpr_clips else None,
-              'seconds': round(time.time() - t0, 1)}
+        prompts = [
+            'a red circle moving to the right',
+            'una estrella amarilla moviéndose hacia arriba',
+            'a green square moving down',
+            'a white triangle moving to the left',
+        ]
+        vids = [
+            pipe(prompts[i % len(prompts)], seed=i, progress=False, watermark=False)[0]
+            for i in range(FLAGS.model_clips)
+        ]
+        sources['shapes_model_written_128'] = (
+            vids,
+            int(pipe.config.sample.get('display_scale', 4)),
+        )
+    result = {
+        'marked': evaluate(sources, rng),
+        'images': images(FLAGS.images, pipe),
+        'false_positive': false_positives(FLAGS.fpr_clips) if FLAGS.fpr_clips else None,
+        'seconds': round(time.time() - t0, 1),
+    }
     print(f'false positives: {result["false_positive"]}', flush=True)
     write_json(result)
 

@@ -7,6 +7,7 @@ by one test, worker or CLI subprocess is loaded from disk by the next one that c
 program (the tiny configs recur across files), and nothing is written to the user's ~/.cache.
 Tests of the cache itself give their CLIs a directory of their own (tests/test_sample_cli.py).
 """
+
 import atexit
 import importlib.util
 import os
@@ -14,21 +15,23 @@ import shutil
 import tempfile
 
 # tests/xla.py by path: while pytest imports this conftest, `tests` is not importable yet.
-_spec = importlib.util.spec_from_file_location("tests_xla", os.path.join(os.path.dirname(__file__), "xla.py"))
+_spec = importlib.util.spec_from_file_location(
+    'tests_xla', os.path.join(os.path.dirname(__file__), 'xla.py')
+)
 _xla = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_xla)
 
-os.environ.setdefault("XLA_FLAGS", _xla.xla_flags(8))
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault('XLA_FLAGS', _xla.xla_flags(8))
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-if "SORA_JAX_TEST_CACHE" not in os.environ:
-    _cache = tempfile.mkdtemp(prefix="sora_jax_test_cache_")
-    os.environ["SORA_JAX_TEST_CACHE"] = _cache
+if 'SORA_JAX_TEST_CACHE' not in os.environ:
+    _cache = tempfile.mkdtemp(prefix='sora_jax_test_cache_')
+    os.environ['SORA_JAX_TEST_CACHE'] = _cache
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 # This process and the workers (jax reads these when it is imported), and the CLIs tests start.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["SORA_JAX_TEST_CACHE"])
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-os.environ.setdefault("SORA_JAX_COMPILATION_CACHE", os.environ["SORA_JAX_TEST_CACHE"])
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.environ['SORA_JAX_TEST_CACHE'])
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+os.environ.setdefault('SORA_JAX_COMPILATION_CACHE', os.environ['SORA_JAX_TEST_CACHE'])
 
 # As every CLI does: keep freed host memory (no page faults on XLA's buffers in every call), and
 # hand the same malloc settings to the subprocesses tests start. Before anything imports jax.

@@ -1,5 +1,6 @@
 """Smoke test of experiments/benchmark.py at tiny configs: the JSON has the figures, all positive,
 and (with torch) the first train-step losses of sora_jax and diffusers agree."""
+
 import importlib.util
 import json
 import os
@@ -16,26 +17,71 @@ def _run(args, tmp_path, timeout=600):
     out = tmp_path / 'bench.json'
     env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # one CPU device
     env['JAX_PLATFORMS'] = 'cpu'
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'experiments', 'benchmark.py'),
-                           *args, f'--json={out}', '--threads=1', '--rounds=1', '--iters=1'],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, 'experiments', 'benchmark.py'),
+            *args,
+            f'--json={out}',
+            '--threads=1',
+            '--rounds=1',
+            '--iters=1',
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
 
 
 def test_dit_benchmark_json(tmp_path):
-    fig, stdout = _run(['dit', '--dim=32', '--heads=2', '--ffn_dim=64', '--depth=2',
-                        '--text_dim=16', '--text_len=4', '--latent=2,4,4', '--channels=4',
-                        '--batch=2', '--compile_depths=1,2', '--matmul_size=256',
-                        '--quiet_share=-1', '--quiet_load=-1',  # any machine counts as loaded
-                        f'--torch={HAVE_TORCH}'], tmp_path)
-    keys = ['tokens_per_s', 'step_s', 'achieved_flops', 'matmul_peak_flops', 'mfu', 'compile_s',
-            'model_flops_per_step', 'params', 'rss_peak_bytes', 'compile_s_depth1',
-            'compile_s_depth2', 'compile_ratio']
+    fig, stdout = _run(
+        [
+            'dit',
+            '--dim=32',
+            '--heads=2',
+            '--ffn_dim=64',
+            '--depth=2',
+            '--text_dim=16',
+            '--text_len=4',
+            '--latent=2,4,4',
+            '--channels=4',
+            '--batch=2',
+            '--compile_depths=1,2',
+            '--matmul_size=256',
+            '--quiet_share=-1',
+            '--quiet_load=-1',  # any machine counts as loaded
+            f'--torch={HAVE_TORCH}',
+        ],
+        tmp_path,
+    )
+    keys = [
+        'tokens_per_s',
+        'step_s',
+        'achieved_flops',
+        'matmul_peak_flops',
+        'mfu',
+        'compile_s',
+        'model_flops_per_step',
+        'params',
+        'rss_peak_bytes',
+        'compile_s_depth1',
+        'compile_s_depth2',
+        'compile_ratio',
+    ]
     keys += ['forward_s']
     if HAVE_TORCH:
-        keys += ['speed_ratio_vs_torch', 'torch_step_s', 'torch_tokens_per_s', 'torch_mfu',
-                 'torch_forward_s', 'forward_speed_ratio_vs_torch']
+        keys += [
+            'speed_ratio_vs_torch',
+            'torch_step_s',
+            'torch_tokens_per_s',
+            'torch_mfu',
+            'torch_forward_s',
+            'forward_speed_ratio_vs_torch',
+        ]
     for k in keys:
         assert isinstance(fig[k], (int, float)) and fig[k] > 0, (k, fig.get(k))
     assert fig['tokens_per_step'] == 2 * 2 * 2 * 2  # batch * T * (H/2) * (W/2)
@@ -57,17 +103,42 @@ def test_dit_benchmark_json(tmp_path):
 
 
 def test_quiet_machine_has_no_warning(tmp_path):
-    fig, stdout = _run(['dit', '--dim=32', '--heads=2', '--ffn_dim=64', '--depth=1',
-                        '--text_dim=16', '--text_len=4', '--latent=2,4,4', '--channels=4',
-                        '--batch=1', '--compile_depths=', '--matmul_size=64', '--noforward',
-                        '--torch=false', '--quiet_share=1e9', '--quiet_load=1e9'], tmp_path)
+    fig, stdout = _run(
+        [
+            'dit',
+            '--dim=32',
+            '--heads=2',
+            '--ffn_dim=64',
+            '--depth=1',
+            '--text_dim=16',
+            '--text_len=4',
+            '--latent=2,4,4',
+            '--channels=4',
+            '--batch=1',
+            '--compile_depths=',
+            '--matmul_size=64',
+            '--noforward',
+            '--torch=false',
+            '--quiet_share=1e9',
+            '--quiet_load=1e9',
+        ],
+        tmp_path,
+    )
     assert fig['loaded'] is False and 'warning' not in fig and 'LOADED' not in stdout
     assert 'forward_s' not in fig and 'torch_step_s' not in fig
 
 
 def test_sample_benchmark_json(tmp_path):
-    fig, _ = _run(['sample', '--sample_config=tiny', '--sample_steps=2', '--sample_frames=4',
-                   '--sample_size=8'], tmp_path)
+    fig, _ = _run(
+        [
+            'sample',
+            '--sample_config=tiny',
+            '--sample_steps=2',
+            '--sample_frames=4',
+            '--sample_size=8',
+        ],
+        tmp_path,
+    )
     assert fig['output_shape'] == [1, 4, 8, 8, 3]
     for k in ('seconds_per_clip', 'seconds_per_step', 'first_call_s', 'params'):
         assert fig[k] > 0, k

@@ -1,6 +1,7 @@
 """experiments/capabilities.py renders the README gallery: one GIF per capability, with the
 conditioning input beside the generated clip (tiny random model here; the README's come from
 the shipped model)."""
+
 import json
 import sys
 from pathlib import Path
@@ -49,8 +50,9 @@ def test_every_capability_writes_a_gif(pipe, tmp_path):
 
 
 def test_reference_clip_forces_attributes(pipe):
-    clip, attrs = capabilities.reference_clip(pipe.config, 4, 16, 16, motion='moving_right',
-                                              color='red')
+    clip, attrs = capabilities.reference_clip(
+        pipe.config, 4, 16, 16, motion='moving_right', color='red'
+    )
     assert clip.shape == (4, 16, 16, 3) and clip.dtype == np.uint8
     assert attrs['motion'] == 'moving_right' and attrs['color'] == 'red'
     with pytest.raises(ValueError, match='unknown'):

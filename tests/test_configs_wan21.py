@@ -1,4 +1,5 @@
 """configs/wan21.py: every arg builds valid model/vae/text configs; sizes match Wan's published ones."""
+
 import dataclasses
 import importlib.util
 import os
@@ -71,6 +72,7 @@ def test_matches_diffusers_on_meta_device(arg):
     torch = pytest.importorskip('torch')
     diffusers = pytest.importorskip('diffusers')
     from sora_jax.convert import wan
+
     c = wan21.get_config(arg)
     m = c.model
     with torch.device('meta'):
@@ -80,8 +82,19 @@ def test_matches_diffusers_on_meta_device(arg):
     # what the converter reads from a hub config.json is what this config says
     parsed = wan.dit_config_from_hf(dict(ref.config))
     ours = DiTConfig.from_config(m)
-    arch = ('patch_size', 'in_channels', 'out_channels', 'dim', 'num_heads', 'ffn_dim', 'depth',
-            'text_dim', 'freq_dim', 'eps', 'cross_attn_norm')
+    arch = (
+        'patch_size',
+        'in_channels',
+        'out_channels',
+        'dim',
+        'num_heads',
+        'ffn_dim',
+        'depth',
+        'text_dim',
+        'freq_dim',
+        'eps',
+        'cross_attn_norm',
+    )
     assert {k: getattr(parsed, k) for k in arch} == {k: getattr(ours, k) for k in arch}
     assert wan.vae_config_from_hf(dict(ref_vae.config)) == vae.from_config(c.vae)
 
@@ -94,6 +107,7 @@ CLIP_PARAMS = 630_766_080
 @pytest.mark.parametrize('arg', ['i2v_14b_480p', 'i2v_14b_720p', 'tiny_i2v'])
 def test_i2v_configs_build_and_agree(arg):
     from sora_jax.models.clip_vision import CLIPVisionConfig
+
     c = wan21.get_config(arg)
     dit = DiTConfig.from_config(c.model)
     v = vae.from_config(c.vae)
@@ -121,21 +135,37 @@ def test_i2v_matches_diffusers_on_meta_device():
 
     from sora_jax.convert import wan
     from sora_jax.models import clip_vision
+
     c = wan21.get_config('i2v_14b_480p')
     m, e = c.model, c.image_encoder
     with torch.device('meta'):
         ref = diffusers.WanTransformer3DModel(**diffusers_kwargs(c)['transformer'])
-        ref_clip = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
-            **e.to_dict(), projection_dim=1024))
+        ref_clip = transformers.CLIPVisionModel(
+            transformers.CLIPVisionConfig(**e.to_dict(), projection_dim=1024)
+        )
     assert sum(p.numel() for p in ref.parameters()) == I2V_DIT_PARAMS
     assert sum(p.numel() for p in ref_clip.parameters()) == CLIP_PARAMS
     parsed = wan.dit_config_from_hf(dict(ref.config))
     ours = DiTConfig.from_config(m)
-    arch = ('patch_size', 'in_channels', 'out_channels', 'dim', 'num_heads', 'ffn_dim', 'depth',
-            'text_dim', 'freq_dim', 'eps', 'cross_attn_norm', 'image_dim', 'image_pos_len')
+    arch = (
+        'patch_size',
+        'in_channels',
+        'out_channels',
+        'dim',
+        'num_heads',
+        'ffn_dim',
+        'depth',
+        'text_dim',
+        'freq_dim',
+        'eps',
+        'cross_attn_norm',
+        'image_dim',
+        'image_pos_len',
+    )
     assert {k: getattr(parsed, k) for k in arch} == {k: getattr(ours, k) for k in arch}
     cfg = clip_vision.CLIPVisionConfig.from_hf(ref_clip.config.to_dict())
     assert cfg == clip_vision.CLIPVisionConfig(**e.to_dict())
-    state = nnx.state(nnx.eval_shape(lambda: clip_vision.CLIPVisionEncoder(cfg, rngs=nnx.Rngs(0))),
-                      nnx.Param)
+    state = nnx.state(
+        nnx.eval_shape(lambda: clip_vision.CLIPVisionEncoder(cfg, rngs=nnx.Rngs(0))), nnx.Param
+    )
     assert sum(math.prod(x.shape) for x in jax.tree.leaves(state)) == CLIP_PARAMS

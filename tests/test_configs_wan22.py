@@ -1,5 +1,6 @@
 """configs/wan22.py: every arg builds valid model/vae/text configs; sizes and sampling defaults are
 Wan 2.2's; DiT parameter counts equal diffusers' on the meta device; the AOT tool takes them."""
+
 import importlib.util
 import os
 
@@ -37,8 +38,18 @@ def test_configs_build_and_agree(arg):
     dit = DiTConfig.from_config(c.model)
     v = vae.from_config(c.vae)
     s = c.sample
-    assert (s.steps, s.guidance_scale, s.guidance_scale_2, s.boundary_ratio, s.shift,
-            s.num_frames, s.height, s.width, s.fps, s.expand_timesteps) == SAMPLING[arg]
+    assert (
+        s.steps,
+        s.guidance_scale,
+        s.guidance_scale_2,
+        s.boundary_ratio,
+        s.shift,
+        s.num_frames,
+        s.height,
+        s.width,
+        s.fps,
+        s.expand_timesteps,
+    ) == SAMPLING[arg]
     assert dit.out_channels == v.z_dim == c.latent_channels
     assert dit.in_channels == (36 if arg == 'i2v_a14b' else v.z_dim)
     assert dit.text_dim == c.text.d_model
@@ -58,13 +69,22 @@ def test_ti2v_vae_is_the_wan22_vae():
     torch = pytest.importorskip('torch')
     diffusers = pytest.importorskip('diffusers')
     from sora_jax.convert import wan
+
     v = c.vae
     with torch.device('meta'):
         ref = diffusers.AutoencoderKLWan(
-            base_dim=v.base_dim, decoder_base_dim=v.decoder_base_dim, z_dim=v.z_dim,
-            is_residual=True, patch_size=2, in_channels=12, out_channels=12,
-            scale_factor_spatial=16, scale_factor_temporal=4,
-            latents_mean=list(v.latents_mean), latents_std=list(v.latents_std))
+            base_dim=v.base_dim,
+            decoder_base_dim=v.decoder_base_dim,
+            z_dim=v.z_dim,
+            is_residual=True,
+            patch_size=2,
+            in_channels=12,
+            out_channels=12,
+            scale_factor_spatial=16,
+            scale_factor_temporal=4,
+            latents_mean=list(v.latents_mean),
+            latents_std=list(v.latents_std),
+        )
     assert wan.vae_config_from_hf(dict(ref.config)) == vae.from_config(c.vae)
     assert sum(p.numel() for p in ref.parameters()) == 704_688_668
 
@@ -90,6 +110,7 @@ def test_matches_diffusers_on_meta_device(arg):
     torch = pytest.importorskip('torch')
     diffusers = pytest.importorskip('diffusers')
     from sora_jax.convert import wan
+
     c = wan22.get_config(arg)
     m = c.model
     with torch.device('meta'):
@@ -97,8 +118,19 @@ def test_matches_diffusers_on_meta_device(arg):
     assert sum(p.numel() for p in ref.parameters()) == DIT_PARAMS[arg]
     parsed = wan.dit_config_from_hf(dict(ref.config))  # what the converter reads from the hub
     ours = DiTConfig.from_config(m)
-    arch = ('patch_size', 'in_channels', 'out_channels', 'dim', 'num_heads', 'ffn_dim', 'depth',
-            'text_dim', 'freq_dim', 'eps', 'cross_attn_norm')
+    arch = (
+        'patch_size',
+        'in_channels',
+        'out_channels',
+        'dim',
+        'num_heads',
+        'ffn_dim',
+        'depth',
+        'text_dim',
+        'freq_dim',
+        'eps',
+        'cross_attn_norm',
+    )
     assert {k: getattr(parsed, k) for k in arch} == {k: getattr(ours, k) for k in arch}
 
 
@@ -116,6 +148,7 @@ def test_aot_compiles_a_wan22_sampling_step():
     the 16x VAE (2x2 patches) sizes the token grid."""
     pytest.importorskip('libtpu', reason='libtpu is in the [test] extra')
     from sora_jax.aot import run
+
     c = wan22.get_config('tiny_ti2v')
     c.mesh.shape = (1, 1, 1, 4)
     rep = run.check(c, 'v5p-8', 'sample', num_frames=5, height=64, width=64, batch_size=1)

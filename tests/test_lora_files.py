@@ -1,5 +1,6 @@
 """LoRA files in the pipeline (no torch): TextToVideo.set_loras merged == kept separate, two files
 add up, set_loras([]) restores the base bitwise, --lora specs parse, bad files are refused."""
+
 import functools
 
 import jax
@@ -20,7 +21,7 @@ def pipe():
 
 @functools.lru_cache(maxsize=None)
 def _forward(graphdef):  # one compile per model layout (merged or not, kept rank)
-    return jax.jit(lambda params, a, c: nnx.merge(graphdef, params)(a, np.array([.3, .8]), c))
+    return jax.jit(lambda params, a, c: nnx.merge(graphdef, params)(a, np.array([0.3, 0.8]), c))
 
 
 def _velocity(p):
@@ -34,12 +35,17 @@ def _random_file(path, depth, dim, ffn, seed, rank=2):
     rng = np.random.default_rng(seed)
     sd = {}
     for i in range(depth):
-        for name, din, dout in (('attn1.to_q', dim, dim), ('attn2.to_out.0', dim, dim),
-                                ('ffn.net.0.proj', dim, ffn)):
+        for name, din, dout in (
+            ('attn1.to_q', dim, dim),
+            ('attn2.to_out.0', dim, dim),
+            ('ffn.net.0.proj', dim, ffn),
+        ):
             sd[f'transformer.blocks.{i}.{name}.lora_A.weight'] = rng.standard_normal(
-                (rank, din)).astype(np.float32)
-            sd[f'transformer.blocks.{i}.{name}.lora_B.weight'] = rng.standard_normal(
-                (dout, rank)).astype(np.float32) * 0.1
+                (rank, din)
+            ).astype(np.float32)
+            sd[f'transformer.blocks.{i}.{name}.lora_B.weight'] = (
+                rng.standard_normal((dout, rank)).astype(np.float32) * 0.1
+            )
     save_file(sd, path)
     return path
 
@@ -74,14 +80,21 @@ def test_wrong_size_lora_is_refused(pipe, tmp_path):
 
 
 def test_half_a_pair_is_refused(tmp_path):
-    save_file({'blocks.0.attn1.to_q.lora_A.weight': np.zeros((2, 4), np.float32)},
-              str(tmp_path / 'half.safetensors'))
+    save_file(
+        {'blocks.0.attn1.to_q.lora_A.weight': np.zeros((2, 4), np.float32)},
+        str(tmp_path / 'half.safetensors'),
+    )
     with pytest.raises(ValueError, match='lora_A and lora_B both needed'):
         lora_files.read(str(tmp_path / 'half.safetensors'))
 
 
-@pytest.mark.parametrize('spec, want', [('x.safetensors', ('x.safetensors', 1.0)),
-                                        ('x.safetensors:0.5', ('x.safetensors', 0.5)),
-                                        ('dir:v2/x.safetensors', ('dir:v2/x.safetensors', 1.0))])
+@pytest.mark.parametrize(
+    'spec, want',
+    [
+        ('x.safetensors', ('x.safetensors', 1.0)),
+        ('x.safetensors:0.5', ('x.safetensors', 0.5)),
+        ('dir:v2/x.safetensors', ('dir:v2/x.safetensors', 1.0)),
+    ],
+)
 def test_parse_spec(spec, want):
     assert lora_files.parse_spec(spec) == want

@@ -1,6 +1,6 @@
 """TextToVideo on a tiny random model: modes reproduce known frames, SDEdit limits, loop
 wrap-around, any size, seeds, batching, and clear errors for bad calls."""
-import jax
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -8,8 +8,8 @@ from flax import nnx
 
 from configs import shapes as shapes_config
 from sora_jax.models import vae as vae_lib
-from sora_jax.pipeline import TextToVideo
 from sora_jax.models.frozen_vae import FrozenVAE
+from sora_jax.pipeline import TextToVideo
 
 KW = dict(num_inference_steps=3, guidance_scale=2.0, progress=False)
 
@@ -31,8 +31,15 @@ def pipe():
 @pytest.fixture(scope='module')
 def latent_pipe():
     c = _config()
-    vcfg = vae_lib.VAEConfig(base_dim=4, z_dim=4, dim_mult=(1, 2), num_res_blocks=1,
-                             temperal_downsample=(True,), latents_mean=None, latents_std=None)
+    vcfg = vae_lib.VAEConfig(
+        base_dim=4,
+        z_dim=4,
+        dim_mult=(1, 2),
+        num_res_blocks=1,
+        temperal_downsample=(True,),
+        latents_mean=None,
+        latents_std=None,
+    )
     # a 1-level VAE: 2x time would need (True,) -> temporal factor 2, spatial 2
     vae = vae_lib.WanVAE(vcfg, rngs=nnx.Rngs(0))
     gd, st = nnx.split(vae)
@@ -92,8 +99,9 @@ def test_latent_modes_and_loop(latent_pipe):
     rng = np.random.default_rng(2)
     image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     out = p('a red circle', mode='i2v', image=image, num_frames=5, **KW)
-    recon = p._to_uint8(p.vae.decode(p.vae.encode(jnp.asarray(image[None, None] / 127.5 - 1.0,
-                                                                 jnp.float32))))
+    recon = p._to_uint8(
+        p.vae.decode(p.vae.encode(jnp.asarray(image[None, None] / 127.5 - 1.0, jnp.float32)))
+    )
     # frame 0 is the VAE round trip of the image (its latent is imposed exactly)
     assert np.abs(out[0, 0].astype(int) - recon[0, 0].astype(int)).max() <= 1
     loop = p('a red circle', mode='loop', image=image, num_frames=5, **KW)
@@ -105,21 +113,24 @@ def test_latent_modes_and_loop(latent_pipe):
     assert np.abs(lat[:, 1] - lat[:, 0]).max() > 1e-3  # the middle is generated, not copied
 
 
-@pytest.mark.parametrize('kwargs,match', [
-    (dict(prompt=''), 'non-empty'),
-    (dict(prompt='x', num_frames=0), 'num_frames'),
-    (dict(prompt='x', num_frames=100000), 'num_frames'),
-    (dict(prompt='x', height=7), 'height=7'),
-    (dict(prompt='x', mode='zoom'), 'mode'),
-    (dict(prompt='x', mode='i2v'), 'image'),
-    (dict(prompt='x', sampler='rk45'), 'sampler'),
-    (dict(prompt='x', strength=2.0), 'strength'),
-    (dict(prompt=['a', 'b'], negative_prompt=['c']), 'negative prompts'),
-    (dict(prompt='x', skip_guidance_scale=1.0, skip_layers=()), 'needs skip_layers'),
-    (dict(prompt='x', skip_guidance_scale=1.0, skip_layers=(7,)), 'block indices'),
-    (dict(prompt='x', skip_guidance_scale=-1.0), 'skip_guidance_scale'),
-    (dict(prompt='x', skip_guidance_scale=1.0, skip_guidance_interval=(0.8, 0.2)), 'interval'),
-])
+@pytest.mark.parametrize(
+    'kwargs,match',
+    [
+        (dict(prompt=''), 'non-empty'),
+        (dict(prompt='x', num_frames=0), 'num_frames'),
+        (dict(prompt='x', num_frames=100000), 'num_frames'),
+        (dict(prompt='x', height=7), 'height=7'),
+        (dict(prompt='x', mode='zoom'), 'mode'),
+        (dict(prompt='x', mode='i2v'), 'image'),
+        (dict(prompt='x', sampler='rk45'), 'sampler'),
+        (dict(prompt='x', strength=2.0), 'strength'),
+        (dict(prompt=['a', 'b'], negative_prompt=['c']), 'negative prompts'),
+        (dict(prompt='x', skip_guidance_scale=1.0, skip_layers=()), 'needs skip_layers'),
+        (dict(prompt='x', skip_guidance_scale=1.0, skip_layers=(7,)), 'block indices'),
+        (dict(prompt='x', skip_guidance_scale=-1.0), 'skip_guidance_scale'),
+        (dict(prompt='x', skip_guidance_scale=1.0, skip_guidance_interval=(0.8, 0.2)), 'interval'),
+    ],
+)
 def test_bad_calls_are_clear_errors(pipe, kwargs, match):
     with pytest.raises(ValueError, match=match):
         pipe(**{**KW, **kwargs})
@@ -136,7 +147,7 @@ def test_skip_layer_guidance_changes_the_sample_only_when_on(pipe):
 def test_long_prompt_truncated_matches_its_prefix(pipe):
     long = 'a red circle ' * 40  # 520 bytes > text.max_length
     a = pipe(long, seed=5, **KW)
-    b = pipe(long[:pipe.text.tokenizer.max_length - 1], seed=5, **KW)
+    b = pipe(long[: pipe.text.tokenizer.max_length - 1], seed=5, **KW)
     np.testing.assert_array_equal(a, b)
 
 

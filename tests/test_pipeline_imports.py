@@ -3,6 +3,7 @@
 frozen VAE) in a fresh process leave no `sora_jax.train` module in sys.modules. LoRA runs are
 checked the same way where their fixtures live (tests/train/test_lora_train.py,
 tests/train/test_wan_lora.py), with `fresh_to_q_kernel`."""
+
 import json
 import os
 import pathlib
@@ -19,12 +20,20 @@ CKPT = ROOT / 'checkpoints' / 'shapes'
 
 def train_modules_after(code: str) -> list[str]:
     """The `sora_jax.train*` modules a fresh Python process has imported after running `code`."""
-    script = (f'{code}\nimport json, sys\n'
-              "print(json.dumps(sorted(m for m in sys.modules if m == 'sora_jax.train' or "
-              "m.startswith('sora_jax.train.'))))")
+    script = (
+        f'{code}\nimport json, sys\n'
+        "print(json.dumps(sorted(m for m in sys.modules if m == 'sora_jax.train' or "
+        "m.startswith('sora_jax.train.'))))"
+    )
     env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags(), PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True,
-                       timeout=600, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, '-c', script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -33,10 +42,12 @@ def fresh_to_q_kernel(checkpoint: str, out) -> tuple[list[str], np.ndarray]:
     """(`sora_jax.train*` modules imported, first block's attn1 to_q kernel) of a fresh process
     that loads `checkpoint` for sampling with `TextToVideo.from_checkpoint`; the kernel goes
     through the file `out` (.npy)."""
-    code = ('import numpy as np\nfrom sora_jax.pipeline import TextToVideo\n'
-            f'pipe = TextToVideo.from_checkpoint({str(checkpoint)!r})\n'
-            "q = pipe.params['blocks']['attn1']['to_q']['kernel'][...]\n"
-            f'np.save({str(out)!r}, np.asarray(q))')
+    code = (
+        'import numpy as np\nfrom sora_jax.pipeline import TextToVideo\n'
+        f'pipe = TextToVideo.from_checkpoint({str(checkpoint)!r})\n'
+        "q = pipe.params['blocks']['attn1']['to_q']['kernel'][...]\n"
+        f'np.save({str(out)!r}, np.asarray(q))'
+    )
     return train_modules_after(code), np.load(out)
 
 
@@ -45,7 +56,9 @@ def test_importing_the_pipeline_imports_no_train_module():
 
 
 def test_loading_the_shipped_bundle_imports_no_train_module():
-    code = ('from sora_jax.pipeline import TextToVideo\n'
-            f'pipe = TextToVideo.from_checkpoint({str(CKPT)!r})\n'
-            'assert pipe.vae is not None and pipe.vae.step >= 0')  # the bundle's own VAE loaded
+    code = (
+        'from sora_jax.pipeline import TextToVideo\n'
+        f'pipe = TextToVideo.from_checkpoint({str(CKPT)!r})\n'
+        'assert pipe.vae is not None and pipe.vae.step >= 0'
+    )  # the bundle's own VAE loaded
     assert train_modules_after(code) == []

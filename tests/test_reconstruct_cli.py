@@ -1,6 +1,7 @@
 """experiments/reconstruct.py writes the reconstruction alone (--noside_by_side, or
 --out_reconstruction next to the side-by-side comparison): the fitted input's frame count and
 size, and the PSNR it prints matches the written file (up to h264 at crf 18). Shipped VAE."""
+
 import os
 import re
 import subprocess
@@ -19,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _psnr(a, b):
     """Mean over frames of the per-frame PSNR (as the CLI reports it)."""
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2, axis=(1, 2, 3))
-    return float(np.mean(10 * np.log10(255.0 ** 2 / mse)))
+    return float(np.mean(10 * np.log10(255.0**2 / mse)))
 
 
 def test_reconstruction_alone(tmp_path):
@@ -27,9 +28,15 @@ def test_reconstruction_alone(tmp_path):
     src = tmp_path / 'in.mp4'
     write_video(src, frames)
     alone, also = tmp_path / 'recon.mp4', tmp_path / 'recon2.mp4'
-    cmd = [sys.executable, os.path.join(ROOT, 'experiments/reconstruct.py'),
-           '--checkpoint=' + os.path.join(ROOT, 'checkpoints/shapes/vae'), f'--input={src}',
-           f'--out={alone}', '--noside_by_side', f'--out_reconstruction={also}']
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, 'experiments/reconstruct.py'),
+        '--checkpoint=' + os.path.join(ROOT, 'checkpoints/shapes/vae'),
+        f'--input={src}',
+        f'--out={alone}',
+        '--noside_by_side',
+        f'--out_reconstruction={also}',
+    ]
     env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags(), PYTHONPATH=ROOT)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -1,5 +1,6 @@
 """experiments/repatch.py: a DiT re-cut to a shorter temporal patch keeps its blocks, embeds a
 static clip as before and predicts, per frame, the mean of what the old head predicted."""
+
 import sys
 from pathlib import Path
 
@@ -10,10 +11,10 @@ import pytest
 from flax import nnx
 
 from configs import shapes as shapes_config
+from sora_jax.io import checkpoint as ckpt_io
 from sora_jax.models.dit import DiT, DiTConfig
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.pipeline import TextToVideo
-from sora_jax.io import checkpoint as ckpt_io
 from sora_jax.train import checkpoint as ckpt
 from sora_jax.train import loop
 from sora_jax.train.objectives import flow as flow_objective
@@ -35,13 +36,19 @@ def test_static_clip_embeds_the_same_and_head_is_the_frame_mean():
     static = jnp.tile(frame, (1, 8, 1, 1, 1))  # 8 equal frames
     e_old = old.patch_embedding(static)  # [1, 2 * 2 * 2, D]: 2 temporal tokens
     e_new = new.patch_embedding(static)  # [1, 4 * 2 * 2, D]
-    np.testing.assert_allclose(e_new.reshape(1, 4, 4, -1), jnp.repeat(
-        e_old.reshape(1, 2, 4, -1), 2, axis=1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        e_new.reshape(1, 4, 4, -1),
+        jnp.repeat(e_old.reshape(1, 2, 4, -1), 2, axis=1),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     h = jax.random.normal(jax.random.key(1), (5, 16))
     w_old = old.proj_out(h).reshape(5, 4, -1)  # frames 0..3 of a token
     w_new = new.proj_out(h).reshape(5, 2, -1)
     np.testing.assert_allclose(w_new, 0.5 * (w_old[:, :2] + w_old[:, 2:]), rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(new.blocks.attn1.to_q.kernel[...], old.blocks.attn1.to_q.kernel[...])
+    np.testing.assert_array_equal(
+        new.blocks.attn1.to_q.kernel[...], old.blocks.attn1.to_q.kernel[...]
+    )
     with pytest.raises(ValueError, match='must divide'):
         repatch.repatch_params(nnx.state(old, nnx.Param).to_pure_dict(), (4, 2, 2), 3, 3)
 

@@ -3,6 +3,7 @@ a signed PNG of the right size, the output is quiet (no Orbax / absl INFO lines)
 --verbosity asks, the persistent compilation cache gets the compiled programs on the first run
 and a second process loads every one of them, and a bad --out extension is a clear error.
 Two sampling processes of a 2-step t2i image."""
+
 import os
 import re
 import subprocess
@@ -13,8 +14,12 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, 'experiments', 'sample.py')
-ARGS = ['--checkpoint=' + os.path.join(ROOT, 'checkpoints', 'shapes'), '--prompt=a red circle',
-        '--mode=t2i', '--steps=2']
+ARGS = [
+    '--checkpoint=' + os.path.join(ROOT, 'checkpoints', 'shapes'),
+    '--prompt=a red circle',
+    '--mode=t2i',
+    '--steps=2',
+]
 INFO = re.compile(r'^I\d{4} ', re.M)  # absl's INFO prefix (Orbax logs through absl)
 HIT = re.compile(r"Persistent compilation cache hit for '([^']+)'")
 
@@ -22,10 +27,22 @@ HIT = re.compile(r"Persistent compilation cache hit for '([^']+)'")
 def _run(args, cache, **env):
     # XLA's default (optimised) build, not tests/xla.py's: which programs take longer than the
     # cache's minimum compile time is what these tests count.
-    env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='', PYTHONPATH=ROOT,
-               SORA_JAX_COMPILATION_CACHE=str(cache), **env)
-    return subprocess.run([sys.executable, SAMPLE, *args], env=env, capture_output=True,
-                          text=True, timeout=600, cwd=ROOT)
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS='cpu',
+        XLA_FLAGS='',
+        PYTHONPATH=ROOT,
+        SORA_JAX_COMPILATION_CACHE=str(cache),
+        **env,
+    )
+    return subprocess.run(
+        [sys.executable, SAMPLE, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
 
 
 def _entries(cache):
@@ -45,7 +62,9 @@ def first(tmp_path_factory):
 def test_t2i_writes_a_signed_png(first):
     r, png, _, _ = first
     from PIL import Image
+
     from sora_jax.safety import provenance
+
     with Image.open(png) as im:
         assert im.format == 'PNG' and im.size == (128, 128)  # 32x32, display_scale 4
         pixels = np.asarray(im.convert('RGB'))
@@ -67,8 +86,11 @@ def test_second_process_loads_from_the_cache_and_verbosity_brings_info_back(firs
     _, _, cache, entries = first
     names = {e.rsplit('-', 2)[0] for e in entries}
     assert len(entries) >= 3 and 'jit__decode' in names, entries
-    r = _run(ARGS + [f'--out={tmp_path / "again.png"}', '--verbosity=0'], cache,
-             JAX_DEBUG_LOG_MODULES='jax._src.compiler')
+    r = _run(
+        ARGS + [f'--out={tmp_path / "again.png"}', '--verbosity=0'],
+        cache,
+        JAX_DEBUG_LOG_MODULES='jax._src.compiler',
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     hits = set(HIT.findall(r.stderr))
     assert names <= hits, f'not loaded from the cache: {sorted(names - hits)}'
@@ -81,6 +103,7 @@ def test_second_process_loads_from_the_cache_and_verbosity_brings_info_back(firs
 
 def test_off_switches(tmp_path):
     from sora_jax.io import compile_cache
+
     assert compile_cache.enable(on=False) is None
     env = dict(os.environ)
     try:
@@ -90,20 +113,37 @@ def test_off_switches(tmp_path):
         assert compile_cache.cache_dir() == str(tmp_path / 'c')
         del os.environ[compile_cache.ENV]
         import jax
-        assert compile_cache.cache_dir().endswith(os.path.join('sora_jax', f'jax-{jax.__version__}'))
+
+        assert compile_cache.cache_dir().endswith(
+            os.path.join('sora_jax', f'jax-{jax.__version__}')
+        )
     finally:
         os.environ.clear()
         os.environ.update(env)
 
 
-@pytest.mark.parametrize('out,mode,message', [
-    ('x.txt', 't2i', "'.txt' is neither a video ['.mp4', '.gif', '.webm'] nor an image "
-                     "['.png', '.jpg', '.jpeg']"),
-    ('x.png', 't2v', 'is an image but --mode=t2v makes a video; pass --mode=t2i'),
-])
+@pytest.mark.parametrize(
+    'out,mode,message',
+    [
+        (
+            'x.txt',
+            't2i',
+            "'.txt' is neither a video ['.mp4', '.gif', '.webm'] nor an image "
+            "['.png', '.jpg', '.jpeg']",
+        ),
+        ('x.png', 't2v', 'is an image but --mode=t2v makes a video; pass --mode=t2i'),
+    ],
+)
 def test_bad_out_extension_is_a_clear_error(tmp_path, out, mode, message):
-    r = _run(['--checkpoint=' + os.path.join(ROOT, 'checkpoints', 'shapes'), '--prompt=x',
-              f'--mode={mode}', f'--out={tmp_path / out}'], tmp_path / 'cache')
+    r = _run(
+        [
+            '--checkpoint=' + os.path.join(ROOT, 'checkpoints', 'shapes'),
+            '--prompt=x',
+            f'--mode={mode}',
+            f'--out={tmp_path / out}',
+        ],
+        tmp_path / 'cache',
+    )
     assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / out).exists() and not (tmp_path / 'cache').exists()
 
@@ -111,8 +151,9 @@ def test_bad_out_extension_is_a_clear_error(tmp_path, out, mode, message):
 def test_profile_dir_writes_a_trace(first, tmp_path):
     _, _, cache, _ = first
     prof = tmp_path / 'prof'
-    r = _run(ARGS + [f'--out={tmp_path / "p.png"}', f'--profile_dir={prof}',
-                     '--noprofile_warmup'], cache)
+    r = _run(
+        ARGS + [f'--out={tmp_path / "p.png"}', f'--profile_dir={prof}', '--noprofile_warmup'], cache
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     traces = list(prof.glob('plugins/profile/*/*.xplane.pb'))
     assert len(traces) == 1 and traces[0].stat().st_size > 1000
@@ -123,14 +164,17 @@ def test_lora_flag(first, tmp_path):
     """--lora=FILE:0 gives the base model's image exactly; --lora=FILE (scale 1) changes it."""
     from PIL import Image
     from safetensors.numpy import save_file
+
     _, png, cache, _ = first
     rng = np.random.default_rng(0)
     sd = {}
     for i in range(6):  # the shipped DiT: 6 blocks of width 256
         sd[f'transformer.blocks.{i}.attn2.to_v.lora_A.weight'] = rng.standard_normal(
-            (4, 256)).astype(np.float32)
+            (4, 256)
+        ).astype(np.float32)
         sd[f'transformer.blocks.{i}.attn2.to_v.lora_B.weight'] = rng.standard_normal(
-            (256, 4)).astype(np.float32)
+            (256, 4)
+        ).astype(np.float32)
     lora = str(tmp_path / 'lora.safetensors')
     save_file(sd, lora)
     pixels = {}

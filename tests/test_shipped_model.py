@@ -4,6 +4,7 @@ loads without its training workdirs, samples deterministic 16-frame clips on CPU
 clip (the second prompt is a held-out combination). The full prompt-following figures (held-out
 combinations, both languages) come from `experiments/evaluate.py`; see the README.
 """
+
 import pathlib
 
 import numpy as np
@@ -35,12 +36,16 @@ def test_samples_demo_clip_deterministically(pipe):
     assert a.std() > 1.0
 
 
-@pytest.mark.parametrize('prompt,attrs', [
-    ('a red circle moving to the right', ('circle', 'red', 'moving_right')),
-    ('un cuadrado azul moviéndose hacia arriba', ('square', 'blue', 'moving_up')),
-])
+@pytest.mark.parametrize(
+    'prompt,attrs',
+    [
+        ('a red circle moving to the right', ('circle', 'red', 'moving_right')),
+        ('un cuadrado azul moviéndose hacia arriba', ('square', 'blue', 'moving_up')),
+    ],
+)
 def test_judge_finds_the_prompted_colour_and_motion(pipe, prompt, attrs):
     from sora_jax.evaluation import shapes_judge
+
     video = pipe(prompt, num_inference_steps=25, seed=0, progress=False)[0]
     verdict = shapes_judge.judge_clip(video, attrs)
     assert verdict['measured'] is not None, 'the judge found no shape'

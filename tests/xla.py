@@ -6,6 +6,7 @@ programs run a little slower, and their float results may differ from an optimis
 last bits (sum orders), which the tolerances allow. Benchmarks and the CLIs users run keep
 XLA's defaults: only the test suite sets these.
 """
+
 COMPILE_FAST = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 
 

@@ -10,6 +10,7 @@
 `compile_task(config, task, mesh, ...)` returns (compiled, info): `info` holds what the report
 needs besides the executable (token counts, parameter counts, the attention kernel chosen).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +20,8 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from sora_jax.models import attention_kernels
 from sora_jax.parallel import mesh as mesh_lib
@@ -30,6 +32,7 @@ TASKS = ('train', 'sample', 'decode')
 @dataclasses.dataclass
 class Shape:
     """A clip size in pixels and the latent grid it gives."""
+
     num_frames: int
     height: int
     width: int
@@ -40,17 +43,23 @@ class Shape:
         tf = 2 ** sum(bool(x) for x in config.vae.temperal_downsample)
         sf = 2 ** (len(config.vae.dim_mult) - 1) * int(config.vae.get('patch_size', None) or 1)
         if (self.num_frames - 1) % tf:
-            raise ValueError(f'--num_frames={self.num_frames} is not 1 + {tf}k (causal VAE); use '
-                             f'{1 + max(1, round((self.num_frames - 1) / tf)) * tf}.')
+            raise ValueError(
+                f'--num_frames={self.num_frames} is not 1 + {tf}k (causal VAE); use '
+                f'{1 + max(1, round((self.num_frames - 1) / tf)) * tf}.'
+            )
         pt, ph, pw = tuple(config.model.patch_size)
         lt, lh, lw = 1 + (self.num_frames - 1) // tf, self.height // sf, self.width // sf
         for name, n, f in (('height', self.height, sf * ph), ('width', self.width, sf * pw)):
             if n % f:
-                raise ValueError(f'--{name}={n} is not a multiple of {f} (VAE {sf} x patch); use '
-                                 f'{max(f, n // f * f)}.')
+                raise ValueError(
+                    f'--{name}={n} is not a multiple of {f} (VAE {sf} x patch); use '
+                    f'{max(f, n // f * f)}.'
+                )
         if lt % pt:
-            raise ValueError(f'--num_frames={self.num_frames}: {lt} latent frames are not '
-                             f'divisible by the temporal patch {pt}.')
+            raise ValueError(
+                f'--num_frames={self.num_frames}: {lt} latent frames are not '
+                f'divisible by the temporal patch {pt}.'
+            )
         return lt, lh, lw
 
     def tokens(self, config) -> int:
@@ -64,8 +73,10 @@ class ArgumentsExceedHBM(ValueError):
 
     def __init__(self, needed: int, available: float):
         self.needed, self.available = needed, available
-        super().__init__(f'RESOURCE_EXHAUSTED: train state ({needed / 2**30:.2f}G) exceeds '
-                         f'available HBM ({available / 2**30:.2f}G) before any activation')
+        super().__init__(
+            f'RESOURCE_EXHAUSTED: train state ({needed / 2**30:.2f}G) exceeds '
+            f'available HBM ({available / 2**30:.2f}G) before any activation'
+        )
 
 
 def objective_module(config):
@@ -85,29 +96,41 @@ def train_config(config):
 
 
 def _abstract(tree, shardings):
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        tree, shardings)
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
+    )
 
 
 def _compile_train(config, mesh, rules, shape: Shape, hbm_bytes: float | None = None):
-    from sora_jax.train import loop, step as step_lib
+    from sora_jax.train import loop
+    from sora_jax.train import step as step_lib
+
     config = train_config(config)
     objective = objective_module(config)
     if not hasattr(objective, 'batch_shapes'):
-        raise ValueError(f'config.objective={config.objective!r} has no batch_shapes(); the AOT '
-                         'train task supports flow_context (configs/wan21.py).')
-    graphdef, abstract, shardings, tx, schedule = loop.abstract_state(config, mesh, rules,
-                                                                      objective)
+        raise ValueError(
+            f'config.objective={config.objective!r} has no batch_shapes(); the AOT '
+            'train task supports flow_context (configs/wan21.py).'
+        )
+    graphdef, abstract, shardings, tx, schedule = loop.abstract_state(
+        config, mesh, rules, objective
+    )
     state = _abstract(abstract, shardings)
-    arg_bytes = sum(math.prod(s.shard_shape(a.shape)) * a.dtype.itemsize
-                    for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)))
+    arg_bytes = sum(
+        math.prod(s.shard_shape(a.shape)) * a.dtype.itemsize
+        for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings))
+    )
     if hbm_bytes is not None and arg_bytes > hbm_bytes:
         raise ArgumentsExceedHBM(arg_bytes, hbm_bytes)
-    batch = objective.batch_shapes(config, shape.batch_size, shape.latent(config),
-                                   shape.text_length)
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
-                                     sharding=mesh_lib.batch_sharding(mesh, v.ndim, rules))
-             for k, v in batch.items()}
+    batch = objective.batch_shapes(
+        config, shape.batch_size, shape.latent(config), shape.text_length
+    )
+    batch = {
+        k: jax.ShapeDtypeStruct(
+            v.shape, v.dtype, sharding=mesh_lib.batch_sharding(mesh, v.ndim, rules)
+        )
+        for k, v in batch.items()
+    }
     step_fn = step_lib.make_train_step(graphdef, objective.loss_fn, tx, config, schedule)
     with jax.set_mesh(mesh), mesh_lib.use_rules(rules):
         lowered = step_lib.jit_train_step(step_fn, shardings).lower(state, batch)
@@ -129,8 +152,10 @@ def _compile_sample(config, mesh, rules, shape: Shape, hbm_bytes=None):
         if not image_dim:
             return objective.build_model(config, nnx.Rngs(0))
         from sora_jax.models.dit import DiT, DiTConfig  # the I2V DiT: input wider than output
-        return DiT(DiTConfig.from_config(dict(config.model.to_dict(), out_channels=c)),
-                   rngs=nnx.Rngs(0))
+
+        return DiT(
+            DiTConfig.from_config(dict(config.model.to_dict(), out_channels=c)), rngs=nnx.Rngs(0)
+        )
 
     model = nnx.eval_shape(build)
     graphdef, params = nnx.split(model, nnx.Param)[0], nnx.state(model, nnx.Param)
@@ -142,10 +167,14 @@ def _compile_sample(config, mesh, rules, shape: Shape, hbm_bytes=None):
     sh = lambda nd: mesh_lib.batch_sharding(mesh, nd, rules)
     x = jax.ShapeDtypeStruct((b2, lt, lh, lw, in_c), jnp.float32, sharding=sh(5))
     per_token = bool(config.get('sample', {}).get('expand_timesteps', False))
-    t = jax.ShapeDtypeStruct((b2, shape.tokens(config)) if per_token else (b2,), jnp.float32,
-                             sharding=sh(2 if per_token else 1))
-    ctx = jax.ShapeDtypeStruct((b2, shape.text_length, int(config.model.text_dim)), dt,
-                               sharding=sh(3))
+    t = jax.ShapeDtypeStruct(
+        (b2, shape.tokens(config)) if per_token else (b2,),
+        jnp.float32,
+        sharding=sh(2 if per_token else 1),
+    )
+    ctx = jax.ShapeDtypeStruct(
+        (b2, shape.text_length, int(config.model.text_dim)), dt, sharding=sh(3)
+    )
     args = [params, x, t, ctx]
     if image_dim:
         enc = config.image_encoder  # CLIP: (image_size / patch_size)^2 patches + [CLS]
@@ -159,22 +188,33 @@ def _compile_sample(config, mesh, rules, shape: Shape, hbm_bytes=None):
         compiled = jax.jit(forward, out_shardings=sh(5)).lower(*args).compile()
     n = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
     names = ('latents', 'timesteps', 'context', 'image')
-    return compiled, dict(params=n, model=config.model.to_dict(),
-                          inputs={k: a.shape for k, a in zip(names, args[1:])})
+    return compiled, dict(
+        params=n, model=config.model.to_dict(), inputs={k: a.shape for k, a in zip(names, args[1:])}
+    )
 
 
 def _compile_decode(config, mesh, rules, shape: Shape, hbm_bytes=None):
-    from sora_jax.models import vae as vae_lib
     from sora_jax.models import frozen_vae
+    from sora_jax.models import vae as vae_lib
+
     cfg = vae_lib.from_config(config.vae)
     model = nnx.eval_shape(lambda: vae_lib.WanVAE(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
     dtype = jnp.dtype(config.vae.get('dtype', 'float32'))
-    state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype if jnp.issubdtype(
-        a.dtype, jnp.floating) else a.dtype, sharding=NamedSharding(mesh, P())), state)
+    state = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(
+            a.shape,
+            dtype if jnp.issubdtype(a.dtype, jnp.floating) else a.dtype,
+            sharding=NamedSharding(mesh, P()),
+        ),
+        state,
+    )
     lt, lh, lw = shape.latent(config)
-    z = jax.ShapeDtypeStruct((shape.batch_size, lt, lh, lw, int(config.vae.z_dim)), jnp.float32,
-                             sharding=mesh_lib.batch_sharding(mesh, 5, rules))
+    z = jax.ShapeDtypeStruct(
+        (shape.batch_size, lt, lh, lw, int(config.vae.z_dim)),
+        jnp.float32,
+        sharding=mesh_lib.batch_sharding(mesh, 5, rules),
+    )
     with jax.set_mesh(mesh), mesh_lib.use_rules(rules):
         compiled = frozen_vae._decode.lower(graphdef, state, z).compile()
     n = sum(math.prod(x.shape) for x in jax.tree.leaves(state))
@@ -190,6 +230,10 @@ def compile_task(config, task: str, mesh, shape: Shape, rules=None, hbm_bytes=No
     impl = attention_kernels.resolve_impl(config.model.attention, platform)
     fn = {'train': _compile_train, 'sample': _compile_sample, 'decode': _compile_decode}[task]
     compiled, info = fn(config, mesh, rules, shape, hbm_bytes)
-    info.update(attention=impl if task != 'decode' else None, task=task,
-                tokens_per_clip=shape.tokens(config), latent=shape.latent(config))
+    info.update(
+        attention=impl if task != 'decode' else None,
+        task=task,
+        tokens_per_clip=shape.tokens(config),
+        latent=shape.latent(config),
+    )
     return compiled, info

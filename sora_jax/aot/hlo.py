@@ -10,6 +10,7 @@
             all-reduce 2 (g-1)/g, collective-permute 1): what the roofline divides by ICI
 Async pairs count once (the '-start' half).
 """
+
 from __future__ import annotations
 
 import collections
@@ -17,12 +18,29 @@ import math
 import re
 
 KINDS = ('all-gather', 'reduce-scatter', 'all-reduce', 'all-to-all', 'collective-permute')
-_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 'bf16': 2, 'f16': 2, 's16': 2, 'u16': 2, 'f32': 4,
-          's32': 4, 'u32': 4, 'f64': 8, 's64': 8, 'u64': 8, 'f8e4m3fn': 1, 'f8e5m2': 1}
+_BYTES = {
+    'pred': 1,
+    's8': 1,
+    'u8': 1,
+    'bf16': 2,
+    'f16': 2,
+    's16': 2,
+    'u16': 2,
+    'f32': 4,
+    's32': 4,
+    'u32': 4,
+    'f64': 8,
+    's64': 8,
+    'u64': 8,
+    'f8e4m3fn': 1,
+    'f8e5m2': 1,
+}
 _ARRAY = re.compile(r'\b(' + '|'.join(_BYTES) + r')\[([\d,]*)\]')
 _HEADER = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$')
 _OP = re.compile(r'^\s*(?:ROOT )?%?[\w.\-]+ = (.+?) ([a-z][a-z0-9\-]*)\((.*)$')
-_CALLS = re.compile(r'\b(?:calls|body|condition|to_apply|branch_computations)=\{?([^,}\s]+(?:, ?%[\w.\-]+)*)')
+_CALLS = re.compile(
+    r'\b(?:calls|body|condition|to_apply|branch_computations)=\{?([^,}\s]+(?:, ?%[\w.\-]+)*)'
+)
 
 
 def _arrays(shape: str) -> list[int]:
@@ -54,12 +72,16 @@ def _computations(text: str) -> tuple[dict[str, list[str]], str | None]:
 
 def _trip_count(cond: list[str]) -> int:
     """Loop bound: the largest integer constant in the condition computation (i < N)."""
-    consts = [int(c) for line in cond for c in re.findall(r'[su](?:32|64)\[\](?:\{[^}]*\})? constant\((\d+)\)', line)]
+    consts = [
+        int(c)
+        for line in cond
+        for c in re.findall(r'[su](?:32|64)\[\](?:\{[^}]*\})? constant\((\d+)\)', line)
+    ]
     return max(consts) if consts else 1
 
 
 def _group_size(line: str, num_devices: int) -> int:
-    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", line)
+    m = re.search(r'replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}', line)
     if m:
         sizes = dict((k.strip("'"), int(v)) for k, v in re.findall(r"'?(\w+)'?=(\d+)", m.group(1)))
         names = [n.strip(" '") for n in m.group(2).split(',') if n.strip(" '")]
@@ -107,7 +129,7 @@ def collectives(text: str, num_devices: int) -> dict[str, dict[str, float]]:
             kind = op.group(2)
             if kind.endswith('-done'):
                 continue
-            kind = kind[:-len('-start')] if kind.endswith('-start') else kind
+            kind = kind[: -len('-start')] if kind.endswith('-start') else kind
             if kind not in out:
                 continue
             arrays = _arrays(op.group(1))
@@ -117,9 +139,13 @@ def collectives(text: str, num_devices: int) -> dict[str, dict[str, float]]:
             g = _group_size(line, num_devices)
             if kind == 'reduce-scatter':
                 size *= g  # the input: g times the scattered result
-            factor = {'all-gather': (g - 1) / g, 'reduce-scatter': (g - 1) / g,
-                      'all-reduce': 2 * (g - 1) / g, 'all-to-all': (g - 1) / g,
-                      'collective-permute': 1.0}[kind]
+            factor = {
+                'all-gather': (g - 1) / g,
+                'reduce-scatter': (g - 1) / g,
+                'all-reduce': 2 * (g - 1) / g,
+                'all-to-all': (g - 1) / g,
+                'collective-permute': 1.0,
+            }[kind]
             rec = out[kind]
             rec['ops'] += 1
             rec['executed'] += m

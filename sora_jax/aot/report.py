@@ -12,6 +12,7 @@ The roofline time is max(executed_flops / peak bf16, collective traffic / ICI ba
 estimate and a lower bound (HBM traffic, imperfect overlap and kernel efficiency are not
 modelled). MFU = (model + attention flops) / (roofline time x peak).
 """
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,7 @@ import re
 from sora_jax.aot import hlo
 from sora_jax.aot.topology import Slice
 
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
 def dit_flops(model: dict, tokens: int, batch: int, text_length: int, task: str) -> dict:
@@ -36,15 +37,22 @@ def dit_flops(model: dict, tokens: int, batch: int, text_length: int, task: str)
     model_flops = 3 * fwd_matmul if train else fwd_matmul
     attention = 3 * attn_fwd if train else attn_fwd
     recompute = (fwd_matmul + attn_fwd) if train and model.get('remat', 'none') != 'none' else 0
-    return dict(model_flops=model_flops, attention_flops=attention,
-                executed_flops=model_flops + attention + recompute)
+    return dict(
+        model_flops=model_flops,
+        attention_flops=attention,
+        executed_flops=model_flops + attention + recompute,
+    )
 
 
 def memory(compiled) -> dict:
     m = compiled.memory_analysis()
-    out = dict(argument=m.argument_size_in_bytes, output=m.output_size_in_bytes,
-               temp=m.temp_size_in_bytes, alias=m.alias_size_in_bytes,
-               code=m.generated_code_size_in_bytes)
+    out = dict(
+        argument=m.argument_size_in_bytes,
+        output=m.output_size_in_bytes,
+        temp=m.temp_size_in_bytes,
+        alias=m.alias_size_in_bytes,
+        code=m.generated_code_size_in_bytes,
+    )
     out['total'] = out['argument'] + out['output'] - out['alias'] + out['temp'] + out['code']
     return out
 
@@ -53,13 +61,15 @@ def oom_from_error(message: str) -> dict | None:
     """{'needed', 'available'} (bytes) from XLA's RESOURCE_EXHAUSTED message, else None."""
     if 'RESOURCE_EXHAUSTED' not in message and 'exceeds' not in message:
         return None
-    m = re.search(r'\(([\d.]+)([GMK])\) exceeds available HBM \(([\d.]+)([GMK])\)', message) or \
-        re.search(r'Used ([\d.]+)([GMK]) of ([\d.]+)([GMK]) hbm', message)
+    m = re.search(
+        r'\(([\d.]+)([GMK])\) exceeds available HBM \(([\d.]+)([GMK])\)', message
+    ) or re.search(r'Used ([\d.]+)([GMK]) of ([\d.]+)([GMK]) hbm', message)
     if not m:
         return None
-    unit = {'G': GiB, 'M': 1024 ** 2, 'K': 1024}
-    out = dict(needed=float(m.group(1)) * unit[m.group(2)],
-               available=float(m.group(3)) * unit[m.group(4)])
+    unit = {'G': GiB, 'M': 1024**2, 'K': 1024}
+    out = dict(
+        needed=float(m.group(1)) * unit[m.group(2)], available=float(m.group(3)) * unit[m.group(4)]
+    )
     if 'train state (' in message:  # arguments alone (compile.ArgumentsExceedHBM)
         out['argument'] = out['needed']
     else:
@@ -67,8 +77,16 @@ def oom_from_error(message: str) -> dict | None:
     return out
 
 
-def advice(task: str, fits: bool, mem: dict, hbm: float, model: dict, mesh_shape: dict,
-           attention: str | None, per_device_clips: float) -> list[str]:
+def advice(
+    task: str,
+    fits: bool,
+    mem: dict,
+    hbm: float,
+    model: dict,
+    mesh_shape: dict,
+    attention: str | None,
+    per_device_clips: float,
+) -> list[str]:
     """What would make a step fit (or leave more room), from where the bytes go."""
     out = []
     if fits and mem.get('total', 0) < 0.8 * hbm:
@@ -77,29 +95,45 @@ def advice(task: str, fits: bool, mem: dict, hbm: float, model: dict, mesh_shape
     n_dev = math.prod(mesh_shape.values())
     if task == 'train' and args > 0.4 * hbm:
         if mesh_shape.get('fsdp', 1) < n_dev:
-            out.append(f"more fsdp: shard parameters and optimizer state over all {n_dev} chips "
-                       f"(--config.mesh.shape='(1,{n_dev},1,1)' or sequence on the rest)")
+            out.append(
+                f'more fsdp: shard parameters and optimizer state over all {n_dev} chips '
+                f"(--config.mesh.shape='(1,{n_dev},1,1)' or sequence on the rest)"
+            )
         else:
-            out.append('a larger slice: parameters, optimizer state and EMA alone take '
-                       f'{args / GiB:.1f} GiB per chip')
+            out.append(
+                'a larger slice: parameters, optimizer state and EMA alone take '
+                f'{args / GiB:.1f} GiB per chip'
+            )
     if attention in ('xla',):
-        out.append("--config.model.attention=splash (xla materialises the attention scores)")
+        out.append('--config.model.attention=splash (xla materialises the attention scores)')
     if attention == 'chunked' and task == 'train':
-        out.append("--config.model.attention=splash (the chunked kernel's gradient keeps its "
-                   'per-block scores)')
+        out.append(
+            "--config.model.attention=splash (the chunked kernel's gradient keeps its "
+            'per-block scores)'
+        )
     if task == 'train' and model.get('remat', 'none') == 'none':
         out.append('--config.train.remat=full (recompute each block in the backward pass)')
     if temp > 0.4 * hbm:
         if per_device_clips > 1:
             out.append('a smaller batch per chip (--batch_size, or more data/fsdp chips)')
-        out.append("sequence parallelism: put chips on the 'sequence' axis (e.g. "
-                   f"--config.mesh.shape='(1,{max(1, n_dev // 2)},1,2)') so each holds part of "
-                   'every clip')
+        out.append(
+            "sequence parallelism: put chips on the 'sequence' axis (e.g. "
+            f"--config.mesh.shape='(1,{max(1, n_dev // 2)},1,2)') so each holds part of "
+            'every clip'
+        )
     return out
 
 
-def build(sl: Slice, compiled, info: dict, *, batch_size: int, text_length: int,
-          mesh_shape: dict, compile_s: float) -> dict:
+def build(
+    sl: Slice,
+    compiled,
+    info: dict,
+    *,
+    batch_size: int,
+    text_length: int,
+    mesh_shape: dict,
+    compile_s: float,
+) -> dict:
     """The report dict (JSON-ready) of one successful compile."""
     chip = sl.spec
     n_dev = sl.chips
@@ -109,18 +143,30 @@ def build(sl: Slice, compiled, info: dict, *, batch_size: int, text_length: int,
     hlo_text = compiled.as_text()
     coll = hlo.collectives(hlo_text, n_dev)
     traffic = sum(v['traffic'] for v in coll.values())
-    rep = dict(topology=sl.topology, chip=sl.chip, chips=n_dev, mesh=mesh_shape,
-               task=info['task'], attention=info['attention'], params=info['params'],
-               tokens_per_clip=info['tokens_per_clip'], latent=list(info['latent']),
-               batch_size=batch_size, compile_s=round(compile_s, 1),
-               memory_bytes=mem, hbm_bytes=chip.hbm_bytes,
-               fits=bool(mem['total'] <= chip.hbm_bytes),
-               headroom=round(1 - mem['total'] / chip.hbm_bytes, 3),
-               xla_flops=float(ca.get('flops', 0.0)),
-               xla_bytes_accessed=float(ca.get('bytes accessed', 0.0)),
-               collectives=coll, kernels=hlo.custom_kernels(hlo_text), chip_figures=dict(bf16_flops=chip.bf16_flops,
-                                                   hbm_bw=chip.hbm_bw, ici_bw=chip.ici_bw,
-                                                   source=chip.source))
+    rep = dict(
+        topology=sl.topology,
+        chip=sl.chip,
+        chips=n_dev,
+        mesh=mesh_shape,
+        task=info['task'],
+        attention=info['attention'],
+        params=info['params'],
+        tokens_per_clip=info['tokens_per_clip'],
+        latent=list(info['latent']),
+        batch_size=batch_size,
+        compile_s=round(compile_s, 1),
+        memory_bytes=mem,
+        hbm_bytes=chip.hbm_bytes,
+        fits=bool(mem['total'] <= chip.hbm_bytes),
+        headroom=round(1 - mem['total'] / chip.hbm_bytes, 3),
+        xla_flops=float(ca.get('flops', 0.0)),
+        xla_bytes_accessed=float(ca.get('bytes accessed', 0.0)),
+        collectives=coll,
+        kernels=hlo.custom_kernels(hlo_text),
+        chip_figures=dict(
+            bf16_flops=chip.bf16_flops, hbm_bw=chip.hbm_bw, ici_bw=chip.ici_bw, source=chip.source
+        ),
+    )
     if 'inputs' in info:  # the sample task's model inputs: {name: shape}
         rep['inputs'] = {k: list(v) for k, v in info['inputs'].items()}
     if info['task'] in ('train', 'sample'):
@@ -131,59 +177,111 @@ def build(sl: Slice, compiled, info: dict, *, batch_size: int, text_length: int,
         t_ici = traffic / chip.ici_bw
         t = max(t_compute, t_ici)
         rep.update({f'{k}_per_device': v for k, v in per_dev.items()})
-        rep['six_n_tokens_per_device'] = 6 * info['params'] * info['tokens_per_clip'] * clips / n_dev \
-            if info['task'] == 'train' else 2 * info['params'] * info['tokens_per_clip'] * clips / n_dev
-        rep['roofline'] = dict(compute_s=t_compute, ici_s=t_ici, step_s=t,
-                               bound='compute' if t_compute >= t_ici else 'ici',
-                               mfu=(per_dev['model_flops'] + per_dev['attention_flops'])
-                               / (t * chip.bf16_flops) if t else 0.0,
-                               estimate=True)
-    per_device_clips = batch_size * (2 if info['task'] == 'sample' else 1) / max(
-        1, mesh_shape.get('data', 1) * mesh_shape.get('fsdp', 1))
-    rep['advice'] = advice(info['task'], rep['fits'], mem, chip.hbm_bytes, info['model'],
-                           mesh_shape, info['attention'], per_device_clips)
+        rep['six_n_tokens_per_device'] = (
+            6 * info['params'] * info['tokens_per_clip'] * clips / n_dev
+            if info['task'] == 'train'
+            else 2 * info['params'] * info['tokens_per_clip'] * clips / n_dev
+        )
+        rep['roofline'] = dict(
+            compute_s=t_compute,
+            ici_s=t_ici,
+            step_s=t,
+            bound='compute' if t_compute >= t_ici else 'ici',
+            mfu=(per_dev['model_flops'] + per_dev['attention_flops']) / (t * chip.bf16_flops)
+            if t
+            else 0.0,
+            estimate=True,
+        )
+    per_device_clips = (
+        batch_size
+        * (2 if info['task'] == 'sample' else 1)
+        / max(1, mesh_shape.get('data', 1) * mesh_shape.get('fsdp', 1))
+    )
+    rep['advice'] = advice(
+        info['task'],
+        rep['fits'],
+        mem,
+        chip.hbm_bytes,
+        info['model'],
+        mesh_shape,
+        info['attention'],
+        per_device_clips,
+    )
     return rep
 
 
-def failed(sl: Slice, task: str, message: str, *, mesh_shape: dict, batch_size: int, model: dict,
-           attention: str | None, compile_s: float) -> dict:
+def failed(
+    sl: Slice,
+    task: str,
+    message: str,
+    *,
+    mesh_shape: dict,
+    batch_size: int,
+    model: dict,
+    attention: str | None,
+    compile_s: float,
+) -> dict:
     """The report of a compile that XLA refused (out of memory, or another error)."""
     oom = oom_from_error(message)
-    rep = dict(topology=sl.topology, chip=sl.chip, chips=sl.chips, mesh=mesh_shape, task=task,
-               attention=attention, batch_size=batch_size, compile_s=round(compile_s, 1),
-               hbm_bytes=sl.spec.hbm_bytes, fits=False, error=message.strip().splitlines()[0][:500])
+    rep = dict(
+        topology=sl.topology,
+        chip=sl.chip,
+        chips=sl.chips,
+        mesh=mesh_shape,
+        task=task,
+        attention=attention,
+        batch_size=batch_size,
+        compile_s=round(compile_s, 1),
+        hbm_bytes=sl.spec.hbm_bytes,
+        fits=False,
+        error=message.strip().splitlines()[0][:500],
+    )
     if oom:
         rep['memory_bytes'] = oom
-        per_device_clips = batch_size / max(1, mesh_shape.get('data', 1) * mesh_shape.get('fsdp', 1))
-        rep['advice'] = advice(task, False, oom, sl.spec.hbm_bytes, model, mesh_shape, attention,
-                               per_device_clips)
+        per_device_clips = batch_size / max(
+            1, mesh_shape.get('data', 1) * mesh_shape.get('fsdp', 1)
+        )
+        rep['advice'] = advice(
+            task, False, oom, sl.spec.hbm_bytes, model, mesh_shape, attention, per_device_clips
+        )
     return rep
 
 
 def text(rep: dict) -> str:
     """A few readable lines of a report."""
     g = lambda b: f'{b / GiB:.2f} GiB'
-    lines = [f"{rep['task']} on {rep['topology']} ({rep['chips']} chips), mesh {rep['mesh']}, "
-             f"attention {rep.get('attention')}, batch {rep['batch_size']}"]
+    lines = [
+        f'{rep["task"]} on {rep["topology"]} ({rep["chips"]} chips), mesh {rep["mesh"]}, '
+        f'attention {rep.get("attention")}, batch {rep["batch_size"]}'
+    ]
     mem = rep.get('memory_bytes', {})
     if 'error' in rep:
-        lines.append(f"DOES NOT FIT / FAILED: {rep['error']}")
+        lines.append(f'DOES NOT FIT / FAILED: {rep["error"]}')
     if 'total' in mem:
-        lines.append(f"per chip: arguments {g(mem['argument'])}, output {g(mem['output'])} "
-                     f"(aliased {g(mem['alias'])}), temporaries {g(mem['temp'])}, total "
-                     f"{g(mem['total'])} of {g(rep['hbm_bytes'])} HBM -> "
-                     f"{'fits' if rep['fits'] else 'DOES NOT FIT'} "
-                     f"({100 * rep['headroom']:.0f}% free)")
+        lines.append(
+            f'per chip: arguments {g(mem["argument"])}, output {g(mem["output"])} '
+            f'(aliased {g(mem["alias"])}), temporaries {g(mem["temp"])}, total '
+            f'{g(mem["total"])} of {g(rep["hbm_bytes"])} HBM -> '
+            f'{"fits" if rep["fits"] else "DOES NOT FIT"} '
+            f'({100 * rep["headroom"]:.0f}% free)'
+        )
     if 'roofline' in rep:
         r = rep['roofline']
-        lines.append(f"flops per chip: executed {rep['executed_flops_per_device']:.3g} (6N.tokens "
-                     f"{rep['six_n_tokens_per_device']:.3g}, attention "
-                     f"{rep['attention_flops_per_device']:.3g}; XLA counts {rep['xla_flops']:.3g})")
-        lines.append(f"roofline estimate: {r['step_s']:.3f} s/step ({r['bound']}-bound: compute "
-                     f"{r['compute_s']:.3f} s, ICI {r['ici_s']:.3f} s), MFU {100 * r['mfu']:.0f}%")
+        lines.append(
+            f'flops per chip: executed {rep["executed_flops_per_device"]:.3g} (6N.tokens '
+            f'{rep["six_n_tokens_per_device"]:.3g}, attention '
+            f'{rep["attention_flops_per_device"]:.3g}; XLA counts {rep["xla_flops"]:.3g})'
+        )
+        lines.append(
+            f'roofline estimate: {r["step_s"]:.3f} s/step ({r["bound"]}-bound: compute '
+            f'{r["compute_s"]:.3f} s, ICI {r["ici_s"]:.3f} s), MFU {100 * r["mfu"]:.0f}%'
+        )
     if 'collectives' in rep:
-        parts = [f"{k} {v['executed']:.0f}x {v['bytes'] / GiB:.2f} GiB"
-                 for k, v in rep['collectives'].items() if v['ops']]
+        parts = [
+            f'{k} {v["executed"]:.0f}x {v["bytes"] / GiB:.2f} GiB'
+            for k, v in rep['collectives'].items()
+            if v['ops']
+        ]
         lines.append('collectives per step: ' + (', '.join(parts) or 'none'))
     for a in rep.get('advice', []):
         lines.append(f'to fit / for more room: {a}')

@@ -7,6 +7,7 @@
 `experiments/aot.py` is this function behind flags. Bad input (a slice name, a mesh that does
 not cover the slice, a size the VAE or patch does not divide) is a ValueError before compiling.
 """
+
 from __future__ import annotations
 
 import time
@@ -18,8 +19,17 @@ from sora_jax.models import attention_kernels
 from sora_jax.parallel import mesh as mesh_lib
 
 
-def check(config, topology_name: str, task: str, *, num_frames: int, height: int, width: int,
-          batch_size: int, text_length: int | None = None) -> dict:
+def check(
+    config,
+    topology_name: str,
+    task: str,
+    *,
+    num_frames: int,
+    height: int,
+    width: int,
+    batch_size: int,
+    text_length: int | None = None,
+) -> dict:
     sl = topology.resolve(topology_name)
     if task not in compile_lib.TASKS:
         raise ValueError(f'--task={task!r} is not one of {compile_lib.TASKS}.')
@@ -32,26 +42,48 @@ def check(config, topology_name: str, task: str, *, num_frames: int, height: int
     groups = mesh_shape['data'] * mesh_shape['fsdp']
     rows = batch_size * (2 if task == 'sample' else 1)
     if rows % groups:
-        raise ValueError(f'--batch_size={batch_size} gives {rows} rows, not divisible by the '
-                         f"data x fsdp axes ({groups}) of mesh {mesh_shape}; use a multiple of "
-                         f'{groups // (2 if task == "sample" and groups % 2 == 0 else 1)}.')
-    model = compile_lib.train_config(config).model.to_dict() if task == 'train' else \
-        config.model.to_dict()
-    impl = attention_kernels.resolve_impl(config.model.attention, 'tpu') if task != 'decode' else None
+        raise ValueError(
+            f'--batch_size={batch_size} gives {rows} rows, not divisible by the '
+            f'data x fsdp axes ({groups}) of mesh {mesh_shape}; use a multiple of '
+            f'{groups // (2 if task == "sample" and groups % 2 == 0 else 1)}.'
+        )
+    model = (
+        compile_lib.train_config(config).model.to_dict()
+        if task == 'train'
+        else config.model.to_dict()
+    )
+    impl = (
+        attention_kernels.resolve_impl(config.model.attention, 'tpu') if task != 'decode' else None
+    )
     t0 = time.time()
     try:
-        compiled, info = compile_lib.compile_task(config, task, mesh, shape,
-                                                  hbm_bytes=sl.spec.hbm_bytes)
+        compiled, info = compile_lib.compile_task(
+            config, task, mesh, shape, hbm_bytes=sl.spec.hbm_bytes
+        )
     except Exception as e:  # XLA refuses a program that does not fit: report it
         msg = str(e)
         if report_lib.oom_from_error(msg) is None:
             raise
-        return report_lib.failed(sl, task, msg, mesh_shape=mesh_shape, batch_size=batch_size,
-                                 model=model, attention=impl, compile_s=time.time() - t0)
-    rep = report_lib.build(sl, compiled, info, batch_size=batch_size, text_length=text_length,
-                           mesh_shape=mesh_shape, compile_s=time.time() - t0)
-    rep['clip'] = dict(num_frames=num_frames, height=height, width=width,
-                       text_length=text_length)
+        return report_lib.failed(
+            sl,
+            task,
+            msg,
+            mesh_shape=mesh_shape,
+            batch_size=batch_size,
+            model=model,
+            attention=impl,
+            compile_s=time.time() - t0,
+        )
+    rep = report_lib.build(
+        sl,
+        compiled,
+        info,
+        batch_size=batch_size,
+        text_length=text_length,
+        mesh_shape=mesh_shape,
+        compile_s=time.time() - t0,
+    )
+    rep['clip'] = dict(num_frames=num_frames, height=height, width=width, text_length=text_length)
     if task == 'train':
         rep['remat'] = model.get('remat')
         rep['param_dtype'] = model.get('param_dtype')

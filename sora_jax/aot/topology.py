@@ -5,6 +5,7 @@ count TensorCores (two per chip), v5e and v6e names count chips. Topology string
 ('v5p:4x4x2', 'v6e:8x8') pass through. `devices(slice)` asks libtpu for the ahead-of-time
 devices of that topology (no TPU needed; `pip install -e .[tpu]` or `[test]` brings libtpu).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,39 +17,69 @@ import re
 @dataclasses.dataclass(frozen=True)
 class Chip:
     name: str
-    bf16_flops: float      # peak dense bf16 FLOP/s per chip
-    hbm_bytes: float       # HBM per chip
-    hbm_bw: float          # HBM bytes/s per chip
-    ici_bw: float          # inter-chip interconnect bytes/s per chip (bidirectional, all ports)
-    cores_in_name: int     # TensorCores counted per chip by the slice name (v5p: 2)
-    dims: int              # torus dimensions (3: v5p, 2: v5e / v6e)
+    bf16_flops: float  # peak dense bf16 FLOP/s per chip
+    hbm_bytes: float  # HBM per chip
+    hbm_bw: float  # HBM bytes/s per chip
+    ici_bw: float  # inter-chip interconnect bytes/s per chip (bidirectional, all ports)
+    cores_in_name: int  # TensorCores counted per chip by the slice name (v5p: 2)
+    dims: int  # torus dimensions (3: v5p, 2: v5e / v6e)
     source: str
 
 
-GiB = 1024 ** 3
+GiB = 1024**3
 # Per chip, from the Cloud TPU system-architecture pages. ICI: the bidirectional per-chip figure
 # (all ports), used as the chip's collective bandwidth: an optimistic bound.
 CHIPS = {
-    'v5e': Chip('v5e', 197e12, 16e9, 819e9, 400e9, 1, 2,
-                'cloud.google.com/tpu/docs/v5e: 197 TFLOP/s bf16, 16 GB HBM2 at 819 GB/s, '
-                'ICI 400 GB/s bidirectional per chip'),
-    'v5p': Chip('v5p', 459e12, 95 * GiB, 2765e9, 1200e9, 2, 3,
-                'cloud.google.com/tpu/docs/v5p: 459 TFLOP/s bf16, 95 GiB HBM2e at 2,765 GB/s, '
-                'ICI 1,200 GB/s bidirectional per chip'),
-    'v6e': Chip('v6e', 918e12, 32e9, 1638e9, 800e9, 1, 2,
-                'cloud.google.com/tpu/docs/v6e: 918 TFLOP/s bf16, 32 GB HBM at 1,638 GB/s, '
-                'ICI 800 GB/s bidirectional per chip'),
+    'v5e': Chip(
+        'v5e',
+        197e12,
+        16e9,
+        819e9,
+        400e9,
+        1,
+        2,
+        'cloud.google.com/tpu/docs/v5e: 197 TFLOP/s bf16, 16 GB HBM2 at 819 GB/s, '
+        'ICI 400 GB/s bidirectional per chip',
+    ),
+    'v5p': Chip(
+        'v5p',
+        459e12,
+        95 * GiB,
+        2765e9,
+        1200e9,
+        2,
+        3,
+        'cloud.google.com/tpu/docs/v5p: 459 TFLOP/s bf16, 95 GiB HBM2e at 2,765 GB/s, '
+        'ICI 1,200 GB/s bidirectional per chip',
+    ),
+    'v6e': Chip(
+        'v6e',
+        918e12,
+        32e9,
+        1638e9,
+        800e9,
+        1,
+        2,
+        'cloud.google.com/tpu/docs/v6e: 918 TFLOP/s bf16, 32 GB HBM at 1,638 GB/s, '
+        'ICI 800 GB/s bidirectional per chip',
+    ),
 }
 # libtpu's device_kind -> our chip name
-DEVICE_KINDS = {'TPU v5 lite': 'v5e', 'TPU v5e': 'v5e', 'TPU v5': 'v5p', 'TPU v5p': 'v5p',
-                'TPU v6 lite': 'v6e', 'TPU v6e': 'v6e'}
+DEVICE_KINDS = {
+    'TPU v5 lite': 'v5e',
+    'TPU v5e': 'v5e',
+    'TPU v5': 'v5p',
+    'TPU v5p': 'v5p',
+    'TPU v6 lite': 'v6e',
+    'TPU v6e': 'v6e',
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Slice:
     chip: str
     chips: int
-    topology: str          # libtpu topology string, e.g. 'v5p:2x4x4'
+    topology: str  # libtpu topology string, e.g. 'v5p:2x4x4'
 
     @property
     def spec(self) -> Chip:
@@ -58,8 +89,9 @@ class Slice:
 def _shape_for(chips: int, dims: int) -> tuple[int, ...]:
     """Most cubic power-of-two torus with `chips` chips (as Cloud TPU lays out slices)."""
     if chips < 1 or chips & (chips - 1):
-        raise ValueError(f'{chips} chips is not a power of two; name a topology instead, e.g. '
-                         f"'v5p:2x2x3'.")
+        raise ValueError(
+            f"{chips} chips is not a power of two; name a topology instead, e.g. 'v5p:2x2x3'."
+        )
     shape = [1] * dims
     i = 0
     while math.prod(shape) < chips:
@@ -74,26 +106,32 @@ def resolve(name: str) -> Slice:
     name = name.strip().lower()
     m = re.fullmatch(r'(v5p|v5e|v5litepod|v6e)[-:](.+)', name)
     if not m:
-        raise ValueError(f'--topology={name!r}: use a slice name (v5p-64, v5e-8, v6e-256) or '
-                         f'a topology (v5p:4x4x2, v6e:8x8); chips: {sorted(CHIPS)}.')
+        raise ValueError(
+            f'--topology={name!r}: use a slice name (v5p-64, v5e-8, v6e-256) or '
+            f'a topology (v5p:4x4x2, v6e:8x8); chips: {sorted(CHIPS)}.'
+        )
     chip = 'v5e' if m.group(1) == 'v5litepod' else m.group(1)
     spec = CHIPS[chip]
     rest = m.group(2)
     if 'x' in rest:
         dims = tuple(int(d) for d in rest.split('x'))
         if len(dims) != spec.dims or min(dims) < 1:
-            raise ValueError(f'--topology={name!r}: a {chip} topology has {spec.dims} dimensions, '
-                             f"e.g. '{chip}:{'x'.join(['2'] * spec.dims)}'.")
-        return Slice(chip, math.prod(dims), f"{chip}:{'x'.join(map(str, dims))}")
+            raise ValueError(
+                f'--topology={name!r}: a {chip} topology has {spec.dims} dimensions, '
+                f"e.g. '{chip}:{'x'.join(['2'] * spec.dims)}'."
+            )
+        return Slice(chip, math.prod(dims), f'{chip}:{"x".join(map(str, dims))}')
     if not rest.isdigit():
         raise ValueError(f'--topology={name!r}: expected {chip}-<count>, e.g. {chip}-8.')
     count = int(rest)
     if count % spec.cores_in_name:
-        raise ValueError(f'--topology={name!r}: {chip} slice names count TensorCores '
-                         f'({spec.cores_in_name} per chip); use an even count.')
+        raise ValueError(
+            f'--topology={name!r}: {chip} slice names count TensorCores '
+            f'({spec.cores_in_name} per chip); use an even count.'
+        )
     chips = count // spec.cores_in_name
     dims = _shape_for(chips, spec.dims)
-    return Slice(chip, chips, f"{chip}:{'x'.join(map(str, dims))}")
+    return Slice(chip, chips, f'{chip}:{"x".join(map(str, dims))}')
 
 
 def devices(sl: Slice):
@@ -109,10 +147,14 @@ def devices(sl: Slice):
     try:
         topo = topologies.get_topology_desc(sl.topology, 'tpu')
     except Exception as e:  # libtpu missing or the topology unknown to it
-        raise ValueError(f'cannot describe TPU topology {sl.topology!r} ({e}); install libtpu '
-                         "(pip install -e '.[tpu]') and check the topology string.") from e
+        raise ValueError(
+            f'cannot describe TPU topology {sl.topology!r} ({e}); install libtpu '
+            "(pip install -e '.[tpu]') and check the topology string."
+        ) from e
     devs = list(topo.devices)
     kind = DEVICE_KINDS.get(devs[0].device_kind)
     if kind != sl.chip:
-        raise ValueError(f'libtpu describes {sl.topology!r} as {devs[0].device_kind!r}, not {sl.chip}.')
+        raise ValueError(
+            f'libtpu describes {sl.topology!r} as {devs[0].device_kind!r}, not {sl.chip}.'
+        )
     return devs

@@ -25,6 +25,7 @@ copy of the 14B transformer. Without one, params are read whole onto the host (o
 `is_converted` tells such a folder from a training workdir; `fingerprint` hashes its
 transformer/ (the base a Wan LoRA run names, `convert/lora_run.py`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,20 +36,27 @@ import numpy as np
 from absl import logging
 
 from sora_jax.convert import wan
-from sora_jax.convert.orbax_params import (flatten, restore_params, restore_sharded,  # noqa: F401
-                                           save_params, saved_arrays, unflatten)
+from sora_jax.convert.orbax_params import (  # noqa: F401
+    flatten,
+    restore_params,
+    restore_sharded,
+    save_params,
+    saved_arrays,
+    unflatten,
+)
 
 
 class WanModels(NamedTuple):
     """What `load_wan` returns; a component missing from the folder is None."""
-    text_encoder: Any   # sora_jax.models.umt5.UMT5Encoder
-    tokenizer: Any      # sora_jax.models.umt5.UMT5Tokenizer
-    transformer: Any    # sora_jax.models.dit.DiT
-    vae: Any            # sora_jax.models.vae.WanVAE
-    configs: dict       # component -> UMT5Config / DiTConfig / VAEConfig / CLIPVisionConfig
+
+    text_encoder: Any  # sora_jax.models.umt5.UMT5Encoder
+    tokenizer: Any  # sora_jax.models.umt5.UMT5Tokenizer
+    transformer: Any  # sora_jax.models.dit.DiT
+    vae: Any  # sora_jax.models.vae.WanVAE
+    configs: dict  # component -> UMT5Config / DiTConfig / VAEConfig / CLIPVisionConfig
     transformer_2: Any = None  # Wan 2.2 A14B: the low-noise expert DiT (None: one DiT)
-    pipeline: dict = {}        # model_index.json settings: boundary_ratio, expand_timesteps
-    image_encoder: Any = None    # sora_jax.models.clip_vision.CLIPVisionEncoder (I2V folders)
+    pipeline: dict = {}  # model_index.json settings: boundary_ratio, expand_timesteps
+    image_encoder: Any = None  # sora_jax.models.clip_vision.CLIPVisionEncoder (I2V folders)
     image_processor: Any = None  # sora_jax.models.clip_preprocess.CLIPImageConfig (I2V folders)
 
 
@@ -71,8 +79,15 @@ def fingerprint(root: str) -> str:
     return h.hexdigest()
 
 
-def load_converted(dst: str, component: str, weights_dtype: Any = None, *, mesh: Any = None,
-                   rules: Any = None, **config_overrides):
+def load_converted(
+    dst: str,
+    component: str,
+    weights_dtype: Any = None,
+    *,
+    mesh: Any = None,
+    rules: Any = None,
+    **config_overrides,
+):
     """(config, module) for `dst/<component>`: the model is built with `nnx.eval_shape` (no
     init memory) and filled from the Orbax params. `weights_dtype` casts them (None: as saved); the
     text encoder's and transformer's param dtype follow the loaded params unless overridden.
@@ -83,15 +98,20 @@ def load_converted(dst: str, component: str, weights_dtype: Any = None, *, mesh:
     """
     import jax
     import jax.numpy as jnp
+
     folder = os.path.join(dst, component)
     if not os.path.isfile(os.path.join(folder, 'config.json')):
-        raise ValueError(f'{folder!r} holds no config.json; convert it first: python '
-                         f'experiments/convert_wan.py --src=<Wan diffusers folder> --dst={dst} '
-                         f'--components={component}')
+        raise ValueError(
+            f'{folder!r} holds no config.json; convert it first: python '
+            f'experiments/convert_wan.py --src=<Wan diffusers folder> --dst={dst} '
+            f'--components={component}'
+        )
     params = os.path.join(folder, 'params')
     saved = saved_arrays(params)
-    dtypes = {k: np.dtype(weights_dtype) if weights_dtype is not None else d
-              for k, (_, d) in saved.items()}
+    dtypes = {
+        k: np.dtype(weights_dtype) if weights_dtype is not None else d
+        for k, (_, d) in saved.items()
+    }
     widest = jnp.dtype(max(set(dtypes.values()), key=lambda d: d.itemsize))
     if component == 'text_encoder':
         config_overrides.setdefault('param_dtype', widest)
@@ -109,23 +129,42 @@ def load_converted(dst: str, component: str, weights_dtype: Any = None, *, mesh:
         module = wan.build(make, flat)
     else:
         from flax import nnx
+
         from sora_jax.parallel import mesh as mesh_lib
+
         graphdef, abstract = nnx.split(nnx.eval_shape(make))
         rules = rules if isinstance(rules, dict) else mesh_lib.rules_dict(rules)
-        shardings = {'/'.join(map(str, p)): v.get_value() for p, v in
-                     nnx.to_flat_state(mesh_lib.state_shardings(abstract, mesh, rules))}
-        targets = {k: jax.ShapeDtypeStruct(shape, dtypes.get(k, dtype), sharding=shardings[k])
-                   for k, (shape, dtype) in wan.state_targets(abstract).items()}
+        shardings = {
+            '/'.join(map(str, p)): v.get_value()
+            for p, v in nnx.to_flat_state(mesh_lib.state_shardings(abstract, mesh, rules))
+        }
+        targets = {
+            k: jax.ShapeDtypeStruct(shape, dtypes.get(k, dtype), sharding=shardings[k])
+            for k, (shape, dtype) in wan.state_targets(abstract).items()
+        }
         flat = restore_sharded(params, targets)
         module = nnx.merge(graphdef, wan.apply_to_state(abstract, flat))
-    logging.info('loaded %s from %s (%d arrays, %s%s)', component, folder, len(saved), widest,
-                 f', sharded over mesh {dict(mesh.shape)}' if mesh is not None else '')
+    logging.info(
+        'loaded %s from %s (%d arrays, %s%s)',
+        component,
+        folder,
+        len(saved),
+        widest,
+        f', sharded over mesh {dict(mesh.shape)}' if mesh is not None else '',
+    )
     return cfg, module
 
 
-def load_wan(dst: str, *, dtype: Any = None, vae_dtype: Any = np.float32,
-             overrides: Optional[Mapping[str, Mapping[str, Any]]] = None, mesh: Any = None,
-             rules: Any = None, image_encoder_dtype: Any = np.float32) -> WanModels:
+def load_wan(
+    dst: str,
+    *,
+    dtype: Any = None,
+    vae_dtype: Any = np.float32,
+    overrides: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    mesh: Any = None,
+    rules: Any = None,
+    image_encoder_dtype: Any = np.float32,
+) -> WanModels:
     """Loads every component of a converted Wan folder (see the module docstring).
 
     dtype: cast text encoder and transformer params to it (None: keep the saved dtype).
@@ -141,32 +180,46 @@ def load_wan(dst: str, *, dtype: Any = None, vae_dtype: Any = np.float32,
     pipeline, image_encoder, image_processor).
     """
     from sora_jax.models import umt5
+
     overrides = dict(overrides or {})
     known = {'text_encoder', 'transformer', 'vae', 'transformer_2', 'image_encoder'}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f'overrides for unknown components {unknown}; use text_encoder, '
-                         'transformer, transformer_2, vae or image_encoder.')
+        raise ValueError(
+            f'overrides for unknown components {unknown}; use text_encoder, '
+            'transformer, transformer_2, vae or image_encoder.'
+        )
     overrides.setdefault('transformer_2', overrides.get('transformer', {}))
     if not os.path.isdir(dst):
-        raise ValueError(f'{dst!r} does not exist; convert a Wan folder into it first with '
-                         'experiments/convert_wan.py --src=... --dst=...')
+        raise ValueError(
+            f'{dst!r} does not exist; convert a Wan folder into it first with '
+            'experiments/convert_wan.py --src=... --dst=...'
+        )
     models: dict[str, Any] = {'configs': {}}
-    for comp, comp_dtype in (('text_encoder', dtype), ('transformer', dtype), ('vae', vae_dtype),
-                             ('transformer_2', dtype), ('image_encoder', image_encoder_dtype)):
+    for comp, comp_dtype in (
+        ('text_encoder', dtype),
+        ('transformer', dtype),
+        ('vae', vae_dtype),
+        ('transformer_2', dtype),
+        ('image_encoder', image_encoder_dtype),
+    ):
         models[comp] = None
         if os.path.isdir(os.path.join(dst, comp)):
-            cfg, models[comp] = load_converted(dst, comp, comp_dtype, mesh=mesh, rules=rules,
-                                               **overrides.get(comp, {}))
+            cfg, models[comp] = load_converted(
+                dst, comp, comp_dtype, mesh=mesh, rules=rules, **overrides.get(comp, {})
+            )
             models['configs'][comp] = cfg
     if not models['configs']:
-        raise ValueError(f'{dst!r} holds none of text_encoder/, transformer/, vae/; is it the '
-                         '--dst of experiments/convert_wan.py?')
+        raise ValueError(
+            f'{dst!r} holds none of text_encoder/, transformer/, vae/; is it the '
+            '--dst of experiments/convert_wan.py?'
+        )
     tok = os.path.join(dst, 'tokenizer')
     models['tokenizer'] = umt5.UMT5Tokenizer.from_dir(tok) if os.path.isdir(tok) else None
     models['pipeline'] = wan.pipeline_settings(dst)
     proc = os.path.join(dst, 'image_processor')
     if os.path.isdir(proc):
         from sora_jax.models.clip_preprocess import CLIPImageConfig
+
         models['image_processor'] = CLIPImageConfig.from_hf(proc)
     return WanModels(**models)

@@ -5,6 +5,7 @@ The key map of Wan 2.1 I2V's `image_encoder/` component (used by `convert/wan.py
 key with `vision_model.` (Wan's hub folders); transformers 5 saves them without it. The bare
 names are the rules, the prefixed ones aliases of them, so either layout converts strictly.
 """
+
 from __future__ import annotations
 
 from sora_jax.convert.wan import KeyMap, Rule

@@ -19,6 +19,7 @@ b, so `x @ kernel + x @ a @ b` is the adapted layer. Several adapters are
 `save` writes the diffusers layout (`transformer.blocks.N.attn1.to_q.lora_A.weight`, scale folded
 into lora_B) that `WanPipeline.load_lora_weights` reads.
 """
+
 from __future__ import annotations
 
 import re
@@ -31,18 +32,30 @@ from sora_jax.models.lora import MODULES
 
 Adapter = dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]
 
-_DIFFUSERS = {'attn1.to_q': 'attn1.to_q', 'attn1.to_k': 'attn1.to_k', 'attn1.to_v': 'attn1.to_v',
-              'attn1.to_out.0': 'attn1.to_out', 'attn2.to_q': 'attn2.to_q',
-              'attn2.to_k': 'attn2.to_k', 'attn2.to_v': 'attn2.to_v',
-              'attn2.to_out.0': 'attn2.to_out', 'ffn.net.0.proj': 'ffn.proj_in',
-              'ffn.net.2': 'ffn.proj_out'}
-_WAN = {f'{w}.{s}': f'{a}.{m}' for w, a in (('self_attn', 'attn1'), ('cross_attn', 'attn2'))
-        for s, m in (('q', 'to_q'), ('k', 'to_k'), ('v', 'to_v'), ('o', 'to_out'))}
+_DIFFUSERS = {
+    'attn1.to_q': 'attn1.to_q',
+    'attn1.to_k': 'attn1.to_k',
+    'attn1.to_v': 'attn1.to_v',
+    'attn1.to_out.0': 'attn1.to_out',
+    'attn2.to_q': 'attn2.to_q',
+    'attn2.to_k': 'attn2.to_k',
+    'attn2.to_v': 'attn2.to_v',
+    'attn2.to_out.0': 'attn2.to_out',
+    'ffn.net.0.proj': 'ffn.proj_in',
+    'ffn.net.2': 'ffn.proj_out',
+}
+_WAN = {
+    f'{w}.{s}': f'{a}.{m}'
+    for w, a in (('self_attn', 'attn1'), ('cross_attn', 'attn2'))
+    for s, m in (('q', 'to_q'), ('k', 'to_k'), ('v', 'to_v'), ('o', 'to_out'))
+}
 _WAN.update({'ffn.0': 'ffn.proj_in', 'ffn.2': 'ffn.proj_out'})
 _SOURCE = {**_DIFFUSERS, **_WAN}
 _TO_DIFFUSERS = {v: k for k, v in _DIFFUSERS.items()}
-_KEY = re.compile(r'^(?:transformer\.|diffusion_model\.)?blocks\.(\d+)\.(.+?)\.'
-                  r'(lora_A\.weight|lora_B\.weight|lora_down\.weight|lora_up\.weight|alpha)$')
+_KEY = re.compile(
+    r'^(?:transformer\.|diffusion_model\.)?blocks\.(\d+)\.(.+?)\.'
+    r'(lora_A\.weight|lora_B\.weight|lora_down\.weight|lora_up\.weight|alpha)$'
+)
 
 
 def parse_spec(spec: str) -> tuple[str, float]:
@@ -66,28 +79,40 @@ def read(path: str, scale: float = 1.0) -> Adapter:
         if not m or m.group(2) not in _SOURCE:
             unknown.append(key)
             continue
-        kind = {'lora_down.weight': 'A', 'lora_A.weight': 'A', 'lora_up.weight': 'B',
-                'lora_B.weight': 'B', 'alpha': 'alpha'}[m.group(3)]
+        kind = {
+            'lora_down.weight': 'A',
+            'lora_A.weight': 'A',
+            'lora_up.weight': 'B',
+            'lora_B.weight': 'B',
+            'alpha': 'alpha',
+        }[m.group(3)]
         slot = parts.setdefault((_SOURCE[m.group(2)], int(m.group(1))), {})
         if kind in slot:
-            raise ValueError(f'{path}: {key} repeats the {kind} of block {m.group(1)} '
-                             f'{m.group(2)} (two layouts in one file?).')
+            raise ValueError(
+                f'{path}: {key} repeats the {kind} of block {m.group(1)} '
+                f'{m.group(2)} (two layouts in one file?).'
+            )
         slot[kind] = np.asarray(reader.get(key), np.float32)
     if unknown:
-        raise ValueError(f'{path}: {len(unknown)} keys are not LoRA weights of the Wan DiT '
-                         f'blocks this loader knows (attention q/k/v/o, FFN): {sorted(unknown)}.')
+        raise ValueError(
+            f'{path}: {len(unknown)} keys are not LoRA weights of the Wan DiT '
+            f'blocks this loader knows (attention q/k/v/o, FFN): {sorted(unknown)}.'
+        )
     if not parts:
         raise ValueError(f'{path} holds no LoRA weights.')
     out: Adapter = {}
     for (module, block), p in sorted(parts.items()):
         if 'A' not in p or 'B' not in p:
             have = sorted(k for k in p if k != 'alpha')
-            raise ValueError(f'{path}: block {block} {module} has only {have}; lora_A and lora_B '
-                             'both needed.')
+            raise ValueError(
+                f'{path}: block {block} {module} has only {have}; lora_A and lora_B both needed.'
+            )
         a, b = p['A'], p['B']  # torch: A [r, in], B [out, r]
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
-            raise ValueError(f'{path}: block {block} {module}: lora_A {a.shape} and lora_B '
-                             f'{b.shape} are not [r, in] and [out, r].')
+            raise ValueError(
+                f'{path}: block {block} {module}: lora_A {a.shape} and lora_B '
+                f'{b.shape} are not [r, in] and [out, r].'
+            )
         r = a.shape[0]
         s = scale * (float(np.asarray(p['alpha']).reshape(())) / r if 'alpha' in p else 1.0)
         out.setdefault(module, {})[block] = (a.T.copy(), (b.T * s).astype(np.float32))
@@ -100,9 +125,11 @@ def check_fits(adapter: Adapter, kernels: Mapping[str, tuple[int, ...]], name: s
         depth, din, dout = kernels[module]
         for block, (a, b) in blocks.items():
             if block >= depth or a.shape[0] != din or b.shape[1] != dout:
-                raise ValueError(f'{name}: block {block} {module} is [{a.shape[0]} -> '
-                                 f'{b.shape[1]}] but the model has {depth} blocks of [{din} -> '
-                                 f'{dout}]; this LoRA is for another model size.')
+                raise ValueError(
+                    f'{name}: block {block} {module} is [{a.shape[0]} -> '
+                    f'{b.shape[1]}] but the model has {depth} blocks of [{din} -> '
+                    f'{dout}]; this LoRA is for another model size.'
+                )
 
 
 def merge(flat: Mapping[str, np.ndarray], adapters: Iterable[Adapter]) -> dict[str, np.ndarray]:
@@ -137,8 +164,8 @@ def stack(adapters: list[Adapter], kernels: Mapping[str, tuple[int, ...]]):
         off = 0
         for blocks, r in zip(used, ranks):
             for block, (a, b) in blocks.items():
-                big_a[block, :, off:off + a.shape[1]] = a
-                big_b[block, off:off + b.shape[0]] = b
+                big_a[block, :, off : off + a.shape[1]] = a
+                big_b[block, off : off + b.shape[0]] = b
             off += r
         layout.append((module, sum(ranks), 1.0))
         flat[f'{_path(module)}/lora/lora_a'] = big_a
@@ -161,6 +188,7 @@ def save(path: str, adapter: Adapter) -> dict[str, np.ndarray]:
     """Writes the diffusers layout (`transformer.blocks.N.<module>.lora_A.weight` [r, in],
     `lora_B.weight` [out, r], scale already in B: no alpha); returns the tensors written."""
     from safetensors.numpy import save_file
+
     tensors = {}
     for module, blocks in adapter.items():
         for block, (a, b) in sorted(blocks.items()):
@@ -180,6 +208,7 @@ def apply(graphdef, params, adapters: list[Adapter], merge: bool = True):
 
     from sora_jax.convert.wan import apply_to_state
     from sora_jax.models.dit import DiT
+
     if not adapters:
         return graphdef, params
     flat = {'/'.join(map(str, p)): v[...] for p, v in nnx.to_flat_state(params)}
@@ -188,8 +217,7 @@ def apply(graphdef, params, adapters: list[Adapter], merge: bool = True):
     kernels = {m: tuple(flat[_kernel(m)].shape) for m in MODULES}
     layout, extra = stack(adapters, kernels)
     cfg = nnx.merge(graphdef, params).cfg
-    abstract = nnx.eval_shape(lambda: DiT(dataclasses.replace(cfg, lora=layout),
-                                          rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: DiT(dataclasses.replace(cfg, lora=layout), rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     return graphdef, apply_to_state(state, {**flat, **extra})
 

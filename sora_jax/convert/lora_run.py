@@ -6,6 +6,7 @@ Wan folder) and `lora.base_sha256` (`base_fingerprint` of it when the run starte
 `read_adapter` returns the adapters as `convert/lora.py` holds a LoRA file's, so
 `TextToVideo.from_checkpoint` merges them into the base like any LoRA file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,8 +55,10 @@ def read_adapter(workdir: str, *, ema: bool = True):
         raise ValueError(f'{workdir!r} is not a LoRA run (its config has lora.rank=0).')
     objective = config.get('objective', 'flow')
     if objective not in MODELS:
-        raise ValueError(f'{workdir!r} is a LoRA run of objective {objective!r}; LoRA adapts the '
-                         f'DiT of the objectives {sorted(MODELS)} only.')
+        raise ValueError(
+            f'{workdir!r} is a LoRA run of objective {objective!r}; LoRA adapts the '
+            f'DiT of the objectives {sorted(MODELS)} only.'
+        )
     build = MODELS[objective]  # flow (Denoiser) or flow_context (a DiT alone)
     model = nnx.eval_shape(lambda: build(config, nnx.Rngs(0)))
     dit = getattr(model, 'dit', model)

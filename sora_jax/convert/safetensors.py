@@ -4,6 +4,7 @@ The header (8-byte little-endian length + JSON) is parsed directly and tensors a
 read-only memory-mapped numpy views, so a 14B checkpoint streams tensor by tensor without ever
 being copied whole. bfloat16 / float8 map to `ml_dtypes`.
 """
+
 from __future__ import annotations
 
 import glob
@@ -15,9 +16,17 @@ import ml_dtypes
 import numpy as np
 
 _ST_DTYPES = {
-    'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16,
-    'F8_E4M3': ml_dtypes.float8_e4m3fn, 'F8_E5M2': ml_dtypes.float8_e5m2,
-    'I64': np.int64, 'I32': np.int32, 'I16': np.int16, 'I8': np.int8, 'U8': np.uint8,
+    'F64': np.float64,
+    'F32': np.float32,
+    'F16': np.float16,
+    'BF16': ml_dtypes.bfloat16,
+    'F8_E4M3': ml_dtypes.float8_e4m3fn,
+    'F8_E5M2': ml_dtypes.float8_e5m2,
+    'I64': np.int64,
+    'I32': np.int32,
+    'I16': np.int16,
+    'I8': np.int8,
+    'U8': np.uint8,
     'BOOL': np.bool_,
 }
 
@@ -35,11 +44,15 @@ class SafetensorsFolder:
         elif os.path.isdir(path):
             files = sorted(glob.glob(os.path.join(path, '*.safetensors')))
         else:
-            raise ValueError(f'{path!r} does not exist; pass a folder of *.safetensors files '
-                             '(e.g. <wan>/text_encoder) or one .safetensors file.')
+            raise ValueError(
+                f'{path!r} does not exist; pass a folder of *.safetensors files '
+                '(e.g. <wan>/text_encoder) or one .safetensors file.'
+            )
         if not files:
             raise ValueError(f'No *.safetensors in {path!r} (found: {sorted(os.listdir(path))}).')
-        index = glob.glob(os.path.join(path, '*.safetensors.index.json')) if os.path.isdir(path) else []
+        index = (
+            glob.glob(os.path.join(path, '*.safetensors.index.json')) if os.path.isdir(path) else []
+        )
         if len(index) > 1:
             raise ValueError(f'Several index files in {path!r}: {index}; keep one.')
         self._entries: dict[str, tuple[str, dict]] = {}
@@ -52,12 +65,17 @@ class SafetensorsFolder:
             with open(index[0]) as fh:
                 weight_map = json.load(fh)['weight_map']
             base = os.path.dirname(index[0])
-            missing = {k for k, f in weight_map.items()
-                       if k not in self._entries or
-                       os.path.abspath(self._entries[k][0]) != os.path.abspath(os.path.join(base, f))}
+            missing = {
+                k
+                for k, f in weight_map.items()
+                if k not in self._entries
+                or os.path.abspath(self._entries[k][0]) != os.path.abspath(os.path.join(base, f))
+            }
             if missing:
-                raise ValueError(f'{index[0]} lists {len(missing)} tensors not found in its shards '
-                                 f'(e.g. {sorted(missing)[:5]}); the download is incomplete.')
+                raise ValueError(
+                    f'{index[0]} lists {len(missing)} tensors not found in its shards '
+                    f'(e.g. {sorted(missing)[:5]}); the download is incomplete.'
+                )
         self._maps: dict[str, np.memmap] = {}
 
     def keys(self) -> list[str]:
@@ -75,7 +93,7 @@ class SafetensorsFolder:
             self._maps[fname] = np.memmap(fname, dtype=np.uint8, mode='r')
         start, end = info['data_offsets']
         base = info['_base']
-        raw = self._maps[fname][base + start: base + end]
+        raw = self._maps[fname][base + start : base + end]
         return raw.view(self.dtype(key)).reshape(self.shape(key))
 
 

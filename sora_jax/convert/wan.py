@@ -25,6 +25,7 @@ Components (diffusers sub-folder -> module, key map, config parser):
 `load_component(src, name)` builds one straight from safetensors; `convert_folder` writes the
 Orbax layout that `sora_jax.convert.checkpoint.load_wan` reads back.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,7 +36,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 from absl import logging
 
-from sora_jax.convert.orbax_params import restore_params, save_params  # re-exported
+from sora_jax.convert.orbax_params import save_params  # re-exported
 from sora_jax.convert.safetensors import SafetensorsFolder  # re-exported
 
 _TRANSPOSES = {
@@ -43,7 +44,7 @@ _TRANSPOSES = {
     'linear': (1, 0),
     'conv2d': (2, 3, 1, 0),
     'conv3d': (2, 3, 4, 1, 0),
-    'flatten': None,            # RMS gains [C, 1, 1(, 1)] -> [C]
+    'flatten': None,  # RMS gains [C, 1, 1(, 1)] -> [C]
 }
 
 
@@ -52,9 +53,9 @@ _TRANSPOSES = {
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    target: str                 # flat NNX path, e.g. 'layers/q/kernel'
-    layer: int | None = None    # slot on the stacked leading axis, None if not stacked
-    transform: str = 'none'     # one of _TRANSPOSES
+    target: str  # flat NNX path, e.g. 'layers/q/kernel'
+    layer: int | None = None  # slot on the stacked leading axis, None if not stacked
+    transform: str = 'none'  # one of _TRANSPOSES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,15 +74,21 @@ def umt5_key_map(num_layers: int) -> KeyMap:
     }
     for i in range(num_layers):
         p = f'encoder.block.{i}.layer'
-        rules.update({
-            f'{p}.0.layer_norm.weight': Rule('layers/attn_norm/weight', i),
-            f'{p}.0.SelfAttention.relative_attention_bias.weight': Rule('layers/rel_bias/embedding', i),
-            f'{p}.1.layer_norm.weight': Rule('layers/ffn_norm/weight', i),
-        })
+        rules.update(
+            {
+                f'{p}.0.layer_norm.weight': Rule('layers/attn_norm/weight', i),
+                f'{p}.0.SelfAttention.relative_attention_bias.weight': Rule(
+                    'layers/rel_bias/embedding', i
+                ),
+                f'{p}.1.layer_norm.weight': Rule('layers/ffn_norm/weight', i),
+            }
+        )
         for name in 'qkvo':
             rules[f'{p}.0.SelfAttention.{name}.weight'] = Rule(f'layers/{name}/kernel', i, 'linear')
         for name in ('wi_0', 'wi_1', 'wo'):
-            rules[f'{p}.1.DenseReluDense.{name}.weight'] = Rule(f'layers/{name}/kernel', i, 'linear')
+            rules[f'{p}.1.DenseReluDense.{name}.weight'] = Rule(
+                f'layers/{name}/kernel', i, 'linear'
+            )
     return KeyMap(rules, {'encoder.embed_tokens.weight': 'shared.weight'})
 
 
@@ -92,8 +99,9 @@ def dit_key_map(depth: int, image: bool = False, image_pos: bool = False) -> Key
     rules = {
         'patch_embedding.weight': Rule('patch_embedding/kernel', transform='conv3d'),
         'patch_embedding.bias': Rule('patch_embedding/bias'),
-        'condition_embedder.time_proj.weight': Rule('condition_embedder/time_proj/kernel',
-                                                    transform='linear'),
+        'condition_embedder.time_proj.weight': Rule(
+            'condition_embedder/time_proj/kernel', transform='linear'
+        ),
         'condition_embedder.time_proj.bias': Rule('condition_embedder/time_proj/bias'),
         'proj_out.weight': Rule('proj_out/kernel', transform='linear'),
         'proj_out.bias': Rule('proj_out/bias'),
@@ -105,8 +113,14 @@ def dit_key_map(depth: int, image: bool = False, image_pos: bool = False) -> Key
             rules[f'{src}.weight'] = Rule(f'{dst}/kernel', transform='linear')
             rules[f'{src}.bias'] = Rule(f'{dst}/bias')
     linears = {f'{a}.{n}': f'{a}/{n}' for a in ('attn1', 'attn2') for n in ('to_q', 'to_k', 'to_v')}
-    linears.update({'attn1.to_out.0': 'attn1/to_out', 'attn2.to_out.0': 'attn2/to_out',
-                    'ffn.net.0.proj': 'ffn/proj_in', 'ffn.net.2': 'ffn/proj_out'})
+    linears.update(
+        {
+            'attn1.to_out.0': 'attn1/to_out',
+            'attn2.to_out.0': 'attn2/to_out',
+            'ffn.net.0.proj': 'ffn/proj_in',
+            'ffn.net.2': 'ffn/proj_out',
+        }
+    )
     for i in range(depth):
         p = f'blocks.{i}'
         rules[f'{p}.scale_shift_table'] = Rule('blocks/scale_shift_table', i)
@@ -147,21 +161,33 @@ def _dit_image_rules(depth: int, image_pos: bool) -> dict[str, Rule]:
 def dit_config_from_hf(hf: Mapping[str, Any] | str, **overrides):
     """diffusers transformer `config.json` (dict, file or folder) -> `DiTConfig`."""
     from sora_jax.models.dit import DiTConfig
+
     hf = _read_json(hf)
     if hf.get('qk_norm', 'rms_norm_across_heads') != 'rms_norm_across_heads':
-        raise ValueError(f"qk_norm={hf['qk_norm']!r}: only 'rms_norm_across_heads' (Wan 2.1) is "
-                         'supported.')
+        raise ValueError(
+            f"qk_norm={hf['qk_norm']!r}: only 'rms_norm_across_heads' (Wan 2.1) is supported."
+        )
     dim = hf['num_attention_heads'] * hf['attention_head_dim']
     image_dim, kv_dim = hf.get('image_dim') or 0, hf.get('added_kv_proj_dim') or 0
     if bool(image_dim) != bool(kv_dim) or (kv_dim and kv_dim != dim):
-        raise ValueError(f'image_dim={image_dim}, added_kv_proj_dim={kv_dim}: an image-to-video '
-                         f'Wan sets both, with added_kv_proj_dim = the model width {dim} (the '
-                         'embedded image tokens); a text-to-video one sets neither.')
-    kw = dict(patch_size=tuple(hf['patch_size']), in_channels=hf['in_channels'],
-              out_channels=hf['out_channels'], num_heads=hf['num_attention_heads'],
-              dim=hf['num_attention_heads'] * hf['attention_head_dim'], ffn_dim=hf['ffn_dim'],
-              depth=hf['num_layers'], text_dim=hf['text_dim'], freq_dim=hf['freq_dim'],
-              eps=hf.get('eps', 1e-6), cross_attn_norm=hf.get('cross_attn_norm', True))
+        raise ValueError(
+            f'image_dim={image_dim}, added_kv_proj_dim={kv_dim}: an image-to-video '
+            f'Wan sets both, with added_kv_proj_dim = the model width {dim} (the '
+            'embedded image tokens); a text-to-video one sets neither.'
+        )
+    kw = dict(
+        patch_size=tuple(hf['patch_size']),
+        in_channels=hf['in_channels'],
+        out_channels=hf['out_channels'],
+        num_heads=hf['num_attention_heads'],
+        dim=hf['num_attention_heads'] * hf['attention_head_dim'],
+        ffn_dim=hf['ffn_dim'],
+        depth=hf['num_layers'],
+        text_dim=hf['text_dim'],
+        freq_dim=hf['freq_dim'],
+        eps=hf.get('eps', 1e-6),
+        cross_attn_norm=hf.get('cross_attn_norm', True),
+    )
     if image_dim:  # Wan 2.1 I2V / FLF2V
         kw.update(image_dim=image_dim, image_pos_len=hf.get('pos_embed_seq_len') or 0)
     kw.update(overrides)
@@ -221,8 +247,11 @@ def vae_key_map(cfg) -> KeyMap:
                 resnet(f'{src}.resnets.{j}', f'{dst}/resnets/{j}', in_dim, out_dim)
                 in_dim = out_dim
             if i != n_levels - 1:
-                resample(f'{src}.downsampler', f'{dst}/downsampler',
-                         'downsample3d' if cfg.temperal_downsample[i] else 'downsample2d')
+                resample(
+                    f'{src}.downsampler',
+                    f'{dst}/downsampler',
+                    'downsample3d' if cfg.temperal_downsample[i] else 'downsample2d',
+                )
             continue
         for _ in range(cfg.num_res_blocks):
             resnet(f'encoder.down_blocks.{idx}', f'encoder/down_blocks/{idx}', in_dim, out_dim)
@@ -245,13 +274,20 @@ def vae_key_map(cfg) -> KeyMap:
         if i > 0 and not cfg.is_residual:
             in_dim //= 2  # Wan 2.1: the upsampler halved the channels
         for j in range(cfg.num_res_blocks + 1):
-            resnet(f'decoder.up_blocks.{i}.resnets.{j}', f'decoder/up_blocks/{i}/resnets/{j}',
-                   in_dim, out_dim)
+            resnet(
+                f'decoder.up_blocks.{i}.resnets.{j}',
+                f'decoder/up_blocks/{i}/resnets/{j}',
+                in_dim,
+                out_dim,
+            )
             in_dim = out_dim
         if i != n_levels - 1:
             up = 'upsampler' if cfg.is_residual else 'upsamplers.0'
-            resample(f'decoder.up_blocks.{i}.{up}', f'decoder/up_blocks/{i}/{up.replace(".", "/")}',
-                     'upsample3d' if up_time[i] else 'upsample2d')
+            resample(
+                f'decoder.up_blocks.{i}.{up}',
+                f'decoder/up_blocks/{i}/{up.replace(".", "/")}',
+                'upsample3d' if up_time[i] else 'upsample2d',
+            )
     io('decoder')
     conv('quant_conv', 'quant_conv')
     conv('post_quant_conv', 'post_quant_conv')
@@ -265,23 +301,40 @@ def vae_config_from_hf(hf: Mapping[str, Any] | str, **overrides):
     with) must equal the factors the layers give, else the folder is inconsistent: ValueError.
     """
     from sora_jax.models import vae
+
     hf = _read_json(hf)
-    names = ('base_dim', 'decoder_base_dim', 'z_dim', 'dim_mult', 'num_res_blocks', 'attn_scales',
-             'temperal_downsample', 'latents_mean', 'latents_std', 'in_channels', 'out_channels',
-             'is_residual', 'patch_size')
+    names = (
+        'base_dim',
+        'decoder_base_dim',
+        'z_dim',
+        'dim_mult',
+        'num_res_blocks',
+        'attn_scales',
+        'temperal_downsample',
+        'latents_mean',
+        'latents_std',
+        'in_channels',
+        'out_channels',
+        'is_residual',
+        'patch_size',
+    )
     kw = {k: hf[k] for k in names if k in hf}
     if kw.get('decoder_base_dim') == kw.get('base_dim', 96):
         kw['decoder_base_dim'] = None  # one width for both sides (Wan 2.1)
     kw.update(overrides)
     cfg = vae.from_config(kw)
-    factors = {'scale_factor_spatial': 2 ** (len(cfg.dim_mult) - 1) * cfg.patch,
-               'scale_factor_temporal': 2 ** sum(bool(t) for t in cfg.temperal_downsample)}
+    factors = {
+        'scale_factor_spatial': 2 ** (len(cfg.dim_mult) - 1) * cfg.patch,
+        'scale_factor_temporal': 2 ** sum(bool(t) for t in cfg.temperal_downsample),
+    }
     for key, want in factors.items():
         if hf.get(key) is not None and hf[key] != want:
-            raise ValueError(f'{key}={hf[key]} in the VAE config, but dim_mult={cfg.dim_mult}, '
-                             f'temperal_downsample={cfg.temperal_downsample}, patch_size='
-                             f'{cfg.patch_size} give {want}; fix {key} (or the layer settings) '
-                             'in config.json.')
+            raise ValueError(
+                f'{key}={hf[key]} in the VAE config, but dim_mult={cfg.dim_mult}, '
+                f'temperal_downsample={cfg.temperal_downsample}, patch_size='
+                f'{cfg.patch_size} give {want}; fix {key} (or the layer settings) '
+                'in config.json.'
+            )
     return cfg
 
 
@@ -296,9 +349,12 @@ def _read_json(hf: Mapping[str, Any] | str) -> dict:
 # ----------------------------------------------------------------------------- converting
 
 
-def convert(reader: SafetensorsFolder | str, key_map: KeyMap,
-            targets: Mapping[str, tuple[tuple[int, ...], Any]], dtype: Any = None
-            ) -> dict[str, np.ndarray]:
+def convert(
+    reader: SafetensorsFolder | str,
+    key_map: KeyMap,
+    targets: Mapping[str, tuple[tuple[int, ...], Any]],
+    dtype: Any = None,
+) -> dict[str, np.ndarray]:
     """Streams the source tensors into new arrays shaped like `targets` (path -> (shape, dtype)).
 
     The output dtype is the source dtype (bf16 stays bf16) unless `dtype` is given.
@@ -317,7 +373,9 @@ def convert(reader: SafetensorsFolder | str, key_map: KeyMap,
         problems.append(f'{len(unmapped)} source keys have no rule: {_abbrev(unmapped)}')
     bad_targets = sorted({r.target for r in key_map.rules.values()} - set(targets))
     if bad_targets:
-        problems.append(f'rules name {len(bad_targets)} paths the model lacks: {_abbrev(bad_targets)}')
+        problems.append(
+            f'rules name {len(bad_targets)} paths the model lacks: {_abbrev(bad_targets)}'
+        )
     filled: dict[str, set] = {}
     for r in used.values():
         filled.setdefault(r.target, set()).add(r.layer)
@@ -331,8 +389,11 @@ def convert(reader: SafetensorsFolder | str, key_map: KeyMap,
     if unfilled:
         problems.append(f'{len(unfilled)} target parameters left unfilled: {_abbrev(unfilled)}')
     if problems:
-        raise ValueError('Weight key map does not match: ' + '; '.join(problems) +
-                         '. Check that the folder holds the right component and config.')
+        raise ValueError(
+            'Weight key map does not match: '
+            + '; '.join(problems)
+            + '. Check that the folder holds the right component and config.'
+        )
 
     out: dict[str, np.ndarray] = {}
     for key in sorted(used, key=lambda k: (used[k].target, used[k].layer or 0)):
@@ -348,8 +409,10 @@ def convert(reader: SafetensorsFolder | str, key_map: KeyMap,
             x = x.transpose(perm)
         want = shape[1:] if rule.layer is not None else shape
         if tuple(x.shape) != tuple(want):
-            raise ValueError(f'{key} -> {rule.target}: converted shape {x.shape} != model shape '
-                             f'{tuple(want)}; the config does not match the checkpoint.')
+            raise ValueError(
+                f'{key} -> {rule.target}: converted shape {x.shape} != model shape '
+                f'{tuple(want)}; the config does not match the checkpoint.'
+            )
         if rule.target not in out:
             out[rule.target] = np.empty(shape, dtype or x.dtype)
         if rule.layer is None:
@@ -370,19 +433,25 @@ def _abbrev(items: list[str], n: int = 12) -> str:
 def state_targets(abstract_state) -> dict[str, tuple[tuple[int, ...], Any]]:
     """Flat `path -> (shape, dtype)` of an (abstract) NNX state."""
     from flax import nnx
-    return {'/'.join(map(str, p)): (tuple(v.shape), v.dtype)
-            for p, v in nnx.to_flat_state(abstract_state)}
+
+    return {
+        '/'.join(map(str, p)): (tuple(v.shape), v.dtype)
+        for p, v in nnx.to_flat_state(abstract_state)
+    }
 
 
 def apply_to_state(state, flat: Mapping[str, np.ndarray]):
     """Returns `state` with every leaf replaced by `flat[path]` (as jax arrays)."""
     import jax.numpy as jnp
     from flax import nnx
+
     flat_state = nnx.to_flat_state(state)
     paths = {'/'.join(map(str, p)) for p, _ in flat_state}
     if paths != set(flat):
-        raise ValueError(f'State/params mismatch: missing {_abbrev(sorted(paths - set(flat)))}; '
-                         f'extra {_abbrev(sorted(set(flat) - paths))}.')
+        raise ValueError(
+            f'State/params mismatch: missing {_abbrev(sorted(paths - set(flat)))}; '
+            f'extra {_abbrev(sorted(set(flat) - paths))}.'
+        )
     leaves = []
     for p, v in flat_state:
         arr = flat['/'.join(map(str, p))]
@@ -395,44 +464,62 @@ def apply_to_state(state, flat: Mapping[str, np.ndarray]):
 def build(make_model: Callable[[], Any], flat: Mapping[str, np.ndarray]):
     """Creates the model abstractly (no init memory) and fills it with `flat`."""
     from flax import nnx
+
     graphdef, abstract = nnx.split(nnx.eval_shape(make_model))
     return nnx.merge(graphdef, apply_to_state(abstract, flat))
 
 
 # ----------------------------------------------------------------------------- components
 
-COMPONENTS = ('text_encoder', 'transformer', 'vae')   # diffusers sub-folder names
+COMPONENTS = ('text_encoder', 'transformer', 'vae')  # diffusers sub-folder names
 OPTIONAL_COMPONENTS = ('image_encoder',)  # Wan 2.1 I2V; converted along with the transformer
 
 
 def component_spec(component: str, hf_config: Mapping[str, Any] | str, **overrides):
     """(our config, model factory, KeyMap) for one Wan component from its HF `config.json`."""
     from flax import nnx
+
     if component == 'text_encoder':
         from sora_jax.models import umt5
+
         cfg = umt5.UMT5Config.from_hf(_read_json(hf_config), **overrides)
         return cfg, lambda: umt5.UMT5Encoder(cfg, rngs=nnx.Rngs(0)), umt5_key_map(cfg.num_layers)
-    if component in ('transformer', 'transformer_2'):  # transformer_2: Wan 2.2 A14B low-noise expert
+    if component in (
+        'transformer',
+        'transformer_2',
+    ):  # transformer_2: Wan 2.2 A14B low-noise expert
         from sora_jax.models.dit import DiT
+
         cfg = dit_config_from_hf(hf_config, **overrides)
-        return cfg, lambda: DiT(cfg, rngs=nnx.Rngs(0)), dit_key_map(
-            cfg.depth, image=cfg.image_dim > 0, image_pos=cfg.image_pos_len > 0)
+        return (
+            cfg,
+            lambda: DiT(cfg, rngs=nnx.Rngs(0)),
+            dit_key_map(cfg.depth, image=cfg.image_dim > 0, image_pos=cfg.image_pos_len > 0),
+        )
     if component == 'vae':
         from sora_jax.models.vae import WanVAE
+
         cfg = vae_config_from_hf(hf_config, **overrides)
         return cfg, lambda: WanVAE(cfg, rngs=nnx.Rngs(0)), vae_key_map(cfg)
     if component == 'image_encoder':  # Wan 2.1 I2V: transformers CLIPVisionModel
         from sora_jax.convert.clip_vision import clip_vision_key_map
         from sora_jax.models import clip_vision
+
         cfg = clip_vision.CLIPVisionConfig.from_hf(_read_json(hf_config), **overrides)
-        return (cfg, lambda: clip_vision.CLIPVisionEncoder(cfg, rngs=nnx.Rngs(0)),
-                clip_vision_key_map(cfg.num_hidden_layers))
-    raise ValueError(f'component {component!r} is not convertible; choose from '
-                     f'{COMPONENTS + OPTIONAL_COMPONENTS}.')
+        return (
+            cfg,
+            lambda: clip_vision.CLIPVisionEncoder(cfg, rngs=nnx.Rngs(0)),
+            clip_vision_key_map(cfg.num_hidden_layers),
+        )
+    raise ValueError(
+        f'component {component!r} is not convertible; choose from '
+        f'{COMPONENTS + OPTIONAL_COMPONENTS}.'
+    )
 
 
 def _targets(make) -> dict[str, tuple[tuple[int, ...], Any]]:
     from flax import nnx
+
     return state_targets(nnx.split(nnx.eval_shape(make))[1])
 
 
@@ -447,6 +534,7 @@ def load_component(src: str, component: str, weights_dtype: Any = None, **config
 def load_umt5(src: str, dtype: Any = None, **config_overrides):
     """Wan `text_encoder/` folder -> a ready `UMT5Encoder` (dtype: the checkpoint's by default)."""
     import jax.numpy as jnp
+
     if dtype is None:
         dtype = SafetensorsFolder(src).dtype('encoder.final_layer_norm.weight')
     config_overrides.setdefault('param_dtype', jnp.dtype(dtype))
@@ -469,8 +557,10 @@ def convert_component(src: str, dst: str, component: str) -> dict[str, np.ndarra
     _, make, key_map = component_spec(component, src)
     flat = convert(src, key_map, _targets(make))
     os.makedirs(dst, exist_ok=True)
-    with open(os.path.join(src, 'config.json')) as f, \
-         open(os.path.join(dst, 'config.json'), 'w') as g:
+    with (
+        open(os.path.join(src, 'config.json')) as f,
+        open(os.path.join(dst, 'config.json'), 'w') as g,
+    ):
         g.write(f.read())
     save_params(flat, os.path.join(dst, 'params'))
     return flat
@@ -528,25 +618,34 @@ def convert_folder(src: str, dst: str, components: Iterable[str] = COMPONENTS) -
     components = list(components)
     if tuple(components) == COMPONENTS:
         components += [c for c in OPTIONAL_COMPONENTS if os.path.isdir(os.path.join(src, c))]
-    if ('transformer' in components and 'image_encoder' not in components
-            and os.path.isdir(os.path.join(src, 'image_encoder'))):
+    if (
+        'transformer' in components
+        and 'image_encoder' not in components
+        and os.path.isdir(os.path.join(src, 'image_encoder'))
+    ):
         components.append('image_encoder')
     for comp in components:
         if comp not in CONVERTERS:
-            raise ValueError(f'component {comp!r} is not convertible; choose from '
-                             f'{sorted(CONVERTERS)}.')
+            raise ValueError(
+                f'component {comp!r} is not convertible; choose from {sorted(CONVERTERS)}.'
+            )
         if not os.path.isdir(os.path.join(src, comp)):
-            raise ValueError(f'{os.path.join(src, comp)!r} does not exist; --src must be a '
-                             f'diffusers Wan folder holding {sorted(CONVERTERS)} sub-folders.')
+            raise ValueError(
+                f'{os.path.join(src, comp)!r} does not exist; --src must be a '
+                f'diffusers Wan folder holding {sorted(CONVERTERS)} sub-folders.'
+            )
     for comp in components:
         logging.info('converting %s', comp)
         CONVERTERS[comp](os.path.join(src, comp), os.path.join(dst, comp))
     import shutil
+
     tok = os.path.join(src, 'tokenizer')
     if os.path.isdir(tok) and 'text_encoder' in components:
         shutil.copytree(tok, os.path.join(dst, 'tokenizer'), dirs_exist_ok=True)
     if os.path.isfile(os.path.join(src, 'model_index.json')) and components:
-        shutil.copyfile(os.path.join(src, 'model_index.json'), os.path.join(dst, 'model_index.json'))
+        shutil.copyfile(
+            os.path.join(src, 'model_index.json'), os.path.join(dst, 'model_index.json')
+        )
     proc = os.path.join(src, 'image_processor')
     if os.path.isdir(proc) and 'image_encoder' in components:
         shutil.copytree(proc, os.path.join(dst, 'image_processor'), dirs_exist_ok=True)

@@ -25,6 +25,7 @@ rebuilt with a warning; reading an old pickled record file directly is a ValueEr
 writes `DONE` after a barrier (`jax.experimental.multihost_utils.sync_global_devices`), once
 every process has written its shard.
 """
+
 from __future__ import annotations
 
 import collections
@@ -37,23 +38,31 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from absl import logging
-from etils import epath
 from array_record.python import array_record_data_source, array_record_module
+from etils import epath
 from tqdm import tqdm
 
 from sora_jax.io.video import to_float
 
-FORMAT = 2                  # 1: pickled dicts in one file per split (no manifest)
-MAGIC = b'\x00SJLAT2\n'     # not a pickle opcode: pickle.loads fails on the first byte
+FORMAT = 2  # 1: pickled dicts in one file per split (no manifest)
+MAGIC = b'\x00SJLAT2\n'  # not a pickle opcode: pickle.loads fails on the first byte
 _HEADER_LEN = struct.Struct('<I')
 
 
-def encode_record(latents: np.ndarray, example_id: int, caption_en: Any = b'',
-                  caption_es: Any = b'') -> bytes:
+def encode_record(
+    latents: np.ndarray, example_id: int, caption_en: Any = b'', caption_es: Any = b''
+) -> bytes:
     """One latent record (see the module docstring): float32 latents [T', h, w, C] + metadata."""
     z = np.ascontiguousarray(latents, dtype='<f4')
-    header = json.dumps({'shape': list(z.shape), 'dtype': '<f4', 'id': int(example_id),
-                         'caption_en': _text(caption_en), 'caption_es': _text(caption_es)})
+    header = json.dumps(
+        {
+            'shape': list(z.shape),
+            'dtype': '<f4',
+            'id': int(example_id),
+            'caption_en': _text(caption_en),
+            'caption_es': _text(caption_es),
+        }
+    )
     header = header.encode('utf-8')
     return MAGIC + _HEADER_LEN.pack(len(header)) + header + z.tobytes()
 
@@ -64,17 +73,24 @@ def decode_record(raw: bytes, where: str = 'record') -> dict:
         old = raw[:1] == b'\x80'  # pickle protocol >= 2
         raise ValueError(
             f'{where} is not a sora_jax latent record'
-            + (' (it is a pickled dict from an older version of the latent cache; it is not '
-               'unpickled, since a pickle read from a shared directory can run code)' if old
-               else '') + '. Delete the cache directory and rerun: it is encoded again.')
+            + (
+                ' (it is a pickled dict from an older version of the latent cache; it is not '
+                'unpickled, since a pickle read from a shared directory can run code)'
+                if old
+                else ''
+            )
+            + '. Delete the cache directory and rerun: it is encoded again.'
+        )
     start = len(MAGIC) + _HEADER_LEN.size
     (n,) = _HEADER_LEN.unpack_from(raw, len(MAGIC))
-    header = json.loads(raw[start:start + n].decode('utf-8'))
+    header = json.loads(raw[start : start + n].decode('utf-8'))
     z = np.frombuffer(raw, np.dtype(header['dtype']), offset=start + n)
-    return {'latents': z.reshape(header['shape']).astype(np.float32),  # a writable copy
-            'id': np.int64(header['id']),
-            'caption_en': header['caption_en'].encode('utf-8'),
-            'caption_es': header['caption_es'].encode('utf-8')}
+    return {
+        'latents': z.reshape(header['shape']).astype(np.float32),  # a writable copy
+        'id': np.int64(header['id']),
+        'caption_en': header['caption_en'].encode('utf-8'),
+        'caption_es': header['caption_es'].encode('utf-8'),
+    }
 
 
 def _text(value: Any) -> str:
@@ -131,15 +147,20 @@ def cache_dir(root: str, data_key: Any, vae_path: str, vae_step: int) -> str:
         text = epath.Path(data_key['exclude']).read_bytes()
         data_key = {**data_key, 'exclude_sha256': hashlib.sha256(text).hexdigest()}
     vae = os.fspath(vae_path)  # a gs:// checkpoint as it is; a local one made absolute
-    ident = json.dumps([data_key, vae if '://' in vae else os.path.abspath(vae), int(vae_step)],
-                       sort_keys=True, default=str)
+    ident = json.dumps(
+        [data_key, vae if '://' in vae else os.path.abspath(vae), int(vae_step)],
+        sort_keys=True,
+        default=str,
+    )
     return os.path.join(root, 'latents', hashlib.sha1(ident.encode()).hexdigest()[:16])
 
 
 def _sync_processes(name: str) -> None:
     import jax
+
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices(name)
 
 
@@ -156,10 +177,16 @@ def _shard_name(split: str, index: int, count: int) -> str:
     return f'{split}-{index:05d}-of-{count:05d}'
 
 
-def encode_dataset(sources: dict[str, Any], encode: Callable[[np.ndarray], np.ndarray],
-                   out_dir: str, *, batch_size: int = 8, process_index: int | None = None,
-                   process_count: int | None = None,
-                   barrier: Callable[[str], None] | None = None) -> str:
+def encode_dataset(
+    sources: dict[str, Any],
+    encode: Callable[[np.ndarray], np.ndarray],
+    out_dir: str,
+    *,
+    batch_size: int = 8,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    barrier: Callable[[str], None] | None = None,
+) -> str:
     """Encodes every split (batches of same-size clips) unless `out_dir` is already complete.
 
     Every process calls it: process i of n (default `jax.process_index()` / `process_count()`)
@@ -169,6 +196,7 @@ def encode_dataset(sources: dict[str, Any], encode: Callable[[np.ndarray], np.nd
     processes share. Returns out_dir; open splits with `open_split(out_dir, split, mean, std)`.
     """
     import jax
+
     index = jax.process_index() if process_index is None else int(process_index)
     count = jax.process_count() if process_count is None else int(process_count)
     if not 0 <= index < count:
@@ -181,26 +209,39 @@ def encode_dataset(sources: dict[str, Any], encode: Callable[[np.ndarray], np.nd
     if index == 0:
         if os.path.isdir(out_dir):
             old = os.path.isfile(os.path.join(out_dir, 'DONE'))
-            logging.warning('Rebuilding latent cache %s: %s', out_dir,
-                            'written by an older version (pickled records, not read)' if old
-                            else 'incomplete (no DONE marker)')
+            logging.warning(
+                'Rebuilding latent cache %s: %s',
+                out_dir,
+                'written by an older version (pickled records, not read)'
+                if old
+                else 'incomplete (no DONE marker)',
+            )
             shutil.rmtree(out_dir)
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     sync('latents:tmp_ready')
     for split, src in sources.items():
         name = _shard_name(split, index, count)
-        index_data = _encode_split(src, encode, os.path.join(tmp, name + '.array_record'),
-                                   range(index, len(src), count), batch_size,
-                                   desc=f'encoding {split} ({index + 1}/{count})')
+        index_data = _encode_split(
+            src,
+            encode,
+            os.path.join(tmp, name + '.array_record'),
+            range(index, len(src), count),
+            batch_size,
+            desc=f'encoding {split} ({index + 1}/{count})',
+        )
         with open(os.path.join(tmp, name + '.json'), 'w') as f:
             json.dump(index_data, f)
     sync('latents:shards_written')
     if index == 0:
         stats = None
         if 'train' in sources:
-            stats = _merge_stats([_read_json(os.path.join(tmp, _shard_name('train', i, count)
-                                                           + '.json')) for i in range(count)])
+            stats = _merge_stats(
+                [
+                    _read_json(os.path.join(tmp, _shard_name('train', i, count) + '.json'))
+                    for i in range(count)
+                ]
+            )
         with open(os.path.join(tmp, 'stats.json'), 'w') as f:
             json.dump(stats, f)
         with open(os.path.join(tmp, 'manifest.json'), 'w') as f:
@@ -219,17 +260,21 @@ def load_stats(out_dir: str) -> dict[str, list[float]]:
 def open_split(out_dir: str, split: str, mean=None, std=None) -> LatentSource:
     """All shards of `split` in a complete cache, as one LatentSource."""
     if not _complete(out_dir):
-        raise ValueError(f'{out_dir!r} is not a complete latent cache of format {FORMAT} (no '
-                         'manifest.json / DONE, or an older pickled cache); encode it with '
-                         'encode_dataset (training does this on its own).')
+        raise ValueError(
+            f'{out_dir!r} is not a complete latent cache of format {FORMAT} (no '
+            'manifest.json / DONE, or an older pickled cache); encode it with '
+            'encode_dataset (training does this on its own).'
+        )
     manifest = _read_json(os.path.join(out_dir, 'manifest.json'))
     if split not in manifest['splits']:
-        raise ValueError(f'latent cache {out_dir!r} has no split {split!r} '
-                         f'(splits: {manifest["splits"]}).')
+        raise ValueError(
+            f'latent cache {out_dir!r} has no split {split!r} (splits: {manifest["splits"]}).'
+        )
     names = [_shard_name(split, i, manifest['num_shards']) for i in range(manifest['num_shards'])]
     sizes = [s for n in names for s in _read_json(os.path.join(out_dir, n + '.json'))['sizes']]
-    return LatentSource([os.path.join(out_dir, n + '.array_record') for n in names], mean, std,
-                        sizes)
+    return LatentSource(
+        [os.path.join(out_dir, n + '.array_record') for n in names], mean, std, sizes
+    )
 
 
 def _read_json(path: str):
@@ -244,7 +289,7 @@ def _merge_stats(shards: list[dict]) -> dict[str, list[float]]:
     s1 = sum(np.asarray(s['sum'], np.float64) for s in parts)
     s2 = sum(np.asarray(s['sumsq'], np.float64) for s in parts)
     mean = s1 / max(n, 1)
-    std = np.sqrt(np.maximum(s2 / max(n, 1) - mean ** 2, 1e-12))
+    std = np.sqrt(np.maximum(s2 / max(n, 1) - mean**2, 1e-12))
     return {'mean': np.atleast_1d(mean).tolist(), 'std': np.atleast_1d(std).tolist()}
 
 
@@ -260,15 +305,17 @@ def _encode_split(src, encode, path: str, indices, batch_size: int, desc: str) -
     def flush(key):
         nonlocal s1, s2, vectors
         items = pending.pop(key)
-        lat = np.asarray(encode(np.stack([to_float(np.asarray(e['video'])) for e in items])),
-                         np.float32)
+        lat = np.asarray(
+            encode(np.stack([to_float(np.asarray(e['video'])) for e in items])), np.float32
+        )
         flat = lat.reshape(-1, lat.shape[-1]).astype(np.float64)
         s1 = s1 + flat.sum(0)
-        s2 = s2 + (flat ** 2).sum(0)
+        s2 = s2 + (flat**2).sum(0)
         vectors += flat.shape[0]
         for e, z in zip(items, lat):
-            writer.write(encode_record(z, int(e['id']), e.get('caption_en', b''),
-                                       e.get('caption_es', b'')))
+            writer.write(
+                encode_record(z, int(e['id']), e.get('caption_en', b''), e.get('caption_es', b''))
+            )
             sizes.append(list(z.shape[:3]))
 
     for i in tqdm(indices, desc=desc):
@@ -280,5 +327,9 @@ def _encode_split(src, encode, path: str, indices, batch_size: int, desc: str) -
     for key in list(pending):
         flush(key)
     writer.close()
-    return {'sizes': sizes, 'sum': np.atleast_1d(s1).tolist(),
-            'sumsq': np.atleast_1d(s2).tolist(), 'vectors': vectors}
+    return {
+        'sizes': sizes,
+        'sum': np.atleast_1d(s1).tolist(),
+        'sumsq': np.atleast_1d(s2).tolist(),
+        'vectors': vectors,
+    }

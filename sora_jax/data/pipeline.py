@@ -29,6 +29,7 @@ Worker processes (`worker_count > 0`) pickle the pipeline, so `tokenize` must be
 picklable (a module-level function or a class instance), and scripts need an
 `if __name__ == "__main__":` guard (with absl, flags parsed by `app.run`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,11 +37,10 @@ import os
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from absl import flags
-from absl import logging
 import grain
 import jax
 import numpy as np
+from absl import flags, logging
 
 from sora_jax.io.video import to_float
 
@@ -49,19 +49,22 @@ Tokenize = Callable[[str], np.ndarray]  # caption -> int32 [L]
 LANG_EN, LANG_ES = 0, 1
 
 
-def open_source(path: str | os.PathLike, split: str = "train"):
+def open_source(path: str | os.PathLike, split: str = 'train'):
     """Random-access data source of a built tfds dataset directory (the `.../1.0.0` folder)."""
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
     path = os.fspath(path)
-    if not os.path.isfile(os.path.join(path, "dataset_info.json")):
-        raise ValueError(f"{path!r} is not a built tfds dataset (no dataset_info.json); pass "
-                         "the version folder, e.g. DATA_DIR/synthetic_shapes/tiny/1.0.0.")
+    if not os.path.isfile(os.path.join(path, 'dataset_info.json')):
+        raise ValueError(
+            f'{path!r} is not a built tfds dataset (no dataset_info.json); pass '
+            'the version folder, e.g. DATA_DIR/synthetic_shapes/tiny/1.0.0.'
+        )
     return tfds.builder_from_directory(path).as_data_source(split=split)
 
 
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
-        return value.decode("utf-8")
+        return value.decode('utf-8')
     if isinstance(value, np.ndarray):
         return _text(value.item())
     return str(value)
@@ -84,46 +87,50 @@ class ExampleTransform:
 
     def __init__(self, tokenize: Tokenize, seed: int, spanish_prob: float):
         if not 0.0 <= spanish_prob <= 1.0:
-            raise ValueError(f"spanish_prob must be in [0, 1], got {spanish_prob}.")
+            raise ValueError(f'spanish_prob must be in [0, 1], got {spanish_prob}.')
         self.tokenize, self.seed, self.spanish_prob = tokenize, seed, spanish_prob
 
     def __call__(self, ex: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        ex_id = int(ex["id"])
-        captions = [_text(ex.get("caption_en", b"")), _text(ex.get("caption_es", b""))]
+        ex_id = int(ex['id'])
+        captions = [_text(ex.get('caption_en', b'')), _text(ex.get('caption_es', b''))]
         lang = choose_language(self.seed, ex_id, self.spanish_prob)
         text = captions[lang] or captions[1 - lang]
         ids = np.asarray(self.tokenize(text))
         if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"tokenize must return an integer vector [L], got {ids.dtype} "
-                             f"{ids.shape} for {text!r}.")
-        out = {"text_ids": ids.astype(np.int32), "id": np.int64(ex_id)}
-        if "context" in ex:  # precomputed text features (data/text_features.py)
-            out["context"] = np.asarray(ex["context"], np.float32)
-        if "latents" in ex:  # pre-encoded by a VAE (data/latents.py)
-            out["latents"] = np.asarray(ex["latents"], np.float32)
+            raise ValueError(
+                f'tokenize must return an integer vector [L], got {ids.dtype} '
+                f'{ids.shape} for {text!r}.'
+            )
+        out = {'text_ids': ids.astype(np.int32), 'id': np.int64(ex_id)}
+        if 'context' in ex:  # precomputed text features (data/text_features.py)
+            out['context'] = np.asarray(ex['context'], np.float32)
+        if 'latents' in ex:  # pre-encoded by a VAE (data/latents.py)
+            out['latents'] = np.asarray(ex['latents'], np.float32)
         else:
-            out["video"] = to_float(np.asarray(ex["video"]))
+            out['video'] = to_float(np.asarray(ex['video']))
         return out
 
 
 def stack_batch(elements: Sequence[Mapping[str, np.ndarray]], pad_id: int = 0) -> dict:
     """Stacks examples; text ids of unequal length are right-padded with `pad_id`."""
-    lengths = {len(e["text_ids"]) for e in elements}
+    lengths = {len(e['text_ids']) for e in elements}
     length = max(lengths)
     text = np.full((len(elements), length), pad_id, np.int32)
     for i, e in enumerate(elements):
-        text[i, :len(e["text_ids"])] = e["text_ids"]
+        text[i, : len(e['text_ids'])] = e['text_ids']
     key = _data_key(elements[0])
-    out = {key: np.stack([e[key] for e in elements]),
-           "text_ids": text,
-           "id": np.asarray([e["id"] for e in elements], np.int64)}
-    if "context" in elements[0]:
-        out["context"] = np.stack([e["context"] for e in elements])
+    out = {
+        key: np.stack([e[key] for e in elements]),
+        'text_ids': text,
+        'id': np.asarray([e['id'] for e in elements], np.int64),
+    }
+    if 'context' in elements[0]:
+        out['context'] = np.stack([e['context'] for e in elements])
     return out
 
 
 def _data_key(element: Mapping[str, np.ndarray]) -> str:
-    return "latents" if "latents" in element else "video"
+    return 'latents' if 'latents' in element else 'video'
 
 
 def _bucket_key(element: Mapping[str, np.ndarray]) -> tuple[int, ...]:
@@ -142,6 +149,7 @@ class BucketPlan:
       per-step bucket choice is weighted by them, i.e. by each size's share of the data.
     local: per bucket, the record indices of the source in this host's shard.
     """
+
     sizes: tuple[tuple[int, ...], ...]
     counts: tuple[int, ...]
     local: tuple[np.ndarray, ...]
@@ -154,12 +162,14 @@ def bucket_plan(source: Any, shard_index: int = 0, shard_count: int = 1) -> Buck
     without counts is read in full on every host (logged), so all hosts weight alike."""
     n = len(source)
     mine = np.arange(shard_index, n, shard_count)
-    record_sizes = getattr(source, "record_sizes", None)
+    record_sizes = getattr(source, 'record_sizes', None)
     if callable(record_sizes):
         every = [tuple(int(d) for d in s[:3]) for s in record_sizes()]
         if len(every) != n:
-            raise ValueError(f"source.record_sizes() lists {len(every)} records but the source "
-                             f"has {n}; rebuild the source (e.g. delete its latent cache).")
+            raise ValueError(
+                f'source.record_sizes() lists {len(every)} records but the source '
+                f'has {n}; rebuild the source (e.g. delete its latent cache).'
+            )
         return _plan_from(sorted(set(every)), every, mine)
     declared = [tuple(int(d) for d in s) for s in _declared_sizes(source)]
     if len(declared) == 1:
@@ -173,19 +183,26 @@ def bucket_plan(source: Any, shard_index: int = 0, shard_count: int = 1) -> Buck
         local = [_bucket_key(source[int(i)]) for i in mine]
         unknown = sorted(set(local) - set(sizes))
         if unknown:
-            raise ValueError(f"Records of sizes {unknown} are not among the sizes {sizes} that "
-                             f"the source's metadata declares; rebuild the dataset.")
+            raise ValueError(
+                f'Records of sizes {unknown} are not among the sizes {sizes} that '
+                f"the source's metadata declares; rebuild the dataset."
+            )
         which = np.asarray([index[s] for s in local], np.int64)
-        logging.info("size buckets: read this host's %d records in %.1f s", len(mine),
-                     time.time() - t0)
-        return BucketPlan(tuple(sizes), tuple(counts),
-                          tuple(mine[which == b] for b in range(len(sizes))))
+        logging.info(
+            "size buckets: read this host's %d records in %.1f s", len(mine), time.time() - t0
+        )
+        return BucketPlan(
+            tuple(sizes), tuple(counts), tuple(mine[which == b] for b in range(len(sizes)))
+        )
     if shard_count > 1:
-        logging.warning("The source declares no per-size counts (metadata size_counts): every "
-                        "host reads all %d records once to weight the size buckets alike. "
-                        "Rebuild the dataset with the current builders to skip this.", n)
+        logging.warning(
+            'The source declares no per-size counts (metadata size_counts): every '
+            'host reads all %d records once to weight the size buckets alike. '
+            'Rebuild the dataset with the current builders to skip this.',
+            n,
+        )
     every = [_bucket_key(source[i]) for i in range(n)]
-    logging.info("size buckets: read %d records in %.1f s", n, time.time() - t0)
+    logging.info('size buckets: read %d records in %.1f s', n, time.time() - t0)
     return _plan_from(sorted(set(every)), every, mine)
 
 
@@ -201,10 +218,10 @@ def _plan_from(sizes, record_sizes, mine) -> BucketPlan:
 
 def _declared_counts(source: Any, num_sizes: int) -> list[int] | None:
     """Examples per declared size in this source's split (metadata `size_counts`), or None."""
-    info = getattr(source, "dataset_info", None)
-    metadata = getattr(info, "metadata", None) or {}
-    per_split = metadata.get("size_counts") or {}
-    counts = per_split.get(str(getattr(source, "split", "")))
+    info = getattr(source, 'dataset_info', None)
+    metadata = getattr(info, 'metadata', None) or {}
+    per_split = metadata.get('size_counts') or {}
+    counts = per_split.get(str(getattr(source, 'split', '')))
     if counts is None or len(counts) != num_sizes or sum(counts) != len(source):
         return None  # e.g. a sub-split such as "train[:50%]"
     return [int(c) for c in counts]
@@ -216,12 +233,12 @@ def bucket_for_step(seed: int, step: int, weights: Sequence[float]) -> int:
     w = np.asarray(weights, np.float64)
     positive = np.flatnonzero(w > 0)
     if len(positive) == 0:
-        raise ValueError(f"bucket weights {w.tolist()} have no positive entry.")
+        raise ValueError(f'bucket weights {w.tolist()} have no positive entry.')
     if len(positive) == 1:
         return int(positive[0])
     u = np.random.default_rng([int(seed) & 0xFFFFFFFF, 15485863, int(step)]).random()
     cum = np.cumsum(w)
-    return int(min(np.searchsorted(cum, u * cum[-1], side="right"), positive[-1]))
+    return int(min(np.searchsorted(cum, u * cum[-1], side='right'), positive[-1]))
 
 
 class _Records:
@@ -253,15 +270,24 @@ class BucketBatchIterDataset(grain.IterDataset):
     may end differently per host).
     """
 
-    def __init__(self, streams: Sequence[grain.MapDataset], sizes: Sequence[tuple],
-                 weights: Sequence[float], batch_size: int, seed: int,
-                 drop_remainder: bool, pad_id: int = 0):
+    def __init__(
+        self,
+        streams: Sequence[grain.MapDataset],
+        sizes: Sequence[tuple],
+        weights: Sequence[float],
+        batch_size: int,
+        seed: int,
+        drop_remainder: bool,
+        pad_id: int = 0,
+    ):
         super().__init__(list(streams))
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+            raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
         if not len(streams) == len(sizes) == len(weights):
-            raise ValueError(f"{len(streams)} streams, {len(sizes)} sizes and {len(weights)} "
-                             "weights: give one of each per bucket.")
+            raise ValueError(
+                f'{len(streams)} streams, {len(sizes)} sizes and {len(weights)} '
+                'weights: give one of each per bucket.'
+            )
         self._streams, self._sizes = list(streams), [tuple(s) for s in sizes]
         self._weights = [float(w) for w in weights]
         self._batch_size, self._seed = batch_size, int(seed)
@@ -274,21 +300,20 @@ class BucketBatchIterDataset(grain.IterDataset):
         del sequential_slice
         self._slice = (sl.start or 0, sl.step or 1)
 
-    def __iter__(self) -> "_BucketBatchIterator":
+    def __iter__(self) -> '_BucketBatchIterator':
         return _BucketBatchIterator(self)
 
     def __str__(self) -> str:
-        return f"BucketBatchIterDataset(batch_size={self._batch_size}, sizes={self._sizes})"
+        return f'BucketBatchIterDataset(batch_size={self._batch_size}, sizes={self._sizes})'
 
 
 class _BucketBatchIterator(grain.DatasetIterator):
-
     def __init__(self, ds: BucketBatchIterDataset):
         super().__init__()
         self._ds = ds
         self._lengths = [len(s) for s in ds._streams]  # sys.maxsize when repeating forever
-        self._step = 0                                   # batches emitted by all workers
-        self._consumed = [0] * len(ds._streams)          # elements taken per bucket
+        self._step = 0  # batches emitted by all workers
+        self._consumed = [0] * len(ds._streams)  # elements taken per bucket
 
     def _next_bucket(self) -> tuple[int, int] | None:
         """(bucket, batch length) of the current step; None when every stream is spent."""
@@ -318,41 +343,62 @@ class _BucketBatchIterator(grain.DatasetIterator):
                 return stack_batch(elements, self._ds._pad_id)
 
     def get_state(self) -> dict[str, Any]:
-        return {"step": int(self._step), "consumed": [int(c) for c in self._consumed],
-                "sizes": [list(s) for s in self._ds._sizes]}
+        return {
+            'step': int(self._step),
+            'consumed': [int(c) for c in self._consumed],
+            'sizes': [list(s) for s in self._ds._sizes],
+        }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         sizes = self._ds._sizes
-        if "next_index" in state:  # written before buckets were chosen per step
-            if len(sizes) > 1 or state.get("pending"):
+        if 'next_index' in state:  # written before buckets were chosen per step
+            if len(sizes) > 1 or state.get('pending'):
                 raise ValueError(
-                    f"Iterator state {dict(state)} (next_index / pending) was written by the "
-                    f"per-host bucketing of an older version and cannot be mapped onto the "
-                    f"per-step size buckets {sizes}; start a new workdir with "
-                    "train.init_from=<old workdir> (the data position restarts).")
-            state = {"step": int(state["next_index"]) // self._ds._batch_size,
-                     "consumed": [int(state["next_index"])], "sizes": [list(s) for s in sizes]}
-        if [tuple(s) for s in state.get("sizes", ())] != sizes:
-            raise ValueError(f"Iterator state for size buckets {state.get('sizes')} cannot "
-                             f"restore a pipeline over buckets {[list(s) for s in sizes]}; was "
-                             "it saved for another dataset?")
-        consumed = [int(c) for c in state["consumed"]]
+                    f'Iterator state {dict(state)} (next_index / pending) was written by the '
+                    f'per-host bucketing of an older version and cannot be mapped onto the '
+                    f'per-step size buckets {sizes}; start a new workdir with '
+                    'train.init_from=<old workdir> (the data position restarts).'
+                )
+            state = {
+                'step': int(state['next_index']) // self._ds._batch_size,
+                'consumed': [int(state['next_index'])],
+                'sizes': [list(s) for s in sizes],
+            }
+        if [tuple(s) for s in state.get('sizes', ())] != sizes:
+            raise ValueError(
+                f'Iterator state for size buckets {state.get("sizes")} cannot '
+                f'restore a pipeline over buckets {[list(s) for s in sizes]}; was '
+                'it saved for another dataset?'
+            )
+        consumed = [int(c) for c in state['consumed']]
         for c, n, s in zip(consumed, self._lengths, sizes):
             if not 0 <= c <= n:
-                raise ValueError(f"Iterator state consumed={c} of bucket {s} is outside its "
-                                 f"stream (length {n}); was it saved for another dataset?")
-        self._step, self._consumed = int(state["step"]), consumed
+                raise ValueError(
+                    f'Iterator state consumed={c} of bucket {s} is outside its '
+                    f'stream (length {n}); was it saved for another dataset?'
+                )
+        self._step, self._consumed = int(state['step']), consumed
 
     def __str__(self) -> str:
-        return f"_BucketBatchIterator(step={self._step})"
+        return f'_BucketBatchIterator(step={self._step})'
 
 
-def make_dataset(source: Any, *, batch_size: int, seed: int, tokenize: Tokenize,
-                 shuffle: bool = True, num_epochs: int | None = None,
-                 spanish_prob: float = 0.5, drop_remainder: bool = True,
-                 shard_index: int | None = None, shard_count: int | None = None,
-                 worker_count: int = 0, worker_buffer_size: int = 2,
-                 pad_id: int = 0) -> grain.IterDataset:
+def make_dataset(
+    source: Any,
+    *,
+    batch_size: int,
+    seed: int,
+    tokenize: Tokenize,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    spanish_prob: float = 0.5,
+    drop_remainder: bool = True,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    worker_count: int = 0,
+    worker_buffer_size: int = 2,
+    pad_id: int = 0,
+) -> grain.IterDataset:
     """The training (or eval) pipeline as a grain IterDataset of batch dicts.
 
     Args:
@@ -374,29 +420,37 @@ def make_dataset(source: Any, *, batch_size: int, seed: int, tokenize: Tokenize,
     shard_index = jax.process_index() if shard_index is None else shard_index
     shard_count = jax.process_count() if shard_count is None else shard_count
     if not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard_index {shard_index} must be in [0, shard_count={shard_count}).")
+        raise ValueError(f'shard_index {shard_index} must be in [0, shard_count={shard_count}).')
     if len(source) < shard_count:
-        raise ValueError(f"The source has {len(source)} records, fewer than shard_count="
-                         f"{shard_count}; build a larger dataset.")
+        raise ValueError(
+            f'The source has {len(source)} records, fewer than shard_count='
+            f'{shard_count}; build a larger dataset.'
+        )
     if num_epochs is not None and num_epochs < 1:
-        raise ValueError(f"num_epochs must be None (forever) or >= 1, got {num_epochs}.")
+        raise ValueError(f'num_epochs must be None (forever) or >= 1, got {num_epochs}.')
     if worker_count < 0:
-        raise ValueError(f"worker_count must be >= 0, got {worker_count}.")
+        raise ValueError(f'worker_count must be >= 0, got {worker_count}.')
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
     plan = bucket_plan(source, shard_index, shard_count)
     if num_epochs is None and len(plan.sizes) > 1:  # every step takes a full batch of its size
         for size, local in zip(plan.sizes, plan.local):
             if len(local) < batch_size:
                 raise ValueError(
-                    f"Size bucket {size} has {len(local)} examples in shard {shard_index} of "
-                    f"{shard_count}, fewer than the per-host batch size {batch_size}, and every "
-                    f"step drawn for that size takes a full batch from each host. Add clips of "
-                    f"that size, drop it from data.sizes, or lower train.batch_size.")
+                    f'Size bucket {size} has {len(local)} examples in shard {shard_index} of '
+                    f'{shard_count}, fewer than the per-host batch size {batch_size}, and every '
+                    f'step drawn for that size takes a full batch from each host. Add clips of '
+                    f'that size, drop it from data.sizes, or lower train.batch_size.'
+                )
     if len(plan.sizes) > 1:
-        logging.info("size buckets %s: %s examples in all, %s in shard %d of %d",
-                     list(plan.sizes), list(plan.counts), [len(l) for l in plan.local],
-                     shard_index, shard_count)
+        logging.info(
+            'size buckets %s: %s examples in all, %s in shard %d of %d',
+            list(plan.sizes),
+            list(plan.counts),
+            [len(l) for l in plan.local],
+            shard_index,
+            shard_count,
+        )
     transform = ExampleTransform(tokenize, seed, spanish_prob)
     streams = []
     for b, local in enumerate(plan.local):
@@ -404,16 +458,20 @@ def make_dataset(source: Any, *, batch_size: int, seed: int, tokenize: Tokenize,
         if shuffle:  # bucket 0 keeps the plain seed: one size shuffles as it always has
             ds = ds.shuffle(seed=(int(seed) + 7919 * b) & 0xFFFFFFFF)
         streams.append(ds.repeat(num_epochs).map(transform))
-    batches = BucketBatchIterDataset(streams, plan.sizes, plan.counts, batch_size, seed,
-                                     drop_remainder, pad_id)
+    batches = BucketBatchIterDataset(
+        streams, plan.sizes, plan.counts, batch_size, seed, drop_remainder, pad_id
+    )
     if worker_count > 0:
         if not flags.FLAGS.is_parsed():
             # grain reads absl flags when it starts workers; outside app.run (tests,
             # notebooks) take the defaults rather than crash.
-            logging.info("absl flags not parsed; marking them parsed with defaults for grain.")
+            logging.info('absl flags not parsed; marking them parsed with defaults for grain.')
             flags.FLAGS.mark_as_parsed()
-        batches = batches.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
+        batches = batches.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=worker_count, per_worker_buffer_size=worker_buffer_size
+            )
+        )
         # Workers hand back shared-memory arrays; copy them so callers hold plain
         # numpy arrays and no shared-memory segment outlives its batch.
         batches = batches.map(_to_plain_numpy)
@@ -426,9 +484,9 @@ def _to_plain_numpy(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 def _declared_sizes(source: Any) -> list:
     """Clip sizes a tfds data source declares in its metadata ([] when unknown)."""
-    info = getattr(source, "dataset_info", None)
-    metadata = getattr(info, "metadata", None) or {}
-    return list(metadata.get("sizes", []))
+    info = getattr(source, 'dataset_info', None)
+    metadata = getattr(info, 'metadata', None) or {}
+    return list(metadata.get('sizes', []))
 
 
 def make_iterator(source: Any, **kwargs: Any) -> grain.DatasetIterator:

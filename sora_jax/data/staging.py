@@ -16,6 +16,7 @@ URI>` (`~/.cache` without XDG_CACHE_HOME). It is kept between runs: a second run
 machine copies nothing. Work directories of tfds still being written (`incomplete.*`) and lock
 files are never copied. Local paths are used as they are (no mirror, no copies).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -85,10 +86,10 @@ def copy_missing(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
 class Mirror:
     """The local directory a (possibly remote) data_dir is read and built through.
 
-        mirror = Mirror(config.data.data_dir, config.data.get('staging_dir', ''))
-        mirror.pull()
-        sources = build(mirror.local)    # tfds / latent cache on a local disk
-        mirror.push()
+    mirror = Mirror(config.data.data_dir, config.data.get('staging_dir', ''))
+    mirror.pull()
+    sources = build(mirror.local)    # tfds / latent cache on a local disk
+    mirror.push()
     """
 
     def __init__(self, data_dir: str, staging_dir: str = ''):
@@ -98,28 +99,40 @@ class Mirror:
             self.local = self.data_dir
         else:
             if is_remote(staging_dir):
-                raise ValueError(f'data.staging_dir={staging_dir!r} must be a local directory '
-                                 '(the mirror array_record reads); leave it empty for '
-                                 '~/.cache/sora_jax/data/<hash>.')
-            self.local = os.path.abspath(os.path.expanduser(staging_dir or
-                                                            default_mirror(self.data_dir)))
+                raise ValueError(
+                    f'data.staging_dir={staging_dir!r} must be a local directory '
+                    '(the mirror array_record reads); leave it empty for '
+                    '~/.cache/sora_jax/data/<hash>.'
+                )
+            self.local = os.path.abspath(
+                os.path.expanduser(staging_dir or default_mirror(self.data_dir))
+            )
 
     def pull(self) -> list[str]:
         if not self.remote:
             return []
         os.makedirs(self.local, exist_ok=True)
         copied = copy_missing(self.data_dir, self.local)
-        logging.info('data_dir %s -> local mirror %s: %d file(s) pulled', self.data_dir,
-                     self.local, len(copied))
+        logging.info(
+            'data_dir %s -> local mirror %s: %d file(s) pulled',
+            self.data_dir,
+            self.local,
+            len(copied),
+        )
         return copied
 
     def push(self) -> list[str]:
         if not self.remote:
             return []
         import jax
+
         if jax.process_index() != 0:
             return []
         copied = copy_missing(self.local, self.data_dir)
-        logging.info('local mirror %s -> data_dir %s: %d file(s) pushed', self.local,
-                     self.data_dir, len(copied))
+        logging.info(
+            'local mirror %s -> data_dir %s: %d file(s) pushed',
+            self.local,
+            self.data_dir,
+            len(copied),
+        )
         return copied

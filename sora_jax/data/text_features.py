@@ -17,6 +17,7 @@ one array `f<i>` [tokens_i, D] per caption; the key hashes the captions, the enc
 and max_length. Written to a temporary name and renamed, so it is complete or absent; it holds
 plain arrays only (read with allow_pickle=False).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,11 @@ def captions_of(sources: dict[str, Any]) -> list[str]:
     for src in sources.values():
         for i in range(len(src)):
             rec = src[i]
-            out.update(t for t in (_text(rec.get('caption_en', b'')),
-                                   _text(rec.get('caption_es', b''))) if t)
+            out.update(
+                t
+                for t in (_text(rec.get('caption_en', b'')), _text(rec.get('caption_es', b'')))
+                if t
+            )
     return sorted(out)
 
 
@@ -51,8 +55,9 @@ def cache_path(root: str, captions: Sequence[str], encoder_id: str, max_length: 
     return os.path.join(root, 'text_features', key + '.npz')
 
 
-def encode_captions(captions: Sequence[str], make_encoder: Callable[[], EncodeFn], path: str,
-                    batch_size: int = 8) -> dict[str, np.ndarray]:
+def encode_captions(
+    captions: Sequence[str], make_encoder: Callable[[], EncodeFn], path: str, batch_size: int = 8
+) -> dict[str, np.ndarray]:
     """{caption: f32 [tokens, D]} from the cache file `path`, or encoded (the encoder is built
     by `make_encoder()` only then) and written there."""
     if os.path.isfile(path):
@@ -64,13 +69,16 @@ def encode_captions(captions: Sequence[str], make_encoder: Callable[[], EncodeFn
     encode = make_encoder()
     feats: list[np.ndarray] = []
     for start in range(0, len(captions), batch_size):
-        chunk = list(captions[start:start + batch_size])
+        chunk = list(captions[start : start + batch_size])
         pad = [''] * (batch_size - len(chunk))  # one batch shape: one compile
-        feats += [np.asarray(f, np.float32) for f in encode(chunk + pad)[:len(chunk)]]
+        feats += [np.asarray(f, np.float32) for f in encode(chunk + pad)[: len(chunk)]]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f'{path}.tmp{os.getpid()}.npz'
-    np.savez(tmp, captions=np.asarray(json.dumps(list(captions))),
-             **{f'f{i}': f for i, f in enumerate(feats)})
+    np.savez(
+        tmp,
+        captions=np.asarray(json.dumps(list(captions))),
+        **{f'f{i}': f for i, f in enumerate(feats)},
+    )
     os.replace(tmp, path)
     logging.info('encoded %d captions into %s', len(captions), path)
     return dict(zip(captions, feats))
@@ -79,8 +87,14 @@ def encode_captions(captions: Sequence[str], make_encoder: Callable[[], EncodeFn
 class ContextSource:
     """`source` (random access, records with captions) + 'context' f32 [max_length, D]."""
 
-    def __init__(self, source, features: dict[str, np.ndarray], max_length: int, seed: int,
-                 spanish_prob: float):
+    def __init__(
+        self,
+        source,
+        features: dict[str, np.ndarray],
+        max_length: int,
+        seed: int,
+        spanish_prob: float,
+    ):
         self.source, self.features = source, features
         self.max_length, self.seed, self.spanish_prob = int(max_length), int(seed), spanish_prob
         self.dim = next(iter(features.values())).shape[-1] if features else 0
@@ -94,16 +108,20 @@ class ContextSource:
         lang = choose_language(self.seed, int(rec['id']), self.spanish_prob)
         text = captions[lang] or captions[1 - lang]
         if text not in self.features:
-            raise ValueError(f'record {i} (id {int(rec["id"])}): caption {text!r} has no text '
-                             'features; encode the captions of this very dataset.')
-        f = self.features[text][:self.max_length]
+            raise ValueError(
+                f'record {i} (id {int(rec["id"])}): caption {text!r} has no text '
+                'features; encode the captions of this very dataset.'
+            )
+        f = self.features[text][: self.max_length]
         ctx = np.zeros((self.max_length, self.dim), np.float32)
-        ctx[:len(f)] = f
+        ctx[: len(f)] = f
         rec['context'] = ctx
         return rec
 
     def record_sizes(self):
         sizes = getattr(self.source, 'record_sizes', None)
-        return sizes() if callable(sizes) else [tuple(self.source[i]['latents'].shape[:3])
-                                                for i in range(len(self))]
-
+        return (
+            sizes()
+            if callable(sizes)
+            else [tuple(self.source[i]['latents'].shape[:3]) for i in range(len(self))]
+        )

@@ -27,6 +27,7 @@ visible artefacts: the first-frame latent is an image code, reused here in a 4-f
 Causal VAE frame map: T pixel frames <-> 1 + (T - 1) / temporal_factor latent frames; latent 0 is
 pixel frame 0 alone, latent l >= 1 covers pixel frames [1 + (l - 1) f, l f].
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,11 +49,14 @@ def _check_mode(mode: str, allowed=MODES) -> None:
 
 # ----------------------------------------------------------------------------- frame bookkeeping
 
+
 def num_latent_frames(num_pixel_frames: int, temporal_factor: int = 4) -> int:
     """1 + (T - 1) / temporal_factor; T must be 1 + k * temporal_factor."""
     if num_pixel_frames < 1 or (num_pixel_frames - 1) % temporal_factor:
-        raise ValueError(f'num_pixel_frames {num_pixel_frames} must be 1 + k * {temporal_factor} for the '
-                         f'causal VAE; use e.g. {1 + max(0, (num_pixel_frames - 1) // temporal_factor) * temporal_factor}.')
+        raise ValueError(
+            f'num_pixel_frames {num_pixel_frames} must be 1 + k * {temporal_factor} for the '
+            f'causal VAE; use e.g. {1 + max(0, (num_pixel_frames - 1) // temporal_factor) * temporal_factor}.'
+        )
     return 1 + (num_pixel_frames - 1) // temporal_factor
 
 
@@ -72,7 +76,9 @@ def latent_of_pixel_frame(pixel_index: int, temporal_factor: int = 4) -> int:
     return 0 if pixel_index == 0 else 1 + (pixel_index - 1) // temporal_factor
 
 
-def latent_mask_for_mode(mode: str, num_latent: int, num_known: int | tuple[int, int] = 1) -> np.ndarray:
+def latent_mask_for_mode(
+    mode: str, num_latent: int, num_known: int | tuple[int, int] = 1
+) -> np.ndarray:
     """Known latent frames of a mode: bool [num_latent].
 
     num_known: k for 'extend' / 'extend_backward', (k_head, k_tail) for 'connect' (an int means
@@ -90,19 +96,29 @@ def latent_mask_for_mode(mode: str, num_latent: int, num_known: int | tuple[int,
         m[0] = True
         m[-1] |= mode == 'loop'
         return m
-    head, tail = {'extend': (num_known, 0), 'extend_backward': (0, num_known),
-                  'connect': num_known if isinstance(num_known, tuple) else (num_known, num_known)}[mode]
+    head, tail = {
+        'extend': (num_known, 0),
+        'extend_backward': (0, num_known),
+        'connect': num_known if isinstance(num_known, tuple) else (num_known, num_known),
+    }[mode]
     if head < 0 or tail < 0 or head + tail >= num_latent or head + tail == 0:
-        raise ValueError(f'{mode!r} with {num_latent} latent frames cannot have known (head, tail) = '
-                         f'({head}, {tail}); keep 1 <= known < {num_latent} so something is generated.')
+        raise ValueError(
+            f'{mode!r} with {num_latent} latent frames cannot have known (head, tail) = '
+            f'({head}, {tail}); keep 1 <= known < {num_latent} so something is generated.'
+        )
     m[:head] = True
     if tail:
-        m[num_latent - tail:] = True
+        m[num_latent - tail :] = True
     return m
 
 
-def frame_plan(mode: str, num_pixel_frames: int, *, temporal_factor: int = 4,
-               num_known_pixel_frames: int | tuple[int, int] = 1) -> dict:
+def frame_plan(
+    mode: str,
+    num_pixel_frames: int,
+    *,
+    temporal_factor: int = 4,
+    num_known_pixel_frames: int | tuple[int, int] = 1,
+) -> dict:
     """Which pixel frames feed which latent frames for a mode (causal VAE).
 
     num_known_pixel_frames: frames supplied by the user: k for 'extend' (the first k) and
@@ -119,28 +135,43 @@ def frame_plan(mode: str, num_pixel_frames: int, *, temporal_factor: int = 4,
     l2p = [pixel_frames_of_latent(i, temporal_factor) for i in range(t_lat)]
     k = num_known_pixel_frames
     head_px, tail_px = {'extend': (k, 0), 'extend_backward': (0, k)}.get(
-        mode, k if isinstance(k, tuple) else (k, k))
+        mode, k if isinstance(k, tuple) else (k, k)
+    )
     if mode in ('extend', 'extend_backward', 'connect'):
         if head_px < 0 or tail_px < 0 or head_px + tail_px > num_pixel_frames:
-            raise ValueError(f'{mode!r}: known pixel frames {num_known_pixel_frames} do not fit in '
-                             f'{num_pixel_frames} frames.')
-        head = sum(1 for r in l2p if r.stop <= head_px)           # latents fully inside the head
+            raise ValueError(
+                f'{mode!r}: known pixel frames {num_known_pixel_frames} do not fit in '
+                f'{num_pixel_frames} frames.'
+            )
+        head = sum(1 for r in l2p if r.stop <= head_px)  # latents fully inside the head
         tail = sum(1 for r in l2p[1:] if r.start >= num_pixel_frames - tail_px)
-        mask = latent_mask_for_mode(mode, t_lat, {'extend': head, 'extend_backward': tail}.get(mode, (head, tail)))
+        mask = latent_mask_for_mode(
+            mode, t_lat, {'extend': head, 'extend_backward': tail}.get(mode, (head, tail))
+        )
     else:
         mask = latent_mask_for_mode(mode, t_lat)
     known_px = sorted({p for i in np.flatnonzero(mask) for p in l2p[i]})
     if mode == 'loop':
         known_px = [0]  # the pinned last latent is a copy of latent 0
     keep = num_pixel_frames - temporal_factor if mode == 'loop' else num_pixel_frames
-    return {'num_latent_frames': t_lat, 'latent_mask': mask, 'latent_to_pixel': l2p,
-            'known_pixel_frames': known_px, 'keep_pixel_frames': keep}
+    return {
+        'num_latent_frames': t_lat,
+        'latent_mask': mask,
+        'latent_to_pixel': l2p,
+        'known_pixel_frames': known_px,
+        'keep_pixel_frames': keep,
+    }
 
 
 # ----------------------------------------------------------------------------- tensors
 
-def build_condition(mode: str, latent_shape: tuple[int, ...], cond_latents: jax.Array | None = None,
-                    tail_latents: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+
+def build_condition(
+    mode: str,
+    latent_shape: tuple[int, ...],
+    cond_latents: jax.Array | None = None,
+    tail_latents: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """(mask [B, T_lat] float32, known [B, T_lat, H, W, C]) for sampling in a mode.
 
     latent_shape: (B, T_lat, H, W, C) of the latents to generate.
@@ -155,10 +186,16 @@ def build_condition(mode: str, latent_shape: tuple[int, ...], cond_latents: jax.
         mask = latent_mask_for_mode(mode, t_lat)
         return jnp.broadcast_to(jnp.asarray(mask, jnp.float32), (b, t_lat)), known
     if cond_latents is None or (mode == 'connect' and tail_latents is None):
-        raise ValueError(f'mode {mode!r} needs cond_latents' + (' and tail_latents' if mode == 'connect' else '') + '.')
+        raise ValueError(
+            f'mode {mode!r} needs cond_latents'
+            + (' and tail_latents' if mode == 'connect' else '')
+            + '.'
+        )
     if cond_latents.shape[0] != b or cond_latents.shape[2:] != tuple(latent_shape[2:]):
-        raise ValueError(f'cond_latents {cond_latents.shape} does not match latents {latent_shape} '
-                         'in batch / H / W / C.')
+        raise ValueError(
+            f'cond_latents {cond_latents.shape} does not match latents {latent_shape} '
+            'in batch / H / W / C.'
+        )
     c = cond_latents.astype(jnp.float32)
     k = c.shape[1]
     if mode in ('i2v', 'loop'):
@@ -169,10 +206,10 @@ def build_condition(mode: str, latent_shape: tuple[int, ...], cond_latents: jax.
     elif mode == 'extend':
         known, num_known = known.at[:, :k].set(c), k
     elif mode == 'extend_backward':
-        known, num_known = known.at[:, t_lat - k:].set(c), k
+        known, num_known = known.at[:, t_lat - k :].set(c), k
     else:  # connect
         kt = tail_latents.shape[1]
-        known = known.at[:, :k].set(c).at[:, t_lat - kt:].set(tail_latents.astype(jnp.float32))
+        known = known.at[:, :k].set(c).at[:, t_lat - kt :].set(tail_latents.astype(jnp.float32))
         num_known = (k, kt)
     mask = jnp.asarray(latent_mask_for_mode(mode, t_lat, num_known), jnp.float32)
     return jnp.broadcast_to(mask, (b, t_lat)), known
@@ -207,7 +244,9 @@ def replace_callback(mask: jax.Array, known: jax.Array, noise: jax.Array):
     return callback
 
 
-def sdedit_start(x0_video_latents: jax.Array, noise: jax.Array, strength: float) -> tuple[jax.Array, float]:
+def sdedit_start(
+    x0_video_latents: jax.Array, noise: jax.Array, strength: float
+) -> tuple[jax.Array, float]:
     """Video-to-video (SDEdit) start: (x_start, t_start) with t_start = strength.
 
     x_start = (1 - strength) x0 + strength noise: strength 0 returns the input exactly (no steps to
@@ -225,8 +264,14 @@ def sdedit_start(x0_video_latents: jax.Array, noise: jax.Array, strength: float)
     return add_noise(x0_video_latents, noise, jnp.float32(strength)), strength
 
 
-def random_training_mask(rng: jax.Array, batch: int, num_latent: int, probs: dict[str, float], *,
-                         return_modes: bool = False):
+def random_training_mask(
+    rng: jax.Array,
+    batch: int,
+    num_latent: int,
+    probs: dict[str, float],
+    *,
+    return_modes: bool = False,
+):
     """Random conditioning masks for training one model for all modes: [B, T_lat] float32.
 
     probs: mode -> probability over TRAIN_MODES (normalised; missing modes have 0), e.g.
@@ -255,14 +300,20 @@ def _random_mask(rng: jax.Array, batch: int, t: int, p: tuple[float, ...]):
     """Jitted body of `random_training_mask` (sizes and probabilities static)."""
     k_mode, k1, k2 = jax.random.split(rng, 3)
     modes = jax.random.choice(k_mode, len(TRAIN_MODES), (batch,), p=jnp.asarray(p))
-    idx = jnp.arange(t)[None, :]                                    # [1, T]
+    idx = jnp.arange(t)[None, :]  # [1, T]
     u1 = jax.random.uniform(k1, (batch, 1))
     u2 = jax.random.uniform(k2, (batch, 1))
-    k_ext = 1 + jnp.floor(u1 * max(t - 1, 1)).astype(jnp.int32)     # 1..T-1
-    k_head = 1 + jnp.floor(u1 * max(t - 2, 1)).astype(jnp.int32)    # 1..T-2
+    k_ext = 1 + jnp.floor(u1 * max(t - 1, 1)).astype(jnp.int32)  # 1..T-1
+    k_head = 1 + jnp.floor(u1 * max(t - 2, 1)).astype(jnp.int32)  # 1..T-2
     k_tail = 1 + jnp.floor(u2 * jnp.maximum(t - 1 - k_head, 1)).astype(jnp.int32)
-    feasible = {'t2v': True, 'i2v': t >= 2, 'extend': t >= 2, 'extend_backward': t >= 2,
-                'connect': t >= 3, 'loop': t >= 2}
+    feasible = {
+        't2v': True,
+        'i2v': t >= 2,
+        'extend': t >= 2,
+        'extend_backward': t >= 2,
+        'connect': t >= 3,
+        'loop': t >= 2,
+    }
     masks = {
         't2v': jnp.zeros((batch, t), bool),
         'i2v': jnp.broadcast_to(idx == 0, (batch, t)),

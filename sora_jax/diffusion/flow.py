@@ -9,6 +9,7 @@ Conventions (fixed; the trainer, the samplers and the pipeline rely on them):
 
 Per-example times ``t: [B]`` broadcast over the trailing axes of ``x: [B, ...]``.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,10 @@ def _bcast(t: jax.Array, x: jax.Array) -> jax.Array:
     if t.ndim == 0:
         return t
     if t.ndim != 1 or t.shape[0] != x.shape[0]:
-        raise ValueError(f't must be a scalar or [B] with B = {x.shape[0]}, got shape {t.shape}; '
-                         'pass one time per example.')
+        raise ValueError(
+            f't must be a scalar or [B] with B = {x.shape[0]}, got shape {t.shape}; '
+            'pass one time per example.'
+        )
     return t.reshape(t.shape + (1,) * (x.ndim - 1))
 
 
@@ -54,8 +57,14 @@ def noise_from_velocity(x_t: jax.Array, v: jax.Array, t: jax.Array) -> jax.Array
 PREDICTIONS = ('velocity', 'data')
 
 
-def to_velocity(out: jax.Array, x_t: jax.Array, t: jax.Array, prediction: str = 'velocity', *,
-                t_min: float = 0.05) -> jax.Array:
+def to_velocity(
+    out: jax.Array,
+    x_t: jax.Array,
+    t: jax.Array,
+    prediction: str = 'velocity',
+    *,
+    t_min: float = 0.05,
+) -> jax.Array:
     """The velocity implied by a network output.
 
     prediction='velocity': the network predicts v itself (Wan, SD3).
@@ -90,9 +99,16 @@ def unshift_time(t, shift: float):
     return t / (shift - (shift - 1.0) * t)
 
 
-def shift_for_tokens(num_tokens: int, num_latent_frames: int, base_shift: float = 1.0, *,
-                     base_spatial_tokens: int = 256, base_latent_frames: int = 1,
-                     min_shift: float = 1.0, max_shift: float | None = None) -> float:
+def shift_for_tokens(
+    num_tokens: int,
+    num_latent_frames: int,
+    base_shift: float = 1.0,
+    *,
+    base_spatial_tokens: int = 256,
+    base_latent_frames: int = 1,
+    min_shift: float = 1.0,
+    max_shift: float | None = None,
+) -> float:
     """Resolution- and duration-dependent timestep shift (SD3 / Open-Sora 2.0 style).
 
     With ``S = num_tokens / num_latent_frames`` DiT tokens per latent frame (after patchify)::
@@ -107,25 +123,41 @@ def shift_for_tokens(num_tokens: int, num_latent_frames: int, base_shift: float 
     ``base_latent_frames`` frames). Non-decreasing in ``num_tokens`` for a fixed frame count.
     """
     if num_tokens <= 0 or num_latent_frames <= 0:
-        raise ValueError(f'num_tokens ({num_tokens}) and num_latent_frames ({num_latent_frames}) '
-                         'must be positive; pass the DiT token count of one example.')
+        raise ValueError(
+            f'num_tokens ({num_tokens}) and num_latent_frames ({num_latent_frames}) '
+            'must be positive; pass the DiT token count of one example.'
+        )
     if num_tokens % num_latent_frames:
-        raise ValueError(f'num_tokens {num_tokens} is not a multiple of num_latent_frames '
-                         f'{num_latent_frames}; pass T * (H / p) * (W / p).')
+        raise ValueError(
+            f'num_tokens {num_tokens} is not a multiple of num_latent_frames '
+            f'{num_latent_frames}; pass T * (H / p) * (W / p).'
+        )
     if base_shift <= 0 or base_spatial_tokens <= 0 or base_latent_frames <= 0:
-        raise ValueError(f'base_shift ({base_shift}), base_spatial_tokens ({base_spatial_tokens}) and '
-                         f'base_latent_frames ({base_latent_frames}) must be positive.')
+        raise ValueError(
+            f'base_shift ({base_shift}), base_spatial_tokens ({base_spatial_tokens}) and '
+            f'base_latent_frames ({base_latent_frames}) must be positive.'
+        )
     spatial = num_tokens / num_latent_frames
-    shift = (base_shift * math.sqrt(spatial / base_spatial_tokens)
-             * math.sqrt(num_latent_frames / base_latent_frames))
+    shift = (
+        base_shift
+        * math.sqrt(spatial / base_spatial_tokens)
+        * math.sqrt(num_latent_frames / base_latent_frames)
+    )
     shift = max(shift, min_shift)
     if max_shift is not None:
         shift = min(shift, max_shift)
     return float(shift)
 
 
-def sample_timesteps(rng: jax.Array, batch: int, *, method: str = 'logit_normal', mean: float = 0.0,
-                     std: float = 1.0, shift: float = 1.0) -> jax.Array:
+def sample_timesteps(
+    rng: jax.Array,
+    batch: int,
+    *,
+    method: str = 'logit_normal',
+    mean: float = 0.0,
+    std: float = 1.0,
+    shift: float = 1.0,
+) -> jax.Array:
     """Training times t: [batch] float32 in (0, 1).
 
     'logit_normal': t = sigmoid(mean + std * n), n ~ N(0, 1) (SD3; median sigmoid(mean)).
@@ -142,8 +174,13 @@ def sample_timesteps(rng: jax.Array, batch: int, *, method: str = 'logit_normal'
     return shift_time(t, shift) if shift != 1.0 else t
 
 
-def flow_loss(v_pred: jax.Array, v_target: jax.Array, mask: jax.Array | None = None, *,
-              reduction: str = 'mean') -> jax.Array:
+def flow_loss(
+    v_pred: jax.Array,
+    v_target: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    reduction: str = 'mean',
+) -> jax.Array:
     """Mean squared velocity error, optionally weighted.
 
     mask: None, or weights aligned with the *leading* axes of v_pred and broadcast over the rest

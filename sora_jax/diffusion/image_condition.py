@@ -8,6 +8,7 @@ one pixel frame), giving `temporal_factor` mask channels per latent frame. The D
 at every step, concat([x_t, mask, latents], channels): C + tf + C channels (36 for Wan 2.1).
 Unlike the frame-mask modes of `conditioning.py`, nothing is re-imposed after a step.
 """
+
 from __future__ import annotations
 
 import jax
@@ -15,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def mask_channels(num_frames: int, temporal_factor: int = 4, last_frame: bool = False
-                  ) -> np.ndarray:
+def mask_channels(
+    num_frames: int, temporal_factor: int = 4, last_frame: bool = False
+) -> np.ndarray:
     """float32 [T', temporal_factor]: which pixel frames of each latent frame are known (the
     first, and with `last_frame` (FLF2V) the last)."""
     tf = temporal_factor
@@ -32,13 +34,16 @@ def mask_channels(num_frames: int, temporal_factor: int = 4, last_frame: bool = 
     return known.reshape(-1, tf)
 
 
-def condition_channels(latents: jax.Array, num_frames: int, temporal_factor: int = 4,
-                       last_frame: bool = False) -> jax.Array:
+def condition_channels(
+    latents: jax.Array, num_frames: int, temporal_factor: int = 4, last_frame: bool = False
+) -> jax.Array:
     """latents [B, T', h, w, C] (of [image, zeros..(, last)]) -> [B, T', h, w, tf + C] =
     concat([mask, latents]), what follows x_t in the I2V DiT's input channels."""
     m = jnp.asarray(mask_channels(num_frames, temporal_factor, last_frame), latents.dtype)
     if m.shape[0] != latents.shape[1]:
-        raise ValueError(f'{num_frames} frames make {m.shape[0]} latent frames; the latents '
-                         f'have {latents.shape[1]}.')
+        raise ValueError(
+            f'{num_frames} frames make {m.shape[0]} latent frames; the latents '
+            f'have {latents.shape[1]}.'
+        )
     m = jnp.broadcast_to(m[None, :, None, None, :], (*latents.shape[:4], temporal_factor))
     return jnp.concatenate([m, latents], axis=-1)

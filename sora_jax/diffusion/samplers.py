@@ -26,6 +26,7 @@ Schedules and solvers follow diffusers' flow-matching conventions (the Wan 2.1 s
 For the multistep solvers a schedule starting at t = 1 has its first time moved to 1 - 1e-6 (for the
 coefficients and the model time), as diffusers does, since lambda(1) = -inf.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,14 @@ _FIRST_SIGMA_EPS = 1e-6
 
 # ----------------------------------------------------------------------------- schedule
 
-def make_sigmas(num_steps: int, shift: float = 1.0, *, t_start: float = 1.0,
-                num_train_timesteps: int | None = 1000) -> np.ndarray:
+
+def make_sigmas(
+    num_steps: int,
+    shift: float = 1.0,
+    *,
+    t_start: float = 1.0,
+    num_train_timesteps: int | None = 1000,
+) -> np.ndarray:
     """Descending sampling times [num_steps + 1] (float64): t_0 = t_start, ..., t_N = 0.
 
     Wan / diffusers UniPC flow convention: ``u = linspace(u0, u0 / num_train_timesteps, N + 1)[:-1]``
@@ -60,7 +67,9 @@ def make_sigmas(num_steps: int, shift: float = 1.0, *, t_start: float = 1.0,
     if num_steps < 1:
         raise ValueError(f'num_steps must be >= 1, got {num_steps}.')
     if not 0.0 < t_start <= 1.0:
-        raise ValueError(f't_start must be in (0, 1], got {t_start}; t_start = 0 needs no sampling.')
+        raise ValueError(
+            f't_start must be in (0, 1], got {t_start}; t_start = 0 needs no sampling.'
+        )
     u0 = float(unshift_time(np.float64(t_start), shift))
     u_end = u0 / num_train_timesteps if num_train_timesteps else 0.0
     u = np.linspace(u0, u_end, num_steps + 1, dtype=np.float64)[:-1]
@@ -71,7 +80,9 @@ def make_sigmas(num_steps: int, shift: float = 1.0, *, t_start: float = 1.0,
 def _check_sigmas(sigmas) -> np.ndarray:
     s = np.asarray(sigmas, dtype=np.float64)
     if s.ndim != 1 or s.shape[0] < 2:
-        raise ValueError(f'sigmas must be 1-D with >= 2 entries (t_0 ... t_N), got shape {s.shape}.')
+        raise ValueError(
+            f'sigmas must be 1-D with >= 2 entries (t_0 ... t_N), got shape {s.shape}.'
+        )
     if np.any(np.diff(s) >= 0) or s[0] > 1.0 or s[-1] < 0.0:
         raise ValueError(f'sigmas must descend strictly within [0, 1], got {s}; use make_sigmas().')
     return s
@@ -84,6 +95,7 @@ def _lam(sig: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- coefficient tables
+
 
 def _unipc_coeffs(sig: np.ndarray) -> np.ndarray:
     """[N, 8] rows (ce, ca, cb, cc, cd, pa, pb, pc) of the UniPC-bh2 (order 2) step.
@@ -153,10 +165,16 @@ def _dpmpp_2m_coeffs(sig: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- guidance
 
-def cfg_velocity(model_fn: VelocityFn, guidance_scale: float,
-                 guidance_interval: tuple[float, float] = (0.0, 1.0), *,
-                 cond_fn: VelocityFn | None = None, skip_scale: float = 0.0,
-                 skip_interval: tuple[float, float] = (0.0, 1.0)) -> VelocityFn:
+
+def cfg_velocity(
+    model_fn: VelocityFn,
+    guidance_scale: float,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    *,
+    cond_fn: VelocityFn | None = None,
+    skip_scale: float = 0.0,
+    skip_interval: tuple[float, float] = (0.0, 1.0),
+) -> VelocityFn:
     """Classifier-free guidance (+ optional skip-layer guidance) as a velocity function.
 
     Batching contract (one model call per step): ``model_fn(x2: [2B, ...], t2: [2B]) -> [2B, ...]``
@@ -176,7 +194,9 @@ def cfg_velocity(model_fn: VelocityFn, guidance_scale: float,
     """
     t_lo, t_hi = guidance_interval
     if not 0.0 <= t_lo <= t_hi <= 1.0:
-        raise ValueError(f'guidance_interval must satisfy 0 <= t_lo <= t_hi <= 1, got {guidance_interval}.')
+        raise ValueError(
+            f'guidance_interval must satisfy 0 <= t_lo <= t_hi <= 1, got {guidance_interval}.'
+        )
     s_lo, s_hi = skip_interval
     if not 0.0 <= s_lo <= s_hi <= 1.0:
         raise ValueError(f'skip_interval must satisfy 0 <= t_lo <= t_hi <= 1, got {skip_interval}.')
@@ -205,13 +225,16 @@ def cfg_velocity(model_fn: VelocityFn, guidance_scale: float,
         any_inside = jnp.any((t >= t_lo) & (t <= t_hi))
         if rows == 3:
             any_inside = any_inside | jnp.any((t >= s_lo) & (t <= s_hi))
-        return jax.lax.cond(any_inside, guided, lambda xx, tt: cond_fn(xx, tt).astype(x.dtype), x, t)
+        return jax.lax.cond(
+            any_inside, guided, lambda xx, tt: cond_fn(xx, tt).astype(x.dtype), x, t
+        )
 
     return velocity
 
 
-def two_experts(high, low, boundary_ratio: float, quantization: int | None,
-                num_train_timesteps: int = 1000):
+def two_experts(
+    high, low, boundary_ratio: float, quantization: int | None, num_train_timesteps: int = 1000
+):
     """Wan 2.2 A14B as diffusers' `WanPipeline(transformer, transformer_2, boundary_ratio)`: the
     velocity `high` (the high-noise expert with its guidance) while the timestep t_train =
     num_train_timesteps * t >= boundary_ratio * num_train_timesteps, `low` after. With timestep
@@ -233,6 +256,7 @@ def two_experts(high, low, boundary_ratio: float, quantization: int | None,
 
 # ----------------------------------------------------------------------------- sampling
 
+
 def _tables(method: str, sig: np.ndarray, quantize: int | None):
     """Host tables, one row per model evaluation ("stage"; a Heun step has two).
 
@@ -243,13 +267,17 @@ def _tables(method: str, sig: np.ndarray, quantize: int | None):
     sig = sig.copy()
     if method in ('unipc', 'dpmpp_2m') and abs(sig[0] - 1.0) < _FIRST_SIGMA_EPS:
         sig[0] -= _FIRST_SIGMA_EPS
-    sig32 = sig.astype(np.float32).astype(np.float64)  # coefficients from the f32 schedule (diffusers)
+    sig32 = sig.astype(np.float32).astype(
+        np.float64
+    )  # coefficients from the f32 schedule (diffusers)
     t_model = np.floor(sig * quantize) / quantize if quantize else sig32
     n = sig.shape[0] - 1
     t, t_next, tm, done = sig32[:-1], sig32[1:], t_model[:-1], np.ones(n, bool)
     if method == 'euler':
         coef = (sig32[1:] - sig32[:-1])[:, None]
-    elif method == 'heun':  # stages: (step i, first eval) and, except on the final step, (i, second)
+    elif (
+        method == 'heun'
+    ):  # stages: (step i, first eval) and, except on the final step, (i, second)
         stages = []
         for i in range(n - 1):
             stages += [(i, True), (i, False)]
@@ -312,11 +340,23 @@ def _make_step(method: str, velocity_fn: VelocityFn, step_callback, dtype):
     return step
 
 
-def sample(velocity_fn: VelocityFn, noise: jax.Array, *, method: str = 'unipc', num_steps: int = 50,
-           shift: float = 1.0, sigmas=None, t_start: float = 1.0, guidance: float | None = None,
-           guidance_interval: tuple[float, float] = (0.0, 1.0), step_callback=None,
-           timestep_quantization: int | None = None, loop: str = 'scan', callback=None,
-           return_trajectory: bool = False):
+def sample(
+    velocity_fn: VelocityFn,
+    noise: jax.Array,
+    *,
+    method: str = 'unipc',
+    num_steps: int = 50,
+    shift: float = 1.0,
+    sigmas=None,
+    t_start: float = 1.0,
+    guidance: float | None = None,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    step_callback=None,
+    timestep_quantization: int | None = None,
+    loop: str = 'scan',
+    callback=None,
+    return_trajectory: bool = False,
+):
     """Integrate from ``noise`` (the state at t = sigmas[0]) to t = 0 and return x0.
 
     The state is kept in float32 (float64 if ``noise`` is float64 under ``jax.enable_x64``).
@@ -345,7 +385,9 @@ def sample(velocity_fn: VelocityFn, noise: jax.Array, *, method: str = 'unipc', 
     if sigmas is None and t_start == 0.0:  # SDEdit at strength 0: nothing to integrate
         x = jnp.asarray(noise, jnp.promote_types(jnp.asarray(noise).dtype, jnp.float32))
         return (x, x[None][:0]) if return_trajectory else x
-    sig = make_sigmas(num_steps, shift, t_start=t_start) if sigmas is None else _check_sigmas(sigmas)
+    sig = (
+        make_sigmas(num_steps, shift, t_start=t_start) if sigmas is None else _check_sigmas(sigmas)
+    )
     rows64, done, t_first = _tables(method, sig, timestep_quantization)
     dtype = jnp.promote_types(jnp.asarray(noise).dtype, jnp.float32)  # f32, or f64 under x64
     rows = tuple(jnp.asarray(r, dtype) for r in rows64)
@@ -354,8 +396,12 @@ def sample(velocity_fn: VelocityFn, noise: jax.Array, *, method: str = 'unipc', 
     if step_callback is not None:
         x = step_callback(x, jnp.asarray(t_first, dtype)).astype(dtype)
     zeros = jnp.zeros_like(x)
-    state = {'euler': (x,), 'heun': (x, zeros, zeros), 'dpmpp_2m': (x, zeros),
-             'unipc': (x, zeros, zeros, x)}[method]
+    state = {
+        'euler': (x,),
+        'heun': (x, zeros, zeros),
+        'dpmpp_2m': (x, zeros),
+        'unipc': (x, zeros, zeros, x),
+    }[method]
     step = _make_step(method, velocity_fn, step_callback, dtype)
 
     if loop == 'scan':

@@ -7,6 +7,7 @@ large), score it (PSNR / SSIM on the uint8 frames, i.e. what gets written to dis
 
 `experiments/reconstruct.py` is the command line around this.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,8 +24,9 @@ from sora_jax.io.video import to_float, to_uint8
 HELDOUT_SEED = 90_210  # shapes scene stream for held-out VAE evaluation (training uses 2s, 2s+1)
 
 
-def fit_video(frames: np.ndarray, temporal_factor: int, spatial_factor: int
-              ) -> tuple[np.ndarray, list[str]]:
+def fit_video(
+    frames: np.ndarray, temporal_factor: int, spatial_factor: int
+) -> tuple[np.ndarray, list[str]]:
     """uint8 [T, H, W, 3] -> ([1 + tf k, H', W', 3], notes): trims trailing frames to the longest
     valid causal length and centre-crops H, W down to multiples of the spatial factor."""
     frames = np.asarray(frames)
@@ -34,16 +36,19 @@ def fit_video(frames: np.ndarray, temporal_factor: int, spatial_factor: int
     notes = []
     t2 = 1 + (t - 1) // temporal_factor * temporal_factor
     if t2 != t:
-        notes.append(f'trimmed {t} -> {t2} frames (the causal VAE codes 1 + '
-                     f'{temporal_factor}k frames)')
+        notes.append(
+            f'trimmed {t} -> {t2} frames (the causal VAE codes 1 + {temporal_factor}k frames)'
+        )
     h2, w2 = h // spatial_factor * spatial_factor, w // spatial_factor * spatial_factor
     if h2 < spatial_factor or w2 < spatial_factor:
-        raise ValueError(f'frame size {h}x{w} is smaller than the spatial factor '
-                         f'{spatial_factor}; resize the video up first.')
+        raise ValueError(
+            f'frame size {h}x{w} is smaller than the spatial factor '
+            f'{spatial_factor}; resize the video up first.'
+        )
     if (h2, w2) != (h, w):
         notes.append(f'centre-cropped {h}x{w} -> {h2}x{w2} (multiples of {spatial_factor})')
     top, left = (h - h2) // 2, (w - w2) // 2
-    return frames[:t2, top:top + h2, left:left + w2], notes
+    return frames[:t2, top : top + h2, left : left + w2], notes
 
 
 def _split(vae) -> tuple[Any, Any, Any]:
@@ -55,8 +60,9 @@ def _split(vae) -> tuple[Any, Any, Any]:
     return graphdef, state, vae.config
 
 
-def tile_plan(config, height: int, width: int, tile: Union[None, bool, int],
-              spatial_factor: int) -> Optional[tuple[int, int]]:
+def tile_plan(
+    config, height: int, width: int, tile: Union[None, bool, int], spatial_factor: int
+) -> Optional[tuple[int, int]]:
     """(tile size, stride) in pixels, or None for untiled. tile: None = tile only when the frame
     is larger than `config.tile_sample_min_size`; False = never; True = the config's tile; an int =
     that tile size (stride 3/4 of it, a multiple of the spatial factor)."""
@@ -66,8 +72,9 @@ def tile_plan(config, height: int, width: int, tile: Union[None, bool, int],
         return config.tile_sample_min_size, config.tile_sample_stride
     size = int(tile)
     if size <= 0 or size % spatial_factor:
-        raise ValueError(f'tile={tile} must be a positive multiple of the spatial factor '
-                         f'{spatial_factor}.')
+        raise ValueError(
+            f'tile={tile} must be a positive multiple of the spatial factor {spatial_factor}.'
+        )
     stride = max(spatial_factor, size * 3 // 4 // spatial_factor * spatial_factor)
     return size, stride
 
@@ -83,8 +90,9 @@ def _round_trip(graphdef, state, video, plan):
     return vae.tiled_decode(mean, *plan)
 
 
-def reconstruct_video(vae, frames_uint8: np.ndarray, tile: Union[None, bool, int] = None,
-                      batch_size: int = 8) -> tuple[np.ndarray, dict]:
+def reconstruct_video(
+    vae, frames_uint8: np.ndarray, tile: Union[None, bool, int] = None, batch_size: int = 8
+) -> tuple[np.ndarray, dict]:
     """Round trip of uint8 frames [T, H, W, 3] (or clips [N, T, H, W, 3]) through the VAE.
 
     The frames must already fit the VAE (`fit_video`); returns (uint8 reconstruction of the same
@@ -104,14 +112,18 @@ def reconstruct_video(vae, frames_uint8: np.ndarray, tile: Union[None, bool, int
     plan = tile_plan(config, clips.shape[2], clips.shape[3], tile, module.spatial_factor)
     recon = []
     for i in range(0, len(clips), batch_size):
-        out = _round_trip(graphdef, state, jnp.asarray(to_float(clips[i:i + batch_size])), plan)
+        out = _round_trip(graphdef, state, jnp.asarray(to_float(clips[i : i + batch_size])), plan)
         recon.append(to_uint8(jax.device_get(out)))
     recon = np.concatenate(recon)
     p = np.asarray(psnr_per_frame(recon, clips), np.float64)  # [N, T]
     s = np.asarray(ssim_per_frame(recon, clips), np.float64)
-    metrics = dict(psnr=float(np.mean(p)), ssim=float(np.mean(s)),
-                   psnr_per_clip=p.mean(axis=1).tolist(), ssim_per_clip=s.mean(axis=1).tolist(),
-                   tile=list(plan) if plan else None)
+    metrics = dict(
+        psnr=float(np.mean(p)),
+        ssim=float(np.mean(s)),
+        psnr_per_clip=p.mean(axis=1).tolist(),
+        ssim_per_clip=s.mean(axis=1).tolist(),
+        tile=list(plan) if plan else None,
+    )
     return (recon[0] if single else recon), metrics
 
 
@@ -121,13 +133,32 @@ def side_by_side(frames: np.ndarray, recon: np.ndarray, gap: int = 2) -> np.ndar
     return np.concatenate([frames, sep, recon], axis=2)
 
 
-def heldout_shapes(num: int, num_frames: int = 17, height: int = 32, width: int = 32,
-                   max_objects: int = 2, seed: int = HELDOUT_SEED, backgrounds=None,
-                   size_scale: float = 1.0) -> np.ndarray:
+def heldout_shapes(
+    num: int,
+    num_frames: int = 17,
+    height: int = 32,
+    width: int = 32,
+    max_objects: int = 2,
+    seed: int = HELDOUT_SEED,
+    backgrounds=None,
+    size_scale: float = 1.0,
+) -> np.ndarray:
     """uint8 [num, T, H, W, 3] synthetic shapes clips from a scene stream no training split uses
     (`backgrounds`, `size_scale`: as `shapes.generate`; default every kind, 1.0)."""
     from sora_jax.data import shapes
-    return np.stack([shapes.generate(seed, i, num_frames=num_frames, height=height, width=width,
-                                     max_objects=max_objects, size_scale=size_scale,
-                                     backgrounds=backgrounds or shapes.BACKGROUNDS)['video']
-                     for i in range(num)])
+
+    return np.stack(
+        [
+            shapes.generate(
+                seed,
+                i,
+                num_frames=num_frames,
+                height=height,
+                width=width,
+                max_objects=max_objects,
+                size_scale=size_scale,
+                backgrounds=backgrounds or shapes.BACKGROUNDS,
+            )['video']
+            for i in range(num)
+        ]
+    )

@@ -36,6 +36,7 @@ about a particular clip. Steps:
 Temporal stability: `temporal_flicker` = mean |frame[t+1] - frame[t]| (0..255 units) over pixels
 that are background in both frames (objects and a 1-pixel margin excluded); a perfect clip has 0.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -46,21 +47,25 @@ from scipy import ndimage
 from sora_jax.data import shapes
 
 MOVE_FRACTION = 0.15  # moving: |displacement| >= this x min(H, W) over the clip
-GROW_RATIO = 1.35     # growing: size (sqrt area) ratio end / start >= this; shrinking <= 1 / this
+GROW_RATIO = 1.35  # growing: size (sqrt area) ratio end / start >= this; shrinking <= 1 / this
 _SEG_THRESHOLD = 40.0  # |pixel - background| (RGB, 0..255) for a foreground candidate
-_MIN_PEAK = 80.0       # a blob whose strongest pixel is below this is noise
-_MIN_AREA = 1.5        # pixels of coverage; smaller blobs are noise
-_MIN_TRACK = 0.3       # a track must be present in this fraction of frames
-_SS = 3                # template supersampling (as shapes.render)
+_MIN_PEAK = 80.0  # a blob whose strongest pixel is below this is noise
+_MIN_AREA = 1.5  # pixels of coverage; smaller blobs are noise
+_MIN_TRACK = 0.3  # a track must be present in this fraction of frames
+_SS = 3  # template supersampling (as shapes.render)
 _RADIUS_GRID = (0.88, 0.94, 1.0, 1.06, 1.12)
 _BLUR_GRID = (0.0, 0.5, 0.8, 1.1, 1.4)
-_SHAPE_FRAMES = 4      # frames (largest areas) used to classify the shape
+_SHAPE_FRAMES = 4  # frames (largest areas) used to classify the shape
 
 _NAMES = list(shapes.COLORS)
 _TABLE = np.array([shapes.COLORS[n].rgb for n in _NAMES], np.float32)  # [K, 3]
 _STAR_AREA = 10 * 0.5 * 0.45 * np.sin(np.deg2rad(36.0))
-UNIT_AREA = {"circle": np.pi, "square": 1.7 ** 2, "triangle": 3 * np.sqrt(3) / 4,
-             "star": _STAR_AREA}  # area of each shape at radius 1 (as shapes._inside draws it)
+UNIT_AREA = {
+    'circle': np.pi,
+    'square': 1.7**2,
+    'triangle': 3 * np.sqrt(3) / 4,
+    'star': _STAR_AREA,
+}  # area of each shape at radius 1 (as shapes._inside draws it)
 
 
 # ----------------------------------------------------------------------------
@@ -82,8 +87,8 @@ def estimate_background(frames: np.ndarray) -> np.ndarray:
     else:  # nothing dim: take the plain median, the best there is
         return np.median(frames, axis=0).astype(np.float32)
     while not known.all():  # fill pixels that are never dim from known neighbours
-        num = ndimage.uniform_filter(bg * known[..., None], size=(3, 3, 1), mode="nearest")
-        den = ndimage.uniform_filter(known.astype(np.float32), size=3, mode="nearest")
+        num = ndimage.uniform_filter(bg * known[..., None], size=(3, 3, 1), mode='nearest')
+        den = ndimage.uniform_filter(known.astype(np.float32), size=3, mode='nearest')
         new = (~known) & (den > 1e-6)
         bg[new] = num[new] / den[new][:, None]
         known = known | new
@@ -134,9 +139,20 @@ def _blobs(frames: np.ndarray, bg: np.ndarray) -> list[list[dict]]:
             rows, cols = np.nonzero(comp)
             yy, xx = np.mgrid[0:h, 0:w]
             center = np.array([(alpha * (yy + 0.5)).sum(), (alpha * (xx + 0.5)).sum()]) / area
-            border = rows.min() == 0 or cols.min() == 0 or rows.max() == h - 1 or cols.max() == w - 1
-            found.append({"frame": i, "rgb": rgb, "color": color, "alpha": alpha, "area": area,
-                          "center": center, "border": bool(border)})
+            border = (
+                rows.min() == 0 or cols.min() == 0 or rows.max() == h - 1 or cols.max() == w - 1
+            )
+            found.append(
+                {
+                    'frame': i,
+                    'rgb': rgb,
+                    'color': color,
+                    'alpha': alpha,
+                    'area': area,
+                    'center': center,
+                    'border': bool(border),
+                }
+            )
         out.append(found)
     return out
 
@@ -146,11 +162,13 @@ def _track(per_frame: list[list[dict]], size: float) -> list[list[dict]]:
     tracks: list[list[dict]] = []
     for blobs in per_frame:
         free = list(range(len(tracks)))
-        for b in sorted(blobs, key=lambda b: -b["area"]):
+        for b in sorted(blobs, key=lambda b: -b['area']):
             best, cost = None, 0.35 * size
             for k in free:
                 last = tracks[k][-1]
-                c = np.linalg.norm(last["center"] - b["center"]) + (0 if last["color"] == b["color"] else 8.0)
+                c = np.linalg.norm(last['center'] - b['center']) + (
+                    0 if last['color'] == b['color'] else 8.0
+                )
                 if c < cost:
                     best, cost = k, c
             if best is None:
@@ -169,7 +187,7 @@ def render_mask(shape: str, center, radius: np.ndarray, height: int, width: int)
     offs = (np.arange(_SS) + 0.5) / _SS
     ys = (np.arange(height)[:, None] + offs[None]).reshape(-1)
     xs = (np.arange(width)[:, None] + offs[None]).reshape(-1)
-    gy, gx = np.meshgrid(ys, xs, indexing="ij")
+    gy, gx = np.meshgrid(ys, xs, indexing='ij')
     gy, gx = gy.reshape(1, -1), gx.reshape(1, -1)  # [1, N_samples]
     r = np.asarray(radius, np.float32).reshape(-1, 1)
     dy = np.broadcast_to(gy - center[0], (r.shape[0], gy.shape[1]))
@@ -191,8 +209,14 @@ def shape_residuals(alpha: np.ndarray, center: np.ndarray, area: float) -> dict[
         tmpl = render_mask(shape, local, radii, *win.shape)  # [R, h, w]
         best = np.inf
         for sigma in _BLUR_GRID:
-            tb = tmpl if sigma == 0 else ndimage.gaussian_filter(tmpl, (0, sigma, sigma), mode="constant")
-            gain = np.clip((tb * win).sum((1, 2)) / np.maximum((tb * tb).sum((1, 2)), 1e-6), 0.8, 1.25)
+            tb = (
+                tmpl
+                if sigma == 0
+                else ndimage.gaussian_filter(tmpl, (0, sigma, sigma), mode='constant')
+            )
+            gain = np.clip(
+                (tb * win).sum((1, 2)) / np.maximum((tb * tb).sum((1, 2)), 1e-6), 0.8, 1.25
+            )
             err = ((win[None] - gain[:, None, None] * tb) ** 2).sum((1, 2))
             best = min(best, float(err.min()))
         out[shape] = best / max(area, 1e-6)
@@ -205,14 +229,17 @@ def shape_residuals(alpha: np.ndarray, center: np.ndarray, area: float) -> dict[
 def _slope(t: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Least-squares slope of y [N, ...] over t [N]."""
     tc = t - t.mean()
-    return (tc.reshape(-1, *([1] * (y.ndim - 1))) * (y - y.mean(0))).sum(0) / max((tc * tc).sum(), 1e-9)
+    return (tc.reshape(-1, *([1] * (y.ndim - 1))) * (y - y.mean(0))).sum(0) / max(
+        (tc * tc).sum(), 1e-9
+    )
 
 
-def classify_motion(frame_idx: np.ndarray, centers: np.ndarray, areas: np.ndarray,
-                    num_frames: int, size: float) -> tuple[str, np.ndarray, float]:
+def classify_motion(
+    frame_idx: np.ndarray, centers: np.ndarray, areas: np.ndarray, num_frames: int, size: float
+) -> tuple[str, np.ndarray, float]:
     """(motion name, displacement (row, col) px over the clip, size ratio end / start)."""
     if len(frame_idx) < 2:
-        return "resting", np.zeros(2), 1.0
+        return 'resting', np.zeros(2), 1.0
     t = frame_idx.astype(np.float64)
     span = num_frames - 1
     disp = _slope(t, centers) * span
@@ -220,12 +247,12 @@ def classify_motion(frame_idx: np.ndarray, centers: np.ndarray, areas: np.ndarra
     move = np.linalg.norm(disp) / (MOVE_FRACTION * size)
     grow = abs(np.log(ratio)) / np.log(GROW_RATIO)
     if max(move, grow) < 1.0:
-        return "resting", disp, ratio
+        return 'resting', disp, ratio
     if grow > move:
-        return ("growing" if ratio > 1 else "shrinking"), disp, ratio
+        return ('growing' if ratio > 1 else 'shrinking'), disp, ratio
     if abs(disp[0]) > abs(disp[1]):
-        return ("moving_down" if disp[0] > 0 else "moving_up"), disp, ratio
-    return ("moving_right" if disp[1] > 0 else "moving_left"), disp, ratio
+        return ('moving_down' if disp[0] > 0 else 'moving_up'), disp, ratio
+    return ('moving_right' if disp[1] > 0 else 'moving_left'), disp, ratio
 
 
 # ----------------------------------------------------------------------------
@@ -234,10 +261,12 @@ def classify_motion(frame_idx: np.ndarray, centers: np.ndarray, areas: np.ndarra
 def _check(frames) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"The judge takes one clip, uint8 [T, H, W, 3]; got {frames.dtype} "
-                         f"{frames.shape}. Index a batch (video[0]) and convert to uint8.")
+        raise ValueError(
+            f'The judge takes one clip, uint8 [T, H, W, 3]; got {frames.dtype} '
+            f'{frames.shape}. Index a batch (video[0]) and convert to uint8.'
+        )
     if min(frames.shape[1:3]) < 8:
-        raise ValueError(f"Frames {frames.shape[1:3]} are too small to judge; need H, W >= 8.")
+        raise ValueError(f'Frames {frames.shape[1:3]} are too small to judge; need H, W >= 8.')
     return frames.astype(np.float32)
 
 
@@ -276,28 +305,39 @@ def detect(frames) -> list[dict[str, Any]]:
     tracks = [tr for tr in _track(_blobs(f, bg), size) if len(tr) >= max(1, _MIN_TRACK * t)]
     objects = []
     for tr in tracks:
-        idx = np.array([b["frame"] for b in tr])
+        idx = np.array([b['frame'] for b in tr])
         centers = np.full((t, 2), np.nan)
         areas = np.zeros(t)
-        centers[idx] = [b["center"] for b in tr]
-        areas[idx] = [b["area"] for b in tr]
-        rgb = np.median([b["rgb"] for b in tr], axis=0)
+        centers[idx] = [b['center'] for b in tr]
+        areas[idx] = [b['area'] for b in tr]
+        rgb = np.median([b['rgb'] for b in tr], axis=0)
         votes: dict[str, float] = {}
         for b in tr:
-            votes[b["color"]] = votes.get(b["color"], 0.0) + b["area"]
+            votes[b['color']] = votes.get(b['color'], 0.0) + b['area']
         color = max(votes, key=votes.get)
-        inner = [b for b in tr if not b["border"]] or tr
-        chosen = sorted(inner, key=lambda b: -b["area"])[:_SHAPE_FRAMES]
+        inner = [b for b in tr if not b['border']] or tr
+        chosen = sorted(inner, key=lambda b: -b['area'])[:_SHAPE_FRAMES]
         res = {s: 0.0 for s in UNIT_AREA}
         for b in chosen:
-            for s, r in shape_residuals(b["alpha"], b["center"], b["area"]).items():
+            for s, r in shape_residuals(b['alpha'], b['center'], b['area']).items():
                 res[s] += r / len(chosen)
         motion, disp, ratio = classify_motion(idx, centers[idx], areas[idx], t, size)
-        objects.append({"shape": min(res, key=res.get), "color": color, "motion": motion,
-                        "rgb": rgb, "frames": idx, "centers": centers, "areas": areas,
-                        "displacement": disp, "size_ratio": ratio, "shape_residuals": res,
-                        "color_jitter": float(np.std([b["rgb"] for b in tr], axis=0).mean())})
-    objects.sort(key=lambda o: -o["areas"].sum())
+        objects.append(
+            {
+                'shape': min(res, key=res.get),
+                'color': color,
+                'motion': motion,
+                'rgb': rgb,
+                'frames': idx,
+                'centers': centers,
+                'areas': areas,
+                'displacement': disp,
+                'size_ratio': ratio,
+                'shape_residuals': res,
+                'color_jitter': float(np.std([b['rgb'] for b in tr], axis=0).mean()),
+            }
+        )
+    objects.sort(key=lambda o: -o['areas'].sum())
     return objects
 
 
@@ -308,11 +348,14 @@ def judge_objects(objects: list[dict[str, Any]], attrs: Mapping[str, str]) -> di
     was detected, "num_objects": int, "measured": the largest object's detect() dict or None}.
     """
     want = shapes._as_attrs(attrs)
-    verdict: dict[str, Any] = {"found": bool(objects), "num_objects": len(objects),
-                               "measured": objects[0] if objects else None}
-    for key in ("shape", "color", "motion"):
+    verdict: dict[str, Any] = {
+        'found': bool(objects),
+        'num_objects': len(objects),
+        'measured': objects[0] if objects else None,
+    }
+    for key in ('shape', 'color', 'motion'):
         verdict[key] = bool(objects) and objects[0][key] == want[key]
-    verdict["all"] = verdict["shape"] and verdict["color"] and verdict["motion"]
+    verdict['all'] = verdict['shape'] and verdict['color'] and verdict['motion']
     return verdict
 
 
@@ -322,7 +365,7 @@ def judge_clip(frames, attrs: Mapping[str, str]) -> dict[str, Any]:
     `judge_objects(detect(frames), attrs)` plus "flicker": `temporal_flicker(frames)`.
     """
     shapes._as_attrs(attrs)  # a bad attribute fails before the work
-    return {**judge_objects(detect(frames), attrs), "flicker": temporal_flicker(frames)}
+    return {**judge_objects(detect(frames), attrs), 'flicker': temporal_flicker(frames)}
 
 
 def degrade(video, blur: float = 1.0, noise: float = 8.0, seed: int = 0) -> np.ndarray:

@@ -20,6 +20,7 @@ compiles `jax.jit(f).lower(state, x).compile()` once and reports, for `encode` a
 `run` returns {'setup': {...}, '17': {'chunked': {'encode': {...}, 'decode': {...}},
 'whole': {...}}, '33': ...} (string keys, so it is its own JSON).
 """
+
 from __future__ import annotations
 
 import resource
@@ -34,15 +35,15 @@ from flax import nnx
 from sora_jax.models import vae as vae_lib
 
 DEFAULTS = dict(
-    vae_config='shapes',          # shapes (configs/shapes.py:vae) | tiny | wan21, or a VAEConfig
-    vae_frames=(17, 33, 65, 129), # video lengths (1 + 4k)
-    vae_height=64,                # frame height (multiple of the spatial factor)
-    vae_width=64,                 # frame width
-    vae_batch=1,                  # videos per call
+    vae_config='shapes',  # shapes (configs/shapes.py:vae) | tiny | wan21, or a VAEConfig
+    vae_frames=(17, 33, 65, 129),  # video lengths (1 + 4k)
+    vae_height=64,  # frame height (multiple of the spatial factor)
+    vae_width=64,  # frame width
+    vae_batch=1,  # videos per call
     vae_modes=('chunked', 'whole'),
-    vae_rounds=2,                 # timing rounds (best counts)
-    vae_iters=1,                  # calls per round
-    vae_dtype='float32',          # params and activations
+    vae_rounds=2,  # timing rounds (best counts)
+    vae_iters=1,  # calls per round
+    vae_dtype='float32',  # params and activations
 )
 
 
@@ -64,8 +65,10 @@ def vae_config(name: Any) -> vae_lib.VAEConfig:
         try:
             from configs import shapes  # the repo root is on sys.path in experiments/ and tests
         except ImportError as e:
-            raise ValueError("vae_config='shapes' needs the repository root on sys.path (run "
-                             "from experiments/), or use 'tiny' / 'wan21'.") from e
+            raise ValueError(
+                "vae_config='shapes' needs the repository root on sys.path (run "
+                "from experiments/), or use 'tiny' / 'wan21'."
+            ) from e
         return vae_lib.from_config(shapes.get_config('vae').vae)
     if name == 'tiny':
         return vae_lib.tiny_config()
@@ -89,8 +92,9 @@ def _best(fn, rounds: int, iters: int) -> float:
     return best
 
 
-def _measure(graphdef, state, method: str, x: jax.Array, frames: int, rounds: int,
-             iters: int) -> dict:
+def _measure(
+    graphdef, state, method: str, x: jax.Array, frames: int, rounds: int, iters: int
+) -> dict:
     """Compile `vae.<method>(x)` once; memory analysis, timing, peak-RSS growth."""
     rss0 = _rss_bytes()
 
@@ -105,10 +109,14 @@ def _measure(graphdef, state, method: str, x: jax.Array, frames: int, rounds: in
     seconds = _best(lambda: compiled(state, x), rounds, iters)
     out = dict(fps=frames / seconds, seconds=seconds, compile_s=compile_s)
     if mem is not None:
-        temp, arg, res = (int(mem.temp_size_in_bytes), int(mem.argument_size_in_bytes),
-                          int(mem.output_size_in_bytes))
-        out.update(temp_bytes=temp, argument_bytes=arg, output_bytes=res,
-                   peak_bytes=temp + arg + res)
+        temp, arg, res = (
+            int(mem.temp_size_in_bytes),
+            int(mem.argument_size_in_bytes),
+            int(mem.output_size_in_bytes),
+        )
+        out.update(
+            temp_bytes=temp, argument_bytes=arg, output_bytes=res, peak_bytes=temp + arg + res
+        )
     out['rss_growth_bytes'] = max(0, _rss_bytes() - rss0)
     return out
 
@@ -118,7 +126,11 @@ def run(args: Any = None) -> dict:
     args = {} if args is None else args
     name = _arg(args, 'vae_config')
     frames = [int(t) for t in _arg(args, 'vae_frames')]
-    h, w, b = int(_arg(args, 'vae_height')), int(_arg(args, 'vae_width')), int(_arg(args, 'vae_batch'))
+    h, w, b = (
+        int(_arg(args, 'vae_height')),
+        int(_arg(args, 'vae_width')),
+        int(_arg(args, 'vae_batch')),
+    )
     modes = list(_arg(args, 'vae_modes'))
     rounds, iters = int(_arg(args, 'vae_rounds')), int(_arg(args, 'vae_iters'))
     dtype = jnp.dtype(_arg(args, 'vae_dtype'))
@@ -131,14 +143,26 @@ def run(args: Any = None) -> dict:
         vae.latent_shape(t, h, w)  # ValueError naming the fix before anything compiles
     vae = vae_lib.WanVAE(vae_config(name), rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(vae)
-    state = jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating)
-                         else a, state)
+    state = jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, state
+    )
     n_params = sum(a.size for a in jax.tree.leaves(nnx.state(vae, nnx.Param)))
-    result: dict[str, Any] = {'setup': dict(
-        config=name if isinstance(name, str) else repr(vae.config), height=h, width=w, batch=b, dtype=str(dtype), params=int(n_params),
-        device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
-        temporal_factor=vae.temporal_factor, spatial_factor=vae.spatial_factor,
-        rounds=rounds, iters=iters)}
+    result: dict[str, Any] = {
+        'setup': dict(
+            config=name if isinstance(name, str) else repr(vae.config),
+            height=h,
+            width=w,
+            batch=b,
+            dtype=str(dtype),
+            params=int(n_params),
+            device=str(jax.devices()[0].device_kind),
+            backend=jax.default_backend(),
+            temporal_factor=vae.temporal_factor,
+            spatial_factor=vae.spatial_factor,
+            rounds=rounds,
+            iters=iters,
+        )
+    }
     methods = {'chunked': ('encode_chunked', 'decode_chunked'), 'whole': ('encode', 'decode')}
     key = jax.random.key(0)
     for mode in modes:  # chunked first: its small peaks are not hidden by whole-video ones
@@ -148,22 +172,26 @@ def run(args: Any = None) -> dict:
             z = jax.random.normal(key, (b, *vae.latent_shape(t, h, w)), dtype)
             result.setdefault(str(t), {})[mode] = dict(
                 encode=_measure(graphdef, state, enc, video, b * t, rounds, iters),
-                decode=_measure(graphdef, state, dec, z, b * t, rounds, iters))
+                decode=_measure(graphdef, state, dec, z, b * t, rounds, iters),
+            )
     return result
 
 
 def format_table(result: dict) -> str:
     """The README table: one row per (frames, mode)."""
     s = result['setup']
-    mib = lambda x: f"{x / 2**20:8.1f}" if x is not None else '       -'
-    lines = [f"VAE {s['config']} ({s['params']:,} params), {s['height']}x{s['width']}, batch "
-             f"{s['batch']}, {s['dtype']}, {s['device']}",
-             'frames  mode     enc fps  dec fps  enc temp MiB  dec temp MiB  enc peak MiB  '
-             'dec peak MiB']
+    mib = lambda x: f'{x / 2**20:8.1f}' if x is not None else '       -'
+    lines = [
+        f'VAE {s["config"]} ({s["params"]:,} params), {s["height"]}x{s["width"]}, batch '
+        f'{s["batch"]}, {s["dtype"]}, {s["device"]}',
+        'frames  mode     enc fps  dec fps  enc temp MiB  dec temp MiB  enc peak MiB  dec peak MiB',
+    ]
     for t in sorted((k for k in result if k.isdigit()), key=int):
         for mode, r in result[t].items():
             e, d = r['encode'], r['decode']
-            lines.append(f"{t:>6}  {mode:<7} {e['fps']:8.1f} {d['fps']:8.1f}      "
-                         f"{mib(e.get('temp_bytes'))}      {mib(d.get('temp_bytes'))}      "
-                         f"{mib(e.get('peak_bytes'))}      {mib(d.get('peak_bytes'))}")
+            lines.append(
+                f'{t:>6}  {mode:<7} {e["fps"]:8.1f} {d["fps"]:8.1f}      '
+                f'{mib(e.get("temp_bytes"))}      {mib(d.get("temp_bytes"))}      '
+                f'{mib(e.get("peak_bytes"))}      {mib(d.get("peak_bytes"))}'
+            )
     return '\n'.join(lines)

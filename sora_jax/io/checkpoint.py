@@ -7,6 +7,7 @@ renames it when complete, so a process killed mid-save (even by SIGKILL) leaves 
 that restores wrong: `latest_step()` never sees a temporary directory. Such leftovers are
 reported with a warning when a config is read or a training manager opens (`warn_unfinished`).
 """
+
 from __future__ import annotations
 
 import os
@@ -25,38 +26,52 @@ def unfinished(directory: str | os.PathLike) -> list[epath.Path]:
     directory = epath.Path(directory)
     if not directory.exists():
         return []
-    return sorted(p for p in directory.iterdir()
-                  if p.is_dir() and ('.orbax-checkpoint-tmp' in p.name or p.name.endswith('.tmp')))
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.is_dir() and ('.orbax-checkpoint-tmp' in p.name or p.name.endswith('.tmp'))
+    )
 
 
 def warn_unfinished(directory: epath.Path) -> None:
     for p in unfinished(directory):
-        logging.warning('Ignoring unfinished checkpoint %s (the process stopped mid-save; '
-                        'the previous complete step is used).', p)
+        logging.warning(
+            'Ignoring unfinished checkpoint %s (the process stopped mid-save; '
+            'the previous complete step is used).',
+            p,
+        )
 
 
 def _reader(directory: epath.Path) -> ocp.CheckpointManager:
     """A read-only manager; every saved item has a handler: no "could not restore" warnings."""
     return ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(create=False),
-        item_handlers={'state': ocp.PyTreeCheckpointHandler(),
-                       'data': grain.checkpoint.CheckpointHandler(),
-                       'config': ocp.JsonCheckpointHandler()})
+        directory,
+        options=ocp.CheckpointManagerOptions(create=False),
+        item_handlers={
+            'state': ocp.PyTreeCheckpointHandler(),
+            'data': grain.checkpoint.CheckpointHandler(),
+            'config': ocp.JsonCheckpointHandler(),
+        },
+    )
 
 
 def load_config(directory: str | os.PathLike, step: int | None = None) -> mlc.ConfigDict:
     """The config a checkpoint was trained with (checkpoint dir = a training workdir)."""
     directory = epath.Path(directory)
     if not directory.exists():
-        raise ValueError(f'checkpoint directory {os.fspath(directory)!r} does not exist; pass the '
-                         'workdir of a training run (or checkpoints/shapes).')
+        raise ValueError(
+            f'checkpoint directory {os.fspath(directory)!r} does not exist; pass the '
+            'workdir of a training run (or checkpoints/shapes).'
+        )
     directory = directory.absolute()
     warn_unfinished(directory)
     mngr = _reader(directory)
     step = mngr.latest_step() if step is None else step
     if step is None:
-        raise ValueError(f'no complete checkpoint in {os.fspath(directory)!r}; train first '
-                         '(experiments/train.py --workdir=...) or point at another directory.')
+        raise ValueError(
+            f'no complete checkpoint in {os.fspath(directory)!r}; train first '
+            '(experiments/train.py --workdir=...) or point at another directory.'
+        )
     cfg = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
     return mlc.ConfigDict(_lists_to_tuples(cfg))
 
@@ -68,8 +83,14 @@ def checkpoint_dir(path: str | os.PathLike) -> str:
     return os.fspath(sub) if sub.is_dir() else os.fspath(path)
 
 
-def restore_params(directory: str | os.PathLike, abstract_params: Any, *, ema: bool = True,
-                   step: int | None = None, missing_ok: bool = False) -> tuple[Any, int]:
+def restore_params(
+    directory: str | os.PathLike,
+    abstract_params: Any,
+    *,
+    ema: bool = True,
+    step: int | None = None,
+    missing_ok: bool = False,
+) -> tuple[Any, int]:
     """Only the (EMA) params of a saved train state, for sampling: a partial restore that never
     reads the optimizer state. `abstract_params` leaves are ShapeDtypeStructs (with shardings,
     or single-device). Returns (params, step).
@@ -84,21 +105,28 @@ def restore_params(directory: str | os.PathLike, abstract_params: Any, *, ema: b
         if step is None:
             raise ValueError(f'no complete checkpoint in {os.fspath(directory)!r}.')
     elif step not in (saved_steps := mngr.all_steps()):
-        raise ValueError(f'{os.fspath(directory)!r} has no checkpoint at step {step}; it holds '
-                         f'steps {sorted(saved_steps)}. Pass one of them (or no step: the newest).')
+        raise ValueError(
+            f'{os.fspath(directory)!r} has no checkpoint at step {step}; it holds '
+            f'steps {sorted(saved_steps)}. Pass one of them (or no step: the newest).'
+        )
     key = 'ema_params' if ema else 'params'
     saved = _saved_leaves(mngr, step, key, directory)
     want = _flat(abstract_params)
     missing = [k for k in want if k not in saved]
-    bad = [f'{".".join(k)}: saved {saved[k][1] if k in saved else None} vs model {want[k].shape}'
-           for k in want if k in saved and saved[k][1] != tuple(want[k].shape)]
+    bad = [
+        f'{".".join(k)}: saved {saved[k][1] if k in saved else None} vs model {want[k].shape}'
+        for k in want
+        if k in saved and saved[k][1] != tuple(want[k].shape)
+    ]
     if not missing_ok:
         bad += [f'{".".join(k)}: saved {saved[k][1]} vs model None' for k in saved if k not in want]
         bad += [f'{".".join(k)}: saved None vs model {want[k].shape}' for k in missing]
     if bad:
         more = f' (+{len(bad) - 5} more)' if len(bad) > 5 else ''
-        raise ValueError(f'{os.fspath(directory)!r} step {step}: {len(bad)} parameters differ '
-                         f'from the model: {"; ".join(sorted(bad)[:5])}{more}.')
+        raise ValueError(
+            f'{os.fspath(directory)!r} step {step}: {len(bad)} parameters differ '
+            f'from the model: {"; ".join(sorted(bad)[:5])}{more}.'
+        )
     dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # addressable on every host
     item, args = {}, {}
     for k, a in want.items():  # nested dicts in the saved layout, only what both trees hold
@@ -109,10 +137,17 @@ def restore_params(directory: str | os.PathLike, abstract_params: Any, *, ema: b
         for part in path[:-1]:
             node_i, node_a = node_i.setdefault(part, {}), node_a.setdefault(part, {})
         node_i[path[-1]] = a
-        node_a[path[-1]] = ocp.ArrayRestoreArgs(sharding=getattr(a, 'sharding', None) or dev,
-                                                dtype=a.dtype)
-    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item={key: item}, restore_args={key: args}, partial_restore=True)))['state'][key]
+        node_a[path[-1]] = ocp.ArrayRestoreArgs(
+            sharding=getattr(a, 'sharding', None) or dev, dtype=a.dtype
+        )
+    out = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item={key: item}, restore_args={key: args}, partial_restore=True
+            )
+        ),
+    )['state'][key]
     values = {}
     for k in want:
         if k in saved:

@@ -14,6 +14,7 @@ take longer than that. The cache grows with every new size (a few MB for the dem
 directory to reclaim it. No size cap: jax's capped (LRU) mode fails on entries an uncapped run
 wrote, so one directory could not serve both.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,14 +24,19 @@ from absl import flags, logging
 ENV = 'SORA_JAX_COMPILATION_CACHE'
 MIN_COMPILE_TIME_SECS = 0.2
 
-flags.DEFINE_bool('compilation_cache', True, 'Keep compiled XLA programs on disk (JAX persistent '
-                  f'compilation cache, ${ENV} or ~/.cache/sora_jax/jax-<version>) so a second run '
-                  'with the same sizes starts fast; --nocompilation_cache: off.')
+flags.DEFINE_bool(
+    'compilation_cache',
+    True,
+    'Keep compiled XLA programs on disk (JAX persistent '
+    f'compilation cache, ${ENV} or ~/.cache/sora_jax/jax-<version>) so a second run '
+    'with the same sizes starts fast; --nocompilation_cache: off.',
+)
 
 
 def default_dir() -> str:
     """`$XDG_CACHE_HOME/sora_jax/jax-<version>` (`~/.cache` without XDG_CACHE_HOME)."""
     import jax
+
     base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
     return os.path.join(base, 'sora_jax', f'jax-{jax.__version__}')
 
@@ -39,12 +45,18 @@ def cache_dir() -> str | None:
     """The directory the CLIs use, or None when the environment turns the cache off."""
     if ENV in os.environ:
         value = os.environ[ENV].strip()
-        return None if value.lower() in ('', '0', 'off', 'false', 'no') else os.path.expanduser(value)
+        return (
+            None if value.lower() in ('', '0', 'off', 'false', 'no') else os.path.expanduser(value)
+        )
     return default_dir()
 
 
-def enable(directory: str | None = None, *, on: bool | None = None,
-           min_compile_time_secs: float = MIN_COMPILE_TIME_SECS) -> str | None:
+def enable(
+    directory: str | None = None,
+    *,
+    on: bool | None = None,
+    min_compile_time_secs: float = MIN_COMPILE_TIME_SECS,
+) -> str | None:
     """Turns the persistent cache on (before the first compile); returns its directory or None.
 
     `on` defaults to the `--compilation_cache` flag (True when flags are not parsed, e.g. in a
@@ -57,11 +69,17 @@ def enable(directory: str | None = None, *, on: bool | None = None,
         logging.info('JAX persistent compilation cache: off')
         return None
     import jax
+
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as e:
-        logging.warning('JAX compilation cache off: cannot create %r (%s); set $%s to a writable '
-                        'directory or pass --nocompilation_cache.', directory, e, ENV)
+        logging.warning(
+            'JAX compilation cache off: cannot create %r (%s); set $%s to a writable '
+            'directory or pass --nocompilation_cache.',
+            directory,
+            e,
+            ENV,
+        )
         return None
     jax.config.update('jax_compilation_cache_dir', directory)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', float(min_compile_time_secs))

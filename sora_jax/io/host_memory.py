@@ -22,6 +22,7 @@ peak itself is unchanged). Call it before jax starts its thread pools (`jax.devi
 first jit): a thread that already has an arena keeps it. Opt out with
 `SORA_JAX_HOST_MEMORY=system` (glibc's defaults).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -36,8 +37,11 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 TRIM_THRESHOLD = 2**31 - 1  # bytes: the largest value mallopt takes (int)
-CHILD_ENV = {'MALLOC_MMAP_MAX_': '0', 'MALLOC_TRIM_THRESHOLD_': str(TRIM_THRESHOLD),
-             'MALLOC_ARENA_MAX': '1'}
+CHILD_ENV = {
+    'MALLOC_MMAP_MAX_': '0',
+    'MALLOC_TRIM_THRESHOLD_': str(TRIM_THRESHOLD),
+    'MALLOC_ARENA_MAX': '1',
+}
 
 _done: bool | None = None
 
@@ -69,9 +73,10 @@ def retain_freed_memory() -> bool:
         logging.info('host memory: not glibc; malloc left as it is')
         _done = False
         return _done
-    ok = all(libc.mallopt(p, v) == 1 for p, v in ((M_MMAP_MAX, 0),
-                                                   (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-                                                   (M_ARENA_MAX, 1)))
+    ok = all(
+        libc.mallopt(p, v) == 1
+        for p, v in ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_ARENA_MAX, 1))
+    )
     for k, v in CHILD_ENV.items():
         os.environ.setdefault(k, v)
     _done = ok

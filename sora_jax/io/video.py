@@ -6,6 +6,7 @@ extension: `.mp4` (h264, lossy), `.gif` (palette, lossy in colour), `.webm`
 (vp9); `write_image` writes one frame as `.png` (lossless) or `.jpg`. Reading anything that is not a decodable video raises `ValueError`
 naming the file and ffmpeg's complaint.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,9 +18,9 @@ import imageio_ffmpeg
 import mediapy
 import numpy as np
 
-_CODECS = {".mp4": "h264", ".gif": "gif", ".webm": "vp9"}
+_CODECS = {'.mp4': 'h264', '.gif': 'gif', '.webm': 'vp9'}
 VIDEO_EXTENSIONS = tuple(_CODECS)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 _ffmpeg_configured = False
 
 
@@ -35,18 +36,22 @@ def _ffmpeg_complaint(err: Exception) -> str:
     """The informative last line(s) of an ffmpeg failure, without the banner."""
     lines = [l.strip() for l in str(err).splitlines() if l.strip()]
     # ffmpeg puts the actual error after the banner and the input description.
-    useful = [l for l in lines if not re.match(
-        r"(ffmpeg version|built with|configuration:|lib\w+\s+\d|Copyright)", l)]
+    useful = [
+        l
+        for l in lines
+        if not re.match(r'(ffmpeg version|built with|configuration:|lib\w+\s+\d|Copyright)', l)
+    ]
     tail = useful[-2:] if useful else lines[-1:]
-    return " | ".join(tail)[-300:]
+    return ' | '.join(tail)[-300:]
 
 
 def to_float(video: np.ndarray) -> np.ndarray:
     """uint8 `[..., 3]` in [0, 255] -> float32 in [-1, 1]."""
     video = np.asarray(video)
     if video.dtype != np.uint8:
-        raise ValueError(f"to_float expects uint8 frames, got dtype {video.dtype}; "
-                         "pass the raw decoded frames.")
+        raise ValueError(
+            f'to_float expects uint8 frames, got dtype {video.dtype}; pass the raw decoded frames.'
+        )
     return video.astype(np.float32) * (2.0 / 255.0) - 1.0
 
 
@@ -59,12 +64,14 @@ def to_uint8(video: Any) -> np.ndarray:
 def _check_frames(frames: Any) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
-        raise ValueError(f"frames must be [T, H, W, 3] with T >= 1, got shape {frames.shape}.")
+        raise ValueError(f'frames must be [T, H, W, 3] with T >= 1, got shape {frames.shape}.')
     if frames.dtype != np.uint8:
         if np.issubdtype(frames.dtype, np.floating) and frames.min() >= -1.0 - 1e-3:
-            raise ValueError(f"frames must be uint8, got {frames.dtype}; convert float "
-                             "[-1, 1] frames with sora_jax.io.video.to_uint8 first.")
-        raise ValueError(f"frames must be uint8, got dtype {frames.dtype}.")
+            raise ValueError(
+                f'frames must be uint8, got {frames.dtype}; convert float '
+                '[-1, 1] frames with sora_jax.io.video.to_uint8 first.'
+            )
+        raise ValueError(f'frames must be uint8, got dtype {frames.dtype}.')
     return frames
 
 
@@ -73,16 +80,17 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float = 8.0) -> pathl
     path = pathlib.Path(path)
     codec = _CODECS.get(path.suffix.lower())
     if codec is None:
-        raise ValueError(f"Unsupported video extension {path.suffix!r} for {path}; "
-                         f"use one of {sorted(_CODECS)}.")
+        raise ValueError(
+            f'Unsupported video extension {path.suffix!r} for {path}; use one of {sorted(_CODECS)}.'
+        )
     if fps <= 0:
-        raise ValueError(f"fps must be > 0, got {fps}.")
+        raise ValueError(f'fps must be > 0, got {fps}.')
     frames = _check_frames(frames)
     _configure_ffmpeg()
     path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {} if codec == "h264" else {"codec": codec}
-    if codec == "h264":
-        kwargs["crf"] = 18  # near-transparent quality; tiny clips stay small anyway
+    kwargs = {} if codec == 'h264' else {'codec': codec}
+    if codec == 'h264':
+        kwargs['crf'] = 18  # near-transparent quality; tiny clips stay small anyway
     mediapy.write_video(path, frames, fps=fps, **kwargs)
     return path
 
@@ -91,14 +99,16 @@ def write_image(path: str | os.PathLike, image: Any) -> pathlib.Path:
     """Writes a uint8 `[H, W, 3]` image (`.png` lossless, `.jpg` quality 95); makes parent dirs."""
     path = pathlib.Path(path)
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        raise ValueError(f"Unsupported image extension {path.suffix!r} for {path}; "
-                         f"use one of {list(IMAGE_EXTENSIONS)}.")
+        raise ValueError(
+            f'Unsupported image extension {path.suffix!r} for {path}; '
+            f'use one of {list(IMAGE_EXTENSIONS)}.'
+        )
     image = _check_frames(np.asarray(image)[None])[0]
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".png":
-        mediapy.write_image(path, image, fmt="png")
+    if path.suffix.lower() == '.png':
+        mediapy.write_image(path, image, fmt='png')
     else:
-        mediapy.write_image(path, image, fmt="jpeg", quality=95)
+        mediapy.write_image(path, image, fmt='jpeg', quality=95)
     return path
 
 
@@ -111,19 +121,23 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
     """
     path = pathlib.Path(path)
     if not path.is_file():
-        raise ValueError(f"Video file {str(path)!r} does not exist; check the path.")
+        raise ValueError(f'Video file {str(path)!r} does not exist; check the path.')
     if path.stat().st_size == 0:
-        raise ValueError(f"Video file {str(path)!r} is empty (0 bytes); re-export it.")
+        raise ValueError(f'Video file {str(path)!r} is empty (0 bytes); re-export it.')
     _configure_ffmpeg()
     try:
         video = mediapy.read_video(path)
     except (RuntimeError, OSError, ValueError) as e:
-        raise ValueError(f"Cannot decode video {str(path)!r} (corrupt, truncated or "
-                         f"not a video): {_ffmpeg_complaint(e)}") from e
+        raise ValueError(
+            f'Cannot decode video {str(path)!r} (corrupt, truncated or '
+            f'not a video): {_ffmpeg_complaint(e)}'
+        ) from e
     video = np.asarray(video)
     if video.ndim != 4 or video.shape[0] == 0:
-        raise ValueError(f"Video {str(path)!r} decoded to no frames (shape {video.shape}); "
-                         "the file is probably truncated.")
+        raise ValueError(
+            f'Video {str(path)!r} decoded to no frames (shape {video.shape}); '
+            'the file is probably truncated.'
+        )
     return video.astype(np.uint8, copy=False)
 
 
@@ -135,11 +149,12 @@ def video_fps(path: str | os.PathLike) -> float:
         with mediapy.VideoReader(path) as reader:
             return float(reader.fps)
     except (RuntimeError, OSError) as e:
-        raise ValueError(f"Cannot read the header of {str(path)!r}: {_ffmpeg_complaint(e)}") from e
+        raise ValueError(f'Cannot read the header of {str(path)!r}: {_ffmpeg_complaint(e)}') from e
 
 
-def show_video(frames: Any, *, fps: float = 8.0, title: str | None = None,
-               codec: str = "h264", **kwargs: Any) -> str | None:
+def show_video(
+    frames: Any, *, fps: float = 8.0, title: str | None = None, codec: str = 'h264', **kwargs: Any
+) -> str | None:
     """Displays uint8 (or float [-1, 1]) frames inline in a notebook (mediapy)."""
     frames = np.asarray(frames)
     if frames.dtype != np.uint8:
@@ -148,25 +163,26 @@ def show_video(frames: Any, *, fps: float = 8.0, title: str | None = None,
     return mediapy.show_video(frames, fps=fps, title=title, codec=codec, **kwargs)
 
 
-def show_videos(videos: Any, *, fps: float = 8.0, titles: Any = None,
-                codec: str = "h264", **kwargs: Any) -> str | None:
+def show_videos(
+    videos: Any, *, fps: float = 8.0, titles: Any = None, codec: str = 'h264', **kwargs: Any
+) -> str | None:
     """Displays several videos side by side (uint8 or float [-1, 1])."""
-    videos = [np.asarray(v) if np.asarray(v).dtype == np.uint8 else to_uint8(v)
-              for v in videos]
+    videos = [np.asarray(v) if np.asarray(v).dtype == np.uint8 else to_uint8(v) for v in videos]
     _configure_ffmpeg()
     return mediapy.show_videos(videos, fps=fps, titles=titles, codec=codec, **kwargs)
 
 
-def read_image(path: str | os.PathLike, *, height: int | None = None,
-               width: int | None = None) -> np.ndarray:
+def read_image(
+    path: str | os.PathLike, *, height: int | None = None, width: int | None = None
+) -> np.ndarray:
     """Reads an image (png/jpg/...) into uint8 `[H, W, 3]`, resized to (height, width) if given."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise ValueError(f"Image file {str(path)!r} does not exist; check the path.")
+        raise ValueError(f'Image file {str(path)!r} does not exist; check the path.')
     try:
         image = np.asarray(mediapy.read_image(path))
     except Exception as e:  # PIL raises several types for undecodable files
-        raise ValueError(f"Cannot decode image {str(path)!r}: {e}") from e
+        raise ValueError(f'Cannot decode image {str(path)!r}: {e}') from e
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, -1)
     image = image[..., :3]

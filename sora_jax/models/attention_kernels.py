@@ -17,6 +17,7 @@ The platform is the *compile target*: the platform of the mesh in scope (`jax.se
 TPU topology compiled ahead of time on a CPU host by `experiments/aot.py`), else
 `jax.default_backend()`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,12 +25,13 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import AxisType, PartitionSpec as P
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
 
 from sora_jax.parallel import mesh as mesh_lib
 
 IMPLS = ('auto', 'xla', 'cudnn', 'chunked', 'splash')
-SPLASH_BLOCK = 512          # splash q / kv tile (tokens); short sequences use one padded tile
+SPLASH_BLOCK = 512  # splash q / kv tile (tokens); short sequences use one padded tile
 _QKV_AXES = ('act_batch', 'act_length', 'act_heads', None)
 _KV_AXES = ('act_batch', 'act_kv_length', 'act_heads', None)
 
@@ -45,7 +47,9 @@ def target_platform() -> str:
 
 def resolve_impl(impl: str, platform: str | None = None) -> str:
     if impl not in IMPLS:
-        raise ValueError(f'attention impl {impl!r} is not one of {IMPLS}; set model.attention to one.')
+        raise ValueError(
+            f'attention impl {impl!r} is not one of {IMPLS}; set model.attention to one.'
+        )
     if impl != 'auto':
         return impl
     platform = target_platform() if platform is None else platform
@@ -66,8 +70,12 @@ def attend(q, k, v, mask=None, *, impl: str = 'auto', chunk_size: int = 512):
         if q.dtype not in (jnp.bfloat16, jnp.float16):
             # cuDNN flash attention runs in half precision only.
             out = jax.nn.dot_product_attention(
-                q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16),
-                mask=bias_mask, implementation='cudnn')
+                q.astype(jnp.bfloat16),
+                k.astype(jnp.bfloat16),
+                v.astype(jnp.bfloat16),
+                mask=bias_mask,
+                implementation='cudnn',
+            )
             return out.astype(q.dtype)
         return jax.nn.dot_product_attention(q, k, v, mask=bias_mask, implementation='cudnn')
     return xla_attention(q, k, v, mask)
@@ -156,8 +164,11 @@ def _chunked_fwd_impl(q, k, v, valid, cq, ck):
             ki, vi, mi = kvm
             return online_softmax_step(carry, qi, ki, vi, mi), None
 
-        init = (jnp.zeros((b, h, cq, d), jnp.float32), jnp.full((b, h, cq), -jnp.inf),
-                jnp.zeros((b, h, cq), jnp.float32))
+        init = (
+            jnp.zeros((b, h, cq, d), jnp.float32),
+            jnp.full((b, h, cq), -jnp.inf),
+            jnp.zeros((b, h, cq), jnp.float32),
+        )
         (acc, m, l), _ = jax.lax.scan(body, init, (kc, vc, mc))
         out = acc / jnp.maximum(l, 1e-30)[..., None]
         lse = jnp.where(l > 0, m + jnp.log(jnp.maximum(l, 1e-30)), -jnp.inf)
@@ -212,10 +223,17 @@ def _chunked_bwd(cq, ck, res, g):
         return (dk + dk_i, dv + dv_i), dq
 
     zeros = jnp.zeros((nkc, b, ck, h, d), jnp.float32)
-    (dk, dv), dq = jax.lax.scan(one_query_chunk, (zeros, zeros),
-                                (_chunks(q, cq), _chunks(do, cq), rows(lse_safe), rows(delta)))
-    return (_unchunk(dq, nq).astype(q.dtype), _unchunk(dk, nk).astype(k.dtype),
-            _unchunk(dv, nk).astype(v.dtype), None)
+    (dk, dv), dq = jax.lax.scan(
+        one_query_chunk,
+        (zeros, zeros),
+        (_chunks(q, cq), _chunks(do, cq), rows(lse_safe), rows(delta)),
+    )
+    return (
+        _unchunk(dq, nq).astype(q.dtype),
+        _unchunk(dk, nk).astype(k.dtype),
+        _unchunk(dv, nk).astype(v.dtype),
+        None,
+    )
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
@@ -240,8 +258,9 @@ def online_softmax_step(carry, q, k, v, mask=None):
 
 def _inside_shard_map() -> bool:
     mesh = jax.sharding.get_abstract_mesh()
-    return (mesh is not None and not mesh.empty
-            and any(t == AxisType.Manual for t in mesh.axis_types))
+    return (
+        mesh is not None and not mesh.empty and any(t == AxisType.Manual for t in mesh.axis_types)
+    )
 
 
 def splash_attention(q, k, v, mask=None, *, interpret: bool = False):
@@ -251,8 +270,10 @@ def splash_attention(q, k, v, mask=None, *, interpret: bool = False):
     parallelism) it runs on the local arrays. `interpret=True` runs the kernel in the Pallas
     interpreter (any backend; tests)."""
     if not interpret and target_platform() != 'tpu':
-        raise ValueError("attention impl 'splash' needs a TPU (or a TPU mesh compiled ahead of "
-                         "time); use 'auto', 'xla' or 'chunked'.")
+        raise ValueError(
+            "attention impl 'splash' needs a TPU (or a TPU mesh compiled ahead of "
+            "time); use 'auto', 'xla' or 'chunked'."
+        )
     local = functools.partial(_splash_local, interpret=interpret)
     mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or mesh.empty or _inside_shard_map() or math.prod(mesh.shape.values()) == 1:
@@ -261,11 +282,19 @@ def splash_attention(q, k, v, mask=None, *, interpret: bool = False):
     spec_q = mesh_lib._fit(mesh_lib.logical_to_spec(_QKV_AXES, rules), q.shape, mesh)
     spec_kv = mesh_lib._fit(P(spec_q[0], None, spec_q[2], None), k.shape, mesh)
     if mask is None:
-        fn = jax.shard_map(lambda a, b, c: local(a, b, c, None), in_specs=(spec_q, spec_kv, spec_kv),
-                           out_specs=spec_q, check_vma=False)
+        fn = jax.shard_map(
+            lambda a, b, c: local(a, b, c, None),
+            in_specs=(spec_q, spec_kv, spec_kv),
+            out_specs=spec_q,
+            check_vma=False,
+        )
         return fn(q, k, v)
-    fn = jax.shard_map(local, in_specs=(spec_q, spec_kv, spec_kv, P(spec_q[0], None)),
-                       out_specs=spec_q, check_vma=False)
+    fn = jax.shard_map(
+        local,
+        in_specs=(spec_q, spec_kv, spec_kv, P(spec_q[0], None)),
+        out_specs=spec_q,
+        check_vma=False,
+    )
     return fn(q, k, v, mask.astype(bool))
 
 
@@ -289,14 +318,28 @@ def _splash_local(q, k, v, mask, *, interpret: bool = False):
     nq_p, nk_p = _round_up(nq, bq), _round_up(nk, bk)
     # Separate dq and dkv backward kernels: the fused one keeps a dq partial per key block
     # ([Nk / block, H, Nq, D]: 20 GiB per clip for Wan 14B at 480p).
-    blocks = sk.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq,
-                           block_kv_dkv=bk, block_kv_dkv_compute=bk, block_q_dq=bq,
-                           block_kv_dq=bk, use_fused_bwd_kernel=False)
-    kernel = sk.make_splash_mha(sm.MultiHeadMask([sm.FullMask((nq_p, nk_p))] * h),
-                                block_sizes=blocks, head_shards=1, q_seq_shards=1,
-                                interpret=interpret)
+    blocks = sk.BlockSizes(
+        block_q=bq,
+        block_kv=bk,
+        block_kv_compute=bk,
+        block_q_dkv=bq,
+        block_kv_dkv=bk,
+        block_kv_dkv_compute=bk,
+        block_q_dq=bq,
+        block_kv_dq=bk,
+        use_fused_bwd_kernel=False,
+    )
+    kernel = sk.make_splash_mha(
+        sm.MultiHeadMask([sm.FullMask((nq_p, nk_p))] * h),
+        block_sizes=blocks,
+        head_shards=1,
+        q_seq_shards=1,
+        interpret=interpret,
+    )
     # [b, n, h, d] -> [b, h, n_padded, d]; q pre-scaled (splash applies no 1/sqrt(d))
-    pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+    pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0))).transpose(
+        0, 2, 1, 3
+    )
     qs = pad(q * jnp.asarray(1.0 / math.sqrt(d), q.dtype), nq_p)
     ks, vs = pad(k, nk_p), pad(v, nk_p)
     valid = jnp.ones((b, nk), bool) if mask is None else mask.astype(bool)
@@ -305,6 +348,7 @@ def _splash_local(q, k, v, mask, *, interpret: bool = False):
     else:  # padded keys (and masked ones) get segment 0, which no query (segment 1) attends
         seg_q = jnp.ones((b, nq_p), jnp.int32)
         seg_k = jnp.pad(valid, ((0, 0), (0, nk_p - nk))).astype(jnp.int32)
-        out = jax.vmap(lambda a, b_, c, sq, sk_: kernel(a, b_, c, segment_ids=sk.SegmentIds(
-            q=sq, kv=sk_)))(qs, ks, vs, seg_q, seg_k)
+        out = jax.vmap(
+            lambda a, b_, c, sq, sk_: kernel(a, b_, c, segment_ids=sk.SegmentIds(q=sq, kv=sk_))
+        )(qs, ks, vs, seg_q, seg_k)
     return out.transpose(0, 2, 1, 3)[:, :nq].astype(q.dtype)

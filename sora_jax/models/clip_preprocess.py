@@ -9,6 +9,7 @@ bit; crop, rescale and normalisation are numpy in transformers' dtypes (float64 
 float32).
 Images are channels-last uint8 [B, H, W, 3] in, float32 [B, crop_h, crop_w, 3] out.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,12 +21,13 @@ import numpy as np
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_BICUBIC = 3                  # PIL.Image.Resampling.BICUBIC
+_BICUBIC = 3  # PIL.Image.Resampling.BICUBIC
 
 
 @dataclasses.dataclass(frozen=True)
 class CLIPImageConfig:
     """The fields of a `preprocessor_config.json` this port implements; defaults: Wan's."""
+
     shortest_edge: int = 224
     crop_height: int = 224
     crop_width: int = 224
@@ -50,22 +52,28 @@ class CLIPImageConfig:
         if isinstance(size, int):
             size = {'shortest_edge': size}
         if hf.get('do_resize', True) and set(size) != {'shortest_edge'}:
-            raise ValueError(f'image processor size={size}: only {{"shortest_edge": N}} (CLIP, '
-                             'Wan) is supported.')
+            raise ValueError(
+                f'image processor size={size}: only {{"shortest_edge": N}} (CLIP, '
+                'Wan) is supported.'
+            )
         if hf.get('do_resize', True) and hf.get('resample', _BICUBIC) != _BICUBIC:
-            raise ValueError(f"image processor resample={hf['resample']}: only bicubic (3) is "
-                             'supported.')
+            raise ValueError(
+                f'image processor resample={hf["resample"]}: only bicubic (3) is supported.'
+            )
         if hf.get('do_pad'):
             raise ValueError('image processor do_pad=True is not supported (CLIP does not pad).')
-        return cls(shortest_edge=int(size.get('shortest_edge', 224)),
-                   crop_height=int(crop['height']), crop_width=int(crop['width']),
-                   do_resize=bool(hf.get('do_resize', True)),
-                   do_center_crop=bool(hf.get('do_center_crop', True)),
-                   do_rescale=bool(hf.get('do_rescale', True)),
-                   rescale_factor=float(hf.get('rescale_factor', 1 / 255)),
-                   do_normalize=bool(hf.get('do_normalize', True)),
-                   image_mean=tuple(hf.get('image_mean', OPENAI_CLIP_MEAN)),
-                   image_std=tuple(hf.get('image_std', OPENAI_CLIP_STD)))
+        return cls(
+            shortest_edge=int(size.get('shortest_edge', 224)),
+            crop_height=int(crop['height']),
+            crop_width=int(crop['width']),
+            do_resize=bool(hf.get('do_resize', True)),
+            do_center_crop=bool(hf.get('do_center_crop', True)),
+            do_rescale=bool(hf.get('do_rescale', True)),
+            rescale_factor=float(hf.get('rescale_factor', 1 / 255)),
+            do_normalize=bool(hf.get('do_normalize', True)),
+            image_mean=tuple(hf.get('image_mean', OPENAI_CLIP_MEAN)),
+            image_std=tuple(hf.get('image_std', OPENAI_CLIP_STD)),
+        )
 
 
 def resize_bicubic(images: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -73,10 +81,12 @@ def resize_bicubic(images: np.ndarray, height: int, width: int) -> np.ndarray:
     CLIPImageProcessor calls (its fixed-point arithmetic and, since Pillow 13, its choice of
     which pass runs first decide single levels; only Pillow itself matches every version)."""
     from PIL import Image
+
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f'images must be uint8 [B, H, W, C], got {images.dtype} {images.shape}.')
-    return np.stack([np.asarray(Image.fromarray(im).resize((width, height), Image.BICUBIC))
-                     for im in images])
+    return np.stack(
+        [np.asarray(Image.fromarray(im).resize((width, height), Image.BICUBIC)) for im in images]
+    )
 
 
 def resize_shape(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
@@ -92,18 +102,21 @@ def preprocess(images: np.ndarray, cfg: CLIPImageConfig = CLIPImageConfig()) -> 
     if images.ndim == 3:
         images = images[None]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f'images must be uint8 [B, H, W, 3] (RGB), got {images.dtype} '
-                         f'{images.shape}.')
+        raise ValueError(
+            f'images must be uint8 [B, H, W, 3] (RGB), got {images.dtype} {images.shape}.'
+        )
     x = images
     if cfg.do_resize:
         x = resize_bicubic(x, *resize_shape(x.shape[1], x.shape[2], cfg.shortest_edge))
     if cfg.do_center_crop:
         h, w = x.shape[1:3]
         if h < cfg.crop_height or w < cfg.crop_width:
-            raise ValueError(f'image of {h}x{w} is smaller than the crop {cfg.crop_height}x'
-                             f'{cfg.crop_width}; resize it up first.')
+            raise ValueError(
+                f'image of {h}x{w} is smaller than the crop {cfg.crop_height}x'
+                f'{cfg.crop_width}; resize it up first.'
+            )
         top, left = (h - cfg.crop_height) // 2, (w - cfg.crop_width) // 2
-        x = x[:, top:top + cfg.crop_height, left:left + cfg.crop_width]
+        x = x[:, top : top + cfg.crop_height, left : left + cfg.crop_width]
     x = (x.astype(np.float64) * cfg.rescale_factor if cfg.do_rescale else x).astype(np.float32)
     if cfg.do_normalize:
         x = (x - np.asarray(cfg.image_mean, np.float32)) / np.asarray(cfg.image_std, np.float32)

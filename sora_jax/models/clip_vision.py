@@ -15,6 +15,7 @@ Layers are stacked on a leading axis (`layers/...` params have shape [L, ...]) a
 `jax.lax.scan` over the first `num_layers` of them. Pixels are channels-last [B, S, S, 3],
 normalised as `clip_preprocess.preprocess` makes them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,34 +43,40 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float
 @dataclasses.dataclass(frozen=True)
 class CLIPVisionConfig:
     """Hyper-parameters (names follow HF `CLIPVisionConfig`); defaults: Wan's ViT-H/14."""
-    image_size: int = 224             # input pixels (square)
-    patch_size: int = 14              # patch side
-    num_channels: int = 3             # input channels
-    hidden_size: int = 1280           # width
-    intermediate_size: int = 5120     # MLP hidden width
-    num_hidden_layers: int = 32       # blocks
-    num_attention_heads: int = 16     # heads
-    layer_norm_eps: float = 1e-5      # LayerNorm epsilon
-    hidden_act: str = 'gelu'          # one of ACTIVATIONS
-    attention: str = 'xla'            # attention kernel (models/attention.py)
-    dtype: str = 'float32'            # compute dtype
-    param_dtype: str = 'float32'      # weights as loaded
+
+    image_size: int = 224  # input pixels (square)
+    patch_size: int = 14  # patch side
+    num_channels: int = 3  # input channels
+    hidden_size: int = 1280  # width
+    intermediate_size: int = 5120  # MLP hidden width
+    num_hidden_layers: int = 32  # blocks
+    num_attention_heads: int = 16  # heads
+    layer_norm_eps: float = 1e-5  # LayerNorm epsilon
+    hidden_act: str = 'gelu'  # one of ACTIVATIONS
+    attention: str = 'xla'  # attention kernel (models/attention.py)
+    dtype: str = 'float32'  # compute dtype
+    param_dtype: str = 'float32'  # weights as loaded
 
     def validate(self) -> 'CLIPVisionConfig':
         if self.image_size % self.patch_size:
-            raise ValueError(f'image_size={self.image_size} is not divisible by patch_size='
-                             f'{self.patch_size}.')
+            raise ValueError(
+                f'image_size={self.image_size} is not divisible by patch_size={self.patch_size}.'
+            )
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f'hidden_size={self.hidden_size} is not divisible by '
-                             f'num_attention_heads={self.num_attention_heads}.')
+            raise ValueError(
+                f'hidden_size={self.hidden_size} is not divisible by '
+                f'num_attention_heads={self.num_attention_heads}.'
+            )
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f'hidden_act={self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}.')
         for k in ('dtype', 'param_dtype'):
             if getattr(self, k) not in DTYPES:
                 raise ValueError(f'{k}={getattr(self, k)!r} is not one of {sorted(DTYPES)}.')
         if self.num_hidden_layers < 2:
-            raise ValueError(f'num_hidden_layers={self.num_hidden_layers}: Wan reads the last '
-                             'block but one, so at least 2 are needed.')
+            raise ValueError(
+                f'num_hidden_layers={self.num_hidden_layers}: Wan reads the last '
+                'block but one, so at least 2 are needed.'
+            )
         return self
 
     @property
@@ -85,8 +92,17 @@ class CLIPVisionConfig:
             with open(path) as f:
                 hf = json.load(f)
         hf = dict(hf.get('vision_config', hf))
-        names = ('image_size', 'patch_size', 'num_channels', 'hidden_size', 'intermediate_size',
-                 'num_hidden_layers', 'num_attention_heads', 'layer_norm_eps', 'hidden_act')
+        names = (
+            'image_size',
+            'patch_size',
+            'num_channels',
+            'hidden_size',
+            'intermediate_size',
+            'num_hidden_layers',
+            'num_attention_heads',
+            'layer_norm_eps',
+            'hidden_act',
+        )
         kw = {k: hf[k] for k in names if k in hf}
         kw.update(overrides)
         return cls(**kw).validate()
@@ -96,8 +112,10 @@ class CLIPLayer(nnx.Module):
     """One pre-norm transformer block (HF `CLIPEncoderLayer`)."""
 
     def __init__(self, cfg: CLIPVisionConfig, *, rngs: nnx.Rngs):
-        d, kw = cfg.hidden_size, dict(rngs=rngs, dtype=DTYPES[cfg.dtype],
-                                      param_dtype=DTYPES[cfg.param_dtype])
+        d, kw = (
+            cfg.hidden_size,
+            dict(rngs=rngs, dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype]),
+        )
         self.cfg = cfg
         self.layer_norm1 = layers.LayerNorm(d, eps=cfg.layer_norm_eps, affine=True)
         self.q_proj = layers.linear(d, d, ('embed', 'heads'), **kw)
@@ -112,8 +130,10 @@ class CLIPLayer(nnx.Module):
         """x: [B, N, D] -> [B, N, D]."""
         cfg, dtype = self.cfg, DTYPES[self.cfg.dtype]
         h = self.layer_norm1(x).astype(dtype)
-        q, k, v = (rearrange(p(h), 'b n (h d) -> b n h d', h=cfg.num_attention_heads)
-                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (
+            rearrange(p(h), 'b n (h d) -> b n h d', h=cfg.num_attention_heads)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
         out = attn_lib.dot_product_attention(q, k, v, None, impl=cfg.attention)
         x = x + self.out_proj(rearrange(out, 'b n h d -> b n (h d)')).astype(x.dtype)
         h = self.layer_norm2(x).astype(dtype)
@@ -127,15 +147,20 @@ class CLIPVisionEncoder(nnx.Module):
         cfg.validate()
         self.cfg = cfg
         d, p, pdt = cfg.hidden_size, cfg.patch_size, DTYPES[cfg.param_dtype]
-        init = nnx.initializers.variance_scaling(1.0, 'fan_in', 'normal', in_axis=(0, 1, 2),
-                                                 out_axis=3)
-        self.patch_embedding = nnx.Param(init(rngs.params(), (p, p, cfg.num_channels, d), pdt),
-                                         out_sharding=(None, None, None, 'embed'))
-        self.class_embedding = nnx.Param(jax.random.normal(rngs.params(), (d,), pdt) * d ** -0.5,
-                                         out_sharding=('embed',))
+        init = nnx.initializers.variance_scaling(
+            1.0, 'fan_in', 'normal', in_axis=(0, 1, 2), out_axis=3
+        )
+        self.patch_embedding = nnx.Param(
+            init(rngs.params(), (p, p, cfg.num_channels, d), pdt),
+            out_sharding=(None, None, None, 'embed'),
+        )
+        self.class_embedding = nnx.Param(
+            jax.random.normal(rngs.params(), (d,), pdt) * d**-0.5, out_sharding=('embed',)
+        )
         self.position_embedding = nnx.Param(
             jax.random.normal(rngs.params(), (cfg.num_tokens, d), pdt) * 0.02,
-            out_sharding=(None, 'embed'))
+            out_sharding=(None, 'embed'),
+        )
         self.pre_layrnorm = layers.LayerNorm(d, eps=cfg.layer_norm_eps, affine=True)
 
         @nnx.split_rngs(splits=cfg.num_hidden_layers)
@@ -155,14 +180,17 @@ class CLIPVisionEncoder(nnx.Module):
             raise ValueError(f'num_layers={num_layers} must be in [0, {cfg.num_hidden_layers}].')
         s, p = cfg.image_size, cfg.patch_size
         if pixels.ndim != 4 or pixels.shape[1:] != (s, s, cfg.num_channels):
-            raise ValueError(f'pixels have shape {tuple(pixels.shape)}; expected [B, {s}, {s}, '
-                             f'{cfg.num_channels}] (clip_preprocess.preprocess makes them).')
+            raise ValueError(
+                f'pixels have shape {tuple(pixels.shape)}; expected [B, {s}, {s}, '
+                f'{cfg.num_channels}] (clip_preprocess.preprocess makes them).'
+            )
         dtype = DTYPES[cfg.dtype]
         tok = rearrange(pixels, 'b (h p) (w q) c -> b (h w) (p q c)', p=p, q=p)
         kernel = self.patch_embedding[...].reshape(-1, cfg.hidden_size)
         patches = tok.astype(dtype) @ kernel.astype(dtype)
-        cls = jnp.broadcast_to(self.class_embedding[...].astype(dtype),
-                               (pixels.shape[0], 1, cfg.hidden_size))
+        cls = jnp.broadcast_to(
+            self.class_embedding[...].astype(dtype), (pixels.shape[0], 1, cfg.hidden_size)
+        )
         x = jnp.concatenate([cls, patches], axis=1) + self.position_embedding[...].astype(dtype)
         x = self.pre_layrnorm(x).astype(dtype)
         if n == 0:

@@ -1,4 +1,5 @@
 """Model configs from ml_collections: a frozen dataclass filled strictly from a config section."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -9,6 +9,7 @@ channels built by `diffusion/conditioning.py`; the module does not know about it
 family): what training builds (`train/objectives/flow.py`) and what sampling restores into
 (`pipeline.TextToVideo.from_checkpoint`).
 """
+
 from __future__ import annotations
 
 import jax
@@ -22,8 +23,9 @@ from sora_jax.models.text import PAD, ByteEncoderConfig, ByteTextEncoder
 class Denoiser(nnx.Module):
     def __init__(self, text_cfg: ByteEncoderConfig, dit_cfg: DiTConfig, *, rngs: nnx.Rngs):
         if dit_cfg.text_dim != text_cfg.dim:
-            raise ValueError(f'model.text_dim={dit_cfg.text_dim} must equal text.dim='
-                             f'{text_cfg.dim}.')
+            raise ValueError(
+                f'model.text_dim={dit_cfg.text_dim} must equal text.dim={text_cfg.dim}.'
+            )
         self.text = ByteTextEncoder(text_cfg, rngs=rngs)
         self.dit = DiT(dit_cfg, rngs=rngs)
 
@@ -49,8 +51,14 @@ def dit_config(config) -> DiTConfig:
     2C + 1 in with frame-mask conditioning (noisy latents, known latents, mask)."""
     c = int(config.latent_channels)
     cin = 2 * c + 1 if conditioning_enabled(config) else c
-    return DiTConfig.from_config(dict(config.model.to_dict(), in_channels=cin, out_channels=c,
-                                      lora=lora_lib.config_of(config).layout()))
+    return DiTConfig.from_config(
+        dict(
+            config.model.to_dict(),
+            in_channels=cin,
+            out_channels=c,
+            lora=lora_lib.config_of(config).layout(),
+        )
+    )
 
 
 def build_model(config, rngs: nnx.Rngs) -> Denoiser:

@@ -9,6 +9,7 @@ the token count is never fixed. Blocks are stacked on a leading 'layers' axis an
 
 Parameter names mirror diffusers so `convert/wan.py` maps Wan weights with a flat key map.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,9 +22,8 @@ from einops import rearrange
 from flax import nnx
 
 from sora_jax.models import attention as attn_lib
-from sora_jax.models import layers
+from sora_jax.models import layers, rope
 from sora_jax.models import lora as lora_lib
-from sora_jax.models import rope
 from sora_jax.models.config import fields_from_config
 from sora_jax.parallel.mesh import constrain
 
@@ -39,7 +39,7 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float
 @dataclasses.dataclass(frozen=True)
 class DiTConfig:
     patch_size: tuple[int, int, int] = (1, 2, 2)
-    in_channels: int = 16          # latent channels (+ C + 1 with frame-mask conditioning)
+    in_channels: int = 16  # latent channels (+ C + 1 with frame-mask conditioning)
     out_channels: int = 16
     dim: int = 1536
     num_heads: int = 12
@@ -54,20 +54,20 @@ class DiTConfig:
     attention: str = 'auto'
     attention_chunk: int = 512
     context_parallel: str = 'none'  # none | ulysses | ring: self-attention over the sequence axis
-    dtype: str = 'float32'          # compute dtype
-    param_dtype: str = 'float32'    # master weights
+    dtype: str = 'float32'  # compute dtype
+    param_dtype: str = 'float32'  # master weights
     scan_layers: bool = True
     remat: str = 'none'
-    pooled_text: bool = False       # add the masked mean of the text features to the timestep
-                                    # embedding (adaLN), as SD3 does; not in Wan 2.1
-    zero_init: bool = False         # adaLN-Zero (DiT, PixArt): modulation, cross-attention output
-                                    # and output projection start at 0, every block as identity
-    lora: tuple = ()                # ((module, rank, scale), ...): LoRA adapters on block
-                                    # projections (models/lora.py; set from config.lora or files)
-    image_dim: int = 0              # Wan 2.1 I2V: width of the CLIP image features (1280); 0 = no
-                                    # image tokens. Their own key/value projections in attn2.
-    image_pos_len: int = 0          # FLF2V: learned positions over the [first, last] image
-                                    # tokens (diffusers pos_embed_seq_len, 514); 0 = none
+    pooled_text: bool = False  # add the masked mean of the text features to the timestep
+    # embedding (adaLN), as SD3 does; not in Wan 2.1
+    zero_init: bool = False  # adaLN-Zero (DiT, PixArt): modulation, cross-attention output
+    # and output projection start at 0, every block as identity
+    lora: tuple = ()  # ((module, rank, scale), ...): LoRA adapters on block
+    # projections (models/lora.py; set from config.lora or files)
+    image_dim: int = 0  # Wan 2.1 I2V: width of the CLIP image features (1280); 0 = no
+    # image tokens. Their own key/value projections in attn2.
+    image_pos_len: int = 0  # FLF2V: learned positions over the [first, last] image
+    # tokens (diffusers pos_embed_seq_len, 514); 0 = none
 
     @classmethod
     def from_config(cls, cfg: Any) -> 'DiTConfig':
@@ -82,11 +82,15 @@ class DiTConfig:
 
     def validate(self) -> None:
         if self.dim % self.num_heads:
-            raise ValueError(f'model.dim={self.dim} is not divisible by model.num_heads='
-                             f'{self.num_heads}; pick heads that divide the width.')
+            raise ValueError(
+                f'model.dim={self.dim} is not divisible by model.num_heads='
+                f'{self.num_heads}; pick heads that divide the width.'
+            )
         if (self.dim // self.num_heads) % 2:
-            raise ValueError(f'head dim {self.dim // self.num_heads} must be even for RoPE; '
-                             'change model.dim or model.num_heads.')
+            raise ValueError(
+                f'head dim {self.dim // self.num_heads} must be even for RoPE; '
+                'change model.dim or model.num_heads.'
+            )
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f'model.remat={self.remat!r} is not one of {sorted(REMAT_POLICIES)}.')
         for k in ('dtype', 'param_dtype'):
@@ -94,20 +98,29 @@ class DiTConfig:
                 raise ValueError(f'model.{k}={getattr(self, k)!r} is not one of {sorted(DTYPES)}.')
         attn_lib.resolve_impl(self.attention) if self.attention != 'auto' else None
         if self.context_parallel not in ('none', 'ulysses', 'ring'):
-            raise ValueError(f'model.context_parallel={self.context_parallel!r} is not one of '
-                             "('none', 'ulysses', 'ring').")
+            raise ValueError(
+                f'model.context_parallel={self.context_parallel!r} is not one of '
+                "('none', 'ulysses', 'ring')."
+            )
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
-            raise ValueError(f'model.patch_size={self.patch_size} must be 3 positive ints (t, h, w).')
+            raise ValueError(
+                f'model.patch_size={self.patch_size} must be 3 positive ints (t, h, w).'
+            )
         if self.image_dim < 0 or self.image_pos_len < 0:
-            raise ValueError(f'model.image_dim={self.image_dim} / model.image_pos_len='
-                             f'{self.image_pos_len} must be >= 0 (0: no image tokens).')
+            raise ValueError(
+                f'model.image_dim={self.image_dim} / model.image_pos_len='
+                f'{self.image_pos_len} must be >= 0 (0: no image tokens).'
+            )
         if self.image_pos_len and not self.image_dim:
-            raise ValueError(f'model.image_pos_len={self.image_pos_len} needs image tokens; set '
-                             'model.image_dim (1280 for Wan CLIP features) or image_pos_len=0.')
+            raise ValueError(
+                f'model.image_pos_len={self.image_pos_len} needs image tokens; set '
+                'model.image_dim (1280 for Wan CLIP features) or image_pos_len=0.'
+            )
         bad = [m for m, r, _ in self.lora if m not in lora_lib.MODULES or int(r) < 1]
         if bad:
-            raise ValueError(f'model.lora names {bad}: modules must be in {lora_lib.MODULES} '
-                             'with rank >= 1.')
+            raise ValueError(
+                f'model.lora names {bad}: modules must be in {lora_lib.MODULES} with rank >= 1.'
+            )
 
     @property
     def head_dim(self) -> int:
@@ -130,9 +143,22 @@ def _table_init(rngs: nnx.Rngs, rows: int, cfg: DiTConfig) -> jax.Array:
 class Attention(nnx.Module):
     """Multi-head attention with RMS qk-norm over the full width and optional 3D RoPE."""
 
-    def __init__(self, dim: int, heads: int, *, eps: float, rngs: nnx.Rngs, dtype, param_dtype,
-                 impl: str = 'auto', chunk: int = 512, context_parallel: str = 'none',
-                 zero_out: bool = False, lora: dict | None = None, added_kv: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        eps: float,
+        rngs: nnx.Rngs,
+        dtype,
+        param_dtype,
+        impl: str = 'auto',
+        chunk: int = 512,
+        context_parallel: str = 'none',
+        zero_out: bool = False,
+        lora: dict | None = None,
+        added_kv: bool = False,
+    ):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         lora = lora or {}  # {'to_q' / 'to_k' / 'to_v' / 'to_out': (rank, scale)}
         self.heads = heads
@@ -142,8 +168,9 @@ class Attention(nnx.Module):
         self.to_q = layers.linear(dim, dim, ('embed', 'heads'), lora=lora.get('to_q'), **kw)
         self.to_k = layers.linear(dim, dim, ('embed', 'heads'), lora=lora.get('to_k'), **kw)
         self.to_v = layers.linear(dim, dim, ('embed', 'heads'), lora=lora.get('to_v'), **kw)
-        self.to_out = layers.linear(dim, dim, ('heads', 'embed'), zero_init=zero_out,
-                                    lora=lora.get('to_out'), **kw)
+        self.to_out = layers.linear(
+            dim, dim, ('heads', 'embed'), zero_init=zero_out, lora=lora.get('to_out'), **kw
+        )
         self.norm_q = layers.RMSNorm(dim, eps=eps)
         self.norm_k = layers.RMSNorm(dim, eps=eps)
         self.added_kv = added_kv
@@ -166,17 +193,29 @@ class Attention(nnx.Module):
             k = rope.apply_rope(k, angles)
         q = constrain(q, ('act_batch', 'act_length', 'act_heads', None))
         out = attn_lib.dot_product_attention(
-            q, k, v, context_mask, impl=self.impl, chunk_size=self.chunk,
-            context_parallel=self.context_parallel if context is None else 'none')
+            q,
+            k,
+            v,
+            context_mask,
+            impl=self.impl,
+            chunk_size=self.chunk,
+            context_parallel=self.context_parallel if context is None else 'none',
+        )
         if self.added_kv:
             if image_context is None:
-                raise ValueError('this cross-attention has image key/value projections '
-                                 '(model.image_dim > 0): pass the image tokens.')
-            k_img = rearrange(self.norm_added_k(self.add_k_proj(image_context)),
-                              'b s (h d) -> b s h d', h=self.heads)
+                raise ValueError(
+                    'this cross-attention has image key/value projections '
+                    '(model.image_dim > 0): pass the image tokens.'
+                )
+            k_img = rearrange(
+                self.norm_added_k(self.add_k_proj(image_context)),
+                'b s (h d) -> b s h d',
+                h=self.heads,
+            )
             v_img = rearrange(self.add_v_proj(image_context), 'b s (h d) -> b s h d', h=self.heads)
-            out = out + attn_lib.dot_product_attention(q, k_img, v_img, None, impl=self.impl,
-                                                       chunk_size=self.chunk).astype(out.dtype)
+            out = out + attn_lib.dot_product_attention(
+                q, k_img, v_img, None, impl=self.impl, chunk_size=self.chunk
+            ).astype(out.dtype)
         return self.to_out(rearrange(out, 'b n h d -> b n (h d)'))
 
 
@@ -185,17 +224,36 @@ class DiTBlock(nnx.Module):
 
     def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
         dt, pdt = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
-        kw = dict(eps=cfg.eps, rngs=rngs, dtype=dt, param_dtype=pdt, impl=cfg.attention,
-                  chunk=cfg.attention_chunk, context_parallel=cfg.context_parallel)
+        kw = dict(
+            eps=cfg.eps,
+            rngs=rngs,
+            dtype=dt,
+            param_dtype=pdt,
+            impl=cfg.attention,
+            chunk=cfg.attention_chunk,
+            context_parallel=cfg.context_parallel,
+        )
         self.norm1 = layers.LayerNorm(cfg.dim, eps=cfg.eps)
-        self.attn1 = Attention(cfg.dim, cfg.num_heads, lora=lora_lib.lora_of(cfg.lora, 'attn1.'),
-                               **kw)
+        self.attn1 = Attention(
+            cfg.dim, cfg.num_heads, lora=lora_lib.lora_of(cfg.lora, 'attn1.'), **kw
+        )
         self.norm2 = layers.LayerNorm(cfg.dim, eps=cfg.eps, affine=cfg.cross_attn_norm)
-        self.attn2 = Attention(cfg.dim, cfg.num_heads, zero_out=cfg.zero_init,
-                               lora=lora_lib.lora_of(cfg.lora, 'attn2.'),
-                               added_kv=cfg.image_dim > 0, **kw)
-        self.ffn = layers.FeedForward(cfg.dim, cfg.ffn_dim, rngs=rngs, dtype=dt, param_dtype=pdt,
-                                      lora=lora_lib.lora_of(cfg.lora, 'ffn.'))
+        self.attn2 = Attention(
+            cfg.dim,
+            cfg.num_heads,
+            zero_out=cfg.zero_init,
+            lora=lora_lib.lora_of(cfg.lora, 'attn2.'),
+            added_kv=cfg.image_dim > 0,
+            **kw,
+        )
+        self.ffn = layers.FeedForward(
+            cfg.dim,
+            cfg.ffn_dim,
+            rngs=rngs,
+            dtype=dt,
+            param_dtype=pdt,
+            lora=lora_lib.lora_of(cfg.lora, 'ffn.'),
+        )
         self.norm3 = layers.LayerNorm(cfg.dim, eps=cfg.eps)
         init = _table_init(rngs, 6, cfg)
         self.scale_shift_table = nnx.Param(init, out_sharding=(None, None, 'norm'))
@@ -226,18 +284,23 @@ class PatchEmbed(nnx.Module):
 
     def __init__(self, patch, cin: int, dim: int, *, rngs: nnx.Rngs, dtype, param_dtype):
         fan_in = cin * math.prod(patch)
-        init = nnx.initializers.variance_scaling(1.0, 'fan_in', 'uniform', in_axis=(0, 1, 2, 3),
-                                                 out_axis=4)
+        init = nnx.initializers.variance_scaling(
+            1.0, 'fan_in', 'uniform', in_axis=(0, 1, 2, 3), out_axis=4
+        )
         self.patch = tuple(patch)
-        self.kernel = nnx.Param(init(rngs.params(), (*patch, cin, dim), param_dtype),
-                                out_sharding=('patch', 'patch', 'patch', 'conv_in', 'embed'))
+        self.kernel = nnx.Param(
+            init(rngs.params(), (*patch, cin, dim), param_dtype),
+            out_sharding=('patch', 'patch', 'patch', 'conv_in', 'embed'),
+        )
         self.bias = nnx.Param(jnp.zeros((dim,), param_dtype), out_sharding=('embed',))
         self.dtype = dtype
         del fan_in
 
     def __call__(self, x):
         pt, ph, pw = self.patch
-        tok = rearrange(x, 'b (f pt) (h ph) (w pw) c -> b (f h w) (pt ph pw c)', pt=pt, ph=ph, pw=pw)
+        tok = rearrange(
+            x, 'b (f pt) (h ph) (w pw) c -> b (f h w) (pt ph pw c)', pt=pt, ph=ph, pw=pw
+        )
         k = self.kernel[...].reshape(-1, self.kernel.shape[-1])
         return tok.astype(self.dtype) @ k.astype(self.dtype) + self.bias[...].astype(self.dtype)
 
@@ -247,8 +310,9 @@ class ImageEmbedder(nnx.Module):
     Linear -> GELU (exact) -> Linear -> FP32 LayerNorm, both norms affine with eps 1e-5. With
     `pos_len` (FLF2V) a learned position table [1, pos_len, image_dim] is added first."""
 
-    def __init__(self, image_dim: int, dim: int, *, pos_len: int = 0, rngs: nnx.Rngs, dtype,
-                 param_dtype):
+    def __init__(
+        self, image_dim: int, dim: int, *, pos_len: int = 0, rngs: nnx.Rngs, dtype, param_dtype
+    ):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.norm1 = layers.LayerNorm(image_dim, eps=1e-5, affine=True)
         self.proj_in = layers.linear(image_dim, image_dim, ('kv', 'mlp'), **kw)
@@ -256,16 +320,19 @@ class ImageEmbedder(nnx.Module):
         self.norm2 = layers.LayerNorm(dim, eps=1e-5, affine=True)
         self.pos_len = pos_len
         if pos_len:
-            self.pos_embed = nnx.Param(jnp.zeros((1, pos_len, image_dim), jnp.float32),
-                                       out_sharding=(None, None, 'norm'))
+            self.pos_embed = nnx.Param(
+                jnp.zeros((1, pos_len, image_dim), jnp.float32), out_sharding=(None, None, 'norm')
+            )
         self.dtype = dtype
 
     def __call__(self, image: jax.Array) -> jax.Array:
         """image: [B, S, image_dim] (with pos_len: S = pos_len) -> [B, S, dim] (compute dtype)."""
         if self.pos_len:
             if image.shape[1] != self.pos_len:
-                raise ValueError(f'image tokens {image.shape}: this model adds positions to '
-                                 f'{self.pos_len} tokens (first and last frame features joined).')
+                raise ValueError(
+                    f'image tokens {image.shape}: this model adds positions to '
+                    f'{self.pos_len} tokens (first and last frame features joined).'
+                )
             image = image.astype(jnp.float32) + self.pos_embed[...]
         h = self.norm1(image).astype(self.dtype)
         h = self.proj_out(jax.nn.gelu(self.proj_in(h), approximate=False))
@@ -278,23 +345,43 @@ class ConditionEmbedder(nnx.Module):
     def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
         pdt = DTYPES[cfg.param_dtype]
         self.freq_dim = cfg.freq_dim
-        self.time_embedder = layers.MLPEmbedder(cfg.freq_dim, cfg.dim, act='silu', rngs=rngs,
-                                                in_axis='kv', param_dtype=pdt)
-        self.time_proj = layers.linear(cfg.dim, 6 * cfg.dim, ('embed', 'mod'), rngs=rngs,
-                                       param_dtype=pdt, zero_init=cfg.zero_init)
-        self.text_embedder = layers.MLPEmbedder(cfg.text_dim, cfg.dim, act='gelu', rngs=rngs,
-                                                in_axis='kv', dtype=DTYPES[cfg.dtype],
-                                                param_dtype=pdt)
+        self.time_embedder = layers.MLPEmbedder(
+            cfg.freq_dim, cfg.dim, act='silu', rngs=rngs, in_axis='kv', param_dtype=pdt
+        )
+        self.time_proj = layers.linear(
+            cfg.dim,
+            6 * cfg.dim,
+            ('embed', 'mod'),
+            rngs=rngs,
+            param_dtype=pdt,
+            zero_init=cfg.zero_init,
+        )
+        self.text_embedder = layers.MLPEmbedder(
+            cfg.text_dim,
+            cfg.dim,
+            act='gelu',
+            rngs=rngs,
+            in_axis='kv',
+            dtype=DTYPES[cfg.dtype],
+            param_dtype=pdt,
+        )
         self.pooled = cfg.pooled_text
         if cfg.pooled_text:  # zero-initialised output: starts as the model without it
-            self.pooled_text_1 = layers.linear(cfg.text_dim, cfg.dim, ('kv', 'embed'), rngs=rngs,
-                                               param_dtype=pdt)
-            self.pooled_text_2 = layers.linear(cfg.dim, cfg.dim, ('embed', 'embed_out'),
-                                               rngs=rngs, param_dtype=pdt, zero_init=True)
+            self.pooled_text_1 = layers.linear(
+                cfg.text_dim, cfg.dim, ('kv', 'embed'), rngs=rngs, param_dtype=pdt
+            )
+            self.pooled_text_2 = layers.linear(
+                cfg.dim, cfg.dim, ('embed', 'embed_out'), rngs=rngs, param_dtype=pdt, zero_init=True
+            )
         if cfg.image_dim:  # Wan 2.1 I2V; called by DiT.__call__ on the image features
-            self.image_embedder = ImageEmbedder(cfg.image_dim, cfg.dim, pos_len=cfg.image_pos_len,
-                                                rngs=rngs, dtype=DTYPES[cfg.dtype],
-                                                param_dtype=pdt)
+            self.image_embedder = ImageEmbedder(
+                cfg.image_dim,
+                cfg.dim,
+                pos_len=cfg.image_pos_len,
+                rngs=rngs,
+                dtype=DTYPES[cfg.dtype],
+                param_dtype=pdt,
+            )
 
     def __call__(self, timestep, context, context_mask=None):
         """timestep: [B] -> temb [B, D], temb6 [B, 6, D]; or per token [B, N] -> temb [B, N, D],
@@ -303,8 +390,11 @@ class ConditionEmbedder(nnx.Module):
         temb = self.time_embedder(emb).reshape(*timestep.shape, -1)  # f32
         if self.pooled:
             c = context.astype(jnp.float32)
-            m = (jnp.ones(c.shape[:2], jnp.float32) if context_mask is None
-                 else context_mask.astype(jnp.float32))
+            m = (
+                jnp.ones(c.shape[:2], jnp.float32)
+                if context_mask is None
+                else context_mask.astype(jnp.float32)
+            )
             pooled = (c * m[..., None]).sum(1) / jnp.maximum(m.sum(1, keepdims=True), 1.0)
             pooled = self.pooled_text_2(jax.nn.silu(self.pooled_text_1(pooled)))  # [B, D]
             temb = temb + (pooled[:, None] if timestep.ndim == 2 else pooled)
@@ -322,8 +412,9 @@ class DiT(nnx.Module):
         cfg.validate()
         self.cfg = cfg
         dt, pdt = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
-        self.patch_embedding = PatchEmbed(cfg.patch_size, cfg.in_channels, cfg.dim, rngs=rngs,
-                                          dtype=dt, param_dtype=pdt)
+        self.patch_embedding = PatchEmbed(
+            cfg.patch_size, cfg.in_channels, cfg.dim, rngs=rngs, dtype=dt, param_dtype=pdt
+        )
         self.condition_embedder = ConditionEmbedder(cfg, rngs=rngs)
 
         @nnx.split_rngs(splits=cfg.depth)
@@ -333,9 +424,15 @@ class DiT(nnx.Module):
 
         self.blocks = make_blocks(rngs)
         self.norm_out = layers.LayerNorm(cfg.dim, eps=cfg.eps)
-        self.proj_out = layers.linear(cfg.dim, cfg.out_channels * math.prod(cfg.patch_size),
-                                      ('embed', None), rngs=rngs, dtype=dt, param_dtype=pdt,
-                                      zero_init=cfg.zero_init)
+        self.proj_out = layers.linear(
+            cfg.dim,
+            cfg.out_channels * math.prod(cfg.patch_size),
+            ('embed', None),
+            rngs=rngs,
+            dtype=dt,
+            param_dtype=pdt,
+            zero_init=cfg.zero_init,
+        )
         init = _table_init(rngs, 2, cfg)
         self.scale_shift_table = nnx.Param(init, out_sharding=(None, None, 'norm'))
 
@@ -345,13 +442,16 @@ class DiT(nnx.Module):
             raise ValueError(f'DiT input must be [B, T, H, W, C], got shape {tuple(shape)}.')
         _, t, h, w, c = shape
         if c != self.cfg.in_channels:
-            raise ValueError(f'DiT input has {c} channels but model.in_channels='
-                             f'{self.cfg.in_channels}.')
+            raise ValueError(
+                f'DiT input has {c} channels but model.in_channels={self.cfg.in_channels}.'
+            )
         grid = []
         for name, n, p in zip(('frames', 'height', 'width'), (t, h, w), self.cfg.patch_size):
             if n % p:
-                raise ValueError(f'latent {name}={n} is not divisible by patch size {p}; use a '
-                                 f'multiple of {p} (patch_size={self.cfg.patch_size}).')
+                raise ValueError(
+                    f'latent {name}={n} is not divisible by patch size {p}; use a '
+                    f'multiple of {p} (patch_size={self.cfg.patch_size}).'
+                )
             grid.append(n // p)
         return tuple(grid)
 
@@ -362,28 +462,38 @@ class DiT(nnx.Module):
         cross-attention through their own key/value projections."""
         cfg = self.cfg
         if (image is None) != (not cfg.image_dim):
-            raise ValueError(f'model.image_dim={cfg.image_dim}: ' + (
-                'this image-to-video DiT needs image= (CLIP features [B, S, image_dim]).'
-                if image is None else 'this DiT takes no image features; drop image=.'))
+            raise ValueError(
+                f'model.image_dim={cfg.image_dim}: '
+                + (
+                    'this image-to-video DiT needs image= (CLIP features [B, S, image_dim]).'
+                    if image is None
+                    else 'this DiT takes no image features; drop image=.'
+                )
+            )
         if image is not None and (image.ndim != 3 or image.shape[-1] != cfg.image_dim):
-            raise ValueError(f'image features have shape {tuple(image.shape)}; expected '
-                             f'[B, S, {cfg.image_dim}].')
+            raise ValueError(
+                f'image features have shape {tuple(image.shape)}; expected [B, S, {cfg.image_dim}].'
+            )
         b, tt, hh, ww, _ = x.shape
         grid = self.check_input(x.shape)
         if skip is not None:
             skip = jnp.asarray(skip, bool)
             if skip.shape != (b, cfg.depth):
-                raise ValueError(f'skip has shape {skip.shape}; expected (batch, depth) = '
-                                 f'({b}, {cfg.depth}).')
+                raise ValueError(
+                    f'skip has shape {skip.shape}; expected (batch, depth) = ({b}, {cfg.depth}).'
+                )
         t = jnp.asarray(t)
         if t.ndim > 2 or (t.ndim == 2 and t.shape != (b, math.prod(grid))):
-            raise ValueError(f'timesteps have shape {t.shape}; expected ({b},) or per token '
-                             f'({b}, {math.prod(grid)}) for the token grid {grid}.')
+            raise ValueError(
+                f'timesteps have shape {t.shape}; expected ({b},) or per token '
+                f'({b}, {math.prod(grid)}) for the token grid {grid}.'
+            )
         angles = rope.rope_angles(grid, cfg.head_dim, cfg.rope_theta)
         h = self.patch_embedding(x)  # [B, N, D]
         h = constrain(h, ('act_batch', 'act_length', 'act_embed'))
-        temb, temb6, ctx = self.condition_embedder(t.astype(jnp.float32) * cfg.timestep_scale,
-                                                   context, context_mask)
+        temb, temb6, ctx = self.condition_embedder(
+            t.astype(jnp.float32) * cfg.timestep_scale, context, context_mask
+        )
         img = None if image is None else self.condition_embedder.image_embedder(image)
         h = self._run_blocks(h, ctx, context_mask, temb6, angles, skip, img)
         if t.ndim == 2:  # per token: temb [B, N, D] -> shift, scale [B, N, D]
@@ -394,8 +504,16 @@ class DiT(nnx.Module):
         h = layers.modulate(self.norm_out(h), shift, scale).astype(DTYPES[cfg.dtype])
         out = self.proj_out(h).astype(jnp.float32)
         pt, ph, pw = cfg.patch_size
-        return rearrange(out, 'b (f h w) (pt ph pw c) -> b (f pt) (h ph) (w pw) c',
-                         f=grid[0], h=grid[1], w=grid[2], pt=pt, ph=ph, pw=pw)
+        return rearrange(
+            out,
+            'b (f h w) (pt ph pw c) -> b (f pt) (h ph) (w pw) c',
+            f=grid[0],
+            h=grid[1],
+            w=grid[2],
+            pt=pt,
+            ph=ph,
+            pw=pw,
+        )
 
     def _run_blocks(self, h, ctx, ctx_mask, temb6, angles, skip=None, img=None):
         gdef, state = nnx.split(self.blocks)
@@ -415,7 +533,9 @@ class DiT(nnx.Module):
             h, _ = jax.lax.scan(body, h, (state, flags))
             return h
         for i in range(self.cfg.depth):
-            h, _ = body(h, (jax.tree.map(lambda a: a[i], state), None if flags is None else flags[i]))
+            h, _ = body(
+                h, (jax.tree.map(lambda a: a[i], state), None if flags is None else flags[i])
+            )
         return h
 
 
@@ -424,8 +544,14 @@ def dit_config(config) -> DiTConfig:
     2.1: `train/objectives/flow_context.py`): config.latent_channels in and out, adapters per
     config.lora."""
     c = int(config.latent_channels)
-    return DiTConfig.from_config(dict(config.model.to_dict(), in_channels=c, out_channels=c,
-                                      lora=lora_lib.config_of(config).layout()))
+    return DiTConfig.from_config(
+        dict(
+            config.model.to_dict(),
+            in_channels=c,
+            out_channels=c,
+            lora=lora_lib.config_of(config).layout(),
+        )
+    )
 
 
 def build_model(config, rngs: nnx.Rngs) -> DiT:

@@ -4,6 +4,7 @@ Used by the inference pipeline and by DiT training on latents (`config.autoencod
 training workdir). Latents are normalised with the VAE's per-channel mean/std (and an extra
 `latent_scale` when the VAE config sets one) so the DiT sees roughly unit-variance inputs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,16 +26,17 @@ class FrozenVAE:
     graphdef: Any
     state: Any
     config: Any
-    step: int = -1     # checkpoint step the weights came from
-    mean: Any = None   # extra per-channel latent stats of the DiT's data (config.latent_mean)
+    step: int = -1  # checkpoint step the weights came from
+    mean: Any = None  # extra per-channel latent stats of the DiT's data (config.latent_mean)
     std: Any = None
 
     def with_stats(self, mean, std) -> 'FrozenVAE':
         """The same VAE normalising latents by per-channel (mean, std) (empty: identity)."""
         if not len(mean):
             return dataclasses.replace(self, mean=None, std=None)
-        return dataclasses.replace(self, mean=jnp.asarray(mean, jnp.float32),
-                                   std=jnp.asarray(std, jnp.float32))
+        return dataclasses.replace(
+            self, mean=jnp.asarray(mean, jnp.float32), std=jnp.asarray(std, jnp.float32)
+        )
 
     @property
     def module(self):
@@ -64,7 +66,6 @@ class FrozenVAE:
         return _decode(self.graphdef, self.state, latents)
 
 
-
 @functools.partial(jax.jit, static_argnums=0)
 def _encode(graphdef, state, video):
     vae = nnx.merge(graphdef, state)
@@ -84,22 +85,29 @@ def load(path: str | os.PathLike, *, ema: bool = True) -> FrozenVAE:
     path = os.fspath(path)
     cdir = epath.Path(path) / 'checkpoints'
     if not cdir.is_dir():
-        raise ValueError(f'autoencoder checkpoint {path!r} not found ({cdir} does not exist); '
-                         "set config.autoencoder to a VAE training workdir, or 'none'.")
+        raise ValueError(
+            f'autoencoder checkpoint {path!r} not found ({cdir} does not exist); '
+            "set config.autoencoder to a VAE training workdir, or 'none'."
+        )
     config = ckpt.load_config(cdir)
     if config.objective != 'vae':
-        raise ValueError(f'{path!r} holds a {config.objective!r} model, not a VAE; point '
-                         'config.autoencoder at the workdir of a configs/...:vae run.')
+        raise ValueError(
+            f'{path!r} holds a {config.objective!r} model, not a VAE; point '
+            'config.autoencoder at the workdir of a configs/...:vae run.'
+        )
     # The training model is a WanVAE, or (a GAN run) train/objectives/vae.py's
     # VAEWithDiscriminator, params {'vae': WanVAE's, 'disc': ...}, whose `.vae` we keep.
     abstract = nnx.state(nnx.eval_shape(lambda: WanVAE(config.vae, rngs=nnx.Rngs(0))), nnx.Param)
     gan = _with_discriminator(config)
-    params, step = ckpt.restore_params(cdir, {'vae': abstract} if gan else abstract, ema=ema,
-                                       missing_ok=gan)  # a GAN run's 'disc' params are left
+    params, step = ckpt.restore_params(
+        cdir, {'vae': abstract} if gan else abstract, ema=ema, missing_ok=gan
+    )  # a GAN run's 'disc' params are left
     params = params['vae'] if gan else params
     if len(jax.tree.leaves(params)) != len(jax.tree.leaves(abstract)):  # missing: None leaves
-        raise ValueError(f'{path!r} step {step} lacks parameters of the VAE its config.vae '
-                         'describes; point config.autoencoder at a complete VAE run.')
+        raise ValueError(
+            f'{path!r} step {step} lacks parameters of the VAE its config.vae '
+            'describes; point config.autoencoder at a complete VAE run.'
+        )
     model = WanVAE(config.vae, rngs=nnx.Rngs(0))  # non-param constants, then weights
     nnx.update(model, params)
     graphdef, state = nnx.split(model)

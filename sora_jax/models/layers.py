@@ -6,6 +6,7 @@ them to mesh axes. Logical names used across the models:
   'heads'  flattened q/k/v width  'kv'    text / condition width
   'vocab'  token table rows       'norm'  per-channel norm scales (kept replicated)
 """
+
 from __future__ import annotations
 
 import math
@@ -17,18 +18,32 @@ from flax import nnx
 Axes = tuple[str | None, ...]
 
 
-def linear(din: int, dout: int, axes: Axes, *, rngs: nnx.Rngs, dtype=jnp.float32,
-           param_dtype=jnp.float32, use_bias: bool = True, zero_init: bool = False,
-           lora: tuple[int, float] | None = None) -> nnx.Linear:
+def linear(
+    din: int,
+    dout: int,
+    axes: Axes,
+    *,
+    rngs: nnx.Rngs,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    use_bias: bool = True,
+    zero_init: bool = False,
+    lora: tuple[int, float] | None = None,
+) -> nnx.Linear:
     """nnx.Linear whose kernel [din, dout] and bias [dout] carry logical axes; with
     `lora=(rank, scale)` a `models.lora.LoRALinear` (same kernel and bias, plus an adapter)."""
     kinit = nnx.initializers.zeros_init() if zero_init else nnx.initializers.xavier_uniform()
-    kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-              kernel_init=nnx.with_partitioning(kinit, axes),
-              bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[-1],)),
-              rngs=rngs)
+    kw = dict(
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=nnx.with_partitioning(kinit, axes),
+        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[-1],)),
+        rngs=rngs,
+    )
     if lora is not None:
         from sora_jax.models.lora import LoRALinear
+
         return LoRALinear(din, dout, rank=lora[0], scale=lora[1], axes=axes, **kw)
     return nnx.Linear(din, dout, **kw)
 
@@ -69,13 +84,35 @@ class LayerNorm(nnx.Module):
 class FeedForward(nnx.Module):
     """Linear -> GELU(tanh) -> Linear (diffusers `FeedForward(activation_fn='gelu-approximate')`)."""
 
-    def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-                 param_dtype=jnp.float32, lora: dict | None = None):
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        lora: dict | None = None,
+    ):
         lora = lora or {}  # {'proj_in' / 'proj_out': (rank, scale)}: LoRA adapters
-        self.proj_in = linear(dim, hidden, ('embed', 'mlp'), rngs=rngs, dtype=dtype,
-                              param_dtype=param_dtype, lora=lora.get('proj_in'))
-        self.proj_out = linear(hidden, dim, ('mlp', 'embed'), rngs=rngs, dtype=dtype,
-                               param_dtype=param_dtype, lora=lora.get('proj_out'))
+        self.proj_in = linear(
+            dim,
+            hidden,
+            ('embed', 'mlp'),
+            rngs=rngs,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            lora=lora.get('proj_in'),
+        )
+        self.proj_out = linear(
+            hidden,
+            dim,
+            ('mlp', 'embed'),
+            rngs=rngs,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            lora=lora.get('proj_out'),
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.proj_out(jax.nn.gelu(self.proj_in(x), approximate=True))
@@ -95,13 +132,24 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> j
 class MLPEmbedder(nnx.Module):
     """Linear -> activation -> Linear (timestep and text projections)."""
 
-    def __init__(self, din: int, dim: int, *, act: str, rngs: nnx.Rngs, in_axis: str = 'kv',
-                 dtype=jnp.float32, param_dtype=jnp.float32):
+    def __init__(
+        self,
+        din: int,
+        dim: int,
+        *,
+        act: str,
+        rngs: nnx.Rngs,
+        in_axis: str = 'kv',
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+    ):
         self.act = act
-        self.linear_1 = linear(din, dim, (in_axis, 'embed'), rngs=rngs, dtype=dtype,
-                               param_dtype=param_dtype)
-        self.linear_2 = linear(dim, dim, ('embed', 'embed_out'), rngs=rngs, dtype=dtype,
-                               param_dtype=param_dtype)
+        self.linear_1 = linear(
+            din, dim, (in_axis, 'embed'), rngs=rngs, dtype=dtype, param_dtype=param_dtype
+        )
+        self.linear_2 = linear(
+            dim, dim, ('embed', 'embed_out'), rngs=rngs, dtype=dtype, param_dtype=param_dtype
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = self.linear_1(x)

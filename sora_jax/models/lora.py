@@ -14,6 +14,7 @@ Target names (`config.lora.targets`) -> module paths inside a block (`MODULES`):
   attn2.q attn2.k attn2.v attn2.o   cross-attention projections  (attn2.* = all four)
   ffn.in ffn.out                    the MLP                      (ffn = both)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,16 +25,28 @@ import jax.numpy as jnp
 from flax import nnx
 
 # Module paths inside a DiT block that can carry an adapter, in a fixed order.
-MODULES = ('attn1.to_q', 'attn1.to_k', 'attn1.to_v', 'attn1.to_out',
-           'attn2.to_q', 'attn2.to_k', 'attn2.to_v', 'attn2.to_out',
-           'ffn.proj_in', 'ffn.proj_out')
+MODULES = (
+    'attn1.to_q',
+    'attn1.to_k',
+    'attn1.to_v',
+    'attn1.to_out',
+    'attn2.to_q',
+    'attn2.to_k',
+    'attn2.to_v',
+    'attn2.to_out',
+    'ffn.proj_in',
+    'ffn.proj_out',
+)
 _SHORT = {'q': 'to_q', 'k': 'to_k', 'v': 'to_v', 'o': 'to_out'}
 TARGETS = {f'{a}.{s}': f'{a}.{m}' for a in ('attn1', 'attn2') for s, m in _SHORT.items()}
 TARGETS.update({'ffn.in': 'ffn.proj_in', 'ffn.out': 'ffn.proj_out'})
-GROUPS = {'attn1.*': tuple(m for m in MODULES if m.startswith('attn1.')),
-          'attn2.*': tuple(m for m in MODULES if m.startswith('attn2.')),
-          'ffn': ('ffn.proj_in', 'ffn.proj_out'), 'ffn.*': ('ffn.proj_in', 'ffn.proj_out'),
-          'all': MODULES}
+GROUPS = {
+    'attn1.*': tuple(m for m in MODULES if m.startswith('attn1.')),
+    'attn2.*': tuple(m for m in MODULES if m.startswith('attn2.')),
+    'ffn': ('ffn.proj_in', 'ffn.proj_out'),
+    'ffn.*': ('ffn.proj_in', 'ffn.proj_out'),
+    'all': MODULES,
+}
 BASE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 # (module path, rank, scale) per adapted module: what `DiTConfig.lora` holds.
@@ -51,19 +64,22 @@ def resolve_targets(targets: Sequence[str]) -> tuple[str, ...]:
         elif t in MODULES:
             out.add(t)
         else:
-            raise ValueError(f'lora.targets: unknown target {t!r}; use any of '
-                             f'{sorted(TARGETS) + sorted(GROUPS)}.')
+            raise ValueError(
+                f'lora.targets: unknown target {t!r}; use any of '
+                f'{sorted(TARGETS) + sorted(GROUPS)}.'
+            )
     return tuple(m for m in MODULES if m in out)
 
 
 @dataclasses.dataclass(frozen=True)
 class LoRAConfig:
     """`config.lora`: adapters for fine-tuning (rank 0: off, the whole model trains)."""
+
     rank: int = 0
-    alpha: float = 0.0                 # scale = alpha / rank; 0 means alpha = rank (scale 1)
+    alpha: float = 0.0  # scale = alpha / rank; 0 means alpha = rank (scale 1)
     targets: tuple[str, ...] = ('attn1.*', 'attn2.*', 'ffn')
-    base_dtype: str = 'float32'        # the frozen base weights: float32 or bfloat16
-    dropout: float = 0.0               # only 0 is supported (no adapter dropout)
+    base_dtype: str = 'float32'  # the frozen base weights: float32 or bfloat16
+    dropout: float = 0.0  # only 0 is supported (no adapter dropout)
 
     @classmethod
     def from_config(cls, cfg: Any) -> 'LoRAConfig':
@@ -91,18 +107,23 @@ class LoRAConfig:
 
     def validate(self) -> None:
         if not isinstance(self.rank, int) or self.rank < 0:
-            raise ValueError(f'lora.rank={self.rank!r} must be an int >= 0 (0 turns LoRA off); '
-                             'try --config.lora.rank=8.')
+            raise ValueError(
+                f'lora.rank={self.rank!r} must be an int >= 0 (0 turns LoRA off); '
+                'try --config.lora.rank=8.'
+            )
         if self.alpha < 0:
             raise ValueError(f'lora.alpha={self.alpha} must be >= 0 (0 means alpha = rank).')
         if self.base_dtype not in BASE_DTYPES:
-            raise ValueError(f'lora.base_dtype={self.base_dtype!r} is not one of '
-                             f'{sorted(BASE_DTYPES)}.')
+            raise ValueError(
+                f'lora.base_dtype={self.base_dtype!r} is not one of {sorted(BASE_DTYPES)}.'
+            )
         if self.dropout != 0:
             raise ValueError(f'lora.dropout={self.dropout} is not supported; set it to 0.')
         if self.enabled and not resolve_targets(self.targets):
-            raise ValueError(f'lora.targets={self.targets!r} selects no module; use e.g. '
-                             "('attn1.*', 'attn2.*', 'ffn').")
+            raise ValueError(
+                f'lora.targets={self.targets!r} selects no module; use e.g. '
+                "('attn1.*', 'attn2.*', 'ffn')."
+            )
 
     def layout(self) -> Layout:
         """(module, rank, scale) for every targeted module; () when off."""
@@ -130,7 +151,7 @@ def enabled(config) -> bool:
 
 def lora_of(layout: Layout, prefix: str) -> dict[str, tuple[int, float]]:
     """{name: (rank, scale)} of the modules under `prefix` ('attn1.', 'ffn.') in a layout."""
-    return {m[len(prefix):]: (r, s) for m, r, s in layout if m.startswith(prefix)}
+    return {m[len(prefix) :]: (r, s) for m, r, s in layout if m.startswith(prefix)}
 
 
 class LoRALinear(nnx.LoRALinear):
@@ -138,10 +159,17 @@ class LoRALinear(nnx.LoRALinear):
 
     def __init__(self, din: int, dout: int, *, rank: int, scale: float, axes, dtype, **kw):
         in_axis, out_axis = axes
-        super().__init__(din, dout, lora_rank=rank, lora_dtype=dtype, dtype=dtype,
-                         lora_param_dtype=jnp.float32,
-                         a_metadata={'out_sharding': (in_axis, None)},
-                         b_metadata={'out_sharding': (None, out_axis)}, **kw)
+        super().__init__(
+            din,
+            dout,
+            lora_rank=rank,
+            lora_dtype=dtype,
+            dtype=dtype,
+            lora_param_dtype=jnp.float32,
+            a_metadata={'out_sharding': (in_axis, None)},
+            b_metadata={'out_sharding': (None, out_axis)},
+            **kw,
+        )
         self.lora_scale = float(scale)
 
     def __call__(self, x: jax.Array, out_sharding=None) -> jax.Array:

@@ -5,6 +5,7 @@ h = w = 2 * (D // 6), t = D - h - w (44/42/42 for D = 128). Rotation acts on adj
 (interleaved) channel pairs. Frequencies are computed for the grid at hand, so any
 duration / resolution / aspect ratio works without a max sequence length.
 """
+
 from __future__ import annotations
 
 import jax
@@ -14,7 +15,9 @@ import jax.numpy as jnp
 def rope_split(head_dim: int) -> tuple[int, int, int]:
     """(t_dim, h_dim, w_dim) channel split of one head."""
     if head_dim % 2:
-        raise ValueError(f'RoPE needs an even head_dim, got {head_dim}; choose an even width/heads.')
+        raise ValueError(
+            f'RoPE needs an even head_dim, got {head_dim}; choose an even width/heads.'
+        )
     hw = 2 * (head_dim // 6)
     return head_dim - 2 * hw, hw, hw
 
@@ -25,13 +28,21 @@ def _axis_angles(positions: jax.Array, dim: int, theta: float) -> jax.Array:
     return positions.astype(jnp.float32)[:, None] * inv[None]
 
 
-def rope_angles(grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0,
-                offset: tuple[int, int, int] = (0, 0, 0)) -> jax.Array:
+def rope_angles(
+    grid: tuple[int, int, int],
+    head_dim: int,
+    theta: float = 10000.0,
+    offset: tuple[int, int, int] = (0, 0, 0),
+) -> jax.Array:
     """Rotation angles for every token of a (T, H, W) grid in (t, h, w) order: [N, head_dim // 2]."""
     f, h, w = grid
     dims = rope_split(head_dim)
-    tt, hh, ww = jnp.meshgrid(jnp.arange(f) + offset[0], jnp.arange(h) + offset[1],
-                              jnp.arange(w) + offset[2], indexing='ij')
+    tt, hh, ww = jnp.meshgrid(
+        jnp.arange(f) + offset[0],
+        jnp.arange(h) + offset[1],
+        jnp.arange(w) + offset[2],
+        indexing='ij',
+    )
     parts = [_axis_angles(p.reshape(-1), d, theta) for p, d in zip((tt, hh, ww), dims)]
     return jnp.concatenate(parts, axis=-1)
 
@@ -39,7 +50,9 @@ def rope_angles(grid: tuple[int, int, int], head_dim: int, theta: float = 10000.
 def rope_angles_1d(length: int, head_dim: int, theta: float = 10000.0) -> jax.Array:
     """Rotation angles of a plain sequence (positions 0..length-1): [length, head_dim // 2]."""
     if head_dim % 2:
-        raise ValueError(f'RoPE needs an even head_dim, got {head_dim}; choose an even width/heads.')
+        raise ValueError(
+            f'RoPE needs an even head_dim, got {head_dim}; choose an even width/heads.'
+        )
     return _axis_angles(jnp.arange(length), head_dim, theta)
 
 

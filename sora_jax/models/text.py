@@ -8,6 +8,7 @@ an unseen colour-shape pairing needs. Token ids are 0 = padding, 1..256 = byte v
 guidance — is one BOS token, never an all-padding row). The UMT5 encoder that loads Wan's
 weights lives in `models/umt5.py`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,7 @@ from absl import logging
 from flax import nnx
 
 from sora_jax.models import attention as attn_lib
-from sora_jax.models import layers
-from sora_jax.models import rope
+from sora_jax.models import layers, rope
 from sora_jax.models.config import fields_from_config
 
 PAD, BOS, VOCAB = 0, 257, 258
@@ -41,15 +41,19 @@ class ByteTokenizer:
         room = self.max_length - 1
         if len(data) > room:
             if warn:
-                logging.warning('Prompt is %d UTF-8 bytes; truncated to the text encoder\'s '
-                                'max_length=%d (raise text.max_length to keep it all): %r',
-                                len(data), room, text[:60] + '...')
+                logging.warning(
+                    "Prompt is %d UTF-8 bytes; truncated to the text encoder's "
+                    'max_length=%d (raise text.max_length to keep it all): %r',
+                    len(data),
+                    room,
+                    text[:60] + '...',
+                )
             data = data[:room]
             # Never cut a multi-byte character in half.
             data = data.decode('utf-8', errors='ignore').encode('utf-8')
         ids = np.zeros((self.max_length,), np.int32)
         ids[0] = BOS
-        ids[1:1 + len(data)] = np.frombuffer(data, np.uint8).astype(np.int32) + 1
+        ids[1 : 1 + len(data)] = np.frombuffer(data, np.uint8).astype(np.int32) + 1
         return ids
 
     def __call__(self, texts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +78,7 @@ class ByteEncoderConfig:
     num_heads: int = 4
     mlp_ratio: int = 4
     dtype: str = 'float32'
-    position: str = 'learned'   # 'learned' absolute embeddings | 'rope' (rotary, relative)
+    position: str = 'learned'  # 'learned' absolute embeddings | 'rope' (rotary, relative)
 
     @classmethod
     def from_config(cls, cfg: Any) -> 'ByteEncoderConfig':
@@ -84,8 +88,10 @@ class ByteEncoderConfig:
         if c.position not in POSITIONS:
             raise ValueError(f'text.position={c.position!r} is not one of {POSITIONS}.')
         if c.position == 'rope' and (c.dim // c.num_heads) % 2:
-            raise ValueError(f'text.position=rope needs an even head dim; text.dim={c.dim} / '
-                             f'text.num_heads={c.num_heads} is odd.')
+            raise ValueError(
+                f'text.position=rope needs an even head dim; text.dim={c.dim} / '
+                f'text.num_heads={c.num_heads} is odd.'
+            )
         if c.max_length < 2:
             raise ValueError(f'text.max_length={c.max_length} must be >= 2 (BOS + one byte).')
         return c
@@ -117,18 +123,26 @@ class ByteTextEncoder(nnx.Module):
 
     def __init__(self, cfg: ByteEncoderConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.embed = nnx.Embed(VOCAB, cfg.dim, rngs=rngs, embedding_init=nnx.with_partitioning(
-            nnx.initializers.normal(0.02), ('vocab', 'embed')))
+        self.embed = nnx.Embed(
+            VOCAB,
+            cfg.dim,
+            rngs=rngs,
+            embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ('vocab', 'embed')),
+        )
         if cfg.position == 'learned':
-            self.pos = nnx.Param(jax.random.normal(rngs.params(), (cfg.max_length, cfg.dim))
-                                 * 0.02, out_sharding=(None, 'embed'))
+            self.pos = nnx.Param(
+                jax.random.normal(rngs.params(), (cfg.max_length, cfg.dim)) * 0.02,
+                out_sharding=(None, 'embed'),
+            )
         self.layers = nnx.List([_EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.depth)])
         self.norm = layers.LayerNorm(cfg.dim, affine=True, eps=1e-5)
 
     def __call__(self, ids: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         if ids.shape[-1] > self.cfg.max_length:
-            raise ValueError(f'text ids have length {ids.shape[-1]} > text.max_length='
-                             f'{self.cfg.max_length}; tokenize with ByteTokenizer(max_length).')
+            raise ValueError(
+                f'text ids have length {ids.shape[-1]} > text.max_length='
+                f'{self.cfg.max_length}; tokenize with ByteTokenizer(max_length).'
+            )
         mask = ids != PAD if mask is None else mask
         x = self.embed(ids)
         angles = None

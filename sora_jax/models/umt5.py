@@ -16,6 +16,7 @@ Wan's prompt rule (diffusers `WanPipeline._get_t5_prompt_embeds`): clean the tex
 the eos token, pad/truncate to `max_length` (512), encode with the padding mask, then zero the
 embeddings at padded positions (`encode_prompt`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,35 +31,39 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-
 # ----------------------------------------------------------------------------- config
 
 
 @dataclasses.dataclass(frozen=True)
 class UMT5Config:
     """Encoder hyper-parameters (names follow HF `UMT5Config`)."""
-    vocab_size: int = 256384          # rows of the token table (`shared`)
-    d_model: int = 4096               # model width
-    d_kv: int = 64                    # per-head width
-    num_heads: int = 64               # attention heads
-    d_ff: int = 10240                 # gated FFN hidden width
-    num_layers: int = 24              # encoder blocks
-    num_buckets: int = 32             # relative position buckets (half per direction)
-    max_distance: int = 128           # distances >= this share the last bucket
-    eps: float = 1e-6                 # RMS norm epsilon
-    dtype: Any = jnp.float32          # activation / compute dtype
-    param_dtype: Any = jnp.float32    # parameter storage dtype
+
+    vocab_size: int = 256384  # rows of the token table (`shared`)
+    d_model: int = 4096  # model width
+    d_kv: int = 64  # per-head width
+    num_heads: int = 64  # attention heads
+    d_ff: int = 10240  # gated FFN hidden width
+    num_layers: int = 24  # encoder blocks
+    num_buckets: int = 32  # relative position buckets (half per direction)
+    max_distance: int = 128  # distances >= this share the last bucket
+    eps: float = 1e-6  # RMS norm epsilon
+    dtype: Any = jnp.float32  # activation / compute dtype
+    param_dtype: Any = jnp.float32  # parameter storage dtype
 
     def validate(self) -> 'UMT5Config':
         for name in ('vocab_size', 'd_model', 'd_kv', 'num_heads', 'd_ff', 'num_layers'):
             if getattr(self, name) < 1:
                 raise ValueError(f'UMT5Config.{name}={getattr(self, name)} must be >= 1.')
         if self.num_buckets < 4 or self.num_buckets % 2:
-            raise ValueError(f'UMT5Config.num_buckets={self.num_buckets}: need an even number >= 4 '
-                             '(half the buckets per direction, half of those exact).')
+            raise ValueError(
+                f'UMT5Config.num_buckets={self.num_buckets}: need an even number >= 4 '
+                '(half the buckets per direction, half of those exact).'
+            )
         if self.max_distance <= self.num_buckets // 4:
-            raise ValueError(f'UMT5Config.max_distance={self.max_distance} must exceed '
-                             f'num_buckets // 4 = {self.num_buckets // 4}.')
+            raise ValueError(
+                f'UMT5Config.max_distance={self.max_distance} must exceed '
+                f'num_buckets // 4 = {self.num_buckets // 4}.'
+            )
         return self
 
     @classmethod
@@ -70,13 +75,21 @@ class UMT5Config:
                 hf = json.load(f)
         ffp = hf.get('feed_forward_proj', 'gated-gelu')
         if ffp != 'gated-gelu':
-            raise ValueError(f'feed_forward_proj={ffp!r} is not supported; only UMT5 "gated-gelu" '
-                             'checkpoints (such as Wan\'s umt5-xxl) are.')
-        kw = dict(vocab_size=hf['vocab_size'], d_model=hf['d_model'], d_kv=hf['d_kv'],
-                  num_heads=hf['num_heads'], d_ff=hf['d_ff'], num_layers=hf['num_layers'],
-                  num_buckets=hf.get('relative_attention_num_buckets', 32),
-                  max_distance=hf.get('relative_attention_max_distance', 128),
-                  eps=hf.get('layer_norm_epsilon', 1e-6))
+            raise ValueError(
+                f'feed_forward_proj={ffp!r} is not supported; only UMT5 "gated-gelu" '
+                "checkpoints (such as Wan's umt5-xxl) are."
+            )
+        kw = dict(
+            vocab_size=hf['vocab_size'],
+            d_model=hf['d_model'],
+            d_kv=hf['d_kv'],
+            num_heads=hf['num_heads'],
+            d_ff=hf['d_ff'],
+            num_layers=hf['num_layers'],
+            num_buckets=hf.get('relative_attention_num_buckets', 32),
+            max_distance=hf.get('relative_attention_max_distance', 128),
+            eps=hf.get('layer_norm_epsilon', 1e-6),
+        )
         kw.update(overrides)
         return cls(**kw).validate()
 
@@ -88,8 +101,16 @@ def umt5_xxl(**overrides) -> UMT5Config:
 
 def umt5_tiny(**overrides) -> UMT5Config:
     """A few-KB encoder for tests."""
-    kw = dict(vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=48, num_layers=2,
-              num_buckets=8, max_distance=16)
+    kw = dict(
+        vocab_size=128,
+        d_model=32,
+        d_kv=8,
+        num_heads=4,
+        d_ff=48,
+        num_layers=2,
+        num_buckets=8,
+        max_distance=16,
+    )
     kw.update(overrides)
     return UMT5Config(**kw).validate()
 
@@ -97,8 +118,9 @@ def umt5_tiny(**overrides) -> UMT5Config:
 # ----------------------------------------------------------------------------- modules
 
 
-def relative_position_buckets(q_len: int, k_len: int, num_buckets: int,
-                              max_distance: int) -> np.ndarray:
+def relative_position_buckets(
+    q_len: int, k_len: int, num_buckets: int, max_distance: int
+) -> np.ndarray:
     """Bidirectional T5 buckets, int32 [q_len, k_len]; float32 ops in HF's order (exact match)."""
     rel = np.arange(k_len, dtype=np.int64)[None, :] - np.arange(q_len, dtype=np.int64)[:, None]
     half = num_buckets // 2
@@ -131,9 +153,15 @@ class T5Norm(nnx.Module):
 
 
 def _dense(din: int, dout: int, axes, cfg: UMT5Config, rngs: nnx.Rngs, std: float) -> nnx.Linear:
-    return nnx.Linear(din, dout, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                      kernel_init=nnx.with_partitioning(nnx.initializers.normal(std), axes),
-                      rngs=rngs)
+    return nnx.Linear(
+        din,
+        dout,
+        use_bias=False,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        kernel_init=nnx.with_partitioning(nnx.initializers.normal(std), axes),
+        rngs=rngs,
+    )
 
 
 class UMT5Layer(nnx.Module):
@@ -144,17 +172,21 @@ class UMT5Layer(nnx.Module):
         self.cfg = cfg
         self.attn_norm = T5Norm(d, cfg)
         self.q = _dense(d, inner, ('embed', 'heads'), cfg, rngs, (d * cfg.d_kv) ** -0.5)
-        self.k = _dense(d, inner, ('embed', 'heads'), cfg, rngs, d ** -0.5)
-        self.v = _dense(d, inner, ('embed', 'heads'), cfg, rngs, d ** -0.5)
-        self.o = _dense(inner, d, ('heads', 'embed'), cfg, rngs, inner ** -0.5)
+        self.k = _dense(d, inner, ('embed', 'heads'), cfg, rngs, d**-0.5)
+        self.v = _dense(d, inner, ('embed', 'heads'), cfg, rngs, d**-0.5)
+        self.o = _dense(inner, d, ('heads', 'embed'), cfg, rngs, inner**-0.5)
         self.rel_bias = nnx.Embed(
-            cfg.num_buckets, cfg.num_heads, dtype=jnp.float32, param_dtype=cfg.param_dtype,
-            embedding_init=nnx.with_partitioning(nnx.initializers.normal(d ** -0.5), (None, None)),
-            rngs=rngs)
+            cfg.num_buckets,
+            cfg.num_heads,
+            dtype=jnp.float32,
+            param_dtype=cfg.param_dtype,
+            embedding_init=nnx.with_partitioning(nnx.initializers.normal(d**-0.5), (None, None)),
+            rngs=rngs,
+        )
         self.ffn_norm = T5Norm(d, cfg)
-        self.wi_0 = _dense(d, cfg.d_ff, ('embed', 'mlp'), cfg, rngs, d ** -0.5)
-        self.wi_1 = _dense(d, cfg.d_ff, ('embed', 'mlp'), cfg, rngs, d ** -0.5)
-        self.wo = _dense(cfg.d_ff, d, ('mlp', 'embed'), cfg, rngs, cfg.d_ff ** -0.5)
+        self.wi_0 = _dense(d, cfg.d_ff, ('embed', 'mlp'), cfg, rngs, d**-0.5)
+        self.wi_1 = _dense(d, cfg.d_ff, ('embed', 'mlp'), cfg, rngs, d**-0.5)
+        self.wo = _dense(cfg.d_ff, d, ('mlp', 'embed'), cfg, rngs, cfg.d_ff**-0.5)
 
     def __call__(self, x: jax.Array, buckets: jax.Array, key_bias: jax.Array) -> jax.Array:
         """x: [B, S, D]; buckets: int [S, S]; key_bias: f32 [B, 1, 1, S] (0 or -big)."""
@@ -179,9 +211,13 @@ class UMT5Encoder(nnx.Module):
         cfg.validate()
         self.cfg = cfg
         self.shared = nnx.Embed(
-            cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+            cfg.vocab_size,
+            cfg.d_model,
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
             embedding_init=nnx.with_partitioning(nnx.initializers.normal(1.0), ('vocab', 'embed')),
-            rngs=rngs)
+            rngs=rngs,
+        )
 
         @nnx.split_rngs(splits=cfg.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
@@ -196,10 +232,10 @@ class UMT5Encoder(nnx.Module):
         b, s = ids.shape
         if mask is None:
             mask = jnp.ones((b, s), jnp.int32)
-        x = self.shared(ids)                                                   # [B, S, D]
+        x = self.shared(ids)  # [B, S, D]
         buckets = jnp.asarray(relative_position_buckets(s, s, cfg.num_buckets, cfg.max_distance))
         key_bias = jnp.where(mask.astype(bool), 0.0, jnp.finfo(jnp.float32).min)
-        key_bias = key_bias[:, None, None, :].astype(jnp.float32)              # [B, 1, 1, S]
+        key_bias = key_bias[:, None, None, :].astype(jnp.float32)  # [B, 1, 1, S]
         graphdef, params = nnx.split(self.layers)
 
         def body(h, layer_params):
@@ -222,6 +258,7 @@ def prompt_clean(text: str) -> str:
     """diffusers' Wan `prompt_clean`: ftfy (if installed), double html-unescape, squeeze spaces."""
     try:
         import ftfy  # optional, as in diffusers
+
         text = ftfy.fix_text(text)
     except ImportError:
         pass
@@ -256,19 +293,29 @@ class UMT5Tokenizer:
             else:
                 tok = tokenizers.Tokenizer.from_file(tj)
                 pad, eos = tok.token_to_id('<pad>'), tok.token_to_id('</s>')
-                enc = lambda texts: [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+                enc = lambda texts: [
+                    e.ids for e in tok.encode_batch(texts, add_special_tokens=False)
+                ]
                 return cls(enc, pad, eos, 'tokenizers')
         if backend in ('auto', 'sentencepiece') and os.path.exists(sp):
             import sentencepiece
-            proc = sentencepiece.SentencePieceProcessor(model_file=sp)
-            return cls(lambda texts: proc.encode(list(texts)), proc.pad_id(), proc.eos_id(),
-                       'sentencepiece')
-        found = sorted(os.listdir(path)) if os.path.isdir(path) else 'no such folder'
-        raise ValueError(f'No usable tokenizer in {path!r} (found: {found}). Point it at the '
-                         'umt5-xxl `tokenizer/` folder holding tokenizer.json or spiece.model.')
 
-    def __call__(self, texts: str | Sequence[str], max_length: int = 512,
-                 clean: bool = True) -> tuple[np.ndarray, np.ndarray]:
+            proc = sentencepiece.SentencePieceProcessor(model_file=sp)
+            return cls(
+                lambda texts: proc.encode(list(texts)),
+                proc.pad_id(),
+                proc.eos_id(),
+                'sentencepiece',
+            )
+        found = sorted(os.listdir(path)) if os.path.isdir(path) else 'no such folder'
+        raise ValueError(
+            f'No usable tokenizer in {path!r} (found: {found}). Point it at the '
+            'umt5-xxl `tokenizer/` folder holding tokenizer.json or spiece.model.'
+        )
+
+    def __call__(
+        self, texts: str | Sequence[str], max_length: int = 512, clean: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """-> ids int32 [B, max_length], mask int32 [B, max_length].
 
         HF semantics (padding='max_length', truncation=True, add_special_tokens=True): the text is
@@ -282,7 +329,7 @@ class UMT5Tokenizer:
         ids = np.full((len(texts), max_length), self.pad_id, np.int32)
         mask = np.zeros((len(texts), max_length), np.int32)
         for i, pieces in enumerate(self._encode(texts)):
-            row = list(pieces[:max_length - 1]) + [self.eos_id]
-            ids[i, :len(row)] = row
-            mask[i, :len(row)] = 1
+            row = list(pieces[: max_length - 1]) + [self.eos_id]
+            ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
         return ids, mask

@@ -34,6 +34,7 @@ Deviations from Wan worth knowing for the weight converter: see `vae_blocks.py`;
 have the same size (the last tile is shifted back to end at the border) and are blended by
 normalised weights instead of Wan's sequential `blend_v`/`blend_h`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,47 +49,166 @@ from flax import nnx
 from sora_jax.models.vae_blocks import CausalConv3d, Decoder3d, Encoder3d, FeatCache
 from sora_jax.models.vae_patch import patchify, unpatchify
 
-WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-                      0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
-WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
-                     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+WAN21_LATENTS_MEAN = (
+    -0.7571,
+    -0.7089,
+    -0.9113,
+    0.1075,
+    -0.1745,
+    0.9653,
+    -0.1517,
+    1.5508,
+    0.4134,
+    -0.0715,
+    0.5517,
+    -0.3632,
+    -0.1922,
+    -0.9497,
+    0.2503,
+    -0.2921,
+)
+WAN21_LATENTS_STD = (
+    2.8184,
+    1.4541,
+    2.3275,
+    2.6558,
+    1.2196,
+    1.7708,
+    2.6052,
+    2.0743,
+    3.2687,
+    2.1526,
+    2.8652,
+    1.5579,
+    1.6382,
+    1.1253,
+    2.8251,
+    1.9160,
+)
 
 # Wan 2.2 TI2V-5B VAE (48 channels): Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json.
 WAN22_LATENTS_MEAN = (
-    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557,
-    -0.1382, 0.0542, 0.2813, 0.0891, 0.1570, -0.0098, 0.0375, -0.1825,
-    -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
-    -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230,
-    -0.0313, -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748,
-    0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667)
+    -0.2289,
+    -0.0052,
+    -0.1323,
+    -0.2339,
+    -0.2799,
+    0.0174,
+    0.1838,
+    0.1557,
+    -0.1382,
+    0.0542,
+    0.2813,
+    0.0891,
+    0.1570,
+    -0.0098,
+    0.0375,
+    -0.1825,
+    -0.2246,
+    -0.1207,
+    -0.0698,
+    0.5109,
+    0.2665,
+    -0.2108,
+    -0.2158,
+    0.2502,
+    -0.2055,
+    -0.0322,
+    0.1109,
+    0.1567,
+    -0.0729,
+    0.0899,
+    -0.2799,
+    -0.1230,
+    -0.0313,
+    -0.1649,
+    0.0117,
+    0.0723,
+    -0.2839,
+    -0.2083,
+    -0.0520,
+    0.3748,
+    0.0152,
+    0.1957,
+    0.1433,
+    -0.2944,
+    0.3573,
+    -0.0548,
+    -0.1681,
+    -0.0667,
+)
 WAN22_LATENTS_STD = (
-    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013,
-    0.8158, 1.0344, 0.5894, 1.0901, 0.6885, 0.6165, 0.8454, 0.4978,
-    0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
-    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093,
-    0.5709, 0.6065, 0.6415, 0.4944, 0.5726, 1.2042, 0.5458, 1.6887,
-    0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744)
+    0.4765,
+    1.0364,
+    0.4514,
+    1.1677,
+    0.5313,
+    0.4990,
+    0.4818,
+    0.5013,
+    0.8158,
+    1.0344,
+    0.5894,
+    1.0901,
+    0.6885,
+    0.6165,
+    0.8454,
+    0.4978,
+    0.5759,
+    0.3523,
+    0.7135,
+    0.6804,
+    0.5833,
+    1.4146,
+    0.8986,
+    0.5659,
+    0.7069,
+    0.5338,
+    0.4889,
+    0.4917,
+    0.4069,
+    0.4999,
+    0.6866,
+    0.4093,
+    0.5709,
+    0.6065,
+    0.6415,
+    0.4944,
+    0.5726,
+    1.2042,
+    0.5458,
+    1.6887,
+    0.3971,
+    1.0600,
+    0.3943,
+    0.5537,
+    0.5444,
+    0.4089,
+    0.7468,
+    0.7744,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class VAEConfig:
     """Model hyper-parameters; field names follow diffusers' `AutoencoderKLWan` config."""
-    base_dim: int = 96                      # channels of the first level
-    z_dim: int = 16                         # latent channels
-    dim_mult: tuple = (1, 2, 4, 4)          # channel multiplier per level
-    num_res_blocks: int = 2                 # residual blocks per encoder level (+1 in the decoder)
-    attn_scales: tuple = ()                 # spatial scales (1, 0.5, ..) with attention in the encoder
+
+    base_dim: int = 96  # channels of the first level
+    z_dim: int = 16  # latent channels
+    dim_mult: tuple = (1, 2, 4, 4)  # channel multiplier per level
+    num_res_blocks: int = 2  # residual blocks per encoder level (+1 in the decoder)
+    attn_scales: tuple = ()  # spatial scales (1, 0.5, ..) with attention in the encoder
     temperal_downsample: tuple = (False, True, True)  # per downsampling level: also halve time
-    dropout: float = 0.0                    # dropout inside residual blocks (training only)
+    dropout: float = 0.0  # dropout inside residual blocks (training only)
     latents_mean: Optional[tuple] = WAN21_LATENTS_MEAN  # per-channel latent mean (None: zeros)
-    latents_std: Optional[tuple] = WAN21_LATENTS_STD    # per-channel latent std (None: ones)
-    in_channels: int = 3                    # encoder input channels (video channels x patch_size^2)
-    out_channels: int = 3                   # decoder output channels (video channels x patch_size^2)
-    tile_sample_min_size: int = 256         # tile size in pixels for tiled encode/decode
-    tile_sample_stride: int = 192           # tile stride in pixels (overlap = size - stride)
+    latents_std: Optional[tuple] = WAN21_LATENTS_STD  # per-channel latent std (None: ones)
+    in_channels: int = 3  # encoder input channels (video channels x patch_size^2)
+    out_channels: int = 3  # decoder output channels (video channels x patch_size^2)
+    tile_sample_min_size: int = 256  # tile size in pixels for tiled encode/decode
+    tile_sample_stride: int = 192  # tile stride in pixels (overlap = size - stride)
     decoder_base_dim: Optional[int] = None  # decoder's first-level channels (None: base_dim)
-    is_residual: bool = False               # Wan 2.2 residual down/up blocks (avg/dup shortcuts)
-    patch_size: Optional[int] = None        # p x p pixel patches -> channels around the VAE (None/1: off)
+    is_residual: bool = False  # Wan 2.2 residual down/up blocks (avg/dup shortcuts)
+    patch_size: Optional[int] = None  # p x p pixel patches -> channels around the VAE (None/1: off)
 
     @property
     def patch(self) -> int:
@@ -99,26 +219,35 @@ class VAEConfig:
         if len(self.temperal_downsample) != n_down:
             raise ValueError(
                 f'temperal_downsample={self.temperal_downsample} must have len(dim_mult) - 1 = '
-                f'{n_down} entries (one per downsampling level).')
-        if self.patch_size is not None and (not isinstance(self.patch_size, (int, np.integer))
-                                            or self.patch_size < 1):
-            raise ValueError(f'patch_size={self.patch_size!r} must be a positive int (or None for '
-                             f'no patching; Wan 2.2 uses 2).')
-        p2 = self.patch ** 2
+                f'{n_down} entries (one per downsampling level).'
+            )
+        if self.patch_size is not None and (
+            not isinstance(self.patch_size, (int, np.integer)) or self.patch_size < 1
+        ):
+            raise ValueError(
+                f'patch_size={self.patch_size!r} must be a positive int (or None for '
+                f'no patching; Wan 2.2 uses 2).'
+            )
+        p2 = self.patch**2
         for name in ('in_channels', 'out_channels'):
             if getattr(self, name) % p2:
-                raise ValueError(f'{name}={getattr(self, name)} must be a multiple of patch_size^2 '
-                                 f'= {p2} (video channels x {p2}, e.g. {3 * p2} for RGB).')
+                raise ValueError(
+                    f'{name}={getattr(self, name)} must be a multiple of patch_size^2 '
+                    f'= {p2} (video channels x {p2}, e.g. {3 * p2} for RGB).'
+                )
         if self.decoder_base_dim is not None and self.decoder_base_dim < 1:
-            raise ValueError(f'decoder_base_dim={self.decoder_base_dim} must be positive (or None '
-                             'for base_dim).')
+            raise ValueError(
+                f'decoder_base_dim={self.decoder_base_dim} must be positive (or None for base_dim).'
+            )
         if self.is_residual:
             self._validate_residual()
         for name in ('latents_mean', 'latents_std'):
             v = getattr(self, name)
             if v is not None and len(v) != self.z_dim:
-                raise ValueError(f'{name} has {len(v)} entries; it needs z_dim={self.z_dim} '
-                                 f'(or None for zeros/ones).')
+                raise ValueError(
+                    f'{name} has {len(v)} entries; it needs z_dim={self.z_dim} '
+                    f'(or None for zeros/ones).'
+                )
         if self.latents_std is not None and min(self.latents_std) <= 0:
             raise ValueError(f'latents_std={self.latents_std} must be positive.')
         return self
@@ -126,27 +255,33 @@ class VAEConfig:
     def _validate_residual(self) -> None:
         """The residual blocks' shortcuts regroup channels: widths must divide evenly."""
         if self.attn_scales:
-            raise ValueError(f'attn_scales={self.attn_scales}: the residual (Wan 2.2) encoder has '
-                             'no attention blocks; set attn_scales=() or is_residual=False.')
+            raise ValueError(
+                f'attn_scales={self.attn_scales}: the residual (Wan 2.2) encoder has '
+                'no attention blocks; set attn_scales=() or is_residual=False.'
+            )
         n = len(self.dim_mult)
         dims = [self.base_dim * u for u in (1, *self.dim_mult)]
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             last = i == n - 1
             f = 1 if last else (2 if self.temperal_downsample[i] else 1) * 4
             if (a * f) % b:
-                raise ValueError(f'encoder level {i}: {a} -> {b} channels; the residual shortcut '
-                                 f'averages {a} x {f} folded channels into {b}, which must divide '
-                                 f'them. Change base_dim={self.base_dim} or dim_mult={self.dim_mult}.')
+                raise ValueError(
+                    f'encoder level {i}: {a} -> {b} channels; the residual shortcut '
+                    f'averages {a} x {f} folded channels into {b}, which must divide '
+                    f'them. Change base_dim={self.base_dim} or dim_mult={self.dim_mult}.'
+                )
         up_time = self.temperal_downsample[::-1]
         dec = self.decoder_base_dim or self.base_dim
         dims = [dec * u for u in (self.dim_mult[-1], *self.dim_mult[::-1])]
         for i, (a, b) in enumerate(zip(dims[:-2], dims[1:-1])):
             f = (2 if up_time[i] else 1) * 4
             if (b * f) % a:
-                raise ValueError(f'decoder level {i}: {a} -> {b} channels; the residual shortcut '
-                                 f'repeats {a} channels into {b} x {f}, which they must divide. '
-                                 f'Change decoder_base_dim={self.decoder_base_dim} or '
-                                 f'dim_mult={self.dim_mult}.')
+                raise ValueError(
+                    f'decoder level {i}: {a} -> {b} channels; the residual shortcut '
+                    f'repeats {a} channels into {b} x {f}, which they must divide. '
+                    f'Change decoder_base_dim={self.decoder_base_dim} or '
+                    f'dim_mult={self.dim_mult}.'
+                )
 
 
 def from_config(cfg: Any) -> VAEConfig:
@@ -169,16 +304,32 @@ def wan22_config() -> VAEConfig:
     """Wan 2.2 TI2V-5B VAE: residual blocks, 2x2 patches, base 160 / decoder 256, z 48,
     (1,2,4,4), 2 blocks, (False,True,True): 4x time, 16x space; 704,688,668 parameters (checked
     against diffusers in tests/parity/test_wan22_vae_parity.py)."""
-    return VAEConfig(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True,
-                     patch_size=2, in_channels=12, out_channels=12,
-                     latents_mean=WAN22_LATENTS_MEAN, latents_std=WAN22_LATENTS_STD)
+    return VAEConfig(
+        base_dim=160,
+        decoder_base_dim=256,
+        z_dim=48,
+        is_residual=True,
+        patch_size=2,
+        in_channels=12,
+        out_channels=12,
+        latents_mean=WAN22_LATENTS_MEAN,
+        latents_std=WAN22_LATENTS_STD,
+    )
 
 
 def tiny_config() -> VAEConfig:
     """Tests/demo: base 8, z 4, (1,2,2), 1 block, (True,True): 4x time, 4x space, 161k params."""
-    return VAEConfig(base_dim=8, z_dim=4, dim_mult=(1, 2, 2), num_res_blocks=1,
-                     temperal_downsample=(True, True), latents_mean=None, latents_std=None,
-                     tile_sample_min_size=32, tile_sample_stride=24)
+    return VAEConfig(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=(1, 2, 2),
+        num_res_blocks=1,
+        temperal_downsample=(True, True),
+        latents_mean=None,
+        latents_std=None,
+        tile_sample_min_size=32,
+        tile_sample_stride=24,
+    )
 
 
 def posterior_sample(mean: jax.Array, logvar: jax.Array, rng: jax.Array) -> jax.Array:
@@ -214,18 +365,31 @@ class WanVAE(nnx.Module):
     def __init__(self, config: Any, *, rngs: nnx.Rngs):
         cfg = from_config(config)
         self.config = cfg
-        self.encoder = Encoder3d(in_channels=cfg.in_channels, dim=cfg.base_dim, z_dim=2 * cfg.z_dim,
-                                 dim_mult=cfg.dim_mult, num_res_blocks=cfg.num_res_blocks,
-                                 attn_scales=cfg.attn_scales,
-                                 temperal_downsample=cfg.temperal_downsample,
-                                 dropout=cfg.dropout, is_residual=cfg.is_residual, rngs=rngs)
+        self.encoder = Encoder3d(
+            in_channels=cfg.in_channels,
+            dim=cfg.base_dim,
+            z_dim=2 * cfg.z_dim,
+            dim_mult=cfg.dim_mult,
+            num_res_blocks=cfg.num_res_blocks,
+            attn_scales=cfg.attn_scales,
+            temperal_downsample=cfg.temperal_downsample,
+            dropout=cfg.dropout,
+            is_residual=cfg.is_residual,
+            rngs=rngs,
+        )
         self.quant_conv = CausalConv3d(2 * cfg.z_dim, 2 * cfg.z_dim, 1, rngs=rngs)
         self.post_quant_conv = CausalConv3d(cfg.z_dim, cfg.z_dim, 1, rngs=rngs)
-        self.decoder = Decoder3d(dim=cfg.decoder_base_dim or cfg.base_dim, z_dim=cfg.z_dim,
-                                 dim_mult=cfg.dim_mult, num_res_blocks=cfg.num_res_blocks,
-                                 temperal_upsample=tuple(cfg.temperal_downsample[::-1]),
-                                 dropout=cfg.dropout, out_channels=cfg.out_channels,
-                                 is_residual=cfg.is_residual, rngs=rngs)
+        self.decoder = Decoder3d(
+            dim=cfg.decoder_base_dim or cfg.base_dim,
+            z_dim=cfg.z_dim,
+            dim_mult=cfg.dim_mult,
+            num_res_blocks=cfg.num_res_blocks,
+            temperal_upsample=tuple(cfg.temperal_downsample[::-1]),
+            dropout=cfg.dropout,
+            out_channels=cfg.out_channels,
+            is_residual=cfg.is_residual,
+            rngs=rngs,
+        )
 
     # ---- shapes -------------------------------------------------------------------------
     @property
@@ -236,7 +400,7 @@ class WanVAE(nnx.Module):
     @property
     def video_channels(self) -> int:
         """Channels of the videos coded (in_channels / patch_size^2)."""
-        return self.config.in_channels // self.config.patch ** 2
+        return self.config.in_channels // self.config.patch**2
 
     @property
     def temporal_factor(self) -> int:
@@ -245,8 +409,12 @@ class WanVAE(nnx.Module):
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """(T', H', W', z_dim) of the latents of a [T, H, W, 3] video; ValueError if invalid."""
         self._check_size(num_frames, height, width)
-        return (1 + (num_frames - 1) // self.temporal_factor, height // self.spatial_factor,
-                width // self.spatial_factor, self.config.z_dim)
+        return (
+            1 + (num_frames - 1) // self.temporal_factor,
+            height // self.spatial_factor,
+            width // self.spatial_factor,
+            self.config.z_dim,
+        )
 
     def _check_size(self, t: int, h: int, w: int) -> None:
         ft, fs = self.temporal_factor, self.spatial_factor
@@ -255,16 +423,20 @@ class WanVAE(nnx.Module):
             raise ValueError(
                 f'num_frames={t} is not a valid video length: the VAE codes frame 0 alone, then '
                 f'chunks of {ft}, so lengths are 1 + {ft}k (1, {1 + ft}, {1 + 2 * ft}, ...). '
-                f'Trim or pad to {lo if lo >= 1 else 1} or {hi} frames.')
+                f'Trim or pad to {lo if lo >= 1 else 1} or {hi} frames.'
+            )
         if h % fs or w % fs or h < fs or w < fs:
             raise ValueError(
                 f'frame size {h}x{w} is not divisible by the spatial factor {fs}; crop or resize to '
-                f'{max(fs, h // fs * fs)}x{max(fs, w // fs * fs)}.')
+                f'{max(fs, h // fs * fs)}x{max(fs, w // fs * fs)}.'
+            )
 
     def _check_video(self, video: jax.Array) -> None:
         if video.ndim != 5 or video.shape[-1] != self.video_channels:
-            raise ValueError(f'video shape {video.shape} must be [B, T, H, W, '
-                             f'{self.video_channels}] (an image is [B, 1, H, W, C]).')
+            raise ValueError(
+                f'video shape {video.shape} must be [B, T, H, W, '
+                f'{self.video_channels}] (an image is [B, 1, H, W, C]).'
+            )
         self._check_size(*video.shape[1:4])
 
     def _check_latents(self, z: jax.Array) -> None:
@@ -299,8 +471,9 @@ class WanVAE(nnx.Module):
         self._check_video(video)
         return self._moments(self._encode_frames(video, None, dropout_key))
 
-    def decode(self, z: jax.Array, *, clip: bool = True,
-               dropout_key: Optional[jax.Array] = None) -> jax.Array:
+    def decode(
+        self, z: jax.Array, *, clip: bool = True, dropout_key: Optional[jax.Array] = None
+    ) -> jax.Array:
         """latents [B, T', h, w, z_dim] -> video [B, 1 + ft (T'-1), h fs, w fs, 3] (clipped to [-1, 1])."""
         self._check_latents(z)
         out = self._decode_frames(self.post_quant_conv(z), None, dropout_key)
@@ -313,14 +486,16 @@ class WanVAE(nnx.Module):
         return self.decode(z)
 
     # ---- one pass (whole video or one chunk) --------------------------------------------
-    def _encode_frames(self, video: jax.Array, cache: Optional[FeatCache],
-                       dropout_key: Optional[jax.Array] = None) -> jax.Array:
+    def _encode_frames(
+        self, video: jax.Array, cache: Optional[FeatCache], dropout_key: Optional[jax.Array] = None
+    ) -> jax.Array:
         """video (or a chunk) -> quant_conv output [B, T', h, w, 2 z_dim] (patchified first)."""
         x = patchify(video, self.config.patch)
         return self.quant_conv(self.encoder(x, cache, dropout_key))
 
-    def _decode_frames(self, x: jax.Array, cache: Optional[FeatCache],
-                       dropout_key: Optional[jax.Array] = None) -> jax.Array:
+    def _decode_frames(
+        self, x: jax.Array, cache: Optional[FeatCache], dropout_key: Optional[jax.Array] = None
+    ) -> jax.Array:
         """post_quant_conv output (or a chunk of it) -> unclipped video frames."""
         return unpatchify(self.decoder(x, cache, dropout_key), self.config.patch)
 
@@ -344,8 +519,10 @@ class WanVAE(nnx.Module):
             old, out = carry
             c = FeatCache(old)
             y = fn(jax.lax.dynamic_slice_in_dim(x, 1 + i * chunk, chunk, axis=1), c)
-            return (c.new, jax.lax.dynamic_update_slice_in_dim(out, y, 1 + i * out_per_chunk,
-                                                               axis=1)), None
+            return (
+                c.new,
+                jax.lax.dynamic_update_slice_in_dim(out, y, 1 + i * out_per_chunk, axis=1),
+            ), None
 
         (_, out), _ = jax.lax.scan(body, (cache.new, out), jnp.arange(n))
         return out
@@ -359,13 +536,23 @@ class WanVAE(nnx.Module):
     def decode_chunked(self, z: jax.Array, *, clip: bool = True) -> jax.Array:
         """Same as `decode`, one latent frame at a time with a feature cache (memory flat in T)."""
         self._check_latents(z)
-        out = self._scan_chunks(self._decode_frames, self.post_quant_conv(z), 1,
-                                self.temporal_factor)
+        out = self._scan_chunks(
+            self._decode_frames, self.post_quant_conv(z), 1, self.temporal_factor
+        )
         return jnp.clip(out, -1.0, 1.0) if clip else out
 
     # ---- spatial tiling -----------------------------------------------------------------
-    def _tiled(self, fn, x: jax.Array, tile_in: int, stride_in: int, scale_num: int,
-               scale_den: int, out_channels: int, out_frames: int) -> jax.Array:
+    def _tiled(
+        self,
+        fn,
+        x: jax.Array,
+        tile_in: int,
+        stride_in: int,
+        scale_num: int,
+        scale_den: int,
+        out_channels: int,
+        out_frames: int,
+    ) -> jax.Array:
         """Run fn on equal overlapping tiles of x (tile_in/stride_in in x's pixels), blend."""
         b, _, h, w, _ = x.shape
         th, tw = min(tile_in, h), min(tile_in, w)
@@ -378,7 +565,7 @@ class WanVAE(nnx.Module):
         for i in rows:
             for j in cols:
                 oi, oj = i * scale_num // scale_den, j * scale_num // scale_den
-                norm[oi:oi + oh, oj:oj + ow] += win
+                norm[oi : oi + oh, oj : oj + ow] += win
         starts = np.array([(i, j) for i in rows for j in cols], np.int32)
         win_j = jnp.asarray(win)[None, None, :, :, None]
 
@@ -399,29 +586,57 @@ class WanVAE(nnx.Module):
         stride = tile_sample_stride or self.config.tile_sample_stride
         fs = self.spatial_factor
         if size % fs or stride % fs or not 0 < stride <= size:
-            raise ValueError(f'tile size {size} and stride {stride} must be multiples of the '
-                             f'spatial factor {fs} with 0 < stride <= size.')
+            raise ValueError(
+                f'tile size {size} and stride {stride} must be multiples of the '
+                f'spatial factor {fs} with 0 < stride <= size.'
+            )
         return size, stride
 
-    def tiled_encode(self, video: jax.Array, tile_sample_min_size: Optional[int] = None,
-                     tile_sample_stride: Optional[int] = None):
+    def tiled_encode(
+        self,
+        video: jax.Array,
+        tile_sample_min_size: Optional[int] = None,
+        tile_sample_stride: Optional[int] = None,
+    ):
         """`encode_chunked` on overlapping spatial tiles of `tile_sample_min_size` pixels."""
         self._check_video(video)
         size, stride = self._tile_args(tile_sample_min_size, tile_sample_stride)
         t_lat = 1 + (video.shape[1] - 1) // self.temporal_factor
-        h = self._tiled(lambda v: jnp.concatenate(self.encode_chunked(v), axis=-1), video, size,
-                        stride, 1, self.spatial_factor, 2 * self.config.z_dim, t_lat)
+        h = self._tiled(
+            lambda v: jnp.concatenate(self.encode_chunked(v), axis=-1),
+            video,
+            size,
+            stride,
+            1,
+            self.spatial_factor,
+            2 * self.config.z_dim,
+            t_lat,
+        )
         return self._moments(h)
 
-    def tiled_decode(self, z: jax.Array, tile_sample_min_size: Optional[int] = None,
-                     tile_sample_stride: Optional[int] = None, *, clip: bool = True) -> jax.Array:
+    def tiled_decode(
+        self,
+        z: jax.Array,
+        tile_sample_min_size: Optional[int] = None,
+        tile_sample_stride: Optional[int] = None,
+        *,
+        clip: bool = True,
+    ) -> jax.Array:
         """`decode_chunked` on overlapping latent tiles (sizes given in output pixels)."""
         self._check_latents(z)
         size, stride = self._tile_args(tile_sample_min_size, tile_sample_stride)
         fs = self.spatial_factor
         t_out = 1 + (z.shape[1] - 1) * self.temporal_factor
-        out = self._tiled(lambda t: self.decode_chunked(t, clip=False), z, size // fs,
-                          stride // fs, fs, 1, self.video_channels, t_out)
+        out = self._tiled(
+            lambda t: self.decode_chunked(t, clip=False),
+            z,
+            size // fs,
+            stride // fs,
+            fs,
+            1,
+            self.video_channels,
+            t_out,
+        )
         return jnp.clip(out, -1.0, 1.0) if clip else out
 
 
@@ -438,9 +653,11 @@ def jitted(vae: WanVAE, method: str, **kwargs):
 
 # ---- streaming: one compile per chunk shape, output handed out chunk by chunk ----------------
 
+
 @functools.lru_cache(maxsize=8)
 def _stream_fns(graphdef, kind: str):
     """(first, next) jitted per-chunk functions: (state, x[, cache]) -> (y, cache)."""
+
     def run(state, x, old):
         vae = nnx.merge(graphdef, state)
         c = FeatCache(old)
@@ -459,7 +676,7 @@ def _stream(vae: WanVAE, x: jax.Array, kind: str, chunk: int) -> Iterator[jax.Ar
     y, cache = first(state, x[:, :1])
     yield y
     for start in range(1, x.shape[1], chunk):
-        y, cache = nxt(state, x[:, start:start + chunk], cache)
+        y, cache = nxt(state, x[:, start : start + chunk], cache)
         yield y
 
 

@@ -23,6 +23,7 @@ differences a weight converter must know:
 * `Resample.resample` is the conv itself (torch: `resample.1`, after a pad/upsample op);
 * `RMSNorm.gamma` is `[C]` (torch: `[C, 1, 1, 1]` or `[C, 1, 1]`).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -75,10 +76,24 @@ class CausalConv3d(nnx.Conv):
     (the shapes VAE's train step and encoder; `experiments/benchmark.py vae`).
     """
 
-    def __init__(self, in_features: int, out_features: int, kernel_size, stride=1, padding=0, *,
-                 rngs: nnx.Rngs):
-        super().__init__(in_features, out_features, kernel_size=_triple(kernel_size),
-                         strides=_triple(stride), padding='VALID', rngs=rngs)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        super().__init__(
+            in_features,
+            out_features,
+            kernel_size=_triple(kernel_size),
+            strides=_triple(stride),
+            padding='VALID',
+            rngs=rngs,
+        )
         pt, ph, pw = _triple(padding)
         self.time_pad = 2 * pt
         self.space_pad = (ph, pw)
@@ -89,8 +104,11 @@ class CausalConv3d(nnx.Conv):
             if cache is None:
                 past = jnp.zeros((x.shape[0], tp, *x.shape[2:]), x.dtype)
             else:
-                past = (jnp.zeros((x.shape[0], tp, *x.shape[2:]), x.dtype) if cache.first
-                        else cache.pop())
+                past = (
+                    jnp.zeros((x.shape[0], tp, *x.shape[2:]), x.dtype)
+                    if cache.first
+                    else cache.pop()
+                )
             x = jnp.concatenate([past, x], axis=1)
             if cache is not None:
                 cache.push(x[:, -tp:])
@@ -108,14 +126,20 @@ class CausalConv3d(nnx.Conv):
         b, t = x.shape[:2]
         t_out = (t - kt) // st + 1
         if t_out < 1:
-            raise ValueError(f'CausalConv3d: {t} frames (with padding) are fewer than the '
-                             f'temporal kernel {kt}.')
+            raise ValueError(
+                f'CausalConv3d: {t} frames (with padding) are fewer than the temporal kernel {kt}.'
+            )
         y = None
         for i in range(kt):
             xi = jax.lax.slice_in_dim(x, i, i + st * (t_out - 1) + 1, stride=st, axis=1)
             yi = jax.lax.conv_general_dilated(
-                xi.reshape(b * t_out, *xi.shape[2:]), kernel[i], (sh, sw), 'VALID',
-                dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=self.precision)
+                xi.reshape(b * t_out, *xi.shape[2:]),
+                kernel[i],
+                (sh, sw),
+                'VALID',
+                dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                precision=self.precision,
+            )
             y = yi if y is None else y + yi
         y = y.reshape(b, t_out, *y.shape[1:])
         return y if bias is None else y + bias
@@ -125,7 +149,7 @@ class RMSNorm(nnx.Module):
     """Wan's `WanRMS_norm`: x / ||x||_2 over channels * sqrt(C) * gamma (computed in float32)."""
 
     def __init__(self, dim: int):
-        self.scale = dim ** 0.5
+        self.scale = dim**0.5
         self.gamma = nnx.Param(jnp.ones((dim,), jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -145,24 +169,28 @@ class Resample(nnx.Module):
       frame 0 not seen) to 2x channels, split into 2 frames each, so T = 1 + n -> 1 + 2n.
     """
 
-    def __init__(self, dim: int, mode: str, upsample_out_dim: Optional[int] = None, *,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, dim: int, mode: str, upsample_out_dim: Optional[int] = None, *, rngs: nnx.Rngs
+    ):
         valid = ('upsample2d', 'upsample3d', 'downsample2d', 'downsample3d')
         if mode not in valid:
             raise ValueError(f'Resample mode {mode!r} is not one of {valid}.')
         self.mode = mode
         upsample_out_dim = dim // 2 if upsample_out_dim is None else upsample_out_dim
         if mode.startswith('upsample'):
-            self.resample = nnx.Conv(dim, upsample_out_dim, kernel_size=(3, 3),
-                                     padding=((1, 1), (1, 1)), rngs=rngs)
+            self.resample = nnx.Conv(
+                dim, upsample_out_dim, kernel_size=(3, 3), padding=((1, 1), (1, 1)), rngs=rngs
+            )
         else:
-            self.resample = nnx.Conv(dim, dim, kernel_size=(3, 3), strides=(2, 2),
-                                     padding='VALID', rngs=rngs)
+            self.resample = nnx.Conv(
+                dim, dim, kernel_size=(3, 3), strides=(2, 2), padding='VALID', rngs=rngs
+            )
         if mode == 'upsample3d':
             self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0), rngs=rngs)
         elif mode == 'downsample3d':
-            self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1), padding=0,
-                                          rngs=rngs)
+            self.time_conv = CausalConv3d(
+                dim, dim, (3, 1, 1), stride=(2, 1, 1), padding=0, rngs=rngs
+            )
         else:
             self.time_conv = None
 
@@ -213,11 +241,16 @@ class ResidualBlock(nnx.Module):
         self.norm2 = RMSNorm(out_dim)
         self.dropout = nnx.Dropout(dropout) if dropout > 0 else None
         self.conv2 = CausalConv3d(out_dim, out_dim, 3, padding=1, rngs=rngs)
-        self.conv_shortcut = (CausalConv3d(in_dim, out_dim, 1, rngs=rngs)
-                              if in_dim != out_dim else None)
+        self.conv_shortcut = (
+            CausalConv3d(in_dim, out_dim, 1, rngs=rngs) if in_dim != out_dim else None
+        )
 
-    def __call__(self, x: jax.Array, cache: Optional[FeatCache] = None,
-                 dropout_key: Optional[jax.Array] = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        cache: Optional[FeatCache] = None,
+        dropout_key: Optional[jax.Array] = None,
+    ) -> jax.Array:
         h = x if self.conv_shortcut is None else self.conv_shortcut(x)
         x = self.conv1(nnx.silu(self.norm1(x)), cache)
         x = nnx.silu(self.norm2(x))
@@ -233,8 +266,9 @@ class AttentionBlock(nnx.Module):
         self.norm = RMSNorm(dim)
         self.to_qkv = nnx.Conv(dim, dim * 3, kernel_size=(1, 1), rngs=rngs)
         # Zero-initialised output projection (as Wan's original code): attention starts as identity.
-        self.proj = nnx.Conv(dim, dim, kernel_size=(1, 1), kernel_init=nnx.initializers.zeros_init(),
-                             rngs=rngs)
+        self.proj = nnx.Conv(
+            dim, dim, kernel_size=(1, 1), kernel_init=nnx.initializers.zeros_init(), rngs=rngs
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, h, w, c = x.shape
@@ -272,8 +306,17 @@ class ResidualDownBlock(nnx.Module):
     give 1 + n frames from 1 + 2n, whole or chunk by chunk (chunks of 1, then even lengths).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, num_res_blocks: int, dropout: float,
-                 time_down: bool, down: bool, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        num_res_blocks: int,
+        dropout: float,
+        time_down: bool,
+        down: bool,
+        *,
+        rngs: nnx.Rngs,
+    ):
         self.out_dim = out_dim
         self.factor_t = 2 if time_down else 1
         self.factor_s = 2 if down else 1
@@ -282,8 +325,11 @@ class ResidualDownBlock(nnx.Module):
             resnets.append(ResidualBlock(in_dim, out_dim, dropout, rngs=rngs))
             in_dim = out_dim
         self.resnets = nnx.List(resnets)
-        self.downsampler = (Resample(out_dim, 'downsample3d' if time_down else 'downsample2d',
-                                     rngs=rngs) if down else None)
+        self.downsampler = (
+            Resample(out_dim, 'downsample3d' if time_down else 'downsample2d', rngs=rngs)
+            if down
+            else None
+        )
 
     def __call__(self, x, cache=None, dropout_key=None):
         shortcut = avg_down(x, self.out_dim, self.factor_t, self.factor_s)
@@ -301,10 +347,20 @@ class Encoder3d(nnx.Module):
     resnets / attention / resamplers (attention is not used there).
     """
 
-    def __init__(self, *, in_channels: int, dim: int, z_dim: int, dim_mult: Sequence[int],
-                 num_res_blocks: int, attn_scales: Sequence[float],
-                 temperal_downsample: Sequence[bool], dropout: float, rngs: nnx.Rngs,
-                 is_residual: bool = False):
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        dim: int,
+        z_dim: int,
+        dim_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_scales: Sequence[float],
+        temperal_downsample: Sequence[bool],
+        dropout: float,
+        rngs: nnx.Rngs,
+        is_residual: bool = False,
+    ):
         dims = [dim * u for u in [1, *dim_mult]]
         scale = 1.0
         self.conv_in = CausalConv3d(in_channels, dims[0], 3, padding=1, rngs=rngs)
@@ -312,10 +368,17 @@ class Encoder3d(nnx.Module):
         for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
             if is_residual:
                 last = i == len(dim_mult) - 1
-                blocks.append(ResidualDownBlock(
-                    in_dim, out_dim, num_res_blocks, dropout,
-                    time_down=bool(temperal_downsample[i]) if not last else False, down=not last,
-                    rngs=rngs))
+                blocks.append(
+                    ResidualDownBlock(
+                        in_dim,
+                        out_dim,
+                        num_res_blocks,
+                        dropout,
+                        time_down=bool(temperal_downsample[i]) if not last else False,
+                        down=not last,
+                        rngs=rngs,
+                    )
+                )
                 continue
             for _ in range(num_res_blocks):
                 blocks.append(ResidualBlock(in_dim, out_dim, dropout, rngs=rngs))
@@ -348,15 +411,24 @@ class Encoder3d(nnx.Module):
 class UpBlock(nnx.Module):
     """Wan's `WanUpBlock`: num_res_blocks + 1 resnets, then an optional upsampler."""
 
-    def __init__(self, in_dim: int, out_dim: int, num_res_blocks: int, dropout: float,
-                 upsample_mode: Optional[str], *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        num_res_blocks: int,
+        dropout: float,
+        upsample_mode: Optional[str],
+        *,
+        rngs: nnx.Rngs,
+    ):
         resnets = []
         for _ in range(num_res_blocks + 1):
             resnets.append(ResidualBlock(in_dim, out_dim, dropout, rngs=rngs))
             in_dim = out_dim
         self.resnets = nnx.List(resnets)
-        self.upsamplers = (nnx.List([Resample(out_dim, upsample_mode, rngs=rngs)])
-                           if upsample_mode else None)
+        self.upsamplers = (
+            nnx.List([Resample(out_dim, upsample_mode, rngs=rngs)]) if upsample_mode else None
+        )
 
     def __call__(self, x, cache=None, dropout_key=None):
         for resnet, key in zip(self.resnets, _split(dropout_key, len(self.resnets))):
@@ -374,8 +446,17 @@ class ResidualUpBlock(nnx.Module):
     `cache is None`; chunked: the first chunk), matching the causal upsampler's lone frame 0.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, num_res_blocks: int, dropout: float,
-                 time_up: bool, up: bool, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        num_res_blocks: int,
+        dropout: float,
+        time_up: bool,
+        up: bool,
+        *,
+        rngs: nnx.Rngs,
+    ):
         self.out_dim = out_dim
         self.factor_t = 2 if time_up else 1
         self.up = up
@@ -384,8 +465,16 @@ class ResidualUpBlock(nnx.Module):
             resnets.append(ResidualBlock(in_dim, out_dim, dropout, rngs=rngs))
             in_dim = out_dim
         self.resnets = nnx.List(resnets)
-        self.upsampler = (Resample(out_dim, 'upsample3d' if time_up else 'upsample2d',
-                                   upsample_out_dim=out_dim, rngs=rngs) if up else None)
+        self.upsampler = (
+            Resample(
+                out_dim,
+                'upsample3d' if time_up else 'upsample2d',
+                upsample_out_dim=out_dim,
+                rngs=rngs,
+            )
+            if up
+            else None
+        )
 
     def __call__(self, x, cache=None, dropout_key=None):
         shortcut = None
@@ -406,9 +495,19 @@ class Decoder3d(nnx.Module):
     Wan 2.2's (`ResidualUpBlock`s, channels kept through the upsamplers).
     """
 
-    def __init__(self, *, dim: int, z_dim: int, dim_mult: Sequence[int], num_res_blocks: int,
-                 temperal_upsample: Sequence[bool], dropout: float, out_channels: int,
-                 rngs: nnx.Rngs, is_residual: bool = False):
+    def __init__(
+        self,
+        *,
+        dim: int,
+        z_dim: int,
+        dim_mult: Sequence[int],
+        num_res_blocks: int,
+        temperal_upsample: Sequence[bool],
+        dropout: float,
+        out_channels: int,
+        rngs: nnx.Rngs,
+        is_residual: bool = False,
+    ):
         dims = [dim * u for u in [dim_mult[-1], *dim_mult[::-1]]]
         self.conv_in = CausalConv3d(z_dim, dims[0], 3, padding=1, rngs=rngs)
         self.mid_block = MidBlock(dims[0], dropout, rngs=rngs)
@@ -416,9 +515,17 @@ class Decoder3d(nnx.Module):
         for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
             up = i != len(dim_mult) - 1
             if is_residual:
-                blocks.append(ResidualUpBlock(in_dim, out_dim, num_res_blocks, dropout,
-                                              time_up=bool(temperal_upsample[i]) if up else False,
-                                              up=up, rngs=rngs))
+                blocks.append(
+                    ResidualUpBlock(
+                        in_dim,
+                        out_dim,
+                        num_res_blocks,
+                        dropout,
+                        time_up=bool(temperal_upsample[i]) if up else False,
+                        up=up,
+                        rngs=rngs,
+                    )
+                )
                 continue
             if i > 0:
                 in_dim //= 2  # the previous upsampler halved the channels

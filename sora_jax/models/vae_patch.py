@@ -10,6 +10,7 @@
 The channel orders are torch's (channel index `c * f + offset`), so converted weights see the
 same channels; the parity tests in tests/parity/test_wan22_vae_parity.py pin them.
 """
+
 from __future__ import annotations
 
 import jax
@@ -23,8 +24,8 @@ def patchify(x: jax.Array, p: int) -> jax.Array:
     b, t, h, w, c = x.shape
     if h % p or w % p:
         raise ValueError(f'patchify: frame size {h}x{w} is not divisible by patch_size={p}.')
-    x = x.reshape(b, t, h // p, p, w // p, p, c)           # b t h' ph w' pw c
-    x = x.transpose(0, 1, 2, 4, 6, 5, 3)                   # b t h' w' c pw ph
+    x = x.reshape(b, t, h // p, p, w // p, p, c)  # b t h' ph w' pw c
+    x = x.transpose(0, 1, 2, 4, 6, 5, 3)  # b t h' w' c pw ph
     return x.reshape(b, t, h // p, w // p, c * p * p)
 
 
@@ -34,8 +35,8 @@ def unpatchify(x: jax.Array, p: int) -> jax.Array:
         return x
     b, t, h, w, cp = x.shape
     c = cp // (p * p)
-    x = x.reshape(b, t, h, w, c, p, p)                     # b t h w c pw ph
-    x = x.transpose(0, 1, 2, 6, 3, 5, 4)                   # b t h ph w pw c
+    x = x.reshape(b, t, h, w, c, p, p)  # b t h w c pw ph
+    x = x.transpose(0, 1, 2, 6, 3, 5, 4)  # b t h ph w pw c
     return x.reshape(b, t, h * p, w * p, c)
 
 
@@ -53,10 +54,11 @@ def avg_down(x: jax.Array, out_channels: int, ft: int, fs: int) -> jax.Array:
         t += pad
     f = ft * fs * fs
     if (c * f) % out_channels:
-        raise ValueError(f'avg_down: {c} channels x factor {f} is not divisible by '
-                         f'out_channels={out_channels}.')
+        raise ValueError(
+            f'avg_down: {c} channels x factor {f} is not divisible by out_channels={out_channels}.'
+        )
     x = x.reshape(b, t // ft, ft, h // fs, fs, w // fs, fs, c)
-    x = x.transpose(0, 1, 3, 5, 7, 2, 4, 6)                # b t' h' w' c ft fs fs
+    x = x.transpose(0, 1, 3, 5, 7, 2, 4, 6)  # b t' h' w' c ft fs fs
     x = x.reshape(b, t // ft, h // fs, w // fs, out_channels, c * f // out_channels)
     return jnp.mean(x, axis=-1)
 
@@ -71,10 +73,12 @@ def dup_up(x: jax.Array, out_channels: int, ft: int, fs: int, first: bool) -> ja
     b, t, h, w, c = x.shape
     f = ft * fs * fs
     if (out_channels * f) % c:
-        raise ValueError(f'dup_up: out_channels={out_channels} x factor {f} is not divisible by '
-                         f'the {c} input channels.')
+        raise ValueError(
+            f'dup_up: out_channels={out_channels} x factor {f} is not divisible by '
+            f'the {c} input channels.'
+        )
     x = jnp.repeat(x, out_channels * f // c, axis=-1)
-    x = x.reshape(b, t, h, w, out_channels, ft, fs, fs)    # b t h w c ft fs(h) fs(w)
-    x = x.transpose(0, 1, 5, 2, 6, 3, 7, 4)                # b t ft h fs w fs c
+    x = x.reshape(b, t, h, w, out_channels, ft, fs, fs)  # b t h w c ft fs(h) fs(w)
+    x = x.transpose(0, 1, 5, 2, 6, 3, 7, 4)  # b t ft h fs w fs c
     x = x.reshape(b, t * ft, h * fs, w * fs, out_channels)
-    return x[:, ft - 1:] if first else x
+    return x[:, ft - 1 :] if first else x

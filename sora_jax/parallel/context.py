@@ -19,6 +19,7 @@ mesh in scope, or with a sequence axis of size 1, they are plain attention.
 q: [B, Nq, H, D], k/v: [B, Nk, H, D], mask: [B, Nk] (True = attend) or None; Nq, Nk divisible
 by the sequence axis size.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,8 +38,10 @@ _QKV_AXES = ('act_batch', 'act_length', 'act_heads', None)
 
 def check_method(method: str) -> str:
     if method not in METHODS:
-        raise ValueError(f'context_parallel={method!r} is not one of {METHODS}; set '
-                         'model.context_parallel to one.')
+        raise ValueError(
+            f'context_parallel={method!r} is not one of {METHODS}; set '
+            'model.context_parallel to one.'
+        )
     return method
 
 
@@ -47,20 +50,26 @@ def sequence_axis(rules=None) -> tuple[str | None, int]:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or mesh.empty:
         return None, 1
-    rules = rules if rules is not None else (mesh_lib._ACTIVE_RULES[-1] if mesh_lib._ACTIVE_RULES
-                                             else mesh_lib.rules_dict())
+    rules = (
+        rules
+        if rules is not None
+        else (mesh_lib._ACTIVE_RULES[-1] if mesh_lib._ACTIVE_RULES else mesh_lib.rules_dict())
+    )
     spec = mesh_lib.logical_to_spec(('act_length',), rules)
     axis = spec[0] if len(spec) else None
     if axis is None:
         return None, 1
     if not isinstance(axis, str):
-        raise ValueError(f'act_length maps to several mesh axes {axis}; context parallelism '
-                         'needs exactly one (set mesh.rules act_length to one axis).')
+        raise ValueError(
+            f'act_length maps to several mesh axes {axis}; context parallelism '
+            'needs exactly one (set mesh.rules act_length to one axis).'
+        )
     return axis, mesh.shape[axis]
 
 
-def context_parallel_attention(q, k, v, mask=None, *, method: str = 'ulysses', impl: str = 'auto',
-                               chunk_size: int = 512):
+def context_parallel_attention(
+    q, k, v, mask=None, *, method: str = 'ulysses', impl: str = 'auto', chunk_size: int = 512
+):
     """Attention with tokens sharded over the sequence mesh axis; see the module docstring."""
 
     check_method(method)
@@ -73,30 +82,41 @@ def context_parallel_attention(q, k, v, mask=None, *, method: str = 'ulysses', i
     nk = k.shape[1]
     for name, n in (('queries', nq), ('keys', nk)):
         if n % s:
-            raise ValueError(f'context_parallel={method!r}: {n} {name} are not divisible by the '
-                             f"'{axis}' mesh axis of size {s}; pick a clip size whose token count "
-                             f'is a multiple of {s}, or set model.context_parallel=none.')
+            raise ValueError(
+                f'context_parallel={method!r}: {n} {name} are not divisible by the '
+                f"'{axis}' mesh axis of size {s}; pick a clip size whose token count "
+                f'is a multiple of {s}, or set model.context_parallel=none.'
+            )
     rules = mesh_lib._ACTIVE_RULES[-1] if mesh_lib._ACTIVE_RULES else mesh_lib.rules_dict()
     spec = mesh_lib._fit(mesh_lib.logical_to_spec(_QKV_AXES, rules), q.shape, mesh)
     spec_k = mesh_lib._fit(spec, k.shape, mesh)
     if spec[1] != axis or spec_k[1] != axis:
-        raise ValueError(f'context parallelism needs tokens on the {axis!r} axis, got q spec '
-                         f'{spec} and k spec {spec_k}; check mesh.rules for act_length.')
+        raise ValueError(
+            f'context parallelism needs tokens on the {axis!r} axis, got q spec '
+            f'{spec} and k spec {spec_k}; check mesh.rules for act_length.'
+        )
     if method == 'ulysses':
         head_shards = math.prod(mesh.shape[a] for a in _names(spec[2]))
         if (h // head_shards) % s:
-            raise ValueError(f"context_parallel='ulysses': {h // head_shards} heads per device are "
-                             f"not divisible by the '{axis}' axis size {s}; use "
-                             "model.context_parallel=ring or a head count divisible by it.")
+            raise ValueError(
+                f"context_parallel='ulysses': {h // head_shards} heads per device are "
+                f"not divisible by the '{axis}' axis size {s}; use "
+                'model.context_parallel=ring or a head count divisible by it.'
+            )
         body = functools.partial(_ulysses, axis=axis, attend=plain)
     else:
         body = functools.partial(_ring, axis=axis, size=s)
     if mask is None:
-        fn = jax.shard_map(lambda q_, k_, v_: body(q_, k_, v_, None),
-                           in_specs=(spec, spec_k, spec_k), out_specs=spec, check_vma=False)
+        fn = jax.shard_map(
+            lambda q_, k_, v_: body(q_, k_, v_, None),
+            in_specs=(spec, spec_k, spec_k),
+            out_specs=spec,
+            check_vma=False,
+        )
         return fn(q, k, v)
-    fn = jax.shard_map(body, in_specs=(spec, spec_k, spec_k, P(spec[0], axis)), out_specs=spec,
-                       check_vma=False)
+    fn = jax.shard_map(
+        body, in_specs=(spec, spec_k, spec_k, P(spec[0], axis)), out_specs=spec, check_vma=False
+    )
     return fn(q, k, v, mask.astype(bool))
 
 

@@ -4,6 +4,7 @@ This is the only module that names mesh axes. Models annotate parameters with lo
 (see `models/layers.py`) and activations via `constrain(x, ('act_batch', 'act_length', ...))`;
 the rules below (overridable from the config as `mesh.rules`) map them to mesh axes.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,8 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXES = ('data', 'fsdp', 'tensor', 'sequence')
 
@@ -56,13 +58,17 @@ def make_mesh(shape: Sequence[int], axes: Sequence[str] = AXES, devices=None) ->
     if -1 in shape:
         rest = math.prod(s for s in shape if s != -1)
         if len(devices) % rest:
-            raise ValueError(f'mesh.shape {tuple(shape)}: {len(devices)} devices are not divisible '
-                             f'by {rest}; change mesh.shape.')
+            raise ValueError(
+                f'mesh.shape {tuple(shape)}: {len(devices)} devices are not divisible '
+                f'by {rest}; change mesh.shape.'
+            )
         shape[shape.index(-1)] = len(devices) // rest
     if math.prod(shape) != len(devices):
-        raise ValueError(f'mesh.shape {tuple(shape)} multiplies to {math.prod(shape)} but there are '
-                         f'{len(devices)} devices; make the product equal the device count '
-                         f'(or use -1 for one axis).')
+        raise ValueError(
+            f'mesh.shape {tuple(shape)} multiplies to {math.prod(shape)} but there are '
+            f'{len(devices)} devices; make the product equal the device count '
+            f'(or use -1 for one axis).'
+        )
     arr = np.asarray(devices).reshape(shape)
     return Mesh(arr, tuple(axes), axis_types=(AxisType.Auto,) * len(axes))
 
@@ -107,8 +113,11 @@ def state_shardings(state, mesh: Mesh, rules: dict[str, Any] | None = None):
             spec = P()
         else:
             spec = _fit(logical_to_spec(names, rules), shape, mesh)
-        return v.replace(NamedSharding(mesh, spec)) if isinstance(v, nnx.Variable) else \
-            NamedSharding(mesh, spec)
+        return (
+            v.replace(NamedSharding(mesh, spec))
+            if isinstance(v, nnx.Variable)
+            else NamedSharding(mesh, spec)
+        )
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
@@ -127,7 +136,9 @@ def _fit(spec: P, shape, mesh: Mesh) -> P:
 
 def batch_sharding(mesh: Mesh, ndim: int, rules=None) -> NamedSharding:
     """Batch arrays: leading dim over the batch mesh axes, the rest replicated."""
-    spec = logical_to_spec(('act_batch',), rules_dict(rules) if not isinstance(rules, dict) else rules)
+    spec = logical_to_spec(
+        ('act_batch',), rules_dict(rules) if not isinstance(rules, dict) else rules
+    )
     return NamedSharding(mesh, P(*(tuple(spec) + (None,) * (ndim - 1))))
 
 

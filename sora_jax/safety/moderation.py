@@ -16,6 +16,7 @@ verbs that are harmless with an object that is not a person ("shoot a video of t
 This is a keyword / pattern filter, not a classifier: it stops the obvious requests and their
 usual spellings, not paraphrases a list does not name (README, "Safeguards and provenance").
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,9 +29,25 @@ import unicodedata
 DEFAULT_POLICY = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'policy.json')
 POLICY_ENV = 'SORA_JAX_POLICY'
 
-_LEET = str.maketrans({'0': 'o', '1': 'i', '3': 'e', '4': 'a', '5': 's', '7': 't', '8': 'b',
-                       '9': 'g', '@': 'a', '$': 's', '!': 'i', '|': 'i', '+': 't', '€': 'e',
-                       '¡': 'i'})
+_LEET = str.maketrans(
+    {
+        '0': 'o',
+        '1': 'i',
+        '3': 'e',
+        '4': 'a',
+        '5': 's',
+        '7': 't',
+        '8': 'b',
+        '9': 'g',
+        '@': 'a',
+        '$': 's',
+        '!': 'i',
+        '|': 'i',
+        '+': 't',
+        '€': 'e',
+        '¡': 'i',
+    }
+)
 _SUFFIX = r'(?:s|es|ed|d|ing|er|ers)?'
 
 
@@ -42,7 +59,8 @@ class PromptRefused(ValueError):
         super().__init__(
             f'Prompt refused by the content policy: category {category!r} ({description}); '
             f'matched {match!r}. Rephrase the prompt; to use a different policy pass '
-            f'--moderation_policy=FILE (or set ${POLICY_ENV}).')
+            f'--moderation_policy=FILE (or set ${POLICY_ENV}).'
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +84,12 @@ def _words(text: str) -> str:
 
 
 def _join_split_letters(text: str) -> str:
-    """"k i l l" / "k.i.l.l" / "ki-ll" -> "kill": separators between letters inside a word
+    """ "k i l l" / "k.i.l.l" / "ki-ll" -> "kill": separators between letters inside a word
     go, and runs of single letters separated by spaces join into one word."""
     text = re.sub(r'(?<=[a-z])[.\-_*·•~\'`]+(?=[a-z])', '', text)
-    return re.sub(r'\b[a-z](?:[ .\-_*]+[a-z]\b){2,}',
-                  lambda m: re.sub(r'[^a-z]', '', m.group(0)), text)
+    return re.sub(
+        r'\b[a-z](?:[ .\-_*]+[a-z]\b){2,}', lambda m: re.sub(r'[^a-z]', '', m.group(0)), text
+    )
 
 
 def fold(text: str) -> str:
@@ -101,10 +120,10 @@ def _term_regex(term: str) -> str:
 class _Category:
     name: str
     description: str
-    regexes: list           # [(compiled, source label)]
-    pairs: list             # [(set a, set b, window)]
-    squash: list            # collapsed strings
-    allow: list             # compiled regexes removed before matching
+    regexes: list  # [(compiled, source label)]
+    pairs: list  # [(set a, set b, window)]
+    squash: list  # collapsed strings
+    allow: list  # compiled regexes removed before matching
 
 
 class Moderator:
@@ -113,39 +132,50 @@ class Moderator:
     def __init__(self, policy: dict, source: str = '<dict>'):
         cats = policy.get('categories') if isinstance(policy, dict) else None
         if not isinstance(cats, dict) or not cats:
-            raise ValueError(f'moderation policy {source} has no "categories" object; see '
-                             f'{DEFAULT_POLICY} for the format.')
+            raise ValueError(
+                f'moderation policy {source} has no "categories" object; see '
+                f'{DEFAULT_POLICY} for the format.'
+            )
         self.source, self.name = source, str(policy.get('name', source))
         self.categories = []
         for name, c in cats.items():
             unknown = set(c) - {'description', 'terms', 'patterns', 'pairs', 'squash', 'allow'}
             if unknown:
-                raise ValueError(f'moderation policy {source}: category {name!r} has unknown keys '
-                                 f'{sorted(unknown)}; use terms, patterns, pairs, squash, allow.')
+                raise ValueError(
+                    f'moderation policy {source}: category {name!r} has unknown keys '
+                    f'{sorted(unknown)}; use terms, patterns, pairs, squash, allow.'
+                )
             regexes = []
             for t in c.get('terms', []):
                 if len(_collapse(_words(fold(t))).replace(' ', '')) < 3:
-                    raise ValueError(f'moderation policy {source}: term {t!r} of {name!r} folds to '
-                                     'fewer than 3 letters (repeats collapse: "kkk" -> "k") and '
-                                     'would match everywhere; use a pattern or a longer term.')
+                    raise ValueError(
+                        f'moderation policy {source}: term {t!r} of {name!r} folds to '
+                        'fewer than 3 letters (repeats collapse: "kkk" -> "k") and '
+                        'would match everywhere; use a pattern or a longer term.'
+                    )
                 regexes.append((re.compile(_term_regex(t)), t))
             for p in c.get('patterns', []):
                 try:
                     regexes.append((re.compile(_collapse(p)), p))
                 except re.error as e:
-                    raise ValueError(f'moderation policy {source}: category {name!r} pattern {p!r} '
-                                     f'is not a valid regular expression ({e}); fix or remove it.')
+                    raise ValueError(
+                        f'moderation policy {source}: category {name!r} pattern {p!r} '
+                        f'is not a valid regular expression ({e}); fix or remove it.'
+                    )
             pairs = []
             for pr in c.get('pairs', []):
                 if not {'a', 'b'} <= set(pr):
-                    raise ValueError(f'moderation policy {source}: a pair of {name!r} needs "a" and '
-                                     f'"b" word lists, got keys {sorted(pr)}.')
+                    raise ValueError(
+                        f'moderation policy {source}: a pair of {name!r} needs "a" and '
+                        f'"b" word lists, got keys {sorted(pr)}.'
+                    )
                 norm = lambda ws: {_collapse(_words(fold(w))) for w in ws}  # noqa: E731
                 pairs.append((norm(pr['a']), norm(pr['b']), int(pr.get('window', 6))))
             squash = [_collapse(re.sub(r'[^a-z]+', '', fold(s))) for s in c.get('squash', [])]
             allow = [re.compile(_term_regex(a)) for a in c.get('allow', [])]
-            self.categories.append(_Category(name, str(c.get('description', name)), regexes,
-                                             pairs, squash, allow))
+            self.categories.append(
+                _Category(name, str(c.get('description', name)), regexes, pairs, squash, allow)
+            )
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> 'Moderator':
@@ -187,8 +217,10 @@ class Moderator:
 @functools.lru_cache(maxsize=8)
 def _load_cached(path: str) -> Moderator:
     if not os.path.isfile(path):
-        raise ValueError(f'moderation policy {path!r} does not exist; pass an existing JSON file '
-                         f'(format: {DEFAULT_POLICY}).')
+        raise ValueError(
+            f'moderation policy {path!r} does not exist; pass an existing JSON file '
+            f'(format: {DEFAULT_POLICY}).'
+        )
     try:
         with open(path, encoding='utf-8') as f:
             policy = json.load(f)

@@ -15,6 +15,7 @@ them a development CA and signer are created once under ~/.config/sora_jax/c2pa_
 $XDG_CONFIG_HOME) and the CLI says the credentials are for development only: they prove the
 file was not altered since signing, not who signed it.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -30,13 +31,20 @@ CERT_ENV, KEY_ENV = 'SORA_JAX_C2PA_CERT', 'SORA_JAX_C2PA_KEY'
 TRAINED = 'http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia'
 GENERATOR = 'sora_jax'
 ASSERTION = 'org.sora_jax.generation'
-_MIME = {'.mp4': 'video/mp4', '.gif': 'image/gif', '.png': 'image/png', '.jpg': 'image/jpeg',
-         '.jpeg': 'image/jpeg', '.webm': None}
+_MIME = {
+    '.mp4': 'video/mp4',
+    '.gif': 'image/gif',
+    '.png': 'image/png',
+    '.jpg': 'image/jpeg',
+    '.jpeg': 'image/jpeg',
+    '.webm': None,
+}
 
 
 def version() -> str:
     try:
         from importlib.metadata import version as v
+
         return v('sora_jax')
     except Exception:  # noqa: BLE001 - not installed (a source checkout)
         return '0.1.0'
@@ -85,42 +93,64 @@ def dev_credentials(directory: str | None = None) -> tuple[str, str]:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     now = datetime.datetime.now(datetime.timezone.utc)
-    name = lambda cn: x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME,  # noqa: E731
-                                                    'sora_jax development (not trusted)'),
-                                 x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    name = lambda cn: x509.Name(
+        [
+            x509.NameAttribute(
+                NameOID.ORGANIZATION_NAME,  # noqa: E731
+                'sora_jax development (not trusted)',
+            ),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name('sora_jax dev CA'))
-          .issuer_name(name('sora_jax dev CA')).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(days=1))
-          .not_valid_after(now + datetime.timedelta(days=3650))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                         critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name('sora_jax dev CA'))
+        .issuer_name(name('sora_jax dev CA'))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
     key_obj = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder().subject_name(name('sora_jax dev signer'))
-            .issuer_name(ca.subject).public_key(key_obj.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False,
-                                         False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key_obj.public_key()), False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                           False)
-            .sign(ca_key, hashes.SHA256()))
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(name('sora_jax dev signer'))
+        .issuer_name(ca.subject)
+        .public_key(key_obj.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key_obj.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     os.makedirs(d, exist_ok=True)
     pem = serialization.Encoding.PEM
     with open(chain, 'wb') as f:
         f.write(leaf.public_bytes(pem) + ca.public_bytes(pem))
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, 'wb') as f:
-        f.write(key_obj.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
+        f.write(
+            key_obj.private_bytes(
+                pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
     logging.info('Created a development C2PA CA and signer in %s', d)
     return chain, key
 
@@ -130,9 +160,11 @@ def credentials(cert: str | None = None, key: str | None = None) -> tuple[str, s
     cert = cert or os.environ.get(CERT_ENV)
     key = key or os.environ.get(KEY_ENV)
     if bool(cert) != bool(key):
-        raise ValueError(f'C2PA signing needs both a certificate chain and its key; got cert={cert!r}'
-                         f', key={key!r}. Pass --c2pa_cert and --c2pa_key (or ${CERT_ENV} and '
-                         f'${KEY_ENV}), or neither for development credentials.')
+        raise ValueError(
+            f'C2PA signing needs both a certificate chain and its key; got cert={cert!r}'
+            f', key={key!r}. Pass --c2pa_cert and --c2pa_key (or ${CERT_ENV} and '
+            f'${KEY_ENV}), or neither for development credentials.'
+        )
     if cert:
         for p in (cert, key):
             if not os.path.isfile(p):
@@ -143,13 +175,26 @@ def credentials(cert: str | None = None, key: str | None = None) -> tuple[str, s
 
 
 # ---------------------------------------------------------------- manifest
-def manifest_info(*, checkpoint_hash: str | None, config_name: str | None,
-                  data_record_hash: str | None, watermark_payload: dict | None,
-                  disabled: list[str], prompt_moderated: bool, title: str = 'sora_jax output') -> dict:
+def manifest_info(
+    *,
+    checkpoint_hash: str | None,
+    config_name: str | None,
+    data_record_hash: str | None,
+    watermark_payload: dict | None,
+    disabled: list[str],
+    prompt_moderated: bool,
+    title: str = 'sora_jax output',
+) -> dict:
     """The facts a manifest records (JSON-serialisable)."""
-    return {'title': title, 'checkpoint_sha256': checkpoint_hash, 'config': config_name,
-            'data_record_sha256': data_record_hash, 'watermark': watermark_payload,
-            'safeguards_disabled': sorted(disabled), 'prompt_moderated': prompt_moderated}
+    return {
+        'title': title,
+        'checkpoint_sha256': checkpoint_hash,
+        'config': config_name,
+        'data_record_sha256': data_record_hash,
+        'watermark': watermark_payload,
+        'safeguards_disabled': sorted(disabled),
+        'prompt_moderated': prompt_moderated,
+    }
 
 
 def _definition(info: dict, fmt: str) -> dict:
@@ -158,9 +203,18 @@ def _definition(info: dict, fmt: str) -> dict:
         'title': info.get('title', 'sora_jax output'),
         'format': fmt,
         'assertions': [
-            {'label': 'c2pa.actions', 'data': {'actions': [{
-                'action': 'c2pa.created', 'digitalSourceType': TRAINED,
-                'softwareAgent': {'name': GENERATOR, 'version': version()}}]}},
+            {
+                'label': 'c2pa.actions',
+                'data': {
+                    'actions': [
+                        {
+                            'action': 'c2pa.created',
+                            'digitalSourceType': TRAINED,
+                            'softwareAgent': {'name': GENERATOR, 'version': version()},
+                        }
+                    ]
+                },
+            },
             {'label': ASSERTION, 'data': {k: v for k, v in info.items() if k != 'title'}},
         ],
     }
@@ -169,18 +223,22 @@ def _definition(info: dict, fmt: str) -> dict:
 def sign(path: str, info: dict, cert: str | None = None, key: str | None = None) -> bool:
     """Embeds a signed manifest in `path` (in place). Returns True when dev credentials signed."""
     import c2pa
+
     ext = os.path.splitext(path)[1].lower()
     fmt = _MIME.get(ext)
     if fmt is None:
-        raise ValueError(f'cannot sign {path!r}: C2PA here supports {sorted(k for k, v in _MIME.items() if v)}'
-                         '; write .mp4, .gif or .png, or pass --nocredentials.')
+        raise ValueError(
+            f'cannot sign {path!r}: C2PA here supports {sorted(k for k, v in _MIME.items() if v)}'
+            '; write .mp4, .gif or .png, or pass --nocredentials.'
+        )
     chain, keyfile, dev = credentials(cert, key)
     with open(chain, 'rb') as f:
         chain_pem = f.read()
     with open(keyfile, 'rb') as f:
         key_pem = f.read()
-    signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(alg=b'es256', sign_cert=chain_pem,
-                                                       private_key=key_pem, ta_url=None))
+    signer = c2pa.Signer.from_info(
+        c2pa.C2paSignerInfo(alg=b'es256', sign_cert=chain_pem, private_key=key_pem, ta_url=None)
+    )
     builder = c2pa.Builder(json.dumps(_definition(info, fmt)))
     d = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)))
     try:
@@ -188,9 +246,11 @@ def sign(path: str, info: dict, cert: str | None = None, key: str | None = None)
         try:
             builder.sign_file(path, tmp, signer)
         except Exception as e:  # c2pa.C2paError and friends
-            raise ValueError(f'C2PA signing of {path!r} failed: {e}. The certificate must be an '
-                             'end-entity ES256 certificate (digitalSignature, an EKU such as '
-                             'emailProtection) followed by its CA in the chain.') from e
+            raise ValueError(
+                f'C2PA signing of {path!r} failed: {e}. The certificate must be an '
+                'end-entity ES256 certificate (digitalSignature, an EKU such as '
+                'emailProtection) followed by its CA in the chain.'
+            ) from e
         os.replace(tmp, path)
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -207,9 +267,18 @@ def read(path: str) -> dict:
     'generation'}: valid = the manifest and the file it signs are intact (c2pa state 'Valid');
     trusted = the signer chains to a trust list c2pa knows (never for the development CA)."""
     import c2pa
-    out = {'present': False, 'valid': False, 'trusted': False, 'state': None, 'errors': [],
-           'signer': None,
-           'generator': None, 'actions': [], 'generation': None}
+
+    out = {
+        'present': False,
+        'valid': False,
+        'trusted': False,
+        'state': None,
+        'errors': [],
+        'signer': None,
+        'generator': None,
+        'actions': [],
+        'generation': None,
+    }
     try:
         reader = c2pa.Reader(path)
     except Exception as e:  # noqa: BLE001 - no manifest, or one too broken to parse
@@ -226,22 +295,31 @@ def read(path: str) -> dict:
         results = store.get('validation_results') or {}
         active = (results.get('activeManifest') or {}) if isinstance(results, dict) else {}
         failures = list(active.get('failure', []))
-        out['errors'] = [f"{s.get('code')}: {s.get('explanation', '')}" for s in status + failures
-                         if s.get('code') and s not in active.get('success', [])]
+        out['errors'] = [
+            f'{s.get("code")}: {s.get("explanation", "")}'
+            for s in status + failures
+            if s.get('code') and s not in active.get('success', [])
+        ]
         out['errors'] = sorted(set(out['errors']))
         untrusted = [e for e in out['errors'] if e.startswith('signingCredential.untrusted')]
         out['errors'] = [e for e in out['errors'] if e not in untrusted]  # a trust question,
-        out['trusted'] = out['state'] == 'Trusted'                          # not tampering
+        out['trusted'] = out['state'] == 'Trusted'  # not tampering
         m = store.get('manifests', {}).get(store.get('active_manifest'), {})
         sig = m.get('signature_info') or {}
-        out['signer'] = {'issuer': sig.get('issuer'), 'common_name': sig.get('common_name'),
-                         'time': sig.get('time'), 'alg': sig.get('alg')}
+        out['signer'] = {
+            'issuer': sig.get('issuer'),
+            'common_name': sig.get('common_name'),
+            'time': sig.get('time'),
+            'alg': sig.get('alg'),
+        }
         gi = m.get('claim_generator_info') or [{}]
-        out['generator'] = f"{gi[0].get('name')} {gi[0].get('version')}"
+        out['generator'] = f'{gi[0].get("name")} {gi[0].get("version")}'
         for a in m.get('assertions', []):
             if a.get('label', '').startswith('c2pa.actions'):
-                out['actions'] = [(x.get('action'), x.get('digitalSourceType'))
-                                  for x in a.get('data', {}).get('actions', [])]
+                out['actions'] = [
+                    (x.get('action'), x.get('digitalSourceType'))
+                    for x in a.get('data', {}).get('actions', [])
+                ]
             if a.get('label') == ASSERTION:
                 out['generation'] = a.get('data')
         out['valid'] = not out['errors'] and out['state'] in ('Valid', 'Trusted')

@@ -15,6 +15,7 @@ the new record no longer counts them, and its clip-id hash changes. A run resume
 that changed since it started keeps the earlier records inside the new one
 (`earlier_records`): the model learned from those clips too.
 """
+
 from __future__ import annotations
 
 import collections
@@ -28,15 +29,24 @@ from etils import epath
 FILENAME = 'data_record.json'
 
 
-def build(dataset: str, version: str, clips, skipped: dict | None = None,
-          synthetic: bool = False, note: str = '', filters: dict | None = None) -> dict:
+def build(
+    dataset: str,
+    version: str,
+    clips,
+    skipped: dict | None = None,
+    synthetic: bool = False,
+    note: str = '',
+    filters: dict | None = None,
+) -> dict:
     """clips: iterable of dicts with 'id' and optional 'license', 'creator', 'source'."""
     clips = list(clips)
     ids = sorted(str(c['id']) for c in clips)
     licenses = collections.Counter(c.get('license') or 'unspecified' for c in clips)
     creators = collections.Counter(c['creator'] for c in clips if c.get('creator'))
     return {
-        'dataset': dataset, 'version': version, 'synthetic': bool(synthetic),
+        'dataset': dataset,
+        'version': version,
+        'synthetic': bool(synthetic),
         'clips': len(ids),
         'licenses': dict(sorted(licenses.items())),
         'creators': [{'creator': k, 'clips': v} for k, v in sorted(creators.items())],
@@ -56,8 +66,9 @@ def write(directory: str, rec: dict) -> str:
     directory = epath.Path(directory)  # any etils.epath path (gs://...), not only local
     directory.mkdir(parents=True, exist_ok=True)
     path, tmp = directory / FILENAME, directory / (FILENAME + '.tmp')
-    tmp.write_text(json.dumps(rec, indent=1, sort_keys=True, ensure_ascii=False) + '\n',
-                   encoding='utf-8')
+    tmp.write_text(
+        json.dumps(rec, indent=1, sort_keys=True, ensure_ascii=False) + '\n', encoding='utf-8'
+    )
     tmp.replace(path)
     return os.fspath(path)
 
@@ -79,8 +90,9 @@ def for_config(config, sources: dict | None = None) -> dict:
     rec = _for_data(config, sources)
     base = config.train.get('init_from', '') if 'train' in config else ''
     if base:
-        rec['init_from'] = load(base) or {'note': f'{os.path.basename(os.path.normpath(base))} '
-                                                  'has no data record'}
+        rec['init_from'] = load(base) or {
+            'note': f'{os.path.basename(os.path.normpath(base))} has no data record'
+        }
     return rec
 
 
@@ -89,38 +101,61 @@ def _for_data(config, sources) -> dict:
     if name in ('folder', 'video_folder'):
         return _for_folder(config.data, sources)
     if name != 'shapes':
-        raise ValueError(f"config.data.name={name!r}: no data record for it; use 'shapes' or "
-                         "'folder'.")
+        raise ValueError(
+            f"config.data.name={name!r}: no data record for it; use 'shapes' or 'folder'."
+        )
     from sora_jax.data import shapes
-    return build(f'shapes (synthetic, sora_jax.data.shapes, seed {config.get("seed", 0)})',
-                 version=getattr(shapes, 'VERSION', '1'), clips=[], synthetic=True,
-                 note='clips are drawn procedurally while training (none stored, no third-party '
-                      'content), so there are no clip ids, licenses or creators')
+
+    return build(
+        f'shapes (synthetic, sora_jax.data.shapes, seed {config.get("seed", 0)})',
+        version=getattr(shapes, 'VERSION', '1'),
+        clips=[],
+        synthetic=True,
+        note='clips are drawn procedurally while training (none stored, no third-party '
+        'content), so there are no clip ids, licenses or creators',
+    )
 
 
 def _for_folder(data, sources) -> dict:
     from sora_jax.data.builders import video_folder
+
     vc = video_folder.VideoFolderConfig.from_data_config(data)
     meta = _folder_metadata(sources)
     if meta is None:  # latent sources (or none given): the pixel build holds the credits
         from sora_jax.data import staging  # a gs:// data_dir: its local mirror holds the build
+
         local = staging.Mirror(data.data_dir, data.get('staging_dir', '')).local
         meta = _folder_metadata(video_folder.build_video_folder(local, vc))
     if meta is None:
-        raise ValueError(f'the build of data.folder={data.folder!r} has no credits metadata '
-                         f'(built before credits existed); delete its tfds build under '
-                         f'{data.data_dir}/video_folder and rerun.')
-    clips = [{'id': c['file'], 'license': c.get('license', '').lower(),  # SPDX: any case
-              **{k: c[k] for k in ('creator', 'source') if c.get(k)}}
-             for c in meta['credits'].get('train', [])]
+        raise ValueError(
+            f'the build of data.folder={data.folder!r} has no credits metadata '
+            f'(built before credits existed); delete its tfds build under '
+            f'{data.data_dir}/video_folder and rerun.'
+        )
+    clips = [
+        {
+            'id': c['file'],
+            'license': c.get('license', '').lower(),  # SPDX: any case
+            **{k: c[k] for k in ('creator', 'source') if c.get(k)},
+        }
+        for c in meta['credits'].get('train', [])
+    ]
     held_out = len(meta['credits'].get('validation', []))
-    return build(f'video_folder:{os.path.basename(os.path.normpath(vc.folder))}',
-                 version=f'{vc.version}+{vc.name}', clips=clips,
-                 skipped={k: len(v) for k, v in meta.get('skipped', {}).items()},
-                 filters={'allowed_licenses': sorted(vc.allowed_licenses) or 'any',
-                          'exclude_entries': int(meta.get('exclude_entries', 0))},
-                 note=(f'{held_out} held-out validation clips (evaluation only) not counted'
-                       if held_out else ''))
+    return build(
+        f'video_folder:{os.path.basename(os.path.normpath(vc.folder))}',
+        version=f'{vc.version}+{vc.name}',
+        clips=clips,
+        skipped={k: len(v) for k, v in meta.get('skipped', {}).items()},
+        filters={
+            'allowed_licenses': sorted(vc.allowed_licenses) or 'any',
+            'exclude_entries': int(meta.get('exclude_entries', 0)),
+        },
+        note=(
+            f'{held_out} held-out validation clips (evaluation only) not counted'
+            if held_out
+            else ''
+        ),
+    )
 
 
 def _folder_metadata(sources) -> dict | None:
@@ -135,6 +170,7 @@ def write_for_run(workdir: str, rec: dict) -> str | None:
     """Writes a training run's record (process 0 only). Resuming on data that differs from the
     record already there keeps that one under `earlier_records` (its clips were trained on)."""
     import jax
+
     if jax.process_index() != 0:
         return None
     old = load(workdir)
@@ -143,43 +179,63 @@ def write_for_run(workdir: str, rec: dict) -> str | None:
     if old is not None and resumed:
         earlier = old.pop('earlier_records', [])
         if old != rec:
-            logging.warning('data record: the data changed since this run started (clip ids '
-                            '%s -> %s); the new record keeps the earlier one: the checkpoints '
-                            'learned from it. Retrain from scratch to drop those clips.',
-                            old['clip_ids_sha256'][:12], rec['clip_ids_sha256'][:12])
+            logging.warning(
+                'data record: the data changed since this run started (clip ids '
+                '%s -> %s); the new record keeps the earlier one: the checkpoints '
+                'learned from it. Retrain from scratch to drop those clips.',
+                old['clip_ids_sha256'][:12],
+                rec['clip_ids_sha256'][:12],
+            )
             earlier = earlier + [old]
         if earlier:
             rec = {**rec, 'earlier_records': earlier}
     path = write(workdir, rec)
-    logging.info('data record %s: %d clips, licenses %s, %d credited creators, sha256 %s', path,
-                 rec['clips'], rec['licenses'], len(rec['creators']), record_hash(rec)[:16])
+    logging.info(
+        'data record %s: %d clips, licenses %s, %d credited creators, sha256 %s',
+        path,
+        rec['clips'],
+        rec['licenses'],
+        len(rec['creators']),
+        record_hash(rec)[:16],
+    )
     return path
 
 
 def describe(rec: dict) -> str:
     """A human-readable credits listing."""
-    lines = [f"dataset: {rec['dataset']} (version {rec['version']})" +
-             (' - synthetic data, no creators' if rec.get('synthetic') else ''),
-             f"clips: {rec['clips']}"] + ([f"note: {rec['note']}"] if rec.get('note') else [])
+    lines = [
+        f'dataset: {rec["dataset"]} (version {rec["version"]})'
+        + (' - synthetic data, no creators' if rec.get('synthetic') else ''),
+        f'clips: {rec["clips"]}',
+    ] + ([f'note: {rec["note"]}'] if rec.get('note') else [])
     if rec.get('licenses'):
         lines.append('licenses: ' + ', '.join(f'{k} {v}' for k, v in rec['licenses'].items()))
     if rec.get('skipped'):
         lines.append('filtered out: ' + ', '.join(f'{k} {v}' for k, v in rec['skipped'].items()))
     if rec.get('creators'):
-        lines.append(f"credited creators ({len(rec['creators'])}):")
-        lines += [f"  {c['creator']}: {c['clips']} clip{'s' if c['clips'] != 1 else ''}"
-                  for c in rec['creators']]
+        lines.append(f'credited creators ({len(rec["creators"])}):')
+        lines += [
+            f'  {c["creator"]}: {c["clips"]} clip{"s" if c["clips"] != 1 else ""}'
+            for c in rec['creators']
+        ]
     if rec.get('filters'):
         lines.append('filters: ' + ', '.join(f'{k} {v}' for k, v in rec['filters'].items()))
-    lines.append(f"clip ids sha256: {rec['clip_ids_sha256']}")
+    lines.append(f'clip ids sha256: {rec["clip_ids_sha256"]}')
     if rec.get('init_from'):
         base = rec['init_from']
-        lines.append('warm-started from a run trained on: ' + (
-            f"{base['dataset']} ({base['clips']} clips, record sha256 {record_hash(base)[:16]})"
-            if 'dataset' in base else base.get('note', 'unknown data')))
+        lines.append(
+            'warm-started from a run trained on: '
+            + (
+                f'{base["dataset"]} ({base["clips"]} clips, record sha256 {record_hash(base)[:16]})'
+                if 'dataset' in base
+                else base.get('note', 'unknown data')
+            )
+        )
     if rec.get('earlier_records'):
-        lines.append(f"also trained on {len(rec['earlier_records'])} earlier version(s) of the "
-                     "data (the run resumed after its data changed): " + ', '.join(
-                         r['clip_ids_sha256'][:12] for r in rec['earlier_records']))
+        lines.append(
+            f'also trained on {len(rec["earlier_records"])} earlier version(s) of the '
+            'data (the run resumed after its data changed): '
+            + ', '.join(r['clip_ids_sha256'][:12] for r in rec['earlier_records'])
+        )
     lines.append(f'record sha256: {record_hash(rec)}')
     return '\n'.join(lines)

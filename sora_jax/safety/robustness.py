@@ -5,6 +5,7 @@ ships), so no downloaded data is needed.
 Every transform maps uint8 [T, H, W, 3] -> uint8 [T', H', W', 3]; re-encodes go through the
 same ffmpeg (imageio-ffmpeg's H.264, yuv420p) that io/video.py writes with.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ def reencode(frames: np.ndarray, crf: int, fps: float = 8.0) -> np.ndarray:
     import mediapy
 
     from sora_jax.io import video as video_io
+
     video_io._configure_ffmpeg()
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, 'clip.mp4')
@@ -29,7 +31,7 @@ def reencode(frames: np.ndarray, crf: int, fps: float = 8.0) -> np.ndarray:
 def _even(frames: np.ndarray) -> np.ndarray:
     """H.264 (yuv420p) needs even sizes: drop a last odd row / column."""
     t, h, w, _ = frames.shape
-    return frames[:, :h - h % 2, :w - w % 2]
+    return frames[:, : h - h % 2, : w - w % 2]
 
 
 def resize(frames: np.ndarray, factor: float) -> np.ndarray:
@@ -45,9 +47,9 @@ def crop(frames: np.ndarray, fraction: float = 0.1, where: str = 'center') -> np
     t, h, w, _ = frames.shape
     ch, cw = int(round(h * fraction)), int(round(w * fraction))
     if where == 'center':
-        return frames[:, ch // 2:h - (ch - ch // 2), cw // 2:w - (cw - cw // 2)]
+        return frames[:, ch // 2 : h - (ch - ch // 2), cw // 2 : w - (cw - cw // 2)]
     if where == 'corner':
-        return frames[:, :h - ch, :w - cw]
+        return frames[:, : h - ch, : w - cw]
     raise ValueError(f"where={where!r} must be 'center' or 'corner'.")
 
 
@@ -55,7 +57,7 @@ def middle_half(frames: np.ndarray) -> np.ndarray:
     """The middle half of the frames (a clip cut out of a longer video)."""
     t = frames.shape[0]
     a = t // 4
-    return frames[a:a + max(1, t // 2)]
+    return frames[a : a + max(1, t // 2)]
 
 
 def combination(frames: np.ndarray) -> np.ndarray:
@@ -80,9 +82,12 @@ def natural_image() -> np.ndarray:
     """A 512x512 colour photograph built from PyWavelets' bundled test images (the 'ascent',
     'camera' and 'aero' greyscale photos as R, G and B): natural textures, edges and flat areas."""
     import pywt.data
+
     chans = [pywt.data.ascent(), pywt.data.camera(), pywt.data.aero()]
-    chans = [np.asarray(Image.fromarray(np.asarray(c, np.float32)).resize((512, 512), Image.BILINEAR))
-             for c in chans]
+    chans = [
+        np.asarray(Image.fromarray(np.asarray(c, np.float32)).resize((512, 512), Image.BILINEAR))
+        for c in chans
+    ]
     img = np.stack(chans, -1)
     img = (img - img.min()) / (img.max() - img.min()) * 255
     return img.astype(np.uint8)
@@ -94,7 +99,7 @@ def natural_clip(index: int, num_frames: int = 16, size: int = 128) -> np.ndarra
     rng = np.random.default_rng(index)
     img = Image.fromarray(natural_image())
     W = img.size[0]
-    win0 = rng.uniform(160, 320)                     # window side in source pixels
+    win0 = rng.uniform(160, 320)  # window side in source pixels
     cx, cy = rng.uniform(win0 / 2 + 40, W - win0 / 2 - 40, 2)
     zoom = index % 3 == 2
     vx, vy = rng.uniform(-3, 3, 2) * (0 if zoom else 1)

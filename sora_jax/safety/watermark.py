@@ -59,6 +59,7 @@ detector first area-resamples frames larger than DETECT_SIZE = 64 px (longer sid
 (the band has 4.5 cycles at most), its grids read SEARCH_FRAMES = 8 evenly spaced frames and
 its phases are computed in float32: a 16-frame 128x128 clip takes about 1-2 s on one core.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,52 +72,54 @@ import pywt
 from PIL import Image
 from scipy import fft as sfft
 
-CANON = 64                  # canonical analysis grid (pixels)
-BAND = (1, 9)               # DCT indices u + v of the LL band (32 x 32) that carry bits
+CANON = 64  # canonical analysis grid (pixels)
+BAND = (1, 9)  # DCT indices u + v of the LL band (32 x 32) that carry bits
 N_PAYLOAD, N_CHECK = 32, 22
 N_BITS = N_PAYLOAD + N_CHECK  # 54 channel bits, one band coefficient each
-STEP = 120.0                # dither-modulation step of each bit's projection (LL-DCT units)
-GAINS = (1.0,)              # contrast gains the detector tries (see above)
-LIST_FLIPS = 4              # channel bits a flip pattern of the list decoder changes at most
-CANDIDATES, LIST = 2, 600   # crop hypotheses the list decoder tries (best fit first), patterns each
+STEP = 120.0  # dither-modulation step of each bit's projection (LL-DCT units)
+GAINS = (1.0,)  # contrast gains the detector tries (see above)
+LIST_FLIPS = 4  # channel bits a flip pattern of the list decoder changes at most
+CANDIDATES, LIST = 2, 600  # crop hypotheses the list decoder tries (best fit first), patterns each
 QUICK_TOP_K, QUICK_CANDIDATES, QUICK_LIST = 6, 4, 93  # the same, coarse grid alone (first)
-MAX_RMS = 2.5               # budget: RMS change per pixel and channel over a video, as written
-FRAME_OVER = 1.25           # a frame may take up to this x MAX_RMS (>= 38.2 dB; see embed)
+MAX_RMS = 2.5  # budget: RMS change per pixel and channel over a video, as written
+FRAME_OVER = 1.25  # a frame may take up to this x MAX_RMS (>= 38.2 dB; see embed)
 _FRAME_TOP = MAX_RMS * FRAME_OVER  # ... that is, this RMS
 # The change's direction in (R, G, B) per unit of luma: along the luma weights, the most luma per
 # unit of RGB squared error (1.157x the luma of an equal change to R, G and B at the same PSNR).
-_COLOR = np.array([0.299, 0.587, 0.114]) / (0.299 ** 2 + 0.587 ** 2 + 0.114 ** 2)
+_COLOR = np.array([0.299, 0.587, 0.114]) / (0.299**2 + 0.587**2 + 0.114**2)
 PASSES = 3
 KEY = b'sora_jax watermark v1'
 _CROPS = (1.0, 0.975, 0.95, 0.925, 0.9, 0.875)
-TOP_K = 24                  # crop hypotheses the detector refines ...
-SEPARATION = 0.01           # ... at least this far apart (coverage or offset, either axis)
-FINE = 0.0025               # step of the fine grid of one axis (coverage and offset)
-SEARCH_FRAMES = 8           # frames (evenly spaced) the grids read; refinement reads them all
-DETECT_SIZE = 64            # larger frames are area-resampled to this longer side to be read
+TOP_K = 24  # crop hypotheses the detector refines ...
+SEPARATION = 0.01  # ... at least this far apart (coverage or offset, either axis)
+FINE = 0.0025  # step of the fine grid of one axis (coverage and offset)
+SEARCH_FRAMES = 8  # frames (evenly spaced) the grids read; refinement reads them all
+DETECT_SIZE = 64  # larger frames are area-resampled to this longer side to be read
 UNIFORM_DITHER = False
-REFINE = 4                  # refinement range: +-REFINE steps of 0.25% in coverage and offset
-FRAME_ITERS = 3             # re-decisions of the frame weights (_frame_weights)
-WINDOW = 0.125              # margin left unmarked on each side, so crops up to 12.5% keep it all
+REFINE = 4  # refinement range: +-REFINE steps of 0.25% in coverage and offset
+FRAME_ITERS = 3  # re-decisions of the frame weights (_frame_weights)
+WINDOW = 0.125  # margin left unmarked on each side, so crops up to 12.5% keep it all
 
 
 @dataclasses.dataclass(frozen=True)
 class Detection:
-    found: bool                # a codeword was decoded at one of the crop hypotheses tried
-    model_id: int | None       # 16-bit model id (None when not found)
-    user_key: int | None       # 16-bit user key
-    bits: np.ndarray           # the 32 payload bits as read (hard decisions, before any flip)
-    confidence: float          # mean |soft decision| of the 54 bits (1 = every bit on its lattice)
-    score: float               # the search's fit score (the same statistic at the best hypothesis)
-    corrected: int             # channel bits flipped by the list decoder
-    crop: tuple                # (coverage y, offset y, coverage x, offset x, gain) found there
+    found: bool  # a codeword was decoded at one of the crop hypotheses tried
+    model_id: int | None  # 16-bit model id (None when not found)
+    user_key: int | None  # 16-bit user key
+    bits: np.ndarray  # the 32 payload bits as read (hard decisions, before any flip)
+    confidence: float  # mean |soft decision| of the 54 bits (1 = every bit on its lattice)
+    score: float  # the search's fit score (the same statistic at the best hypothesis)
+    corrected: int  # channel bits flipped by the list decoder
+    crop: tuple  # (coverage y, offset y, coverage x, offset x, gain) found there
 
     def summary(self) -> str:
         if not self.found:
-            return (f'no watermark found (reliability {self.confidence:.2f})')
-        return (f'watermark found: model id 0x{self.model_id:04x}, user key {self.user_key} '
-                f'(reliability {self.confidence:.2f}, '
-                f'{self.corrected} bits corrected)')
+            return f'no watermark found (reliability {self.confidence:.2f})'
+        return (
+            f'watermark found: model id 0x{self.model_id:04x}, user key {self.user_key} '
+            f'(reliability {self.confidence:.2f}, '
+            f'{self.corrected} bits corrected)'
+        )
 
 
 # ---------------------------------------------------------------- payload
@@ -132,8 +135,10 @@ def _code():
     2). A random linear code, so a word that is not a mark passes with probability 2^-N_CHECK; the
     offset c keeps an all-zero reading from passing."""
     rng = np.random.default_rng(int.from_bytes(hashlib.sha256(KEY + b'code').digest()[:8], 'big'))
-    return (rng.integers(0, 2, (N_PAYLOAD, N_CHECK)).astype(np.uint8),
-            rng.integers(0, 2, N_CHECK).astype(np.uint8))
+    return (
+        rng.integers(0, 2, (N_PAYLOAD, N_CHECK)).astype(np.uint8),
+        rng.integers(0, 2, N_CHECK).astype(np.uint8),
+    )
 
 
 def _check_bits(payload: np.ndarray) -> np.ndarray:
@@ -153,9 +158,11 @@ def _bits_int(bits) -> int:
 def payload_bits(model_id: int, user_key: int) -> np.ndarray:
     """The 32 payload bits: model id (16) then user key (16)."""
     for name, v in (('model_id', model_id), ('user_key', user_key)):
-        if not isinstance(v, (int, np.integer)) or not 0 <= v < 2 ** 16:
-            raise ValueError(f'{name}={v!r} must be an int in [0, 65535] (16 bits); derive a model '
-                             'id with watermark.model_id_from(checkpoint_hash).')
+        if not isinstance(v, (int, np.integer)) or not 0 <= v < 2**16:
+            raise ValueError(
+                f'{name}={v!r} must be an int in [0, 65535] (16 bits); derive a model '
+                'id with watermark.model_id_from(checkpoint_hash).'
+            )
     return np.concatenate([_int_bits(model_id, 16), _int_bits(user_key, 16)])
 
 
@@ -214,8 +221,8 @@ def _ll_dct_matrix() -> np.ndarray:
     """[32, 64]: one axis of `_analysis` (Haar LL: pairs summed / sqrt 2, then the orthonormal
     DCT-II), so the band of a [64, 64] grid X is (A X A^T) at the band indices."""
     haar = np.zeros((CANON // 2, CANON))
-    haar[np.arange(CANON // 2), 2 * np.arange(CANON // 2)] = 2 ** -0.5
-    haar[np.arange(CANON // 2), 2 * np.arange(CANON // 2) + 1] = 2 ** -0.5
+    haar[np.arange(CANON // 2), 2 * np.arange(CANON // 2)] = 2**-0.5
+    haar[np.arange(CANON // 2), 2 * np.arange(CANON // 2) + 1] = 2**-0.5
     return sfft.dct(np.eye(CANON // 2), axis=0, norm='ortho') @ haar
 
 
@@ -264,11 +271,15 @@ def _luma(frames: np.ndarray) -> np.ndarray:
 def _check_video(frames, name='frames') -> np.ndarray:
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not frames.shape[0]:
-        raise ValueError(f'{name} must be uint8 [T, H, W, 3] with T >= 1, got {frames.dtype} '
-                         f'{frames.shape}; convert float [-1, 1] frames with io.video.to_uint8.')
+        raise ValueError(
+            f'{name} must be uint8 [T, H, W, 3] with T >= 1, got {frames.dtype} '
+            f'{frames.shape}; convert float [-1, 1] frames with io.video.to_uint8.'
+        )
     if min(frames.shape[1:3]) < 32:
-        raise ValueError(f'{name} are {frames.shape[1]}x{frames.shape[2]}; the watermark needs '
-                         'frames of at least 32x32 (upscale first).')
+        raise ValueError(
+            f'{name} are {frames.shape[1]}x{frames.shape[2]}; the watermark needs '
+            'frames of at least 32x32 (upscale first).'
+        )
     return frames
 
 
@@ -303,8 +314,9 @@ def embed(frames, model_id: int, user_key: int = 0) -> np.ndarray:
     out = np.empty_like(frames)
     for i, (marked, _, peak) in enumerate(first):
         # A frame whose change never passed the cap is what embedding under the cap gives.
-        out[i] = (marked if peak <= cap or cap >= _FRAME_TOP
-                  else _embed_frame(frames[i], bits01, cap)[0])
+        out[i] = (
+            marked if peak <= cap or cap >= _FRAME_TOP else _embed_frame(frames[i], bits01, cap)[0]
+        )
     return out
 
 
@@ -312,11 +324,11 @@ def _frame_caps(need: np.ndarray) -> float:
     """The common cap c on each frame's RMS change (RGB, as written) such that the video's mean
     square change, mean(min(need, c)^2), is the budget MAX_RMS^2 (c at most FRAME_OVER x
     MAX_RMS), where need [T] is the RMS each frame's change took under that ceiling."""
-    if np.mean(need ** 2) <= MAX_RMS ** 2:
+    if np.mean(need**2) <= MAX_RMS**2:
         return _FRAME_TOP
     n = np.sort(need)
-    total = len(n) * MAX_RMS ** 2
-    below = 0.0                              # sum of squares of the frames kept under c
+    total = len(n) * MAX_RMS**2
+    below = 0.0  # sum of squares of the frames kept under c
     for k in range(len(n)):
         c = np.sqrt((total - below) / (len(n) - k))
         if c <= n[k]:
@@ -342,16 +354,16 @@ def _embed_frame(frame: np.ndarray, bits01: np.ndarray, cap: float):
         return cur, float(np.sqrt(np.mean((cur - base) ** 2)))
 
     res = np.zeros((h, w))
-    cur, rms, peak = base, 0.0, 0.0                      # (no change: the frame itself)
+    cur, rms, peak = base, 0.0, 0.0  # (no change: the frame itself)
     for _ in range(PASSES):
         proj = _projections(_analysis(_canon(_luma(cur))))
-        move = _quantize(proj, bits01) - proj            # [N_BITS], |move| <= STEP / 2
+        move = _quantize(proj, bits01) - proj  # [N_BITS], |move| <= STEP / 2
         if np.abs(move).max() < 0.05 * STEP:
             break
         res += _uncanon(_synthesis(signs * move[owner]), h, w)
         cur, rms = written(res)
         peak = max(peak, rms)
-        for _ in range(8):             # clipped pixels do not shrink with res: scale until under
+        for _ in range(8):  # clipped pixels do not shrink with res: scale until under
             if rms <= cap * 1.001:
                 break
             res *= cap / rms
@@ -373,12 +385,12 @@ def _axis_matrices(n: int, hyps=None):
     """[H, K, n]: the first K = BAND[1] + 1 rows of the LL-DCT axis (`_ll_dct_matrix`; the band
     needs no more) of the box matrix reading the marked window under each hypothesis of an axis."""
     mats = []
-    for c, o in (_hypotheses(n) if hyps is None else hyps):
-        full = n / c                              # the marked frame's size in observed pixels
+    for c, o in _hypotheses(n) if hyps is None else hyps:
+        full = n / c  # the marked frame's size in observed pixels
         a = int(round(full * WINDOW))
         lo, hi = a - o * full, full - a - o * full
         lo, hi = max(lo, 0.0), min(hi, float(n))  # (clamped: the window is inside by design)
-        mats.append(_ll_dct_matrix()[:BAND[1] + 1] @ _box_matrix(CANON, n, lo, hi))
+        mats.append(_ll_dct_matrix()[: BAND[1] + 1] @ _box_matrix(CANON, n, lo, hi))
     return np.stack(mats)
 
 
@@ -395,11 +407,11 @@ def _band_projection() -> np.ndarray:
 def _phases(luma: np.ndarray, my: np.ndarray, mx: np.ndarray) -> np.ndarray:
     """Per-frame soft bits of every (gain, y hypothesis, x hypothesis): [G, T, Hy, Hx, N_BITS] in
     [-1, 1], + = bit 0 (the cosine of each projection's phase on its bit's lattice)."""
-    luma, my, mx = (np.asarray(a, np.float32) for a in (luma, my, mx))   # (ample: STEP = 100)
-    half = np.einsum('thw,bkw->tbhk', luma, mx, optimize=True)    # [T, Hx, H, K]
+    luma, my, mx = (np.asarray(a, np.float32) for a in (luma, my, mx))  # (ample: STEP = 100)
+    half = np.einsum('thw,bkw->tbhk', luma, mx, optimize=True)  # [T, Hx, H, K]
     t, hx, h, k = half.shape
-    d = my.reshape(-1, h) @ np.moveaxis(half, 2, 0).reshape(h, -1)   # [Hy K, T Hx K] LL-DCT rows
-    d = np.moveaxis(d.reshape(-1, k, t, hx, k), 2, 0)               # [T, Hy, K, Hx, K]
+    d = my.reshape(-1, h) @ np.moveaxis(half, 2, 0).reshape(h, -1)  # [Hy K, T Hx K] LL-DCT rows
+    d = np.moveaxis(d.reshape(-1, k, t, hx, k), 2, 0)  # [T, Hy, K, Hx, K]
     d = np.ascontiguousarray(np.swapaxes(d, 2, 3)).reshape(t, -1, hx, k * k)
     proj = d @ _band_projection().reshape(k * k, N_BITS).astype(np.float32)  # [T, Hy, Hx, NB]
     gains = np.asarray(GAINS, np.float32)[:, None, None, None, None]
@@ -414,7 +426,7 @@ def _fit(luma: np.ndarray, my: np.ndarray, mx: np.ndarray, frame_w: np.ndarray |
     phase = _phases(luma, my, mx)
     w = np.full(phase.shape[1], 1.0) if frame_w is None else np.asarray(frame_w, np.float64)
     soft = np.einsum('gtabn,t->gabn', phase, w / w.sum())
-    score = np.abs(soft).mean(-1)       # every bit close to one of its two lattices
+    score = np.abs(soft).mean(-1)  # every bit close to one of its two lattices
     return soft, score
 
 
@@ -428,7 +440,7 @@ def _frame_weights(phase: np.ndarray) -> np.ndarray:
     kappa = np.ones(phase.shape[0])
     for _ in range(FRAME_ITERS):
         rho = np.clip((phase * np.sign(soft)).mean(-1), 0.05, 0.95)
-        kappa = rho * (2 - rho ** 2) / (1 - rho ** 2)
+        kappa = rho * (2 - rho**2) / (1 - rho**2)
         soft = kappa @ phase / kappa.sum()
     return kappa
 
@@ -441,19 +453,30 @@ def _refine(luma: np.ndarray, start, frame_w: np.ndarray | None = None):
     fine = np.arange(-REFINE, REFINE + 1) * 0.0025
     for axis in (0, 1, 0, 1):
         (c0, o0) = best[3 + axis]
-        local = [(min(1.0, c0 + dc), o0 + do) for dc in fine for do in fine
-                 if 0.8 <= c0 + dc <= 1.0 and 0 <= o0 + do <= 1 - min(1.0, c0 + dc) + 1e-9]
+        local = [
+            (min(1.0, c0 + dc), o0 + do)
+            for dc in fine
+            for do in fine
+            if 0.8 <= c0 + dc <= 1.0 and 0 <= o0 + do <= 1 - min(1.0, c0 + dc) + 1e-9
+        ]
         if axis == 0:
-            soft, score = _fit(luma, _axis_matrices(h, local), _axis_matrices(w, [best[4]]),
-                               frame_w)
+            soft, score = _fit(
+                luma, _axis_matrices(h, local), _axis_matrices(w, [best[4]]), frame_w
+            )
         else:
-            soft, score = _fit(luma, _axis_matrices(h, [best[3]]), _axis_matrices(w, local),
-                               frame_w)
+            soft, score = _fit(
+                luma, _axis_matrices(h, [best[3]]), _axis_matrices(w, local), frame_w
+            )
         g, a, b = np.unravel_index(np.argmax(score), score.shape)
         if score[g, a, b] > best[0]:
             hyp = local[a if axis == 0 else b]
-            best = (float(score[g, a, b]), soft[g, a, b], GAINS[g],
-                    hyp if axis == 0 else best[3], best[4] if axis == 0 else hyp)
+            best = (
+                float(score[g, a, b]),
+                soft[g, a, b],
+                GAINS[g],
+                hyp if axis == 0 else best[3],
+                best[4] if axis == 0 else hyp,
+            )
     return best
 
 
@@ -476,7 +499,7 @@ def _fit_chunked(luma, my, mx):
     """`_fit` over many x hypotheses, a chunk at a time (about 20M values of the largest
     intermediate, [T, chunk, H, K], so long videos fit in memory)."""
     chunk = max(1, int(2e7 // (luma.shape[0] * luma.shape[1] * my.shape[1])))
-    parts = [_fit(luma, my, mx[i:i + chunk]) for i in range(0, len(mx), chunk)]
+    parts = [_fit(luma, my, mx[i : i + chunk]) for i in range(0, len(mx), chunk)]
     return np.concatenate([p[0] for p in parts], 2), np.concatenate([p[1] for p in parts], 2)
 
 
@@ -492,19 +515,22 @@ def _search(luma: np.ndarray, fine: bool = True, top_k: int = TOP_K) -> list:
     axis = {(h, 'coarse'): _axis_matrices(h), (w, 'coarse'): _axis_matrices(w)}
     if fine:
         axis.update({(h, 'fine'): _fine_axis_matrices(h), (w, 'fine'): _fine_axis_matrices(w)})
-    entries = []                                         # (score, g, hyp_y, hyp_x, soft)
+    entries = []  # (score, g, hyp_y, hyp_x, soft)
     keep = np.unique(np.linspace(0, len(luma) - 1, min(len(luma), SEARCH_FRAMES)).round())
-    sub = luma[keep.astype(int)]                         # the grids read SEARCH_FRAMES frames
-    passes = (((coarse_y, fine_h, 'coarse', 'fine'), (fine_h, coarse_x, 'fine', 'coarse')) if fine
-              else ((coarse_y, coarse_x, 'coarse', 'coarse'),))
+    sub = luma[keep.astype(int)]  # the grids read SEARCH_FRAMES frames
+    passes = (
+        ((coarse_y, fine_h, 'coarse', 'fine'), (fine_h, coarse_x, 'fine', 'coarse'))
+        if fine
+        else ((coarse_y, coarse_x, 'coarse', 'coarse'),)
+    )
     for ys, xs, ky, kx in passes:
         if len(xs) >= len(ys):
             soft, score = _fit_chunked(sub, axis[h, ky], axis[w, kx])
-        else:                                            # the same, transposed
+        else:  # the same, transposed
             soft, score = _fit_chunked(np.swapaxes(sub, 1, 2), axis[w, kx], axis[h, ky])
             soft, score = np.swapaxes(soft, 1, 2), np.swapaxes(score, 1, 2)
         per_geom = score.max(0)
-        for flat in np.argsort(per_geom.ravel())[::-1][:top_k * 64]:
+        for flat in np.argsort(per_geom.ravel())[::-1][: top_k * 64]:
             a, b = np.unravel_index(flat, per_geom.shape)
             g = int(np.argmax(score[:, a, b]))
             entries.append((float(score[g, a, b]), g, ys[a], xs[b], soft[g, a, b]))
@@ -515,7 +541,7 @@ def _search(luma: np.ndarray, fine: bool = True, top_k: int = TOP_K) -> list:
             break
         geom = np.array([*hyp_y, *hyp_x])
         if len(starts) and (np.abs(starts - geom).max(1) < SEPARATION).any():
-            continue                    # a neighbour of a better start: refines to the same place
+            continue  # a neighbour of a better start: refines to the same place
         starts = np.vstack([starts, geom])
         start = (sc, soft_ab, GAINS[g], hyp_y, hyp_x)
         out.append(_refine(luma, _rescored(luma, start, None) if len(sub) < len(luma) else start))
@@ -551,15 +577,16 @@ def detect(frames) -> Detection:
     hypotheses (LIST patterns each). An unmarked video runs both: QUICK_CANDIDATES x QUICK_LIST +
     CANDIDATES x LIST = 1572 chances in 2^22 of a false codeword (0.037%)."""
     frames = _check_video(frames)
-    luma = _luma(frames)                                    # [T, H, W]
+    luma = _luma(frames)  # [T, H, W]
     h, w = luma.shape[1:]
-    if max(h, w) > DETECT_SIZE:          # the band is 4.5 cycles at most: area-resample it down
+    if max(h, w) > DETECT_SIZE:  # the band is 4.5 cycles at most: area-resample it down
         scale = DETECT_SIZE / max(h, w)
         hs, ws = max(32, round(h * scale)), max(32, round(w * scale))
         luma = _box_matrix(hs, h) @ luma @ _box_matrix(ws, w).T
     # Most transforms leave the mark strong enough for the coarse grid: try it first (cheap).
-    hit = _decode_first(luma, _candidates(luma, fine=False, top_k=QUICK_TOP_K), QUICK_CANDIDATES,
-                        QUICK_LIST)
+    hit = _decode_first(
+        luma, _candidates(luma, fine=False, top_k=QUICK_TOP_K), QUICK_CANDIDATES, QUICK_LIST
+    )
     if hit is None:
         cands = _candidates(luma, fine=True, top_k=TOP_K)
         hit = _decode_first(luma, cands, CANDIDATES, LIST)
@@ -568,15 +595,19 @@ def detect(frames) -> Detection:
     else:
         best, s_best, fixed, flips = cands[0], _soft_at(luma, cands[0]), None, 0
     sc, _, gain, (cy, oy), (cx, ox) = best
-    hard = (s_best < 0).astype(np.uint8)                     # payload + check bits
+    hard = (s_best < 0).astype(np.uint8)  # payload + check bits
     found = fixed is not None
     payload = fixed[:N_PAYLOAD] if found else None
-    return Detection(found=found,
-                     model_id=_bits_int(payload[:16]) if found else None,
-                     user_key=_bits_int(payload[16:]) if found else None,
-                     bits=hard[:N_PAYLOAD], confidence=float(np.mean(np.abs(s_best))), score=sc,
-                     corrected=flips,
-                     crop=tuple(round(float(x), 4) for x in (cy, oy, cx, ox, gain)))
+    return Detection(
+        found=found,
+        model_id=_bits_int(payload[:16]) if found else None,
+        user_key=_bits_int(payload[16:]) if found else None,
+        bits=hard[:N_PAYLOAD],
+        confidence=float(np.mean(np.abs(s_best))),
+        score=sc,
+        corrected=flips,
+        crop=tuple(round(float(x), 4) for x in (cy, oy, cx, ox, gain)),
+    )
 
 
 def _candidates(luma: np.ndarray, fine: bool, top_k: int) -> list:
@@ -585,10 +616,9 @@ def _candidates(luma: np.ndarray, fine: bool, top_k: int) -> list:
     fixed during a search: re-weighting each hypothesis lets noise win it)."""
     first = _search(luma, fine=fine, top_k=top_k)
     fw = _weights_at(luma, first[0])
-    second = sorted((_refine(luma, _rescored(luma, c, fw), fw) for c in first),
-                    key=lambda c: -c[0])
+    second = sorted((_refine(luma, _rescored(luma, c, fw), fw) for c in first), key=lambda c: -c[0])
     cands, seen = [], set()
-    for c in second + first:      # distinct crops only (refinements often meet at one point)
+    for c in second + first:  # distinct crops only (refinements often meet at one point)
         key = tuple(int(round(float(x) / (FINE / 2))) for x in (*c[3], *c[4]))
         if key not in seen:
             seen.add(key)
@@ -654,6 +684,7 @@ def _list_decode(hard: np.ndarray, reliability: np.ndarray, size: int = LIST):
 def detect_file(path) -> Detection:
     """Reads a video (or image) file and detects the mark."""
     from sora_jax.io import video as video_io
+
     path = str(path)
     if path.lower().endswith(('.png', '.jpg', '.jpeg', '.webp')):
         return detect(np.asarray(Image.open(path).convert('RGB'))[None])
@@ -663,4 +694,4 @@ def detect_file(path) -> Detection:
 def psnr(a, b) -> float:
     """PSNR (dB) between two uint8 videos."""
     mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return float('inf') if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+    return float('inf') if mse == 0 else float(10 * np.log10(255.0**2 / mse))

@@ -17,6 +17,7 @@ writes the summary and exits without starting more runs.
 [i K, (i + 1) K) through `visible_devices_env` (CUDA_VISIBLE_DEVICES on GPUs), so runs use
 disjoint devices. On CPU the N processes share the host's cores.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,15 +55,23 @@ def command(config_arg: str, run: Run, extra_args=()) -> list[str]:
     """The train command of one run (absolute config path: it runs from the repository root)."""
     path, sep, arg = config_arg.partition(':')
     cfg = str(Path(path).resolve()) + (sep + arg if sep else '')
-    return [sys.executable, str(REPO / 'experiments' / 'train.py'), f'--config={cfg}',
-            f'--workdir={run.workdir}', *extra_args,
-            *(f'--config.{k}={spec.flag_value(v)}' for k, v in run.overrides.items())]
+    return [
+        sys.executable,
+        str(REPO / 'experiments' / 'train.py'),
+        f'--config={cfg}',
+        f'--workdir={run.workdir}',
+        *extra_args,
+        *(f'--config.{k}={spec.flag_value(v)}' for k, v in run.overrides.items()),
+    ]
 
 
 def read_status(workdir) -> dict[str, Any]:
     f = Path(workdir) / STATUS_FILE
-    return json.loads(f.read_text()) if f.exists() else {'status': 'pending', 'attempts': 0,
-                                                         'wall_s': 0.0}
+    return (
+        json.loads(f.read_text())
+        if f.exists()
+        else {'status': 'pending', 'attempts': 0, 'wall_s': 0.0}
+    )
 
 
 def _write_status(run: Run, **fields) -> dict[str, Any]:
@@ -78,7 +87,7 @@ def _final_metrics(log_text: str) -> dict[str, float]:
     for line in reversed(log_text.splitlines()):
         if line.startswith('final '):
             out = {}
-            for kv in line[len('final '):].split():
+            for kv in line[len('final ') :].split():
                 k, _, v = kv.partition('=')
                 try:
                     out[k] = float(v)
@@ -94,9 +103,17 @@ def _error_line(log_text: str) -> str:
 
 
 class Runner:
-    def __init__(self, config_arg: str, runs: list[Run], *, parallel: int = 1,
-                 devices_per_run: int = 0, visible_devices_env: str = 'CUDA_VISIBLE_DEVICES',
-                 env: dict | None = None, extra_args=()):
+    def __init__(
+        self,
+        config_arg: str,
+        runs: list[Run],
+        *,
+        parallel: int = 1,
+        devices_per_run: int = 0,
+        visible_devices_env: str = 'CUDA_VISIBLE_DEVICES',
+        env: dict | None = None,
+        extra_args=(),
+    ):
         if parallel < 1:
             raise ValueError(f'--parallel={parallel} must be >= 1.')
         self.config_arg, self.runs, self.parallel = config_arg, runs, parallel
@@ -107,8 +124,9 @@ class Runner:
         self._active: list[tuple[subprocess.Popen, Run, int, float, int]] = []
 
     def _on_sigterm(self, signum, frame):
-        logging.warning('SIGTERM: forwarding to %d running runs; no new runs start.',
-                        len(self._active))
+        logging.warning(
+            'SIGTERM: forwarding to %d running runs; no new runs start.', len(self._active)
+        )
         self.stop_requested = True
         for proc, *_ in self._active:
             if proc.poll() is None:
@@ -125,9 +143,16 @@ class Runner:
         st = read_status(run.workdir)
         _write_status(run, status='running', attempts=st['attempts'] + 1)
         with open(log, 'a') as f:
-            f.write(f'\n# sweep attempt {st["attempts"] + 1}: {" ".join(command(self.config_arg, run, self.extra_args))}\n')
-            proc = subprocess.Popen(command(self.config_arg, run, self.extra_args), cwd=REPO,
-                                    env=env, stdout=f, stderr=subprocess.STDOUT)
+            f.write(
+                f'\n# sweep attempt {st["attempts"] + 1}: {" ".join(command(self.config_arg, run, self.extra_args))}\n'
+            )
+            proc = subprocess.Popen(
+                command(self.config_arg, run, self.extra_args),
+                cwd=REPO,
+                env=env,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+            )
         logging.info('started %s (slot %d, pid %d)', run.name, slot, proc.pid)
         self._active.append((proc, run, slot, time.time(), offset))
 
@@ -143,12 +168,21 @@ class Runner:
         else:
             status = 'failed'
         st = read_status(run.workdir)
-        st = _write_status(run, status=status, returncode=proc.returncode,
-                           wall_s=st.get('wall_s', 0.0) + time.time() - t0,
-                           step=final.get('step'), error=_error_line(text) if status == 'failed'
-                           else '')
-        logging.log(logging.WARNING if status == 'failed' else logging.INFO, '%s: %s%s', run.name,
-                    status, f' ({st["error"]})' if st['error'] else '')
+        st = _write_status(
+            run,
+            status=status,
+            returncode=proc.returncode,
+            wall_s=st.get('wall_s', 0.0) + time.time() - t0,
+            step=final.get('step'),
+            error=_error_line(text) if status == 'failed' else '',
+        )
+        logging.log(
+            logging.WARNING if status == 'failed' else logging.INFO,
+            '%s: %s%s',
+            run.name,
+            status,
+            f' ({st["error"]})' if st['error'] else '',
+        )
         print(f'{run.name}: {status}', flush=True)
         return st
 

@@ -10,6 +10,7 @@
 that vary across the sweep (the last part of the key unless two keys share it), prefixed with
 its index so the runs sort in sweep order: '00_learning_rate=0.001,dim=32,ffn_dim=64'.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -25,7 +26,9 @@ Overrides = dict[str, Any]
 def sweep(key: str, values: Sequence[Any]) -> list[Overrides]:
     """One key over values: [{key: v} for v in values]."""
     if not isinstance(key, str) or not key:
-        raise ValueError(f'sweep key {key!r} must be a dotted config key, e.g. train.learning_rate.')
+        raise ValueError(
+            f'sweep key {key!r} must be a dotted config key, e.g. train.learning_rate.'
+        )
     return [{key: v} for v in values]
 
 
@@ -62,11 +65,14 @@ def _fmt(v: Any) -> str:
 
 def run_names(overrides: list[Overrides]) -> list[str]:
     """'<index>_<key>=<value>,...' per run, unique and safe as a directory name."""
-    keys = [k for o in overrides for k in o
-            if len({repr(p.get(k, '<unset>')) for p in overrides}) > 1]  # keys that vary
+    keys = [
+        k for o in overrides for k in o if len({repr(p.get(k, '<unset>')) for p in overrides}) > 1
+    ]  # keys that vary
     leaves = [k.split('.')[-1] for k in dict.fromkeys(keys)]
-    short = {k: (k.split('.')[-1] if leaves.count(k.split('.')[-1]) == 1 else k)
-             for k in dict.fromkeys(keys)}
+    short = {
+        k: (k.split('.')[-1] if leaves.count(k.split('.')[-1]) == 1 else k)
+        for k in dict.fromkeys(keys)
+    }
     width = max(2, len(str(len(overrides) - 1)))
     names = []
     for i, o in enumerate(overrides):
@@ -101,6 +107,7 @@ def parse_sets(sets: Sequence[str]) -> Overrides:
     """['train.num_steps=8', ...] -> {'train.num_steps': 8} (values as Python literals when
     they parse as one, else strings)."""
     import ast
+
     out: Overrides = {}
     for s in sets:
         key, eq, value = s.partition('=')
@@ -113,16 +120,19 @@ def parse_sets(sets: Sequence[str]) -> Overrides:
     return out
 
 
-def expand(config_arg: str, sweep_arg: str | None,
-           common: Overrides | None = None) -> tuple[Any, list[Overrides]]:
+def expand(
+    config_arg: str, sweep_arg: str | None, common: Overrides | None = None
+) -> tuple[Any, list[Overrides]]:
     """(base config, overrides per run) of get_config(ARG) / get_sweep(sweep_arg) in the config
     file, each run's overrides followed by `common` (the same for every run, so not in the run
     names); every key must exist in the config (ValueError naming it)."""
     module, arg = load_config_module(config_arg)
     config = module.get_config(arg) if arg is not None else module.get_config()
     if not hasattr(module, 'get_sweep'):
-        raise ValueError(f'{config_arg.partition(":")[0]} has no get_sweep(arg); define one beside '
-                         'get_config returning a list of override dicts.')
+        raise ValueError(
+            f'{config_arg.partition(":")[0]} has no get_sweep(arg); define one beside '
+            'get_config returning a list of override dicts.'
+        )
     runs = module.get_sweep(sweep_arg) if sweep_arg is not None else module.get_sweep()
     if not runs:
         raise ValueError(f'get_sweep({sweep_arg!r}) returned no runs.')
@@ -132,7 +142,9 @@ def expand(config_arg: str, sweep_arg: str | None,
             node = config
             for part in k.split('.'):
                 if not hasattr(node, 'keys') or part not in node:
-                    raise ValueError(f'swept key {k!r} is not in the config {config_arg}; check '
-                                     'its spelling (e.g. train.learning_rate).')
+                    raise ValueError(
+                        f'swept key {k!r} is not in the config {config_arg}; check '
+                        'its spelling (e.g. train.learning_rate).'
+                    )
                 node = node[part]
     return config, runs

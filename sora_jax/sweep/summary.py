@@ -6,6 +6,7 @@ Figures come from each run's `metrics.jsonl` (train/tracking.py): the last logge
 `eval/loss` and `judge/*`; steps/s is the median of the logged intervals after the first (the
 first holds the compile).
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,8 +19,15 @@ import numpy as np
 from sora_jax.sweep.runner import Run, read_status
 from sora_jax.train.tracking import read_metrics
 
-METRICS = ('train_loss', 'eval_loss', 'judge/color', 'judge/shape', 'judge/motion', 'judge/all',
-           'steps_per_sec')
+METRICS = (
+    'train_loss',
+    'eval_loss',
+    'judge/color',
+    'judge/shape',
+    'judge/motion',
+    'judge/all',
+    'steps_per_sec',
+)
 
 
 def _last(lines, key):
@@ -31,9 +39,14 @@ def row(run: Run) -> dict[str, Any]:
     st = read_status(run.workdir)
     lines = read_metrics(run.workdir)
     sps = [m['steps_per_sec'] for m in lines if 'steps_per_sec' in m]
-    r = {'name': run.name, 'status': st['status'], **run.overrides,
-         'step': _last(lines, 'step') if lines else None,
-         'train_loss': _last(lines, 'loss'), 'eval_loss': _last(lines, 'eval/loss')}
+    r = {
+        'name': run.name,
+        'status': st['status'],
+        **run.overrides,
+        'step': _last(lines, 'step') if lines else None,
+        'train_loss': _last(lines, 'loss'),
+        'eval_loss': _last(lines, 'eval/loss'),
+    }
     for k in ('judge/color', 'judge/shape', 'judge/motion', 'judge/all'):
         r[k] = _last(lines, k)
     r['steps_per_sec'] = float(np.median(sps[1:] if len(sps) > 1 else sps)) if sps else None
@@ -78,9 +91,12 @@ def write(sweep_dir, runs: list[Run]) -> list[dict[str, Any]]:
 def _hparams(sweep_dir: Path, runs: list[Run], table: list[dict]) -> None:
     from tensorboardX import SummaryWriter
     from tensorboardX.summary import hparams
+
     for run, r in zip(runs, table):
-        hp = {k: (v if isinstance(v, (int, float, str, bool)) else repr(v))
-              for k, v in run.overrides.items()}
+        hp = {
+            k: (v if isinstance(v, (int, float, str, bool)) else repr(v))
+            for k, v in run.overrides.items()
+        }
         hp['status'] = r['status']
         metrics = {f'final/{k}': r[k] for k in METRICS if r.get(k) is not None}
         d = sweep_dir / 'hparams' / run.name

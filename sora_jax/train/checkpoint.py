@@ -8,6 +8,7 @@ that restores wrong: `latest_step()` never sees a temporary directory. Such left
 reported with a warning when a manager opens, and removed by the training manager
 (`cleanup_tmp=True`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,25 +39,44 @@ class _DelayedJsonHandler(ocp.JsonCheckpointHandler):
         await super()._save_fn(x, directory)
 
 
-def manager(directory: str | os.PathLike, *, keep: int = 2, create: bool = True,
-            async_save: bool = True, cleanup_tmp: bool = False,
-            save_delay_s: float = 0.0) -> ocp.CheckpointManager:
+def manager(
+    directory: str | os.PathLike,
+    *,
+    keep: int = 2,
+    create: bool = True,
+    async_save: bool = True,
+    cleanup_tmp: bool = False,
+    save_delay_s: float = 0.0,
+) -> ocp.CheckpointManager:
     """Orbax manager with items state/data/config. `cleanup_tmp` removes unfinished saves (after
     warning about them); `save_delay_s` > 0 is a test hook (see `_DelayedJsonHandler`)."""
     directory = epath.Path(directory).absolute()
     ckpt_io.warn_unfinished(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
-                                           enable_async_checkpointing=async_save,
-                                           cleanup_tmp_directories=cleanup_tmp and create)
-    handlers = {'state': ocp.StandardCheckpointHandler(),
-                'data': grain.checkpoint.CheckpointHandler(),
-                'config': (_DelayedJsonHandler(save_delay_s) if save_delay_s > 0
-                           else ocp.JsonCheckpointHandler())}
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        create=create,
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=cleanup_tmp and create,
+    )
+    handlers = {
+        'state': ocp.StandardCheckpointHandler(),
+        'data': grain.checkpoint.CheckpointHandler(),
+        'config': (
+            _DelayedJsonHandler(save_delay_s) if save_delay_s > 0 else ocp.JsonCheckpointHandler()
+        ),
+    }
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter=None, config=None,
-         *, force: bool = False) -> bool:
+def save(
+    mngr: ocp.CheckpointManager,
+    step: int,
+    state: Any,
+    data_iter=None,
+    config=None,
+    *,
+    force: bool = False,
+) -> bool:
     items = {'state': ocp.args.StandardSave(state)}
     if data_iter is not None:
         items['data'] = grain.checkpoint.CheckpointSave(data_iter)
@@ -65,8 +85,9 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter=None, con
     return mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
-def restore_state(mngr: ocp.CheckpointManager, abstract_state: Any, data_iter=None,
-                  step: int | None = None):
+def restore_state(
+    mngr: ocp.CheckpointManager, abstract_state: Any, data_iter=None, step: int | None = None
+):
     """Restores into `abstract_state`'s structure/shardings; the iterator is restored in place."""
     step = mngr.latest_step() if step is None else step
     items = {'state': ocp.args.StandardRestore(abstract_state)}
@@ -85,4 +106,5 @@ class _QuietOrbax:
 
 def quiet_orbax_logs() -> None:
     import logging as pylogging
+
     pylogging.getLogger('absl').addFilter(_QuietOrbax())

@@ -24,6 +24,7 @@ loss), `train.debug_sleep_per_step` (seconds, to let a test signal a run mid-way
 `train.debug_nan_from_step` (feed NaN inputs from this 1-based step on),
 `train.debug_save_delay_s` (stall each checkpoint commit, to let a test kill a save).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -61,8 +62,10 @@ def objective_module(config):
     try:
         return importlib.import_module(f'sora_jax.train.objectives.{config.objective}')
     except ModuleNotFoundError as e:
-        raise ValueError(f'config.objective={config.objective!r} has no module '
-                         f'sora_jax/train/objectives/{config.objective}.py.') from e
+        raise ValueError(
+            f'config.objective={config.objective!r} has no module '
+            f'sora_jax/train/objectives/{config.objective}.py.'
+        ) from e
 
 
 def _init_fn(config, objective, tx):
@@ -73,6 +76,7 @@ def _init_fn(config, objective, tx):
             adapters, base = lora_train.split(model, config)
             return state_lib.create(adapters, tx, k_state, frozen=base)
         return state_lib.create(nnx.state(model, nnx.Param), tx, k_state)
+
     return init_fn
 
 
@@ -91,7 +95,8 @@ def init_state(config, mesh, rules, objective):
     graphdef, _, shardings, tx, schedule = abstract_state(config, mesh, rules, objective)
     with jax.set_mesh(mesh):
         state = jax.jit(_init_fn(config, objective, tx), out_shardings=shardings)(
-            jax.random.key(config.seed))
+            jax.random.key(config.seed)
+        )
     return graphdef, state, shardings, tx, schedule
 
 
@@ -103,23 +108,34 @@ def warm_start(state, source: str, *, ema: bool = True, adapt=None):
     zero: this is fine-tuning, not resume. `adapt(params) -> params` (the objective's
     `adapt_warm_start`) edits the loaded params, e.g. inflating an image VAE to video."""
     directory = ckpt_io.checkpoint_dir(source)
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
-                            state.params)
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state.params
+    )
     try:
         loaded, step = ckpt_io.restore_params(directory, abstract, ema=ema, missing_ok=True)
     except ValueError as e:  # shape mismatch, or no checkpoint
-        raise ValueError(f'train.init_from={source!r}: cannot load its params into this model '
-                         f'({e}); the model config must match the source run.') from e
+        raise ValueError(
+            f'train.init_from={source!r}: cannot load its params into this model '
+            f'({e}); the model config must match the source run.'
+        ) from e
     fresh = jax.tree_util.tree_leaves_with_path(state.params)
-    new = [jax.tree_util.keystr(p) for (p, _), v in zip(fresh, jax.tree.leaves(
-        loaded, is_leaf=lambda x: x is None)) if v is None]
-    params = jax.tree.map(lambda v, f: f if v is None else v, loaded, state.params,
-                          is_leaf=lambda x: x is None)
+    new = [
+        jax.tree_util.keystr(p)
+        for (p, _), v in zip(fresh, jax.tree.leaves(loaded, is_leaf=lambda x: x is None))
+        if v is None
+    ]
+    params = jax.tree.map(
+        lambda v, f: f if v is None else v, loaded, state.params, is_leaf=lambda x: x is None
+    )
     if adapt is not None:
         params = adapt(params)
-    logging.info('Warm start: params and EMA from the %s params of step %d of %s%s',
-                 'EMA' if ema else 'raw', step, source,
-                 f'; {len(new)} new parameters keep their init: {new}' if new else '')
+    logging.info(
+        'Warm start: params and EMA from the %s params of step %d of %s%s',
+        'EMA' if ema else 'raw',
+        step,
+        source,
+        f'; {len(new)} new parameters keep their init: {new}' if new else '',
+    )
     return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
 
 
@@ -182,54 +198,79 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
     root.mkdir(parents=True, exist_ok=True)
     n_proc = jax.process_count()
     if t.batch_size % n_proc:
-        raise ValueError(f'train.batch_size={t.batch_size} is not divisible by the '
-                         f'{n_proc} processes; use a multiple of {n_proc}.')
+        raise ValueError(
+            f'train.batch_size={t.batch_size} is not divisible by the '
+            f'{n_proc} processes; use a multiple of {n_proc}.'
+        )
     sources = sources_lib.make_sources(config)
     data_record.write_for_run(workdir, data_record.for_config(config, sources))
     skipped = sources_lib.skipped_files(sources)
     if any(skipped.values()):
-        logging.warning('data: %d files skipped at build time %s: %s', _count(skipped),
-                        {k: len(v) for k, v in skipped.items()},
-                        {k: v for k, v in skipped.items() if v})
-    ds = sources_lib.make_data(config, 'train', batch_size=t.batch_size // n_proc, shuffle=True,
-                               sources=sources)
+        logging.warning(
+            'data: %d files skipped at build time %s: %s',
+            _count(skipped),
+            {k: len(v) for k, v in skipped.items()},
+            {k: v for k, v in skipped.items() if v},
+        )
+    ds = sources_lib.make_data(
+        config, 'train', batch_size=t.batch_size // n_proc, shuffle=True, sources=sources
+    )
     data_iter = iter(ds)
 
     graphdef, state, shardings, tx, schedule = init_state(config, mesh, rules, objective)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    logging.info('model: %s trainable parameters%s; mesh %s', f'{n_params:,}',
-                 '' if state.frozen is None else
-                 f' (LoRA; {sum(x.size for x in jax.tree.leaves(state.frozen)):,} frozen)',
-                 dict(mesh.shape))
+    logging.info(
+        'model: %s trainable parameters%s; mesh %s',
+        f'{n_params:,}',
+        ''
+        if state.frozen is None
+        else f' (LoRA; {sum(x.size for x in jax.tree.leaves(state.frozen)):,} frozen)',
+        dict(mesh.shape),
+    )
     use_lora, save_config = state.frozen is not None, config
 
-    mngr = ckpt.manager(root / 'checkpoints', keep=t.keep_checkpoints,
-                        cleanup_tmp=True, save_delay_s=float(t.get('debug_save_delay_s', 0.0)))
+    mngr = ckpt.manager(
+        root / 'checkpoints',
+        keep=t.keep_checkpoints,
+        cleanup_tmp=True,
+        save_delay_s=float(t.get('debug_save_delay_s', 0.0)),
+    )
     if mngr.latest_step() is not None:
-        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
-                                state.replace(frozen=None))  # LoRA checkpoints hold no base
+        abstract = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+            state.replace(frozen=None),
+        )  # LoRA checkpoints hold no base
         restored, step0 = ckpt.restore_state(mngr, abstract, data_iter)
         state = restored.replace(frozen=state.frozen)
         logging.info('Resumed from step %d in %s', step0, workdir)
     elif t.get('init_from', '') and not use_lora:
         adapt = getattr(objective, 'adapt_warm_start', None)
-        state = warm_start(state, t.init_from, ema=bool(t.get('init_from_ema', True)),
-                           adapt=None if adapt is None else (lambda p: adapt(p, config)))
+        state = warm_start(
+            state,
+            t.init_from,
+            ema=bool(t.get('init_from_ema', True)),
+            adapt=None if adapt is None else (lambda p: adapt(p, config)),
+        )
     if use_lora:  # the base, loaded afresh on every start and checked against the checkpoint
-        state, sha = lora_train.load_base(state, config, lora_train.saved_sha256(workdir)
-                                          if mngr.latest_step() is not None else '')
+        state, sha = lora_train.load_base(
+            state,
+            config,
+            lora_train.saved_sha256(workdir) if mngr.latest_step() is not None else '',
+        )
         save_config = lora_train.with_pointer(config, sha)
     start = int(state.step)
-    ids_log = (_ExampleIdLog(root / 'example_ids.jsonl', start)
-               if t.get('log_example_ids', False) and jax.process_index() == 0 else None)
+    ids_log = (
+        _ExampleIdLog(root / 'example_ids.jsonl', start)
+        if t.get('log_example_ids', False) and jax.process_index() == 0
+        else None
+    )
     nan_from = int(t.get('debug_nan_from_step', 0) or 0)
     sleep_s = float(t.get('debug_sleep_per_step', 0.0) or 0.0)
 
     step_fn = step_lib.make_train_step(graphdef, objective.loss_fn, tx, config, schedule)
     batch_keys = None
     preempted = False
-    tracker = tracking.Tracker(workdir, config, enabled=jax.process_index() == 0,
-                               start_step=start)
+    tracker = tracking.Tracker(workdir, config, enabled=jax.process_index() == 0, start_step=start)
     if start == 0:
         tracker.write_config(config)
     previews = previews_lib.Previews(config)
@@ -238,24 +279,33 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
         train_step = step_lib.jit_train_step(step_fn, shardings)
         is_finite = jax.jit(_state_finite)
         watch = _NonfiniteWatch(state, start, t.max_nonfinite, workdir)
-        meter = perf_lib.Throughput(config, n_params, lowered_flops=lambda: train_step.lower(
-            state, global_batch).cost_analysis().get('flops', math.nan))
+        meter = perf_lib.Throughput(
+            config,
+            n_params,
+            lowered_flops=lambda: (
+                train_step.lower(state, global_batch).cost_analysis().get('flops', math.nan)
+            ),
+        )
         metrics: dict[str, Any] = {}
         t0, last_logged = time.time(), start
-        with tqdm(total=t.num_steps, initial=start, desc='train',
-                  disable=jax.process_index() != 0) as bar:
+        with tqdm(
+            total=t.num_steps, initial=start, desc='train', disable=jax.process_index() != 0
+        ) as bar:
             for step in range(start, t.num_steps):
                 if pre.requested and step == start:  # signalled during start-up: nothing new
                     preempted = True
                     break
                 batch = next(data_iter)
                 if batch_keys is None:
-                    batch_keys = [k for k in ('video', 'latents', 'text_ids', 'context')
-                                  if k in batch]
+                    batch_keys = [
+                        k for k in ('video', 'latents', 'text_ids', 'context') if k in batch
+                    ]
                 inputs = {k: batch[k] for k in batch_keys}
                 if nan_from and step + 1 >= nan_from:  # fault injection (test hook)
-                    inputs = {k: np.full_like(v, np.nan) if v.dtype.kind == 'f' else v
-                              for k, v in inputs.items()}
+                    inputs = {
+                        k: np.full_like(v, np.nan) if v.dtype.kind == 'f' else v
+                        for k, v in inputs.items()
+                    }
                 global_batch = to_global(inputs, mesh, rules)
                 profile.before(step + 1)
                 with jax.profiler.StepTraceAnnotation('train', step_num=step + 1):
@@ -278,24 +328,46 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
                     elapsed = time.time() - t0
                     metrics['steps_per_sec'] = (done - last_logged) / max(elapsed, 1e-9)
                     metrics['skipped_total'] = float(watch.total)
-                    metrics.update(meter.perf(perf_lib.batch_shape(inputs, n_proc),
-                                              done - last_logged, elapsed))
+                    metrics.update(
+                        meter.perf(
+                            perf_lib.batch_shape(inputs, n_proc), done - last_logged, elapsed
+                        )
+                    )
                     metrics.update(perf_lib.memory_in_use())
                     t0, last_logged = time.time(), done
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                    bar.set_postfix(loss=f'{metrics["loss"]:.4f}')
                     _log(tracker, done, metrics)
                 if t.eval_every and done % t.eval_every == 0:
-                    _log(tracker, done, evaluate(config, graphdef, objective, state.ema_params,
-                                                 mesh, rules, frozen=state.frozen))
-                    _previews(tracker, previews, done, state.ema_params if state.frozen is None
-                              else nnx.merge_state(state.ema_params, state.frozen), config)
+                    _log(
+                        tracker,
+                        done,
+                        evaluate(
+                            config,
+                            graphdef,
+                            objective,
+                            state.ema_params,
+                            mesh,
+                            rules,
+                            frozen=state.frozen,
+                        ),
+                    )
+                    _previews(
+                        tracker,
+                        previews,
+                        done,
+                        state.ema_params
+                        if state.frozen is None
+                        else nnx.merge_state(state.ema_params, state.frozen),
+                        config,
+                    )
                     t0 = time.time()  # evaluation time is not training time
                 if checkpoint_now:
                     if not bool(is_finite(state)):
                         mngr.wait_until_finished()
                         raise FloatingPointError(
                             f'the train state at step {done} holds a non-finite value; not '
-                            f'checkpointing it. The last checkpoint in {workdir} is kept.')
+                            f'checkpointing it. The last checkpoint in {workdir} is kept.'
+                        )
                     ckpt.save(mngr, done, state.replace(frozen=None), data_iter, save_config)
                 if preempted:
                     break
@@ -304,15 +376,24 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
         tracker.close()
     step = int(state.step)
     if preempted:
-        where = (f'checkpoint at step {step} saved in {workdir}' if mngr.latest_step() == step
-                 else f'no step was taken since step {start}; nothing new to save')
+        where = (
+            f'checkpoint at step {step} saved in {workdir}'
+            if mngr.latest_step() == step
+            else f'no step was taken since step {start}; nothing new to save'
+        )
         logging.warning('Preempted: %s.', where)
-        print(f'Preempted at step {step}: {where}. Resume by re-running the same command '
-              f'(same --config and --workdir={workdir}); it continues from the newest '
-              f'checkpoint.', flush=True)
+        print(
+            f'Preempted at step {step}: {where}. Resume by re-running the same command '
+            f'(same --config and --workdir={workdir}); it continues from the newest '
+            f'checkpoint.',
+            flush=True,
+        )
     if any(skipped.values()):
-        logging.warning('data summary: %d files skipped %s; see the warnings above for their paths.',
-                        _count(skipped), {k: len(v) for k, v in skipped.items()})
+        logging.warning(
+            'data summary: %d files skipped %s; see the warnings above for their paths.',
+            _count(skipped),
+            {k: len(v) for k, v in skipped.items()},
+        )
     metrics['step'] = step
     metrics['nonfinite_total'] = int(state.nonfinite_total)
     metrics['preempted'] = int(preempted)
@@ -326,9 +407,11 @@ def _count(skipped: dict[str, list]) -> int:
 
 def _state_finite(state) -> jax.Array:
     """True when params, EMA params and optimizer state hold no NaN/Inf."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
-        (state.params, state.ema_params, state.opt_state))
-        if jnp.issubdtype(x.dtype, jnp.inexact)]
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves((state.params, state.ema_params, state.opt_state))
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
@@ -351,27 +434,45 @@ class _NonfiniteWatch:
 
     def check(self, state, done: int, mngr) -> None:
         """Warns about updates skipped since the last check; FloatingPointError at the limit."""
-        streak, peak, total = (int(v) for v in jax.device_get(
-            (state.nonfinite_streak, self._peak, state.nonfinite_total)))
+        streak, peak, total = (
+            int(v)
+            for v in jax.device_get((state.nonfinite_streak, self._peak, state.nonfinite_total))
+        )
         if total > self._total and done - self._checked == 1:
-            logging.warning('step %d: non-finite loss or gradient; update skipped (%d in a row, '
-                            '%d in all).', done, streak, total)
+            logging.warning(
+                'step %d: non-finite loss or gradient; update skipped (%d in a row, %d in all).',
+                done,
+                streak,
+                total,
+            )
         elif total > self._total:
-            logging.warning('steps %d-%d: %d non-finite losses or gradients; updates skipped '
-                            '(%d in a row at step %d, at most %d in a row since step %d, %d in all).',
-                            self._checked + 1, done, total - self._total, streak, done, peak,
-                            self._checked, total)
+            logging.warning(
+                'steps %d-%d: %d non-finite losses or gradients; updates skipped '
+                '(%d in a row at step %d, at most %d in a row since step %d, %d in all).',
+                self._checked + 1,
+                done,
+                total - self._total,
+                streak,
+                done,
+                peak,
+                self._checked,
+                total,
+            )
         self._total, self._checked = total, done
         self.total = total
         self._peak = self._max(state.nonfinite_streak, state.nonfinite_streak)  # the next span
         if peak >= self._limit:
             mngr.wait_until_finished()
-            where = f'at step {done}' if streak >= self._limit else \
-                f'by step {done} (counters are read every train.log_every steps)'
+            where = (
+                f'at step {done}'
+                if streak >= self._limit
+                else f'by step {done} (counters are read every train.log_every steps)'
+            )
             raise FloatingPointError(
                 f'{streak if streak >= self._limit else peak} non-finite steps in a '
                 f'row {where} (train.max_nonfinite={self._limit}); lower train.learning_rate or '
-                f'check the data. The last checkpoint in {self._workdir} holds finite params.')
+                f'check the data. The last checkpoint in {self._workdir} holds finite params.'
+            )
 
 
 class _ExampleIdLog:
@@ -383,19 +484,25 @@ class _ExampleIdLog:
         path = epath.Path(path)
         kept = []
         if path.exists() and start > 0:
-            kept = [line + '\n' for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)['step'] <= start]
+            kept = [
+                line + '\n'
+                for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)['step'] <= start
+            ]
         path.write_text(''.join(kept))
         self._path = path
 
     def write(self, step: int, ids: np.ndarray, loss: float) -> None:
         with self._path.open('a') as f:
-            f.write(json.dumps({'step': step, 'ids': [int(i) for i in np.asarray(ids)],
-                                'loss': loss}) + '\n')
+            f.write(
+                json.dumps({'step': step, 'ids': [int(i) for i in np.asarray(ids)], 'loss': loss})
+                + '\n'
+            )
 
 
-def evaluate(config, graphdef, objective, params, mesh, rules, num_batches: int | None = None,
-             frozen=None):
+def evaluate(
+    config, graphdef, objective, params, mesh, rules, num_batches: int | None = None, frozen=None
+):
     """Mean held-out loss of the given params (LoRA: adapters over the `frozen` base) over the
     validation split (fixed RNG); {} when the dataset has no validation split (e.g. a video
     folder with data.validation_fraction=0)."""
@@ -407,8 +514,9 @@ def evaluate(config, graphdef, objective, params, mesh, rules, num_batches: int 
     bs -= bs % max(1, math.prod(mesh.shape[a] for a in ('data', 'fsdp')))
     if bs <= 0:
         return {}
-    ds = sources_lib.make_data(config, 'validation', batch_size=bs, shuffle=False,
-                               num_epochs=1, sources=sources)
+    ds = sources_lib.make_data(
+        config, 'validation', batch_size=bs, shuffle=False, num_epochs=1, sources=sources
+    )
     eval_fn = jax.jit(step_lib.make_eval_step(graphdef, objective.loss_fn, config))
     totals: dict[str, float] = {}
     n = 0
@@ -416,8 +524,12 @@ def evaluate(config, graphdef, objective, params, mesh, rules, num_batches: int 
         if num_batches is not None and i >= num_batches:
             break
         keys = [k for k in ('video', 'latents', 'text_ids', 'context') if k in batch]
-        m = eval_fn(params, to_global({k: batch[k] for k in keys}, mesh, rules),
-                    jax.random.key(1234 + i), frozen)
+        m = eval_fn(
+            params,
+            to_global({k: batch[k] for k in keys}, mesh, rules),
+            jax.random.key(1234 + i),
+            frozen,
+        )
         for k, v in jax.device_get(m).items():
             totals[k] = totals.get(k, 0.0) + float(v)
         n += 1
@@ -436,8 +548,13 @@ def _previews(tracker, previews, step: int, params, config) -> None:
     if not previews.enabled or jax.process_count() > 1:  # sampling is single-process
         return
     videos, prompts, scores = previews(params)
-    tracker.videos(step, videos, fps=int(config.sample.get('fps', 8)),
-                   scale=int(config.sample.get('display_scale', 1)), captions=prompts)
+    tracker.videos(
+        step,
+        videos,
+        fps=int(config.sample.get('fps', 8)),
+        scale=int(config.sample.get('display_scale', 1)),
+        captions=prompts,
+    )
     _log(tracker, step, scores)
 
 
@@ -449,8 +566,10 @@ class _Profile:
     def __init__(self, steps, logdir: str):
         steps = tuple(steps or ())
         if steps and len(steps) != 2:
-            raise ValueError(f'train.profile_steps={steps!r} must be (first, last) 1-based '
-                             'steps, e.g. (5, 7), or () for no trace.')
+            raise ValueError(
+                f'train.profile_steps={steps!r} must be (first, last) 1-based '
+                'steps, e.g. (5, 7), or () for no trace.'
+            )
         self.first, self.last = (int(steps[0]), int(steps[1])) if steps else (0, 0)
         if self.first > self.last:
             raise ValueError(f'train.profile_steps={steps!r}: first > last; e.g. (5, 7).')
@@ -470,5 +589,4 @@ class _Profile:
         if self.active:
             jax.profiler.stop_trace()
             self.active = False
-            logging.info('profile of steps %d-%d written to %s', self.first, self.last,
-                         self.logdir)
+            logging.info('profile of steps %d-%d written to %s', self.first, self.last, self.logdir)

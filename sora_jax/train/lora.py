@@ -12,6 +12,7 @@ loaded at the start and again on every resume. Checkpoints hold only the adapter
 base files no longer hash the same is an error. Reading a run's adapters and hashing its base
 (sampling needs both) is `convert/lora_run.py`'s; `config.lora` itself is `models/lora.py`'s.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,18 +42,24 @@ def validate(config) -> None:
     if not lc.enabled:
         return
     if config.get('objective', 'flow') not in ('flow', 'flow_context'):
-        raise ValueError(f'lora.rank={lc.rank}: LoRA adapts the DiT; config.objective='
-                         f'{config.objective!r} has none. Use a DiT config or lora.rank=0.')
+        raise ValueError(
+            f'lora.rank={lc.rank}: LoRA adapts the DiT; config.objective='
+            f'{config.objective!r} has none. Use a DiT config or lora.rank=0.'
+        )
     if wan_frozen.uses_wan(config):  # config.checkpoint must be a converted Wan folder
         wan_frozen.validate(config)
     src = base_source(config)
     if not src:
-        raise ValueError(f'lora.rank={lc.rank} needs a base model to adapt: set '
-                         '--config.train.init_from=DIR (or --config.lora.base=DIR), a training '
-                         'workdir or exported bundle such as checkpoints/shapes.')
+        raise ValueError(
+            f'lora.rank={lc.rank} needs a base model to adapt: set '
+            '--config.train.init_from=DIR (or --config.lora.base=DIR), a training '
+            'workdir or exported bundle such as checkpoints/shapes.'
+        )
     if not os.path.isdir(src):
-        raise ValueError(f'lora.base / train.init_from={src!r} is not a directory; give a '
-                         'training workdir or exported bundle (e.g. checkpoints/shapes).')
+        raise ValueError(
+            f'lora.base / train.init_from={src!r} is not a directory; give a '
+            'training workdir or exported bundle (e.g. checkpoints/shapes).'
+        )
 
 
 def inherit_latent_stats(config) -> None:
@@ -84,27 +91,38 @@ def load_base(state, config, expected_sha256: str = ''):
     src = base_source(config)
     sha, _ = lora_run.base_fingerprint(src)
     if expected_sha256 and sha != expected_sha256:
-        raise ValueError(f'lora base {src!r} changed since this run started: its files hash to '
-                         f'{sha[:12]}..., the checkpoint was trained on {expected_sha256[:12]}...; '
-                         'point lora.base / train.init_from at the original base.')
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
-                            state.frozen)
+        raise ValueError(
+            f'lora base {src!r} changed since this run started: its files hash to '
+            f'{sha[:12]}..., the checkpoint was trained on {expected_sha256[:12]}...; '
+            'point lora.base / train.init_from at the original base.'
+        )
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state.frozen
+    )
     if converted.is_converted(src):  # a converted Wan folder: its DiT is the whole base
         frozen, step = wan_frozen.load_dit_params(src, abstract), 0
         return _loaded(state.replace(frozen=frozen), src, sha, step), sha
     try:
-        frozen, step = ckpt.restore_params(ckpt.checkpoint_dir(src), abstract,
-                                           ema=bool(config.train.get('init_from_ema', True)))
+        frozen, step = ckpt.restore_params(
+            ckpt.checkpoint_dir(src), abstract, ema=bool(config.train.get('init_from_ema', True))
+        )
     except ValueError as e:
-        raise ValueError(f'lora base {src!r} does not fit this model ({e}); the model config '
-                         'must match the base run.') from e
+        raise ValueError(
+            f'lora base {src!r} does not fit this model ({e}); the model config '
+            'must match the base run.'
+        ) from e
     return _loaded(state.replace(frozen=frozen), src, sha, step), sha
 
 
 def _loaded(state, src: str, sha: str, step: int):
     n = sum(x.size for x in jax.tree.leaves(state.params))
-    logging.info('LoRA: base params of step %d of %s (sha256 %s...) frozen; %s adapter params '
-                 'train.', step, src, sha[:12], f'{n:,}')
+    logging.info(
+        'LoRA: base params of step %d of %s (sha256 %s...) frozen; %s adapter params train.',
+        step,
+        src,
+        sha[:12],
+        f'{n:,}',
+    )
     return state
 
 
@@ -128,9 +146,15 @@ def export(workdir: str, out: str, *, ema: bool = True) -> dict:
     safetensors file in the diffusers layout (`convert/lora.py`); returns
     {'file', 'step', 'bytes', 'adapter_params', 'base', 'base_sha256'}."""
     from sora_jax.convert import lora as lora_files
+
     adapter, step, config = lora_run.read_adapter(workdir, ema=ema)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tensors = lora_files.save(out, adapter)
-    return {'file': out, 'step': step, 'bytes': os.path.getsize(out),
-            'adapter_params': int(sum(t.size for t in tensors.values())),
-            'base': config.lora.get('base', ''), 'base_sha256': config.lora.get('base_sha256', '')}
+    return {
+        'file': out,
+        'step': step,
+        'bytes': os.path.getsize(out),
+        'adapter_params': int(sum(t.size for t in tensors.values())),
+        'base': config.lora.get('base', ''),
+        'base_sha256': config.lora.get('base_sha256', ''),
+    }

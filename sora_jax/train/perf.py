@@ -19,6 +19,7 @@ Memory: `Device.memory_stats()` (GPU / TPU: bytes in use and the peak, summed ov
 devices); where it returns None (CPU), the process's resident set size (psutil, else the peak RSS
 from `resource`).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,16 @@ import numpy as np
 
 # Peak dense bf16 TFLOP/s per device (vendor data sheets), matched as substrings of device_kind.
 PEAK_TFLOPS = {
-    'TPU v4': 275.0, 'TPU v5 lite': 197.0, 'TPU v5e': 197.0, 'TPU v5p': 459.0, 'TPU v5': 459.0,
-    'TPU v6 lite': 918.0, 'TPU v6e': 918.0, 'H100': 989.0, 'H200': 989.0, 'A100': 312.0,
+    'TPU v4': 275.0,
+    'TPU v5 lite': 197.0,
+    'TPU v5e': 197.0,
+    'TPU v5p': 459.0,
+    'TPU v5': 459.0,
+    'TPU v6 lite': 918.0,
+    'TPU v6e': 918.0,
+    'H100': 989.0,
+    'H200': 989.0,
+    'A100': 312.0,
     'L4': 121.0,
 }
 
@@ -92,9 +101,13 @@ class Throughput:
     def perf(self, shape: tuple[int, ...], steps: int, seconds: float) -> dict[str, float]:
         """Figures for `steps` steps over global batches of `shape` in `seconds`."""
         seconds = max(seconds, 1e-9)
-        out = {'perf/steps_per_sec': steps / seconds,
-               'perf/tokens_per_sec': steps * shape[0] * tokens_per_example(
-                   self.config, shape[1:]) / seconds}
+        out = {
+            'perf/steps_per_sec': steps / seconds,
+            'perf/tokens_per_sec': steps
+            * shape[0]
+            * tokens_per_example(self.config, shape[1:])
+            / seconds,
+        }
         flops = self.flops_per_step(shape)
         if np.isfinite(flops):
             out['perf/model_tflops_per_sec'] = steps * flops / seconds / 1e12
@@ -107,15 +120,21 @@ def memory_in_use() -> dict[str, float]:
     """Device memory in use (and peak) summed over local devices, or the process RSS."""
     stats = [d.memory_stats() for d in jax.local_devices()]
     if all(s for s in stats):
-        return {'memory/device_bytes_in_use': float(sum(s.get('bytes_in_use', 0) for s in stats)),
-                'memory/device_peak_bytes': float(sum(s.get('peak_bytes_in_use', 0) for s in stats))}
+        return {
+            'memory/device_bytes_in_use': float(sum(s.get('bytes_in_use', 0) for s in stats)),
+            'memory/device_peak_bytes': float(sum(s.get('peak_bytes_in_use', 0) for s in stats)),
+        }
     try:
         import psutil
+
         return {'memory/host_rss_bytes': float(psutil.Process().memory_info().rss)}
     except ImportError:
         import resource
-        return {'memory/host_peak_rss_bytes':
-                float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}
+
+        return {
+            'memory/host_peak_rss_bytes': float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+            * 1024
+        }
 
 
 def batch_shape(inputs: dict[str, Any], n_proc: int = 1) -> tuple[int, ...]:

@@ -4,6 +4,7 @@ The objective (a module in `train/objectives/`) provides `loss_fn(model, batch, 
 -> (loss, metrics)`. A step with a non-finite loss or gradient applies no update (params,
 optimizer state and EMA are kept) and is counted; the loop stops after too many in a row.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -26,8 +27,13 @@ def merge(graphdef, params, frozen=None):
     return nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
 
 
-def make_train_step(graphdef, loss_fn: Callable, tx: optax.GradientTransformation, config,
-                    schedule: Callable | None = None):
+def make_train_step(
+    graphdef,
+    loss_fn: Callable,
+    tx: optax.GradientTransformation,
+    config,
+    schedule: Callable | None = None,
+):
     """(state, batch) -> (state, metrics). Batch leaves have a leading global-batch axis."""
     accum = int(config.train.grad_accum_steps)
     ema_decay = float(config.train.ema_decay)
@@ -36,6 +42,7 @@ def make_train_step(graphdef, loss_fn: Callable, tx: optax.GradientTransformatio
         def f(p):  # gradients of the trainable params only (LoRA: the adapters)
             model = merge(graphdef, p, frozen)
             return loss_fn(model, batch, rng, config)
+
         (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(params)
         return loss, metrics, grads
 
@@ -44,21 +51,30 @@ def make_train_step(graphdef, loss_fn: Callable, tx: optax.GradientTransformatio
         if accum == 1:
             loss, metrics, grads = grads_of(state.params, batch, rng, state.frozen)
         else:
-            micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+            micro = jax.tree.map(
+                lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch
+            )
 
             def body(carry, i_mb):
                 i, mb = i_mb
                 l, m, g = grads_of(state.params, mb, jax.random.fold_in(rng, i), state.frozen)
                 gsum, lsum, msum = carry
-                return (jax.tree.map(jnp.add, gsum, g), lsum + l,
-                        jax.tree.map(jnp.add, msum, m)), None
+                return (
+                    jax.tree.map(jnp.add, gsum, g),
+                    lsum + l,
+                    jax.tree.map(jnp.add, msum, m),
+                ), None
 
             zeros_g = jax.tree.map(jnp.zeros_like, state.params)
-            _, m_shape = jax.eval_shape(lambda: grads_of(state.params, jax.tree.map(
-                lambda x: x[0], micro), rng, state.frozen)[:2])
+            _, m_shape = jax.eval_shape(
+                lambda: grads_of(
+                    state.params, jax.tree.map(lambda x: x[0], micro), rng, state.frozen
+                )[:2]
+            )
             zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
             (gsum, lsum, msum), _ = jax.lax.scan(
-                body, (zeros_g, jnp.zeros(()), zeros_m), (jnp.arange(accum), micro))
+                body, (zeros_g, jnp.zeros(()), zeros_m), (jnp.arange(accum), micro)
+            )
             grads = jax.tree.map(lambda g: g / accum, gsum)
             loss = lsum / accum
             metrics = jax.tree.map(lambda m: m / accum, msum)
@@ -66,8 +82,9 @@ def make_train_step(graphdef, loss_fn: Callable, tx: optax.GradientTransformatio
         finite = jnp.isfinite(loss) & _all_finite(grads)
         updates, new_opt = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-        new_ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
-                               state.ema_params, new_params)
+        new_ema = jax.tree.map(
+            lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, new_params
+        )
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         state = state.replace(
             step=state.step + 1,
@@ -77,8 +94,12 @@ def make_train_step(graphdef, loss_fn: Callable, tx: optax.GradientTransformatio
             nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
             nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
         )
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                       skipped=(~finite).astype(jnp.float32))
+        metrics = dict(
+            metrics,
+            loss=loss,
+            grad_norm=optax.global_norm(grads),
+            skipped=(~finite).astype(jnp.float32),
+        )
         if schedule is not None:
             metrics['lr'] = schedule(state.step - 1)
         return state, metrics
@@ -95,8 +116,10 @@ def jit_train_step(step_fn, shardings):
 def make_eval_step(graphdef, loss_fn: Callable, config):
     """(params, batch, rng, frozen=None) -> metrics, on the EMA (or raw) params (LoRA: the
     adapters, with the frozen base params)."""
+
     def step(params, batch, rng, frozen=None):
         model = merge(graphdef, params, frozen)
         loss, metrics = loss_fn(model, batch, rng, config)
         return dict(metrics, loss=loss)
+
     return step

@@ -14,6 +14,7 @@ GIFs are also written to `workdir/samples/<step>/<name>.gif`, where wandb picks 
 `log_to` naming 'wandb' without it installed is a ValueError; its run lives in `workdir/wandb`
 (set WANDB_MODE=offline to log without an account).
 """
+
 from __future__ import annotations
 
 import io
@@ -22,7 +23,6 @@ import re
 from typing import Any, Mapping
 
 import numpy as np
-from absl import logging
 from etils import epath
 
 BACKENDS = ('tensorboard', 'wandb')
@@ -35,8 +35,10 @@ def backends_of(config) -> tuple[str, ...]:
     names = (log_to,) if isinstance(log_to, str) else tuple(log_to)
     for n in names:
         if n not in BACKENDS:
-            raise ValueError(f'train.log_to={log_to!r}: {n!r} is not one of {BACKENDS}; use e.g. '
-                             "--config.train.log_to=\"('tensorboard', 'wandb')\".")
+            raise ValueError(
+                f'train.log_to={log_to!r}: {n!r} is not one of {BACKENDS}; use e.g. '
+                "--config.train.log_to=\"('tensorboard', 'wandb')\"."
+            )
     return names
 
 
@@ -54,6 +56,7 @@ def flat_config(config) -> dict[str, Any]:
                 out[key] = v
             else:
                 out[key] = repr(v)
+
     walk(config.to_dict() if hasattr(config, 'to_dict') else config, '')
     return out
 
@@ -61,6 +64,7 @@ def flat_config(config) -> dict[str, Any]:
 def gif_bytes(frames: np.ndarray, fps: int = 8, scale: int = 1) -> bytes:
     """uint8 [T, H, W, 3] -> an animated GIF that loops (nearest upscaling by `scale`)."""
     from PIL import Image
+
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f'frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}.')
@@ -68,8 +72,14 @@ def gif_bytes(frames: np.ndarray, fps: int = 8, scale: int = 1) -> bytes:
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
     images = [Image.fromarray(f) for f in frames]
     buf = io.BytesIO()
-    images[0].save(buf, format='GIF', save_all=True, append_images=images[1:],
-                   duration=max(1, round(1000 / fps)), loop=0)
+    images[0].save(
+        buf,
+        format='GIF',
+        save_all=True,
+        append_images=images[1:],
+        duration=max(1, round(1000 / fps)),
+        loop=0,
+    )
     return buf.getvalue()
 
 
@@ -80,8 +90,15 @@ def _safe(name: str) -> str:
 class Tracker:
     """Writes one run's scalars, videos and config to TensorBoard and/or wandb (process 0)."""
 
-    def __init__(self, workdir, config, *, enabled: bool = True, run_name: str | None = None,
-                 start_step: int = 0):
+    def __init__(
+        self,
+        workdir,
+        config,
+        *,
+        enabled: bool = True,
+        run_name: str | None = None,
+        start_step: int = 0,
+    ):
         """`start_step`: the step the run resumes from; metrics.jsonl lines after it (logged by
         a run killed before its next checkpoint) are dropped, so the file follows the
         checkpoints as TensorBoard does."""
@@ -96,18 +113,25 @@ class Tracker:
         (self.workdir / 'metrics.jsonl').write_text(''.join(json.dumps(m) + '\n' for m in kept))
         if 'tensorboard' in self.backends:
             from tensorboardX import SummaryWriter
+
             self._tb = SummaryWriter(str(self.workdir / 'tb'))
         if 'wandb' in self.backends:
             try:
                 import wandb
             except ImportError as e:
-                raise ValueError("train.log_to names 'wandb' but wandb is not installed; "
-                                 "pip install wandb, or drop it from train.log_to.") from e
+                raise ValueError(
+                    "train.log_to names 'wandb' but wandb is not installed; "
+                    'pip install wandb, or drop it from train.log_to.'
+                ) from e
             (self.workdir / 'wandb').mkdir(parents=True, exist_ok=True)
             self._wandb = wandb.init(
                 project=config.train.get('wandb_project', 'sora_jax') or 'sora_jax',
-                name=run_name or self.workdir.name, dir=str(self.workdir),
-                id=_wandb_id(self.workdir), resume='allow', config=flat_config(config))
+                name=run_name or self.workdir.name,
+                dir=str(self.workdir),
+                id=_wandb_id(self.workdir),
+                resume='allow',
+                config=flat_config(config),
+            )
 
     def write_config(self, config, metrics: tuple[str, ...] = ('loss', 'eval/loss')) -> None:
         """The config once: as text ('config', the ConfigDict's repr) and as TensorBoard hparams
@@ -115,6 +139,7 @@ class Tracker:
         if not self.enabled or self._tb is None:
             return
         from tensorboardX.summary import hparams
+
         self._tb.add_text('config', '```\n' + str(config) + '\n```', 0)
         exp, ssi, sei = hparams(flat_config(config), {m: 0.0 for m in metrics})
         for summary in (exp, ssi, sei):
@@ -134,13 +159,21 @@ class Tracker:
         if self._wandb is not None:
             self._wandb.log(metrics, step=int(step))
 
-    def videos(self, step: int, videos: Mapping[str, np.ndarray], *, fps: int = 8,
-               scale: int = 1, captions: Mapping[str, str] | None = None) -> list[epath.Path]:
+    def videos(
+        self,
+        step: int,
+        videos: Mapping[str, np.ndarray],
+        *,
+        fps: int = 8,
+        scale: int = 1,
+        captions: Mapping[str, str] | None = None,
+    ) -> list[epath.Path]:
         """Each uint8 [T, H, W, 3] video as an animated GIF summary (tag = its name) and a file
         `samples/<step>/<name>.gif`; returns the files."""
         if not self.enabled or not videos:
             return []
         from tensorboardX.proto.summary_pb2 import Summary
+
         out_dir = self.workdir / 'samples' / str(int(step))
         out_dir.mkdir(parents=True, exist_ok=True)
         paths, logged = [], {}
@@ -151,17 +184,22 @@ class Tracker:
             paths.append(path)
             t, h, w, _ = np.asarray(frames).shape
             if self._tb is not None:
-                img = Summary.Image(height=h * scale, width=w * scale, colorspace=3,
-                                    encoded_image_string=gif)
+                img = Summary.Image(
+                    height=h * scale, width=w * scale, colorspace=3, encoded_image_string=gif
+                )
                 self._tb.file_writer.add_summary(
-                    Summary(value=[Summary.Value(tag=name, image=img)]), step)
+                    Summary(value=[Summary.Value(tag=name, image=img)]), step
+                )
             if self._wandb is not None:
                 import wandb
-                logged[name] = wandb.Video(str(path), format='gif',
-                                           caption=(captions or {}).get(name))
+
+                logged[name] = wandb.Video(
+                    str(path), format='gif', caption=(captions or {}).get(name)
+                )
         if self._tb is not None and captions:
-            self._tb.add_text('samples/prompts', '\n\n'.join(
-                f'{k}: {v}' for k, v in captions.items()), step)
+            self._tb.add_text(
+                'samples/prompts', '\n\n'.join(f'{k}: {v}' for k, v in captions.items()), step
+            )
             self._tb.flush()
         if self._wandb is not None:
             self._wandb.log(logged, step=int(step))
@@ -182,6 +220,7 @@ def _wandb_id(workdir: epath.Path) -> str:
     if f.exists():
         return f.read_text().strip()
     import uuid
+
     rid = uuid.uuid4().hex[:12]
     f.write_text(rid)
     return rid

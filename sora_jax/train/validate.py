@@ -6,6 +6,7 @@ the data source (name, folder path, sizes, license filter, opt-out file) and the
 against the VAE and patch factors (DiT) or the VAE's own factors (VAE), attention heads, the
 autoencoder checkpoint path. Unknown keys are rejected earlier, by `config_flags` on the
 command line (`--config.x.y` with no such key) and by ConfigDict attribute access in code."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -29,29 +30,49 @@ def _is_int(v) -> bool:
 def check_init_from(config, workdir: str) -> None:
     """train.init_from must exist when the run starts fresh (a resumed run no longer reads it)."""
     from etils import epath
+
     init_from = config.train.get('init_from', '')
     if not init_from or (epath.Path(workdir) / 'checkpoints').is_dir():
         return
     if not epath.Path(init_from).is_dir():
-        raise _err('train.init_from', init_from, 'is not a directory; give a training workdir '
-                   "or an exported bundle to start from, or '' to start from scratch.")
+        raise _err(
+            'train.init_from',
+            init_from,
+            'is not a directory; give a training workdir '
+            "or an exported bundle to start from, or '' to start from scratch.",
+        )
 
 
 def validate_config(config) -> None:
     for section in ('train', 'data', 'mesh'):
         if section not in config:
-            raise _err(section, None, f'a training config needs a {section!r} section (this one '
-                       'may be for sampling, or, like configs/wan21.py, for experiments/aot.py '
-                       'compiles only); train with a config that defines it (configs/shapes.py:dit '
-                       'or :vae).')
+            raise _err(
+                section,
+                None,
+                f'a training config needs a {section!r} section (this one '
+                'may be for sampling, or, like configs/wan21.py, for experiments/aot.py '
+                'compiles only); train with a config that defines it (configs/shapes.py:dit '
+                'or :vae).',
+            )
     if 'objective' not in config:
         raise _err('objective', None, "name the training objective (e.g. 'flow' or 'vae').")
     if importlib.util.find_spec(f'sora_jax.train.objectives.{config.objective}') is None:
-        raise _err('objective', config.objective, 'has no module sora_jax/train/objectives/'
-                   f'{config.objective}.py; use one of flow, vae (or add that file).')
+        raise _err(
+            'objective',
+            config.objective,
+            'has no module sora_jax/train/objectives/'
+            f'{config.objective}.py; use one of flow, vae (or add that file).',
+        )
     t = config.train
-    for key in ('num_steps', 'batch_size', 'log_every', 'checkpoint_every', 'grad_accum_steps',
-                'max_nonfinite', 'keep_checkpoints'):
+    for key in (
+        'num_steps',
+        'batch_size',
+        'log_every',
+        'checkpoint_every',
+        'grad_accum_steps',
+        'max_nonfinite',
+        'keep_checkpoints',
+    ):
         v = t.get(key, 1)
         if not _is_int(v) or v < 1:
             raise _err(f'train.{key}', v, 'must be a positive integer.')
@@ -60,15 +81,24 @@ def validate_config(config) -> None:
         if not _is_int(v) or v < 0:
             raise _err(f'train.{key}', v, 'must be an integer >= 0 (0: off).')
     from sora_jax.train import tracking
+
     tracking.backends_of(config)  # ValueError naming train.log_to
     prof = tuple(t.get('profile_steps', ()) or ())
-    if prof and (len(prof) != 2 or not all(_is_int(v) and v >= 1 for v in prof)
-                 or prof[0] > prof[1]):
-        raise _err('train.profile_steps', prof, 'must be (first, last) 1-based steps with '
-                   'first <= last, e.g. (5, 7), or () for no trace.')
+    if prof and (
+        len(prof) != 2 or not all(_is_int(v) and v >= 1 for v in prof) or prof[0] > prof[1]
+    ):
+        raise _err(
+            'train.profile_steps',
+            prof,
+            'must be (first, last) 1-based steps with '
+            'first <= last, e.g. (5, 7), or () for no trace.',
+        )
     if t.batch_size % t.grad_accum_steps:
-        raise _err('train.batch_size', t.batch_size,
-                   f'must be divisible by train.grad_accum_steps={t.grad_accum_steps}.')
+        raise _err(
+            'train.batch_size',
+            t.batch_size,
+            f'must be divisible by train.grad_accum_steps={t.grad_accum_steps}.',
+        )
     if not 0.0 <= t.ema_decay < 1.0:
         raise _err('train.ema_decay', t.ema_decay, 'must be in [0, 1).')
     if not t.learning_rate > 0:
@@ -85,8 +115,11 @@ def validate_config(config) -> None:
     if len(shape) != 4:
         raise _err('mesh.shape', shape, 'needs 4 entries (data, fsdp, tensor, sequence).')
     if any(not _is_int(s) or (s < 1 and s != -1) for s in shape) or shape.count(-1) > 1:
-        raise _err('mesh.shape', shape, 'entries must be positive integers, with at most one -1 '
-                   '(the remaining devices).')
+        raise _err(
+            'mesh.shape',
+            shape,
+            'entries must be positive integers, with at most one -1 (the remaining devices).',
+        )
     fixed = math.prod(s for s in shape if s != -1)
     if (-1 in shape and n % fixed) or (-1 not in shape and fixed != n):
         raise _err('mesh.shape', shape, f'must multiply to the {n} devices (use -1 for one axis).')
@@ -94,9 +127,13 @@ def validate_config(config) -> None:
     batch_shards = mesh_shape[0] * mesh_shape[1]
     micro = t.batch_size // t.grad_accum_steps
     if micro % batch_shards:
-        raise _err('train.batch_size', t.batch_size,
-                   f'the micro-batch {micro} must be divisible by data*fsdp={batch_shards}.')
+        raise _err(
+            'train.batch_size',
+            t.batch_size,
+            f'the micro-batch {micro} must be divisible by data*fsdp={batch_shards}.',
+        )
     from sora_jax.train import lora as lora_train
+
     lora_train.validate(config)
     if 'model' in config and 'patch_size' in config.model:
         _check_model(config)
@@ -116,19 +153,30 @@ def _check_dtypes(config) -> None:
 def _check_data(config) -> None:
     d = config.data
     if d.name not in ('shapes', 'folder', 'video_folder'):
-        raise _err('data.name', d.name, "must be 'shapes' (synthetic) or 'folder' (a folder of "
-                   'videos + captions.jsonl/csv, set data.folder).')
+        raise _err(
+            'data.name',
+            d.name,
+            "must be 'shapes' (synthetic) or 'folder' (a folder of "
+            'videos + captions.jsonl/csv, set data.folder).',
+        )
     if d.name in ('folder', 'video_folder'):
         folder = d.get('folder', '')
         if not folder or not os.path.isdir(folder):
-            raise _err('data.folder', folder, 'is not a directory; point it at the folder holding '
-                       'the videos and captions.jsonl (or captions.csv).')
+            raise _err(
+                'data.folder',
+                folder,
+                'is not a directory; point it at the folder holding '
+                'the videos and captions.jsonl (or captions.csv).',
+            )
     _check_credit_filters(d)
     sizes = [tuple(s) for s in d.get('sizes', ())] or [(d.num_frames, d.height, d.width)]
     for size in sizes:
         if len(size) != 3 or not all(_is_int(v) and v >= 1 for v in size):
-            raise _err('data.sizes' if d.get('sizes') else 'data.num_frames/height/width',
-                       size, 'each clip size must be 3 positive integers (T, H, W).')
+            raise _err(
+                'data.sizes' if d.get('sizes') else 'data.num_frames/height/width',
+                size,
+                'each clip size must be 3 positive integers (T, H, W).',
+            )
     if not 0.0 <= d.get('spanish_prob', 0.0) <= 1.0:
         raise _err('data.spanish_prob', d.spanish_prob, 'must be in [0, 1].')
 
@@ -138,17 +186,28 @@ def _check_credit_filters(d) -> None:
     licenses, exclude = d.get('allowed_licenses', ()), d.get('exclude', '')
     folder = d.name in ('folder', 'video_folder')
     if isinstance(licenses, str) or not all(isinstance(x, str) and x.strip() for x in licenses):
-        raise _err('data.allowed_licenses', licenses, "must be a tuple of license names, e.g. "
-                   "('cc-by-4.0', 'cc0-1.0'), or () to allow any.")
+        raise _err(
+            'data.allowed_licenses',
+            licenses,
+            "must be a tuple of license names, e.g. ('cc-by-4.0', 'cc0-1.0'), or () to allow any.",
+        )
     if not isinstance(exclude, str):
         raise _err('data.exclude', exclude, "must be the path of an opt-out file, or ''.")
     if (licenses or exclude) and not folder:
         key = 'data.allowed_licenses' if licenses else 'data.exclude'
-        raise _err(key, licenses or exclude, f"applies to video folders (data.name='folder'), not "
-                   f"data.name={d.name!r} (synthetic: no creators or licenses); unset it.")
+        raise _err(
+            key,
+            licenses or exclude,
+            f"applies to video folders (data.name='folder'), not "
+            f'data.name={d.name!r} (synthetic: no creators or licenses); unset it.',
+        )
     if exclude and not os.path.isfile(exclude):
-        raise _err('data.exclude', exclude, 'no such file; give a text file listing the creators, '
-                   "file names or sources that opted out (one a line, # comments), or '' for none.")
+        raise _err(
+            'data.exclude',
+            exclude,
+            'no such file; give a text file listing the creators, '
+            "file names or sources that opted out (one a line, # comments), or '' for none.",
+        )
 
 
 def _check_model(config) -> None:
@@ -157,10 +216,17 @@ def _check_model(config) -> None:
     if len(patch) != 3 or not all(_is_int(p) and p >= 1 for p in patch):
         raise _err('model.patch_size', patch, 'must be 3 positive integers (t, h, w).')
     if m.dim % m.num_heads or (m.dim // m.num_heads) % 2:
-        raise _err('model.num_heads', m.num_heads, f'must divide model.dim={m.dim} into an even '
-                   'head dim (RoPE rotates pairs).')
-    if 'text' in config and 'text_dim' in m and 'dim' in config.text and \
-            m.text_dim != config.text.dim:
+        raise _err(
+            'model.num_heads',
+            m.num_heads,
+            f'must divide model.dim={m.dim} into an even head dim (RoPE rotates pairs).',
+        )
+    if (
+        'text' in config
+        and 'text_dim' in m
+        and 'dim' in config.text
+        and m.text_dim != config.text.dim
+    ):
         raise _err('model.text_dim', m.text_dim, f'must equal text.dim={config.text.dim}.')
 
 
@@ -169,10 +235,13 @@ def _check_vae_sizes(config) -> None:
     d, v = config.data, config.vae
     tf = 2 ** sum(bool(x) for x in v.temperal_downsample)
     sf = 2 ** (len(v.dim_mult) - 1)
-    for (tt, hh, ww) in [tuple(s) for s in d.sizes] or [(d.num_frames, d.height, d.width)]:
+    for tt, hh, ww in [tuple(s) for s in d.sizes] or [(d.num_frames, d.height, d.width)]:
         if tf > 1 and (tt - 1) % tf:
-            raise _err('data.num_frames', tt, f'the causal VAE needs 1 + {tf}k frames '
-                       f'(e.g. {1 + tf * max(1, (tt - 1) // tf)}).')
+            raise _err(
+                'data.num_frames',
+                tt,
+                f'the causal VAE needs 1 + {tf}k frames (e.g. {1 + tf * max(1, (tt - 1) // tf)}).',
+            )
         if hh % sf or ww % sf:
             raise _err('data.height/width', (hh, ww), f'must be multiples of the VAE factor {sf}.')
 
@@ -182,7 +251,7 @@ def _check_sizes(config) -> None:
     d = config.data
     sizes = [tuple(s) for s in d.sizes] or [(d.num_frames, d.height, d.width)]
     tf, sf = _vae_factors(config)
-    for (tt, hh, ww) in sizes:
+    for tt, hh, ww in sizes:
         if tf > 1 and (tt - 1) % tf:
             raise _err('data.num_frames', tt, f'the causal VAE needs 1 + {tf}k frames.')
         lat = (1 + (tt - 1) // tf if tf > 1 else tt, hh // sf, ww // sf)
@@ -190,32 +259,48 @@ def _check_sizes(config) -> None:
             raise _err('data.height/width', (hh, ww), f'must be multiples of the VAE factor {sf}.')
         for name, n, p in zip(('frames', 'height', 'width'), lat, config.model.patch_size):
             if n % p:
-                raise _err('model.patch_size', tuple(config.model.patch_size),
-                           f'latent {name}={n} (from clip size {(tt, hh, ww)}) is not divisible '
-                           f'by {p}; change data sizes or the patch.')
+                raise _err(
+                    'model.patch_size',
+                    tuple(config.model.patch_size),
+                    f'latent {name}={n} (from clip size {(tt, hh, ww)}) is not divisible '
+                    f'by {p}; change data sizes or the patch.',
+                )
 
 
 def _vae_factors(config) -> tuple[int, int]:
     """(temporal, spatial) factors of config.autoencoder, read from its saved config."""
     from sora_jax.train import wan_frozen
+
     if wan_frozen.uses_wan(config):  # the converted Wan folder's VAE (config.vae)
         wan_frozen.validate(config)
         return wan_frozen.factors(config)
     path = config.get('autoencoder', 'none')
     if path in ('none', '', None):
         if config.get('latent_channels', 3) != 3:
-            raise _err('latent_channels', config.latent_channels,
-                       "must be 3 in pixel space (autoencoder='none').")
+            raise _err(
+                'latent_channels',
+                config.latent_channels,
+                "must be 3 in pixel space (autoencoder='none').",
+            )
         return 1, 1
     from etils import epath
+
     cdir = epath.Path(path) / 'checkpoints'
     if not cdir.is_dir():
-        raise _err('autoencoder', path, f'{cdir} does not exist; train a VAE first '
-                   '(experiments/train.py --config=configs/shapes.py:vae --workdir=...) or use '
-                   "'none' for pixel space.")
+        raise _err(
+            'autoencoder',
+            path,
+            f'{cdir} does not exist; train a VAE first '
+            '(experiments/train.py --config=configs/shapes.py:vae --workdir=...) or use '
+            "'none' for pixel space.",
+        )
     from sora_jax.io import checkpoint as ckpt
+
     vae = ckpt.load_config(cdir).vae
     if config.get('latent_channels') != vae.z_dim:
-        raise _err('latent_channels', config.get('latent_channels'),
-                   f'must equal the VAE z_dim={vae.z_dim} of {path}.')
+        raise _err(
+            'latent_channels',
+            config.get('latent_channels'),
+            f'must equal the VAE z_dim={vae.z_dim} of {path}.',
+        )
     return 2 ** sum(bool(t) for t in vae.temperal_downsample), 2 ** (len(vae.dim_mult) - 1)

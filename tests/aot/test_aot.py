@@ -1,4 +1,5 @@
 """experiments/aot.py's code path: compile real steps for TPU topologies on this CPU host."""
+
 import importlib.util
 import os
 
@@ -22,21 +23,31 @@ def _tiny(mesh_shape, **model):
     return c
 
 
-@pytest.mark.parametrize('name,chip,chips,topo', [
-    ('v5p-64', 'v5p', 32, 'v5p:2x4x4'),     # v5p names count TensorCores (2 per chip)
-    ('v5p-8', 'v5p', 4, 'v5p:2x2x1'),
-    ('v5e-8', 'v5e', 8, 'v5e:2x4'),         # v5e / v6e names count chips
-    ('v6e-256', 'v6e', 256, 'v6e:16x16'),
-    ('v5p:4x4x2', 'v5p', 32, 'v5p:4x4x2'),
-    ('v5litepod-16', 'v5e', 16, 'v5e:4x4'),
-])
+@pytest.mark.parametrize(
+    'name,chip,chips,topo',
+    [
+        ('v5p-64', 'v5p', 32, 'v5p:2x4x4'),  # v5p names count TensorCores (2 per chip)
+        ('v5p-8', 'v5p', 4, 'v5p:2x2x1'),
+        ('v5e-8', 'v5e', 8, 'v5e:2x4'),  # v5e / v6e names count chips
+        ('v6e-256', 'v6e', 256, 'v6e:16x16'),
+        ('v5p:4x4x2', 'v5p', 32, 'v5p:4x4x2'),
+        ('v5litepod-16', 'v5e', 16, 'v5e:4x4'),
+    ],
+)
 def test_slice_names(name, chip, chips, topo):
     sl = topology.resolve(name)
     assert (sl.chip, sl.chips, sl.topology) == (chip, chips, topo)
 
 
-@pytest.mark.parametrize('bad,match', [('v5p-7', 'TensorCores'), ('tpu-8', 'slice name'),
-                                       ('v5e:2x2x2', '2 dimensions'), ('v5e-12', 'power of two')])
+@pytest.mark.parametrize(
+    'bad,match',
+    [
+        ('v5p-7', 'TensorCores'),
+        ('tpu-8', 'slice name'),
+        ('v5e:2x2x2', '2 dimensions'),
+        ('v5e-12', 'power of two'),
+    ],
+)
 def test_bad_slice_names(bad, match):
     with pytest.raises(ValueError, match=match):
         topology.resolve(bad)
@@ -51,10 +62,11 @@ def tiny_train_report():
 def test_tiny_train_step_compiles_for_v5p(tiny_train_report):
     rep = tiny_train_report
     assert rep['topology'] == 'v5p:2x2x1' and rep['chips'] == 4
-    assert rep['attention'] == 'splash'           # 'auto' follows the compile target
-    assert rep['kernels'].get('splash_mha_fwd', 0) >= 1      # the Pallas kernel is in the HLO
-    assert any(k.startswith('splash_mha_dq') or k.startswith('splash_mha_dkv')
-               for k in rep['kernels'])                      # and its backward
+    assert rep['attention'] == 'splash'  # 'auto' follows the compile target
+    assert rep['kernels'].get('splash_mha_fwd', 0) >= 1  # the Pallas kernel is in the HLO
+    assert any(
+        k.startswith('splash_mha_dq') or k.startswith('splash_mha_dkv') for k in rep['kernels']
+    )  # and its backward
     mem = rep['memory_bytes']
     assert 0 < mem['argument'] and 0 < mem['temp'] < rep['hbm_bytes'] and rep['fits']
     # f32 params + AdamW (mu, nu) + EMA sharded 4 ways, plus a small batch
@@ -76,8 +88,9 @@ def test_sampling_step_compiles_with_sequence_sharding():
     assert rep['fits'] and rep['attention'] == 'splash'
     assert rep['tokens_per_clip'] == 5 * 4 * 4
     # forward only: 2N tokens for the CFG batch of 2 clips
-    assert rep['model_flops_per_device'] == pytest.approx(rep['executed_flops_per_device']
-                                                          - rep['attention_flops_per_device'])
+    assert rep['model_flops_per_device'] == pytest.approx(
+        rep['executed_flops_per_device'] - rep['attention_flops_per_device']
+    )
 
 
 def test_state_larger_than_hbm_is_reported_without_compiling():
@@ -147,11 +160,13 @@ def test_collectives_count_loop_trips():
 
 
 def test_oom_message_parsing():
-    msg = ('RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space '
-           'hbm. Used 399.19G of 95.74G hbm. Exceeded hbm capacity by 303.45G. ... HLO '
-           'temporaries (399.19G) exceeds available HBM (95.74G)')
+    msg = (
+        'RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space '
+        'hbm. Used 399.19G of 95.74G hbm. Exceeded hbm capacity by 303.45G. ... HLO '
+        'temporaries (399.19G) exceeds available HBM (95.74G)'
+    )
     m = report.oom_from_error(msg)
-    assert m['needed'] == pytest.approx(399.19 * 2 ** 30) and m['temp'] == m['needed']
+    assert m['needed'] == pytest.approx(399.19 * 2**30) and m['temp'] == m['needed']
     assert report.oom_from_error('some other failure') is None
 
 
@@ -180,7 +195,9 @@ def test_wan_i2v_sample_compiles():
     assert rep['fits'] and rep['latent'] == [2, 8, 8]
     enc = c.image_encoder
     assert rep['inputs'] == {
-        'latents': [2, 2, 8, 8, c.model.in_channels], 'timesteps': [2],
+        'latents': [2, 2, 8, 8, c.model.in_channels],
+        'timesteps': [2],
         'context': [2, rep['inputs']['context'][1], c.model.text_dim],
-        'image': [2, (enc.image_size // enc.patch_size) ** 2 + 1, c.model.image_dim]}
+        'image': [2, (enc.image_size // enc.patch_size) ** 2 + 1, c.model.image_dim],
+    }
     assert c.model.in_channels == 2 * c.latent_channels + 4

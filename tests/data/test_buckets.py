@@ -1,5 +1,6 @@
 """Size buckets chosen per step: every host picks the same size at every step (2 simulated
 hosts), also after a resume, weighted by each size's share of the data."""
+
 import collections
 import json
 
@@ -98,10 +99,12 @@ def test_size_draw_follows_the_share_of_data():
     draws = collections.Counter(P.bucket_for_step(0, n, counts) for n in range(3000))
     share = np.array([draws[b] for b in range(3)]) / 3000
     np.testing.assert_allclose(share, [0.5, 0.25, 0.25], atol=0.03)
-    assert [P.bucket_for_step(0, n, counts) for n in range(50)] == \
-        [P.bucket_for_step(0, n, counts) for n in range(50)]
-    assert [P.bucket_for_step(0, n, counts) for n in range(50)] != \
-        [P.bucket_for_step(1, n, counts) for n in range(50)]
+    assert [P.bucket_for_step(0, n, counts) for n in range(50)] == [
+        P.bucket_for_step(0, n, counts) for n in range(50)
+    ]
+    assert [P.bucket_for_step(0, n, counts) for n in range(50)] != [
+        P.bucket_for_step(1, n, counts) for n in range(50)
+    ]
     assert {P.bucket_for_step(3, n, [0, 4, 0]) for n in range(20)} == {1}
 
 
@@ -117,7 +120,11 @@ def test_worker_slices_interleave_to_the_single_process_order(source):
 
 
 def test_bucket_smaller_than_a_host_batch_is_an_error(source):
-    with pytest.raises(ValueError, match=r'Size bucket \(.*\) has \d+ examples in shard 1 of 2, '
-                                         r'fewer than the per-host batch size 12'):
-        P.make_dataset(source, batch_size=12, seed=0, tokenize=KW['tokenize'], shard_index=1,
-                       shard_count=2)
+    with pytest.raises(
+        ValueError,
+        match=r'Size bucket \(.*\) has \d+ examples in shard 1 of 2, '
+        r'fewer than the per-host batch size 12',
+    ):
+        P.make_dataset(
+            source, batch_size=12, seed=0, tokenize=KW['tokenize'], shard_index=1, shard_count=2
+        )

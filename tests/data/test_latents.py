@@ -1,6 +1,7 @@
 """Latent cache: split across 2 processes (threads with a barrier stand in for them) it holds the
 same records and statistics as one process; records are plain bytes, never pickles; an old
 pickled cache is refused when read directly and rebuilt by encode_dataset."""
+
 import json
 import os
 import pickle
@@ -36,8 +37,16 @@ def caches(tmp_path_factory):
         def sync(name):
             names.append((i, name))
             barrier.wait(timeout=60)
-        L.encode_dataset(sources, encode, str(tmp / 'two'), batch_size=4, process_index=i,
-                         process_count=2, barrier=sync)
+
+        L.encode_dataset(
+            sources,
+            encode,
+            str(tmp / 'two'),
+            batch_size=4,
+            process_index=i,
+            process_count=2,
+            barrier=sync,
+        )
 
     threads = [threading.Thread(target=process, args=(i,)) for i in range(2)]
     for t in threads:
@@ -65,15 +74,17 @@ def test_two_processes_write_the_records_and_stats_of_one(caches):
             assert ra[k]['caption_en'] == rb[k]['caption_en'] != b''
             assert ra[k]['latents'].shape[:3] in ((2, 4, 4), (1, 4, 6))
         assert sorted(map(tuple, b.record_sizes())) == sorted(
-            tuple(rb[k]['latents'].shape[:3]) for k in rb)
+            tuple(rb[k]['latents'].shape[:3]) for k in rb
+        )
     # each process encoded its own half: records i, i + 2, ... of the split
     shard0 = L.LatentSource(os.path.join(two, 'train-00000-of-00002.array_record'))
     assert len(shard0) == 11
     sa, sb = L.load_stats(one), L.load_stats(two)
     np.testing.assert_allclose(sb['mean'], sa['mean'], rtol=1e-12)
     np.testing.assert_allclose(sb['std'], sa['std'], rtol=1e-12)
-    z = np.concatenate([r['latents'].reshape(-1, 4)
-                        for r in _by_id(L.open_split(one, 'train')).values()])
+    z = np.concatenate(
+        [r['latents'].reshape(-1, 4) for r in _by_id(L.open_split(one, 'train')).values()]
+    )
     np.testing.assert_allclose(sa['mean'], z.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(sa['std'], z.std(0), rtol=1e-4, atol=1e-6)
 
@@ -111,6 +122,7 @@ def test_old_pickled_cache_is_refused_and_rebuilt(caches, tmp_path):
 
 def test_pipeline_buckets_latents_from_the_index(caches):
     _, _, two, _ = caches
+
     class IndexOnly(L.LatentSource):  # the plan must come from the index, not the records
         def __getitem__(self, i):
             raise AssertionError('read a record')

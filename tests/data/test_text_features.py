@@ -1,5 +1,6 @@
 """Caption features encoded once: the cache is reused without building the encoder, a changed
 caption set encodes again, and records get their caption's features padded with zeros."""
+
 import numpy as np
 import pytest
 
@@ -8,9 +9,15 @@ from sora_jax.data import text_features
 
 class _Source:
     def __init__(self, captions):
-        self.recs = [{'id': np.int64(i), 'caption_en': c.encode(), 'caption_es': b'',
-                      'latents': np.zeros((1, 2, 2, 4), np.float32)}
-                     for i, c in enumerate(captions)]
+        self.recs = [
+            {
+                'id': np.int64(i),
+                'caption_en': c.encode(),
+                'caption_es': b'',
+                'latents': np.zeros((1, 2, 2, 4), np.float32),
+            }
+            for i, c in enumerate(captions)
+        ]
 
     def __len__(self):
         return len(self.recs)
@@ -23,6 +30,7 @@ def _encoder(calls):
     def make():
         calls.append(1)
         return lambda texts: [np.full((len(t) % 5 + 1, 3), len(t), np.float32) for t in texts]
+
     return make
 
 

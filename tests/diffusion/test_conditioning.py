@@ -1,4 +1,5 @@
 """Frame-mask conditioning: masks per mode, causal frame map, model input, paste, SDEdit, training masks."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,11 +47,11 @@ def test_causal_frame_map():
 
 
 def test_frame_plan_modes():
-    plan = cond.frame_plan('extend', 17, num_known_pixel_frames=9)   # latents 0,1,2 = pixels 0..8
+    plan = cond.frame_plan('extend', 17, num_known_pixel_frames=9)  # latents 0,1,2 = pixels 0..8
     assert plan['num_latent_frames'] == 5
     assert plan['latent_mask'].astype(int).tolist() == [1, 1, 1, 0, 0]
     assert plan['known_pixel_frames'] == list(range(9))
-    plan = cond.frame_plan('extend', 17, num_known_pixel_frames=7)   # latent 2 only partly known
+    plan = cond.frame_plan('extend', 17, num_known_pixel_frames=7)  # latent 2 only partly known
     assert plan['latent_mask'].astype(int).tolist() == [1, 1, 0, 0, 0]
     plan = cond.frame_plan('extend_backward', 17, num_known_pixel_frames=8)
     assert plan['latent_mask'].astype(int).tolist() == [0, 0, 0, 1, 1]
@@ -64,8 +65,11 @@ def test_frame_plan_modes():
     assert plan['latent_mask'].astype(int).tolist() == [1, 0, 0, 0, 1]
     assert plan['known_pixel_frames'] == [0] and plan['keep_pixel_frames'] == 13
     assert cond.frame_plan('t2i', 1)['num_latent_frames'] == 1
-    assert [list(r) for r in cond.frame_plan('t2v', 9, temporal_factor=4)['latent_to_pixel']] == \
-        [[0], [1, 2, 3, 4], [5, 6, 7, 8]]
+    assert [list(r) for r in cond.frame_plan('t2v', 9, temporal_factor=4)['latent_to_pixel']] == [
+        [0],
+        [1, 2, 3, 4],
+        [5, 6, 7, 8],
+    ]
 
 
 def test_build_condition_modes():
@@ -101,9 +105,11 @@ def test_model_input_and_apply_known():
     inp = cond.model_input(x, mask, known)
     assert inp.shape == (B, T, H, W, 2 * C + 1)
     np.testing.assert_array_equal(inp[..., :C], x)
-    np.testing.assert_array_equal(inp[0, 0, ..., C:2 * C], known[0, 0])
-    assert float(jnp.abs(inp[0, 1:4, ..., C:2 * C]).sum()) == 0
-    np.testing.assert_array_equal(inp[..., -1], jnp.broadcast_to(mask[:, :, None, None], (B, T, H, W)))
+    np.testing.assert_array_equal(inp[0, 0, ..., C : 2 * C], known[0, 0])
+    assert float(jnp.abs(inp[0, 1:4, ..., C : 2 * C]).sum()) == 0
+    np.testing.assert_array_equal(
+        inp[..., -1], jnp.broadcast_to(mask[:, :, None, None], (B, T, H, W))
+    )
     out = cond.apply_known(x, mask, known)
     np.testing.assert_array_equal(out[0, 0], known[0, 0])
     np.testing.assert_array_equal(out[0, 4], known[0, 4])
@@ -119,8 +125,14 @@ def test_replace_callback_pins_known_frames_through_sampling():
     mask, known = cond.build_condition('connect', known.shape, known[:, :2], known[:, -1:])
     vel = lambda x, t: noise - jnp.tanh(x)  # any smooth field
     for method in ('euler', 'unipc'):
-        x = samplers.sample(vel, noise, method=method, num_steps=6, shift=3.0,
-                            step_callback=cond.replace_callback(mask, known, noise))
+        x = samplers.sample(
+            vel,
+            noise,
+            method=method,
+            num_steps=6,
+            shift=3.0,
+            step_callback=cond.replace_callback(mask, known, noise),
+        )
         np.testing.assert_array_equal(x[:, :2], known[:, :2])
         np.testing.assert_array_equal(x[:, -1], known[:, -1])
         assert float(jnp.abs(x[:, 2:4] - known[:, 2:4]).min()) > 0
@@ -145,7 +157,14 @@ def test_sdedit_start():
 
 
 def test_random_training_mask_probabilities_and_determinism():
-    probs = {'t2v': 0.4, 'i2v': 0.2, 'extend': 0.1, 'extend_backward': 0.1, 'connect': 0.1, 'loop': 0.1}
+    probs = {
+        't2v': 0.4,
+        'i2v': 0.2,
+        'extend': 0.1,
+        'extend_backward': 0.1,
+        'connect': 0.1,
+        'loop': 0.1,
+    }
     n, t = 20000, 6
     draw = jax.jit(lambda key: cond.random_training_mask(key, n, t, probs, return_modes=True))
     mask, modes = draw(jax.random.key(0))
@@ -157,13 +176,13 @@ def test_random_training_mask_probabilities_and_determinism():
     assert by['t2v'].sum() == 0
     assert np.all(by['i2v'] == [1, 0, 0, 0, 0, 0])
     assert np.all(by['loop'] == [1, 0, 0, 0, 0, 1])
-    ext = by['extend']                       # a known prefix of length 1..T-1, all lengths occur
+    ext = by['extend']  # a known prefix of length 1..T-1, all lengths occur
     k = ext.sum(1)
     assert np.all(ext == (np.arange(t)[None] < k[:, None])) and set(k) == set(range(1, t))
     bwd = by['extend_backward']
     k = bwd.sum(1)
     assert np.all(bwd == (np.arange(t)[None] >= t - k[:, None])) and set(k) == set(range(1, t))
-    con = by['connect']                      # both ends known, a generated gap in between
+    con = by['connect']  # both ends known, a generated gap in between
     assert np.all(con[:, 0] == 1) and np.all(con[:, -1] == 1) and np.all(con.sum(1) <= t - 1)
     assert np.all(np.abs(np.diff(con, axis=1)).sum(1) == 2)
     # Deterministic per key (eager == jitted), different across keys.

@@ -1,4 +1,5 @@
 """Rectified-flow primitives: noising, targets, loss, timestep sampling, shifts."""
+
 import math
 
 import jax
@@ -56,15 +57,19 @@ def test_flow_loss_values():
     v_pred = jnp.array([[1.0, 2.0], [3.0, 4.0]])
     target = jnp.zeros((2, 2))
     assert float(flow.flow_loss(target, target)) == 0.0
-    assert float(flow.flow_loss(v_pred, target)) == pytest.approx(7.5)           # (1+4+9+16)/4
+    assert float(flow.flow_loss(v_pred, target)) == pytest.approx(7.5)  # (1+4+9+16)/4
     np.testing.assert_allclose(flow.flow_loss(v_pred, target, reduction='per_example'), [2.5, 12.5])
     # Leading-aligned mask [B, T]: exclude the second "frame" -> (1 + 9) / 2.
-    assert float(flow.flow_loss(v_pred, target, jnp.array([[1.0, 0.0], [1.0, 0.0]]))) == pytest.approx(5.0)
+    assert float(
+        flow.flow_loss(v_pred, target, jnp.array([[1.0, 0.0], [1.0, 0.0]]))
+    ) == pytest.approx(5.0)
     # Per-example weights [B]: only the first example -> 2.5.
     assert float(flow.flow_loss(v_pred, target, jnp.array([1.0, 0.0]))) == pytest.approx(2.5)
     # Frame mask on video-shaped tensors: a masked frame may hold anything.
     vp = jnp.zeros((1, 3, 2, 2, 4)).at[:, 0].set(100.0).at[:, 1].set(1.0)
-    assert float(flow.flow_loss(vp, jnp.zeros_like(vp), jnp.array([[0.0, 1.0, 1.0]]))) == pytest.approx(0.5)
+    assert float(
+        flow.flow_loss(vp, jnp.zeros_like(vp), jnp.array([[0.0, 1.0, 1.0]]))
+    ) == pytest.approx(0.5)
     with pytest.raises(ValueError, match='must match'):
         flow.flow_loss(v_pred, jnp.zeros((2, 3)))
 
@@ -76,14 +81,20 @@ def test_logit_normal_statistics():
     assert 0.0 < t.min() and t.max() < 1.0
     assert np.median(t) == pytest.approx(1 / (1 + math.exp(-mean)), abs=0.01)
     logit = np.log(t / (1 - t))
-    assert logit.mean() == pytest.approx(mean, abs=0.03) and logit.std() == pytest.approx(std, abs=0.03)
+    assert logit.mean() == pytest.approx(mean, abs=0.03) and logit.std() == pytest.approx(
+        std, abs=0.03
+    )
     u = np.asarray(flow.sample_timesteps(jax.random.key(2), 20000, method='uniform'))
-    assert u.mean() == pytest.approx(0.5, abs=0.01) and np.mean(u < 0.25) == pytest.approx(0.25, abs=0.01)
+    assert u.mean() == pytest.approx(0.5, abs=0.01) and np.mean(u < 0.25) == pytest.approx(
+        0.25, abs=0.01
+    )
     # The shift is applied after drawing: the median moves to shift_time(sigmoid(mean)).
     ts = np.asarray(flow.sample_timesteps(jax.random.key(1), 20000, mean=mean, std=std, shift=3.0))
     np.testing.assert_allclose(ts, flow.shift_time(t, 3.0), rtol=1e-6)
     # Deterministic per key.
-    np.testing.assert_array_equal(t, flow.sample_timesteps(jax.random.key(1), 20000, mean=mean, std=std))
+    np.testing.assert_array_equal(
+        t, flow.sample_timesteps(jax.random.key(1), 20000, mean=mean, std=std)
+    )
     with pytest.raises(ValueError, match='unknown timestep method'):
         flow.sample_timesteps(jax.random.key(0), 4, method='cosine')
 
@@ -96,8 +107,8 @@ def test_shift_time_identity_monotone_inverse():
         assert ts[0] == 0.0 and ts[-1] == pytest.approx(1.0)
         assert np.all(np.diff(ts) > 0)
         np.testing.assert_allclose(flow.unshift_time(ts, s), t, atol=1e-12)
-    assert flow.shift_time(0.5, 3.0) == pytest.approx(0.75)    # 1.5 / 2
-    assert np.all(flow.shift_time(t[1:-1], 3.0) > t[1:-1])     # shift > 1 moves towards noise
+    assert flow.shift_time(0.5, 3.0) == pytest.approx(0.75)  # 1.5 / 2
+    assert np.all(flow.shift_time(t[1:-1], 3.0) > t[1:-1])  # shift > 1 moves towards noise
     with pytest.raises(ValueError, match='shift must be > 0'):
         flow.shift_time(t, 0.0)
 
@@ -109,7 +120,7 @@ def test_shift_for_tokens_formula():
     assert flow.shift_for_tokens(9 * 256, 9, 2.0) == pytest.approx(6.0)
     shifts = [flow.shift_for_tokens(n * 5 * 64, 5, 1.0) for n in range(1, 20)]
     assert np.all(np.diff(shifts) > 0)
-    assert flow.shift_for_tokens(64, 1, 1.0) == 1.0                      # min_shift clip
-    assert flow.shift_for_tokens(10**6, 10, 1.0, max_shift=7.0) == 7.0   # max_shift clip
+    assert flow.shift_for_tokens(64, 1, 1.0) == 1.0  # min_shift clip
+    assert flow.shift_for_tokens(10**6, 10, 1.0, max_shift=7.0) == 7.0  # max_shift clip
     with pytest.raises(ValueError, match='not a multiple'):
         flow.shift_for_tokens(100, 3)

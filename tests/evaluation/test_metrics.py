@@ -1,4 +1,5 @@
 """PSNR / SSIM: identities, closed forms, input ranges, per-frame averaging."""
+
 import math
 
 import jax
@@ -47,20 +48,23 @@ def test_psnr_is_the_mean_over_frames():
 
 def test_ssim_constant_frames_closed_form():
     # Constant frames have zero variance, so SSIM = (2 mu_a mu_b + C1) / (mu_a^2 + mu_b^2 + C1).
-    ua, ub, c1 = 0.25, 0.75, 0.01 ** 2
+    ua, ub, c1 = 0.25, 0.75, 0.01**2
     a = jnp.full((1, 1, 16, 16, 3), 2 * ua - 1)
     b = jnp.full((1, 1, 16, 16, 3), 2 * ub - 1)
-    expected = (2 * ua * ub + c1) / (ua ** 2 + ub ** 2 + c1)
+    expected = (2 * ua * ub + c1) / (ua**2 + ub**2 + c1)
     assert float(metrics.ssim(a, b)) == pytest.approx(expected, rel=1e-4)
 
 
 def test_ssim_range_and_noise_order(video):
-    s1 = float(metrics.ssim(video, video + 0.05 * jax.random.normal(jax.random.key(2), video.shape)))
+    s1 = float(
+        metrics.ssim(video, video + 0.05 * jax.random.normal(jax.random.key(2), video.shape))
+    )
     s2 = float(metrics.ssim(video, video + 0.3 * jax.random.normal(jax.random.key(3), video.shape)))
     assert 1.0 > s1 > s2 > 0.0
     assert float(metrics.ssim(video, -video)) < 0.0  # anti-correlated
     assert float(metrics.ssim(video, video * 0.5)) == pytest.approx(
-        float(metrics.ssim(video * 0.5, video)), abs=1e-6)  # symmetric
+        float(metrics.ssim(video * 0.5, video)), abs=1e-6
+    )  # symmetric
 
 
 def test_uint8_and_float_agree(video):

@@ -1,13 +1,12 @@
 """VAE reconstruction: fitting clips, the CLI on a real (tiny, GAN) training workdir, batching."""
+
 import os
 import re
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from sora_jax.data import shapes
 from sora_jax.evaluation import reconstruction as rec
@@ -27,11 +26,17 @@ def workdir(tmp_path_factory):
     """A tiny VAE trained 2 steps with the in-model discriminator (vae.use_gan) by train.py."""
     tmp = tmp_path_factory.mktemp('recon')
     wd = tmp / 'vae'
-    cmd = [sys.executable, os.path.join(ROOT, 'experiments/train.py'),
-           '--config=' + os.path.join(ROOT, 'configs/shapes.py:tiny_vae'), f'--workdir={wd}',
-           '--config.train.num_steps=2', f'--config.data.data_dir={tmp / "data"}',
-           '--config.vae.use_gan=True', '--config.data.num_train=4',
-           '--config.data.num_validation=1']
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, 'experiments/train.py'),
+        '--config=' + os.path.join(ROOT, 'configs/shapes.py:tiny_vae'),
+        f'--workdir={wd}',
+        '--config.train.num_steps=2',
+        f'--config.data.data_dir={tmp / "data"}',
+        '--config.vae.use_gan=True',
+        '--config.data.num_train=4',
+        '--config.data.num_validation=1',
+    ]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     return wd
@@ -59,8 +64,8 @@ def test_fit_video_trims_and_centre_crops():
 
 def test_tile_plan():
     cfg = VAEConfig(tile_sample_min_size=64, tile_sample_stride=48)
-    assert rec.tile_plan(cfg, 32, 64, None, 4) is None          # fits in one tile
-    assert rec.tile_plan(cfg, 32, 72, None, 4) == (64, 48)       # larger than the tile
+    assert rec.tile_plan(cfg, 32, 64, None, 4) is None  # fits in one tile
+    assert rec.tile_plan(cfg, 32, 72, None, 4) == (64, 48)  # larger than the tile
     assert rec.tile_plan(cfg, 32, 32, True, 4) == (64, 48)
     assert rec.tile_plan(cfg, 32, 32, 16, 4) == (16, 12)
     assert rec.tile_plan(cfg, 512, 512, False, 4) is None
@@ -70,8 +75,13 @@ def test_tile_plan():
 
 def test_cli_round_trip_matches_library(workdir, input_video, tmp_path):
     out = tmp_path / 'out.mp4'
-    cmd = [sys.executable, os.path.join(ROOT, 'experiments/reconstruct.py'),
-           f'--checkpoint={workdir}', f'--input={input_video}', f'--out={out}']
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, 'experiments/reconstruct.py'),
+        f'--checkpoint={workdir}',
+        f'--input={input_video}',
+        f'--out={out}',
+    ]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'trimmed 11 -> 9 frames' in r.stdout and 'centre-cropped 18x22 -> 16x20' in r.stdout
@@ -83,13 +93,15 @@ def test_cli_round_trip_matches_library(workdir, input_video, tmp_path):
 
     # The same round trip here: a GAN workdir loads as its plain WanVAE part.
     from sora_jax.models import frozen_vae
+
     vae = frozen_vae.load(workdir)
     assert isinstance(vae.module, WanVAE) and vae.step == 2
     frames, _ = rec.fit_video(read_video(input_video), 4, 4)
     recon, m = rec.reconstruct_video(vae, frames)
     assert recon.shape == frames.shape and recon.dtype == np.uint8
-    mse = np.mean((recon.astype(np.float64) / 255 - frames.astype(np.float64) / 255) ** 2,
-                  axis=(1, 2, 3))
+    mse = np.mean(
+        (recon.astype(np.float64) / 255 - frames.astype(np.float64) / 255) ** 2, axis=(1, 2, 3)
+    )
     recomputed = float(np.mean(-10 * np.log10(mse)))
     assert m['psnr'] == pytest.approx(recomputed, abs=1e-3)
     assert printed == pytest.approx(recomputed, abs=1e-3)
@@ -107,6 +119,7 @@ def test_cli_round_trip_matches_library(workdir, input_video, tmp_path):
 
 def test_batched_clips_equal_one_by_one(workdir):
     from sora_jax.models import frozen_vae
+
     vae = frozen_vae.load(workdir)
     clips = rec.heldout_shapes(3, 9, 16, 20)  # the CLI test's shape: one compile reused
     assert clips.shape == (3, 9, 16, 20, 3)

@@ -1,6 +1,7 @@
 """The shapes judge: accurate on real one-shape clips (clean and VAE-like degraded), rejects
 wrong attributes, measures displacement / size / colour / flicker, and the evaluate script's
 bookkeeping."""
+
 import importlib
 import json
 import os
@@ -46,21 +47,37 @@ def test_ground_truth_accuracy_on_the_shipped_distribution():
     Measured: 1.000 on every attribute (300 clips, experiments/evaluate.py)."""
     verdicts = []
     for i in range(80):
-        ex = shapes.generate(13, i, num_frames=16, height=H, width=W, max_objects=1,
-                             backgrounds=('plain',), size_scale=1.5)
+        ex = shapes.generate(
+            13,
+            i,
+            num_frames=16,
+            height=H,
+            width=W,
+            max_objects=1,
+            backgrounds=('plain',),
+            size_scale=1.5,
+        )
         verdicts.append(sj.judge_clip(ex['video'], ex['scene'].objects[0]))
     for key in KEYS + ('all',):
         assert np.mean([v[key] for v in verdicts]) >= 0.98, key
 
 
 def test_every_value_is_covered(clean):
-    for key, vocab in (('shape', shapes.SHAPES), ('color', shapes.COLORS), ('motion', shapes.MOTIONS)):
+    for key, vocab in (
+        ('shape', shapes.SHAPES),
+        ('color', shapes.COLORS),
+        ('motion', shapes.MOTIONS),
+    ):
         assert {o[key] for _, o, _ in clean} == set(vocab)
 
 
 def test_wrong_attributes_fail(clean):
     """Each attribute swapped for every other value: that verdict is False, the others hold."""
-    vocab = {'shape': list(shapes.SHAPES), 'color': list(shapes.COLORS), 'motion': list(shapes.MOTIONS)}
+    vocab = {
+        'shape': list(shapes.SHAPES),
+        'color': list(shapes.COLORS),
+        'motion': list(shapes.MOTIONS),
+    }
     rejected, others_kept, total = 0, 0, 0
     for ex, obj, v in clean[:60]:
         objects = [v['measured']]  # what detect() found; judge_objects gives the verdict
@@ -113,24 +130,37 @@ def test_flicker():
     video = ex['video']
     assert sj.temporal_flicker(video) == 0.0
     jitter = video.astype(np.int32) + 10 * (np.arange(T) % 2)[:, None, None, None]
-    assert sj.temporal_flicker(np.clip(jitter, 0, 255).astype(np.uint8)) == pytest.approx(10.0, abs=0.01)
+    assert sj.temporal_flicker(np.clip(jitter, 0, 255).astype(np.uint8)) == pytest.approx(
+        10.0, abs=0.01
+    )
     assert sj.temporal_flicker(video[:1]) == 0.0
 
 
 def test_detect_two_objects():
     c = np.linspace(0, 1, T)[:, None]
-    a = {'shape': 'star', 'color': 'yellow', 'motion': 'moving_right',
-         'centers': (np.array([[8.0, 6.0]]) + c * [0, 18]).astype(np.float32),
-         'sizes': np.full(T, 5.0, np.float32)}
-    b = {'shape': 'square', 'color': 'purple', 'motion': 'growing',
-         'centers': np.tile([[23.0, 16.0]], (T, 1)).astype(np.float32),
-         'sizes': np.linspace(3, 7.5, T).astype(np.float32)}
-    scene = shapes.Scene(T, H, W, {'kind': 'checker', 'colors': ((10, 20, 30), (40, 40, 50)),
-                                   'period': 4}, [a, b])
+    a = {
+        'shape': 'star',
+        'color': 'yellow',
+        'motion': 'moving_right',
+        'centers': (np.array([[8.0, 6.0]]) + c * [0, 18]).astype(np.float32),
+        'sizes': np.full(T, 5.0, np.float32),
+    }
+    b = {
+        'shape': 'square',
+        'color': 'purple',
+        'motion': 'growing',
+        'centers': np.tile([[23.0, 16.0]], (T, 1)).astype(np.float32),
+        'sizes': np.linspace(3, 7.5, T).astype(np.float32),
+    }
+    scene = shapes.Scene(
+        T, H, W, {'kind': 'checker', 'colors': ((10, 20, 30), (40, 40, 50)), 'period': 4}, [a, b]
+    )
     found = sj.detect(shapes.render(scene))
     assert len(found) == 2
     got = sorted((o['shape'], o['color'], o['motion']) for o in found)
-    assert got == sorted([(a['shape'], a['color'], a['motion']), (b['shape'], b['color'], b['motion'])])
+    assert got == sorted(
+        [(a['shape'], a['color'], a['motion']), (b['shape'], b['color'], b['motion'])]
+    )
 
 
 def test_empty_and_bad_inputs():
@@ -147,9 +177,20 @@ def test_empty_and_bad_inputs():
 
 def test_ground_truth_suite_script(tmp_path):
     out = tmp_path / 'gt.json'
-    proc = subprocess.run([sys.executable, 'experiments/evaluate.py', '--suite=ground_truth',
-                           '--num_clips=40', '--seed=5', f'--json={out}'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            'experiments/evaluate.py',
+            '--suite=ground_truth',
+            '--num_clips=40',
+            '--seed=5',
+            f'--json={out}',
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(out.read_text())
     g = summary['groups']['gt']
@@ -164,13 +205,24 @@ def test_evaluate_shapes_bookkeeping():
     """A random tiny model: prompts per combination and language, held-out split, counts."""
     from configs import shapes as shapes_config
     from sora_jax.pipeline import TextToVideo
+
     evaluate = importlib.import_module('experiments.evaluate')
     c = shapes_config.get_config('tiny')
     pipe = TextToVideo.from_config(c)
     holdout = (('red', 'triangle'), ('blue', 'square'))
-    summary = evaluate.evaluate_shapes(pipe, num_per_combo=1, languages=('en', 'es'),
-                                       holdout=holdout, holdout_only=True, steps=1,
-                                       num_frames=4, height=8, width=8, batch_size=32, progress=False)
+    summary = evaluate.evaluate_shapes(
+        pipe,
+        num_per_combo=1,
+        languages=('en', 'es'),
+        holdout=holdout,
+        holdout_only=True,
+        steps=1,
+        num_frames=4,
+        height=8,
+        width=8,
+        batch_size=32,
+        progress=False,
+    )
     recs = summary['records']
     assert len(recs) == 2 * len(shapes.MOTIONS) * 2  # combos x motions x languages
     assert all(r['held_out'] for r in recs)
@@ -182,4 +234,6 @@ def test_evaluate_shapes_bookkeeping():
         for k in ('shape', 'color', 'motion', 'all'):
             assert 0.0 <= grp[k] <= 1.0
         assert grp['all'] <= min(grp['shape'], grp['color'], grp['motion'])
-    assert len(evaluate.combinations(holdout)) == len(shapes.SHAPES) * len(shapes.COLORS) * len(shapes.MOTIONS)
+    assert len(evaluate.combinations(holdout)) == len(shapes.SHAPES) * len(shapes.COLORS) * len(
+        shapes.MOTIONS
+    )

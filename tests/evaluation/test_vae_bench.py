@@ -1,22 +1,37 @@
 """VAE benchmark smoke test: tiny VAE, tiny frames; keys, positive figures, flat chunked memory."""
+
 import json
 
 import pytest
 
 from sora_jax.evaluation import vae_bench
-
 from sora_jax.models.vae import VAEConfig
 
 FRAMES = (5, 33)
 # Smaller than tiny_config (one down level, 2x time / space) so the 8 compiles stay quick.
-MICRO = VAEConfig(base_dim=4, z_dim=4, dim_mult=(1, 2), num_res_blocks=1,
-                  temperal_downsample=(True,), latents_mean=None, latents_std=None)
+MICRO = VAEConfig(
+    base_dim=4,
+    z_dim=4,
+    dim_mult=(1, 2),
+    num_res_blocks=1,
+    temperal_downsample=(True,),
+    latents_mean=None,
+    latents_std=None,
+)
 
 
 @pytest.fixture(scope='module')
 def result():
-    return vae_bench.run(dict(vae_config=MICRO, vae_frames=FRAMES, vae_height=16, vae_width=16,
-                              vae_rounds=1, vae_iters=1))
+    return vae_bench.run(
+        dict(
+            vae_config=MICRO,
+            vae_frames=FRAMES,
+            vae_height=16,
+            vae_width=16,
+            vae_rounds=1,
+            vae_iters=1,
+        )
+    )
 
 
 def test_keys_and_figures(result):

@@ -1,5 +1,6 @@
 """Attention kernels agree: xla vs chunked vs splash (Pallas interpreter), with and without key
 masks, padded lengths, under a mesh and in gradients; 'auto' follows the compile target."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,6 +51,7 @@ def test_splash_matches_xla_padded_and_masked():
 
 def test_splash_under_a_mesh_and_its_gradient():
     from sora_jax.parallel import mesh as mesh_lib
+
     q, k, v, mask = _qkvm(2, 192, 77, 4, 16, seed=1)
     mesh = mesh_lib.make_mesh((2, 1, 2, 2))  # batch, heads and queries split; keys gathered
     f = lambda q, k, v: attention.splash_attention(q, k, v, mask, interpret=True)
@@ -65,12 +67,14 @@ def test_splash_under_a_mesh_and_its_gradient():
 
 def test_auto_follows_the_mesh_being_compiled_for():
     from sora_jax.parallel import mesh as mesh_lib
+
     assert attention.resolve_impl('auto', 'tpu') == 'splash'
     assert attention.resolve_impl('auto', 'gpu') == 'cudnn'
     with jax.set_mesh(mesh_lib.make_mesh((8, 1, 1, 1))):  # CPU devices
         assert attention.resolve_impl('auto') == 'xla'
     pytest.importorskip('libtpu')
     from sora_jax.aot import topology
+
     tpu = mesh_lib.make_mesh((4, 1, 1, 1), devices=topology.devices(topology.resolve('v5p-8')))
     seen = []
 
@@ -91,8 +95,9 @@ def test_chunked_gradient_matches_xla(nq, nk, chunk):
     for m in (None, mask):
         f = lambda *a: (attention.chunked_attention(*a, m, chunk_size=chunk) * w).sum()
         r = lambda *a: (attention.attend(*a, m, impl='xla') * w).sum()
-        for g, gr in zip(jax.grad(f, argnums=(0, 1, 2))(q, k, v),
-                         jax.grad(r, argnums=(0, 1, 2))(q, k, v)):
+        for g, gr in zip(
+            jax.grad(f, argnums=(0, 1, 2))(q, k, v), jax.grad(r, argnums=(0, 1, 2))(q, k, v)
+        ):
             np.testing.assert_allclose(np.asarray(g), np.asarray(gr), atol=1e-5)
 
 
@@ -102,19 +107,22 @@ def test_xla_kernel_and_its_gradient_match_jax(masked_row):
     jax.nn.dot_product_attention, in values and gradients, with a padding mask and with a batch
     whose every key is masked (its logits are constant: no gradient reaches q or k)."""
     r = np.random.default_rng(3)
-    q, k, v = (jnp.asarray(r.standard_normal(s), jnp.float32)
-               for s in ((2, 20, 3, 8), (2, 7, 3, 8), (2, 7, 3, 8)))
+    q, k, v = (
+        jnp.asarray(r.standard_normal(s), jnp.float32)
+        for s in ((2, 20, 3, 8), (2, 7, 3, 8), (2, 7, 3, 8))
+    )
     mask = jnp.asarray(r.random((2, 7)) > 0.3).at[0, 0].set(True)
     if masked_row:
         mask = mask.at[1].set(False)
     w = jnp.asarray(r.standard_normal((2, 20, 3, 8)), jnp.float32)
 
     def ref(q, k, v):
-        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :],
-                                            implementation='xla')
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=mask[:, None, None, :], implementation='xla'
+        )
 
     def ours(q, k, v):
-        return attention.attend(q, k, v, mask, impl="xla")
+        return attention.attend(q, k, v, mask, impl='xla')
 
     np.testing.assert_allclose(ours(q, k, v), ref(q, k, v), atol=1e-6)
     g_ours = jax.grad(lambda *a: (ours(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v)

@@ -1,4 +1,5 @@
 """DiT: shapes for several (T, H, W), scan == unrolled, bad shapes rejected, velocity depends on t."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +8,16 @@ from flax import nnx
 
 from sora_jax.models.dit import DiT, DiTConfig
 
-CFG = DiTConfig(in_channels=4, out_channels=4, dim=32, num_heads=2, ffn_dim=64, depth=2,
-                text_dim=16, patch_size=(1, 2, 2))
+CFG = DiTConfig(
+    in_channels=4,
+    out_channels=4,
+    dim=32,
+    num_heads=2,
+    ffn_dim=64,
+    depth=2,
+    text_dim=16,
+    patch_size=(1, 2, 2),
+)
 
 
 @pytest.fixture(scope='module')
@@ -34,6 +43,7 @@ def test_bad_shape_is_clear_error(model):
 
 def test_scan_equals_unrolled(model):
     import dataclasses
+
     gd, state = nnx.split(model)
     unrolled = nnx.merge(gd, state)
     unrolled.cfg = dataclasses.replace(CFG, scan_layers=False)
@@ -47,6 +57,7 @@ def test_scan_equals_unrolled(model):
 
 def test_remat_same_gradients(model):
     import dataclasses
+
     gd, state = nnx.split(model)
     x = jax.random.normal(jax.random.key(5), (1, 2, 4, 4, 4))
     ctx = jax.random.normal(jax.random.key(6), (1, 5, 16))
@@ -79,6 +90,7 @@ def test_pooled_text_starts_neutral_ignores_padding_and_conditions():
     """model.pooled_text: zero-initialised, so a fresh model equals the one without it (same
     other params); padded positions never reach the pool; once trained it carries the text."""
     import dataclasses
+
     pooled = DiT(dataclasses.replace(CFG, pooled_text=True), rngs=nnx.Rngs(0))
     plain = DiT(CFG, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(7), (1, 2, 4, 4, 4))
@@ -86,9 +98,15 @@ def test_pooled_text_starts_neutral_ignores_padding_and_conditions():
     mask = jnp.array([[True, True, True, False, False, False]])
     t = jnp.array([0.5])
     st = nnx.state(pooled, nnx.Param)
-    nnx.update(plain, {k: v for k, v in st.items() if k != 'condition_embedder'} |
-               {'condition_embedder': {k: v for k, v in st['condition_embedder'].items()
-                                       if not k.startswith('pooled_text')}})
+    nnx.update(
+        plain,
+        {k: v for k, v in st.items() if k != 'condition_embedder'}
+        | {
+            'condition_embedder': {
+                k: v for k, v in st['condition_embedder'].items() if not k.startswith('pooled_text')
+            }
+        },
+    )
     np.testing.assert_allclose(pooled(x, t, ctx, mask), plain(x, t, ctx, mask), atol=1e-6)
     k = pooled.condition_embedder.pooled_text_2.kernel
     k.value = jax.random.normal(jax.random.key(9), k.value.shape) * 0.3
@@ -111,8 +129,15 @@ def test_param_count_matches_formula():
     d, f, L, c, tdim, fd = 32, 64, 2, 4, 16, 256
     attn = 4 * (d * d + d) + 2 * d
     block = 2 * attn + (d * f + f + f * d + d) + 2 * d + 6 * d
-    expected = (L * block + (c * 4 * d + d) + (fd * d + d + d * d + d) + (d * 6 * d + 6 * d)
-                + (tdim * d + d + d * d + d) + (d * c * 4 + c * 4) + 2 * d)
+    expected = (
+        L * block
+        + (c * 4 * d + d)
+        + (fd * d + d + d * d + d)
+        + (d * 6 * d + 6 * d)
+        + (tdim * d + d + d * d + d)
+        + (d * c * 4 + c * 4)
+        + 2 * d
+    )
     assert CFG.num_params() == expected
 
 
@@ -120,6 +145,7 @@ def test_zero_init_starts_every_block_as_identity():
     """model.zero_init (adaLN-Zero): the velocity is exactly 0 at init, yet the output layer gets
     a gradient, so training moves off the identity; the default init is Wan's (non-zero)."""
     import dataclasses
+
     cfg = dataclasses.replace(CFG, zero_init=True)
     m = DiT(cfg, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(7), (1, 2, 4, 4, 4))
@@ -133,8 +159,9 @@ def test_zero_init_starts_every_block_as_identity():
     assert float(jnp.abs(g['proj_out']['kernel'][...]).max()) > 1e-4
     # the other parameters are drawn exactly as without zero_init
     ref = DiT(CFG, rngs=nnx.Rngs(0))
-    np.testing.assert_array_equal(np.asarray(m.blocks.attn1.to_q.kernel[...]),
-                                  np.asarray(ref.blocks.attn1.to_q.kernel[...]))
+    np.testing.assert_array_equal(
+        np.asarray(m.blocks.attn1.to_q.kernel[...]), np.asarray(ref.blocks.attn1.to_q.kernel[...])
+    )
     assert float(jnp.abs(ref(x, t, ctx)).max()) > 0
 
 
@@ -142,6 +169,7 @@ def test_skip_turns_chosen_blocks_into_the_identity_per_example():
     """`skip` [B, depth]: a row skipping block i equals the model whose block i is removed;
     rows skipping nothing are unchanged, and scan == unrolled with skips."""
     import dataclasses
+
     x = jax.random.normal(jax.random.key(1), (2, 2, 4, 4, 4))
     ctx = jax.random.normal(jax.random.key(2), (2, 5, 16))
     t = jnp.array([0.3, 0.7])
@@ -156,8 +184,11 @@ def test_skip_turns_chosen_blocks_into_the_identity_per_example():
         short = DiT(dataclasses.replace(CFG, depth=1, scan_layers=scan), rngs=nnx.Rngs(0))
         gd, st = nnx.split(short)
         full_st = nnx.state(m)
-        st = jax.tree.map(lambda a, b: b[:1] if a.ndim == b.ndim and a.shape != b.shape else b,
-                          nnx.state(short), full_st)
+        st = jax.tree.map(
+            lambda a, b: b[:1] if a.ndim == b.ndim and a.shape != b.shape else b,
+            nnx.state(short),
+            full_st,
+        )
         ref = nnx.merge(gd, st)(x, t, ctx)
         np.testing.assert_allclose(out[1], ref[1], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match='skip has shape'):

@@ -1,5 +1,6 @@
 """DiT numerics knobs: bfloat16 compute over float32 master weights stays close to float32, and
 remat policies change memory, not results."""
+
 import dataclasses
 
 import jax
@@ -9,8 +10,18 @@ from flax import nnx
 
 from sora_jax.models.dit import DiT, DiTConfig
 
-CFG = DiTConfig(patch_size=(1, 2, 2), in_channels=4, out_channels=4, dim=64, num_heads=4,
-                ffn_dim=128, depth=2, text_dim=16, freq_dim=32, attention='xla')
+CFG = DiTConfig(
+    patch_size=(1, 2, 2),
+    in_channels=4,
+    out_channels=4,
+    dim=64,
+    num_heads=4,
+    ffn_dim=128,
+    depth=2,
+    text_dim=16,
+    freq_dim=32,
+    attention='xla',
+)
 
 
 @pytest.fixture(scope='module')
@@ -41,9 +52,10 @@ def test_bf16_compute_close_to_f32(setup):
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(g16))  # master weights stay f32
     assert abs(float(l16) - float(l32)) < 2e-2 * float(l32)
     assert float(l16) != float(l32)  # it really ran in bfloat16
-    n32 = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(g32)))
-    diff = jnp.sqrt(sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(g16),
-                                                               jax.tree.leaves(g32))))
+    n32 = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(g32)))
+    diff = jnp.sqrt(
+        sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(g16), jax.tree.leaves(g32)))
+    )
     assert float(diff / n32) < 5e-2
 
 

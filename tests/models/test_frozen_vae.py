@@ -1,6 +1,7 @@
 """`models/frozen_vae.load` reads the VAE of a VAE run's checkpoint without the training package:
 the params themselves, or the `.vae` part of a GAN run (train/objectives/vae.py's
 VAEWithDiscriminator), for each way the objective builds its model."""
+
 import jax
 import numpy as np
 import pytest

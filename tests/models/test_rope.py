@@ -1,6 +1,6 @@
 """3D RoPE: split sizes, norm preservation, and the relative-position property."""
+
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sora_jax.models import rope

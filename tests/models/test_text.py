@@ -1,4 +1,5 @@
 """Byte tokenizer round trip (any language), truncation, and encoder padding behaviour."""
+
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -48,19 +49,23 @@ def test_rope_positions_are_relative():
     """With text.position='rope' a byte string encodes the same wherever it starts (what lets
     'triangle' after 'red ' mean the 'triangle' seen after 'blue '); learned positions do not."""
     ids = np.asarray(ByteTokenizer(12)(['triangle'])[0][:, 1:10])  # bytes, no BOS, no padding
-    rope = ByteTextEncoder(ByteEncoderConfig(max_length=16, dim=32, depth=2, num_heads=4,
-                                             position='rope'), rngs=nnx.Rngs(0))
+    rope = ByteTextEncoder(
+        ByteEncoderConfig(max_length=16, dim=32, depth=2, num_heads=4, position='rope'),
+        rngs=nnx.Rngs(0),
+    )
     assert not hasattr(rope, 'pos')
     np.testing.assert_allclose(_shifted(rope, ids, 0), _shifted(rope, ids, 3), atol=1e-5)
     # still order-aware: reversing the bytes changes every feature
     rev = np.asarray(_shifted(rope, ids[:, ::-1].copy(), 0))[::-1]
     assert np.abs(rev - _shifted(rope, ids, 0)).max() > 1e-2
-    learned = ByteTextEncoder(ByteEncoderConfig(max_length=16, dim=32, depth=2, num_heads=4),
-                              rngs=nnx.Rngs(0))
+    learned = ByteTextEncoder(
+        ByteEncoderConfig(max_length=16, dim=32, depth=2, num_heads=4), rngs=nnx.Rngs(0)
+    )
     assert np.abs(_shifted(learned, ids, 0) - _shifted(learned, ids, 3)).max() > 1e-2
 
 
 def test_bad_position_names_the_choices():
     import pytest
+
     with pytest.raises(ValueError, match="text.position='abs'.*learned.*rope"):
         ByteEncoderConfig.from_config({'position': 'abs'})

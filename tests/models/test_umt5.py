@@ -1,4 +1,5 @@
 """UMT5 encoder and tokenizer: shapes, masking, padding rules (no torch needed)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,11 +9,13 @@ from flax import nnx
 
 from sora_jax.models import umt5
 
-SENTENCES = ['A red circle moves left across a blue background.',
-             'Un cuadrado verde gira lentamente sobre fondo negro.',
-             'Two yellow triangles bounce up and down.',
-             'Una estrella blanca crece y luego se encoge.',
-             'The camera pans right over a field of shapes.']
+SENTENCES = [
+    'A red circle moves left across a blue background.',
+    'Un cuadrado verde gira lentamente sobre fondo negro.',
+    'Two yellow triangles bounce up and down.',
+    'Una estrella blanca crece y luego se encoge.',
+    'The camera pans right over a field of shapes.',
+]
 
 
 @pytest.fixture(scope='session')
@@ -20,9 +23,17 @@ def tok_dir(tmp_path_factory):
     """A tiny T5-style sentencepiece model (pad 0, eos 1, unk 2), like umt5's spiece.model."""
     d = tmp_path_factory.mktemp('umt5_tok')
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(SENTENCES * 20), model_prefix=str(d / 'spiece'), vocab_size=60,
-        model_type='unigram', pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
-        minloglevel=2)
+        sentence_iterator=iter(SENTENCES * 20),
+        model_prefix=str(d / 'spiece'),
+        vocab_size=60,
+        model_type='unigram',
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
     return str(d)
 
 
@@ -40,12 +51,12 @@ def test_tokenizer_pad_truncate_mask(tok_dir):
     ids, mask = tok(['A red circle moves', SENTENCES[1] * 3], max_length=16)
     assert ids.shape == mask.shape == (2, 16) and ids.dtype == np.int32
     n = len(pieces) + 1
-    assert ids[0, :n].tolist() == pieces + [1]          # eos appended
-    assert ids[0, n:].tolist() == [0] * (16 - n)        # pad id 0
+    assert ids[0, :n].tolist() == pieces + [1]  # eos appended
+    assert ids[0, n:].tolist() == [0] * (16 - n)  # pad id 0
     assert mask[0].tolist() == [1] * n + [0] * (16 - n)
     long = sp.encode(SENTENCES[1] * 3)
     assert len(long) > 16
-    assert ids[1].tolist() == long[:15] + [1]            # truncated, eos kept
+    assert ids[1].tolist() == long[:15] + [1]  # truncated, eos kept
     assert mask[1].sum() == 16
 
 
@@ -102,8 +113,8 @@ def test_bucket_table_values():
     # Wan defaults: 16 buckets per direction, 8 exact, log-spaced to 128.
     b = umt5.relative_position_buckets(1, 300, 32, 128)[0]
     assert b[0] == 0
-    assert b[1] == 16 + 1 and b[7] == 16 + 7                 # positive distances use the upper half
-    assert b[128:].max() == b[299] == 31                     # saturates at the last bucket
+    assert b[1] == 16 + 1 and b[7] == 16 + 7  # positive distances use the upper half
+    assert b[128:].max() == b[299] == 31  # saturates at the last bucket
     left = umt5.relative_position_buckets(300, 1, 32, 128)[:, 0]
     assert left[1] == 1 and left[299] == 15
 
@@ -112,8 +123,23 @@ def test_config_validation():
     with pytest.raises(ValueError, match='num_buckets'):
         umt5.umt5_tiny(num_buckets=7)
     with pytest.raises(ValueError, match='feed_forward_proj'):
-        umt5.UMT5Config.from_hf(dict(vocab_size=8, d_model=8, d_kv=4, num_heads=2, d_ff=8,
-                                     num_layers=1, feed_forward_proj='relu'))
+        umt5.UMT5Config.from_hf(
+            dict(
+                vocab_size=8,
+                d_model=8,
+                d_kv=4,
+                num_heads=2,
+                d_ff=8,
+                num_layers=1,
+                feed_forward_proj='relu',
+            )
+        )
     xxl = umt5.umt5_xxl()
     assert (xxl.num_layers, xxl.d_model, xxl.d_ff, xxl.num_heads, xxl.d_kv, xxl.vocab_size) == (
-        24, 4096, 10240, 64, 64, 256384)
+        24,
+        4096,
+        10240,
+        64,
+        64,
+        256384,
+    )

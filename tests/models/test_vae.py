@@ -1,5 +1,6 @@
 """Causal video VAE: causality, chunked == whole, image == 1-frame video, shapes, errors, tiling,
 and parity with diffusers' AutoencoderKLWan (when torch is installed)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,12 +77,15 @@ def test_output_shapes(vae, t, h, w):
         assert jax.eval_shape(getattr(vae, method), z).shape == (2, t, h, w, 3)
 
 
-@pytest.mark.parametrize('shape,match', [
-    ((1, 8, 16, 16, 3), r'num_frames=8 .*1 \+ 4k.* 5 or 9 frames'),
-    ((1, 0, 16, 16, 3), r'num_frames=0'),
-    ((1, 5, 18, 16, 3), r'18x16 .*spatial factor 4.* 16x16'),
-    ((1, 5, 16, 16, 4), r'\[B, T, H, W, 3\]'),
-])
+@pytest.mark.parametrize(
+    'shape,match',
+    [
+        ((1, 8, 16, 16, 3), r'num_frames=8 .*1 \+ 4k.* 5 or 9 frames'),
+        ((1, 0, 16, 16, 3), r'num_frames=0'),
+        ((1, 5, 18, 16, 3), r'18x16 .*spatial factor 4.* 16x16'),
+        ((1, 5, 16, 16, 4), r'\[B, T, H, W, 3\]'),
+    ],
+)
 def test_invalid_inputs_raise(vae, shape, match):
     with pytest.raises(ValueError, match=match):
         vae.encode(jnp.zeros(shape))
@@ -157,15 +161,27 @@ def test_image_is_one_frame_video(vae, fns, video, latents):
 
 
 def test_latent_normalisation_roundtrip():
-    cfg = V.VAEConfig(base_dim=4, z_dim=2, dim_mult=(1, 1), num_res_blocks=1,
-                      temperal_downsample=(True,), latents_mean=(1.0, -2.0), latents_std=(2.0, 0.5))
+    cfg = V.VAEConfig(
+        base_dim=4,
+        z_dim=2,
+        dim_mult=(1, 1),
+        num_res_blocks=1,
+        temperal_downsample=(True,),
+        latents_mean=(1.0, -2.0),
+        latents_std=(2.0, 0.5),
+    )
     vae = nnx.eval_shape(lambda: V.WanVAE(cfg, rngs=nnx.Rngs(0)))  # only the config is used
     z = jnp.array([[3.0, -2.0]])
     np.testing.assert_allclose(vae.normalize_latents(z), [[1.0, 0.0]])
     np.testing.assert_allclose(vae.denormalize_latents(vae.normalize_latents(z)), z)
     with pytest.raises(ValueError, match='latents_std'):
-        V.VAEConfig(z_dim=2, dim_mult=(1, 1), temperal_downsample=(True,), latents_mean=None,
-                    latents_std=(1.0,)).validate()
+        V.VAEConfig(
+            z_dim=2,
+            dim_mult=(1, 1),
+            temperal_downsample=(True,),
+            latents_mean=None,
+            latents_std=(1.0,),
+        ).validate()
 
 
 def test_tile_blending_is_exact_for_a_local_function(vae):
@@ -217,25 +233,36 @@ def test_streaming_equals_chunked_and_compiles_once_per_chunk_shape(vae, fns, vi
     assert (first._cache_size(), nxt._cache_size()) == (1, 1)
 
 
-@pytest.mark.parametrize('kernel,stride,padding', [
-    (3, 1, 1),                    # the residual-block conv
-    ((3, 1, 1), (2, 1, 1), 0),    # downsample3d's time conv (time stride 2)
-    ((1, 3, 3), (1, 2, 2), 0),    # a space-strided conv
-    (1, 1, 0),                    # 1x1x1 (quant conv, shortcut)
-])
+@pytest.mark.parametrize(
+    'kernel,stride,padding',
+    [
+        (3, 1, 1),  # the residual-block conv
+        ((3, 1, 1), (2, 1, 1), 0),  # downsample3d's time conv (time stride 2)
+        ((1, 3, 3), (1, 2, 2), 0),  # a space-strided conv
+        (1, 1, 0),  # 1x1x1 (quant conv, shortcut)
+    ],
+)
 def test_causal_conv_by_taps_equals_a_3d_convolution(kernel, stride, padding):
     """CausalConv3d sums 2D convolutions over its temporal taps; it must equal lax's 3D conv of
     the causally padded input (same weights, same strides)."""
     from sora_jax.models.vae_blocks import CausalConv3d
+
     conv = CausalConv3d(3, 5, kernel, stride=stride, padding=padding, rngs=nnx.Rngs(0))
     conv.bias.set_value(jax.random.normal(jax.random.key(2), conv.bias.shape))
     x = jax.random.normal(jax.random.key(1), (2, 7, 10, 12, 3))
     pt, ph, pw = conv.time_pad, *conv.space_pad
     xp = jnp.pad(x, ((0, 0), (pt, 0), (ph, ph), (pw, pw), (0, 0)))
-    want = jax.lax.conv_general_dilated(
-        xp, conv.kernel[...], conv.strides, 'VALID',
-        dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
-        precision=jax.lax.Precision.HIGHEST) + conv.bias[...]
+    want = (
+        jax.lax.conv_general_dilated(
+            xp,
+            conv.kernel[...],
+            conv.strides,
+            'VALID',
+            dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
+            precision=jax.lax.Precision.HIGHEST,
+        )
+        + conv.bias[...]
+    )
     got = conv(x)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=1e-4)

@@ -6,6 +6,7 @@ checkpoint 4 removed, so it resumes from step 2: it must reach the same step-4 l
 the same step-4 parameters as the uninterrupted launch, and the two processes of each launch
 must report identical losses.
 """
+
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from tests.xla import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,18 +33,37 @@ def _launch(workdir, data_dir, cache_dir, timeout=900):
     """Both processes of one run; returns their stdout+stderr texts. The second launch reuses
     the first one's compiled executables (persistent compilation cache)."""
     port = _free_port()
-    env = dict(os.environ, JAX_PLATFORMS='cpu',
-               XLA_FLAGS=xla_flags(2),
-               JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
-    procs = [subprocess.Popen(
-        [sys.executable, TRAIN, '--config=configs/shapes.py:tiny', f'--workdir={workdir}',
-         f'--config.data.data_dir={data_dir}', '--config.train.num_steps=4',
-         '--config.train.checkpoint_every=2', '--config.train.log_every=2',
-         f'--coordinator=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in range(2)]
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS='cpu',
+        XLA_FLAGS=xla_flags(2),
+        JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
+    )
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                TRAIN,
+                '--config=configs/shapes.py:tiny',
+                f'--workdir={workdir}',
+                f'--config.data.data_dir={data_dir}',
+                '--config.train.num_steps=4',
+                '--config.train.checkpoint_every=2',
+                '--config.train.log_every=2',
+                f'--coordinator=127.0.0.1:{port}',
+                '--num_processes=2',
+                f'--process_id={i}',
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = []
     try:
         for p in procs:
@@ -64,10 +85,12 @@ def _final(out: str) -> dict[str, float]:
 def _params(ckpt_dir):
     """Step checkpoint -> {path: np.ndarray} of the train state's params, read as numpy."""
     import orbax.checkpoint as ocp
+
     path = os.path.join(ckpt_dir, 'state')
     meta = ocp.PyTreeCheckpointer().metadata(path)
     tree = meta.item_metadata.tree if hasattr(meta, 'item_metadata') else meta.tree
     import jax
+
     args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     state = ocp.PyTreeCheckpointer().restore(path, restore_args=args)
     flat = jax.tree_util.tree_flatten_with_path(state['params'])[0]
@@ -78,6 +101,7 @@ def _params(ckpt_dir):
 def runs(tmp_path_factory):
     from configs import shapes as shapes_config
     from sora_jax.train import sources as sources_lib
+
     tmp = tmp_path_factory.mktemp('multihost')
     data_dir = str(tmp / 'data')
     config = shapes_config.get_config('tiny')

@@ -2,6 +2,7 @@
 default shard (jax.process_index / process_count): they draw the same clip size at every step,
 also after a resume, from disjoint clips; and they encode one latent cache together (each its
 own shard, real `sync_global_devices` barriers) that equals a single-process encode."""
+
 import json
 import os
 import socket
@@ -20,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SIZES = ((4, 16, 16), (2, 8, 12), (6, 16, 8))
 STEPS, RESUME_AT = 12, 5
 
-SCRIPT = '''
+SCRIPT = """
 import json, sys
 import numpy as np
 from sora_jax.parallel import distributed
@@ -42,7 +43,7 @@ L.encode_dataset(sources, encode, cache, batch_size=4)
 json.dump({'sizes': [list(b['video'].shape[1:4]) for b in batches],
            'ids': [b['id'].tolist() for b in batches],
            'resumed_ids': [b['id'].tolist() for b in again]}, open(out, 'w'))
-'''
+"""
 CONFIG = B.ShapesConfig(num_train=60, num_validation=6, sizes=SIZES, size_weights=(2, 1, 1))
 KW = dict(batch_size=3, seed=11, tokenize=lambda s: np.frombuffer(s.encode()[:8], np.uint8) + 1)
 
@@ -65,13 +66,32 @@ def run(tmp_path_factory):
     sources = B.build_shapes(tmp / 'tfds', CONFIG)
     script = tmp / 'reader.py'
     script.write_text(SCRIPT)
-    env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags(1),
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS='cpu',
+        XLA_FLAGS=xla_flags(1),
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
+    )
     coordinator = f'127.0.0.1:{_free_port()}'
-    procs = [subprocess.Popen([sys.executable, str(script), coordinator, str(i), str(tmp / 'tfds'),
-                               str(tmp / 'cache'), str(tmp / f'out{i}.json')], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                coordinator,
+                str(i),
+                str(tmp / 'tfds'),
+                str(tmp / 'cache'),
+                str(tmp / f'out{i}.json'),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     logs = []
     try:
         for p in procs:
@@ -91,7 +111,8 @@ def test_processes_draw_the_same_size_every_step(run):
     assert a['sizes'] == b['sizes'] and len({tuple(s) for s in a['sizes']}) >= 2
     plan = P.bucket_plan(sources['train'], 0, 2)
     assert [tuple(s) for s in a['sizes']] == [
-        plan.sizes[P.bucket_for_step(KW['seed'], n, plan.counts)] for n in range(STEPS)]
+        plan.sizes[P.bucket_for_step(KW['seed'], n, plan.counts)] for n in range(STEPS)
+    ]
     for n in range(STEPS):
         assert not set(a['ids'][n]) & set(b['ids'][n])
         for i in a['ids'][n] + b['ids'][n]:

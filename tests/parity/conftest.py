@@ -1,4 +1,5 @@
 """Parity tests compare against the PyTorch reference; skip the whole package without torch."""
+
 import pytest
 
 pytest.importorskip('torch', reason='parity tests need the [test] extra (torch, transformers)')

@@ -1,4 +1,5 @@
 """DiT parity: diffusers WanTransformer3DModel (torch, f32) vs sora_jax DiT, through the converter."""
+
 import jax
 import numpy as np
 import pytest
@@ -11,12 +12,37 @@ from sora_jax.models.dit import DiT
 
 # (diffusers kwargs, latent [T, H, W], text length)
 CONFIGS = {
-    'p122': (dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-                  in_channels=4, out_channels=4, text_dim=16, freq_dim=32, ffn_dim=40,
-                  num_layers=2), (3, 4, 6), 7),
-    'p212': (dict(patch_size=(2, 1, 2), num_attention_heads=3, attention_head_dim=8,
-                  in_channels=3, out_channels=5, text_dim=12, freq_dim=16, ffn_dim=36,
-                  num_layers=3, cross_attn_norm=True), (4, 3, 4), 5),
+    'p122': (
+        dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=12,
+            in_channels=4,
+            out_channels=4,
+            text_dim=16,
+            freq_dim=32,
+            ffn_dim=40,
+            num_layers=2,
+        ),
+        (3, 4, 6),
+        7,
+    ),
+    'p212': (
+        dict(
+            patch_size=(2, 1, 2),
+            num_attention_heads=3,
+            attention_head_dim=8,
+            in_channels=3,
+            out_channels=5,
+            text_dim=12,
+            freq_dim=16,
+            ffn_dim=36,
+            num_layers=3,
+            cross_attn_norm=True,
+        ),
+        (4, 3, 4),
+        5,
+    ),
 }
 
 
@@ -42,8 +68,9 @@ def test_velocity_matches(case):
     ctx = rng.standard_normal((2, ctx_len, kw['text_dim'])).astype(np.float32)
     ts = np.array([999.0, 250.0], np.float32)
     with torch.no_grad():
-        ref = model(torch.from_numpy(x), torch.from_numpy(ts), torch.from_numpy(ctx),
-                    return_dict=False)[0].numpy()
+        ref = model(
+            torch.from_numpy(x), torch.from_numpy(ts), torch.from_numpy(ctx), return_dict=False
+        )[0].numpy()
     dit = wan.load_dit(folder, attention='xla')
     out = jax.jit(lambda a, b, c: dit(a, b, c))(x.transpose(0, 2, 3, 4, 1), ts / 1000.0, ctx)
     out = np.asarray(out).transpose(0, 4, 1, 2, 3)

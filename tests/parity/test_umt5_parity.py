@@ -1,4 +1,5 @@
 """UMT5 encoder parity: transformers.UMT5EncoderModel (torch, f32) vs sora_jax, through the converter."""
+
 import json
 import os
 
@@ -14,12 +15,34 @@ from sora_jax.models import umt5
 
 # Two random tiny configs: (HF kwargs, sequence length, save as shards?).
 CONFIGS = {
-    'small_buckets': (dict(vocab_size=100, d_model=32, d_kv=8, num_heads=4, d_ff=48, num_layers=2,
-                           relative_attention_num_buckets=8, relative_attention_max_distance=16),
-                      40, False),
-    'wan_buckets': (dict(vocab_size=64, d_model=40, d_kv=12, num_heads=3, d_ff=56, num_layers=3,
-                         relative_attention_num_buckets=32, relative_attention_max_distance=128),
-                    160, True),
+    'small_buckets': (
+        dict(
+            vocab_size=100,
+            d_model=32,
+            d_kv=8,
+            num_heads=4,
+            d_ff=48,
+            num_layers=2,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=16,
+        ),
+        40,
+        False,
+    ),
+    'wan_buckets': (
+        dict(
+            vocab_size=64,
+            d_model=40,
+            d_kv=12,
+            num_heads=3,
+            d_ff=56,
+            num_layers=3,
+            relative_attention_num_buckets=32,
+            relative_attention_max_distance=128,
+        ),
+        160,
+        True,
+    ),
 }
 
 
@@ -76,8 +99,11 @@ def test_last_hidden_state_matches(case):
     print(f'{name}: max abs err (scaled) {err:.2e}, |ref| max {np.abs(ref).max():.2f}')
     assert err < 1e-4
     # encode_prompt zeroes padded positions and keeps the rest.
-    zeroed = np.asarray(jax.jit(lambda i, m: umt5.encode_prompt(enc, i, m))(
-        ids.astype(np.int32), mask.astype(np.int32)))
+    zeroed = np.asarray(
+        jax.jit(lambda i, m: umt5.encode_prompt(enc, i, m))(
+            ids.astype(np.int32), mask.astype(np.int32)
+        )
+    )
     assert np.all(zeroed[~valid] == 0)
     np.testing.assert_allclose(zeroed[valid], out[valid], rtol=0, atol=1e-6)
 
@@ -88,8 +114,9 @@ def test_relative_buckets_match_hf(case):
     n = 700
     rel = torch.arange(n)[None, :] - torch.arange(n)[:, None]
     ref = attn._relative_position_bucket(rel).numpy()
-    ours = umt5.relative_position_buckets(n, n, attn.relative_attention_num_buckets,
-                                          attn.relative_attention_max_distance)
+    ours = umt5.relative_position_buckets(
+        n, n, attn.relative_attention_num_buckets, attn.relative_attention_max_distance
+    )
     np.testing.assert_array_equal(ours, ref)
 
 
@@ -125,22 +152,38 @@ def test_key_map_covers_both_sides(case):
 def test_tokenizer_matches_transformers(tmp_path):
     """Both backends give transformers' T5Tokenizer ids/mask under Wan's call (max_length pad)."""
     import sentencepiece as spm
-    sents = ['A red circle moves left across a blue background.',
-             'Un cuadrado verde gira lentamente sobre fondo negro.',
-             'Two yellow triangles bounce up and down.']
+
+    sents = [
+        'A red circle moves left across a blue background.',
+        'Un cuadrado verde gira lentamente sobre fondo negro.',
+        'Two yellow triangles bounce up and down.',
+    ]
     sp_dir, tj_dir = tmp_path / 'sp', tmp_path / 'tj'
     os.makedirs(sp_dir)
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sents * 20), model_prefix=str(sp_dir / "spiece"), vocab_size=40,
-        model_type='unigram', pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
-        minloglevel=2)
+        sentence_iterator=iter(sents * 20),
+        model_prefix=str(sp_dir / 'spiece'),
+        vocab_size=40,
+        model_type='unigram',
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
     hf = transformers.T5Tokenizer.from_pretrained(str(sp_dir), extra_ids=10)
     hf.save_pretrained(str(tj_dir))
     assert os.path.exists(tj_dir / 'tokenizer.json')
     prompts = ['A red circle moves', sents[1] * 4, 'Two  yellow\ttriangles', '']
     ref = transformers.AutoTokenizer.from_pretrained(str(tj_dir))(
-        [umt5.prompt_clean(p) for p in prompts], padding='max_length', max_length=24,
-        truncation=True, add_special_tokens=True, return_attention_mask=True)
+        [umt5.prompt_clean(p) for p in prompts],
+        padding='max_length',
+        max_length=24,
+        truncation=True,
+        add_special_tokens=True,
+        return_attention_mask=True,
+    )
     for folder, backend in ((tj_dir, 'tokenizers'), (sp_dir, 'sentencepiece')):
         tok = umt5.UMT5Tokenizer.from_dir(str(folder))
         assert tok.backend == backend

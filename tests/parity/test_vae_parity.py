@@ -4,6 +4,7 @@ The reference codes videos chunk by chunk with its feature cache (frame 0, then 
 chunk; decoding one latent frame at a time); ours is compared in both its whole-video and its
 chunked (`lax.scan` + cache) paths, unclamped and clamped.
 """
+
 import jax
 import numpy as np
 import pytest
@@ -17,13 +18,34 @@ from sora_jax.models.vae import WanVAE
 # name -> (diffusers kwargs, video [T, H, W]). 'wan_like' keeps Wan's 3 levels (8x space,
 # 2D then 3D resampling); 'two_level' is 4x time / 4x space.
 CONFIGS = {
-    'wan_like': (dict(base_dim=4, z_dim=3, dim_mult=[1, 2, 2, 2], num_res_blocks=2,
-                      attn_scales=[], temperal_downsample=[False, True, True],
-                      latents_mean=[0.1, -0.2, 0.3], latents_std=[1.5, 0.5, 2.0]), (9, 16, 24)),
-    'two_level': (dict(base_dim=6, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, attn_scales=[],
-                       temperal_downsample=[True], latents_mean=[0.0] * 4,
-                       latents_std=[1.0] * 4, scale_factor_spatial=2, scale_factor_temporal=2),
-                  (9, 8, 12)),
+    'wan_like': (
+        dict(
+            base_dim=4,
+            z_dim=3,
+            dim_mult=[1, 2, 2, 2],
+            num_res_blocks=2,
+            attn_scales=[],
+            temperal_downsample=[False, True, True],
+            latents_mean=[0.1, -0.2, 0.3],
+            latents_std=[1.5, 0.5, 2.0],
+        ),
+        (9, 16, 24),
+    ),
+    'two_level': (
+        dict(
+            base_dim=6,
+            z_dim=4,
+            dim_mult=[1, 2],
+            num_res_blocks=1,
+            attn_scales=[],
+            temperal_downsample=[True],
+            latents_mean=[0.0] * 4,
+            latents_std=[1.0] * 4,
+            scale_factor_spatial=2,
+            scale_factor_temporal=2,
+        ),
+        (9, 8, 12),
+    ),
 }
 TOL = 1e-4
 # Tiny tensors: torch's thread pool only adds contention on a shared 2-core runner (~100x here).
@@ -77,8 +99,14 @@ def _torch_decode_unclamped(model, z):
     outs = []
     for i in range(z.shape[2]):
         model._conv_idx = [0]
-        outs.append(model.decoder(x[:, :, i:i + 1], feat_cache=model._feat_map,
-                                  feat_idx=model._conv_idx, first_chunk=i == 0))
+        outs.append(
+            model.decoder(
+                x[:, :, i : i + 1],
+                feat_cache=model._feat_map,
+                feat_idx=model._conv_idx,
+                first_chunk=i == 0,
+            )
+        )
     model.clear_cache()
     return torch.cat(outs, 2)
 
@@ -93,8 +121,10 @@ def test_encode_matches(case):
     for method in ('encode', 'encode_chunked'):
         mean, logvar = _run(ours, method, _to_jax(video))
         e_mean, e_logvar = _err(_to_torch(mean), ref_mean), _err(_to_torch(logvar), ref_logvar)
-        print(f'{name} {method}: mean err {e_mean:.2e}, logvar err {e_logvar:.2e}, '
-              f'|mean| max {np.abs(ref_mean).max():.2f}')
+        print(
+            f'{name} {method}: mean err {e_mean:.2e}, logvar err {e_logvar:.2e}, '
+            f'|mean| max {np.abs(ref_mean).max():.2f}'
+        )
         assert e_mean < TOL and e_logvar < TOL
 
 
@@ -103,8 +133,9 @@ def test_decode_matches(case):
     rng = np.random.default_rng(1)
     t_lat = 1 + (video.shape[2] - 1) // ours.temporal_factor
     fs = ours.spatial_factor
-    z = rng.standard_normal((2, ours.config.z_dim, t_lat, video.shape[3] // fs,
-                             video.shape[4] // fs)).astype(np.float32)
+    z = rng.standard_normal(
+        (2, ours.config.z_dim, t_lat, video.shape[3] // fs, video.shape[4] // fs)
+    ).astype(np.float32)
     with torch.no_grad():
         ref = _torch_decode_unclamped(model, torch.from_numpy(z)).numpy()
         ref_clamped = model.decode(torch.from_numpy(z)).sample.numpy()
@@ -114,8 +145,10 @@ def test_decode_matches(case):
         out = _to_torch(_run(ours, method, _to_jax(z), clip=False))
         e = _err(out, ref)
         e_clamped = _err(np.clip(out, -1, 1), ref_clamped)
-        print(f'{name} {method}: err {e:.2e} (|ref| max {np.abs(ref).max():.2f}), '
-              f'clamped err {e_clamped:.2e}')
+        print(
+            f'{name} {method}: err {e:.2e} (|ref| max {np.abs(ref).max():.2f}), '
+            f'clamped err {e_clamped:.2e}'
+        )
         assert e < TOL and e_clamped < TOL
 
 
@@ -136,10 +169,13 @@ def test_key_map_covers_both_sides(case):
     assert sorted(r.target for r in key_map.rules.values()) == sorted(targets)  # 1:1
     flat = wan.convert(folder, key_map, targets)
     sd = model.state_dict()
-    np.testing.assert_array_equal(flat['encoder/conv_in/kernel'],
-                                  sd['encoder.conv_in.weight'].numpy().transpose(2, 3, 4, 1, 0))
-    np.testing.assert_array_equal(flat['decoder/norm_out/gamma'],
-                                  sd['decoder.norm_out.gamma'].numpy().reshape(-1))
+    np.testing.assert_array_equal(
+        flat['encoder/conv_in/kernel'],
+        sd['encoder.conv_in.weight'].numpy().transpose(2, 3, 4, 1, 0),
+    )
+    np.testing.assert_array_equal(
+        flat['decoder/norm_out/gamma'], sd['decoder.norm_out.gamma'].numpy().reshape(-1)
+    )
 
 
 def test_key_map_with_encoder_attention():
@@ -165,8 +201,9 @@ def test_inconsistent_scale_factors_rejected():
     with pytest.raises(ValueError, match='scale_factor_temporal=4'):
         wan.vae_config_from_hf(dict(CONFIGS['two_level'][0], scale_factor_temporal=4))
     # one width written out for both sides is the Wan 2.1 layout
-    assert wan.vae_config_from_hf(dict(CONFIGS['two_level'][0], decoder_base_dim=6)) == \
-        wan.vae_config_from_hf(CONFIGS['two_level'][0])
+    assert wan.vae_config_from_hf(
+        dict(CONFIGS['two_level'][0], decoder_base_dim=6)
+    ) == wan.vae_config_from_hf(CONFIGS['two_level'][0])
 
 
 def test_full_size_wan21_map_shapes():

@@ -4,6 +4,7 @@ diffusers' `WanTransformer3DModel` takes `timestep` of shape [B, N] (`timestep.n
 token gets its own time embedding, block modulation and output shift / scale. A tiny random model
 with the TI2V-5B channel count (48 in / 48 out) is converted through our key map and run both ways.
 """
+
 import jax
 import numpy as np
 import pytest
@@ -12,8 +13,17 @@ from diffusers import WanTransformer3DModel
 
 from sora_jax.convert import wan
 
-KW = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=48,
-          out_channels=48, text_dim=16, freq_dim=32, ffn_dim=40, num_layers=2)
+KW = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=12,
+    in_channels=48,
+    out_channels=48,
+    text_dim=16,
+    freq_dim=32,
+    ffn_dim=40,
+    num_layers=2,
+)
 GRID = (3, 4, 6)  # latent [T, H, W] -> 3 x 2 x 3 = 18 tokens
 TOKENS = 18
 TOL = 1e-4  # max |ours - diffusers| / max(1, |ref| max)
@@ -50,12 +60,17 @@ def test_per_token_velocity_matches(models):
     model, _, fwd = models
     x, ctx = _inputs()
     first = np.zeros(TOKENS, bool)
-    first[:TOKENS // GRID[0]] = True  # tokens of latent frame 0
-    ts = np.stack([np.where(first, 0.0, 937.0),  # TI2V: conditioned first frame at t = 0
-                   np.random.default_rng(1).integers(0, 1000, TOKENS)]).astype(np.float32)
+    first[: TOKENS // GRID[0]] = True  # tokens of latent frame 0
+    ts = np.stack(
+        [
+            np.where(first, 0.0, 937.0),  # TI2V: conditioned first frame at t = 0
+            np.random.default_rng(1).integers(0, 1000, TOKENS),
+        ]
+    ).astype(np.float32)
     with torch.no_grad():
-        ref = model(torch.from_numpy(x), torch.from_numpy(ts), torch.from_numpy(ctx),
-                    return_dict=False)[0].numpy()
+        ref = model(
+            torch.from_numpy(x), torch.from_numpy(ts), torch.from_numpy(ctx), return_dict=False
+        )[0].numpy()
     out = _ours(fwd, x, ts, ctx)
     assert out.shape == ref.shape == (2, 48, *GRID)
     err = np.abs(out - ref).max() / max(1.0, np.abs(ref).max())
@@ -63,8 +78,9 @@ def test_per_token_velocity_matches(models):
     assert err < TOL
     # the per-token path is really per token: frame 0 at t = 0 differs from all tokens at t = 937
     with torch.no_grad():
-        flat = model(torch.from_numpy(x), torch.full((2,), 937.0), torch.from_numpy(ctx),
-                     return_dict=False)[0].numpy()
+        flat = model(
+            torch.from_numpy(x), torch.full((2,), 937.0), torch.from_numpy(ctx), return_dict=False
+        )[0].numpy()
     assert np.abs(flat[0, :, 0] - ref[0, :, 0]).max() > 100 * TOL
     assert np.abs(flat[0, :, 1:] - ref[0, :, 1:]).max() > 100 * TOL  # attention mixes frames
 
@@ -76,8 +92,9 @@ def test_constant_per_token_equals_per_example(models):
     x, ctx = _inputs()
     ts = np.array([999.0, 250.0], np.float32)
     with torch.no_grad():
-        ref = model(torch.from_numpy(x), torch.from_numpy(ts), torch.from_numpy(ctx),
-                    return_dict=False)[0].numpy()
+        ref = model(
+            torch.from_numpy(x), torch.from_numpy(ts), torch.from_numpy(ctx), return_dict=False
+        )[0].numpy()
     per_example = _ours(fwd, x, ts, ctx)
     per_token = _ours(fwd, x, np.repeat(ts[:, None], TOKENS, 1), ctx)
     assert np.abs(per_example - ref).max() / max(1.0, np.abs(ref).max()) < TOL

@@ -10,6 +10,7 @@ path of an image, then two chunks: the scan carries the cache once), and in its 
 an image (1 frame). A 5-frame video would run the same code with one step fewer, for 4 more
 compiles (each is seconds on a 2-core runner).
 """
+
 import jax
 import numpy as np
 import pytest
@@ -22,15 +23,27 @@ from sora_jax.convert import wan
 from sora_jax.models import vae as V
 from sora_jax.models.vae import WanVAE
 
-KW = dict(base_dim=2, decoder_base_dim=3, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-          attn_scales=[], temperal_downsample=[False, True, True], is_residual=True,
-          patch_size=2, in_channels=12, out_channels=12, scale_factor_spatial=16,
-          scale_factor_temporal=4, latents_mean=[0.1, -0.2, 0.3, 0.0],
-          latents_std=[1.5, 0.5, 2.0, 1.0])
-HW = (32, 48)          # 2 x 3 latent pixels
-FRAMES = (1, 9)        # an image and a video: 1 and 3 latent frames
+KW = dict(
+    base_dim=2,
+    decoder_base_dim=3,
+    z_dim=4,
+    dim_mult=[1, 2, 4, 4],
+    num_res_blocks=1,
+    attn_scales=[],
+    temperal_downsample=[False, True, True],
+    is_residual=True,
+    patch_size=2,
+    in_channels=12,
+    out_channels=12,
+    scale_factor_spatial=16,
+    scale_factor_temporal=4,
+    latents_mean=[0.1, -0.2, 0.3, 0.0],
+    latents_std=[1.5, 0.5, 2.0, 1.0],
+)
+HW = (32, 48)  # 2 x 3 latent pixels
+FRAMES = (1, 9)  # an image and a video: 1 and 3 latent frames
 CHUNKED = {1: False, 9: True}  # also compare the chunked path (see the docstring)
-TOL = 1e-4             # as tests/parity/test_vae_parity.py (relative to max(1, |ref|))
+TOL = 1e-4  # as tests/parity/test_vae_parity.py (relative to max(1, |ref|))
 torch.set_num_threads(1)  # tiny tensors: threads only add contention on a shared runner
 
 
@@ -47,8 +60,12 @@ def case(tmp_path_factory):
     ours = wan.load_vae(folder)
     graphdef, state = nnx.split(ours)
     fns = {}
-    for method, kw in (('encode', {}), ('encode_chunked', {}), ('decode', {'clip': False}),
-                       ('decode_chunked', {'clip': False})):
+    for method, kw in (
+        ('encode', {}),
+        ('encode_chunked', {}),
+        ('decode', {'clip': False}),
+        ('decode_chunked', {'clip': False}),
+    ):
         fn = jax.jit(lambda s, a, m=method, k=kw: getattr(nnx.merge(graphdef, s), m)(a, **k))
         fns[method] = lambda a, fn=fn: fn(state, a)
     return model, ours, folder, fns
@@ -74,8 +91,14 @@ def _torch_decode_unclamped(model, z):
     outs = []
     for i in range(z.shape[2]):
         model._conv_idx = [0]
-        outs.append(model.decoder(x[:, :, i:i + 1], feat_cache=model._feat_map,
-                                  feat_idx=model._conv_idx, first_chunk=i == 0))
+        outs.append(
+            model.decoder(
+                x[:, :, i : i + 1],
+                feat_cache=model._feat_map,
+                feat_idx=model._conv_idx,
+                first_chunk=i == 0,
+            )
+        )
     model.clear_cache()
     return torch_unpatchify(torch.cat(outs, 2), model.config.patch_size)
 
@@ -84,8 +107,11 @@ def test_factors_and_shapes(case):
     _, ours, _, _ = case
     assert (ours.spatial_factor, ours.temporal_factor, ours.video_channels) == (16, 4, 3)
     assert ours.latent_shape(9, *HW) == (3, 2, 3, 4)
-    with pytest.raises(ValueError, match=r'not divisible by the spatial factor 16; crop or resize '
-                                         r'to 32x32'):
+    with pytest.raises(
+        ValueError,
+        match=r'not divisible by the spatial factor 16; crop or resize '
+        r'to 32x32',
+    ):
         ours.latent_shape(9, 40, 40)
 
 
@@ -97,11 +123,13 @@ def test_encode_matches(case, frames):
         dist = model.encode(torch.from_numpy(video)).latent_dist
         ref_mean, ref_logvar = dist.mean.numpy(), dist.logvar.numpy()
     assert ref_mean.shape == (2, 4, 1 + (frames - 1) // 4, 2, 3)
-    for method in ('encode', 'encode_chunked')[:1 + CHUNKED[frames]]:
+    for method in ('encode', 'encode_chunked')[: 1 + CHUNKED[frames]]:
         mean, logvar = fns[method](_to_jax(video))
         e_mean, e_logvar = _err(_to_torch(mean), ref_mean), _err(_to_torch(logvar), ref_logvar)
-        print(f'{frames} frames {method}: mean err {e_mean:.2e}, logvar err {e_logvar:.2e}, '
-              f'|mean| max {np.abs(ref_mean).max():.2f}')
+        print(
+            f'{frames} frames {method}: mean err {e_mean:.2e}, logvar err {e_logvar:.2e}, '
+            f'|mean| max {np.abs(ref_mean).max():.2f}'
+        )
         assert e_mean < TOL and e_logvar < TOL
 
 
@@ -115,12 +143,14 @@ def test_decode_matches(case, frames):
         ref_clamped = model.decode(torch.from_numpy(z)).sample.numpy()
     assert ref.shape == (2, 3, frames, *HW)
     assert np.abs(ref).max() > 1.0  # the unclamped comparison is not hidden by the clamp
-    for method in ('decode', 'decode_chunked')[:1 + CHUNKED[frames]]:
+    for method in ('decode', 'decode_chunked')[: 1 + CHUNKED[frames]]:
         out = _to_torch(fns[method](_to_jax(z)))
         e = _err(out, ref)
         e_clamped = _err(np.clip(out, -1, 1), ref_clamped)
-        print(f'{frames} frames {method}: err {e:.2e} (|ref| max {np.abs(ref).max():.2f}), '
-              f'clamped err {e_clamped:.2e}')
+        print(
+            f'{frames} frames {method}: err {e:.2e} (|ref| max {np.abs(ref).max():.2f}), '
+            f'clamped err {e_clamped:.2e}'
+        )
         assert e < TOL and e_clamped < TOL
 
 
@@ -136,16 +166,21 @@ def test_key_map_covers_both_sides(case):
     flat = wan.convert(folder, key_map, targets)
     np.testing.assert_array_equal(
         flat['decoder/up_blocks/0/upsampler/time_conv/kernel'],
-        sd['decoder.up_blocks.0.upsampler.time_conv.weight'].numpy().transpose(2, 3, 4, 1, 0))
+        sd['decoder.up_blocks.0.upsampler.time_conv.weight'].numpy().transpose(2, 3, 4, 1, 0),
+    )
     np.testing.assert_array_equal(
         flat['encoder/down_blocks/1/downsampler/resample/kernel'],
-        sd['encoder.down_blocks.1.downsampler.resample.1.weight'].numpy().transpose(2, 3, 1, 0))
+        sd['encoder.down_blocks.1.downsampler.resample.1.weight'].numpy().transpose(2, 3, 1, 0),
+    )
 
 
 def test_latent_normalisation_uses_config_stats(case):
     _, ours, _, _ = case
     z = np.random.default_rng(2).standard_normal((1, 2, 2, 2, 4)).astype(np.float32)
-    mean, std = np.asarray(KW['latents_mean'], np.float32), np.asarray(KW['latents_std'], np.float32)
+    mean, std = (
+        np.asarray(KW['latents_mean'], np.float32),
+        np.asarray(KW['latents_std'], np.float32),
+    )
     np.testing.assert_allclose(np.asarray(ours.normalize_latents(z)), (z - mean) / std, rtol=1e-6)
 
 
@@ -165,11 +200,24 @@ def test_wan22_ti2v_5b_config_matches_diffusers_on_meta_device():
     parameter count, the converter parses it to `wan22_config()`, every tensor maps 1:1 onto a
     target of the transformed shape."""
     cfg = V.wan22_config()
-    hub = dict(base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4],
-               num_res_blocks=2, attn_scales=[], temperal_downsample=[False, True, True],
-               dropout=0.0, is_residual=True, patch_size=2, in_channels=12, out_channels=12,
-               scale_factor_spatial=16, scale_factor_temporal=4,
-               latents_mean=list(V.WAN22_LATENTS_MEAN), latents_std=list(V.WAN22_LATENTS_STD))
+    hub = dict(
+        base_dim=160,
+        decoder_base_dim=256,
+        z_dim=48,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=2,
+        attn_scales=[],
+        temperal_downsample=[False, True, True],
+        dropout=0.0,
+        is_residual=True,
+        patch_size=2,
+        in_channels=12,
+        out_channels=12,
+        scale_factor_spatial=16,
+        scale_factor_temporal=4,
+        latents_mean=list(V.WAN22_LATENTS_MEAN),
+        latents_std=list(V.WAN22_LATENTS_STD),
+    )
     with torch.device('meta'):
         model = AutoencoderKLWan(**hub)
     sd = model.state_dict()

@@ -7,6 +7,7 @@ image features (`hidden_states[-2]`), the I2V DiT velocity (image tokens through
 add_v_proj, 12 = 4 + 4 + 4 input channels; and the FLF2V position table), both key maps, and
 the latents and frames of a whole CFG + UniPC run from one image.
 """
+
 import os
 
 import jax
@@ -22,10 +23,10 @@ from sora_jax.models import clip_preprocess, clip_vision
 from sora_jax.models.dit import DiT
 from tests.parity.wan_fixture import load_reference_pipeline, make_tiny_wan_folder, tiny_config
 
-FEATURE_ATOL = 1e-5      # CLIP features, |x| ~ 3 (measured ~5e-7)
-VELOCITY_RTOL = 1e-4     # DiT velocity, max err / max(1, |ref| max), as test_dit_parity.py
-LATENT_ATOL = 1e-3       # as test_wan_pipeline_parity.py (measured ~2e-6)
-FRAME_ATOL = 1.5 / 255   # uint8 frames vs diffusers' float frames in [0, 1]
+FEATURE_ATOL = 1e-5  # CLIP features, |x| ~ 3 (measured ~5e-7)
+VELOCITY_RTOL = 1e-4  # DiT velocity, max err / max(1, |ref| max), as test_dit_parity.py
+LATENT_ATOL = 1e-3  # as test_wan_pipeline_parity.py (measured ~2e-6)
+FRAME_ATOL = 1.5 / 255  # uint8 frames vs diffusers' float frames in [0, 1]
 FLOAT_FRAME_ATOL = 1e-4  # the same before rounding
 
 
@@ -34,6 +35,7 @@ def i2v(tmp_path_factory):
     """(diffusers folder, converted folder, reference WanImageToVideoPipeline, our TextToVideo)."""
     torch.set_num_threads(1)
     from sora_jax.pipeline import TextToVideo
+
     src = make_tiny_wan_folder(str(tmp_path_factory.mktemp('wan_i2v_src')), i2v=True)
     dst = str(tmp_path_factory.mktemp('wan_i2v_dst'))
     # what experiments/convert_wan.py runs with its default --components (the T2V test runs the
@@ -47,8 +49,11 @@ def _image(h, w, seed=0):
     """A smooth random RGB image (uint8): blobs, not white noise, so resizing matters."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:h, :w] / max(h, w)
-    img = sum(np.sin(rng.uniform(2, 9) * xx + rng.uniform(2, 9) * yy + rng.uniform(0, 6))[..., None]
-              * rng.uniform(-1, 1, 3) for _ in range(4))
+    img = sum(
+        np.sin(rng.uniform(2, 9) * xx + rng.uniform(2, 9) * yy + rng.uniform(0, 6))[..., None]
+        * rng.uniform(-1, 1, 3)
+        for _ in range(4)
+    )
     return np.clip(127.5 + 60 * img + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
@@ -63,6 +68,7 @@ def test_converted_folder_has_the_image_components(i2v):
 @pytest.mark.parametrize('size', [(32, 32), (45, 70), (90, 33)])
 def test_preprocess_matches_clip_image_processor(i2v, size):
     from PIL import Image
+
     _, _, ref, pipe = i2v
     img = _image(*size, seed=size[0])
     want = ref.image_processor(images=Image.fromarray(img), return_tensors='np')['pixel_values']
@@ -73,6 +79,7 @@ def test_preprocess_matches_clip_image_processor(i2v, size):
 
 def test_clip_features_match(i2v):
     from PIL import Image
+
     _, _, ref, pipe = i2v
     img = _image(45, 70)
     with torch.no_grad():
@@ -102,16 +109,22 @@ def test_key_maps_cover_both_sides(i2v):
     cmap = clip_vision_key_map(ccfg.num_hidden_layers)
     assert set(cmap.rules) == set(ref.image_encoder.state_dict())
     assert set(cmap.aliases) == {f'vision_model.{k}' for k in cmap.rules}  # transformers < 5 names
-    ctargets = wan.state_targets(nnx.split(nnx.eval_shape(
-        lambda: clip_vision.CLIPVisionEncoder(ccfg, rngs=nnx.Rngs(0))))[1])
+    ctargets = wan.state_targets(
+        nnx.split(nnx.eval_shape(lambda: clip_vision.CLIPVisionEncoder(ccfg, rngs=nnx.Rngs(0))))[1]
+    )
     assert {r.target for r in cmap.rules.values()} == set(ctargets)
 
 
 def _velocities(ref_model, dit, x, ts, ctx, img, img_ours):
     """(diffusers, ours) velocities, channels first; x: [B, C, T, H, W] numpy."""
     with torch.no_grad():
-        ref = ref_model(torch.from_numpy(x), torch.from_numpy(ts), torch.from_numpy(ctx),
-                        torch.from_numpy(img), return_dict=False)[0].numpy()
+        ref = ref_model(
+            torch.from_numpy(x),
+            torch.from_numpy(ts),
+            torch.from_numpy(ctx),
+            torch.from_numpy(img),
+            return_dict=False,
+        )[0].numpy()
     fn = jax.jit(lambda a, b, c, i: dit(a, b, c, image=i))
     out = fn(x.transpose(0, 2, 3, 4, 1), ts / 1000.0, ctx, img_ours)
     return ref, np.asarray(out).transpose(0, 4, 1, 2, 3), fn
@@ -142,10 +155,22 @@ def test_dit_velocity_matches(i2v):
 def test_flf2v_dit_velocity_matches(tmp_path):
     """FLF2V: first + last image tokens with a learned position table (pos_embed_seq_len)."""
     from diffusers import WanTransformer3DModel
+
     torch.manual_seed(0)
-    kw = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=9,
-              out_channels=4, text_dim=16, freq_dim=32, ffn_dim=40, num_layers=2, image_dim=20,
-              added_kv_proj_dim=24, pos_embed_seq_len=10)
+    kw = dict(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=9,
+        out_channels=4,
+        text_dim=16,
+        freq_dim=32,
+        ffn_dim=40,
+        num_layers=2,
+        image_dim=20,
+        added_kv_proj_dim=24,
+        pos_embed_seq_len=10,
+    )
     model = WanTransformer3DModel(**kw).eval()
     with torch.no_grad():  # randomise the zero/one-initialised parameters too
         for name, p in model.named_parameters():
@@ -159,8 +184,9 @@ def test_flf2v_dit_velocity_matches(tmp_path):
     ctx = rng.standard_normal((2, 512, 16)).astype(np.float32)
     img = rng.standard_normal((4, 5, 20)).astype(np.float32)
     # diffusers views [2B, S, D] as [B, 2S, D] (first, last image of each example)
-    ref, out, _ = _velocities(model, dit, x, np.array([999.0, 250.0], np.float32), ctx, img,
-                              img.reshape(2, 10, 20))
+    ref, out, _ = _velocities(
+        model, dit, x, np.array([999.0, 250.0], np.float32), ctx, img, img.reshape(2, 10, 20)
+    )
     err = np.abs(out - ref).max() / max(1.0, np.abs(ref).max())
     print(f'FLF2V DiT velocity max err (scaled) {err:.2e}')
     assert err < VELOCITY_RTOL
@@ -179,20 +205,46 @@ def test_mask_channels_follow_diffusers():
 def run(i2v):
     """One I2V sampling run of both pipelines: CFG 5, 3 UniPC steps, 5 frames of 32x48."""
     from PIL import Image
+
     _, _, ref, pipe = i2v
     c = tiny_config('tiny_i2v')
     frames, h, w = 5, 32, 48
     img = _image(h, w, seed=3)
     noise = torch.randn(1, 4, 2, h // 8, w // 8, generator=torch.Generator().manual_seed(1))
-    kw = dict(prompt=['A red circle moves to the left.'], negative_prompt=['static, blurred'],
-              num_frames=frames, height=h, width=w, num_inference_steps=3, guidance_scale=5.0)
+    kw = dict(
+        prompt=['A red circle moves to the left.'],
+        negative_prompt=['static, blurred'],
+        num_frames=frames,
+        height=h,
+        width=w,
+        num_inference_steps=3,
+        guidance_scale=5.0,
+    )
     with torch.no_grad():
-        ref_lat = ref(image=Image.fromarray(img), **kw, latents=noise, output_type='latent',
-                      max_sequence_length=c.text.max_length).frames.numpy()
-        ref_np = ref(image=Image.fromarray(img), **kw, latents=noise, output_type='np',
-                     max_sequence_length=c.text.max_length).frames
-    ours = dict(kw, sampler='unipc', shift=c.sample.shift, mode='i2v', image=img,
-                latents=noise.permute(0, 2, 3, 4, 1).numpy(), progress=False, watermark=False)
+        ref_lat = ref(
+            image=Image.fromarray(img),
+            **kw,
+            latents=noise,
+            output_type='latent',
+            max_sequence_length=c.text.max_length,
+        ).frames.numpy()
+        ref_np = ref(
+            image=Image.fromarray(img),
+            **kw,
+            latents=noise,
+            output_type='np',
+            max_sequence_length=c.text.max_length,
+        ).frames
+    ours = dict(
+        kw,
+        sampler='unipc',
+        shift=c.sample.shift,
+        mode='i2v',
+        image=img,
+        latents=noise.permute(0, 2, 3, 4, 1).numpy(),
+        progress=False,
+        watermark=False,
+    )
     lat = pipe(**ours, output_type='latent')
     return pipe, ours, ref_lat.transpose(0, 2, 3, 4, 1), ref_np, lat
 
@@ -209,6 +261,7 @@ def test_sample_latents_match(run):
 
 def test_sample_frames_match(run):
     import jax.numpy as jnp
+
     pipe, ours, _, ref_np, lat = run
     vid = pipe(**ours, output_type='np')
     assert vid.dtype == np.uint8 and vid.shape == ref_np.shape == (1, 5, 32, 48, 3)
@@ -225,8 +278,15 @@ def test_i2v_model_refuses_other_modes(i2v):
     with pytest.raises(ValueError, match="image-to-video model; call it with mode='i2v'"):
         pipe('a cat', num_frames=5, height=32, width=32, progress=False)
     with pytest.raises(ValueError, match='image has shape'):
-        pipe('a cat', num_frames=5, height=32, width=32, mode='i2v',
-             image=np.zeros((16, 16, 3), np.uint8), progress=False)
+        pipe(
+            'a cat',
+            num_frames=5,
+            height=32,
+            width=32,
+            mode='i2v',
+            image=np.zeros((16, 16, 3), np.uint8),
+            progress=False,
+        )
 
 
 def test_transformers4_key_layout_converts(i2v, tmp_path):
@@ -234,10 +294,13 @@ def test_transformers4_key_layout_converts(i2v, tmp_path):
     import shutil
 
     from safetensors.torch import save_file
+
     src, _, ref, pipe = i2v
     shutil.copy(os.path.join(src, 'image_encoder', 'config.json'), tmp_path / 'config.json')
-    save_file({f'vision_model.{k}': v.contiguous() for k, v in
-               ref.image_encoder.state_dict().items()}, str(tmp_path / 'model.safetensors'))
+    save_file(
+        {f'vision_model.{k}': v.contiguous() for k, v in ref.image_encoder.state_dict().items()},
+        str(tmp_path / 'model.safetensors'),
+    )
     enc = wan.load_component(str(tmp_path), 'image_encoder')
     px = clip_preprocess.preprocess(_image(32, 32), pipe.image_encoder.processor)
     ours = np.asarray(pipe.image_encoder(_image(32, 32)))

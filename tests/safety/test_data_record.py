@@ -1,6 +1,7 @@
 """Training-data record of a video folder: per-clip creator / license / source, the
 data.allowed_licenses and data.exclude filters (counted like the other skips), and a removal
 request honoured by excluding and rebuilding (the record's counts and clip-id hash change)."""
+
 import hashlib
 import json
 
@@ -14,14 +15,16 @@ from sora_jax.safety import record
 from sora_jax.train import validate
 
 # file, creator, license, source (a clip with no license; one too short to use)
-CLIPS = [('a.mp4', 'Ana', 'CC-BY-4.0', 'https://ex.org/a'),
-         ('b.mp4', 'Ana', 'cc-by-4.0', ''),
-         ('c.gif', 'Bo', 'cc0-1.0', ''),
-         ('d.mp4', 'Cy', 'proprietary', ''),
-         ('e.mp4', 'Dee', 'cc-by-4.0', ''),
-         ('f.mp4', '', '', ''),
-         ('sub/g.mp4', 'Eve', 'cc0-1.0', 'https://ex.org/g'),
-         ('short.mp4', 'Bo', 'cc0-1.0', '')]
+CLIPS = [
+    ('a.mp4', 'Ana', 'CC-BY-4.0', 'https://ex.org/a'),
+    ('b.mp4', 'Ana', 'cc-by-4.0', ''),
+    ('c.gif', 'Bo', 'cc0-1.0', ''),
+    ('d.mp4', 'Cy', 'proprietary', ''),
+    ('e.mp4', 'Dee', 'cc-by-4.0', ''),
+    ('f.mp4', '', '', ''),
+    ('sub/g.mp4', 'Eve', 'cc0-1.0', 'https://ex.org/g'),
+    ('short.mp4', 'Bo', 'cc0-1.0', ''),
+]
 
 
 @pytest.fixture(scope='module')
@@ -30,9 +33,16 @@ def folder(tmp_path_factory):
     for i, (f, *_) in enumerate(CLIPS):
         t = 2 if f == 'short.mp4' else 4
         V.write_video(root / f, shapes.generate(5, i, num_frames=t, height=8, width=8)['video'])
-    rows = [{'file': f, 'caption': f'clip {f}', **({'creator': c} if c else {}),
-             **({'license': lic} if lic else {}), **({'source': s} if s else {})}
-            for f, c, lic, s in CLIPS]
+    rows = [
+        {
+            'file': f,
+            'caption': f'clip {f}',
+            **({'creator': c} if c else {}),
+            **({'license': lic} if lic else {}),
+            **({'source': s} if s else {}),
+        }
+        for f, c, lic, s in CLIPS
+    ]
     (root / 'captions.jsonl').write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
     return root
 
@@ -60,8 +70,14 @@ def test_folder_record_with_licenses_and_opt_outs(folder, tmp_path):
     assert rec['creators'] == [{'creator': 'Ana', 'clips': 2}, {'creator': 'Dee', 'clips': 1}]
     assert rec['sources'] == ['https://ex.org/a']
     # Bo's two clips and g.mp4 opted out (checked before the length); d and f: license
-    assert rec['skipped'] == {'license_not_allowed': 2, 'missing_caption': 0, 'opted_out': 3,
-                              'too_short': 0, 'too_small': 0, 'unreadable': 0}
+    assert rec['skipped'] == {
+        'license_not_allowed': 2,
+        'missing_caption': 0,
+        'opted_out': 3,
+        'too_short': 0,
+        'too_small': 0,
+        'unreadable': 0,
+    }
     assert rec['filters'] == {'allowed_licenses': ['cc-by-4.0', 'cc0-1.0'], 'exclude_entries': 2}
     assert rec['dataset'] == f'video_folder:{folder.name}' and rec['synthetic'] is False
     text = record.describe(rec)
@@ -84,11 +100,13 @@ def test_any_license_and_csv_credits(folder, tmp_path):
     assert rec['clips'] == 7 and rec['skipped']['too_short'] == 1
     assert rec['licenses'] == {'cc-by-4.0': 3, 'cc0-1.0': 2, 'proprietary': 1, 'unspecified': 1}
     assert [x['clips'] for x in rec['creators']] == [2, 1, 1, 1, 1]  # Ana Bo Cy Dee Eve
-    (tmp_path / 'c.csv').write_text('file,caption,creator,license,source\n'
-                                    'a.mp4,hi,Ana,cc0-1.0,\nb.mp4,yo,,,\n')
+    (tmp_path / 'c.csv').write_text(
+        'file,caption,creator,license,source\na.mp4,hi,Ana,cc0-1.0,\nb.mp4,yo,,,\n'
+    )
     assert VF.read_captions(str(tmp_path / 'c.csv')) == {
         'a.mp4': {'caption_en': 'hi', 'caption_es': '', 'creator': 'Ana', 'license': 'cc0-1.0'},
-        'b.mp4': {'caption_en': 'yo', 'caption_es': ''}}
+        'b.mp4': {'caption_en': 'yo', 'caption_es': ''},
+    }
 
 
 def test_resumed_run_on_changed_data_keeps_the_earlier_record(tmp_path):
@@ -119,7 +137,7 @@ def test_warm_started_run_keeps_the_source_record(folder, tmp_path):
 
 def test_bad_filter_config_is_a_clear_error(folder, tmp_path):
     c = _config(folder, tmp_path / 'tfds', tmp_path / 'missing.txt')
-    with pytest.raises(ValueError, match=r"config.data.exclude=.*missing.txt.*no such file"):
+    with pytest.raises(ValueError, match=r'config.data.exclude=.*missing.txt.*no such file'):
         validate.validate_config(c)
     c = _config(folder, tmp_path / 'tfds')
     c.data.allowed_licenses = ('cc0-1.0', ' ')
@@ -127,7 +145,7 @@ def test_bad_filter_config_is_a_clear_error(folder, tmp_path):
         validate.validate_config(c)
     c = shapes_config.get_config('tiny')
     c.data.allowed_licenses = ('cc0-1.0',)
-    with pytest.raises(ValueError, match=r"allowed_licenses.*video folders.*unset it"):
+    with pytest.raises(ValueError, match=r'allowed_licenses.*video folders.*unset it'):
         validate.validate_config(c)
     with pytest.raises(ValueError, match='exclude=.*is not a file'):
         VF.VideoFolderConfig(folder=str(folder), exclude=str(tmp_path / 'nope.txt'))

@@ -1,5 +1,6 @@
 """Prompt moderation: a labelled list (en + es, obfuscated spellings, tricky benign prompts);
 precision and recall are printed and asserted, plus folding and policy-file errors."""
+
 import json
 
 import pytest
@@ -125,9 +126,11 @@ def test_labelled_precision_recall(mod):
             misses.append((prompt, want, got, v.match))
     precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
     n_bad = sum(1 for _, w in LABELLED if w)
-    print(f'\nmoderation on {len(LABELLED)} labelled prompts ({n_bad} harmful): precision '
-          f'{precision:.3f}, recall {recall:.3f}, right category {1 - wrong_cat / max(tp, 1):.3f}; '
-          f'misses {misses}')
+    print(
+        f'\nmoderation on {len(LABELLED)} labelled prompts ({n_bad} harmful): precision '
+        f'{precision:.3f}, recall {recall:.3f}, right category {1 - wrong_cat / max(tp, 1):.3f}; '
+        f'misses {misses}'
+    )
     assert n_bad >= 45 and len(LABELLED) - n_bad >= 35
     assert precision >= 0.97, misses
     assert recall >= 0.95, misses
@@ -144,7 +147,7 @@ def test_refusal_names_category(mod):
 def test_folding():
     views, squashed = moderation.fold_variants('Ｋ.I.L.L  th3 Määän!!')
     assert views[0] == 'k i l l th3 man'  # plain: NFKC, case, accents, repeats collapsed
-    assert views[1] == 'kil the man'    # de-obfuscated
+    assert views[1] == 'kil the man'  # de-obfuscated
     assert squashed == 'kiltheman'
 
 

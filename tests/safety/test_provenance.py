@@ -1,5 +1,6 @@
 """C2PA Content Credentials (sign, read back, tamper), the data record, the pipeline's defaults
 and experiments/verify.py on a signed, marked file."""
+
 import importlib.util
 import os
 
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 
 from sora_jax.io import video as video_io
-from sora_jax.safety import moderation, provenance, record, watermark as wm
+from sora_jax.safety import moderation, provenance, record
+from sora_jax.safety import watermark as wm
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -18,13 +20,21 @@ def _config_home(tmp_path_factory, monkeypatch):
 
 
 def _info(**kw):
-    base = dict(checkpoint_hash='a' * 64, config_name='dit_p3', data_record_hash='b' * 64,
-                watermark_payload={'model_id': 5, 'user_key': 6}, disabled=[], prompt_moderated=True)
+    base = dict(
+        checkpoint_hash='a' * 64,
+        config_name='dit_p3',
+        data_record_hash='b' * 64,
+        watermark_payload={'model_id': 5, 'user_key': 6},
+        disabled=[],
+        prompt_moderated=True,
+    )
     return provenance.manifest_info(**{**base, **kw})
 
 
 def _verify_module():
-    spec = importlib.util.spec_from_file_location('verify', os.path.join(REPO, 'experiments', 'verify.py'))
+    spec = importlib.util.spec_from_file_location(
+        'verify', os.path.join(REPO, 'experiments', 'verify.py')
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -49,7 +59,9 @@ def test_sign_read_and_tamper(tmp_path):
     assert rb['present'] and not rb['valid'] and any('mismatch' in e for e in rb['errors'])
     verify = _verify_module()
     good, tampered = verify.verify(path), verify.verify(str(bad))
-    assert good['c2pa']['valid'] and good['watermark']['found'] and good['watermark']['user_key'] == 6
+    assert (
+        good['c2pa']['valid'] and good['watermark']['found'] and good['watermark']['user_key'] == 6
+    )
     assert tampered['tampered'] and not verify.verify(path)['tampered']
     plain = str(video_io.write_video(tmp_path / 'plain.mp4', clip))
     assert provenance.read(plain)['present'] is False
@@ -65,10 +77,12 @@ def test_credentials_errors(tmp_path):
 
 
 def test_data_record(tmp_path):
-    clips = [{'id': 'b.mp4', 'license': 'cc-by-4.0', 'creator': 'Ana'},
-             {'id': 'a.mp4', 'license': 'cc-by-4.0', 'creator': 'Ana'},
-             {'id': 'c.mp4', 'license': 'cc0', 'creator': 'Luis', 'source': 'https://x'},
-             {'id': 'd.mp4'}]
+    clips = [
+        {'id': 'b.mp4', 'license': 'cc-by-4.0', 'creator': 'Ana'},
+        {'id': 'a.mp4', 'license': 'cc-by-4.0', 'creator': 'Ana'},
+        {'id': 'c.mp4', 'license': 'cc0', 'creator': 'Luis', 'source': 'https://x'},
+        {'id': 'd.mp4'},
+    ]
     rec = record.build('video_folder:demo', '1.0.0', clips, skipped={'license': 1, 'opted_out': 2})
     assert rec['licenses'] == {'cc-by-4.0': 2, 'cc0': 1, 'unspecified': 1}
     assert rec['creators'] == [{'creator': 'Ana', 'clips': 2}, {'creator': 'Luis', 'clips': 1}]
@@ -86,18 +100,27 @@ def test_data_record(tmp_path):
 def test_pipeline_defaults(tmp_path):
     from configs import shapes as shapes_cfg
     from sora_jax.pipeline import TextToVideo
+
     cfg = shapes_cfg.get_config('tiny')
     cfg.sample.height = cfg.sample.width = 32
     pipe = TextToVideo.from_config(cfg)
     with pytest.raises(moderation.PromptRefused, match='graphic_violence'):
         pipe('a man being d3capitated', num_inference_steps=1, progress=False)
     kw = dict(num_inference_steps=1, progress=False, negative_prompt='gore, blood everywhere')
-    marked = pipe('a red circle', **kw)            # a negative prompt is never refused
+    marked = pipe('a red circle', **kw)  # a negative prompt is never refused
     plain = pipe('a red circle', watermark=False, **kw)
     assert marked.shape == plain.shape and marked.dtype == np.uint8
     assert wm.psnr(marked, plain) >= 40.0 and not np.array_equal(marked, plain)
     d = wm.detect(marked[0])
     assert d.found and (d.model_id, d.user_key) == (pipe.model_id, pipe.user_key)
     assert not wm.detect(plain[0]).found
-    assert not pipe('a man being decapitated', moderation=False, watermark=False,
-                    num_inference_steps=1, progress=False).size == 0
+    assert (
+        not pipe(
+            'a man being decapitated',
+            moderation=False,
+            watermark=False,
+            num_inference_steps=1,
+            progress=False,
+        ).size
+        == 0
+    )

@@ -1,11 +1,13 @@
 """Watermark: PSNR, bit accuracy after each transform on shapes clips (marked at 32x32, written
 4x upscaled as sample.py writes them) and natural pans/zooms, false positives on unmarked clips.
 The full measurement (more clips, 800 unmarked) is experiments/watermark_eval.py."""
+
 import numpy as np
 import pytest
 
 from sora_jax.data import shapes
-from sora_jax.safety import robustness, watermark as wm
+from sora_jax.safety import robustness
+from sora_jax.safety import watermark as wm
 
 MID, KEY = 0xBEEF, 4242
 
@@ -29,8 +31,10 @@ def test_psnr_and_payload(marked):
     truth = wm.payload_bits(MID, KEY)
     assert truth.size == 32
     clip = _shapes(0)
-    psnrs = [wm.psnr(wm.embed(clip, MID, KEY), clip),
-             wm.psnr(wm.embed(robustness.natural_clip(0), MID, KEY), robustness.natural_clip(0))]
+    psnrs = [
+        wm.psnr(wm.embed(clip, MID, KEY), clip),
+        wm.psnr(wm.embed(robustness.natural_clip(0), MID, KEY), robustness.natural_clip(0)),
+    ]
     print(f'\nPSNR {psnrs}')
     assert min(psnrs) >= 40.0
 
@@ -42,7 +46,7 @@ def test_budget_is_per_video():
     budget^2. The RMS is of the frames as written (rounded, clipped)."""
     clip = _shapes(1)
     m = wm.embed(clip, MID, KEY)
-    frames = [wm.psnr(m[i:i + 1], clip[i:i + 1]) for i in range(len(clip))]
+    frames = [wm.psnr(m[i : i + 1], clip[i : i + 1]) for i in range(len(clip))]
     print(f'\nvideo PSNR {wm.psnr(m, clip):.2f}, frames {min(frames):.2f}-{max(frames):.2f}')
     assert wm.psnr(m, clip) >= 40.0 and min(frames) < 40.15
     assert min(frames) >= 40.1 - 20 * np.log10(wm.FRAME_OVER) - 0.05
@@ -50,8 +54,8 @@ def test_budget_is_per_video():
     need = np.array([0.5, 0.9, 1.1, 1.2, 1.25, 1.25]) * cap
     c = wm._frame_caps(need)
     assert 1.0 * cap < c < 1.25 * cap
-    np.testing.assert_allclose(np.mean(np.minimum(need, c) ** 2), cap ** 2)
-    assert wm._frame_caps(need * 0.5) == cap * wm.FRAME_OVER          # nothing binds
+    np.testing.assert_allclose(np.mean(np.minimum(need, c) ** 2), cap**2)
+    assert wm._frame_caps(need * 0.5) == cap * wm.FRAME_OVER  # nothing binds
     assert wm._frame_caps(np.full(4, 3.0) * cap) == pytest.approx(cap)  # all need more: the cap
 
 
@@ -60,7 +64,7 @@ def test_change_is_along_the_luma_weights():
     to R, G and B would (ratio 1.0): it is made along (0.299, 0.587, 0.114)."""
     for clip in (robustness.natural_clip(0)[:4], _shapes(0)[:4]):
         d = wm.embed(clip, MID, KEY).astype(np.float64) - clip
-        ratio = np.sqrt(np.mean(wm._luma(d) ** 2) / np.mean(d ** 2))
+        ratio = np.sqrt(np.mean(wm._luma(d) ** 2) / np.mean(d**2))
         per_channel = np.abs(d).reshape(-1, 3).mean(0)
         print(f'\nluma per unit RMS {ratio:.3f}, mean |change| R G B {per_channel.round(2)}')
         assert 1.12 <= ratio <= 1.16
@@ -95,14 +99,20 @@ def test_combination_sets_script(tmp_path):
     import os
     import subprocess
     import sys
+
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = tmp_path / 'sets.json'
 
     script = os.path.join(root, 'experiments', 'watermark_eval.py')
 
     def run(*flags, timeout):
-        return subprocess.run([sys.executable, script, *flags, f'--json={out}'], cwd=root,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, script, *flags, f'--json={out}'],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def result(*flags, timeout=600):
         r = run(*flags, timeout=timeout)
@@ -110,7 +120,7 @@ def test_combination_sets_script(tmp_path):
         return json.loads(out.read_text())
 
     sets = result('--sets=shapes:9,natural:300', timeout=900)['combination_sets']
-    print(f"\ncombination: {sets}")
+    print(f'\ncombination: {sets}')
     assert sets['shapes:9']['bit_accuracy'] >= 0.90 and sets['shapes:9']['found'] >= 6
     assert sets['natural:300']['bit_accuracy'] >= 0.95 and sets['natural:300']['found'] >= 7
     fp = result('--fpr_only', '--fpr_clips=2', '--fpr_start=400')['false_positive']
@@ -125,6 +135,7 @@ def test_combination_sets_script(tmp_path):
 def test_t2i_image_written_as_png(tmp_path):
     """A single marked frame (mode='t2i'), upscaled 4x and written as sample.py writes it."""
     from sora_jax.io import video as video_io
+
     for i, (frame, k) in enumerate([(_shapes(3)[:1], 4), (robustness.natural_clip(7)[:1], 1)]):
         marked = wm.embed(frame, MID, KEY).repeat(k, 1).repeat(k, 2)
         d = wm.detect_file(video_io.write_image(tmp_path / f'{i}.png', marked[0]))
@@ -142,6 +153,7 @@ def test_fast_analysis_matches_pywt_dct():
 def test_cheapest_flips_in_cost_order():
     """The list's patterns are the n cheapest sets of at most LIST_FLIPS bits (brute force)."""
     import itertools
+
     w = np.sort(np.random.default_rng(1).uniform(0, 1, 12))
     every = [c for k in range(wm.LIST_FLIPS + 1) for c in itertools.combinations(range(12), k)]
     brute = sorted(w[list(c)].sum() for c in every)
@@ -157,6 +169,7 @@ def test_list_decoder_flips_a_cheap_bit_outside_the_least_reliable_few():
     cheaper patterns (436 here, brute force; the previous list, flips of the 8 least reliable
     bits, could not reach the 25th). Random readings pass about LIST / 2^22 of the time."""
     import itertools
+
     rng = np.random.default_rng(3)
     bits = (wm._codeword(MID, KEY) > 0).astype(np.uint8)
     rel = np.sort(rng.uniform(0.05, 1.0, wm.N_BITS))[rng.permutation(wm.N_BITS)]
@@ -164,15 +177,23 @@ def test_list_decoder_flips_a_cheap_bit_outside_the_least_reliable_few():
     hard = bits.copy()
     hard[order[[0, 24]]] ^= 1
     cost, srt = rel[order[[0, 24]]].sum(), rel[order]
-    cheaper = sum(srt[list(c)].sum() < cost for k in range(wm.LIST_FLIPS + 1)
-                  for c in itertools.combinations(range(wm.N_BITS), k))
+    cheaper = sum(
+        srt[list(c)].sum() < cost
+        for k in range(wm.LIST_FLIPS + 1)
+        for c in itertools.combinations(range(wm.N_BITS), k)
+    )
     assert cheaper == 436 < wm.LIST
     fixed, flips = wm._list_decode(hard, rel)
     assert fixed is not None and (fixed == bits).all() and flips == 2
     assert wm._list_decode(hard, rel, size=cheaper)[0] is None
     assert (wm._list_decode(hard, rel, size=cheaper + 1)[0] == bits).all()
-    passes = sum(wm._list_decode(rng.integers(0, 2, wm.N_BITS).astype(np.uint8),
-                                 rng.uniform(0, 1, wm.N_BITS))[0] is not None for _ in range(200))
+    passes = sum(
+        wm._list_decode(
+            rng.integers(0, 2, wm.N_BITS).astype(np.uint8), rng.uniform(0, 1, wm.N_BITS)
+        )[0]
+        is not None
+        for _ in range(200)
+    )
     assert passes == 0
 
 

@@ -9,6 +9,7 @@ Covered: the run's data record, the tracker's metrics.jsonl and sample GIFs, the
 writes arrays through tensorstore's own gcs driver, array_record (tfds data, latent cache) opens
 local files, and tensorboardX writes gs:// through google-cloud-storage; none of them goes through
 fsspec, so a fake bucket cannot stand in for them here."""
+
 import importlib
 import os
 
@@ -23,6 +24,7 @@ from configs import shapes as shapes_config
 
 class _FakeBucket(LocalFileSystem):
     """gs://<bucket>/<key> -> <root>/<bucket>/<key> on local disk."""
+
     protocol = ('gs', 'gcs')
     root = ''
 
@@ -33,12 +35,12 @@ class _FakeBucket(LocalFileSystem):
             return path
         for prefix in ('gs://', 'gcs://', 'gs:/'):
             if path.startswith(prefix):
-                path = path[len(prefix):]
+                path = path[len(prefix) :]
                 break
         return cls.root + '/' + path.lstrip('/')
 
     def _local_to_key(self, p):
-        return p[len(self.root) + 1:] if p.startswith(self.root) else p
+        return p[len(self.root) + 1 :] if p.startswith(self.root) else p
 
     def glob(self, path, **kwargs):
         return [self._local_to_key(p) for p in super().glob(path, **kwargs)]
@@ -77,6 +79,7 @@ def test_the_fake_bucket_is_not_a_local_path(bucket):
 def test_data_record_and_example_ids(bucket):
     from sora_jax.safety import record
     from sora_jax.train.loop import _ExampleIdLog
+
     work = 'gs://b/run1'
     rec = record.build('shapes', '1.0.0', [{'id': 'a'}, {'id': 'b'}], synthetic=True)
     record.write_for_run(work, rec)
@@ -92,6 +95,7 @@ def test_data_record_and_example_ids(bucket):
 
 def test_tracker_metrics_and_videos(bucket):
     from sora_jax.train import tracking
+
     c = shapes_config.get_config('tiny')
     c.train.log_to = ()  # tensorboardX's gs:// writer needs google-cloud-storage (not here)
     t = tracking.Tracker('gs://b/run2', c)
@@ -101,7 +105,9 @@ def test_tracker_metrics_and_videos(bucket):
     paths = t.videos(4, {'samples/00': frames})
     t.close()
     assert [os.fspath(p) for p in paths] == ['gs://b/run2/samples/4/samples_00.gif']
-    assert (bucket / 'b' / 'run2' / 'samples' / '4' / 'samples_00.gif').read_bytes()[:6] == b'GIF89a'
+    assert (bucket / 'b' / 'run2' / 'samples' / '4' / 'samples_00.gif').read_bytes()[
+        :6
+    ] == b'GIF89a'
     assert [m['loss'] for m in tracking.read_metrics('gs://b/run2')] == [1.5, 1.0]
     tracking.Tracker('gs://b/run2', c, start_step=2).close()  # resumed at 2: step 4 dropped
     assert [m['step'] for m in tracking.read_metrics('gs://b/run2')] == [2]
@@ -110,6 +116,7 @@ def test_tracker_metrics_and_videos(bucket):
 def test_checkpoint_dirs_and_init_from(bucket):
     from sora_jax.io import checkpoint as ckpt
     from sora_jax.train.validate import check_init_from
+
     (bucket / 'b' / 'bundle' / 'checkpoints' / '5').mkdir(parents=True)
     assert ckpt.checkpoint_dir('gs://b/bundle') == 'gs://b/bundle/checkpoints'
     assert ckpt.checkpoint_dir('gs://b/bundle/checkpoints') == 'gs://b/bundle/checkpoints'
@@ -124,6 +131,7 @@ def test_checkpoint_dirs_and_init_from(bucket):
 
 def test_from_checkpoint_checks_the_uri(bucket):
     from sora_jax.pipeline import TextToVideo
+
     with pytest.raises(ValueError, match='gs://b/nothing/checkpoints does not exist'):
         TextToVideo.from_checkpoint('gs://b/nothing')
 
@@ -136,21 +144,29 @@ def _tiny_data(data_dir, staging_dir, **data):
     return c
 
 
-def test_remote_data_dir_builds_locally_and_is_reused_from_the_bucket(bucket, tmp_path,
-                                                                      monkeypatch):
+def test_remote_data_dir_builds_locally_and_is_reused_from_the_bucket(
+    bucket, tmp_path, monkeypatch
+):
     from sora_jax.data import staging
     from sora_jax.data.builders import shapes as shapes_builder
     from sora_jax.train import sources as sources_lib
+
     c = _tiny_data('gs://b/data', tmp_path / 'mirror1')
     first = sources_lib.make_sources(c)
     assert {s: len(v) for s, v in first.items()} == {'train': 8, 'validation': 2}
-    pushed = sorted(p.relative_to(bucket / 'b' / 'data').as_posix()
-                    for p in (bucket / 'b' / 'data').rglob('*') if p.is_file())
+    pushed = sorted(
+        p.relative_to(bucket / 'b' / 'data').as_posix()
+        for p in (bucket / 'b' / 'data').rglob('*')
+        if p.is_file()
+    )
     assert any(p.endswith('.array_record-00000-of-00001') for p in pushed), pushed
     assert not any('incomplete' in p for p in pushed)
     # A second machine (another mirror): the bucket's build is pulled, nothing is generated.
-    monkeypatch.setattr(shapes_builder.SyntheticShapes, '_generate_examples',
-                        lambda *a, **k: pytest.fail('regenerated instead of pulling'))
+    monkeypatch.setattr(
+        shapes_builder.SyntheticShapes,
+        '_generate_examples',
+        lambda *a, **k: pytest.fail('regenerated instead of pulling'),
+    )
     c2 = _tiny_data('gs://b/data', tmp_path / 'mirror2')
     second = sources_lib.make_sources(c2)
     assert np.array_equal(second['train'][3]['video'], first['train'][3]['video'])
@@ -184,6 +200,7 @@ def test_latent_cache_of_a_remote_data_dir(bucket, tmp_path, monkeypatch):
 
 def test_staging_dir_must_be_local():
     from sora_jax.data import staging
+
     with pytest.raises(ValueError, match='data.staging_dir'):
         staging.Mirror('gs://b/data', 'gs://b/mirror')
     assert staging.Mirror('data_cache').local == 'data_cache'  # local: used as it is
@@ -200,8 +217,10 @@ def test_export_bundle_to_a_bucket(bucket, tmp_path):
     from sora_jax.train import checkpoint as ckpt
     from sora_jax.train import loop
     from sora_jax.train.objectives import flow as flow_objective
+
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..', 'experiments'))
     import export
+
     c = shapes_config.get_config('tiny')
     mesh = mesh_lib.make_mesh((1, 1, 1, 1), devices=jax.devices()[:1])
     _, state, *_ = loop.init_state(c, mesh, mesh_lib.rules_dict(), flow_objective)
@@ -210,12 +229,18 @@ def test_export_bundle_to_a_bucket(bucket, tmp_path):
     mngr.wait_until_finished()
     (bucket / 'b' / 'bundle' / 'stale').mkdir(parents=True)  # an older bundle is replaced
     size = export.export_bundle(str(tmp_path / 'run'), 'gs://b/bundle', 'float16')
-    files = sorted(p.relative_to(bucket / 'b' / 'bundle').as_posix()
-                   for p in (bucket / 'b' / 'bundle').rglob('*') if p.is_file())
+    files = sorted(
+        p.relative_to(bucket / 'b' / 'bundle').as_posix()
+        for p in (bucket / 'b' / 'bundle').rglob('*')
+        if p.is_file()
+    )
     assert 'data_record.json' in files and any(f.startswith('checkpoints/3/') for f in files)
     assert size == sum((bucket / 'b' / 'bundle' / f).stat().st_size for f in files)
     assert not (bucket / 'b' / 'bundle.tmp').exists() and 'stale' not in files
     pipe = TextToVideo.from_checkpoint(bucket / 'b' / 'bundle')  # the copied bytes load
     np.testing.assert_array_equal(  # float16 EMA weights, as a local export holds them
         np.asarray(jax.tree.leaves(pipe.params)[0]),
-        np.asarray(jax.tree.leaves(state.ema_params['dit'])[0]).astype(np.float16).astype(np.float32))
+        np.asarray(jax.tree.leaves(state.ema_params['dit'])[0])
+        .astype(np.float16)
+        .astype(np.float32),
+    )

@@ -1,14 +1,15 @@
 """objectives/flow_context.py: the Wan train step (DiT on latents + precomputed text features)
 runs on CPU through the same jit as train/loop.py and learns a fixed batch."""
+
 import importlib.util
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.train import loop, step as step_lib
+from sora_jax.train import loop
+from sora_jax.train import step as step_lib
 from sora_jax.train.objectives import flow_context
 
 _PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan21.py')
@@ -31,7 +32,8 @@ def test_wan_train_step_learns_a_fixed_batch():
     batch = {k: jax.random.normal(kk, s.shape, s.dtype) for (k, s), kk in zip(shapes.items(), ks)}
     batch = loop.to_global({k: np.asarray(v) for k, v in batch.items()}, mesh, rules)
     step = step_lib.jit_train_step(
-        step_lib.make_train_step(graphdef, flow_context.loss_fn, tx, c, schedule), shardings)
+        step_lib.make_train_step(graphdef, flow_context.loss_fn, tx, c, schedule), shardings
+    )
     losses = []
     with jax.set_mesh(mesh), mesh_lib.use_rules(rules):
         for _ in range(30):

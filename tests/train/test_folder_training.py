@@ -1,6 +1,7 @@
 """Training on a video folder with broken files, end to end through experiments/train.py
 (`--config.data.name=folder --config.data.folder=DIR`): the broken files are skipped, counted and
 logged with their paths, training runs its steps, and the summary reports the count."""
+
 import hashlib
 import json
 import os
@@ -16,7 +17,7 @@ from sora_jax.io import video as V
 from tests.xla import xla_flags
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = '''
+CONFIG = """
 from configs import shapes
 
 
@@ -29,10 +30,13 @@ def get_config(arg='tiny'):
     c.train.eval_every = 8             # no validation split: evaluation is skipped, not a crash
     c.train.log_example_ids = True     # test hook: workdir/example_ids.jsonl
     return c
-'''
-BROKEN = {'missing_caption': ['uncaptioned.mp4'],
-          'unreadable': ['empty.mp4', 'noise.webm', 'truncated.mp4'],
-          'too_short': ['short.mp4'], 'too_small': ['tiny.gif']}
+"""
+BROKEN = {
+    'missing_caption': ['uncaptioned.mp4'],
+    'unreadable': ['empty.mp4', 'noise.webm', 'truncated.mp4'],
+    'too_short': ['short.mp4'],
+    'too_small': ['tiny.gif'],
+}
 
 
 def _clip(i, t, h, w):
@@ -46,15 +50,26 @@ def folder(tmp_path_factory):
     V.write_video(root / 'b.webm', _clip(1, 5, 12, 16))
     V.write_video(root / 'sub' / 'c.gif', _clip(2, 4, 8, 8))
     V.write_video(root / 'uncaptioned.mp4', _clip(3, 6, 12, 12))
-    V.write_video(root / 'short.mp4', _clip(4, 2, 12, 12))   # 2 < 4 frames
-    V.write_video(root / 'tiny.gif', _clip(5, 6, 4, 4))      # 4 x 4 < 8 x 8
+    V.write_video(root / 'short.mp4', _clip(4, 2, 12, 12))  # 2 < 4 frames
+    V.write_video(root / 'tiny.gif', _clip(5, 6, 4, 4))  # 4 x 4 < 8 x 8
     (root / 'empty.mp4').write_bytes(b'')
     (root / 'noise.webm').write_bytes(np.random.default_rng(0).bytes(3000))
     data = (root / 'a.mp4').read_bytes()
-    (root / 'truncated.mp4').write_bytes(data[:len(data) // 2])
-    rows = [{'file': f, 'caption': f'clip {f}'} for f in
-            ('a.mp4', 'b.webm', 'sub/c.gif', 'short.mp4', 'tiny.gif', 'empty.mp4', 'noise.webm',
-             'truncated.mp4', 'gone.mp4')]
+    (root / 'truncated.mp4').write_bytes(data[: len(data) // 2])
+    rows = [
+        {'file': f, 'caption': f'clip {f}'}
+        for f in (
+            'a.mp4',
+            'b.webm',
+            'sub/c.gif',
+            'short.mp4',
+            'tiny.gif',
+            'empty.mp4',
+            'noise.webm',
+            'truncated.mp4',
+            'gone.mp4',
+        )
+    ]
     lines = [json.dumps(r) for r in rows] + ['{not json', json.dumps({'file': 'x.mp4'})]
     (root / 'captions.jsonl').write_text('\n'.join(lines) + '\n')
     return root
@@ -66,15 +81,29 @@ def run(folder, tmp_path_factory):
     cfg = base / 'folder_config.py'
     cfg.write_text(CONFIG)
     work = base / 'folder_run'
-    env = dict(os.environ, JAX_PLATFORMS='cpu',
-               XLA_FLAGS=xla_flags(2),
-               JAX_COMPILATION_CACHE_DIR=str(base / 'jax_cache'),  # shared with test_preemption
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS='cpu',
+        XLA_FLAGS=xla_flags(2),
+        JAX_COMPILATION_CACHE_DIR=str(base / 'jax_cache'),  # shared with test_preemption
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+    )
     p = subprocess.run(
-        [sys.executable, 'experiments/train.py', f'--config={cfg}', f'--workdir={work}',
-         '--config.data.name=folder', f'--config.data.folder={folder}',
-         f'--config.data.data_dir={base / "folder_tfds"}'],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            'experiments/train.py',
+            f'--config={cfg}',
+            f'--workdir={work}',
+            '--config.data.name=folder',
+            f'--config.data.folder={folder}',
+            f'--config.data.data_dir={base / "folder_tfds"}',
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     return p, work
 
 
@@ -85,8 +114,11 @@ def test_broken_files_skipped_and_training_runs(run):
     assert float(final['step']) == 8 and float(final['data_skipped']) == 6
     assert np.isfinite(float(final['loss'])) and float(final['preempted']) == 0
     assert sorted(os.listdir(work / 'checkpoints')) == ['8']
-    ids = [i for line in (work / 'example_ids.jsonl').read_text().splitlines()
-           for i in json.loads(line)['ids']]
+    ids = [
+        i
+        for line in (work / 'example_ids.jsonl').read_text().splitlines()
+        for i in json.loads(line)['ids']
+    ]
     # 3 usable clips, 8 batches of 8 over repeated, reshuffled epochs: each 21 or 22 times
     counts = sorted(np.unique(ids, return_counts=True)[1].tolist())
     assert len(ids) == 64 and counts == [21, 21, 22]

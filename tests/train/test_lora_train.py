@@ -1,6 +1,7 @@
 """LoRA fine-tuning: only adapters train (base bitwise unchanged, optimizer state the adapters'
 size), checkpoints hold adapters plus a pointer to the base, resume is exact, on a mesh of 8
 simulated devices."""
+
 import os
 import shutil
 
@@ -14,8 +15,8 @@ from sora_jax.convert import lora_run
 from sora_jax.io import checkpoint as ckpt_io
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.train import checkpoint as ckpt
-from sora_jax.train import lora as lora_train
 from sora_jax.train import loop
+from sora_jax.train import lora as lora_train
 from sora_jax.train import sources as sources_lib
 from sora_jax.train import step as step_lib
 from sora_jax.train.objectives import flow as flow_objective
@@ -46,8 +47,9 @@ def base(tmp_path_factory):
 
 
 def _leaves(tree):
-    return {jax.tree_util.keystr(p): np.asarray(x)
-            for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+    return {
+        jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 def test_only_adapters_train_base_bitwise_unchanged(base):
@@ -69,7 +71,9 @@ def test_only_adapters_train_base_bitwise_unchanged(base):
     np.testing.assert_array_equal(  # the base is the base run's EMA params, in bf16
         frozen0["['dit']['blocks']['attn1']['to_q']['kernel'].value"],
         np.asarray(base_params['dit']['blocks']['attn1']['to_q']['kernel'][...]).astype(
-            jnp.bfloat16))
+            jnp.bfloat16
+        ),
+    )
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
     fn = step_lib.make_train_step(graphdef, flow_objective.loss_fn, tx, c, sched)
     batch = next(iter(sources_lib.make_data(c, 'train', batch_size=8, shuffle=True)))
@@ -100,19 +104,23 @@ def test_checkpoint_holds_adapters_and_resume_is_exact(base):
     mngr = ckpt.manager(os.path.join(run_a, 'checkpoints'), create=False)
     saved = mngr.item_metadata(4)['state']
     saved = getattr(saved, 'tree', saved)
-    keys = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(
-        saved['params'])]
+    keys = [
+        jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(saved['params'])
+    ]
     assert keys and all('lora' in k for k in keys)
     assert saved.get('frozen') in (None, {}, [])
     cfg = ckpt_io.load_config(os.path.join(run_a, 'checkpoints'))
     assert cfg.lora.base == base_dir
     assert cfg.lora.base_sha256 == lora_run.base_fingerprint(base_dir)[0]
     # resume: run B = A's step-2 checkpoint continued to step 4
-    shutil.copytree(os.path.join(run_a, 'checkpoints', '2'),
-                    os.path.join(run_b, 'checkpoints', '2'))
+    shutil.copytree(
+        os.path.join(run_a, 'checkpoints', '2'), os.path.join(run_b, 'checkpoints', '2')
+    )
     loop.train_and_evaluate(c, run_b)
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                            dict(params=saved['params'], ema_params=saved['ema_params']))
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+        dict(params=saved['params'], ema_params=saved['ema_params']),
+    )
     a, _ = ckpt_io.restore_params(os.path.join(run_a, 'checkpoints'), abstract['params'], ema=False)
     b, _ = ckpt_io.restore_params(os.path.join(run_b, 'checkpoints'), abstract['params'], ema=False)
     ea, _ = ckpt_io.restore_params(os.path.join(run_a, 'checkpoints'), abstract['ema_params'])
@@ -153,12 +161,15 @@ def test_lora_run_samples_without_the_train_package(base, tmp_path):
     np.testing.assert_allclose(q, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('lora, match', [
-    (dict(targets=('attn3.q',)), 'unknown target'),
-    (dict(dropout=0.1), 'dropout'),
-    (dict(base_dtype='int8'), 'base_dtype'),
-    (dict(rank=-1), 'rank'),
-])
+@pytest.mark.parametrize(
+    'lora, match',
+    [
+        (dict(targets=('attn3.q',)), 'unknown target'),
+        (dict(dropout=0.1), 'dropout'),
+        (dict(base_dtype='int8'), 'base_dtype'),
+        (dict(rank=-1), 'rank'),
+    ],
+)
 def test_bad_lora_configs(tmp_path, lora, match):
     c = _config(str(tmp_path), str(tmp_path), **lora)
     with pytest.raises(ValueError, match=match):

@@ -10,6 +10,7 @@
 p3's final state, per-step losses and example ids must equal ref's bitwise; every clip is seen
 exactly once. A persistent XLA cache shared by the processes keeps them to one compile.
 """
+
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ from sora_jax.train import sources as sources_lib
 from tests.xla import xla_flags
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = '''
+CONFIG = """
 from configs import shapes
 
 
@@ -42,19 +43,26 @@ def get_config(arg='tiny'):
     c.train.debug_save_delay_s = 0.0    # test hook: stall checkpoint commits
     c.train.debug_nan_from_step = 0     # test hook: NaN inputs from this step on
     return c
-'''
+"""
 
 
 # the fault-injection run of the last test (started by the fixture, next to p3)
-NAN_FLAGS = ('--config.train.debug_nan_from_step=3', '--config.train.max_nonfinite=2',
-             '--config.train.checkpoint_every=1')
+NAN_FLAGS = (
+    '--config.train.debug_nan_from_step=3',
+    '--config.train.max_nonfinite=2',
+    '--config.train.checkpoint_every=1',
+)
 
 
 def subprocess_env(base: Path) -> dict:
-    return dict(os.environ, JAX_PLATFORMS='cpu',
-                XLA_FLAGS=xla_flags(2),
-                JAX_COMPILATION_CACHE_DIR=str(base / 'jax_cache'),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', PYTHONUNBUFFERED='1')
+    return dict(
+        os.environ,
+        JAX_PLATFORMS='cpu',
+        XLA_FLAGS=xla_flags(2),
+        JAX_COMPILATION_CACHE_DIR=str(base / 'jax_cache'),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+        PYTHONUNBUFFERED='1',
+    )
 
 
 def launch(base: Path, workdir: Path, *overrides: str) -> subprocess.Popen:
@@ -65,8 +73,13 @@ def launch(base: Path, workdir: Path, *overrides: str) -> subprocess.Popen:
     name = workdir.name
     out = open(base / f'{name}.out', 'a')
     err = open(base / f'{name}.err', 'a')
-    cmd = [sys.executable, 'experiments/train.py', f'--config={cfg}', f'--workdir={workdir}',
-           *overrides]
+    cmd = [
+        sys.executable,
+        'experiments/train.py',
+        f'--config={cfg}',
+        f'--workdir={workdir}',
+        *overrides,
+    ]
     return subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(base), stdout=out, stderr=err)
 
 
@@ -117,15 +130,20 @@ def _text(base, name):
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
     base = tmp_path_factory.getbasetemp()
-    sources_lib.make_sources(shapes_config.get_config('tiny'))  # build the data once, before 2 readers
+    sources_lib.make_sources(
+        shapes_config.get_config('tiny')
+    )  # build the data once, before 2 readers
     ref_dir, res_dir = base / 'ref', base / 'resumed'
     ck = res_dir / 'checkpoints'
     t0 = time.time()
     ref = launch(base, ref_dir)
     p1 = launch(base, res_dir, '--config.train.debug_sleep_per_step=1.0')
     ids_file = res_dir / 'example_ids.jsonl'
-    wait_for(lambda: ids_file.exists() and len(ids_file.read_text().splitlines()) >= 2, p1,
-             what='step 2 of the first run')
+    wait_for(
+        lambda: ids_file.exists() and len(ids_file.read_text().splitlines()) >= 2,
+        p1,
+        what='step 2 of the first run',
+    )
     p1.send_signal(signal.SIGTERM)
     p1_rc = p1.wait(timeout=600)
     after_p1 = committed(ck)
@@ -139,9 +157,17 @@ def runs(tmp_path_factory):
     p3_rc = p3.wait(timeout=900)
     ref_rc = ref.wait(timeout=900)
     nan_rc = nan.wait(timeout=900)
-    return dict(base=base, ref=ref_dir, res=res_dir, rc=(ref_rc, p1_rc, p2_rc, p3_rc), nan_rc=nan_rc,
-                after_p1=after_p1, after_p2=after_p2, after_p3=(committed(ck), unfinished(ck)),
-                seconds=time.time() - t0)
+    return dict(
+        base=base,
+        ref=ref_dir,
+        res=res_dir,
+        rc=(ref_rc, p1_rc, p2_rc, p3_rc),
+        nan_rc=nan_rc,
+        after_p1=after_p1,
+        after_p2=after_p2,
+        after_p3=(committed(ck), unfinished(ck)),
+        seconds=time.time() - t0,
+    )
 
 
 def test_sigterm_finishes_step_checkpoints_and_exits_zero(runs):
@@ -152,7 +178,7 @@ def test_sigterm_finishes_step_checkpoints_and_exits_zero(runs):
     out = (base / 'resumed.out').read_text()
     assert f'Preempted at step {k}: checkpoint at step {k} saved in' in out
     assert 'Resume by re-running the same command' in out
-    assert f'preempted=1' in out  # train.py's final metrics line
+    assert 'preempted=1' in out  # train.py's final metrics line
 
 
 def test_sigkill_mid_save_leaves_an_ignored_unfinished_checkpoint(runs):
@@ -191,7 +217,9 @@ def test_nonfinite_streak_stops_the_run_and_checkpoints_stay_finite(runs):
     work = base / 'nan'
     err = (base / 'nan.err').read_text()
     assert rc == 1, err[-3000:]
-    assert 'FloatingPointError: 2 non-finite steps in a row at step 4 (train.max_nonfinite=2)' in err
+    assert (
+        'FloatingPointError: 2 non-finite steps in a row at step 4 (train.max_nonfinite=2)' in err
+    )
     assert 'step 3: non-finite loss or gradient; update skipped (1 in a row, 1 in all)' in err
     logged = read_ids(work)
     assert [r['step'] for r in logged] == [1, 2, 3, 4]

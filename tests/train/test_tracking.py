@@ -3,6 +3,7 @@ TensorBoard event files read back with tensorboard's own reader hold the trainin
 (loss, lr, grad norm, skipped counts, steps/s, tokens/s, model TFLOP/s, MFU, memory), the
 evaluation loss, the judge's scores, the fixed-prompt videos as animated GIFs, the config text and
 the hparams; wandb (offline) got the same scalars; the profiler trace of steps 2-3 exists."""
+
 import json
 
 import numpy as np
@@ -12,9 +13,19 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from configs import shapes as shapes_config
 from sora_jax.train import loop, perf, tracking
 
-TRAIN_KEYS = {'loss', 'lr', 'grad_norm', 'skipped', 'skipped_total', 'steps_per_sec',
-              'perf/steps_per_sec', 'perf/tokens_per_sec', 'perf/model_tflops_per_sec',
-              'perf/mfu', 'memory/host_rss_bytes'}
+TRAIN_KEYS = {
+    'loss',
+    'lr',
+    'grad_norm',
+    'skipped',
+    'skipped_total',
+    'steps_per_sec',
+    'perf/steps_per_sec',
+    'perf/tokens_per_sec',
+    'perf/model_tflops_per_sec',
+    'perf/mfu',
+    'memory/host_rss_bytes',
+}
 
 
 @pytest.fixture(scope='module')
@@ -31,8 +42,7 @@ def run(tmp_path_factory, monkeypatch_module):
     c.train.log_to = ('tensorboard', 'wandb')
     work = base / 'run'
     metrics = loop.train_and_evaluate(c, str(work))
-    ea = EventAccumulator(str(work / 'tb'), size_guidance={'images': 0, 'scalars': 0,
-                                                             'tensors': 0})
+    ea = EventAccumulator(str(work / 'tb'), size_guidance={'images': 0, 'scalars': 0, 'tensors': 0})
     ea.Reload()
     return c, work, metrics, ea
 
@@ -52,8 +62,10 @@ def test_scalars_read_back(run):
     assert [e.step for e in ea.Scalars('loss')] == [2, 4]
     assert ea.Scalars('loss')[-1].value == pytest.approx(metrics['loss'])
     # 4 steps of 8 clips, 4x8x8 pixels in (2, 2, 2) patches: 32 tokens a clip
-    tokens = [e.value / s.value for e, s in zip(ea.Scalars('perf/tokens_per_sec'),
-                                                 ea.Scalars('perf/steps_per_sec'))]
+    tokens = [
+        e.value / s.value
+        for e, s in zip(ea.Scalars('perf/tokens_per_sec'), ea.Scalars('perf/steps_per_sec'))
+    ]
     np.testing.assert_allclose(tokens, 8 * 32, rtol=1e-5)
     mfu = ea.Scalars('perf/mfu')[-1].value
     tflops = ea.Scalars('perf/model_tflops_per_sec')[-1].value
@@ -72,16 +84,17 @@ def test_videos_config_and_hparams(run):
     scale = c.sample.display_scale
     assert (img.height, img.width) == (8 * scale, 8 * scale)
     from PIL import Image
+
     gif = Image.open(work / 'samples' / '4' / 'samples_00.gif')
     assert gif.n_frames == 4 and gif.size == (8 * scale, 8 * scale)
     assert 'config/text_summary' in ea.Tags()['tensors']
     hp = ea.PluginTagToContent('hparams')
     assert {'_hparams_/experiment', '_hparams_/session_start_info'} <= set(hp)
     from tensorboard.plugins.hparams import plugin_data_pb2
+
     ssi = plugin_data_pb2.HParamsPluginData.FromString(hp['_hparams_/session_start_info'])
     assert ssi.session_start_info.hparams['train.eval_every'].number_value == 4
-    assert ssi.session_start_info.hparams['train.log_to'].string_value == \
-        "('tensorboard', 'wandb')"
+    assert ssi.session_start_info.hparams['train.log_to'].string_value == "('tensorboard', 'wandb')"
 
 
 def test_wandb_offline_run(run):
@@ -107,14 +120,17 @@ def test_flops_estimate_and_bad_keys():
     c.train.log_to = ('tensorboard',)
     c.train.profile_steps = (3, 2)
     from sora_jax.train.validate import validate_config
+
     with pytest.raises(ValueError, match='train.profile_steps'):
         validate_config(c)
 
 
 def test_gif_bytes_roundtrip():
     frames = np.random.default_rng(0).integers(0, 255, (3, 4, 5, 3), dtype=np.uint8)
-    from PIL import Image
     import io
+
+    from PIL import Image
+
     gif = Image.open(io.BytesIO(tracking.gif_bytes(frames, scale=2)))
     assert gif.n_frames == 3 and gif.size == (10, 8)
     with pytest.raises(ValueError, match='uint8'):
@@ -125,6 +141,7 @@ def test_gif_bytes_roundtrip():
 def test_fixed_prompts_are_fixed_and_held_out_first():
     from sora_jax.data import shapes
     from sora_jax.train import previews
+
     c = shapes_config.get_config('tiny')
     items = previews.shapes_prompts(c, 5)
     assert items == previews.shapes_prompts(c, 5)  # the same at every evaluation and run

@@ -1,13 +1,14 @@
 """Train step: sharded == unsharded, grad accumulation == big batch, non-finite steps skipped,
 checkpoint save -> restore -> identical next step."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import shapes as shapes_config
-from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.io import checkpoint as ckpt_io
+from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.train import checkpoint as ckpt
 from sora_jax.train import loop
 from sora_jax.train import step as step_lib
@@ -31,7 +32,7 @@ def _batch(config, b=8):
 
 
 def _run(config, mesh_shape, batch, steps=2):
-    devices = jax.devices()[:int(np.prod(mesh_shape))]
+    devices = jax.devices()[: int(np.prod(mesh_shape))]
     mesh = mesh_lib.make_mesh(mesh_shape, devices=devices)
     rules = mesh_lib.rules_dict()
     graphdef, state, shardings, tx, sched = loop.init_state(config, mesh, rules, flow_objective)
@@ -71,6 +72,7 @@ def test_params_really_sharded():
 
 def test_grad_accumulation_matches_full_batch():
     """With a deterministic loss, 2 micro-batches of 4 == one batch of 8 (same update)."""
+
     def det_loss(model, batch, rng, config):
         del rng, config
         t = jnp.full((batch['video'].shape[0],), 0.5)
@@ -116,8 +118,9 @@ def test_checkpoint_restore_identical_next_step(tmp_path):
     mngr = ckpt.manager(tmp_path / 'ck')
     ckpt.save(mngr, 1, state, config=c)
     mngr.wait_until_finished()
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
-                            state)
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state
+    )
     restored, step = ckpt.restore_state(ckpt.manager(tmp_path / 'ck'), abstract)
     assert step == 1
     s_a, m_a = fn(state, b)
@@ -141,8 +144,9 @@ def test_warm_start_takes_the_source_ema_params(tmp_path):
     graphdef, state, shardings, tx, sched = loop.init_state(c, mesh, rules, flow_objective)
     fn = jax.jit(step_lib.make_train_step(graphdef, flow_objective.loss_fn, tx, c, sched))
     state, _ = fn(state, _batch(c))
-    src = state.replace(ema_params=jax.tree.map(lambda x: (x * 0.5).astype(jnp.float16),
-                                                state.ema_params))
+    src = state.replace(
+        ema_params=jax.tree.map(lambda x: (x * 0.5).astype(jnp.float16), state.ema_params)
+    )
     mngr = ckpt.manager(tmp_path / 'src' / 'checkpoints')
     ckpt.save(mngr, 7, src, config=c)
     mngr.wait_until_finished()
@@ -153,18 +157,24 @@ def test_warm_start_takes_the_source_ema_params(tmp_path):
     _, fresh, *_ = loop.init_state(c2, mesh, rules, flow_objective)
     warm = loop.warm_start(fresh, str(tmp_path / 'src'))
     assert int(warm.step) == 0
-    for w, e, s in zip(jax.tree.leaves(warm.params), jax.tree.leaves(warm.ema_params),
-                       jax.tree.leaves(src.ema_params)):
+    for w, e, s in zip(
+        jax.tree.leaves(warm.params),
+        jax.tree.leaves(warm.ema_params),
+        jax.tree.leaves(src.ema_params),
+    ):
         assert w.dtype == jnp.float32
         np.testing.assert_array_equal(np.asarray(w), np.asarray(s, np.float32))
         np.testing.assert_array_equal(np.asarray(e), np.asarray(w))
     raw = loop.warm_start(fresh, str(tmp_path / 'src'), ema=False)  # train.init_from_ema=False
-    for w, e, s in zip(jax.tree.leaves(raw.params), jax.tree.leaves(raw.ema_params),
-                       jax.tree.leaves(src.params)):
+    for w, e, s in zip(
+        jax.tree.leaves(raw.params), jax.tree.leaves(raw.ema_params), jax.tree.leaves(src.params)
+    ):
         np.testing.assert_array_equal(np.asarray(w), np.asarray(s, np.float32))
         np.testing.assert_array_equal(np.asarray(e), np.asarray(w))
-    assert any(not np.array_equal(np.asarray(r), np.asarray(w)) for r, w in zip(
-        jax.tree.leaves(raw.params), jax.tree.leaves(warm.params)))  # not the EMA params
+    assert any(
+        not np.array_equal(np.asarray(r), np.asarray(w))
+        for r, w in zip(jax.tree.leaves(raw.params), jax.tree.leaves(warm.params))
+    )  # not the EMA params
     fn2 = jax.jit(step_lib.make_train_step(graphdef, flow_objective.loss_fn, tx, c2, sched))
     warm, m = fn2(warm, _batch(c2))
     assert np.isfinite(float(m['loss'])) and int(warm.step) == 1
@@ -175,13 +185,16 @@ def test_warm_start_takes_the_source_ema_params(tmp_path):
     warm4 = loop.warm_start(fresh4, str(tmp_path / 'src'))
     ce = warm4.params['dit']['condition_embedder']
     np.testing.assert_array_equal(np.asarray(ce['pooled_text_2']['kernel'][...]), 0.0)
-    np.testing.assert_array_equal(np.asarray(ce['pooled_text_1']['kernel'][...]),
-                                  np.asarray(fresh4.params['dit']['condition_embedder'][
-                                      'pooled_text_1']['kernel'][...]))
+    np.testing.assert_array_equal(
+        np.asarray(ce['pooled_text_1']['kernel'][...]),
+        np.asarray(fresh4.params['dit']['condition_embedder']['pooled_text_1']['kernel'][...]),
+    )
     np.testing.assert_array_equal(
         np.asarray(ce['time_proj']['kernel'][...]),
-        np.asarray(src.ema_params['dit']['condition_embedder']['time_proj']['kernel'][...],
-                   np.float32))
+        np.asarray(
+            src.ema_params['dit']['condition_embedder']['time_proj']['kernel'][...], np.float32
+        ),
+    )
 
     c3 = _config()
     c3.model.ffn_dim = 48

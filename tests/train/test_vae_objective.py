@@ -1,4 +1,5 @@
 """VAE objective: KL sanity, loss terms, a gradient step lowers the loss, GAN gating."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
@@ -13,10 +14,26 @@ from sora_jax.train.objectives import vae as obj
 
 def _config(**kw):
     c = mlc.ConfigDict()
-    c.vae = mlc.ConfigDict(dict(dict(
-        base_dim=4, z_dim=4, dim_mult=(1, 2), num_res_blocks=1, temperal_downsample=(True,),
-        latents_mean=None, latents_std=None, kl_weight=1e-3, sample_posterior=True,
-        disc_start=10, disc_weight=0.5, disc_dim=8, disc_layers=1), **kw))
+    c.vae = mlc.ConfigDict(
+        dict(
+            dict(
+                base_dim=4,
+                z_dim=4,
+                dim_mult=(1, 2),
+                num_res_blocks=1,
+                temperal_downsample=(True,),
+                latents_mean=None,
+                latents_std=None,
+                kl_weight=1e-3,
+                sample_posterior=True,
+                disc_start=10,
+                disc_weight=0.5,
+                disc_dim=8,
+                disc_layers=1,
+            ),
+            **kw,
+        )
+    )
     return c
 
 
@@ -72,8 +89,9 @@ def test_loss_terms(setup, config):
     assert float(m['rec_loss']) == pytest.approx(rec, rel=1e-5)
     assert float(m['kl']) == pytest.approx(kl, rel=1e-5)
     assert float(loss) == pytest.approx(rec + 1e-3 * kl, rel=1e-5)
-    assert float(m['psnr']) == pytest.approx(float(psnr(jnp.clip(recon, -1, 1), batch['video'])),
-                                             abs=1e-3)
+    assert float(m['psnr']) == pytest.approx(
+        float(psnr(jnp.clip(recon, -1, 1), batch['video'])), abs=1e-3
+    )
     assert float(m['adv_loss']) == 0.0
 
 
@@ -103,9 +121,17 @@ def test_adversarial_terms_switch_on_at_disc_start(setup, config):
     assert float(d_before) == 0.0
     # hinge loss of near-zero logits is ~ 0.5 * (1 + 1)
     assert float(d_after) == pytest.approx(
-        0.5 * (float(jnp.mean(jax.nn.relu(1 - disc(batch['video']))))
-               + float(jnp.mean(jax.nn.relu(1 + disc(obj.reconstruct(model, batch['video'], rng,
-                                                                        config)[0]))))), rel=1e-5)
+        0.5
+        * (
+            float(jnp.mean(jax.nn.relu(1 - disc(batch['video']))))
+            + float(
+                jnp.mean(
+                    jax.nn.relu(1 + disc(obj.reconstruct(model, batch['video'], rng, config)[0]))
+                )
+            )
+        ),
+        rel=1e-5,
+    )
     logits = disc(batch['video'])
     assert logits.shape == (2, 2, 2, 2, 1)  # [B, T/2, H/4, W/4, 1] with one strided layer
     # The discriminator's gradient step lowers its own loss.
@@ -116,6 +142,7 @@ def test_adversarial_terms_switch_on_at_disc_start(setup, config):
 
 
 # ---- GAN inside the model (vae.use_gan): one loss, one optimizer ----------------------------
+
 
 @pytest.fixture(scope='module')
 def gan_setup():
@@ -187,14 +214,23 @@ def test_inflate_from_image_codes_each_frame_like_an_image():
     def per_frame_gap(p):
         m = nnx.merge(gd, p, rest)
         whole = m.decode(m.encode(video)[0], clip=False)
-        frames = jnp.concatenate([m.decode(m.encode(video[:, i:i + 1])[0], clip=False)
-                                  for i in range(video.shape[1])], axis=1)
+        frames = jnp.concatenate(
+            [m.decode(m.encode(video[:, i : i + 1])[0], clip=False) for i in range(video.shape[1])],
+            axis=1,
+        )
         return float(jnp.abs(whole - frames).max())
 
     assert per_frame_gap(params) > 1e-3  # random past taps mix frames
     inflated = obj.adapt_warm_start(params, c)
     assert per_frame_gap(inflated) < 1e-5
-    assert float(jnp.abs(inflated['encoder']['conv_in']['kernel'][...][-1]
-                         - params['encoder']['conv_in']['kernel'][...][-1]).max()) == 0.0
+    assert (
+        float(
+            jnp.abs(
+                inflated['encoder']['conv_in']['kernel'][...][-1]
+                - params['encoder']['conv_in']['kernel'][...][-1]
+            ).max()
+        )
+        == 0.0
+    )
     off = obj.adapt_warm_start(params, _config(temperal_downsample=(False,)))
     assert off is params  # the knob off: params untouched

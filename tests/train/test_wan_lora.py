@@ -2,6 +2,7 @@
 the README walk-through (convert -> train -> export -> sample) on a tiny random Wan. Only the
 adapters train (the base stays bitwise the converted DiT), the checkpoint holds adapters plus the
 base pointer, and the LoRA run and its exported file sample the same video, unlike the base's."""
+
 import importlib.util
 import json
 import os
@@ -18,16 +19,16 @@ from sora_jax.io import checkpoint as ckpt_io
 from sora_jax.io import video as V
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.train import checkpoint as ckpt
+from sora_jax.train import loop, wan_frozen
 from sora_jax.train import lora as lora_train
-from sora_jax.train import loop
 from sora_jax.train import sources as sources_lib
-from sora_jax.train import wan_frozen
 from sora_jax.train.objectives import flow_context
 from tests.parity.wan_fixture import SENTENCES, make_tiny_wan_folder
 from tests.test_pipeline_imports import fresh_to_q_kernel
 
-_spec = importlib.util.spec_from_file_location('wan21_config', os.path.join(
-    os.path.dirname(__file__), '..', '..', 'configs', 'wan21.py'))
+_spec = importlib.util.spec_from_file_location(
+    'wan21_config', os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan21.py')
+)
 wan21 = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(wan21)
 PROMPT = SENTENCES[0]
@@ -50,8 +51,10 @@ def run(tmp_path_factory):
     clips = os.path.join(root, 'clips')
     rows = []
     for i in range(4):
-        V.write_video(os.path.join(clips, f'{i}.mp4'),
-                      shapes.generate(3, i, num_frames=5, height=32, width=32)['video'])
+        V.write_video(
+            os.path.join(clips, f'{i}.mp4'),
+            shapes.generate(3, i, num_frames=5, height=32, width=32)['video'],
+        )
         rows.append(json.dumps({'file': f'{i}.mp4', 'caption': SENTENCES[i % 2]}))
     with open(os.path.join(clips, 'captions.jsonl'), 'w') as f:
         f.write('\n'.join(rows) + '\n')
@@ -62,8 +65,10 @@ def run(tmp_path_factory):
 
 
 def _leaves(tree):
-    return {'/'.join(map(str, p)): np.asarray(v[...]) for p, v in
-            __import__('flax').nnx.to_flat_state(tree)}
+    return {
+        '/'.join(map(str, p)): np.asarray(v[...])
+        for p, v in __import__('flax').nnx.to_flat_state(tree)
+    }
 
 
 def test_only_adapters_train_base_is_the_converted_dit(run):
@@ -85,6 +90,7 @@ def test_only_adapters_train_base_is_the_converted_dit(run):
     assert batch['latents'].shape == (2, 2, 4, 4, 4)  # 5 x 32 x 32 clips
     assert batch['context'].shape == (2, c.text.max_length, c.model.text_dim)
     from sora_jax.pipeline import TextToVideo
+
     text = TextToVideo.from_wan(c.checkpoint, c).text  # what sampling feeds the DiT
     want = np.asarray(text(list(SENTENCES[:2]))[0])  # [2, max_length, text_dim]
     for row in batch['context']:  # each row is the features of its clip's caption
@@ -105,8 +111,9 @@ def test_checkpoint_holds_adapters_and_the_base_pointer(run):
     mngr = ckpt.manager(os.path.join(work, 'checkpoints'), create=False)
     saved = mngr.item_metadata(4)['state']
     saved = getattr(saved, 'tree', saved)
-    keys = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(
-        saved['params'])]
+    keys = [
+        jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(saved['params'])
+    ]
     assert keys and all('lora' in k for k in keys)
     assert saved.get('frozen') in (None, {}, [])
     cfg = ckpt_io.load_config(os.path.join(work, 'checkpoints'))
@@ -116,10 +123,14 @@ def test_checkpoint_holds_adapters_and_the_base_pointer(run):
 
 def test_lora_run_and_exported_file_sample_the_same_video_unlike_the_base(run, tmp_path):
     from sora_jax.pipeline import TextToVideo
+
     root, c, work, _ = run
     info = lora_train.export(work, str(tmp_path / 'wan_lora.safetensors'))
-    base_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in
-                     os.walk(os.path.join(c.checkpoint, 'transformer')) for f in fs)
+    base_bytes = sum(
+        os.path.getsize(os.path.join(d, f))
+        for d, _, fs in os.walk(os.path.join(c.checkpoint, 'transformer'))
+        for f in fs
+    )
     assert 0 < info['bytes'] < base_bytes
     kw = dict(num_inference_steps=2, seed=0, progress=False, watermark=False)
     lora_run = TextToVideo.from_checkpoint(work)
@@ -137,6 +148,7 @@ def test_lora_run_samples_without_the_train_package(run, tmp_path):
     """A fresh process loads the Wan LoRA run (converted base + merged adapters) for sampling
     without importing any sora_jax.train module, to the same weights as this process."""
     from sora_jax.pipeline import TextToVideo
+
     _, c, work, _ = run
     modules, q = fresh_to_q_kernel(work, tmp_path / 'to_q.npy')
     assert modules == []

@@ -8,15 +8,18 @@ Batches hold `latents` [B, T, H, W, C] (pre-encoded by a VAE) or, in pixel space
 
 The model (`build_model`) is `models/denoiser.py`'s, the one sampling restores into.
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from sora_jax.diffusion import conditioning
-from sora_jax.diffusion import flow
-from sora_jax.models.denoiser import Denoiser, conditioning_enabled
-from sora_jax.models.denoiser import build_model  # noqa: F401  (the objective's model: loop.py)
+from sora_jax.diffusion import conditioning, flow
+from sora_jax.models.denoiser import (
+    Denoiser,
+    build_model,  # noqa: F401  (the objective's model: loop.py)
+    conditioning_enabled,
+)
 from sora_jax.models.text import BOS, PAD
 
 
@@ -33,8 +36,9 @@ def noised(x0: jax.Array, rng: jax.Array, f):
     """(t [B], noise, x_t, text-drop mask [B]) of one training step, from `config.flow` = f."""
     b = x0.shape[0]
     k_t, k_n, k_drop = jax.random.split(rng, 3)
-    t = flow.sample_timesteps(k_t, b, method=f.timestep_sampling, mean=f.logit_mean,
-                              std=f.logit_std, shift=f.shift)
+    t = flow.sample_timesteps(
+        k_t, b, method=f.timestep_sampling, mean=f.logit_mean, std=f.logit_std, shift=f.shift
+    )
     noise = jax.random.normal(k_n, x0.shape, jnp.float32)
     drop = jax.random.bernoulli(k_drop, f.text_dropout, (b,))
     return t, noise, flow.add_noise(x0, noise, t), drop
@@ -52,8 +56,9 @@ def loss_fn(model: Denoiser, batch, rng: jax.Array, config):
     if conditioning_enabled(config):
         # One model for every mode: random frame masks; the clean known latents arrive as extra
         # channels (x_t itself stays on the noising path, as at sampling) and carry no loss.
-        mask = conditioning.random_training_mask(jax.random.fold_in(rng, 7), b, x0.shape[1],
-                                                 dict(config.conditioning.probs))
+        mask = conditioning.random_training_mask(
+            jax.random.fold_in(rng, 7), b, x0.shape[1], dict(config.conditioning.probs)
+        )
         x_in = conditioning.model_input(x_t, mask, x0)
         loss_weight = 1.0 - mask
         metrics['known_frac'] = mask.mean()

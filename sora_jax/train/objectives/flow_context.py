@@ -18,14 +18,17 @@ from its UMT5, each caption encoded once by `data/text_features.py`).
 
 The model (`build_model`) is `models/dit.py`'s, the one sampling a LoRA run restores into.
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
 from sora_jax.diffusion import flow
-from sora_jax.models.dit import DiT
-from sora_jax.models.dit import build_model  # noqa: F401  (the objective's model: the DiT alone)
+from sora_jax.models.dit import (
+    DiT,
+    build_model,  # noqa: F401  (the objective's model: the DiT alone)
+)
 from sora_jax.train.objectives import flow as flow_objective
 
 
@@ -42,6 +45,9 @@ def batch_shapes(config, batch_size: int, latent_shape, text_length: int) -> dic
     """{key: jax.ShapeDtypeStruct} of one global batch (latent_shape = (T, H, W))."""
     c = int(config.latent_channels)
     ctx_dtype = jnp.dtype(config.model.dtype)
-    return {'latents': jax.ShapeDtypeStruct((batch_size, *latent_shape, c), jnp.float32),
-            'context': jax.ShapeDtypeStruct((batch_size, text_length, int(config.model.text_dim)),
-                                            ctx_dtype)}
+    return {
+        'latents': jax.ShapeDtypeStruct((batch_size, *latent_shape, c), jnp.float32),
+        'context': jax.ShapeDtypeStruct(
+            (batch_size, text_length, int(config.model.text_dim)), ctx_dtype
+        ),
+    }

@@ -32,6 +32,7 @@ does: tests/models/test_frozen_vae.py).
 A custom two-optimizer trainer can instead call `loss_fn(vae, ..., step=, disc=)` and
 `disc_loss_fn`, which gate on `disc_start`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -43,8 +44,16 @@ from flax import nnx
 from sora_jax.evaluation.metrics import psnr
 from sora_jax.models.vae import WanVAE, posterior_kl, posterior_sample
 
-DEFAULTS = dict(kl_weight=1e-6, sample_posterior=True, disc_start=0, disc_weight=0.1,
-                disc_dim=32, disc_layers=2, use_gan=False, inflate_from_image=False)
+DEFAULTS = dict(
+    kl_weight=1e-6,
+    sample_posterior=True,
+    disc_start=0,
+    disc_weight=0.1,
+    disc_dim=32,
+    disc_layers=2,
+    use_gan=False,
+    inflate_from_image=False,
+)
 
 
 def _opt(config, key: str):
@@ -57,9 +66,10 @@ def use_gan(config) -> bool:
     on = bool(_opt(config, 'use_gan')) and float(_opt(config, 'disc_weight')) > 0
     if on and int(_opt(config, 'disc_start')) != 0:
         raise ValueError(
-            f"vae.disc_start={_opt(config, 'disc_start')} with vae.use_gan=True: the generic "
+            f'vae.disc_start={_opt(config, "disc_start")} with vae.use_gan=True: the generic '
             'loop gives loss_fn no step counter, so the in-model GAN is on from step 0. Set '
-            'vae.disc_start=0 (or use_gan=False and a two-optimizer trainer).')
+            'vae.disc_start=0 (or use_gan=False and a two-optimizer trainer).'
+        )
     return on
 
 
@@ -77,6 +87,7 @@ def adapt_warm_start(params, config):
         if name.endswith("['kernel']") and x.ndim == 5 and x.shape[0] > 1:  # [kt, kh, kw, in, out]
             return x.at[:-1].set(0)
         return x
+
     return jax.tree_util.tree_map_with_path(inflate, params)
 
 
@@ -95,10 +106,10 @@ def vae_of(model) -> WanVAE:
 class PatchDiscriminator3D(nnx.Module):
     """PatchGAN in 3D: video [B, T, H, W, 3] -> logits [B, T', H / 2^(n+1), W / 2^(n+1), 1]."""
 
-    def __init__(self, dim: int = 32, num_layers: int = 2, in_channels: int = 3, *,
-                 rngs: nnx.Rngs):
-        self.conv_in = nnx.Conv(in_channels, dim, (3, 4, 4), strides=(1, 2, 2), padding='SAME',
-                                rngs=rngs)
+    def __init__(self, dim: int = 32, num_layers: int = 2, in_channels: int = 3, *, rngs: nnx.Rngs):
+        self.conv_in = nnx.Conv(
+            in_channels, dim, (3, 4, 4), strides=(1, 2, 2), padding='SAME', rngs=rngs
+        )
         layers, norms, d = [], [], dim
         for i in range(num_layers):
             out = dim * 2 ** (i + 1)
@@ -116,8 +127,9 @@ class PatchDiscriminator3D(nnx.Module):
 
 
 def build_discriminator(config, rngs: nnx.Rngs) -> PatchDiscriminator3D:
-    return PatchDiscriminator3D(int(_opt(config, 'disc_dim')), int(_opt(config, 'disc_layers')),
-                                rngs=rngs)
+    return PatchDiscriminator3D(
+        int(_opt(config, 'disc_dim')), int(_opt(config, 'disc_layers')), rngs=rngs
+    )
 
 
 class VAEWithDiscriminator(nnx.Module):
@@ -152,8 +164,15 @@ def _gan_on(step, config) -> jax.Array:
     return (jnp.asarray(step) >= int(_opt(config, 'disc_start'))).astype(jnp.float32)
 
 
-def loss_fn(model: WanVAE, batch: dict, rng: jax.Array, config, *, step: Any = 0,
-            disc: Optional[PatchDiscriminator3D] = None):
+def loss_fn(
+    model: WanVAE,
+    batch: dict,
+    rng: jax.Array,
+    config,
+    *,
+    step: Any = 0,
+    disc: Optional[PatchDiscriminator3D] = None,
+):
     """(loss, metrics): L1 + kl_weight * KL (+ disc_weight * generator hinge loss once on).
 
     `model` a VAEWithDiscriminator: generator loss + discriminator loss (see the module doc).
@@ -170,7 +189,10 @@ def loss_fn(model: WanVAE, batch: dict, rng: jax.Array, config, *, step: Any = 0
         adv = -jnp.mean(disc(recon))
         loss = loss + float(_opt(config, 'disc_weight')) * _gan_on(step, config) * adv
     metrics = dict(
-        loss=loss, rec_loss=rec, kl=kl, adv_loss=adv,
+        loss=loss,
+        rec_loss=rec,
+        kl=kl,
+        adv_loss=adv,
         psnr=psnr(jax.lax.stop_gradient(jnp.clip(recon, -1, 1)), video),
         latent_std=jnp.std(jax.lax.stop_gradient(mean)),
         logvar=jnp.mean(jax.lax.stop_gradient(logvar)),
@@ -190,16 +212,24 @@ def _joint_loss(model: VAEWithDiscriminator, batch: dict, rng: jax.Array, config
     d_loss = _hinge(real, fake)
     sg = jax.lax.stop_gradient
     metrics = dict(
-        loss=gen + d_loss, gen_loss=gen, rec_loss=rec, kl=kl, adv_loss=adv, disc_loss=d_loss,
-        logits_real=jnp.mean(sg(real)), logits_fake=jnp.mean(sg(fake)),
-        psnr=psnr(sg(jnp.clip(recon, -1, 1)), video), latent_std=jnp.std(sg(mean)),
+        loss=gen + d_loss,
+        gen_loss=gen,
+        rec_loss=rec,
+        kl=kl,
+        adv_loss=adv,
+        disc_loss=d_loss,
+        logits_real=jnp.mean(sg(real)),
+        logits_fake=jnp.mean(sg(fake)),
+        psnr=psnr(sg(jnp.clip(recon, -1, 1)), video),
+        latent_std=jnp.std(sg(mean)),
         logvar=jnp.mean(sg(logvar)),
     )
     return gen + d_loss, metrics
 
 
-def disc_loss_fn(disc: PatchDiscriminator3D, model: WanVAE, batch: dict, rng: jax.Array, config,
-                 *, step: Any = 0):
+def disc_loss_fn(
+    disc: PatchDiscriminator3D, model: WanVAE, batch: dict, rng: jax.Array, config, *, step: Any = 0
+):
     """(loss, metrics) of the discriminator: hinge loss on real videos vs reconstructions.
 
     Pass the same `rng` as to `loss_fn` to score the very reconstruction the generator saw
