@@ -13,7 +13,7 @@ from configs import shapes as shapes_config
 from sora_jax.io import video as video_io
 from sora_jax.pipeline import TextToVideo
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'experiments'))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'experiments'))
 import capabilities  # noqa: E402
 
 

@@ -11,7 +11,7 @@ from sora_jax.models import umt5, vae
 from sora_jax.models.dit import DiTConfig
 from tests.parity.wan_fixture import diffusers_kwargs
 
-_PATH = os.path.join(os.path.dirname(__file__), '..', 'configs', 'wan21.py')
+_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan21.py')
 _spec = importlib.util.spec_from_file_location('wan21_config', _PATH)
 wan21 = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(wan21)

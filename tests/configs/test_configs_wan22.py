@@ -11,7 +11,7 @@ from sora_jax.models import vae
 from sora_jax.models.dit import DiTConfig
 from tests.parity.wan_fixture import diffusers_kwargs
 
-_PATH = os.path.join(os.path.dirname(__file__), '..', 'configs', 'wan22.py')
+_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan22.py')
 _spec = importlib.util.spec_from_file_location('wan22_config', _PATH)
 wan22 = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(wan22)

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SAMPLE = os.path.join(ROOT, 'experiments', 'sample.py')
 ARGS = [
     '--checkpoint=' + os.path.join(ROOT, 'checkpoints', 'shapes'),

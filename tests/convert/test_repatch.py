@@ -19,7 +19,7 @@ from sora_jax.train import checkpoint as ckpt
 from sora_jax.train import loop
 from sora_jax.train.objectives import flow as flow_objective
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'experiments'))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'experiments'))
 import repatch  # noqa: E402
 
 CFG = dict(in_channels=3, out_channels=3, dim=16, num_heads=2, ffn_dim=32, depth=1, text_dim=8)

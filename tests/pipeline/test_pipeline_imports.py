@@ -14,7 +14,7 @@ import numpy as np
 
 from tests.xla import xla_flags
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 CKPT = ROOT / 'checkpoints' / 'shapes'
 
 

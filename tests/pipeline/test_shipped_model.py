@@ -12,7 +12,7 @@ import pytest
 
 from sora_jax.pipeline import TextToVideo
 
-CKPT = pathlib.Path(__file__).resolve().parents[1] / 'checkpoints' / 'shapes'
+CKPT = pathlib.Path(__file__).resolve().parents[2] / 'checkpoints' / 'shapes'
 
 
 @pytest.fixture(scope='module')

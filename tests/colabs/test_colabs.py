@@ -9,7 +9,7 @@ from nbclient import NotebookClient
 
 from tests.xla import xla_flags
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _run(name, env):

@@ -14,7 +14,7 @@ from sora_jax.evaluation import reconstruction as rec
 from sora_jax.io.video import read_video, write_video
 from tests.xla import xla_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _psnr(a, b):

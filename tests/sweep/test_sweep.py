@@ -18,7 +18,7 @@ import pytest
 from sora_jax.sweep import spec
 from tests.xla import xla_flags
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = """
 from configs import shapes
 from sora_jax.sweep.spec import product, sweep
