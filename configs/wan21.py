@@ -13,7 +13,7 @@ Args (`--config=configs/wan21.py:ARG`):
   tiny_i2v   the same, image-to-video (tests/parity/test_wan_i2v_parity.py).
 Both real sizes share the UMT5-XXL text encoder (5,680,910,336 params) and the causal video VAE
 (126,892,531 params). Parameter counts are `DiTConfig.num_params()`, equal to diffusers'
-`WanTransformer3DModel` built on the meta device (tests/test_configs_wan21.py).
+`WanTransformer3DModel` built on the meta device (tests/configs/test_configs_wan21.py).
 
 Convert the diffusers weights once (streams tensor by tensor; bf16 stays bf16), then sample:
 

@@ -15,7 +15,7 @@ Args (`--config=configs/wan22.py:ARG`):
   tiny_ti2v  a random tiny TI2V model (expand_timesteps; 8 latent channels) on a tiny Wan 2.2
              residual VAE (2x2 patches, 16x space, 4x time), for the tests (same fixture).
 Parameter counts are `DiTConfig.num_params()`, equal to diffusers' `WanTransformer3DModel` built on
-the meta device (tests/test_configs_wan22.py). Sampling defaults are the Wan 2.2 repository's
+the meta device (tests/configs/test_configs_wan22.py). Sampling defaults are the Wan 2.2 repository's
 (wan/configs/wan_*.py: sample_steps, sample_shift, sample_guide_scale, boundary, frame_num,
 sample_fps). Text encoder (UMT5-XXL), negative prompt and the rest are configs/wan21.py's.
 

@@ -5,7 +5,7 @@ The cache is a fresh temporary directory made by the first process (pytest itsel
 xdist workers start, so they inherit it) and removed when that process ends: a program compiled
 by one test, worker or CLI subprocess is loaded from disk by the next one that compiles the same
 program (the tiny configs recur across files), and nothing is written to the user's ~/.cache.
-Tests of the cache itself give their CLIs a directory of their own (tests/test_sample_cli.py).
+Tests of the cache itself give their CLIs a directory of their own (tests/cli/test_sample_cli.py).
 """
 
 import atexit

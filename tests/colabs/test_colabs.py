@@ -55,7 +55,7 @@ def test_quickstart_notebook():
 
 
 def test_sweep_and_compare_notebook(tmp_path):
-    # The step counts and device count of tests/test_sweep.py's sweep (same learning rates): the
+    # The step counts and device count of tests/sweep/test_sweep.py's sweep (same learning rates): the
     # session's compilation cache serves the programs of whichever of the two runs second.
     sets = ' '.join(
         [

@@ -36,7 +36,7 @@ def get_config(arg='tiny'):
 
 
 def get_sweep(arg=None):
-    # The learning rates and step counts of the sweep notebook's runs (tests/test_colabs.py): the
+    # The learning rates and step counts of the sweep notebook's runs (tests/colabs/test_colabs.py): the
     # two share the session's compilation cache, so whichever runs second compiles nothing new.
     runs = product(sweep('train.learning_rate', [1e-3, 3e-3]), sweep('seed', [0, 1]))
     runs[1]['train.debug_sleep_per_step'] = 1.0   # slow enough to be preempted mid-run
