@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Set JAX_PLATFORMS=tpu (or cuda) yourself after installing the [tpu] extra or a CUDA jax.
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: demo test bench gifs clean
+.PHONY: demo test test-fast lint bench gifs clean
 
 $(VENV)/.core: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ demo: $(VENV)/.core
 
 test: $(VENV)/.test
 	$(PY) -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS) tests
+
+# The fast tier: everything but the tests marked slow or parity (pytest.ini), a few minutes.
+test-fast: $(VENV)/.test
+	$(PY) -m pytest -n 2 --dist loadfile -q -m "not slow and not parity" $(PYTEST_ARGS) tests
+
+# One style for the whole tree (pyproject.toml); `make test` checks it too (tests/test_style.py).
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(VENV)/.test
 	$(PY) experiments/benchmark.py dit --json=outputs/bench_dit.json

@@ -38,3 +38,12 @@ os.environ.setdefault('SORA_JAX_COMPILATION_CACHE', os.environ['SORA_JAX_TEST_CA
 from sora_jax.io import host_memory  # noqa: E402
 
 host_memory.retain_freed_memory()
+
+
+def pytest_collection_modifyitems(items):
+    """Everything under tests/parity/ carries the `parity` marker (make test-fast leaves it out)."""
+    import pytest
+
+    for item in items:
+        if 'parity' in item.path.parts:
+            item.add_marker(pytest.mark.parity)
