@@ -2,6 +2,10 @@
 
   python experiments/train.py --config=configs/shapes.py:dit --workdir=workdirs/shapes_dit \
       [--config.train.num_steps=100 ...]
+
+One run per workdir (a second one refuses, naming the first: exit status 4); a bad flag or
+config key is one line (status 2; the exit statuses are in sora_jax/cli.py and
+docs/guarantees.md); --verbosity=1 shows tracebacks.
 """
 
 import os
@@ -13,9 +17,10 @@ from sora_jax.io import host_memory  # noqa: E402
 
 host_memory.retain_freed_memory()  # before jax starts its threads: no page faults per step
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from sora_jax import cli  # noqa: E402
 from sora_jax.io import compile_cache  # noqa: E402  (defines --compilation_cache)
 
 config_flags.DEFINE_config_file('config', None, 'Config file (FILE.py:ARG).', lock_config=True)
@@ -42,4 +47,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

@@ -23,6 +23,10 @@ define them): `train.log_example_ids` (write `workdir/example_ids.jsonl`: step, 
 loss), `train.debug_sleep_per_step` (seconds, to let a test signal a run mid-way),
 `train.debug_nan_from_step` (feed NaN inputs from this 1-based step on),
 `train.debug_save_delay_s` (stall each checkpoint commit, to let a test kill a save).
+
+A workdir belongs to one run at a time: `<workdir>/.sora_jax.lock` (`io/lock.py`; host, pid,
+start time) is held by process 0 while the run lasts; a second run refuses with the owner's
+name, and a lock left by a dead process on this host is taken over with a warning.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from sora_jax.io import checkpoint as ckpt_io
+from sora_jax.io import lock as lock_lib
 from sora_jax.models import lora as lora_lib
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.safety import record as data_record
@@ -69,13 +74,15 @@ def objective_module(config):
 
 
 def _init_fn(config, objective, tx):
+    ema = state_lib.ema_mode(config) != 'off'
+
     def init_fn(k):
         k_model, k_state = jax.random.split(k)
         model = objective.build_model(config, nnx.Rngs(k_model))
         if lora_lib.enabled(config):  # adapters train; the base is frozen (train/lora.py)
             adapters, base = lora_train.split(model, config)
-            return state_lib.create(adapters, tx, k_state, frozen=base)
-        return state_lib.create(nnx.state(model, nnx.Param), tx, k_state)
+            return state_lib.create(adapters, tx, k_state, frozen=base, ema=ema)
+        return state_lib.create(nnx.state(model, nnx.Param), tx, k_state, ema=ema)
 
     return init_fn
 
@@ -86,7 +93,7 @@ def abstract_state(config, mesh, rules, objective):
     tx, schedule = state_lib.make_optimizer(config)
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: objective.build_model(config, nnx.Rngs(0))))
     abstract = jax.eval_shape(_init_fn(config, objective, tx), jax.random.key(config.seed))
-    shardings = mesh_lib.state_shardings(abstract, mesh, rules)
+    shardings = state_lib.place(mesh_lib.state_shardings(abstract, mesh, rules), config)
     return graphdef, abstract, shardings, tx, schedule
 
 
@@ -136,7 +143,8 @@ def warm_start(state, source: str, *, ema: bool = True, adapt=None):
         source,
         f'; {len(new)} new parameters keep their init: {new}' if new else '',
     )
-    return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
+    ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
+    return state.replace(params=params, ema_params=ema)
 
 
 def to_global(batch: dict[str, np.ndarray], mesh, rules) -> dict[str, jax.Array]:
@@ -184,7 +192,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     objective = objective_module(config)
     # Our SIGTERM handler only in single-process runs: multi-host runs use JAX's preemption
     # service (it owns SIGTERM) through Orbax's sync point, so all hosts stop at one step.
-    with _Preemption(install=jax.process_count() == 1) as pre:
+    # One run per workdir: process 0 holds `<workdir>/.sora_jax.lock` (io/lock.py) until the
+    # function returns; a second run on the same workdir refuses, naming the owner.
+    with (
+        lock_lib.workdir(os.fspath(workdir), enabled=jax.process_index() == 0),
+        _Preemption(install=jax.process_count() == 1) as pre,
+    ):
         return _train(config, workdir, objective, pre)
 
 
@@ -345,7 +358,7 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
                             config,
                             graphdef,
                             objective,
-                            state.ema_params,
+                            state.eval_params,
                             mesh,
                             rules,
                             frozen=state.frozen,
@@ -355,9 +368,9 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
                         tracker,
                         previews,
                         done,
-                        state.ema_params
+                        state.eval_params
                         if state.frozen is None
-                        else nnx.merge_state(state.ema_params, state.frozen),
+                        else nnx.merge_state(state.eval_params, state.frozen),
                         config,
                     )
                     t0 = time.time()  # evaluation time is not training time
