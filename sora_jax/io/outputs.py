@@ -1,7 +1,7 @@
 """Output files the CLIs write: checked before any work, reserved, written whole, never clobbered.
 
     out = outputs.reserve('outputs/red.mp4', overwrite=False)   # before loading any weights
-    video.write_video(out.tmp, frames)                           # .red.mp4.partial-<pid>.mp4
+    video.write_video(out.tmp, frames)                           # .red.mp4.partial-XXXX.mp4
     provenance.sign(out.tmp, info)                               # signed before it is visible
     out.commit()                                                 # appears whole, or not at all
 
@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import tempfile
 
 from sora_jax.io import lock as lock_lib
 
@@ -128,10 +129,11 @@ def reserve(
     parent, name = os.path.split(full)
     os.makedirs(parent, exist_ok=True)
     held = lock_lib.acquire(os.path.join(parent, f'.{name}.lock'), what=f'writing {name}')
-    ext = os.path.splitext(name)[1]
-    return Reserved(
-        full, os.path.join(parent, f'.{name}.partial-{os.getpid()}{ext}'), overwrite, held
+    fd, tmp = tempfile.mkstemp(
+        prefix=f'.{name}.partial-', suffix=os.path.splitext(name)[1], dir=parent
     )
+    os.close(fd)  # created exclusively (O_EXCL): unique even within one process
+    return Reserved(full, tmp, overwrite, held)
 
 
 @contextlib.contextmanager

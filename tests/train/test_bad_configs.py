@@ -177,8 +177,9 @@ def test_missing_init_from_fails_before_data_is_built(tmp_path):
 
 
 def test_command_line_refuses_unknown_keys_and_wrong_types(tmp_path):
-    """ml_collections' config_flags rejects `--config.x.y` overrides of missing keys (with a
-    suggestion) and values of the wrong type, before train.py imports JAX."""
+    """An unknown `--config.x.y` key, a value of the wrong type and a config the validator
+    refuses are each one ERROR line (exit status 2, sora_jax/cli.py), no traceback: the unknown
+    key with its closest match, before train.py imports JAX or creates the workdir."""
     env = dict(os.environ, JAX_PLATFORMS='cpu')
 
     def start(*flags):
@@ -201,14 +202,20 @@ def test_command_line_refuses_unknown_keys_and_wrong_types(tmp_path):
         start('--config.train.num_stepz=3'),
         start('--config.train.num_steps=abc'),
         start('--config.mesh.shape=(3,1,1,1)'),
+        start('--config.trian.num_steps=3'),
     ]
-    (unknown, _), (wrong_type, _), (bad_mesh, _) = (p.communicate(timeout=120) for p in procs)
-    assert [p.returncode for p in procs] == [1, 1, 1]
-    assert 'Did you mean "num_steps" instead of "num_stepz"?' in unknown
-    assert 'flag --config.train.num_steps=abc: invalid literal for int()' in wrong_type
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2, 2, 2], outs
+    for out in outs:
+        assert 'Traceback' not in out and out.count('ERROR:') == 1, out
+    unknown, wrong_type, bad_mesh, section = outs
     assert (
-        f'ValueError: config.mesh.shape=(3, 1, 1, 1): must multiply to the {N} devices' in bad_mesh
+        'ERROR: --config.train.num_stepz: the config has no key train.num_stepz; did you mean '
+        '--config.train.num_steps?' in unknown
     )
+    assert 'did you mean --config.train?' in section
+    assert 'flag --config.train.num_steps=abc: invalid literal for int()' in wrong_type
+    assert f'ERROR: config.mesh.shape=(3, 1, 1, 1): must multiply to the {N} devices' in bad_mesh
     assert not (tmp_path / 'w').exists()
 
 
