@@ -22,12 +22,16 @@ into lora_B) that `WanPipeline.load_lora_weights` reads.
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import re
+import struct
 from typing import Iterable, Mapping
 
 import numpy as np
 
-from sora_jax.convert.safetensors import SafetensorsFolder
+from sora_jax.convert.safetensors import _ST_DTYPES, SafetensorsFolder
 from sora_jax.models.lora import MODULES
 
 Adapter = dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]
@@ -58,19 +62,85 @@ _KEY = re.compile(
 )
 
 
+MAX_HEADER_BYTES = 100 << 20  # a LoRA header lists a few thousand tensors: far below this
+
+
 def parse_spec(spec: str) -> tuple[str, float]:
-    """'FILE[:scale]' -> (FILE, scale); scale 1 when omitted."""
+    """'FILE[:scale]' -> (FILE, scale); scale 1 when omitted; a non-finite scale
+    ('FILE:nan', 'FILE:inf') is a ValueError."""
     path, sep, scale = spec.rpartition(':')
     if sep and path:
         try:
-            return path, float(scale)
+            value = float(scale)
         except ValueError:
-            pass
+            return spec, 1.0
+        if not math.isfinite(value):
+            raise ValueError(
+                f'--lora={spec!r}: the scale {scale!r} is not a finite number; write '
+                f'{path}:0.8 (or no scale for 1).'
+            )
+        return path, value
     return spec, 1.0
 
 
+def check_file(path: str) -> dict:
+    """The safetensors header of `path`, checked against the file before any tensor is read:
+    the 8-byte length fits the file, the header is a JSON object, every tensor's dtype is
+    known and its byte range lies inside the file and matches its shape. Every error is a
+    ValueError that names the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f'LoRA file {path!r} does not exist; pass a .safetensors file.')
+    size = os.path.getsize(path)
+    fix = 'it is not a safetensors file, or it is truncated; download or export it again'
+    with open(path, 'rb') as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f'LoRA file {path}: {size} bytes, too short for a header; {fix}.')
+        (n,) = struct.unpack('<Q', head)
+        if n > min(size - 8, MAX_HEADER_BYTES):
+            raise ValueError(
+                f'LoRA file {path}: its header claims {n} bytes but the file has {size}; {fix}.'
+            )
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f'LoRA file {path}: the header is not JSON ({e}); {fix}.') from None
+    if not isinstance(header, dict):
+        raise ValueError(f'LoRA file {path}: the header is not a JSON object; {fix}.')
+    data = size - 8 - n
+    for key, info in header.items():
+        if key == '__metadata__':
+            continue
+        try:
+            dtype = np.dtype(_ST_DTYPES[info['dtype']])
+            shape = [int(d) for d in info['shape']]
+            start, end = (int(o) for o in info['data_offsets'])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f'LoRA file {path}: tensor {key!r} has a malformed header entry '
+                f'{str(info)[:200]}; {fix}.'
+            ) from None
+        if min(shape, default=0) < 0 or not 0 <= start <= end <= data:
+            raise ValueError(
+                f'LoRA file {path}: tensor {key!r} lies at bytes {start}..{end} of a '
+                f'{data}-byte data section; {fix}.'
+            )
+        if end - start != math.prod(shape) * dtype.itemsize:
+            raise ValueError(
+                f'LoRA file {path}: tensor {key!r} of shape {shape} ({info["dtype"]}) has '
+                f'{end - start} bytes; {fix}.'
+            )
+    return header
+
+
 def read(path: str, scale: float = 1.0) -> Adapter:
-    """A LoRA safetensors file (any layout above) -> adapter with `scale * alpha / r` in b."""
+    """A LoRA safetensors file (any layout above) -> adapter with `scale * alpha / r` in b.
+    The file is checked first (`check_file`); a tensor with a NaN or Inf is a ValueError
+    naming the file and the tensor."""
+    if not math.isfinite(scale):
+        raise ValueError(f'LoRA file {path}: scale {scale} is not finite; pass e.g. 0.8.')
+    check_file(path)
     reader = SafetensorsFolder(path)
     parts: dict[tuple[str, int], dict[str, np.ndarray]] = {}
     unknown = []
@@ -92,7 +162,13 @@ def read(path: str, scale: float = 1.0) -> Adapter:
                 f'{path}: {key} repeats the {kind} of block {m.group(1)} '
                 f'{m.group(2)} (two layouts in one file?).'
             )
-        slot[kind] = np.asarray(reader.get(key), np.float32)
+        value = np.asarray(reader.get(key), np.float32)
+        if not np.all(np.isfinite(value)):
+            raise ValueError(
+                f'LoRA file {path}: {key} holds {int(np.sum(~np.isfinite(value)))} non-finite '
+                'values (NaN / Inf); the file is corrupted or its training diverged.'
+            )
+        slot[kind] = value
     if unknown:
         raise ValueError(
             f'{path}: {len(unknown)} keys are not LoRA weights of the Wan DiT '
@@ -122,6 +198,8 @@ def read(path: str, scale: float = 1.0) -> Adapter:
 def check_fits(adapter: Adapter, kernels: Mapping[str, tuple[int, ...]], name: str = 'LoRA'):
     """kernels: {module: stacked kernel shape [depth, in, out]}; a mismatch is a ValueError."""
     for module, blocks in adapter.items():
+        if module not in kernels:
+            raise ValueError(f'{name}: the model has no {module} kernels for this LoRA.')
         depth, din, dout = kernels[module]
         for block, (a, b) in blocks.items():
             if block >= depth or a.shape[0] != din or b.shape[1] != dout:
@@ -130,6 +208,15 @@ def check_fits(adapter: Adapter, kernels: Mapping[str, tuple[int, ...]], name: s
                     f'{b.shape[1]}] but the model has {depth} blocks of [{din} -> '
                     f'{dout}]; this LoRA is for another model size.'
                 )
+
+
+def kernel_shapes(params) -> dict[str, tuple[int, ...]]:
+    """{module: stacked kernel shape [depth, in, out]} of a DiT's params (`nnx.split` state),
+    what `check_fits` compares a file's adapter with before it is applied."""
+    from flax import nnx
+
+    flat = {'/'.join(map(str, p)): v for p, v in nnx.to_flat_state(params)}
+    return {m: tuple(flat[_kernel(m)].shape) for m in MODULES if _kernel(m) in flat}
 
 
 def merge(flat: Mapping[str, np.ndarray], adapters: Iterable[Adapter]) -> dict[str, np.ndarray]:
