@@ -59,19 +59,75 @@ def file_hash(path: str) -> str:
     return h.hexdigest()
 
 
-def checkpoint_hash(path: str) -> str:
-    """sha256 over every file of a checkpoint directory (relative path and bytes, sorted)."""
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise ValueError(f'checkpoint {path!r} is not a directory; pass a workdir or bundle.')
-    h = hashlib.sha256()
+_SKIP = ('.sora_jax.lock',)  # a training run's workdir lock (io/lock.py): not weights
+
+
+def _tree_hash(h, path: str, prefix: str = '') -> None:
     for root, dirs, files in sorted(os.walk(path)):
         dirs.sort()
         for f in sorted(files):
             p = os.path.join(root, f)
-            if f == 'data_record.json' or f.endswith('.tmp'):
+            if f == 'data_record.json' or f.endswith('.tmp') or f in _SKIP:
                 continue  # the record is hashed on its own
-            h.update(os.path.relpath(p, path).encode() + b'\0' + bytes.fromhex(file_hash(p)))
+            rel = prefix + os.path.relpath(p, path)
+            h.update(rel.encode() + b'\0' + bytes.fromhex(file_hash(p)))
+
+
+def autoencoder_dir(path: str) -> str | None:
+    """The VAE directory a checkpoint's config names (`autoencoder`), resolved as sampling
+    resolves it (relative to the checkpoint first, then to the working directory), when it
+    lies outside `path`; None when it is inside (already hashed with it) or there is none."""
+    cdir = os.path.join(path, 'checkpoints')
+    steps = sorted((int(d) for d in os.listdir(cdir) if d.isdigit()) if os.path.isdir(cdir) else [])
+    meta = os.path.join(cdir, str(steps[-1]), 'config', 'metadata') if steps else ''
+    try:
+        with open(meta, encoding='utf-8') as f:
+            ae = json.load(f).get('autoencoder')
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not ae or ae == 'none' or '://' in str(ae):
+        return None
+    ae = str(ae)
+    cands = [ae] if os.path.isabs(ae) else [os.path.join(path, ae), ae]
+    found = next((c for c in cands if os.path.isdir(c)), None)
+    if found is None:
+        return None
+    found, root = os.path.realpath(found), os.path.realpath(path)
+    return None if os.path.commonpath([found, root]) == root else found
+
+
+def checkpoint_hash(path: str) -> str:
+    """sha256 over every weight file that samples from checkpoint `path`: each file of the
+    directory (relative path and bytes, sorted), and when its config's `autoencoder` lies
+    outside it (a training workdir naming its VAE run, a bundle pointing elsewhere), each file
+    of that VAE directory too, under `autoencoder/`: changing that VAE changes the hash."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise ValueError(f'checkpoint {path!r} is not a directory; pass a workdir or bundle.')
+    h = hashlib.sha256()
+    _tree_hash(h, path)
+    vae = autoencoder_dir(path)
+    if vae is not None:
+        _tree_hash(h, vae, prefix='autoencoder/')
+    return h.hexdigest()
+
+
+def lora_entries(loras) -> list[dict]:
+    """[(file, scale), ...] -> [{'file': basename, 'sha256', 'scale'}] for the manifest."""
+    return [
+        {'file': os.path.basename(os.fspath(p)), 'sha256': file_hash(os.fspath(p)), 'scale': s}
+        for p, s in loras
+    ]
+
+
+def weights_hash(checkpoint_sha256: str, loras: list[dict]) -> str:
+    """The hash a manifest cites for the weights that made a file: the checkpoint's hash alone
+    without LoRAs; with them, sha256 over it and each LoRA's sha256 and scale, in order."""
+    if not loras:
+        return checkpoint_sha256
+    h = hashlib.sha256(checkpoint_sha256.encode())
+    for e in loras:
+        h.update(f'\0{e["sha256"]}:{float(e["scale"])!r}'.encode())
     return h.hexdigest()
 
 
@@ -81,11 +137,27 @@ def config_dir() -> str:
     return os.path.join(base, 'sora_jax')
 
 
+def _private_dir(d: str) -> None:
+    """Creates `d` and any missing parents as 0700 (chmod after mkdir: the umask cannot loosen
+    them); `d` itself is made 0700 even when it exists."""
+    d = os.path.abspath(d)
+    missing = []
+    while not os.path.isdir(d):
+        missing.append(d)
+        d = os.path.dirname(d)
+    for m in reversed(missing):
+        os.makedirs(m, mode=0o700, exist_ok=True)
+        os.chmod(m, 0o700)
+    os.chmod(missing[0] if missing else d, 0o700)
+
+
 def dev_credentials(directory: str | None = None) -> tuple[str, str]:
     """(chain.pem, signer.key) of the development CA + signer, created on first use."""
     d = directory or os.path.join(config_dir(), 'c2pa_dev')
     chain, key = os.path.join(d, 'chain.pem'), os.path.join(d, 'signer.key')
     if os.path.isfile(chain) and os.path.isfile(key):
+        if directory is None:  # ours: tighten what an earlier, looser umask left
+            os.chmod(d, 0o700)
         return chain, key
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -140,11 +212,14 @@ def dev_credentials(directory: str | None = None) -> tuple[str, str]:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    os.makedirs(d, exist_ok=True)
+    _private_dir(d)
     pem = serialization.Encoding.PEM
-    with open(chain, 'wb') as f:
+    fd = os.open(chain, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o644)  # public certificates, but writable by the owner only, any umask
+    with os.fdopen(fd, 'wb') as f:
         f.write(leaf.public_bytes(pem) + ca.public_bytes(pem))
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, 'wb') as f:
         f.write(
             key_obj.private_bytes(
@@ -184,17 +259,27 @@ def manifest_info(
     disabled: list[str],
     prompt_moderated: bool,
     title: str = 'sora_jax output',
+    loras: list[dict] | None = None,
+    autoencoder: str | None = None,
 ) -> dict:
-    """The facts a manifest records (JSON-serialisable)."""
-    return {
+    """The facts a manifest records (JSON-serialisable). With `loras` (`lora_entries`), the
+    cited `checkpoint_sha256` covers them (`weights_hash`) and the base checkpoint's own hash
+    is kept as `base_checkpoint_sha256`; `autoencoder`: a VAE directory outside the
+    checkpoint that the hash covers (`autoencoder_dir`), recorded by name."""
+    info = {
         'title': title,
-        'checkpoint_sha256': checkpoint_hash,
+        'checkpoint_sha256': weights_hash(checkpoint_hash, loras) if loras else checkpoint_hash,
         'config': config_name,
         'data_record_sha256': data_record_hash,
         'watermark': watermark_payload,
         'safeguards_disabled': sorted(disabled),
         'prompt_moderated': prompt_moderated,
     }
+    if loras:
+        info.update(base_checkpoint_sha256=checkpoint_hash, loras=loras)
+    if autoencoder:
+        info['autoencoder'] = autoencoder
+    return info
 
 
 def _definition(info: dict, fmt: str) -> dict:
@@ -262,6 +347,18 @@ def sign(path: str, info: dict, cert: str | None = None, key: str | None = None)
     return dev
 
 
+def _has_manifest_bytes(path: str) -> bool:
+    """Whether the file holds a C2PA manifest store's JUMBF labels ('jumb' box, 'c2pa' label):
+    a file c2pa cannot parse is "no manifest" without them, a broken manifest with them."""
+    import mmap
+
+    try:
+        with open(path, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return m.find(b'jumb') >= 0 and m.find(b'c2pa') >= 0
+    except (OSError, ValueError):  # empty file (mmap of 0 bytes), unreadable
+        return False
+
+
 def read(path: str) -> dict:
     """{'present', 'valid', 'trusted', 'state', 'errors', 'signer', 'generator', 'actions',
     'generation'}: valid = the manifest and the file it signs are intact (c2pa state 'Valid');
@@ -284,6 +381,9 @@ def read(path: str) -> dict:
     except Exception as e:  # noqa: BLE001 - no manifest, or one too broken to parse
         msg = str(e)
         if 'ManifestNotFound' in msg or 'no JUMBF' in msg.lower() or 'not found' in msg.lower():
+            return out
+        if not _has_manifest_bytes(path):  # not a media file c2pa parses, and no manifest in it
+            out['errors'] = [f'no manifest (the file does not parse as its format: {msg})']
             return out
         out.update(present=True, errors=[msg])
         return out

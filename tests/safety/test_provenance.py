@@ -124,3 +124,96 @@ def test_pipeline_defaults(tmp_path):
         ).size
         == 0
     )
+
+
+def _run_verify(path):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, 'experiments', 'verify.py'), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS='cpu'),
+    )
+
+
+def test_verify_tells_no_manifest_from_invalid_and_flags_a_missing_watermark(tmp_path):
+    """A text file named .mp4 is "no manifest" (status 3), not "INVALID"; a valid manifest
+    claiming a watermark the frames do not carry is flagged (status 4); a missing file is one
+    line (status 5)."""
+    text = tmp_path / 'notes.mp4'
+    text.write_text('hello\n')
+    r = _run_verify(text)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert 'C2PA: no manifest' in r.stdout and 'INVALID' not in r.stdout
+    clip = np.random.default_rng(1).integers(0, 255, (8, 64, 64, 3), dtype=np.uint8)
+    unmarked = str(video_io.write_video(tmp_path / 'unmarked.mp4', clip))
+    provenance.sign(unmarked, _info(watermark_payload={'model_id': 5, 'user_key': 6}))
+    r = _run_verify(unmarked)
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert 'WARNING: the manifest claims a watermark the detector does not find' in r.stdout
+    r = _run_verify(tmp_path / 'absent.mp4')
+    assert r.returncode == 5 and r.stderr.count('ERROR:') == 1 and 'Traceback' not in r.stderr
+
+
+def test_dev_credentials_are_private_whatever_the_umask(tmp_path, monkeypatch):
+    import stat
+
+    monkeypatch.setenv('XDG_CONFIG_HOME', str(tmp_path / 'cfg'))
+    old = os.umask(0)
+    try:
+        chain, key = provenance.dev_credentials()
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)
+    d = os.path.dirname(chain)
+    assert mode(d) == 0o700 and mode(os.path.dirname(d)) == 0o700, oct(mode(d))
+    assert mode(chain) == 0o644 and mode(key) == 0o600
+
+
+def _fake_checkpoint(root, autoencoder):
+    meta = root / 'checkpoints' / '7' / 'config'
+    meta.mkdir(parents=True)
+    (meta / 'metadata').write_text(f'{{"autoencoder": "{autoencoder}"}}')
+    (root / 'checkpoints' / '7' / 'weights.bin').write_bytes(b'dit')
+    return str(root)
+
+
+def test_checkpoint_hash_covers_a_vae_outside_the_bundle(tmp_path):
+    vae = tmp_path / 'elsewhere' / 'vae'
+    vae.mkdir(parents=True)
+    (vae / 'w.bin').write_bytes(b'vae one')
+    bundle = _fake_checkpoint(tmp_path / 'a' / 'bundle', '../../elsewhere/vae')
+    assert provenance.autoencoder_dir(bundle) == str(vae)
+    before = provenance.checkpoint_hash(bundle)
+    (vae / 'w.bin').write_bytes(b'vae two')
+    assert provenance.checkpoint_hash(bundle) != before
+    inside = _fake_checkpoint(tmp_path / 'b', 'vae')
+    (tmp_path / 'b' / 'vae').mkdir()
+    assert provenance.autoencoder_dir(inside) is None  # hashed as part of the bundle
+    h = provenance.checkpoint_hash(inside)
+    (tmp_path / 'b' / '.sora_jax.lock').write_text('{}')  # a training run's lock: not weights
+    assert provenance.checkpoint_hash(inside) == h
+
+
+def test_loras_enter_the_manifest_and_the_hash(tmp_path):
+    lora = tmp_path / 'style.safetensors'
+    lora.write_bytes(b'lora bytes')
+    entries = provenance.lora_entries([(str(lora), 0.5)])
+    assert entries == [
+        {'file': 'style.safetensors', 'sha256': provenance.file_hash(str(lora)), 'scale': 0.5}
+    ]
+    info = _info(loras=entries, autoencoder='/elsewhere/vae')
+    assert info['base_checkpoint_sha256'] == 'a' * 64
+    assert info['checkpoint_sha256'] not in (
+        'a' * 64,
+        _info(loras=[{**entries[0], 'scale': 1.0}])['checkpoint_sha256'],
+    )
+    clip = wm.embed(np.random.default_rng(2).integers(0, 255, (8, 64, 64, 3), dtype=np.uint8), 5, 6)
+    path = str(video_io.write_video(tmp_path / 'l.mp4', clip))
+    provenance.sign(path, info)
+    g = provenance.read(path)['generation']
+    assert g['loras'] == entries and g['autoencoder'] == '/elsewhere/vae'
+    assert g['checkpoint_sha256'] == info['checkpoint_sha256']
