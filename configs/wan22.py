@@ -31,15 +31,16 @@ Convert the diffusers folder once (the A14B's `transformer_2/` and model_index.j
   (A14B: Wan-AI/Wan2.2-T2V-A14B-Diffusers -> checkpoints/wan22_t2v_a14b, --config=...:t2v_a14b.)
 """
 
-import importlib.util
 import os
 
 import ml_collections as mlc
 
-_here = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.util.spec_from_file_location('wan21_config', os.path.join(_here, 'wan21.py'))
-wan21 = importlib.util.module_from_spec(_spec)  # the shared Wan layout (text, mesh, training)
-_spec.loader.exec_module(wan21)
+from sora_jax import config_files
+
+# The shared Wan layout (text, mesh, training); by path, as --config=configs/wan22.py loads us.
+wan21 = config_files.load_module(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'wan21.py')
+)
 
 _HUB = {
     'ti2v_5b': 'Wan-AI/Wan2.2-TI2V-5B-Diffusers',

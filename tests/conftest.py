@@ -14,6 +14,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 # tests/xla.py by path: while pytest imports this conftest, `tests` is not importable yet.
 _spec = importlib.util.spec_from_file_location(
     'tests_xla', os.path.join(os.path.dirname(__file__), 'xla.py')
@@ -42,8 +44,15 @@ host_memory.retain_freed_memory()
 
 def pytest_collection_modifyitems(items):
     """Everything under tests/parity/ carries the `parity` marker (make test-fast leaves it out)."""
-    import pytest
-
     for item in items:
         if 'parity' in item.path.parts:
             item.add_marker(pytest.mark.parity)
+
+
+@pytest.fixture(scope='session')
+def load_config():
+    """`load_config('configs/FILE.py:ARG')` -> that ConfigDict, fresh on every call
+    (sora_jax.config_files.load). `from configs import wan21` gives the module itself."""
+    from sora_jax import config_files
+
+    return config_files.load

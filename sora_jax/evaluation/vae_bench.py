@@ -62,14 +62,9 @@ def vae_config(name: Any) -> vae_lib.VAEConfig:
     if not isinstance(name, str):
         return vae_lib.from_config(name)
     if name == 'shapes':
-        try:
-            from configs import shapes  # the repo root is on sys.path in experiments/ and tests
-        except ImportError as e:
-            raise ValueError(
-                "vae_config='shapes' needs the repository root on sys.path (run "
-                "from experiments/), or use 'tiny' / 'wan21'."
-            ) from e
-        return vae_lib.from_config(shapes.get_config('vae').vae)
+        from sora_jax import config_files
+
+        return vae_lib.from_config(config_files.load('configs/shapes.py:vae').vae)
     if name == 'tiny':
         return vae_lib.tiny_config()
     if name == 'wan21':

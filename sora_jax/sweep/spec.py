@@ -13,12 +13,11 @@ its index so the runs sort in sweep order: '00_learning_rate=0.001,dim=32,ffn_di
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import re
-import sys
-from pathlib import Path
 from typing import Any, Sequence
+
+from sora_jax import config_files
 
 Overrides = dict[str, Any]
 
@@ -89,18 +88,9 @@ def flag_value(v: Any) -> str:
 
 
 def load_config_module(config_arg: str):
-    """(module, arg) of '--config=FILE.py[:ARG]' (the file imported by path, repo on sys.path)."""
-    path, _, arg = config_arg.partition(':')
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f'--config={config_arg!r}: {path} is not a file; give FILE.py[:ARG].')
-    repo = str(Path(__file__).resolve().parents[2])
-    if repo not in sys.path:
-        sys.path.insert(0, repo)
-    spec = importlib.util.spec_from_file_location(f'_sweep_config_{p.stem}', p)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module, (arg or None)
+    """(module, arg) of '--config=FILE.py[:ARG]' (`sora_jax.config_files` finds and imports it)."""
+    path, arg = config_files.split(config_arg)
+    return config_files.load_module(path), arg
 
 
 def parse_sets(sets: Sequence[str]) -> Overrides:

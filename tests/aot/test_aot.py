@@ -1,18 +1,11 @@
 """experiments/aot.py's code path: compile real steps for TPU topologies on this CPU host."""
 
-import importlib.util
-import os
-
 import pytest
 
+from configs import wan21
 from sora_jax.aot import hlo, report, run, topology
 
 pytest.importorskip('libtpu', reason='libtpu is in the [test] extra')
-
-_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan21.py')
-_spec = importlib.util.spec_from_file_location('wan21_config_aot', _PATH)
-wan21 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(wan21)
 
 
 def _tiny(mesh_shape, **model):

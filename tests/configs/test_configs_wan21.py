@@ -1,20 +1,14 @@
 """configs/wan21.py: every arg builds valid model/vae/text configs; sizes match Wan's published ones."""
 
 import dataclasses
-import importlib.util
-import os
 
 import jax.numpy as jnp
 import pytest
 
+from configs import wan21
 from sora_jax.models import umt5, vae
 from sora_jax.models.dit import DiTConfig
 from tests.parity.wan_fixture import diffusers_kwargs
-
-_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan21.py')
-_spec = importlib.util.spec_from_file_location('wan21_config', _PATH)
-wan21 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(wan21)
 
 # DiT parameter counts = diffusers WanTransformer3DModel on the meta device (checked live below).
 DIT_PARAMS = {'t2v_1.3b': 1_418_996_800, 't2v_14b': 14_288_491_584}

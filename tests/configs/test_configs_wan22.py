@@ -1,20 +1,13 @@
 """configs/wan22.py: every arg builds valid model/vae/text configs; sizes and sampling defaults are
 Wan 2.2's; DiT parameter counts equal diffusers' on the meta device; the AOT tool takes them."""
 
-import importlib.util
-import os
-
 import pytest
 
+from configs import wan22
 from sora_jax.aot.compile import Shape
 from sora_jax.models import vae
 from sora_jax.models.dit import DiTConfig
 from tests.parity.wan_fixture import diffusers_kwargs
-
-_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan22.py')
-_spec = importlib.util.spec_from_file_location('wan22_config', _PATH)
-wan22 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(wan22)
 
 # DiT parameter counts = diffusers WanTransformer3DModel on the meta device (checked live below).
 DIT_PARAMS = {'ti2v_5b': 4_999_787_712, 't2v_a14b': 14_288_491_584, 'i2v_a14b': 14_288_901_184}

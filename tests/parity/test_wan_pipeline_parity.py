@@ -70,17 +70,10 @@ def wan(tmp_path_factory):
     return src, dst, load_reference_pipeline(src), TextToVideo.from_wan(dst, tiny_config())
 
 
-def test_config_feeds_wan_integer_timesteps():
+def test_config_feeds_wan_integer_timesteps(load_config):
     """diffusers' UniPC (and Wan's own solver) hand the DiT int64(1000 sigma)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        'wan21', os.path.join(REPO, 'configs', 'wan21.py')
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     for arg in ('t2v_1.3b', 't2v_14b', 't2v_14b,480p', 'tiny'):
-        assert mod.get_config(arg).sample.timestep_quantization == 1000
+        assert load_config(f'configs/wan21.py:{arg}').sample.timestep_quantization == 1000
 
 
 @pytest.mark.parametrize('case', sorted(CASES))

@@ -27,12 +27,13 @@ image tokens and 36-style input channels, plus `image_encoder/` (a tiny transfor
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 
-CONFIG_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan21.py')
-WAN22_CONFIG_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan22.py')
+from sora_jax import config_files
+
+CONFIG_PATH = 'configs/wan21.py'
+WAN22_CONFIG_PATH = 'configs/wan22.py'
 SENTENCES = (
     'A red circle moves to the left across a blue background.',
     'Un cuadrado verde gira lentamente sobre un fondo negro.',
@@ -42,12 +43,9 @@ SENTENCES = (
 
 
 def tiny_config(arg: str = 'tiny', path: str = CONFIG_PATH):
-    """`configs/wan21.py:tiny` (configs/ is not a package, so it is loaded by path); `arg`,
-    `path`: another arg and config file, e.g. 'tiny_i2v', or 'tiny_ti2v' of WAN22_CONFIG_PATH."""
-    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3] + '_config', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    """`configs/wan21.py:tiny`; `arg`, `path`: another arg and config file, e.g. 'tiny_i2v', or
+    'tiny_ti2v' of WAN22_CONFIG_PATH."""
+    return config_files.load(f'{path}:{arg}')
 
 
 def diffusers_kwargs(c) -> dict:

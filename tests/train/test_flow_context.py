@@ -1,21 +1,14 @@
 """objectives/flow_context.py: the Wan train step (DiT on latents + precomputed text features)
 runs on CPU through the same jit as train/loop.py and learns a fixed batch."""
 
-import importlib.util
-import os
-
 import jax
 import numpy as np
 
+from configs import wan21
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.train import loop
 from sora_jax.train import step as step_lib
 from sora_jax.train.objectives import flow_context
-
-_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan21.py')
-_spec = importlib.util.spec_from_file_location('wan21_config_fc', _PATH)
-wan21 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(wan21)
 
 
 def test_wan_train_step_learns_a_fixed_batch():

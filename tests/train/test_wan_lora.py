@@ -3,7 +3,6 @@ the README walk-through (convert -> train -> export -> sample) on a tiny random 
 adapters train (the base stays bitwise the converted DiT), the checkpoint holds adapters plus the
 base pointer, and the LoRA run and its exported file sample the same video, unlike the base's."""
 
-import importlib.util
 import json
 import os
 
@@ -11,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from configs import wan21
 from sora_jax.convert import checkpoint as convert_ckpt
 from sora_jax.convert import wan
 from sora_jax.convert.orbax_params import restore_params
@@ -26,11 +26,6 @@ from sora_jax.train.objectives import flow_context
 from tests.parity.wan_fixture import SENTENCES, make_tiny_wan_folder
 from tests.test_pipeline_imports import fresh_to_q_kernel
 
-_spec = importlib.util.spec_from_file_location(
-    'wan21_config', os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan21.py')
-)
-wan21 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(wan21)
 PROMPT = SENTENCES[0]
 
 
