@@ -261,11 +261,14 @@ def manifest_info(
     title: str = 'sora_jax output',
     loras: list[dict] | None = None,
     autoencoder: str | None = None,
+    consent: list[dict] | None = None,
 ) -> dict:
     """The facts a manifest records (JSON-serialisable). With `loras` (`lora_entries`), the
     cited `checkpoint_sha256` covers them (`weights_hash`) and the base checkpoint's own hash
     is kept as `base_checkpoint_sha256`; `autoencoder`: a VAE directory outside the
-    checkpoint that the hash covers (`autoencoder_dir`), recorded by name."""
+    checkpoint that the hash covers (`autoencoder_dir`), recorded by name. `consent`: the
+    consent registry entries (sora_jax/safety/consent.py) that allowed the real people the
+    prompt names, recorded as given."""
     info = {
         'title': title,
         'checkpoint_sha256': weights_hash(checkpoint_hash, loras) if loras else checkpoint_hash,
@@ -279,6 +282,8 @@ def manifest_info(
         info.update(base_checkpoint_sha256=checkpoint_hash, loras=loras)
     if autoencoder:
         info['autoencoder'] = autoencoder
+    if consent:
+        info['consent'] = [dict(e) for e in consent]
     return info
 
 
