@@ -28,6 +28,8 @@ CORE = [
     'scipy>=1.11',
     'c2pa-python==0.38.1',
     'cryptography>=42',  # safety/
+    'snowballstemmer>=2.2',  # safety/moderation.py: English + Spanish stems (BSD)
+    'PyStemmer>=2.2',  # the same stemmers in C, used by snowballstemmer (MIT/BSD)
 ]
 
 TEST = [
@@ -57,6 +59,8 @@ setup(
     name='sora_jax',
     version='0.1.0',
     description='Text-to-video diffusion over latent spacetime patches in JAX/Flax.',
+    license='Apache-2.0',
+    classifiers=['License :: OSI Approved :: Apache Software License'],
     packages=find_packages(include=['sora_jax', 'sora_jax.*']),
     python_requires='>=3.10',
     install_requires=CORE,

@@ -214,3 +214,19 @@ def test_paths_and_links_exist():
             if not os.path.exists(target):
                 bad.append(f'{rel}: link {link}')
     assert not bad, 'paths the pages name that do not exist:\n' + '\n'.join(bad)
+
+
+def test_model_card_is_not_part_of_the_weights_hash(tmp_path):
+    """The card beside the shipped weights changes neither the checkpoint hash the manifests cite
+    nor, through it, the watermark's model id."""
+    import shutil
+
+    from sora_jax.safety import provenance
+
+    bundle = os.path.join(ROOT, 'checkpoints', 'shapes')
+    assert os.path.isfile(os.path.join(bundle, 'MODEL_CARD.md'))
+    copy = tmp_path / 'shapes'
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns('MODEL_CARD.md'))
+    assert provenance.checkpoint_hash(bundle) == provenance.checkpoint_hash(str(copy))
+    (copy / 'extra.bin').write_bytes(b'x')  # any other file does count
+    assert provenance.checkpoint_hash(bundle) != provenance.checkpoint_hash(str(copy))

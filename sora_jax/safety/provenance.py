@@ -59,7 +59,8 @@ def file_hash(path: str) -> str:
     return h.hexdigest()
 
 
-_SKIP = ('.sora_jax.lock',)  # a training run's workdir lock (io/lock.py): not weights
+# Not weights: a training run's workdir lock (io/lock.py) and a bundle's model card.
+_SKIP = ('.sora_jax.lock', 'MODEL_CARD.md')
 
 
 def _tree_hash(h, path: str, prefix: str = '') -> None:
