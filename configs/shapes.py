@@ -10,10 +10,11 @@ Args (`--config=configs/shapes.py:ARG`):
              extend, connect and loop; (4, 2, 2) patches.
   dit_p2     `dit` re-cut to (2, 2, 2) patches (experiments/repatch.py) and fine-tuned.
   dit_p3     the shipped DiT: `dit_p2` trained on (fresh schedule, more t2v).
+  lora_demo  a rank-8 LoRA over the shipped model on a video folder (docs/lora.md).
   dit_pixel  a small pixel-space DiT, 8 frames at 16x16 (benchmarks).
   tiny, tiny_vae   tiny and fast: what the tests train.
 
-The shipped recipe (checkpoints/shapes), on 2 CPU cores:
+The shipped recipe (checkpoints/shapes), about 5 hours on 2 CPU cores:
   python experiments/train.py --config=configs/shapes.py:vae_image --workdir=workdirs/shapes_vae_image
   python experiments/train.py --config=configs/shapes.py:vae --workdir=workdirs/shapes_vae
   python experiments/train.py --config=configs/shapes.py:dit --workdir=workdirs/shapes_dit
@@ -22,7 +23,8 @@ The shipped recipe (checkpoints/shapes), on 2 CPU cores:
   python experiments/train.py --config=configs/shapes.py:dit_p3 --workdir=workdirs/shapes_dit_p3
   python experiments/export.py --dit=workdirs/shapes_dit_p3 --dst=checkpoints/shapes
   python experiments/sample.py --checkpoint=checkpoints/shapes --prompt="a red circle moving to the left" --out=outputs/red.mp4
-Time and results of each stage: in its function's docstring below and in the README.
+Each stage's time and result: its function's docstring below; the recipe, what it reaches and
+what did not help: docs/training.md and docs/results.md.
 """
 
 import ml_collections as mlc
@@ -218,7 +220,7 @@ def get_sweep(arg: str = 'tiny') -> list[dict]:
     """Override lists for experiments/sweep.py (run names come from the keys that vary).
 
     tiny     learning rate x seed on `tiny`, 60 steps, evaluation (loss, 2 videos, judge) every
-             20: the README's loss curves (docs/sweep_tiny_loss.png).
+             20: the loss curves of docs/training.md (docs/sweep_tiny_loss.png).
              python experiments/sweep.py --config=configs/shapes.py:tiny --sweep=tiny --workdir=workdirs/sweep_tiny
     dit_lr   peak learning rate of `dit` (3 runs).
     """
@@ -247,10 +249,10 @@ def _shipped_dit(c: mlc.ConfigDict) -> None:
     adaLN-Zero init, uniform training times shifted by 3 (the layout, and so the prompt, is
     decided at high noise).
 
+      python experiments/train.py --config=configs/shapes.py:dit --workdir=workdirs/shapes_dit
     On 2 CPU cores: 4 min to render and encode the 8,192 clips, then 5,000 steps in 98 min.
-    Held-out combinations (2 per combination, motion and language, 25 steps, EMA): colour 1.00 /
-    1.00, motion 1.00 / 1.00, shape 0.38 / 0.55 (en / es): shapes in motion come out as blobs
-    (blue squares as circles); `dit_p2` continues from here."""
+    Held-out combinations (experiments/evaluate.py --holdout_only --num_per_combo=2): colour and
+    motion 1.00, shape 0.38 / 0.55 (en / es); `dit_p2` continues from here."""
     c.autoencoder = 'workdirs/shapes_vae'
     c.latent_channels = 8  # = vae.z_dim
     c.data.num_train = 8192
@@ -291,16 +293,12 @@ def _shipped_dit(c: mlc.ConfigDict) -> None:
 
 def _finer_time(c: mlc.ConfigDict) -> None:
     """`dit_p2`: the `dit` model re-cut to (2, 2, 2) patches (128 tokens per 16x32x32 clip) by
-    `experiments/repatch.py` and fine-tuned: a token then spans 2 frames, not 4. The (4, 2, 2)
-    model keeps shapes at rest (square 0.75, circle 0.88-1.0) but smears them in motion (a
-    square moving left: 0.00), whatever the sampler, shift or guidance.
+    `experiments/repatch.py` and fine-tuned: a token then spans 2 frames, not 4, which shapes in
+    motion need (with (4, 2, 2) patches they come out as blobs).
       python experiments/repatch.py --src=workdirs/shapes_dit --dst=workdirs/shapes_p2_init --patch_t=2
-
-    On 2 CPU cores: 1,800 steps in 64 min (2.1 s/step; the run was started from checkpoints/shapes
-    when it held `dit` at step 5,000 with --config.autoencoder=checkpoints/shapes/vae, the same
-    VAE weights). Held-out combinations (as `dit`): colour 1.00 / 1.00, motion 1.00 / 1.00, shape
-    0.74 / 0.57 (en / es; red triangle 1.00 / 1.00, blue square 0.57 / 0.21, green circle 0.64 /
-    0.50)."""
+      python experiments/train.py --config=configs/shapes.py:dit_p2 --workdir=workdirs/shapes_dit_p2
+    On 2 CPU cores: 1,800 steps in 64 min (2.1 s/step). Held-out combinations (as `dit`): colour
+    and motion 1.00, shape 0.74 / 0.57 (en / es)."""
     c.model.patch_size = (2, 2, 2)
     c.train.init_from = 'workdirs/shapes_p2_init'
     c.train.num_steps = 1800
@@ -314,10 +312,9 @@ def _longer(c: mlc.ConfigDict) -> None:
     """`dit_p3`: `dit_p2` trained on from its last step with a fresh schedule and more t2v (the
     mode the judge scores); shapes in motion were still sharpening when `dit_p2` stopped.
 
-    On 2 CPU cores: 2,800 steps in 139 min (about 3.0 s/step; the shipped run started from
-    checkpoints/shapes at dit_p2's step 1,800 with --config.autoencoder=checkpoints/shapes/vae,
-    the same weights). Held-out combinations: colour 1.00 / 1.00, motion 1.00 / 1.00, shape
-    1.00 / 0.90 (en / es; squares 0.86, circles and triangles 1.00)."""
+      python experiments/train.py --config=configs/shapes.py:dit_p3 --workdir=workdirs/shapes_dit_p3
+    On 2 CPU cores: 2,800 steps in 139 min (about 3.0 s/step). Held-out combinations: colour and
+    motion 1.00, shape 1.00 / 0.90 (en / es): the shipped model (docs/results.md)."""
     c.train.init_from = 'workdirs/shapes_dit_p2'
     c.train.num_steps = 2800
     c.train.learning_rate = 3e-4
@@ -338,7 +335,7 @@ def _lora_demo(c: mlc.ConfigDict) -> None:
     folder whose captions say red while the shapes are blue (experiments/lora_demo_data.py).
       python experiments/lora_demo_data.py --out=data_cache/red_is_blue --num=512
       python experiments/train.py --config=configs/shapes.py:lora_demo --workdir=workdirs/shapes_lora
-    Time and the judged effect: README, "LoRA fine-tuning"."""
+    Every red prompt comes out blue, green prompts stay green (the judged effect: docs/lora.md)."""
     c.autoencoder = 'checkpoints/shapes/vae'
     # latent_mean / latent_std stay empty: a LoRA run takes its base's (train/lora.py)
     c.data.name = 'folder'
@@ -416,17 +413,12 @@ def _shipped_vae(c: mlc.ConfigDict, stage: int) -> None:
     alone, so an image is a 1-frame video) at 1/16 of a clip's cost; stage 2 (`vae`) inflates it
     (`vae.inflate_from_image`: past-frame taps start at 0, so it starts as the per-frame image
     VAE) and trains on 8-frame clips plus 30% single frames. The latent is deterministic
-    (`sample_posterior=False`): a posterior sample at the initial unit variance drowns the code
-    (training stalled near 15 dB with it), and the DiT normalises latents per channel anyway.
-
-    On 2 CPU cores: stage 1, 1,200 steps of 16 frames, 3.6 min (29.9 dB on its last batch);
-    stage 2, 250 steps of 4 clips, 1.3 min (31.8 dB). Held-out 16-frame clips of its data: 29.4
-    dB PSNR (32.2 dB on the DiT's one-shape clips); the judge on the round trips of 500 one-shape
-    clips: colour 1.00, motion 1.00, shape 0.91 (stars lose their points: 0.67; circles, squares,
-    triangles 1.00). A 4x-time variant (temperal_downsample (True, True), 600 steps on 9-frame
-    clips) reached only 20.9 dB on 17-frame clips, drifting in colour past the 9 frames it was
-    trained on (judge: shape 0.69, colour 0.89, motion 0.79), too weak for the DiT to build on
-    within this budget."""
+    (`sample_posterior=False`): a posterior sample at the initial unit variance drowns the code,
+    and the DiT normalises latents per channel anyway.
+      python experiments/train.py --config=configs/shapes.py:vae_image --workdir=workdirs/shapes_vae_image
+      python experiments/train.py --config=configs/shapes.py:vae --workdir=workdirs/shapes_vae
+    On 2 CPU cores: stage 1, 1,200 steps of 16 frames, 3.6 min; stage 2, 250 steps of 4 clips,
+    1.3 min. Held-out 16-frame clips of its data: 29.4 dB PSNR (docs/results.md)."""
     _vae(c, tiny=False)
     c.data.backgrounds = ('plain',)
     c.data.size_scale = 1.5

@@ -1,4 +1,4 @@
-"""Wan 2.1 text-to-video (Apache-2.0 open weights) loaded into sora_jax.
+"""Wan 2.1 text- and image-to-video (Apache-2.0 open weights) loaded into sora_jax.
 
 Args (`--config=configs/wan21.py:ARG`):
   t2v_1.3b   Wan2.1-T2V-1.3B: DiT 1,418,996,800 params (30 blocks x 1536), 480x832, flow shift 3.0.
@@ -29,7 +29,7 @@ configs) for any other script.
 
 Meshes measured ahead of time (`mesh.shape` = (data, fsdp, tensor, sequence); per-chip memory
 from XLA's TPU compiler via experiments/aot.py, no TPU used; every row with its command in
-docs/aot/*.json, the table in the README section "TPU slices, checked ahead of time"):
+docs/aot/*.json, the table in docs/aot/table.md, read in docs/tpu.md):
   train 14B, 720x1280x81 (75,600 tokens/clip), v5p-64: (1, 16, 1, 2), 16 clips, splash, remat
         'full': 61.6 of 95 GiB per chip (35% free); (1, 32, 1, 1) with 32 clips: 89.3 GiB (6%).
   train 14B, 480x832x81 (32,760 tokens/clip), v5p-64: (1, 32, 1, 1), 32 clips: 45.2 GiB.
@@ -283,8 +283,8 @@ def _lora_config(arg: str) -> mlc.ConfigDict:
     converted Wan 2.1 folder (`checkpoint`) on a folder of your clips (`data.folder`, with
     captions.jsonl). Its VAE encodes the clips once into a latent cache, its UMT5 encodes every
     caption once (`sora_jax/train/wan_frozen.py`), its DiT is the frozen base of the adapters
-    (`lora.base`, default = `checkpoint`). The README section "LoRA fine-tuning and shared LoRA
-    files" walks it through: convert, train, export, sample. Rank 32 on every block projection:
+    (`lora.base`, default = `checkpoint`). docs/lora.md walks it through: convert, train,
+    export, sample. Rank 32 on every block projection:
     43,745,280 adapter params over the frozen 1.3B DiT (lora_14b: 153,354,240), counted with
     nnx.eval_shape; lora_tiny is for tests/train/test_wan_lora.py.
 
