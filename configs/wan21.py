@@ -42,6 +42,8 @@ XLA attention at 14B 720p on v5p-8 needs 456.6 GiB of temporaries per chip (refu
 
 import ml_collections as mlc
 
+from sora_jax.models.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD  # the one source
+
 # Wan's own default negative prompt (wan/configs/shared_config.py `sample_neg_prompt`).
 WAN_NEGATIVE_PROMPT = (
     '色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，'
@@ -55,43 +57,6 @@ WAN_NEGATIVE_PROMPT_EN = (
     'incomplete, extra fingers, poorly drawn hands, poorly drawn faces, deformed, disfigured, '
     'misshapen limbs, fused fingers, still picture, messy background, three legs, many people in '
     'the background, walking backwards'
-)
-
-WAN21_LATENTS_MEAN = (
-    -0.7571,
-    -0.7089,
-    -0.9113,
-    0.1075,
-    -0.1745,
-    0.9653,
-    -0.1517,
-    1.5508,
-    0.4134,
-    -0.0715,
-    0.5517,
-    -0.3632,
-    -0.1922,
-    -0.9497,
-    0.2503,
-    -0.2921,
-)
-WAN21_LATENTS_STD = (
-    2.8184,
-    1.4541,
-    2.3275,
-    2.6558,
-    1.2196,
-    1.7708,
-    2.6052,
-    2.0743,
-    3.2687,
-    2.1526,
-    2.8652,
-    1.5579,
-    1.6382,
-    1.1253,
-    2.8251,
-    1.9160,
 )
 
 _SIZES = {  # arg -> (num_heads, ffn_dim, depth, hub id)

@@ -49,6 +49,9 @@ from flax import nnx
 from sora_jax.models.vae_blocks import CausalConv3d, Decoder3d, Encoder3d, FeatCache
 from sora_jax.models.vae_patch import patchify, unpatchify
 
+# Wan's per-channel latent statistics (diffusers vae/config.json latents_mean / latents_std): the one
+# source the configs (configs/wan21.py, configs/wan22.py) and the tests read.
+# Wan 2.1 VAE (16 channels): Wan-AI/Wan2.1-T2V-1.3B-Diffusers vae/config.json.
 WAN21_LATENTS_MEAN = (
     -0.7571,
     -0.7089,
