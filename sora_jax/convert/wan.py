@@ -472,7 +472,9 @@ def build(make_model: Callable[[], Any], flat: Mapping[str, np.ndarray]):
 # ----------------------------------------------------------------------------- components
 
 COMPONENTS = ('text_encoder', 'transformer', 'vae')  # diffusers sub-folder names
-OPTIONAL_COMPONENTS = ('image_encoder',)  # Wan 2.1 I2V; converted along with the transformer
+# Converted when `src` has them (`convert_folder`): Wan 2.2 A14B's low-noise expert with the
+# default components, Wan 2.1 I2V's CLIP image encoder with the transformer.
+OPTIONAL_COMPONENTS = ('transformer_2', 'image_encoder')
 
 
 def component_spec(component: str, hf_config: Mapping[str, Any] | str, **overrides):
@@ -590,15 +592,13 @@ CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     'transformer_2': convert_transformer,  # Wan 2.2 A14B: the low-noise expert, same layout
     'image_encoder': convert_image_encoder,
 }
-# Converted with the default components when `src` has them (Wan 2.2 A14B's second expert).
-OPTIONAL_COMPONENTS = ('transformer_2',)
 # Pipeline settings copied from `src/model_index.json` (diffusers `WanPipeline` config).
 PIPELINE_KEYS = ('boundary_ratio', 'expand_timesteps')
 
 
 def pipeline_settings(folder: str) -> dict[str, Any]:
     """`boundary_ratio` / `expand_timesteps` of a (diffusers or converted) Wan folder's
-    model_index.json; {} when it has none (Wan 2.1 folders converted before it was copied)."""
+    model_index.json; {} when it has none (a Wan 2.1 folder needs neither)."""
     path = os.path.join(folder, 'model_index.json')
     if not os.path.isfile(path):
         return {}
