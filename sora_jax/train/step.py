@@ -3,6 +3,11 @@
 The objective (a module in `train/objectives/`) provides `loss_fn(model, batch, rng, config)
 -> (loss, metrics)`. A step with a non-finite loss or gradient applies no update (params,
 optimizer state and EMA are kept) and is counted; the loop stops after too many in a row.
+
+With train.ema='host' / train.optimizer_memory='host' (`state.py`) the EMA / optimizer state
+arrive in pinned host memory: the step copies them to the device for the update and back
+(XLA overlaps the copies with other work; each crosses the host link twice a step). With
+train.ema='off' there is no EMA to update.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from sora_jax.train import state as state_lib
 from sora_jax.train.state import TrainState
 
 
@@ -37,6 +43,10 @@ def make_train_step(
     """(state, batch) -> (state, metrics). Batch leaves have a leading global-batch axis."""
     accum = int(config.train.grad_accum_steps)
     ema_decay = float(config.train.ema_decay)
+    ema_host = state_lib.ema_mode(config) == 'host'
+    opt_host = state_lib.optimizer_memory(config) == 'host'
+    to_device = lambda tree: jax.device_put(tree, jax.memory.Space.Device)
+    to_host = lambda tree: jax.device_put(tree, jax.memory.Space.Host)
 
     def grads_of(params, batch, rng, frozen=None):
         def f(p):  # gradients of the trainable params only (LoRA: the adapters)
@@ -80,17 +90,24 @@ def make_train_step(
             metrics = jax.tree.map(lambda m: m / accum, msum)
 
         finite = jnp.isfinite(loss) & _all_finite(grads)
-        updates, new_opt = tx.update(grads, state.opt_state, state.params)
+        opt_state = to_device(state.opt_state) if opt_host else state.opt_state
+        updates, new_opt = tx.update(grads, opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-        new_ema = jax.tree.map(
-            lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, new_params
-        )
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new_opt = keep(new_opt, opt_state)
+        new_ema = None
+        if state.ema_params is not None:
+            ema = to_device(state.ema_params) if ema_host else state.ema_params
+            new_ema = jax.tree.map(
+                lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, new_params
+            )
+            new_ema = keep(new_ema, ema)
+            new_ema = to_host(new_ema) if ema_host else new_ema
         state = state.replace(
             step=state.step + 1,
             params=keep(new_params, state.params),
-            opt_state=keep(new_opt, state.opt_state),
-            ema_params=keep(new_ema, state.ema_params),
+            opt_state=to_host(new_opt) if opt_host else new_opt,
+            ema_params=new_ema,
             nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
             nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
         )
