@@ -79,12 +79,27 @@ def _pixel_sources(config, data_dir: str) -> dict[str, Any]:
             size_scale=float(d.get('size_scale', 1.0)),
         )
         return build_shapes(data_dir, sc)
+    if d.name == 'world':
+        from sora_jax.data.builders.world import WorldConfig, build_world
+
+        sizes = tuple(tuple(s) for s in d.sizes) or ((d.num_frames, d.height, d.width),)
+        wc = WorldConfig(
+            num_train=d.num_train,
+            num_validation=d.num_validation,
+            sizes=sizes,
+            size_weights=tuple(d.get('size_weights', ())),
+            num_objects=tuple(d.get('num_objects', (1, 2))),
+            occluder_prob=float(d.get('occluder_prob', 0.4)),
+            split_seed=int(d.get('split_seed', 0)),
+            seed=config.seed,
+        )
+        return build_world(data_dir, wc)
     if d.name in ('folder', 'video_folder'):
         from sora_jax.data.builders.video_folder import VideoFolderConfig, build_video_folder
 
         vc = VideoFolderConfig.from_data_config(d)
         return dict(build_video_folder(data_dir, vc))  # 'validation' only if a fraction is set
-    raise ValueError(f"config.data.name={d.name!r} is not 'shapes' or 'folder'.")
+    raise ValueError(f"config.data.name={d.name!r} is not 'shapes', 'world' or 'folder'.")
 
 
 def skipped_files(sources: dict[str, Any]) -> dict[str, list[str]]:

@@ -152,11 +152,11 @@ def _check_dtypes(config) -> None:
 
 def _check_data(config) -> None:
     d = config.data
-    if d.name not in ('shapes', 'folder', 'video_folder'):
+    if d.name not in ('shapes', 'world', 'folder', 'video_folder'):
         raise _err(
             'data.name',
             d.name,
-            "must be 'shapes' (synthetic) or 'folder' (a folder of "
+            "must be 'shapes' or 'world' (synthetic) or 'folder' (a folder of "
             'videos + captions.jsonl/csv, set data.folder).',
         )
     if d.name in ('folder', 'video_folder'):
