@@ -611,17 +611,34 @@ class Moderator:
             return Verdict(False, REAL_PERSON, ', '.join(missing), tuple(people))
         return Verdict(True, people=tuple(people), consent=tuple(entries))
 
-    def enforce(self, prompts, consent=None, mode: str = 't2v') -> list[Verdict]:
+    def enforce(self, prompts, consent=None, mode: str = 't2v', guard=None) -> list[Verdict]:
         """Raises PromptRefused for the first refused prompt (a string or a list of them);
-        returns the verdicts (their `consent` entries go into the Content Credentials)."""
+        returns the verdicts (their `consent` entries go into the Content Credentials).
+        Prompts the policy allows then go to the classifier stage `guard` (default: the guard
+        model $SORA_JAX_GUARD_MODEL names, if any; sora_jax/safety/classifier.py)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         out = []
-        for p in [prompts] if isinstance(prompts, str) else list(prompts):
+        for p in prompts:
             v = self.check(p, consent=consent, mode=mode)
             if not v.allowed:
-                desc = next(c.description for c in self.categories if c.name == v.category)
-                raise PromptRefused(v.category, desc, v.match)
+                raise PromptRefused(v.category, self.description(v.category), v.match)
             out.append(v)
+        if guard is None:
+            from sora_jax.safety import classifier
+
+            guard = classifier.configured()
+        if guard is not None:
+            for v in guard.check(prompts):
+                if not v.allowed:
+                    raise PromptRefused(v.category, self.description(v.category), v.match)
         return out
+
+    def description(self, category: str) -> str:
+        """The policy's description of a category ('flagged by the guard model' for others)."""
+        return next(
+            (c.description for c in self.categories if c.name == category),
+            'flagged by the guard model',
+        )
 
 
 def _key(name: str) -> str:
