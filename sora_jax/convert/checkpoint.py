@@ -15,7 +15,7 @@ Params are the flat NNX paths ('blocks/attn1/to_q/kernel', stacked on a leading 
 scanned blocks) nested into dicts and saved with `ocp.StandardCheckpointer`; they keep the
 checkpoint dtype (bf16 stays bf16). The HF config.json stays the source of truth for the model
 hyper-parameters (`wan.component_spec` parses it). The layout's reading and writing live in
-`orbax_params.py` (re-exported here).
+`io/checkpoint.py` (the one checkpoint reader); this module builds the models from it.
 
 With a `mesh`, `load_wan` / `load_converted` restore every parameter straight into its target
 sharding (the logical axis rules of `parallel/mesh.py` applied to the abstract model built with
@@ -36,14 +36,7 @@ import numpy as np
 from absl import logging
 
 from sora_jax.convert import wan
-from sora_jax.convert.orbax_params import (  # noqa: F401
-    flatten,
-    restore_params,
-    restore_sharded,
-    save_params,
-    saved_arrays,
-    unflatten,
-)
+from sora_jax.io.checkpoint import restore_flat, restore_sharded, saved_arrays
 
 
 class WanModels(NamedTuple):
@@ -123,7 +116,7 @@ def load_converted(
         config_overrides.setdefault('dtype', widest.name)
     cfg, make, _ = wan.component_spec(component, folder, **config_overrides)
     if mesh is None:
-        flat = restore_params(params)
+        flat = restore_flat(params)
         if weights_dtype is not None:
             flat = {k: v.astype(weights_dtype) for k, v in flat.items()}
         module = wan.build(make, flat)

@@ -36,8 +36,8 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 from absl import logging
 
-from sora_jax.convert.orbax_params import save_params  # re-exported
 from sora_jax.convert.safetensors import SafetensorsFolder  # re-exported
+from sora_jax.io.checkpoint import save_flat
 
 _TRANSPOSES = {
     'none': None,
@@ -564,7 +564,7 @@ def convert_component(src: str, dst: str, component: str) -> dict[str, np.ndarra
         open(os.path.join(dst, 'config.json'), 'w') as g,
     ):
         g.write(f.read())
-    save_params(flat, os.path.join(dst, 'params'))
+    save_flat(flat, os.path.join(dst, 'params'))
     return flat
 
 

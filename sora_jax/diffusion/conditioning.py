@@ -31,6 +31,7 @@ pixel frame 0 alone, latent l >= 1 covers pixel frames [1 + (l - 1) f, l f].
 from __future__ import annotations
 
 import functools
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -213,6 +214,116 @@ def build_condition(
         num_known = (k, kt)
     mask = jnp.asarray(latent_mask_for_mode(mode, t_lat, num_known), jnp.float32)
     return jnp.broadcast_to(mask, (b, t_lat)), known
+
+
+class FrameCondition(NamedTuple):
+    """What a sampling run conditions on: `condition_from_frames`'s result."""
+
+    mask: jax.Array  # [B, T_lat] float32, 1 = known latent frame (v2v: zeros)
+    known: jax.Array  # [B, T_lat, H, W, C] clean latents of the known frames (v2v: the input's)
+    keep_frames: int  # pixel frames to keep after decoding (t2i: 1; loop: without its pinned tail)
+
+
+def as_pixels(x, name: str, mode: str, batch: int, height: int, width: int, ndim: int):
+    """User frames -> float32 [B, (T,) H, W, 3] in [-1, 1]: an image (ndim 3) or a video (ndim 4),
+    one per batch row or one for all; uint8 is rescaled, floats are taken as [-1, 1]."""
+    if x is None:
+        raise ValueError(f'mode={mode!r} needs {name}=.')
+    x = np.asarray(x)
+    if x.ndim == ndim:
+        x = np.broadcast_to(x[None], (batch, *x.shape))
+    if x.ndim != ndim + 1 or x.shape[0] != batch or x.shape[-3:-1] != (height, width):
+        raise ValueError(
+            f'{name} has shape {x.shape}; expected {"[T, " if ndim == 4 else "["}'
+            f'{height}, {width}, 3] (resize it to height x width).'
+        )
+    return x.astype(np.float32) / 127.5 - 1.0 if x.dtype == np.uint8 else x.astype(np.float32)
+
+
+def condition_from_frames(
+    mode: str,
+    encode: Callable[[jax.Array], jax.Array],
+    latent_shape: tuple[int, ...],
+    frame_shape: tuple[int, int, int],
+    *,
+    image=None,
+    video=None,
+    temporal_factor: int = 1,
+    first_frame_only: bool = False,
+) -> FrameCondition:
+    """The frame condition of a sampling call from the user's pixels: `image` ([H, W, 3] or
+    [B, H, W, 3]: 'i2v', 'loop'), `video` ([T, H, W, 3] or [B, T, H, W, 3]: 'extend' (the head),
+    'extend_backward' (the tail), 'v2v' (all T frames); a (head, tail) pair for 'connect').
+
+    The known frames are placed in a T-frame clip (zeros elsewhere) and encoded together by
+    `encode` ([B, T, H, W, 3] in [-1, 1] -> latents; a causal VAE so gives tail latents their
+    context); the latent frames `frame_plan` marks known go through `build_condition`.
+    `first_frame_only` (Wan 2.2 TI2V, mode 'i2v'): the image is encoded alone as latent frame 0.
+    latent_shape: (B, T_lat, h, w, C) of the latents to generate; frame_shape: (T, H, W) pixels.
+    """
+    _check_mode(mode)
+    b, t_lat = latent_shape[:2]
+    num_frames, height, width = frame_shape
+    tf = max(temporal_factor, 1)
+    pixels = functools.partial(as_pixels, mode=mode, batch=b, height=height, width=width)
+    if mode in ('t2v', 't2i'):
+        if image is not None or video is not None:
+            raise ValueError(f"mode={mode!r} takes no image/video; use mode='i2v' or 'v2v'.")
+        mask, known = build_condition('t2v', latent_shape)  # t2i: nothing known either
+        return FrameCondition(mask, known, 1 if mode == 't2i' else num_frames)
+    if mode == 'i2v' and first_frame_only:
+        lat0 = encode(jnp.asarray(pixels(image, 'image', ndim=3))[:, None])  # [B, 1, h, w, C]
+        return FrameCondition(*build_condition('i2v', latent_shape, lat0), num_frames)
+    if mode == 'v2v':
+        v = pixels(video, 'video', ndim=4)
+        if v.shape[1] != num_frames:
+            raise ValueError(f'video has {v.shape[1]} frames; v2v needs num_frames={num_frames}.')
+        mask, _ = build_condition('v2v', latent_shape)
+        return FrameCondition(mask, encode(jnp.asarray(v)), num_frames)
+    buf = np.zeros((b, num_frames, height, width, 3), np.float32)
+    known_px = 1
+    if mode in ('i2v', 'loop'):
+        buf[:, 0] = pixels(image, 'image', ndim=3)
+    elif mode in ('extend', 'extend_backward'):
+        v = pixels(video, 'video', ndim=4)
+        known_px = v.shape[1]
+        if known_px >= num_frames:
+            raise ValueError(f'video has {known_px} frames; {mode} needs num_frames > {known_px}.')
+        if mode == 'extend':
+            buf[:, :known_px] = v
+        else:
+            buf[:, num_frames - known_px :] = v
+    else:  # connect
+        if not isinstance(video, (tuple, list)) or len(video) != 2:
+            raise ValueError("mode='connect' needs video=(head_frames, tail_frames).")
+        head, tail = pixels(video[0], 'video[0]', ndim=4), pixels(video[1], 'video[1]', ndim=4)
+        known_px = (head.shape[1], tail.shape[1])
+        if sum(known_px) >= num_frames:
+            raise ValueError(
+                f'head ({known_px[0]}) + tail ({known_px[1]}) frames leave nothing to generate '
+                f'in num_frames={num_frames}.'
+            )
+        buf[:, : known_px[0]] = head
+        buf[:, num_frames - known_px[1] :] = tail
+    plan = frame_plan(mode, num_frames, temporal_factor=tf, num_known_pixel_frames=known_px)
+    m = plan['latent_mask']
+    if not m.any():
+        raise ValueError(
+            f'mode={mode!r}: the given frames cover no whole latent frame; give at least '
+            f'1 + {tf}k frames.'
+        )
+    lat = encode(jnp.asarray(buf))  # [B, T_lat, h, w, C]
+    head = int(np.argmin(m)) if not m.all() else t_lat  # leading known latents
+    tail = int(np.argmin(m[::-1]))  # trailing known latents
+    if mode in ('i2v', 'loop'):
+        mask, known = build_condition(mode, latent_shape, lat[:, :1])
+    elif mode == 'extend':
+        mask, known = build_condition(mode, latent_shape, lat[:, :head])
+    elif mode == 'extend_backward':
+        mask, known = build_condition(mode, latent_shape, lat[:, t_lat - tail :])
+    else:
+        mask, known = build_condition(mode, latent_shape, lat[:, :head], lat[:, t_lat - tail :])
+    return FrameCondition(mask, known, plan['keep_pixel_frames'])
 
 
 def _frames(mask: jax.Array, x: jax.Array) -> jax.Array:

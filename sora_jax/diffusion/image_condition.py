@@ -47,3 +47,23 @@ def condition_channels(
         )
     m = jnp.broadcast_to(m[None, :, None, None, :], (*latents.shape[:4], temporal_factor))
     return jnp.concatenate([m, latents], axis=-1)
+
+
+def first_frame_video(
+    image, batch: int, num_frames: int, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The I2V inputs of `image` ([H, W, 3] or [B, H, W, 3], uint8, or floats in [-1, 1]):
+    (uint8 images [B, H, W, 3] for CLIP, the video [B, num_frames, H, W, 3] in [-1, 1] that is the
+    image followed by zeros, for the VAE)."""
+    img = np.asarray(image)
+    img = np.broadcast_to(img[None], (batch, *img.shape)) if img.ndim == 3 else img
+    if img.ndim != 4 or img.shape[0] != batch or img.shape[1:] != (height, width, 3):
+        raise ValueError(
+            f'image has shape {img.shape}; expected [{height}, {width}, 3] or '
+            f'[{batch}, {height}, {width}, 3] (resize it to height x width).'
+        )
+    if img.dtype != np.uint8:  # [-1, 1] floats -> the 8-bit image CLIP's processor takes
+        img = np.clip(np.round((img.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    pixels = np.zeros((batch, num_frames, height, width, 3), np.float32)
+    pixels[:, 0] = img.astype(np.float32) / 127.5 - 1.0
+    return img, pixels

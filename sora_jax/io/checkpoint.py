@@ -1,6 +1,9 @@
-"""Reading Orbax checkpoints of training runs (and exported bundles): the config a run was
-trained with and its (EMA) params, for sampling, evaluation and warm starts. Writing them (the
-training manager, train state + grain iterator state) is `train/checkpoint.py`'s.
+"""Reading checkpoints, the one module that does: the config and (EMA) params of a training run
+or exported bundle (sampling, evaluation, warm starts, LoRA bases), the flat per-component layout
+of a converted Wan folder (read whole, or each array straight into its sharding), and the check
+that restored weights are finite. Writing a training run (the manager: train state + grain
+iterator state + config) is `train/checkpoint.py`'s; building models from a converted Wan folder
+is `convert/checkpoint.py`'s.
 
 Orbax writes each step into a temporary directory (`<step>.orbax-checkpoint-tmp-<time>`) and
 renames it when complete, so a process killed mid-save (even by SIGKILL) leaves no directory
@@ -11,11 +14,12 @@ reported with a warning when a config is read or a training manager opens (`warn
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import grain
 import jax
 import ml_collections as mlc
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -109,8 +113,8 @@ def restore_params(
             f'{os.fspath(directory)!r} has no checkpoint at step {step}; it holds '
             f'steps {sorted(saved_steps)}. Pass one of them (or no step: the newest).'
         )
-    key = 'ema_params' if ema else 'params'
-    saved = _saved_leaves(mngr, step, key, directory)
+    key = 'ema_params' if ema and _holds(mngr, step, 'ema_params') else 'params'
+    saved = _saved_leaves(mngr, step, key, directory)  # a run with train.ema='off': its params
     want = _flat(abstract_params)
     missing = [k for k in want if k not in saved]
     bad = [
@@ -177,6 +181,12 @@ def _flat(tree) -> dict:
     return out
 
 
+def _holds(mngr, step: int, key: str) -> bool:
+    meta = mngr.item_metadata(step)['state']
+    meta = getattr(meta, 'tree', meta)
+    return meta.get(key) is not None
+
+
 def _saved_leaves(mngr, step: int, key: str, directory) -> dict:
     """{normalised path: (saved path, shape)} of the `key` tree, from metadata alone."""
     meta = mngr.item_metadata(step)['state']
@@ -197,3 +207,97 @@ def _lists_to_tuples(x):
     if isinstance(x, list):
         return tuple(_lists_to_tuples(v) for v in x)
     return x
+
+
+def check_finite(tree, where: str) -> None:
+    """Raises a ValueError naming `where` (the checkpoint) and the first parameter holding a NaN
+    or inf; sampling from such weights gives black videos. One device reduction per array."""
+    flat = [(k, x) for k, x in _flat(tree).items() if x is not None]
+    floats = [(k, x) for k, x in flat if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
+    if not floats:
+        return
+    ok = jax.device_get(_all_finite([x for _, x in floats]))
+    bad = [k for (k, _), good in zip(floats, ok) if not good]
+    if bad:
+        raise ValueError(
+            f'{where}: parameter {"/".join(bad[0])} holds NaN or inf ({len(bad)} arrays in all); '
+            're-export the checkpoint or restore a good copy.'
+        )
+
+
+@jax.jit
+def _all_finite(arrays):
+    return [jax.numpy.isfinite(x).all() for x in arrays]
+
+
+# ----------------------------------------------------------------------------- converted components
+# One component of a converted Wan folder (`convert/checkpoint.py`): flat NNX paths
+# ('blocks/attn1/to_q/kernel') nested into dicts, saved with `ocp.StandardCheckpointer` in the
+# checkpoint dtype. `convert/wan.py` writes it with `save_flat`.
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+    """{'a/b/c': x} -> {'a': {'b': {'c': x}}}."""
+    tree: dict = {}
+    for path, arr in flat.items():
+        node = tree
+        *parents, leaf = path.split('/')
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = arr
+    return tree
+
+
+def flatten(tree: Mapping, prefix: str = '', as_numpy: bool = True) -> dict[str, Any]:
+    """Nested dicts -> {'a/b/c': leaf} (numpy arrays unless `as_numpy=False`)."""
+    out = {}
+    for k, v in tree.items():
+        path = f'{prefix}/{k}' if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(flatten(v, path, as_numpy))
+        else:
+            out[path] = np.asarray(v) if as_numpy else v
+    return out
+
+
+def save_flat(flat: Mapping[str, np.ndarray], path: str) -> None:
+    """Writes the nested params pytree as an Orbax (StandardCheckpointer) checkpoint at `path`."""
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.abspath(path), unflatten(flat), force=True)
+    ckptr.wait_until_finished()
+
+
+def restore_flat(path: str) -> dict[str, np.ndarray]:
+    """Reads a checkpoint written by `save_flat` back as a flat dict of numpy arrays."""
+    return flatten(ocp.StandardCheckpointer().restore(os.path.abspath(path)))
+
+
+def saved_arrays(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Flat {path: (shape, dtype)} of a `save_flat` checkpoint, read from its metadata."""
+    meta = ocp.StandardCheckpointer().metadata(os.path.abspath(path)).item_metadata
+    tree = getattr(meta, 'tree', meta)
+    return {
+        k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in flatten(tree, as_numpy=False).items()
+    }
+
+
+def restore_sharded(path: str, targets: Mapping[str, Any]) -> dict[str, Any]:
+    """Restores a `save_flat` checkpoint into `targets` (flat {path: jax.ShapeDtypeStruct with
+    a sharding}): each array arrives in its target's sharding and dtype, and each process reads
+    only the slices of its own devices. Raises ValueError naming paths or shapes that differ."""
+    saved = saved_arrays(path)
+    missing = sorted(set(targets) - set(saved))
+    extra = sorted(set(saved) - set(targets))
+    bad = [
+        f'{k}: saved {saved[k][0]} vs model {tuple(targets[k].shape)}'
+        for k in sorted(set(saved) & set(targets))
+        if saved[k][0] != tuple(targets[k].shape)
+    ]
+    if missing or extra or bad:
+        raise ValueError(
+            f'{path!r} does not match the model: missing {missing[:8]}, unexpected '
+            f'{extra[:8]}, shapes {bad[:8]}; convert the folder again with the '
+            'current code, or check the component config.'
+        )
+    restored = ocp.StandardCheckpointer().restore(os.path.abspath(path), unflatten(targets))
+    return flatten(restored, as_numpy=False)

@@ -133,7 +133,7 @@ def load_dit_params(root: str, abstract):
     from flax import nnx
 
     from sora_jax.convert import wan
-    from sora_jax.convert.orbax_params import restore_sharded
+    from sora_jax.io.checkpoint import restore_sharded
 
     targets = {
         '/'.join(map(str, p)): jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)

@@ -13,7 +13,6 @@ import pytest
 from configs import wan21
 from sora_jax.convert import checkpoint as convert_ckpt
 from sora_jax.convert import wan
-from sora_jax.convert.orbax_params import restore_params
 from sora_jax.data import shapes
 from sora_jax.io import checkpoint as ckpt_io
 from sora_jax.io import video as V
@@ -75,7 +74,7 @@ def test_only_adapters_train_base_is_the_converted_dit(run):
     assert sha == convert_ckpt.fingerprint(c.checkpoint)
     with pytest.raises(ValueError, match='changed since this run started'):  # resume, other base
         lora_train.load_base(state, c, expected_sha256='0' * 64)
-    converted = restore_params(os.path.join(c.checkpoint, 'transformer', 'params'))
+    converted = ckpt_io.restore_flat(os.path.join(c.checkpoint, 'transformer', 'params'))
     frozen = _leaves(state.frozen)
     assert set(frozen) == set(converted)  # the whole DiT, and nothing else, is the base
     for k, v in converted.items():

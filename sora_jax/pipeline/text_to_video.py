@@ -1,0 +1,514 @@
+"""`TextToVideo`: load a model family, then sample in named stages (as diffusers' Wan pipelines):
+
+check_inputs       the call's options, defaults filled in and checked  -> SampleOptions
+encode_prompt      prompts + negative prompts -> text context (B cond rows, B uncond rows)
+prepare_condition  image / video -> frame mask, known latents (+ Wan I2V channels and tokens)
+prepare_latents    the seeded noise (or `latents=`), v2v's noised start
+denoise            the jitted guided sampler (`denoise.py`); non-finite latents are an error
+decode             latents -> frames [B, T, H, W, 3] in [-1, 1] (the VAE, or pixel space)
+finish             uint8, the invisible watermark
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+from tqdm import tqdm
+
+from sora_jax.diffusion import conditioning as cond_lib
+from sora_jax.diffusion import image_condition, samplers
+from sora_jax.io import video as video_io
+from sora_jax.models import denoiser
+from sora_jax.models.frozen_vae import FrozenVAE
+from sora_jax.pipeline import loading
+from sora_jax.pipeline.denoise import DiTInputs, denoise
+from sora_jax.pipeline.encoders import ByteText, CLIPImage
+from sora_jax.pipeline.family import ModelFamily
+from sora_jax.pipeline.options import DenoisePlan, SampleOptions, skip_guidance
+from sora_jax.safety import moderation as moderation_lib
+from sora_jax.safety import watermark as watermark_lib
+
+MAX_FRAMES = 1024
+
+
+class Condition(NamedTuple):
+    """What `prepare_condition` hands the denoiser."""
+
+    mask: jax.Array  # [B, T'] float32, 1 = known latent frame (v2v: zeros)
+    known: jax.Array  # [B, T', h, w, C] clean latents of the known frames (v2v: the input's)
+    keep_frames: int  # pixel frames returned (t2i: the first; loop: without the pinned tail)
+    image_latents: jax.Array | None = None  # Wan 2.1 I2V channels [B, T', h, w, tf + C]
+    image_tokens: jax.Array | None = None  # Wan 2.1 I2V CLIP tokens [B, S, D]
+
+
+class TextToVideo:
+    """Text encoder + DiT (+ optional VAE) of one `ModelFamily`: any sampler, CFG, frame-mask
+    modes. Build it with `from_checkpoint`, `from_wan` or `from_config`."""
+
+    def __init__(
+        self,
+        config,
+        dit_graphdef,
+        dit_params,
+        text,
+        vae: FrozenVAE | None = None,
+        loras: Sequence[tuple[str, float]] = (),
+        merge_loras: bool = True,
+        image_encoder: CLIPImage | None = None,
+        *,
+        family: ModelFamily | None = None,
+        params_2=None,
+    ):
+        """`family`: None for the family `config` describes (shapes); `params_2`: the second
+        expert's params (same graphdef) of a two-expert family. `image_encoder`: Wan 2.1 I2V's
+        CLIP (None when its DiT takes no image tokens)."""
+        self.config = config
+        self.family = ModelFamily.of_config(config) if family is None else family
+        if (params_2 is not None) != self.family.two_experts:
+            raise ValueError(
+                f'params_2 is {"set" if params_2 is not None else "None"} but the family has '
+                f'boundary_ratio={self.family.boundary_ratio}; give both or neither.'
+            )
+        self.image_encoder = image_encoder
+        self.graphdef, self.params, self.params_2 = dit_graphdef, dit_params, params_2
+        self._base = (dit_graphdef, dit_params)  # the DiT without LoRAs (set_loras)
+        self.loras: tuple[tuple[str, float], ...] = ()
+        self.text = text
+        self.vae = vae
+        self._jit_denoise = jax.jit(
+            functools.partial(denoise, tick=self._tick), static_argnames=('graphdef', 'plan')
+        )
+        self._bar = None
+        # Safeguards (docs/safety.md): on unless a call turns them off.
+        self.moderation_policy = None  # None: $SORA_JAX_POLICY or sora_jax/safety/policy.json
+        self.checkpoint_path, self.checkpoint_hash = None, None
+        self.model_id = watermark_lib.model_id_from(str(config))  # until set_checkpoint
+        self.user_key = int(os.environ.get('SORA_JAX_WATERMARK_KEY', '0'))
+        if loras:
+            self.set_loras(loras, merge=merge_loras)
+
+    # The family's facts, read-only.
+    patch = property(lambda self: self.family.patch)
+    latent_channels = property(lambda self: self.family.latent_channels)
+    conditioned = property(lambda self: self.family.frame_masks)
+    prediction = property(lambda self: self.family.prediction)
+    wan_i2v = property(lambda self: self.family.image_channels)
+    expand_timesteps = property(lambda self: self.family.expand_timesteps)
+    boundary_ratio = property(lambda self: self.family.boundary_ratio)
+
+    def set_loras(self, loras: Sequence[tuple[str, float]] = (), merge: bool = True) -> None:
+        """LoRA safetensors files [(path, scale), ...] (diffusers / PEFT or original-Wan layout,
+        `convert/lora.py`) over the base DiT: merged into its kernels (`merge=True`, no cost per
+        step) or kept as separate adapters; always applied to the base, so `set_loras([])`
+        switches them off."""
+        from sora_jax.convert import lora as lora_files
+
+        if loras and self.family.two_experts:
+            raise ValueError('LoRAs on a two-expert (Wan 2.2 A14B) model are not supported yet.')
+        self.loras = tuple((os.fspath(p), float(s)) for p, s in loras)
+        self.graphdef, self.params = lora_files.apply(
+            *self._base, [lora_files.read(p, s) for p, s in self.loras], merge=merge
+        )
+        if self.loras:
+            logging.info('LoRAs %s %s.', self.loras, 'merged' if merge else 'kept separate')
+
+    def set_checkpoint(self, path: str) -> None:
+        """Records where the weights came from; the watermark's model id is its hash."""
+        from sora_jax.safety import provenance
+
+        self.checkpoint_path = os.fspath(path)
+        self.checkpoint_hash = provenance.checkpoint_hash(path)
+        self.model_id = watermark_lib.model_id_from(self.checkpoint_hash)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, ema: bool = True) -> 'TextToVideo':
+        """A training workdir (or shipped bundle): `<path>/checkpoints/<step>/`; a LoRA run loads
+        its base with its adapters merged in. Non-finite weights are a ValueError."""
+        return loading.from_checkpoint(cls, path, ema=ema)
+
+    @classmethod
+    def from_config(cls, config, seed: int = 0, vae: FrozenVAE | None = None) -> 'TextToVideo':
+        """Randomly initialised shapes-family model (tests, smoke runs)."""
+        model = denoiser.build_model(config, nnx.Rngs(seed))
+        return cls._from_denoiser(config, nnx.state(model, nnx.Param), vae)
+
+    @classmethod
+    def _from_denoiser(cls, config, params, vae) -> 'TextToVideo':
+        """The shapes family from its Denoiser params {'dit': ..., 'text': ...}."""
+        model = nnx.eval_shape(lambda: denoiser.build_model(config, nnx.Rngs(0)))
+        text = ByteText(nnx.graphdef(model.text), params['text'], config.text.max_length)
+        return cls(config, nnx.graphdef(model.dit), params['dit'], text, vae)
+
+    @classmethod
+    def from_wan(cls, path: str | os.PathLike, config=None) -> 'TextToVideo':
+        """A Wan 2.1 / 2.2 folder converted by experiments/convert_wan.py; `config` supplies the
+        sampling defaults (configs/wan21.py, configs/wan22.py), e.g. UniPC, 50 steps, guidance 5,
+        shift, negative prompt. A Wan 2.2 folder's model_index.json gives `boundary_ratio` (with
+        `transformer_2/`) and `expand_timesteps`; config.sample.boundary_ratio, if set, wins."""
+        return loading.from_wan(cls, path, config)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def temporal_factor(self) -> int:
+        return self.vae.temporal_factor if self.vae else 1
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.vae.spatial_factor if self.vae else 1
+
+    @property
+    def image_frames(self) -> int:
+        """Frames sampled for mode='t2i' (the first is returned): 1, unless the DiT's temporal
+        patch needs more latent frames (pixel-space models with patch t > 1)."""
+        pt, tf = self.patch[0], self.temporal_factor
+        return 1 + (pt - 1) * tf if tf > 1 else pt
+
+    def check_size(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """Latent (T, H, W) for a pixel size, or a ValueError naming a valid size."""
+        if not isinstance(num_frames, (int, np.integer)) or not 1 <= num_frames <= MAX_FRAMES:
+            raise ValueError(f'num_frames={num_frames!r} must be an int in [1, {MAX_FRAMES}].')
+        tf, sf = self.temporal_factor, self.spatial_factor
+        pt, ph, pw = self.patch
+        if tf > 1:
+            if (num_frames - 1) % tf:
+                k = max(1, round((num_frames - 1) / tf))
+                raise ValueError(
+                    f'num_frames={num_frames} is not 1 + {tf}k (causal VAE); use '
+                    f'{1 + k * tf} (or 1 for an image).'
+                )
+            lt = 1 + (num_frames - 1) // tf
+        else:
+            lt = num_frames
+        if lt % pt:
+            raise ValueError(
+                f'num_frames={num_frames} gives {lt} latent frames, not divisible by the '
+                f'temporal patch {pt}; use {((lt + pt - 1) // pt) * pt * max(tf, 1)}.'
+            )
+        out = [lt]
+        for name, n, p in (('height', height, ph), ('width', width, pw)):
+            m = sf * p
+            if not isinstance(n, (int, np.integer)) or n < m or n % m:
+                raise ValueError(
+                    f'{name}={n!r} must be a positive multiple of {m} (VAE factor {sf} '
+                    f'x patch {p}); e.g. {max(m, (int(n) // m) * m if isinstance(n, int) else m)}.'
+                )
+            out.append(n // sf)
+        return tuple(out)
+
+    # ------------------------------------------------------------------ the call
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        *,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        negative_prompt: str | Sequence[str] | None = None,
+        sampler: str | None = None,
+        shift: float | None = None,
+        seed: int = 0,
+        mode: str = 't2v',
+        image=None,
+        video=None,
+        strength: float = 0.7,
+        guidance_interval=(0.0, 1.0),
+        skip_guidance_scale: float | None = None,
+        skip_layers=None,
+        skip_guidance_interval=None,
+        output_type: str = 'np',
+        latents=None,
+        progress: bool = True,
+        moderation: bool = True,
+        watermark: bool = True,
+        guidance_scale_2: float | None = None,
+    ) -> np.ndarray:
+        """Returns uint8 frames [B, T, H, W, 3] (T = num_frames, less the pinned tail for 'loop'),
+        or with output_type='latent' the sampled latents [B, T', h, w, C] (float32).
+        `latents` (optional, [B, T', h, w, C]) replaces the seeded initial noise, as in diffusers.
+        Skip-layer guidance (defaults from config.sample.skip_*): `skip_guidance_scale` p > 0 adds
+        p (v_cond - v_weak) for t in `skip_guidance_interval`, v_weak being the conditional
+        model with the DiT blocks `skip_layers` (indices) turned into the identity.
+        Safeguards: `moderation` refuses prompts the content policy names (PromptRefused, a
+        ValueError naming the category; negative prompts are exempt); `watermark` marks every
+        returned frame with (self.model_id, self.user_key) (sora_jax/safety/watermark.py).
+        Turning either off is logged.
+        `guidance_scale_2` (two-expert Wan 2.2 A14B models only; default config.sample.
+        guidance_scale_2, else guidance_scale): the CFG scale of the low-noise expert.
+        None means the config's default for every size and scale; 0 or a non-finite value is
+        an error."""
+        opts = self.check_inputs(
+            prompt,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            negative_prompt=negative_prompt,
+            sampler=sampler,
+            shift=shift,
+            seed=seed,
+            mode=mode,
+            strength=strength,
+            guidance_interval=guidance_interval,
+            skip_guidance_scale=skip_guidance_scale,
+            skip_layers=skip_layers,
+            skip_guidance_interval=skip_guidance_interval,
+            output_type=output_type,
+            progress=progress,
+            moderation=moderation,
+            watermark=watermark,
+            guidance_scale_2=guidance_scale_2,
+        )
+        context, context_mask = self.encode_prompt(opts)
+        cond = self.prepare_condition(opts, image, video)
+        inputs = DiTInputs(
+            cond.mask, cond.known, context, context_mask, cond.image_latents, cond.image_tokens
+        )
+        noise, t_start = self.prepare_latents(opts, cond, latents)
+        lat = self.denoise(opts, inputs, noise, t_start)
+        if opts.output_type == 'latent':
+            return np.asarray(lat)
+        return self.finish(self.decode(lat)[:, : cond.keep_frames], opts)
+
+    # ------------------------------------------------------------------ stages
+    def check_inputs(self, prompt, **kw) -> SampleOptions:
+        """The call's keyword arguments (`__call__`'s names) -> SampleOptions, config.sample
+        defaults filled in; a ValueError naming the first bad value. Applies the prompt
+        moderation (or logs that it is off)."""
+        s = self.config.sample
+        if kw['output_type'] not in ('np', 'latent'):
+            raise ValueError(f"output_type={kw['output_type']!r} must be 'np' or 'latent'.")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or any((not isinstance(p, str)) or not p.strip() for p in prompts):
+            raise ValueError(
+                f'prompt must be a non-empty string (or list of them), got {prompt!r}.'
+            )
+        if kw['moderation']:
+            moderation_lib.Moderator.load(self.moderation_policy).enforce(prompts)
+        else:
+            logging.warning('Prompt moderation is OFF for this call (moderation=False).')
+        negative_prompt = kw['negative_prompt']
+        if negative_prompt is None:
+            negative_prompt = s.get('negative_prompt', '')
+        negs = (
+            [negative_prompt] * len(prompts)
+            if isinstance(negative_prompt, str)
+            else list(negative_prompt)
+        )
+        if len(negs) != len(prompts):
+            raise ValueError(
+                f'{len(negs)} negative prompts for {len(prompts)} prompts; give one or '
+                'one per prompt.'
+            )
+        mode = kw['mode']
+        if mode not in cond_lib.MODES:
+            raise ValueError(f'mode={mode!r} is not one of {cond_lib.MODES}.')
+        for name in ('num_frames', 'height', 'width'):  # None: the default; 0 is not "unset"
+            v = kw[name]
+            number = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
+                v, bool
+            )
+            if v is not None and not (number and v > 0):
+                raise ValueError(
+                    f'{name}={v!r} must be a positive int (None: config.sample.{name}).'
+                )
+        num_frames = self.image_frames if mode == 't2i' else kw['num_frames']
+        num_frames = int(s.num_frames if num_frames is None else num_frames)
+        height = int(s.height if kw['height'] is None else kw['height'])
+        width = int(s.width if kw['width'] is None else kw['width'])
+        steps = kw['num_inference_steps']
+        steps = int(s.steps if steps is None else steps)
+        if steps < 1 or steps > 1000:
+            raise ValueError(f'num_inference_steps={steps} must be in [1, 1000].')
+        guidance = kw['guidance_scale']
+        guidance = float(s.guidance_scale if guidance is None else guidance)
+        guidance_2 = kw['guidance_scale_2']
+        if guidance_2 is not None and not self.family.two_experts:
+            raise ValueError(
+                'guidance_scale_2 is only used by a two-expert (Wan 2.2 A14B) model; '
+                'this one has a single transformer.'
+            )
+        guidance_2 = s.get('guidance_scale_2', None) if guidance_2 is None else guidance_2
+        two = self.family.two_experts
+        guidance_2 = guidance if guidance_2 is None or not two else float(guidance_2)
+        strength = kw['strength']
+        for name, v in (
+            ('guidance_scale', guidance),
+            ('guidance_scale_2', guidance_2),
+            ('strength', strength),
+        ):
+            if not math.isfinite(float(v)):
+                raise ValueError(f'{name}={v!r} must be a finite number.')
+        method = s.sampler if kw['sampler'] is None else kw['sampler']
+        if method not in samplers.METHODS:
+            raise ValueError(f'sampler={method!r} is not one of {samplers.METHODS}.')
+        shift = float(s.shift if kw['shift'] is None else kw['shift'])
+        skip_scale, skip_layers, skip_interval = skip_guidance(
+            s,
+            self.family.depth,
+            kw['skip_guidance_scale'],
+            kw['skip_layers'],
+            kw['skip_guidance_interval'],
+        )
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f'strength={strength} must be in [0, 1].')
+        return SampleOptions(
+            prompts=tuple(prompts),
+            negative_prompts=tuple(negs),
+            mode=mode,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            latent_size=self.check_size(num_frames, height, width),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            guidance_scale_2=guidance_2,
+            sampler=method,
+            shift=shift,
+            seed=kw['seed'],
+            strength=strength,
+            guidance_interval=tuple(map(float, kw['guidance_interval'])),
+            skip_guidance_scale=skip_scale,
+            skip_layers=skip_layers,
+            skip_guidance_interval=skip_interval,
+            timestep_quantization=s.get('timestep_quantization', None),
+            output_type=kw['output_type'],
+            progress=bool(kw['progress']),
+            moderation=bool(kw['moderation']),
+            watermark=bool(kw['watermark']),
+        )
+
+    def encode_prompt(self, opts: SampleOptions):
+        """(context [2B, L, D], mask [2B, L] | None): B conditional rows, then B unconditional."""
+        return self.text(list(opts.prompts) + list(opts.negative_prompts))
+
+    def prepare_condition(self, opts: SampleOptions, image, video) -> 'Condition':
+        """The frames a mode conditions on, in latent space (`diffusion/conditioning.py`), or a
+        Wan 2.1 I2V model's image channels and tokens (`diffusion/image_condition.py`)."""
+        shape = (opts.batch, *opts.latent_size, self.latent_channels)
+        if self.family.image_channels:
+            return self._image_channels(opts, shape, image, video)
+        fc = cond_lib.condition_from_frames(
+            opts.mode,
+            self.encode,
+            shape,
+            (opts.num_frames, opts.height, opts.width),
+            image=image,
+            video=video,
+            temporal_factor=self.temporal_factor,
+            first_frame_only=self.family.expand_timesteps,
+        )
+        return Condition(*fc)
+
+    def prepare_latents(self, opts: SampleOptions, cond: 'Condition', latents=None):
+        """(x_start [B, T', h, w, C], t_start): the seeded noise (or `latents`) at t = 1, or for
+        v2v the input's latents noised to t = strength (SDEdit)."""
+        shape = (opts.batch, *opts.latent_size, self.latent_channels)
+        if latents is not None:
+            noise = jnp.asarray(latents, jnp.float32)
+            if noise.shape != shape:
+                raise ValueError(f'latents have shape {noise.shape}; this call needs {shape}.')
+        else:
+            noise = jax.random.normal(jax.random.key(opts.seed), shape, jnp.float32)
+        if opts.mode == 'v2v':
+            return cond_lib.sdedit_start(cond.known, noise, opts.strength)
+        return noise, 1.0
+
+    def denoise(self, opts: SampleOptions, inputs: DiTInputs, x, t_start: float) -> jax.Array:
+        """x [B, T', h, w, C] at t_start -> latents at t = 0 (t_start 0: x itself). Raises a
+        ValueError when the result is not finite (a black video would follow)."""
+        if t_start > 0.0:
+            expand = self.family.expand_timesteps and bool(np.asarray(inputs.mask).any())
+            plan = DenoisePlan(
+                family=self.family,
+                sampler=opts.sampler,
+                num_steps=opts.num_inference_steps,
+                shift=opts.shift,
+                guidance_scale=opts.guidance_scale,
+                guidance_scale_2=opts.guidance_scale_2,
+                guidance_interval=opts.guidance_interval,
+                t_start=float(t_start),
+                timestep_quantization=opts.timestep_quantization,
+                replace_known=bool(np.asarray(inputs.mask).any()) and not expand,
+                expand_timesteps=expand,
+                skip_guidance_scale=opts.skip_guidance_scale,
+                skip_layers=opts.skip_layers,
+                skip_guidance_interval=opts.skip_guidance_interval,
+                progress=opts.progress,
+            )
+            steps = opts.num_inference_steps
+            with tqdm(total=steps, desc='sampling', disable=not opts.progress) as bar:
+                self._bar = bar
+                x = self._jit_denoise(
+                    self.params, self.params_2, x, inputs, graphdef=self.graphdef, plan=plan
+                )
+                x = jax.block_until_ready(x)
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(np.asarray(x))))
+        if bad:
+            raise ValueError(
+                f'sampling produced non-finite latents ({bad} of {np.size(x)} values NaN/inf); '
+                'check guidance_scale / LoRA scale / the checkpoint.'
+            )
+        return x
+
+    def decode(self, latents: jax.Array) -> jax.Array:
+        """latents [B, T', h, w, C] -> frames [B, T, H, W, 3] in [-1, 1] (identity in pixel
+        space)."""
+        return latents if self.vae is None else self.vae.decode(latents)
+
+    def encode(self, pixels: jax.Array) -> jax.Array:
+        """[B, T, H, W, 3] in [-1, 1] -> latents (identity in pixel space)."""
+        return pixels if self.vae is None else self.vae.encode(pixels)
+
+    def finish(self, frames: jax.Array, opts: SampleOptions) -> np.ndarray:
+        """frames [B, T, H, W, 3] in [-1, 1] -> uint8, with the invisible watermark (unless
+        turned off, or the frames are under 32x32)."""
+        frames = self._to_uint8(frames)
+        if not opts.watermark:
+            logging.warning('Watermark is OFF for this call (watermark=False).')
+            return frames
+        if min(frames.shape[2:4]) < 32:
+            logging.warning(
+                'Frames of %dx%d are too small to carry the watermark (32x32 at '
+                'least); returned unmarked.',
+                *frames.shape[2:4],
+            )
+            return frames
+        return watermark_lib.embed(frames, self.model_id, self.user_key)
+
+    # ------------------------------------------------------------------ internals
+    def _tick(self, *_):
+        if self._bar is not None:
+            self._bar.update(1)
+
+    @staticmethod
+    def _to_uint8(x) -> np.ndarray:
+        return video_io.to_uint8(jax.device_get(x))
+
+    def _image_channels(self, opts: SampleOptions, shape, image, video) -> 'Condition':
+        """Wan 2.1 I2V inputs as `WanImageToVideoPipeline` makes them: no frame mask, the
+        channels [B, T', h, w, tf + C] of [image, zeros...] and the CLIP tokens [B, S, D]."""
+        if opts.mode != 'i2v' or image is None or video is not None:
+            raise ValueError(
+                f'mode={opts.mode!r}: this is a Wan image-to-video model; call it with '
+                "mode='i2v' and image= (the first frame, [H, W, 3] or [B, H, W, 3])."
+            )
+        mask, known = cond_lib.build_condition('t2v', shape)
+        img, pixels = image_condition.first_frame_video(
+            image, opts.batch, opts.num_frames, opts.height, opts.width
+        )
+        lat = self.encode(jnp.asarray(pixels))
+        y = image_condition.condition_channels(lat, opts.num_frames, self.temporal_factor)
+        tokens = None if self.image_encoder is None else self.image_encoder(img)
+        return Condition(mask, known, opts.num_frames, y, tokens)
