@@ -81,7 +81,7 @@ def _decode(graphdef, state, latents):
 
 def load(path: str | os.PathLike, *, ema: bool = True) -> FrozenVAE:
     """A VAE training workdir (`<path>/checkpoints/<step>`) -> FrozenVAE (EMA weights by default;
-    for a GAN run, the VAE part only)."""
+    for a GAN run, the VAE part only). Non-finite weights are a ValueError."""
     path = os.fspath(path)
     cdir = epath.Path(path) / 'checkpoints'
     if not cdir.is_dir():
@@ -108,6 +108,7 @@ def load(path: str | os.PathLike, *, ema: bool = True) -> FrozenVAE:
             f'{path!r} step {step} lacks parameters of the VAE its config.vae '
             'describes; point config.autoencoder at a complete VAE run.'
         )
+    ckpt.check_finite(params, f'{path} step {step}')
     model = WanVAE(config.vae, rngs=nnx.Rngs(0))  # non-param constants, then weights
     nnx.update(model, params)
     graphdef, state = nnx.split(model)
