@@ -4,13 +4,22 @@ Figures are per device (one TPU chip). Flops:
   xla_flops        XLA's cost analysis. It counts the body of every loop once (the scan over
                    blocks, XLA's windowed einsums) and sees nothing inside Pallas kernels
                    (splash attention), so it is far below what runs; reported for reference.
-  model_flops      6 N tokens (train) or 2 N tokens (one forward), N = parameters in matmuls
-  attention_flops  4 B Nq Nk D per attention layer forward (scores and values), self and cross;
-                   x3 when training (backward ~2x forward)
+  model_flops      6 N tokens (train) or 2 N tokens (one forward), N = the DiT's matmul weights
+  attention_flops  scores and values, self and cross, x3 when training
   executed_flops   model + attention, plus one more forward when remat recomputes it
-The roofline time is max(executed_flops / peak bf16, collective traffic / ICI bandwidth): an
-estimate and a lower bound (HBM traffic, imperfect overlap and kernel efficiency are not
-modelled). MFU = (model + attention flops) / (roofline time x peak).
+                   (all three from `models/flops.dit_flops`, the count training logs and
+                   benchmarks use)
+The roofline time is the largest of its terms, each a time the step cannot beat:
+  compute_s  executed_flops / peak bf16
+  hbm_s      HBM bytes / HBM bandwidth: bytes every instruction reads and writes, counted with
+             loop trip counts (`hlo.hbm_traffic`), the splash kernels' share replaced by
+             `splash_hbm_bytes` (their K/V and Q/dO blocks are re-read once per tile)
+  ici_s      collective traffic / ICI bandwidth (`hlo.collectives`)
+  host_s     bytes copied to and from pinned host memory (EMA / optimizer state / remat
+             'offload') / the host link, when the chip table has a host-link figure
+An estimate and a lower bound: the terms are taken to overlap perfectly and every unit to run
+at its peak. MFU at the estimate = (model + attention flops) / (roofline time x peak): below the
+remat ratio (6N / 8N) only when a term other than compute binds.
 """
 
 from __future__ import annotations
@@ -20,28 +29,42 @@ import re
 
 from sora_jax.aot import hlo
 from sora_jax.aot.topology import Slice
+from sora_jax.models import flops
 
 GiB = 1024**3
 
 
-def dit_flops(model: dict, tokens: int, batch: int, text_length: int, task: str) -> dict:
-    """Analytic flops of the DiT for `batch` clips of `tokens` tokens (see module docstring)."""
-    d, f, depth = int(model['dim']), int(model['ffn_dim']), int(model['depth'])
-    text_dim = int(model['text_dim'])
-    # matmul params: self q,k,v,o + cross q,o on tokens; cross k,v on text; FFN
-    per_token = depth * (6 * d * d + 2 * d * f)
-    per_text = depth * 2 * d * d + d * text_dim + d * d  # cross k/v + text embedder
-    fwd_matmul = 2 * batch * (tokens * per_token + text_length * per_text)
-    attn_fwd = depth * 4 * batch * d * (tokens * tokens + tokens * text_length)
-    train = task == 'train'
-    model_flops = 3 * fwd_matmul if train else fwd_matmul
-    attention = 3 * attn_fwd if train else attn_fwd
-    recompute = (fwd_matmul + attn_fwd) if train and model.get('remat', 'none') != 'none' else 0
-    return dict(
-        model_flops=model_flops,
-        attention_flops=attention,
-        executed_flops=model_flops + attention + recompute,
-    )
+def splash_hbm_bytes(
+    model: dict, tokens: int, batch: int, text_length: int, *, train: bool, block: int = 0
+) -> float:
+    """HBM bytes of the splash attention kernels of one step over `batch` clips (all devices;
+    bf16 q, k, v), counted as their tiles run (`models/attention_kernels._splash_local`): the
+    forward reads q once and k, v once per q tile, writes o; the backward's dq kernel reads
+    k, v once per q tile, the dkv kernel q and do once per k tile. Self-attention over the
+    `tokens` video tokens and cross-attention over `text_length` text tokens, in every block;
+    training runs the forward twice with remat (recompute) and the backward once."""
+    from sora_jax.models import attention_kernels
+
+    heads, depth = int(model['num_heads']), int(model['depth'])
+    d = int(model['dim']) // heads
+    b = 2  # bf16
+
+    def one(nq, nk):  # [forward, backward] bytes of one head of one layer of one clip
+        tq = math.ceil(nq / (block or attention_kernels.splash_block(nq)))
+        tk = math.ceil(nk / (block or attention_kernels.splash_block(nk)))
+        fwd = b * d * (2 * nq + 2 * nk * tq)
+        dq = b * d * (3 * nq + 2 * nk * tq)  # q, do read, dq written; k, v per q tile
+        dkv = b * d * (2 * nq * tk + 4 * nk)  # q, do per k tile; k, v read, dk, dv written
+        return fwd, dq + dkv
+
+    total = 0.0
+    for nk in (tokens, text_length):
+        if not nk:
+            continue
+        fwd, bwd = one(tokens, nk)
+        remat = train and model.get('remat', 'none') != 'none'
+        total += (fwd * (2 if remat else 1) + bwd) if train else fwd
+    return total * heads * depth * batch
 
 
 def memory(compiled) -> dict:
@@ -54,6 +77,15 @@ def memory(compiled) -> dict:
         code=m.generated_code_size_in_bytes,
     )
     out['total'] = out['argument'] + out['output'] - out['alias'] + out['temp'] + out['code']
+    # pinned host memory (train.ema / train.optimizer_memory 'host', remat 'offload'): not HBM
+    host = dict(
+        argument=getattr(m, 'host_argument_size_in_bytes', 0),
+        output=getattr(m, 'host_output_size_in_bytes', 0),
+        alias=getattr(m, 'host_alias_size_in_bytes', 0),
+        temp=getattr(m, 'host_temp_size_in_bytes', 0),
+    )
+    out['host'] = host['argument'] + host['output'] - host['alias'] + host['temp']
+    out['host_temp'] = host['temp']
     return out
 
 
@@ -163,6 +195,7 @@ def build(
         xla_bytes_accessed=float(ca.get('bytes accessed', 0.0)),
         collectives=coll,
         kernels=hlo.custom_kernels(hlo_text),
+        hbm=_hbm(hlo_text),
         chip_figures=dict(
             bf16_flops=chip.bf16_flops, hbm_bw=chip.hbm_bw, ici_bw=chip.ici_bw, source=chip.source
         ),
@@ -171,22 +204,39 @@ def build(
         rep['inputs'] = {k: list(v) for k, v in info['inputs'].items()}
     if info['task'] in ('train', 'sample'):
         clips = batch_size * (2 if info['task'] == 'sample' else 1)
-        fl = dit_flops(info['model'], info['tokens_per_clip'], clips, text_length, info['task'])
-        per_dev = {k: v / n_dev for k, v in fl.items()}
+        train = info['task'] == 'train'
+        fl = flops.dit_flops(
+            info['model'], info['tokens_per_clip'], clips, text_length, train=train
+        )
+        per_dev = {
+            'model_flops': fl.model / n_dev,
+            'attention_flops': fl.attention / n_dev,
+            'executed_flops': fl.executed / n_dev,
+        }
         t_compute = per_dev['executed_flops'] / chip.bf16_flops
         t_ici = traffic / chip.ici_bw
-        t = max(t_compute, t_ici)
+        hbm = rep['hbm']
+        if info['attention'] == 'splash':
+            hbm['attention_bytes'] = (
+                splash_hbm_bytes(
+                    info['model'], info['tokens_per_clip'], clips, text_length, train=train
+                )
+                / n_dev
+            )
+            hbm['bytes'] = hbm['bytes'] - hbm['kernel_bytes'] + hbm['attention_bytes']
+        t_hbm = hbm['bytes'] / chip.hbm_bw
+        host_bw = getattr(chip, 'host_bw', None)
+        t_host = hbm['host_bytes'] / host_bw if host_bw and hbm['host_bytes'] else 0.0
+        terms = dict(compute=t_compute, hbm=t_hbm, ici=t_ici, host=t_host)
+        t = max(terms.values())
         rep.update({f'{k}_per_device': v for k, v in per_dev.items()})
-        rep['six_n_tokens_per_device'] = (
-            6 * info['params'] * info['tokens_per_clip'] * clips / n_dev
-            if info['task'] == 'train'
-            else 2 * info['params'] * info['tokens_per_clip'] * clips / n_dev
-        )
         rep['roofline'] = dict(
             compute_s=t_compute,
+            hbm_s=t_hbm,
             ici_s=t_ici,
+            host_s=t_host,
             step_s=t,
-            bound='compute' if t_compute >= t_ici else 'ici',
+            bound=max(terms, key=terms.get),
             mfu=(per_dev['model_flops'] + per_dev['attention_flops']) / (t * chip.bf16_flops)
             if t
             else 0.0,
@@ -208,6 +258,20 @@ def build(
         per_device_clips,
     )
     return rep
+
+
+def _hbm(hlo_text: str) -> dict:
+    """HBM and host-link bytes per device per step from the optimized HLO (`hlo.hbm_traffic`);
+    `bytes` is what the roofline divides by the HBM bandwidth."""
+    t = hlo.hbm_traffic(hlo_text)
+    return dict(
+        bytes=t.total,
+        hlo_bytes=t.total,
+        kernel_bytes=t.kernel,
+        host_bytes=t.host,
+        host_copies=t.host_copies,
+        by_op={k: v for k, v in list(t.by_op.items())[:8]},
+    )
 
 
 def failed(
@@ -269,13 +333,30 @@ def text(rep: dict) -> str:
         r = rep['roofline']
         lines.append(
             f'flops per chip: executed {rep["executed_flops_per_device"]:.3g} (6N.tokens '
-            f'{rep["six_n_tokens_per_device"]:.3g}, attention '
+            f'{rep["model_flops_per_device"]:.3g}, attention '
             f'{rep["attention_flops_per_device"]:.3g}; XLA counts {rep["xla_flops"]:.3g})'
         )
         lines.append(
             f'roofline estimate: {r["step_s"]:.3f} s/step ({r["bound"]}-bound: compute '
-            f'{r["compute_s"]:.3f} s, ICI {r["ici_s"]:.3f} s), MFU {100 * r["mfu"]:.0f}%'
+            f'{r["compute_s"]:.3f} s, HBM {r.get("hbm_s", 0):.3f} s, ICI {r["ici_s"]:.3f} s'
+            + (f', host link {r["host_s"]:.3f} s' if r.get('host_s') else '')
+            + f'), MFU at the estimate {100 * r["mfu"]:.0f}%'
         )
+        if 'hbm' in rep:
+            h = rep['hbm']
+            lines.append(
+                f'HBM per chip per step: {h["bytes"] / GiB:.1f} GiB'
+                + (
+                    f' (splash kernels {h["attention_bytes"] / GiB:.1f} GiB, analytic)'
+                    if 'attention_bytes' in h
+                    else ''
+                )
+                + (
+                    f'; host link {h["host_bytes"] / GiB:.2f} GiB in {h["host_copies"]:.0f} copies'
+                    if h['host_bytes']
+                    else ''
+                )
+            )
     if 'collectives' in rep:
         parts = [
             f'{k} {v["executed"]:.0f}x {v["bytes"] / GiB:.2f} GiB'

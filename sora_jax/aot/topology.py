@@ -4,6 +4,7 @@
 count TensorCores (two per chip), v5e and v6e names count chips. Topology strings
 ('v5p:4x4x2', 'v6e:8x8') pass through. `devices(slice)` asks libtpu for the ahead-of-time
 devices of that topology (no TPU needed; `pip install -e .[tpu]` or `[test]` brings libtpu).
+The chip figures (peak FLOP/s, HBM, ICI) are `sora_jax.parallel.chips.CHIPS`.
 """
 
 from __future__ import annotations
@@ -13,66 +14,10 @@ import math
 import os
 import re
 
+from sora_jax.parallel.chips import CHIPS, Chip
 
-@dataclasses.dataclass(frozen=True)
-class Chip:
-    name: str
-    bf16_flops: float  # peak dense bf16 FLOP/s per chip
-    hbm_bytes: float  # HBM per chip
-    hbm_bw: float  # HBM bytes/s per chip
-    ici_bw: float  # inter-chip interconnect bytes/s per chip (bidirectional, all ports)
-    cores_in_name: int  # TensorCores counted per chip by the slice name (v5p: 2)
-    dims: int  # torus dimensions (3: v5p, 2: v5e / v6e)
-    source: str
-
-
-GiB = 1024**3
-# Per chip, from the Cloud TPU system-architecture pages. ICI: the bidirectional per-chip figure
-# (all ports), used as the chip's collective bandwidth: an optimistic bound.
-CHIPS = {
-    'v5e': Chip(
-        'v5e',
-        197e12,
-        16e9,
-        819e9,
-        400e9,
-        1,
-        2,
-        'cloud.google.com/tpu/docs/v5e: 197 TFLOP/s bf16, 16 GB HBM2 at 819 GB/s, '
-        'ICI 400 GB/s bidirectional per chip',
-    ),
-    'v5p': Chip(
-        'v5p',
-        459e12,
-        95 * GiB,
-        2765e9,
-        1200e9,
-        2,
-        3,
-        'cloud.google.com/tpu/docs/v5p: 459 TFLOP/s bf16, 95 GiB HBM2e at 2,765 GB/s, '
-        'ICI 1,200 GB/s bidirectional per chip',
-    ),
-    'v6e': Chip(
-        'v6e',
-        918e12,
-        32e9,
-        1638e9,
-        800e9,
-        1,
-        2,
-        'cloud.google.com/tpu/docs/v6e: 918 TFLOP/s bf16, 32 GB HBM at 1,638 GB/s, '
-        'ICI 800 GB/s bidirectional per chip',
-    ),
-}
-# libtpu's device_kind -> our chip name
-DEVICE_KINDS = {
-    'TPU v5 lite': 'v5e',
-    'TPU v5e': 'v5e',
-    'TPU v5': 'v5p',
-    'TPU v5p': 'v5p',
-    'TPU v6 lite': 'v6e',
-    'TPU v6e': 'v6e',
-}
+# Chips whose slices `resolve` names (v4 is not: its public page gives no per-chip ICI figure).
+SLICE_CHIPS = ('v5e', 'v5p', 'v6e')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +53,7 @@ def resolve(name: str) -> Slice:
     if not m:
         raise ValueError(
             f'--topology={name!r}: use a slice name (v5p-64, v5e-8, v6e-256) or '
-            f'a topology (v5p:4x4x2, v6e:8x8); chips: {sorted(CHIPS)}.'
+            f'a topology (v5p:4x4x2, v6e:8x8); chips: {list(SLICE_CHIPS)}.'
         )
     chip = 'v5e' if m.group(1) == 'v5litepod' else m.group(1)
     spec = CHIPS[chip]
@@ -152,8 +97,8 @@ def devices(sl: Slice):
             "(pip install -e '.[tpu]') and check the topology string."
         ) from e
     devs = list(topo.devices)
-    kind = DEVICE_KINDS.get(devs[0].device_kind)
-    if kind != sl.chip:
+    kind = devs[0].device_kind
+    if kind not in CHIPS[sl.chip].device_kinds:
         raise ValueError(
             f'libtpu describes {sl.topology!r} as {devs[0].device_kind!r}, not {sl.chip}.'
         )

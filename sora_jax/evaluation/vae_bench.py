@@ -47,6 +47,35 @@ DEFAULTS = dict(
 )
 
 
+_HELP = dict(
+    vae_config='shapes (configs/shapes.py:vae) | tiny | wan21 (Wan 2.1 full VAE).',
+    vae_frames='Video lengths (1 + 4k).',
+    vae_height='Frame height.',
+    vae_width='Frame width.',
+    vae_batch='Videos per call.',
+    vae_modes='chunked and/or whole.',
+    vae_rounds='Timing rounds (best counts).',
+    vae_iters='Calls per timing round.',
+    vae_dtype='Params and activations dtype.',
+)
+
+
+def define_flags() -> None:
+    """The --vae_* absl flags (DEFAULTS) of the CLIs that run this benchmark
+    (`experiments/benchmark.py vae`, `experiments/benchmark_vae.py`); defined ones are kept."""
+    from absl import flags
+
+    for name, default in DEFAULTS.items():
+        if name in flags.FLAGS:
+            continue
+        if isinstance(default, tuple):
+            flags.DEFINE_list(name, [str(v) for v in default], _HELP[name])
+        elif isinstance(default, int):
+            flags.DEFINE_integer(name, default, _HELP[name])
+        else:
+            flags.DEFINE_string(name, default, _HELP[name])
+
+
 def _arg(args: Any, key: str):
     if isinstance(args, dict):
         return args.get(key, DEFAULTS[key])

@@ -8,13 +8,13 @@
 Tokens: DiT tokens (latent T*H*W / patch volume) for configs with `model.patch_size`; input
 positions (frames x height x width) otherwise (the VAE).
 Model FLOPs per step (training = forward + backward): `train.flops_per_step` when set; else, for
-the DiT, the PaLM-appendix estimate 6 N D + 12 L d S D (N DiT + text encoder params, D tokens per
-step, L blocks, d width, S tokens per clip; self-attention only, cross-attention and the VAE
-excluded); else (VAE) XLA's cost analysis of the lowered step, whose `flops` count a
-`lax.scan` body once (an underestimate for scanned layers, so DiTs use the formula).
+the DiT, `models/flops.dit_flops(...).mfu_flops`: 6 N tokens for the DiT's matmul weights plus
+attention, over `text.max_length` text tokens (the count AOT reports and benchmarks use; the text
+encoder and the VAE are not counted); else (VAE) XLA's cost analysis of the lowered step, whose
+`flops` count a `lax.scan` body once (an underestimate for scanned layers, so DiTs use the count).
 MFU = model FLOPs / second / (devices x peak FLOP/s per device): the peak is
-`train.peak_tflops_per_device` when set, else from `PEAK_TFLOPS` by `device_kind` (dense bf16
-figures of the vendors' data sheets); unknown (CPUs) -> 'perf/mfu' is not logged.
+`train.peak_tflops_per_device` when set, else the dense bf16 peak of the device kind in
+`parallel/chips.CHIPS`; unknown (CPUs) -> 'perf/mfu' is not logged.
 Memory: `Device.memory_stats()` (GPU / TPU: bytes in use and the peak, summed over this process's
 devices); where it returns None (CPU), the process's resident set size (psutil, else the peak RSS
 from `resource`).
@@ -28,33 +28,18 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-# Peak dense bf16 TFLOP/s per device (vendor data sheets), matched as substrings of device_kind.
-PEAK_TFLOPS = {
-    'TPU v4': 275.0,
-    'TPU v5 lite': 197.0,
-    'TPU v5e': 197.0,
-    'TPU v5p': 459.0,
-    'TPU v5': 459.0,
-    'TPU v6 lite': 918.0,
-    'TPU v6e': 918.0,
-    'H100': 989.0,
-    'H200': 989.0,
-    'A100': 312.0,
-    'L4': 121.0,
-}
+from sora_jax.models import flops
+from sora_jax.parallel import chips
 
 
 def peak_tflops(config, device=None) -> float | None:
-    """Per-device peak TFLOP/s: train.peak_tflops_per_device, else the PEAK_TFLOPS entry for the
-    device kind, else None."""
+    """Per-device peak TFLOP/s: train.peak_tflops_per_device, else the dense bf16 peak of the
+    device kind (parallel/chips.py), else None."""
     given = float(config.train.get('peak_tflops_per_device', 0.0) or 0.0)
     if given > 0:
         return given
-    kind = (device or jax.devices()[0]).device_kind
-    for name, tflops in sorted(PEAK_TFLOPS.items(), key=lambda kv: -len(kv[0])):
-        if name.lower() in kind.lower():
-            return tflops
-    return None
+    chip = chips.for_device_kind((device or jax.devices()[0]).device_kind)
+    return chip.bf16_flops / 1e12 if chip else None
 
 
 def tokens_per_example(config, shape: tuple[int, ...]) -> int:
@@ -66,10 +51,9 @@ def tokens_per_example(config, shape: tuple[int, ...]) -> int:
     return t * h * w
 
 
-def dit_flops_per_step(config, n_params: int, batch: int, seq: int) -> float:
-    """6 N D + 12 L d S D: training FLOPs of a transformer over D = batch * seq tokens."""
-    d_tokens = batch * seq
-    return 6.0 * n_params * d_tokens + 12.0 * config.model.depth * config.model.dim * seq * d_tokens
+def text_length(config) -> int:
+    """Text tokens the DiT cross-attends to: `text.max_length` (0 when the config has none)."""
+    return int(config.get('text', {}).get('max_length', 0) or 0)
 
 
 class Throughput:
@@ -91,7 +75,8 @@ class Throughput:
         if shape not in self._flops:
             if 'model' in self.config and 'depth' in self.config.model:
                 seq = tokens_per_example(self.config, shape[1:])
-                self._flops[shape] = dit_flops_per_step(self.config, self.n_params, shape[0], seq)
+                fl = flops.dit_flops(self.config.model, seq, shape[0], text_length(self.config))
+                self._flops[shape] = fl.mfu_flops
             elif self._lowered_flops is not None:
                 self._flops[shape] = float(self._lowered_flops())
             else:

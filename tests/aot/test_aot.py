@@ -3,7 +3,9 @@
 import pytest
 
 from configs import wan21
+from sora_jax.aot import compile as compile_lib
 from sora_jax.aot import hlo, report, run, topology
+from sora_jax.train import perf
 
 pytest.importorskip('libtpu', reason='libtpu is in the [test] extra')
 
@@ -73,6 +75,16 @@ def test_tiny_train_step_compiles_for_v5p(tiny_train_report):
     assert rep['executed_flops_per_device'] > rep['model_flops_per_device'] > 0  # remat 'full'
     assert rep['remat'] == 'full' and rep['param_dtype'] == 'float32'
     assert 'fits' in report.text(rep)
+
+
+def test_report_flops_are_the_training_logs(tiny_train_report):
+    """MFU's numerator is one count (models/flops.py): the report's model + attention FLOPs over
+    all chips equal what train/perf.py logs for the same config and batch."""
+    rep = tiny_train_report
+    c = compile_lib.train_config(_tiny((1, 4, 1, 1)))
+    logged = perf.Throughput(c, rep['params']).flops_per_step((4, *rep['latent'], 1))
+    total = (rep['model_flops_per_device'] + rep['attention_flops_per_device']) * rep['chips']
+    assert total == pytest.approx(logged, rel=1e-12) and logged > 0
 
 
 def test_sampling_step_compiles_with_sequence_sharding():

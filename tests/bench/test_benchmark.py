@@ -1,5 +1,6 @@
-"""Smoke test of experiments/benchmark.py at tiny configs: the JSON has the figures, all positive,
-and (with torch) the first train-step losses of sora_jax and diffusers agree."""
+"""Smoke test of experiments/benchmark.py (the CLI of sora_jax/bench/) at tiny configs: the JSON
+has the figures, all positive, and (with torch) the first train-step losses of sora_jax and
+diffusers agree; the bench machinery's pieces on their own; the library imports from anywhere."""
 
 import importlib.util
 import json
@@ -148,3 +149,40 @@ def test_sample_benchmark_json(tmp_path):
 def test_unknown_subcommand_is_an_error(tmp_path):
     with pytest.raises(AssertionError, match='usage'):
         _run(['vea'], tmp_path, timeout=300)
+
+
+def test_load_verdict_and_timing_pieces():
+    from sora_jax.bench import machine, profile, timing
+
+    assert machine.load_verdict(0.05, 99.0, quiet_share=0.1, quiet_load=None) is None
+    assert 'other processes used 30%' in machine.load_verdict(0.3, 0.0, 0.1, None)
+    # without /proc/stat the load average before the run decides
+    assert machine.load_verdict(None, 3.0, 0.1, quiet_load=2.0).startswith('LOADED MACHINE')
+    assert machine.load_verdict(None, 1.0, 0.1, quiet_load=2.0) is None
+    assert profile.op_kind('ynn_fusion.63') == 'ynn_fusion'
+    assert profile.op_kind('dot.1.2') == 'dot' and profile.op_kind('copy') == 'copy'
+    s = timing.spread([1.0, 3.0, 2.0])
+    assert s == dict(median=2.0, min=1.0, max=3.0, spread=1.0)
+
+
+def test_library_imports_outside_the_repository(tmp_path):
+    """What the CLIs, tests and notebooks import lives in the installed package: importable with
+    the working directory outside the checkout (no sys.path insert), configs/ found from there."""
+    code = (
+        'import sora_jax.bench.dit, sora_jax.bench.sample, sora_jax.convert.repatch, '
+        'sora_jax.evaluation.shapes_eval, sora_jax.evaluation.capabilities, '
+        'sora_jax.safety.watermark_eval, sora_jax.aot.table, sora_jax.models.flops\n'
+        'from sora_jax import config_files\n'
+        "print(config_files.load('configs/shapes.py:tiny').model.depth)\n"
+        'print(len(sora_jax.evaluation.shapes_eval.default_holdout()))'
+    )
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    proc = subprocess.run(
+        [sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from configs import shapes as shapes_config
+
+    depth, holdout = proc.stdout.split()
+    assert int(depth) == shapes_config.get_config('tiny').model.depth
+    assert int(holdout) == len(shapes_config.HOLDOUT)

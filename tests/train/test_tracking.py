@@ -11,6 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from configs import shapes as shapes_config
+from sora_jax.models import flops
 from sora_jax.train import loop, perf, tracking
 
 TRAIN_KEYS = {
@@ -112,8 +113,10 @@ def test_profile_trace_written(run):
 
 def test_flops_estimate_and_bad_keys():
     c = shapes_config.get_config('tiny')
-    # 6 N D + 12 L d S D for N=1000, B=2 clips of S=32 tokens, L=2, d=32
-    assert perf.dit_flops_per_step(c, 1000, 2, 32) == 6 * 1000 * 64 + 12 * 2 * 32 * 32 * 64
+    # the DiT count of models/flops.py (tests/models/test_flops.py) for B=2 clips [T, H, W, C]
+    seq = perf.tokens_per_example(c, (4, 8, 8, 3))
+    fl = flops.dit_flops(c.model, seq, 2, c.text.max_length)
+    assert perf.Throughput(c, 1000).flops_per_step((2, 4, 8, 8, 3)) == fl.model + fl.attention > 0
     c.train.log_to = ('tensorboard', 'mlflow')
     with pytest.raises(ValueError, match='train.log_to'):
         tracking.backends_of(c)
