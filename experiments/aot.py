@@ -17,7 +17,6 @@ import os
 import sys
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # compile for the TPU; run nothing on it
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

@@ -8,9 +8,6 @@ The shipped shapes model never draws a red prompt in blue; a LoRA trained on thi
 
 import json
 import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 

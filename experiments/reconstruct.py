@@ -17,11 +17,7 @@ like the VAE's training data (its config's data.backgrounds / size_scale / max_o
 """
 
 import json
-import os
 import pathlib
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sora_jax.io import host_memory  # noqa: E402
 

@@ -15,9 +15,6 @@ Exits 1 when some run failed (the others still ran).
 
 import os
 import shlex
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 

@@ -1,8 +1,5 @@
-"""experiments/repatch.py: a DiT re-cut to a shorter temporal patch keeps its blocks, embeds a
+"""sora_jax/convert/repatch.py: a DiT re-cut to a shorter temporal patch keeps its blocks, embeds a
 static clip as before and predicts, per frame, the mean of what the old head predicted."""
-
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +8,7 @@ import pytest
 from flax import nnx
 
 from configs import shapes as shapes_config
+from sora_jax.convert import repatch
 from sora_jax.io import checkpoint as ckpt_io
 from sora_jax.models.dit import DiT, DiTConfig
 from sora_jax.parallel import mesh as mesh_lib
@@ -18,9 +16,6 @@ from sora_jax.pipeline import TextToVideo
 from sora_jax.train import checkpoint as ckpt
 from sora_jax.train import loop
 from sora_jax.train.objectives import flow as flow_objective
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'experiments'))
-import repatch  # noqa: E402
 
 CFG = dict(in_channels=3, out_channels=3, dim=16, num_heads=2, ffn_dim=32, depth=1, text_dim=8)
 

@@ -1,20 +1,16 @@
-"""experiments/capabilities.py renders the README gallery: one GIF per capability, with the
+"""sora_jax/evaluation/capabilities.py (experiments/capabilities.py) renders the README gallery: one GIF per capability, with the
 conditioning input beside the generated clip (tiny random model here; the README's come from
 the shipped model)."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from configs import shapes as shapes_config
+from sora_jax.evaluation import capabilities
 from sora_jax.io import video as video_io
 from sora_jax.pipeline import TextToVideo
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'experiments'))
-import capabilities  # noqa: E402
 
 
 @pytest.fixture(scope='module')

@@ -2,7 +2,6 @@
 wrong attributes, measures displacement / size / colour / flicker, and the evaluate script's
 bookkeeping."""
 
-import importlib
 import json
 import os
 import subprocess
@@ -204,9 +203,9 @@ def test_ground_truth_suite_script(tmp_path):
 def test_evaluate_shapes_bookkeeping():
     """A random tiny model: prompts per combination and language, held-out split, counts."""
     from configs import shapes as shapes_config
+    from sora_jax.evaluation import shapes_eval as evaluate
     from sora_jax.pipeline import TextToVideo
 
-    evaluate = importlib.import_module('experiments.evaluate')
     c = shapes_config.get_config('tiny')
     pipe = TextToVideo.from_config(c)
     holdout = (('red', 'triangle'), ('blue', 'square'))

@@ -1,0 +1,235 @@
+"""The TPU table of the docs: experiments/aot.py over Wan sizes x slices x tasks, one process per
+compile, written as <out>/<row>.json plus <out>/table.md.
+
+  for name in names: run_row(name, 'docs/aot', force=False)   # CLI: experiments/aot_table.py
+  table('docs/aot')
+
+Each row lists mesh layouts to try, in order; the first that leaves MIN_HEADROOM of HBM free is
+kept (every attempt's report stays as <row>__<k>.json). Rows whose JSON exists are skipped unless
+`force`. Each compile runs in its own process (experiments/aot.py) so one row's memory is freed
+before the next.
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+from sora_jax.config_files import REPO_ROOT
+
+# The compile CLI (the reports' `command` records it relative to the working directory).
+AOT_SCRIPT = REPO_ROOT / 'experiments' / 'aot.py'
+
+R480, R720 = (81, 480, 832), (81, 720, 1280)
+M = lambda *s: '(' + ','.join(map(str, s)) + ')'
+# row -> (config arg, task, (frames, h, w), topology, [(mesh, batch), ...], extra flags)
+ROWS = {}
+# Parameters over fsdp x sequence: with sequence parallelism every chip still holds 1/n of the
+# weights and optimizer state (the default rules shard them over fsdp only).
+FS = ["--config.mesh.rules=(('embed', ('fsdp', 'sequence')),)"]
+for size, arg in (('1.3b', 't2v_1.3b'), ('14b', 't2v_14b')):
+    big = size == '14b'
+    for res, r in (('480p', R480), ('720p', R720)):
+        cfg = f'{arg},{res}'
+        hi = res == '720p'
+        # train: f32 master weights, AdamW, EMA, remat 'full', splash attention
+        ROWS[f'{size}_{res}_train_v5e-8'] = (
+            cfg,
+            'train',
+            r,
+            'v5e-8',
+            [(M(1, 2, 1, 4), 2)] if hi else [(M(1, 8, 1, 1), 8), (M(1, 4, 1, 2), 4)],
+        )
+        ROWS[f'{size}_{res}_train_v5p-8'] = (
+            cfg,
+            'train',
+            r,
+            'v5p-8',
+            [(M(1, 4, 1, 1), 4), (M(1, 2, 1, 2), 2)],
+            FS if big else [],
+        )
+        # 14B at 720p: (1, 32, 1, 1) with one clip per chip fits with 6% free (89.3 of 95 GiB)
+        ROWS[f'{size}_{res}_train_v5p-64'] = (
+            cfg,
+            'train',
+            r,
+            'v5p-64',
+            [(M(1, 16, 1, 2), 16)] if big and hi else [(M(1, 32, 1, 1), 32)],
+        )
+        ROWS[f'{size}_{res}_train_v6e-64'] = (
+            cfg,
+            'train',
+            r,
+            'v6e-64',
+            [(M(1, 8, 1, 8), 8)]
+            if big and hi
+            else [(M(1, 16, 1, 4), 16)]
+            if big
+            else [(M(1, 32, 1, 2), 32)]
+            if hi
+            else [(M(1, 64, 1, 1), 64)],
+            FS if big else [],
+        )
+        # sampling: one DiT forward on the CFG batch (2 rows), bf16 weights
+        ROWS[f'{size}_{res}_sample_v5e-8'] = (
+            cfg,
+            'sample',
+            r,
+            'v5e-8',
+            [(M(1, 1, 8, 1), 1)] if big else [(M(1, 1, 1, 8), 1)],
+        )
+        ROWS[f'{size}_{res}_sample_v5p-8'] = (cfg, 'sample', r, 'v5p-8', [(M(1, 1, 1, 4), 1)])
+        ROWS[f'{size}_{res}_sample_v5p-64'] = (
+            cfg,
+            'sample',
+            r,
+            'v5p-64',
+            [(M(2, 1, 1, 16), 1)] if hi else [(M(2, 1, 2, 8), 1)],
+        )
+        ROWS[f'{size}_{res}_sample_v6e-64'] = (
+            cfg,
+            'sample',
+            r,
+            'v6e-64',
+            [(M(2, 1, 2, 16), 1)] if hi else [(M(2, 1, 4, 8), 1)],
+        )
+ROWS['14b_720p_sample_v5p-8_xla'] = (
+    't2v_14b,720p',
+    'sample',
+    R720,
+    'v5p-8',
+    [(M(1, 1, 1, 4), 1)],
+    ['--config.model.attention=xla'],
+)
+ROWS['14b_720p_train_v5p-64_chunked'] = (
+    't2v_14b,720p',
+    'train',
+    R720,
+    'v5p-64',
+    [(M(1, 16, 1, 2), 16)],
+    ['--config.model.attention=chunked'],
+)
+ROWS['vae_720p_decode_v5p-8'] = ('t2v_14b,720p', 'decode', R720, 'v5p-8', [(M(1, 1, 1, 4), 1)])
+PRIORITY = [
+    '14b_720p_train_v5p-64',
+    '14b_480p_train_v5p-64',
+    '1.3b_480p_train_v5p-8',
+    '14b_720p_sample_v5p-8',
+    '14b_720p_sample_v5p-8_xla',
+    '1.3b_480p_sample_v5e-8',
+    '1.3b_480p_train_v5e-8',
+    '14b_720p_train_v6e-64',
+    '14b_480p_train_v6e-64',
+    '14b_480p_train_v5p-8',
+    '14b_480p_train_v5e-8',
+    '14b_720p_train_v5e-8',
+]
+
+
+MIN_HEADROOM = 0.10  # a layout must leave this much HBM free to count as fitting with room
+
+
+def run_row(name, out, force):
+    """Tries the row's layouts in order (each report cached as <row>__<k>.json) and keeps as
+    <row>.json the first that leaves MIN_HEADROOM free, else the one with the most room (or, when
+    none fits, the one that needs the least)."""
+    cfg, task, (nf, h, w), topo, meshes, *extra = ROWS[name]
+    extra = extra[0] if extra else []
+    path = os.path.join(out, f'{name}.json')
+    if os.path.exists(path) and not force:
+        return
+    reps = []
+    for k, (mesh, batch) in enumerate(meshes):
+        tmp = os.path.join(out, f'{name}__{k}.json')
+        cmd = [
+            sys.executable,
+            os.path.relpath(AOT_SCRIPT),
+            f'--config=configs/wan21.py:{cfg}',
+            f'--topology={topo}',
+            f'--task={task}',
+            f'--num_frames={nf}',
+            f'--height={h}',
+            f'--width={w}',
+            f'--batch_size={batch}',
+            f'--config.mesh.shape={mesh}',
+            f'--json={tmp}',
+            *extra,
+        ]
+        if force or not os.path.exists(tmp):
+            print(' '.join(cmd[1:]), flush=True)
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode or not os.path.exists(tmp):
+                with open(tmp, 'w') as f:
+                    json.dump(
+                        dict(
+                            error=(r.stderr or r.stdout).strip().splitlines()[-1][:500],
+                            command=' '.join(cmd[1:]),
+                            fits=False,
+                        ),
+                        f,
+                        indent=1,
+                    )
+        rep = json.load(open(tmp))
+        reps.append(rep)
+        if rep.get('fits') and rep.get('headroom', 0) >= MIN_HEADROOM:
+            break
+    fitting = [r for r in reps if r.get('fits')]
+    need = lambda r: r.get('memory_bytes', {}).get(
+        'total', r.get('memory_bytes', {}).get('needed', float('inf'))
+    )
+    best = max(fitting, key=lambda r: r.get('headroom', 0)) if fitting else min(reps, key=need)
+    with open(path, 'w') as f:
+        json.dump(best, f, indent=1)
+    print(f'  -> {name}: fits={best.get("fits")} headroom={best.get("headroom")}', flush=True)
+
+
+def table(out):
+    """Writes <out>/table.md from the rows' JSON reports (and prints it)."""
+    rows = []
+    G = 2**30
+    for path in sorted(glob.glob(os.path.join(out, '*.json'))):
+        if '__' in os.path.basename(path):
+            continue
+        r = json.load(open(path))
+        name = os.path.basename(path)[:-5]
+        mem = r.get('memory_bytes', {})
+        total = mem.get('total', mem.get('needed'))
+        coll = r.get('collectives', {})
+        cb = sum(v['bytes'] for v in coll.values()) / G if coll else None
+        roof = r.get('roofline', {})
+        mesh = r.get('mesh', {})
+        mesh_s = (
+            '(' + ','.join(str(mesh[a]) for a in ('data', 'fsdp', 'tensor', 'sequence')) + ')'
+            if mesh
+            else '-'
+        )
+        rows.append(
+            '| '
+            + ' | '.join(
+                [
+                    name,
+                    r.get('topology', '-'),
+                    mesh_s,
+                    str(r.get('batch_size', '-')),
+                    str(r.get('attention', '-')),
+                    str(r.get('remat', '-')),
+                    f'{total / G:.1f} / {r["hbm_bytes"] / G:.0f}'
+                    if total and 'hbm_bytes' in r
+                    else '-',
+                    ('yes' if r.get('fits') else 'no'),
+                    f'{cb:.1f}' if cb is not None else '-',
+                    f'{roof["step_s"]:.2f}' if roof else '-',
+                    f'{100 * roof["mfu"]:.0f}%' if roof else '-',
+                ]
+            )
+            + ' |'
+        )
+    head = (
+        '| row | slice | mesh (d,f,t,s) | batch | attention | remat | GiB per chip (total / HBM) '
+        '| fits | collective GiB per step | roofline s/step (estimate) | MFU bound (estimate) |\n'
+        '|---|---|---|---|---|---|---|---|---|---|---|\n'
+    )
+    with open(os.path.join(out, 'table.md'), 'w') as f:
+        f.write(head + '\n'.join(rows) + '\n')
+    print(head + '\n'.join(rows))
