@@ -9,11 +9,22 @@
             (all-gather / all-to-all (g-1)/g, reduce-scatter (g-1)/g of the input,
             all-reduce 2 (g-1)/g, collective-permute 1): what the roofline divides by ICI
 Async pairs count once (the '-start' half).
+
+`hbm_traffic(hlo_text)` -> HBMTraffic: bytes each device reads and writes in HBM per step, counted
+the same way (loop trip counts applied): every instruction of the sequential computations (the
+entry, loop bodies, called computations; not the insides of fusions) reads its operands and
+writes its result. A fusion that only slices an operand (the scan's dynamic-slice of one block's
+weights out of the stacked [depth, ...] parameters) reads the slice; one that updates a buffer
+in place (dynamic-update-slice) writes the update. Arrays in other memory spaces (VMEM, host)
+are not HBM traffic; copies to and from pinned host memory are counted apart (`host`). Pallas
+kernels (custom calls) are counted from their operands and results (`kernel`): what their
+blocks re-read is not in the HLO, so the report replaces this part with an analytic count.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import re
 
@@ -97,8 +108,9 @@ def _group_size(line: str, num_devices: int) -> int:
     return num_devices
 
 
-def collectives(text: str, num_devices: int) -> dict[str, dict[str, float]]:
-    comps, entry = _computations(text)
+def _multiplicities(comps: dict[str, list[str]], entry: str | None) -> dict[str, float]:
+    """Executions per step of every computation: the entry once, a loop body its trip count
+    times its caller's."""
     order = list(comps)
     mult = collections.defaultdict(float)
     mult[entry or order[-1]] = 1.0
@@ -119,6 +131,12 @@ def collectives(text: str, num_devices: int) -> dict[str, dict[str, float]]:
                 for callee in re.findall(r'%?([\w.\-]+)', group):
                     if callee in comps:
                         mult[callee] += m * trip
+    return mult
+
+
+def collectives(text: str, num_devices: int) -> dict[str, dict[str, float]]:
+    comps, entry = _computations(text)
+    mult = _multiplicities(comps, entry)
     out = {k: dict(ops=0, executed=0.0, bytes=0.0, traffic=0.0) for k in KINDS}
     for name, lines in comps.items():
         m = mult.get(name, 0.0)
@@ -164,3 +182,155 @@ def custom_kernels(text: str) -> dict[str, int]:
             if name:
                 out[re.sub(r'(_segmented|_residuals|_no_residuals)', '', name.group(1))] += 1
     return dict(out)
+
+
+@dataclasses.dataclass
+class HBMTraffic:
+    """Bytes per device per step (module docstring)."""
+
+    total: float  # HBM bytes read + written, `kernel` included
+    kernel: float  # of which Pallas / custom-call operands and results
+    host: float  # bytes copied between HBM and pinned host memory
+    host_copies: float  # such copies executed per step
+    by_op: dict  # {op kind: bytes}
+
+
+# No data moves (views, tuples, control flow; an async op's '-done' half, counted at '-start').
+_NO_TRAFFIC = {
+    'parameter',
+    'constant',
+    'get-tuple-element',
+    'tuple',
+    'bitcast',
+    'while',
+    'call',
+    'conditional',
+    'after-all',
+    'opt-barrier',
+    'partition-id',
+    'replica-id',
+    'add-dependency',
+    'copy-done',
+    'send-done',
+    'recv-done',
+}
+_SLICES = ('dynamic-slice', 'slice', 'gather')
+_MEMSPACE = re.compile(r'S\((\d+)\)')
+
+
+def _hbm_arrays(shape: str) -> int:
+    """Bytes of the arrays in an HLO shape string that live in HBM (no memory-space mark, or
+    S(0)); VMEM / SMEM / host arrays are skipped."""
+    total = 0
+    for m in re.finditer(r'\b(' + '|'.join(_BYTES) + r')\[([\d,]*)\](\{[^}]*\})?', shape):
+        space = _MEMSPACE.search(m.group(3) or '')
+        if space and space.group(1) != '0':
+            continue
+        total += math.prod(int(d) for d in m.group(2).split(',') if d) * _BYTES[m.group(1)]
+    return total
+
+
+def _operands(rest: str) -> list[str]:
+    """Operand names of an instruction (the text after its opening parenthesis)."""
+    return re.findall(r'%([\w.\-]+)', rest.split(')', 1)[0])
+
+
+def _fusion_io(lines: list[str]) -> tuple[dict[int, int | None], int | None]:
+    """({parameter index: bytes read, or None for the whole operand}, bytes written or None for
+    the whole result) of a fused computation: parameters used only through slices read the
+    slices; the buffer a dynamic-update-slice root updates in place is neither read nor
+    rewritten (only the update is written)."""
+    shapes, params, uses = {}, {}, collections.defaultdict(list)
+    root = None
+    for line in lines:
+        op = _OP.match(line)
+        if not op:
+            continue
+        name = re.match(r'^\s*(?:ROOT )?%?([\w.\-]+) =', line).group(1)
+        shapes[name] = op.group(1)
+        if op.group(2) == 'parameter':
+            params[name] = int(re.match(r'(\d+)', op.group(3)).group(1))
+        for i, o in enumerate(_operands(op.group(3))):
+            uses[o].append((op.group(2), i, name))
+        if line.lstrip().startswith('ROOT'):
+            root = (op.group(2), _operands(op.group(3)), name)
+    written = None
+    in_place = set()
+    if root and root[0] == 'dynamic-update-slice':
+        in_place.add(root[1][0])
+        written = _hbm_arrays(shapes.get(root[1][1], ''))
+    read = {}
+    for pname, idx in params.items():
+        u = uses.get(pname, [])
+        if pname in in_place and all(k == 'dynamic-update-slice' and i == 0 for k, i, _ in u):
+            read[idx] = 0
+        elif u and all(k in _SLICES and i == 0 for k, i, _ in u):
+            read[idx] = sum(_hbm_arrays(shapes[n]) for _, _, n in u)
+        else:
+            read[idx] = None
+    return read, written
+
+
+def hbm_traffic(text: str) -> HBMTraffic:
+    comps, entry = _computations(text)
+    mult = _multiplicities(comps, entry)
+    inner = set()  # fusion bodies and reducers: their traffic is their caller's
+    for lines in comps.values():
+        for line in lines:
+            op = _OP.match(line)
+            if not op:
+                continue
+            for key in ('calls', 'to_apply'):
+                if op.group(2) == 'call' or (key == 'calls' and op.group(2).endswith('-start')):
+                    continue
+                for callee in re.findall(key + r'=%?([\w.\-]+)', line):
+                    inner.add(callee)
+    fused = {}
+    by_op = collections.Counter()
+    kernel = host = copies = 0.0
+    for name, lines in comps.items():
+        m = mult.get(name, 0.0)
+        if not m or name in inner:
+            continue
+        shapes = {}
+        for line in lines:
+            op = _OP.match(line)
+            if not op:
+                continue
+            iname = re.match(r'^\s*(?:ROOT )?%?([\w.\-]+) =', line).group(1)
+            shapes[iname] = op.group(1)
+            kind = op.group(2)
+            if kind in _NO_TRAFFIC or kind.endswith('-done'):
+                continue
+            operands = _operands(op.group(3))
+            if kind == 'copy-start':
+                arrays = _arrays(op.group(1))
+                size = arrays[0] if arrays else 0
+                if 'S(5)' in op.group(1) or 'S(5)' in shapes.get(operands[0], ''):
+                    host += m * size
+                    copies += m
+                    by_op['host copy'] += m * size  # the HBM side of the copy
+                else:
+                    by_op['copy'] += m * 2 * size
+                continue
+            reads = [_hbm_arrays(shapes.get(o, '')) for o in operands]
+            write = _hbm_arrays(op.group(1))
+            if kind == 'fusion':
+                callee = re.search(r'calls=%?([\w.\-]+)', line)
+                if callee and callee.group(1) in comps:
+                    if callee.group(1) not in fused:
+                        fused[callee.group(1)] = _fusion_io(comps[callee.group(1)])
+                    read, written = fused[callee.group(1)]
+                    reads = [r if read.get(i) is None else read[i] for i, r in enumerate(reads)]
+                    write = write if written is None else written
+            b = m * (sum(reads) + write)
+            by_op[kind] += b
+            if kind == 'custom-call':
+                kernel += b
+    return HBMTraffic(
+        total=float(sum(by_op.values())),
+        kernel=kernel,
+        host=host,
+        host_copies=copies,
+        by_op={k: float(v) for k, v in by_op.most_common()},
+    )
