@@ -54,6 +54,9 @@ TEST = [
 ]
 # TPU VMs (and AOT compiles for TPU slices on any host): the libtpu that jax 0.10.2 pins.
 TPU = ['libtpu==0.0.42.*']
+# Output check (sora_jax/safety/output_check.py): NudeNet ships its detector's weights; its
+# licence file is the AGPL-3.0, so it is an optional extra, never a core dependency.
+NSFW = ['nudenet==3.4.2']
 
 setup(
     name='sora_jax',
@@ -65,5 +68,5 @@ setup(
     python_requires='>=3.10',
     install_requires=CORE,
     package_data={'sora_jax.safety': ['*.json']},
-    extras_require={'test': TEST, 'tpu': TPU},
+    extras_require={'test': TEST, 'tpu': TPU, 'nsfw': NSFW},
 )
