@@ -641,6 +641,18 @@ class Moderator:
         )
 
 
+def consent_entries(prompts, policy: str | None = None, mode: str = 't2v') -> list[dict]:
+    """The consent registry entries ($SORA_JAX_CONSENT) that allow the real people `prompts`
+    name, one per person (for the Content Credentials: provenance.manifest_info(consent=))."""
+    mod = Moderator.load(policy)
+    out = []
+    for p in [prompts] if isinstance(prompts, str) else list(prompts):
+        for e in mod.check(p, mode=mode).consent:
+            if e not in out:
+                out.append(e)
+    return out
+
+
 def _key(name: str) -> str:
     """The registry key of a person: folded words ("Pedro Sánchez" -> "pedro sanchez")."""
     return ' '.join(_words(fold(name)).split())

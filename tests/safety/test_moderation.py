@@ -288,6 +288,7 @@ def test_real_person_consent_end_to_end(tmp_path, monkeypatch):
     _registry(p)
     (v,) = mod.enforce([prompt])
     assert v.allowed and v.consent[0]['id'] == 'consent-0001'
+    assert moderation.consent_entries([prompt, 'a red circle'])[0]['id'] == 'consent-0001'
     clip = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
     path = str(video_io.write_video(tmp_path / 'a.mp4', clip))
     info = provenance.manifest_info(
