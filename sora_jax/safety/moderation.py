@@ -6,16 +6,15 @@ stemmed words, with negation, and real people refused unless a consent registry 
     mod.enforce('a d.e.c.a.p.i.t.a.t.i.o.n')  # raises PromptRefused(category='graphic_violence')
     mod.check('Shakira en una rueda de prensa', consent=registry)  # allowed if registered
 
-Text (`tokenize`): Unicode NFKC, case folding, accents stripped; two views, each a list of
-words (punctuation kept as clause breaks) with repeated letters collapsed ("kiiill" -> "kil"):
-the plain words, and the words with leetspeak undone inside words that hold letters ("k1ll",
+Text (sora_jax/safety/words.py): Unicode NFKC, case folding, accents stripped; two views, each
+a list of words (punctuation kept as clause breaks; runs of 3+ letters cut to 2): the plain words, and the words with leetspeak undone inside words that hold letters ("k1ll",
 "$uicide"; "13" stays a number), letters split by dots/dashes/spaces joined ("k i l l",
 "s.u.i.c.i.d.e") and neighbouring fragments the policy knows joined ("ju díos" -> "judios");
 plus one string with every non-letter removed, searched only for the policy's 'squash' strings.
 
 Morphology comes from the Snowball stemmers (snowballstemmer, English and Spanish): a policy
-word matches a prompt word when the two share their English or their Spanish stem (stems
-under 3 letters fall back to the whole word), so "decapitar" covers "decapitando" and
+word matches a prompt word when the two share their English or their Spanish stem, or their
+letters with repeats collapsed ("kiiill" = "kill"), so "decapitar" covers "decapitando" and
 "behead" covers "beheading". Spanish reflexive verb forms ("cortándose", "ahorcarse") are
 matched by the policy's 'reflexive' verbs. A term, or a word of a pair, right after a negation
 ("no gore", "without blood", "sin sangre ni violencia") does not count; policy terms that begin
@@ -42,40 +41,28 @@ import functools
 import json
 import os
 import re
-import unicodedata
 from typing import NamedTuple
+
+from sora_jax.safety.words import (  # noqa: F401  (fold, fold_variants: the public API)
+    BREAK,
+    REFLEXIVE,
+    Phrase,
+    collapse,
+    deleet,
+    fold,
+    fold_variants,
+    join_split_letters,
+    negated_positions,
+    norm,
+    stems,
+    tokens,
+    word_keys,
+    words,
+)
 
 DEFAULT_POLICY = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'policy.json')
 POLICY_ENV = 'SORA_JAX_POLICY'
 REAL_PERSON = 'real_person'
-
-_LEET = str.maketrans(
-    {
-        '0': 'o',
-        '1': 'i',
-        '3': 'e',
-        '4': 'a',
-        '5': 's',
-        '7': 't',
-        '8': 'b',
-        '9': 'g',
-        '@': 'a',
-        '$': 's',
-        '!': 'i',
-        '|': 'i',
-        '+': 't',
-        '€': 'e',
-        '¡': 'i',
-    }
-)
-_BREAK = '|'  # a clause break (punctuation) in a token list
-NEGATORS = frozenset({'no', 'not', 'without', 'never', 'nor', 'sin', 'ni', 'nunca', 'zero'})
-# Between a negation and what it negates: determiners, "any", and list joiners.
-_NEG_SKIP = frozenset(
-    'a an the any explicit graphic real visible much shown or and el la los las un una '
-    'ningun ninguna nada de o y e u mas'.split()
-)
-_REFLEXIVE = re.compile(r'^([a-z]+?)(andose|iendose|arse|erse|irse|andome|iendome|arme|erme|irme)$')
 
 
 class PromptRefused(ValueError):
@@ -109,151 +96,6 @@ class Verdict:
     consent: tuple = ()
 
 
-# ---------------------------------------------------------------- text
-def _strip_accents(text: str) -> str:
-    return ''.join(c for c in unicodedata.normalize('NFD', text) if not unicodedata.combining(c))
-
-
-def _collapse(text: str) -> str:
-    """Runs of one repeated letter -> one letter ("kiiill" -> "kil")."""
-    return re.sub(r'([a-z])\1+', r'\1', text)
-
-
-def _words(text: str) -> str:
-    return ' '.join(re.sub(r'[^a-z0-9]+', ' ', text).split())
-
-
-def _join_split_letters(text: str) -> str:
-    """ "k i l l" / "k.i.l.l" / "ki-ll" -> "kill": separators between letters inside a word
-    go, and runs of single letters separated by spaces join into one word."""
-    text = re.sub(r'(?<=[a-z])[.\-_*·•~\'`]+(?=[a-z])', '', text)
-    return re.sub(
-        r'\b[a-z](?:[ .\-_*]+[a-z]\b){2,}', lambda m: re.sub(r'[^a-z]', '', m.group(0)), text
-    )
-
-
-def fold(text: str) -> str:
-    """NFKC, case folding and accent stripping (the base every view starts from)."""
-    if not isinstance(text, str):
-        raise ValueError(f'moderation needs a string prompt, got {type(text).__name__}: {text!r}.')
-    return _strip_accents(unicodedata.normalize('NFKC', text).casefold())
-
-
-def _deleet(base: str) -> str:
-    """Leetspeak undone inside tokens that hold a letter ("k1ll" -> "kill", "13" stays)."""
-    base = re.sub(r'[!|¡]+(?=\s|$)', ' ', base)  # "hi!!" is no leet
-
-    def tok(m):
-        t = m.group(0)
-        if not re.search(r'[a-z]', t) or re.fullmatch(r'\d+d', t):  # "13", "3d"
-            return t
-        return t.translate(_LEET)
-
-    return re.sub(r'\S+', tok, base)
-
-
-def fold_variants(text: str) -> tuple[list[str], str]:
-    """([plain words, de-obfuscated words], squashed letters), all with repeats collapsed."""
-    base = fold(text)
-    plain = _collapse(_words(base))
-    deob = _collapse(_words(_join_split_letters(_deleet(base))))
-    squashed = _collapse(re.sub(r'[^a-z]+', '', deob))
-    return [plain, deob] if deob != plain else [plain], squashed
-
-
-def _tokens(text: str) -> list[str]:
-    """Words with punctuation as `_BREAK` tokens ("no gore, a man" -> no gore | a man)."""
-    text = re.sub(r'[,.;:!?()\[\]"]+', f' {_BREAK} ', text)
-    return _runs(' '.join(re.sub(r'[^a-z0-9|]+', ' ', text).split())).split()
-
-
-@functools.lru_cache(maxsize=1)
-def _stemmers():
-    try:
-        import snowballstemmer
-    except ImportError as e:  # a core dependency (setup.py)
-        raise ValueError(
-            'moderation needs snowballstemmer (a core dependency): pip install -e . '
-            f'(or pip install snowballstemmer); {e}'
-        ) from e
-    return snowballstemmer.stemmer('english'), snowballstemmer.stemmer('spanish')
-
-
-@functools.lru_cache(maxsize=65536)
-def stems(word: str) -> tuple[str, str]:
-    """(English stem, Spanish stem) of a folded word; stems under 3 letters are the word."""
-    en, es = _stemmers()
-    a, b = en.stemWord(word), es.stemWord(word)
-    return (a if len(a) >= 3 else word, b if len(b) >= 3 else word)
-
-
-@functools.lru_cache(maxsize=65536)
-def word_keys(word: str) -> frozenset:
-    """The forms a word matches by: itself with repeats collapsed, and its English and Spanish
-    stems, of the word and of its collapsed form ("stabbing", "stabbbing" -> stem "stab")."""
-    c = _collapse(word)
-    (e1, s1), (e2, s2) = stems(word), stems(c)
-    return frozenset({('w', c), ('e', e1), ('s', s1), ('e', e2), ('s', s2)})
-
-
-class _Word:
-    """One policy word: prefix (trailing *) or any shared form (`word_keys`)."""
-
-    __slots__ = ('word', 'prefix', 'keys')
-
-    def __init__(self, w: str):
-        self.prefix = w.endswith('*')
-        self.word = _collapse(w.rstrip('*'))
-        self.keys = word_keys(w.rstrip('*'))
-
-    def matches(self, token: str) -> bool:
-        if self.prefix:
-            return _collapse(token).startswith(self.word)
-        return not self.keys.isdisjoint(word_keys(token))
-
-
-def _runs(text: str) -> str:
-    """Runs of 3+ repeated letters -> 2 ("stabbbbing" -> "stabbing")."""
-    return re.sub(r'([a-z])\1{2,}', r'\1\1', text)
-
-
-def _norm(phrase: str) -> list[str]:
-    keep_star = phrase.rstrip().endswith('*')
-    words = _runs(_words(fold(phrase))).split()
-    if keep_star and words:
-        words[-1] += '*'
-    return words
-
-
-class _Phrase:
-    """A policy term of one or more words, matched on a token list."""
-
-    def __init__(self, text: str):
-        self.text = text
-        self.words = [_Word(w) for w in _norm(text)]
-        self.negating = bool(self.words) and self.words[0].word in NEGATORS
-
-
-def negated_positions(toks: list[str]) -> list[bool]:
-    """True for the words a negation governs: the next content word after "no"/"without"/"sin"
-    (skipping determiners and "any"), and list members joined to it ("sin sangre ni violencia",
-    "no blood or gore"); a clause break ends the scope."""
-    out = [False] * len(toks)
-    active = False
-    for i, t in enumerate(toks):
-        if t == _BREAK:
-            active = False
-        elif t in NEGATORS:
-            active = True
-        elif active and t in _NEG_SKIP:
-            continue
-        elif active:
-            out[i] = True
-            nxt = toks[i + 1] if i + 1 < len(toks) else _BREAK
-            active = nxt in ('or', 'nor', 'ni', 'o', 'and', 'y', 'e', 'u')
-    return out
-
-
 # ---------------------------------------------------------------- policy
 @dataclasses.dataclass
 class _Category:
@@ -264,23 +106,23 @@ class _Category:
     pairs: list  # [(phrase ids a, phrase ids b, window, ordered)]
     squash: list  # collapsed strings
     allow: list  # compiled regexes removed before the patterns match
-    allow_phrases: list  # [_Phrase] whose words no term or pair may use
+    allow_phrases: list  # [Phrase] whose words no term or pair may use
     reflexive: set  # Spanish stems of verbs whose reflexive forms count
 
 
 class _View(NamedTuple):
-    toks: list  # words and _BREAK tokens
+    toks: list  # words and BREAK tokens
     neg: list  # negated_positions(toks)
     hits: dict  # {phrase id: start positions}
 
 
 @dataclasses.dataclass
 class _People:
-    names: list  # [(key, [_Phrase])]
-    offices: list  # [(title _Phrase, needs_country)]
-    countries: list  # [_Phrase]
-    stylized: list  # [_Phrase]
-    realistic: list  # [_Phrase]: words that cancel a stylized framing
+    names: list  # [(key, [Phrase])]
+    offices: list  # [(title Phrase, needs_country)]
+    countries: list  # [Phrase]
+    stylized: list  # [Phrase]
+    realistic: list  # [Phrase]: words that cancel a stylized framing
 
 
 _KEYS = {'description', 'terms', 'patterns', 'pairs', 'squash', 'allow', 'reflexive'}
@@ -314,14 +156,14 @@ class Moderator:
                         )
                     out += phrases(concepts[t[1:]], where)
                     continue
-                letters = _collapse(_words(fold(t))).replace(' ', '')
+                letters = collapse(words(fold(t))).replace(' ', '')
                 if len(letters) < 3 and not short_ok:
                     raise ValueError(
                         f'moderation policy {source}: term {t!r} of {where} folds to fewer '
                         'than 3 letters (repeats collapse: "kkk" -> "k") and would match '
                         'everywhere; use a pattern or a longer term.'
                     )
-                out.append(self._register(_Phrase(t)))
+                out.append(self._register(Phrase(t)))
             return out
 
         for name, c in cats.items():
@@ -335,7 +177,7 @@ class Moderator:
             patterns = []
             for p in c.get('patterns', []):
                 try:
-                    patterns.append((re.compile(_collapse(p)), p))
+                    patterns.append((re.compile(collapse(p)), p))
                 except re.error as e:
                     raise ValueError(
                         f'moderation policy {source}: category {name!r} pattern {p!r} '
@@ -356,9 +198,9 @@ class Moderator:
                         bool(pr.get('ordered', False)),
                     )
                 )
-            squash = [_collapse(re.sub(r'[^a-z]+', '', fold(s))) for s in c.get('squash', [])]
+            squash = [collapse(re.sub(r'[^a-z]+', '', fold(s))) for s in c.get('squash', [])]
             allow = [
-                re.compile(r'\b' + r'\s+'.join(map(re.escape, _norm(a))) + r'[a-z]*\b')
+                re.compile(r'\b' + r'\s+'.join(map(re.escape, norm(a))) + r'[a-z]*\b')
                 for a in c.get('allow', [])
             ]
             reflexive = {stems(fold(v))[1] for v in c.get('reflexive', [])}
@@ -381,7 +223,7 @@ class Moderator:
                     ps = [person] if isinstance(person, str) else list(person)
                     names.append((_key(ps[0]), phrases(ps, name)))
                     for a in ps:
-                        s = _collapse(re.sub(r'[^a-z]+', '', fold(a)))
+                        s = collapse(re.sub(r'[^a-z]+', '', fold(a)))
                         if len(s) >= 8 and ' ' in a.strip():
                             self._squash_people.append((s, _key(ps[0])))
                 offices = [(p, True) for p in phrases(c.get('offices', []), name)]
@@ -394,7 +236,7 @@ class Moderator:
                     phrases(c.get('realistic', []), name),
                 )
 
-    def _register(self, p: _Phrase) -> _Phrase:
+    def _register(self, p: Phrase) -> Phrase:
         """Gives the phrase an id and indexes it by its first word's forms (one id a text)."""
         if p.text in self._by_text:
             return self._by_text[p.text]
@@ -413,12 +255,12 @@ class Moderator:
         """{phrase id: start positions where it matches, not negated} for every policy phrase."""
         out: dict[int, list[int]] = {}
         for i, t in enumerate(toks):
-            if t == _BREAK:
+            if t == BREAK:
                 continue
             cand = set()
             for k in word_keys(t):
                 cand |= self._index.get(k, set())
-            tc = _collapse(t)
+            tc = collapse(t)
             cand.update(p.id for p in self._prefixed if tc.startswith(p.words[0].word))
             for pid in cand:
                 p = self._phrases[pid]
@@ -426,7 +268,7 @@ class Moderator:
                     continue
                 k = len(p.words)
                 if i + k <= len(toks) and all(
-                    toks[i + j] != _BREAK and p.words[j].matches(toks[i + j]) for j in range(1, k)
+                    toks[i + j] != BREAK and p.words[j].matches(toks[i + j]) for j in range(1, k)
                 ):
                     out.setdefault(pid, []).append(i)
         return out
@@ -442,9 +284,9 @@ class Moderator:
         """The plain and the de-obfuscated token lists (with negation and phrase hits), and
         the squashed letters."""
         base = fold(prompt)
-        plain = _tokens(base)
-        deob = self._rejoin(_tokens(_join_split_letters(_deleet(base))))
-        squashed = _collapse(re.sub(r'[^a-z]+', '', ' '.join(deob)))
+        plain = tokens(base)
+        deob = self._rejoin(tokens(join_split_letters(deleet(base))))
+        squashed = collapse(re.sub(r'[^a-z]+', '', ' '.join(deob)))
         views = []
         for toks in [plain, deob] if deob != plain else [plain]:
             neg = negated_positions(toks)
@@ -460,9 +302,9 @@ class Moderator:
                 parts = toks[i : i + k]
                 if (
                     len(parts) == k
-                    and _BREAK not in parts
-                    and not all(_collapse(p) in self._vocab for p in parts)
-                    and _collapse(''.join(parts)) in self._vocab
+                    and BREAK not in parts
+                    and not all(collapse(p) in self._vocab for p in parts)
+                    and collapse(''.join(parts)) in self._vocab
                 ):
                     out.append(''.join(parts))
                     i += k
@@ -496,11 +338,11 @@ class Moderator:
             for i, pa in ia:
                 for j, pb in at(b):
                     d = j - i if ordered else abs(i - j)
-                    if 0 < d <= window and _BREAK not in v.toks[min(i, j) : max(i, j)]:
+                    if 0 < d <= window and BREAK not in v.toks[min(i, j) : max(i, j)]:
                         return f'{pa.text} ... {pb.text}'
         if c.reflexive:
             for i, t in enumerate(v.toks):
-                if i not in masked and not v.neg[i] and _REFLEXIVE.match(t):
+                if i not in masked and not v.neg[i] and REFLEXIVE.match(t):
                     if stems(t)[1] in c.reflexive:
                         return t
         return None
@@ -508,7 +350,7 @@ class Moderator:
     def _match(self, c: _Category, views: list[_View], squashed: str) -> str | None:
         for v in views:
             if c.patterns:
-                text = _collapse(' '.join(v.toks)).replace(f' {_BREAK} ', ' , ')
+                text = collapse(' '.join(v.toks)).replace(f' {BREAK} ', ' , ')
                 for a in c.allow:
                     text = a.sub(' ', text)
                 for rx, _ in c.patterns:
@@ -525,7 +367,7 @@ class Moderator:
                 masked.update(range(i, i + len(a.words)))
         if masked:  # allowed phrases are not squashed into the letters either
             kept = ' '.join(t for i, t in enumerate(v.toks) if i not in masked)
-            squashed = _collapse(re.sub(r'[^a-z]+', '', kept))
+            squashed = collapse(re.sub(r'[^a-z]+', '', kept))
         for s in c.squash:
             if s and s in squashed:
                 return s
@@ -655,7 +497,7 @@ def consent_entries(prompts, policy: str | None = None, mode: str = 't2v') -> li
 
 def _key(name: str) -> str:
     """The registry key of a person: folded words ("Pedro Sánchez" -> "pedro sanchez")."""
-    return ' '.join(_words(fold(name)).split())
+    return ' '.join(words(fold(name)).split())
 
 
 @functools.lru_cache(maxsize=8)
