@@ -11,7 +11,9 @@ Modes: 't2v' (nothing known), 'i2v' (first latent frame), 'extend' (first k), 'e
 the same latent pinned to the last frame), 'v2v' (SDEdit: nothing known, sampling starts from a
 noised input video, see `sdedit_start`), 't2i' (one latent frame, nothing known).
 
-Sampling: build ``velocity_fn = lambda x, t: dit(model_input(x, mask, known), t, ...)`` and pass
+Sampling: `condition_from_frames` turns the user's image / video into (mask, known) (the
+pipeline's one path: frames placed in the clip, encoded, `build_condition`); then build
+``velocity_fn = lambda x, t: dit(model_input(x, mask, known), t, ...)`` and pass
 ``step_callback=replace_callback(mask, known, noise)`` to `samplers.sample`, so known frames follow
 the same noising path ``(1 - t) known + t noise`` the model saw in training, and are exact at t = 0.
 Training: ``known = x0``, ``mask = random_training_mask(...)``, and ``flow_loss(..., mask=1 - mask)``
@@ -307,6 +309,11 @@ def condition_from_frames(
         buf[:, num_frames - known_px[1] :] = tail
     plan = frame_plan(mode, num_frames, temporal_factor=tf, num_known_pixel_frames=known_px)
     m = plan['latent_mask']
+    if len(m) != t_lat:
+        raise ValueError(
+            f'{num_frames} frames make {len(m)} latent frames at temporal_factor={tf}, but '
+            f"latent_shape has {t_lat}; pass the VAE's temporal_factor."
+        )
     if not m.any():
         raise ValueError(
             f'mode={mode!r}: the given frames cover no whole latent frame; give at least '

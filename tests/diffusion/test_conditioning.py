@@ -98,6 +98,82 @@ def test_build_condition_modes():
         cond.build_condition('i2v', shape)
 
 
+def _causal_encode(tf=4):
+    """A stand-in causal VAE over [B, T, H, W, 3]: latent 0 is frame 0, latent l the mean of
+    its `tf` frames (`pixel_frames_of_latent`)."""
+
+    def encode(px):
+        t_lat = cond.num_latent_frames(px.shape[1], tf)
+        return jnp.stack(
+            [px[:, list(cond.pixel_frames_of_latent(i, tf))].mean(1) for i in range(t_lat)], 1
+        )
+
+    return encode
+
+
+def test_condition_from_frames_modes():
+    """The pipeline's one path from pixels to (mask, known, frames kept), 9 frames -> 3 latents."""
+    enc = _causal_encode()
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, (9, 2, 2, 3), dtype=np.uint8)
+    px = video.astype(np.float32) / 127.5 - 1.0
+    shape, frames = (2, 3, 2, 2, 3), (9, 2, 2)
+    lat = np.asarray(enc(jnp.asarray(px[None])))[0]  # [3, 2, 2, 3] of the whole clip
+    run = lambda mode, **kw: cond.condition_from_frames(
+        mode, enc, shape, frames, temporal_factor=4, **kw
+    )
+
+    def check(fc, mask, known_from, keep=9):
+        assert fc.mask.shape == (2, 3) and fc.known.shape == shape and fc.keep_frames == keep
+        assert fc.mask[0].astype(int).tolist() == mask and np.array_equal(fc.mask[0], fc.mask[1])
+        for i, src in enumerate(known_from):  # latent i of `known`: from pixels, or zeros
+            want = np.zeros((2, 2, 3)) if src is None else src
+            np.testing.assert_allclose(np.asarray(fc.known[1, i]), want, atol=1e-6)
+
+    check(run('t2v'), [0, 0, 0], [None] * 3)
+    check(run('t2i'), [0, 0, 0], [None] * 3, keep=1)
+    check(run('i2v', image=video[0]), [1, 0, 0], [px[0], None, None])
+    check(run('extend', video=video[:5]), [1, 1, 0], [lat[0], lat[1], None])
+    check(run('extend', video=video[:3]), [1, 0, 0], [lat[0], None, None])  # latent 1 partial
+    check(run('extend_backward', video=video[5:]), [0, 0, 1], [None, None, lat[2]])
+    check(run('connect', video=(video[:1], video[5:])), [1, 0, 1], [lat[0], None, lat[2]])
+    check(run('loop', image=video[0]), [1, 0, 1], [px[0], None, px[0]], keep=5)
+    v2v = run('v2v', video=video)
+    assert not np.asarray(v2v.mask).any()
+    np.testing.assert_allclose(np.asarray(v2v.known[0]), lat, atol=1e-6)
+    seen = []
+    ti2v = cond.condition_from_frames(
+        'i2v',
+        lambda x: seen.append(x.shape) or enc(x),
+        shape,
+        frames,
+        image=video[0],
+        first_frame_only=True,
+    )
+    assert seen == [(2, 1, 2, 2, 3)]  # the image alone, as latent frame 0
+    check(ti2v, [1, 0, 0], [px[0], None, None])
+
+
+@pytest.mark.parametrize(
+    'mode,kw,match',
+    [
+        ('i2v', {}, "mode='i2v' needs image="),
+        ('t2v', dict(image=np.zeros((2, 2, 3), np.uint8)), 'takes no image/video'),
+        ('i2v', dict(image=np.zeros((4, 4, 3), np.uint8)), r'image has shape \(2, 4, 4, 3\)'),
+        ('extend', dict(video=np.zeros((9, 2, 2, 3), np.uint8)), 'needs num_frames > 9'),
+        ('v2v', dict(video=np.zeros((5, 2, 2, 3), np.uint8)), 'v2v needs num_frames=9'),
+        ('connect', dict(video=np.zeros((5, 2, 2, 3))), r'video=\(head_frames, tail_frames\)'),
+        ('extend', dict(video=np.zeros((0, 2, 2, 3), np.uint8)), 'cannot have known'),
+        ('extend', dict(video=np.zeros((2, 2, 2, 3), np.uint8), temporal_factor=1), 'make 9'),
+    ],
+)
+def test_condition_from_frames_errors(mode, kw, match):
+    with pytest.raises(ValueError, match=match):
+        cond.condition_from_frames(
+            mode, _causal_encode(), (2, 3, 2, 2, 3), (9, 2, 2), **{'temporal_factor': 4, **kw}
+        )
+
+
 def test_model_input_and_apply_known():
     x = _latents(3)
     known = _latents(4)
