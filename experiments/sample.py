@@ -4,8 +4,15 @@
   python experiments/sample.py --checkpoint=... --prompt=... --mode=i2v --image=first.png --out=...
   python experiments/sample.py --checkpoint=checkpoints/shapes --prompt="a green square" --mode=t2i --out=outputs/square.png
 
+Every input is checked before any weight is loaded (sora_jax/generate.py: finite numbers, sizes
+up to 4096 px a side and 1024 frames and within this machine's memory, UTF-8 prompts, LoRA
+files, the output path); an existing --out is refused without --overwrite, and nothing is
+written that --out does not name (--gif adds a .gif beside a video). Expected failures are one
+ERROR line with an exit status (sora_jax/cli.py, docs/guarantees.md: 2 bad input, 3 refused
+prompt, 4 output exists or busy, 5 unreadable checkpoint, 6 disk, 7 non-finite result).
+
 Quiet by default: the progress bar, the written paths and warnings; --verbosity=0 (absl) shows
-the INFO logs too. Compiled programs are kept on disk (sora_jax/io/compile_cache.py), so a
+the INFO logs too, --verbosity=1 tracebacks. Compiled programs are kept on disk (sora_jax/io/compile_cache.py), so a
 second run with the same sizes skips most compiling (all of it with --noprogress: the progress
 bar's host callback keeps the sampler out of the cache); --nocompilation_cache turns that off.
 """
@@ -20,11 +27,11 @@ from sora_jax.io import host_memory  # noqa: E402
 
 host_memory.retain_freed_memory()  # before jax starts its threads: no page faults per step
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from sora_jax import cli, generate  # noqa: E402
 from sora_jax.io import compile_cache  # noqa: E402  (defines --compilation_cache)
-from sora_jax.io.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS  # noqa: E402
 
 config_flags.DEFINE_config_file(
     'config',
@@ -39,15 +46,23 @@ flags.DEFINE_multi_string('prompt', None, 'Prompt(s); repeat the flag for a batc
 flags.DEFINE_string(
     'out',
     'outputs/sample.mp4',
-    'Output .mp4, .webm or .gif (a batch adds _0, _1, '
-    '...; a .gif is written next to every video), or with --mode=t2i a .png / .jpg '
-    'image.',
+    'Output .mp4 or .gif (.webm with --nocredentials: it cannot be signed; a batch adds _0, '
+    '_1, ...), or with --mode=t2i a .png / .jpg image. An existing file is refused unless '
+    '--overwrite; the file appears only once written whole and signed.',
+)
+flags.DEFINE_bool('overwrite', False, 'Replace --out (and its --gif) if it exists.')
+flags.DEFINE_bool('gif', False, 'Also write a .gif beside each video (same name, .gif).')
+flags.DEFINE_integer(
+    'num_frames',
+    None,
+    f'Frames (1 + 4k with a causal VAE; at most {generate.MAX_FRAMES}); default from the config.',
 )
 flags.DEFINE_integer(
-    'num_frames', None, 'Frames (1 + 4k with a causal VAE); default from the config.'
+    'height', None, f'Height in pixels (1..{generate.MAX_SIDE}); default from the config.'
 )
-flags.DEFINE_integer('height', None, 'Height in pixels; default from the config.')
-flags.DEFINE_integer('width', None, 'Width in pixels; default from the config.')
+flags.DEFINE_integer(
+    'width', None, f'Width in pixels (1..{generate.MAX_SIDE}); default from the config.'
+)
 flags.DEFINE_integer('steps', None, 'Sampling steps; default from the config.')
 flags.DEFINE_float('guidance_scale', None, 'Classifier-free guidance scale.')
 flags.DEFINE_float(
@@ -138,104 +153,11 @@ flags.DEFINE_string('c2pa_key', None, 'PEM private key of --c2pa_cert; default $
 flags.mark_flags_as_required(['checkpoint', 'prompt'])
 
 
-def safeguards(pipe, F):
-    """Applies the safeguard flags to the pipeline; returns the names of those turned off."""
-    pipe.moderation_policy = F.moderation_policy
-    if F.watermark_key is not None:
-        pipe.user_key = F.watermark_key
-    off = [
-        name
-        for name, on in (
-            ('moderation', F.moderation),
-            ('watermark', F.watermark),
-            ('credentials', F.credentials),
-        )
-        if not on
-    ]
-    for name in off:
-        print(f'WARNING: {name} is turned off (--no{name}).', flush=True)
-    return off
-
-
-def sign_outputs(pipe, paths, off, F, prompt_moderated=True):
-    """Signs C2PA Content Credentials into each written file (unless --nocredentials)."""
-    if 'credentials' in off:
-        return
-    from sora_jax.safety import provenance, record
-
-    rec = record.load(pipe.checkpoint_path) if pipe.checkpoint_path else None
-    info = provenance.manifest_info(
-        checkpoint_hash=pipe.checkpoint_hash,
-        config_name=str(
-            pipe.config.get('config_name', os.path.basename(os.path.normpath(F.checkpoint)))
-        ),
-        data_record_hash=record.record_hash(rec) if rec else None,
-        watermark_payload=None
-        if 'watermark' in off
-        else {'model_id': pipe.model_id, 'user_key': pipe.user_key},
-        disabled=off,
-        prompt_moderated=prompt_moderated,
-    )
-    dev = False
-    for p in paths:
-        dev |= provenance.sign(os.fspath(p), info, F.c2pa_cert, F.c2pa_key)
-    print(
-        f'signed Content Credentials into {len(paths)} file(s)'
-        + (
-            ' with DEVELOPMENT-ONLY credentials (a local CA under ~/.config/sora_jax/c2pa_dev: '
-            'tamper-evident, but nobody else can tell who signed; pass --c2pa_cert/--c2pa_key)'
-            if dev
-            else ''
-        ),
-        flush=True,
-    )
-
-
-def check_out(out: str, mode: str) -> str:
-    """The --out extension (lower case; none: .mp4), or a ValueError naming the ones allowed."""
-    ext = os.path.splitext(out)[1].lower() or '.mp4'
-    if ext not in VIDEO_EXTENSIONS + IMAGE_EXTENSIONS:
-        raise ValueError(
-            f'--out={out!r}: the extension {ext or "(none)"!r} is neither a video '
-            f'{list(VIDEO_EXTENSIONS)} nor an image {list(IMAGE_EXTENSIONS)}.'
-        )
-    if ext in IMAGE_EXTENSIONS and mode != 't2i':
-        raise ValueError(
-            f'--out={out!r} is an image but --mode={mode} makes a video; pass '
-            f'--mode=t2i for an image, or a video extension {list(VIDEO_EXTENSIONS)}.'
-        )
-    return ext
-
-
-def main(argv):
-    del argv
-    F = flags.FLAGS
-    if not F['verbosity'].present:  # quiet: no Orbax / JAX INFO chatter; --verbosity=0 shows it
-        logging.set_verbosity(logging.WARNING)
-    ext = check_out(F.out, F.mode)
-    compile_cache.enable()
-    import numpy as np
-
+def _call(pipe, height, width):
+    """The pipeline call the flags describe (under a profiler trace with --profile_dir)."""
     from sora_jax.io import video as video_io
-    from sora_jax.pipeline import TextToVideo
 
-    if os.path.isfile(os.path.join(F.checkpoint, 'transformer', 'config.json')):
-        config = F.config
-        if config is None:
-            from configs import wan21
-
-            config = wan21.get_config('t2v_1.3b')
-        pipe = TextToVideo.from_wan(F.checkpoint, config)
-    else:
-        pipe = TextToVideo.from_checkpoint(F.checkpoint, ema=F.ema)
-    if F.lora:
-        from sora_jax.convert.lora import parse_spec
-
-        pipe.set_loras([parse_spec(s) for s in F.lora], merge=F.lora_merge)
-    off = safeguards(pipe, F)
-    s = pipe.config.sample
-    height = F.height or s.height
-    width = F.width or s.width
+    F = flags.FLAGS
     image = video = None
     if F.image:
         image = video_io.read_image(F.image, height=height, width=width)
@@ -265,58 +187,30 @@ def main(argv):
         watermark=F.watermark,
         progress=F.progress,
     )
-    if F.profile_dir:
-        import jax
+    if not F.profile_dir:
+        return call()
+    import jax
 
-        if F.profile_warmup:
-            call()
-        with (
-            jax.profiler.trace(F.profile_dir),
-            jax.profiler.StepTraceAnnotation('sample', step_num=0),
-        ):
-            frames = call()
-        print(f'profile written to {F.profile_dir}', flush=True)
-    else:
+    if F.profile_warmup:
+        call()
+    with (
+        jax.profiler.trace(F.profile_dir),
+        jax.profiler.StepTraceAnnotation('sample', step_num=0),
+    ):
         frames = call()
-    root = os.path.splitext(F.out)[0]
-    # The mark is box-resampled, so a nearest upscale by an integer reads as the original.
-    scale = int(F.display_scale or s.get('display_scale', 1))
-    if scale > 1:  # nearest-neighbour upscale so tiny demo clips are watchable
-        frames = np.repeat(np.repeat(frames, scale, axis=2), scale, axis=3)
-    written = []
-    for i, clip in enumerate(frames):
-        base = root if len(frames) == 1 else f'{root}_{i}'
-        if ext in IMAGE_EXTENSIONS:  # t2i: the first (only) frame
-            path = video_io.write_image(base + ext, clip[0])
-            written.append(path)
-            print(f'wrote {path} ({clip.shape[1]}x{clip.shape[2]} image)', flush=True)
-            continue
-        path = video_io.write_video(base + ext, clip, fps=s.fps)
-        written.append(path)
-        print(f'wrote {path} ({clip.shape[0]} frames, {clip.shape[1]}x{clip.shape[2]})', flush=True)
-        if ext != '.gif':
-            gif = video_io.write_video(base + '.gif', clip, fps=s.fps)
-            written.append(gif)
-            print(f'wrote {gif}', flush=True)
-    sign_outputs(pipe, written, off, F, prompt_moderated=F.moderation)
+    print(f'profile written to {F.profile_dir}', flush=True)
+    return frames
 
 
-def run(argv):
-    """main, with a bad --out (exit status 2) or a refused prompt (3) as a clear message and
-    nothing written."""
-    from sora_jax.safety.moderation import PromptRefused
-
-    try:
-        check_out(flags.FLAGS.out, flags.FLAGS.mode)
-    except ValueError as e:  # before loading anything
-        print(f'ERROR: {e}', file=sys.stderr, flush=True)
-        sys.exit(2)
-    try:
-        main(argv)
-    except PromptRefused as e:
-        print(f'ERROR: {e}', file=sys.stderr, flush=True)
-        sys.exit(3)
+def main(argv):
+    del argv
+    F = flags.FLAGS
+    if not F['verbosity'].present:  # quiet: no Orbax / JAX INFO chatter; --verbosity=0 shows it
+        logging.set_verbosity(logging.WARNING)
+    checked = generate.check(F)  # before anything is loaded, compiled or cached
+    compile_cache.enable()
+    generate.run(F, _call, checked)
 
 
 if __name__ == '__main__':
-    app.run(run)
+    cli.run(main)

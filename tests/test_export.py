@@ -1,6 +1,9 @@
-"""experiments/export.py: a training workdir -> an inference bundle of EMA (or raw) weights in
-float16 that TextToVideo loads."""
+"""sora_jax/export.py (experiments/export.py): a training workdir -> an inference bundle of EMA
+(or raw) weights in float16 that TextToVideo loads; --dst is never a user's folder or a source,
+and an old bundle is replaced by an atomic swap."""
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,14 +13,14 @@ import numpy as np
 import pytest
 
 from configs import shapes as shapes_config
+from sora_jax import export
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.pipeline import TextToVideo
 from sora_jax.train import checkpoint as ckpt
 from sora_jax.train import loop
 from sora_jax.train.objectives import flow as flow_objective
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'experiments'))
-import export  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize('ema', [True, False])
@@ -73,3 +76,69 @@ def test_export_picks_a_step_and_names_the_saved_ones(tmp_path):
             'float32',
             step=3,
         )
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    """A tiny DiT workdir with one checkpoint (step 3)."""
+    root = tmp_path_factory.mktemp('export_run')
+    c = shapes_config.get_config('tiny')
+    mesh = mesh_lib.make_mesh((1, 1, 1, 1), devices=jax.devices()[:1])
+    _, state, *_ = loop.init_state(c, mesh, mesh_lib.rules_dict(), flow_objective)
+    mngr = ckpt.manager(root / 'run' / 'checkpoints', async_save=False)
+    ckpt.save(mngr, 3, state, config=c)
+    mngr.wait_until_finished()
+    return root / 'run'
+
+
+def _export_cli(dit, dst):
+    return subprocess.run(
+        [sys.executable, str(REPO / 'experiments' / 'export.py'), f'--dit={dit}', f'--dst={dst}'],
+        env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu'),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_a_users_folder_is_refused_and_kept(run, tmp_path):
+    dst = tmp_path / 'mine'
+    dst.mkdir()
+    (dst / 'thesis.txt').write_text('years of work')
+    r = _export_cli(run, dst)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+    assert 'is not empty and is not a bundle export wrote' in r.stderr
+    assert (dst / 'thesis.txt').read_text() == 'years of work'
+    assert sorted(os.listdir(tmp_path)) == ['mine']  # no temporary directory left
+
+
+@pytest.mark.parametrize('where', ['same', 'inside', 'around'])
+def test_dst_equal_inside_or_around_the_source_is_refused(run, where):
+    dst = {'same': run, 'inside': run / 'bundle', 'around': run.parent}[where]
+    before = sorted(p.relative_to(run) for p in run.rglob('*'))
+    with pytest.raises(ValueError, match='is, contains or lies inside the source'):
+        export.export_bundle(str(run), str(dst))
+    assert sorted(p.relative_to(run) for p in run.rglob('*')) == before
+
+
+def test_an_old_bundle_is_replaced_by_a_swap(run, tmp_path, monkeypatch):
+    dst = tmp_path / 'bundle'
+    export.export_bundle(str(run), str(dst))
+    assert json_of(dst / export.MARKER)['step'] == 3 and export.is_bundle(str(dst))
+    (dst / 'old_extra').write_text('from the old bundle')
+    renames = []
+    real_rename = os.rename
+    monkeypatch.setattr(os, 'rename', lambda a, b: (renames.append((a, b)), real_rename(a, b)))
+    size = export.export_bundle(str(run), str(dst), dtype='float32')
+    old_aside, new_in = [r for r in renames if str(dst) in r]  # (Orbax renames too)
+    assert old_aside[0] == str(dst) and new_in[1] == str(dst)  # old aside, then new in
+    assert not (dst / 'old_extra').exists() and json_of(dst / export.MARKER)['dtype'] == 'float32'
+    assert sorted(os.listdir(tmp_path)) == ['bundle']  # the old one and the temporary removed
+    assert size == sum(p.stat().st_size for p in dst.rglob('*') if p.is_file())
+    TextToVideo.from_checkpoint(dst)
+
+
+def json_of(path):
+    import json
+
+    return json.loads(Path(path).read_text())

@@ -59,8 +59,9 @@ def file_hash(path: str) -> str:
     return h.hexdigest()
 
 
-# Not weights: a training run's workdir lock (io/lock.py) and a bundle's model card.
-_SKIP = ('.sora_jax.lock', 'MODEL_CARD.md')
+# Not weights: a training run's workdir lock (io/lock.py), a bundle's model card and the marker
+# export writes (sora_jax/export.py).
+_SKIP = ('.sora_jax.lock', 'MODEL_CARD.md', '.sora_jax_bundle.json')
 
 
 def _tree_hash(h, path: str, prefix: str = '') -> None:

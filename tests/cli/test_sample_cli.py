@@ -188,3 +188,12 @@ def test_lora_flag(first, tmp_path):
         base = np.asarray(im.convert('RGB')).astype(int)
     np.testing.assert_array_equal(pixels['off'], base)
     assert np.abs(pixels['on'] - base).mean() > 1.0
+    # the manifest names the LoRA file and scale, and its cited hash covers them
+    from sora_jax.safety import provenance
+
+    g = provenance.read(str(tmp_path / 'on.png'))['generation']
+    assert g['loras'] == [
+        {'file': 'lora.safetensors', 'sha256': provenance.file_hash(lora), 'scale': 1.0}
+    ]
+    base_g = provenance.read(str(png))['generation']
+    assert g['base_checkpoint_sha256'] == base_g['checkpoint_sha256'] != g['checkpoint_sha256']

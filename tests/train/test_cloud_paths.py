@@ -208,18 +208,14 @@ def test_staging_dir_must_be_local():
 
 def test_export_bundle_to_a_bucket(bucket, tmp_path):
     """experiments/export.py with a gs:// --dst: the bundle is completed locally, then copied."""
-    import sys
-
     import jax
 
+    from sora_jax import export
     from sora_jax.parallel import mesh as mesh_lib
     from sora_jax.pipeline import TextToVideo
     from sora_jax.train import checkpoint as ckpt
     from sora_jax.train import loop
     from sora_jax.train.objectives import flow as flow_objective
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..', 'experiments'))
-    import export
 
     c = shapes_config.get_config('tiny')
     mesh = mesh_lib.make_mesh((1, 1, 1, 1), devices=jax.devices()[:1])
@@ -228,6 +224,7 @@ def test_export_bundle_to_a_bucket(bucket, tmp_path):
     ckpt.save(mngr, 3, state, config=c)
     mngr.wait_until_finished()
     (bucket / 'b' / 'bundle' / 'stale').mkdir(parents=True)  # an older bundle is replaced
+    (bucket / 'b' / 'bundle' / export.MARKER).write_text('{}')  # (one export wrote)
     size = export.export_bundle(str(tmp_path / 'run'), 'gs://b/bundle', 'float16')
     files = sorted(
         p.relative_to(bucket / 'b' / 'bundle').as_posix()
@@ -236,7 +233,7 @@ def test_export_bundle_to_a_bucket(bucket, tmp_path):
     )
     assert 'data_record.json' in files and any(f.startswith('checkpoints/3/') for f in files)
     assert size == sum((bucket / 'b' / 'bundle' / f).stat().st_size for f in files)
-    assert not (bucket / 'b' / 'bundle.tmp').exists() and 'stale' not in files
+    assert not (bucket / 'b' / 'bundle.sora_jax_new').exists() and 'stale' not in files
     pipe = TextToVideo.from_checkpoint(bucket / 'b' / 'bundle')  # the copied bytes load
     np.testing.assert_array_equal(  # float16 EMA weights, as a local export holds them
         np.asarray(jax.tree.leaves(pipe.params)[0]),
