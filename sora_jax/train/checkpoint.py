@@ -12,8 +12,10 @@ reported with a warning when a manager opens, and removed by the training manage
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
+import weakref
 from typing import Any
 
 import grain
@@ -28,7 +30,9 @@ ITEMS = ('state', 'data', 'config')
 class _DelayedJsonHandler(ocp.JsonCheckpointHandler):
     """Fault-injection test hook (`train.debug_save_delay_s`): the config item's write waits, so
     every save stays uncommitted (a `*.orbax-checkpoint-tmp*` directory) for that long and a
-    test can kill the process mid-save."""
+    test can kill the process mid-save. Orbax finds a handler through the args classes
+    registered for its exact type, so the hook has its own (`_DelayedJsonSave` /
+    `_DelayedJsonRestore`, the same fields and on-disk JSON as JsonSave / JsonRestore)."""
 
     def __init__(self, delay_s: float):
         super().__init__()
@@ -37,6 +41,21 @@ class _DelayedJsonHandler(ocp.JsonCheckpointHandler):
     async def _save_fn(self, x, directory):
         await asyncio.sleep(self._delay_s)
         await super()._save_fn(x, directory)
+
+
+@ocp.args.register_with_handler(_DelayedJsonHandler, for_save=True)
+@dataclasses.dataclass
+class _DelayedJsonSave(ocp.args.JsonSave):
+    pass
+
+
+@ocp.args.register_with_handler(_DelayedJsonHandler, for_restore=True)
+@dataclasses.dataclass
+class _DelayedJsonRestore(ocp.args.JsonRestore):
+    pass
+
+
+_DELAYED: weakref.WeakSet = weakref.WeakSet()  # managers whose config item is delayed
 
 
 def manager(
@@ -65,7 +84,10 @@ def manager(
             _DelayedJsonHandler(save_delay_s) if save_delay_s > 0 else ocp.JsonCheckpointHandler()
         ),
     }
-    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+    mngr = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+    if save_delay_s > 0:
+        _DELAYED.add(mngr)
+    return mngr
 
 
 def save(
@@ -81,7 +103,8 @@ def save(
     if data_iter is not None:
         items['data'] = grain.checkpoint.CheckpointSave(data_iter)
     if config is not None:
-        items['config'] = ocp.args.JsonSave(json.loads(config.to_json_best_effort()))
+        save_args = _DelayedJsonSave if mngr in _DELAYED else ocp.args.JsonSave
+        items['config'] = save_args(json.loads(config.to_json_best_effort()))
     return mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
