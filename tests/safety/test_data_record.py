@@ -149,3 +149,38 @@ def test_bad_filter_config_is_a_clear_error(folder, tmp_path):
         validate.validate_config(c)
     with pytest.raises(ValueError, match='exclude=.*is not a file'):
         VF.VideoFolderConfig(folder=str(folder), exclude=str(tmp_path / 'nope.txt'))
+
+
+def test_duplicate_caption_rows_are_an_error_naming_both_lines(tmp_path):
+    """A second row for a.mp4 would replace the first's creator and license in the record."""
+    rows = [
+        {'file': 'a.mp4', 'caption': 'one', 'creator': 'Ana', 'license': 'cc-by-4.0'},
+        {'file': 'b.mp4', 'caption': 'two'},
+        {'file': './a.mp4', 'caption': 'again', 'creator': 'Bo'},
+    ]
+    path = tmp_path / 'captions.jsonl'
+    path.write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
+    with pytest.raises(ValueError, match=rf"{path}: lines 1 and 3 both describe './a.mp4'"):
+        VF.read_captions(str(path))
+    csv_path = tmp_path / 'captions.csv'
+    csv_path.write_text('file,caption,creator\na.mp4,one,Ana\nb.mp4,two,\na.mp4,again,Bo\n')
+    with pytest.raises(ValueError, match=rf"{csv_path}: lines 2 and 4 both describe 'a.mp4'"):
+        VF.read_captions(str(csv_path))
+
+
+def test_symlinks_out_of_the_folder_are_skipped_and_counted(tmp_path):
+    root, outside = tmp_path / 'clips', tmp_path / 'private'
+    root.mkdir()
+    (outside / 'sub').mkdir(parents=True)
+    for i, p in enumerate([root / 'a.mp4', outside / 'secret.mp4', outside / 'sub' / 's.mp4']):
+        V.write_video(p, shapes.generate(5, i, num_frames=4, height=8, width=8)['video'])
+    (root / 'link.mp4').symlink_to(outside / 'secret.mp4')
+    (root / 'dirlink').symlink_to(outside / 'sub')
+    (root / 'inner.mp4').symlink_to(root / 'a.mp4')  # inside the folder: fine
+    rows = [{'file': f, 'caption': f'clip {f}'} for f in ('a.mp4', 'link.mp4', 'inner.mp4')]
+    rows.append({'file': 'dirlink/s.mp4', 'caption': 'through a linked directory'})
+    (root / 'captions.jsonl').write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
+    c = _config(root, tmp_path / 'data')
+    c.data.allowed_licenses = ()
+    rec = record.for_config(c)
+    assert rec['clips'] == 2 and rec['skipped']['outside_folder'] == 1, rec

@@ -18,7 +18,9 @@ Each clip goes to the first (T, H, W) in `sizes` it can fill: at least
 (T - 1) * frame_stride + 1 frames and H x W pixels; it is centre-cropped to the
 H:W aspect, resized, and its first T (strided) frames kept. Files that cannot
 be used are skipped, never fatal: missing caption, unreadable (empty, not a
-video, truncated), too short, too small. Each is logged with its path, and the
+video, truncated), too short, too small, a symlink whose target lies outside the folder
+(symlinked directories are not entered). Two caption rows for one file are an error naming
+both lines (either would silently drop the other's credits). Each is logged with its path, and the
 counts and paths are stored in `builder.info.metadata["skipped"]`; the clips kept
 per size and split in `metadata["size_counts"]`.
 
@@ -60,7 +62,7 @@ SKIP_REASONS = (
     'unreadable',
     'too_short',
     'too_small',
-)
+)  # and 'outside_folder' (a symlink whose target lies outside the folder), only when it occurs
 CREDIT_FIELDS = ('creator', 'license', 'source')
 _VERSION = tfds.core.Version('1.0.0')
 
@@ -189,30 +191,41 @@ def filter_reason(rel: str, entry: dict, allowed_licenses, excluded: set[str]) -
 
 def read_captions(path: str) -> dict[str, dict[str, str]]:
     """{relative file: {"caption_en", "caption_es"[, "creator", "license", "source"]}} from a
-    .jsonl or .csv file (credit fields only where given)."""
+    .jsonl or .csv file (credit fields only where given). Two rows for one file are a
+    ValueError naming the captions file and both line numbers: keeping either would silently
+    drop the other's caption and credits from the data record."""
     entries: dict[str, dict[str, str]] = {}
-    rows: list[dict] = []
+    lines: dict[str, int] = {}  # file -> line of its row
+    rows: list[tuple[int, dict]] = []
     if path.endswith('.jsonl'):
         with open(path, encoding='utf-8') as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
-                    rows.append(json.loads(line))
+                    rows.append((n, json.loads(line)))
                 except json.JSONDecodeError as e:
                     logging.warning('%s:%d: skipping malformed caption line (%s)', path, n, e)
     elif path.endswith('.csv'):
         with open(path, encoding='utf-8', newline='') as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = [(reader.line_num, row) for row in reader]
     else:
         raise ValueError(f'Captions file {path!r} must end in .jsonl or .csv.')
-    for row in rows:
+    for n, row in rows:
         caption = str(row.get('caption') or '').strip() if isinstance(row, dict) else ''
         if not isinstance(row, dict) or not row.get('file') or not caption:
             logging.warning('%s: skipping caption row without file/caption: %r', path, row)
             continue
+        key = os.path.normpath(row['file'])
+        if key in lines:
+            raise ValueError(
+                f'{path}: lines {lines[key]} and {n} both describe {row["file"]!r}; keep one '
+                'row per video (merge their captions and credits).'
+            )
+        lines[key] = n
         credits = {k: str(row.get(k) or '').strip() for k in CREDIT_FIELDS}
-        entries[os.path.normpath(row['file'])] = {
+        entries[key] = {
             'caption_en': str(row['caption']).strip(),
             'caption_es': str(row.get('caption_es') or '').strip(),
             **{k: v for k, v in credits.items() if v},
@@ -281,16 +294,21 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
         del dl_manager
         c = self.builder_config
         folder = pathlib.Path(c.folder)
-        files = sorted(
-            str(p.relative_to(folder))
-            for p in folder.rglob('*')
-            if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
-        )
+        self._skipped = {reason: [] for reason in SKIP_REASONS}
+        inside = os.path.realpath(folder)
+        files = []
+        for p in sorted(folder.rglob('*')):  # rglob does not enter symlinked directories
+            if not (p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS):
+                continue
+            target = os.path.realpath(p)
+            if os.path.commonpath([target, inside]) != inside:  # a symlink out of the folder
+                self._skip('outside_folder', str(p), f'a symlink to {target}, outside {inside}')
+                continue
+            files.append(str(p.relative_to(folder)))
         captions = read_captions(c.captions)
         missing_files = sorted(set(captions) - {os.path.normpath(f) for f in files})
         for f in missing_files:
             logging.warning('caption for %s but no such video in %s', f, c.folder)
-        self._skipped = {reason: [] for reason in SKIP_REASONS}
         self._kept = {'train': 0, 'validation': 0}
         # clips per size of `sizes` and split (the pipeline weights its size buckets by them)
         self._size_counts = {'train': [0] * len(c.sizes), 'validation': [0] * len(c.sizes)}
@@ -320,7 +338,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
         return gens
 
     def _skip(self, reason: str, path: str, detail: str) -> None:
-        self._skipped[reason].append(path)
+        self._skipped.setdefault(reason, []).append(path)
         logging.warning('skipping %s (%s): %s', path, reason, detail)
 
     def _generate_examples(self, items, captions, split):
