@@ -14,8 +14,9 @@ Tensors stream from memory-mapped files one at a time and keep their dtype (bf16
 Fails with a ValueError listing any unmapped source key or unfilled parameter.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from sora_jax import cli
 from sora_jax.convert import wan
 
 FLAGS = flags.FLAGS
@@ -49,4 +50,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)  # one-line errors, documented exit statuses (docs/guarantees.md)

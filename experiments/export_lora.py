@@ -9,18 +9,23 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from sora_jax import cli  # noqa: E402
 
 flags.DEFINE_string('workdir', None, 'Workdir of a LoRA training run (config lora.rank > 0).')
 flags.DEFINE_string('out', None, 'Output .safetensors file.')
 flags.DEFINE_bool('ema', True, 'Export the EMA adapters (--noema: the raw ones).')
+flags.DEFINE_bool('overwrite', False, 'Replace --out if it exists.')
 flags.mark_flags_as_required(['workdir', 'out'])
 
 
 def main(argv):
     del argv
+    from sora_jax.io import outputs
     from sora_jax.train import lora as lora_train
 
+    outputs.check(flags.FLAGS.out, overwrite=flags.FLAGS.overwrite, formats=('.safetensors',))
     info = lora_train.export(flags.FLAGS.workdir, flags.FLAGS.out, ema=flags.FLAGS.ema)
     print(
         f'wrote {info["file"]}: {info["adapter_params"]:,} adapter params, '
@@ -31,4 +36,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)  # one-line errors, documented exit statuses (docs/guarantees.md)

@@ -25,6 +25,7 @@ host_memory.retain_freed_memory()  # before jax starts its threads: no page faul
 
 from absl import app, flags, logging  # noqa: E402
 
+from sora_jax import cli  # noqa: E402
 from sora_jax.io import compile_cache  # noqa: E402  (defines --compilation_cache)
 
 flags.DEFINE_string('checkpoint', None, 'VAE training workdir (holds checkpoints/).')
@@ -162,7 +163,8 @@ def main(argv):
     compile_cache.enable()
     from sora_jax.models import frozen_vae
 
-    vae = frozen_vae.load(FLAGS.checkpoint)
+    with cli.reading(f'checkpoint {FLAGS.checkpoint}', 'pass a VAE workdir or a bundle/vae'):
+        vae = frozen_vae.load(FLAGS.checkpoint)
     result = reconstruct_file(vae) if FLAGS.input else reconstruct_suite(vae)
     result.update(checkpoint=FLAGS.checkpoint, step=int(vae.step))
     if FLAGS.input:
@@ -182,4 +184,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)  # one-line errors, documented exit statuses (docs/guarantees.md)
