@@ -22,7 +22,7 @@ $(VENV)/.test: $(VENV)/.core setup.py
 	touch $@
 
 demo: $(VENV)/.core
-	$(PY) experiments/sample.py --checkpoint=checkpoints/shapes --prompt="$(PROMPT)" --out=$(OUT)
+	$(PY) experiments/sample.py --checkpoint=checkpoints/shapes --prompt="$(PROMPT)" --out=$(OUT) --overwrite
 
 test: $(VENV)/.test
 	$(PY) -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS) tests
