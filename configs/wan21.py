@@ -11,6 +11,9 @@ Args (`--config=configs/wan21.py:ARG`):
   tiny       a random tiny Wan (same layout, a few hundred KB) that the tests build with
              `tests/parity/wan_fixture.py:make_tiny_wan_folder` and convert; not a real model.
   tiny_i2v   the same, image-to-video (tests/parity/test_wan_i2v_parity.py).
+  t2v_14b,720p,v5p8   training recipe for 14B at 720x1280x81 on a v5p-8 (4 chips, one clip a
+             step); t2v_1.3b,720p,v5e8 for 1.3B at 720p on a v5e-8 (8 chips, 2 clips): see
+             _slice_recipe and docs/tpu_memory.md.
 Both real sizes share the UMT5-XXL text encoder (5,680,910,336 params) and the causal video VAE
 (126,892,531 params). Parameter counts are `DiTConfig.num_params()`, equal to diffusers'
 `WanTransformer3DModel` built on the meta device (tests/configs/test_configs_wan21.py).
@@ -73,6 +76,8 @@ _RESOLUTIONS = {'480p': (480, 832, 3.0), '720p': (720, 1280, 5.0)}  # -> (H, W, 
 def get_config(arg: str = 't2v_1.3b') -> mlc.ConfigDict:
     if arg.startswith('lora_'):  # lora_1.3b, lora_14b, lora_tiny: see _lora_config
         return _lora_config(arg)
+    if arg.count(',') == 2:  # t2v_14b,720p,v5p8 / t2v_1.3b,720p,v5e8: a slice's recipe
+        return _slice_recipe(arg)
     name, _, res = arg.partition(',')
     if name not in (*_SIZES, *_I2V, 'tiny', 'tiny_i2v'):
         raise ValueError(
@@ -192,6 +197,10 @@ def get_config(arg: str = 't2v_1.3b') -> mlc.ConfigDict:
     c.train.ema_decay = 0.999  # EMA of params
     c.train.param_dtype = 'float32'  # master weights when training (replaces model.param_dtype)
     c.train.remat = 'full'  # remat policy when training (replaces model.remat)
+    c.train.mu_dtype = ''  # AdamW first moment: '' (as the params) | bfloat16 (train/state.py)
+    c.train.nu_dtype = ''  # AdamW second moment: '' | bfloat16
+    c.train.ema = 'device'  # EMA of the params: device | host (pinned host memory) | off
+    c.train.optimizer_memory = 'device'  # AdamW moments between steps: device | host
     c.train.log_every = 50  # steps between logged scalars
     c.train.checkpoint_every = 500  # steps between checkpoints
 
@@ -322,4 +331,32 @@ def _lora_config(arg: str) -> mlc.ConfigDict:
         t.learning_rate, t.ema_decay, t.grad_clip = 3e-2, 0.0, 10.0
         t.log_every, t.checkpoint_every = 2, 2
         c.flow.text_dropout = 0.0
+    return c
+
+
+_SLICE_RECIPES = {  # arg -> (mesh.shape, train.batch_size, train.* memory options)
+    't2v_14b,720p,v5p8': ((1, 1, 1, 4), 1, dict(mu_dtype='bfloat16', ema='off')),
+    't2v_1.3b,720p,v5e8': ((1, 2, 1, 4), 2, dict(mu_dtype='bfloat16', ema='off')),
+}
+
+
+def _slice_recipe(arg: str) -> mlc.ConfigDict:
+    """A size trained on a named TPU slice with the cheapest train-state memory options that
+    leave >= 10% of HBM free (per-chip figures by experiments/aot.py in docs/tpu_memory.md):
+    parameters and optimizer state over every chip (fsdp x sequence), the clip's tokens over
+    the sequence axis, AdamW's first moment in bf16 and no EMA.
+
+      python experiments/aot.py --config=configs/wan21.py:t2v_14b,720p,v5p8 --topology=v5p-8 \
+          --task=train --num_frames=81 --height=720 --width=1280
+    """
+    if arg not in _SLICE_RECIPES:
+        raise ValueError(
+            f'configs/wan21.py: unknown arg {arg!r}; slice recipes: {sorted(_SLICE_RECIPES)}.'
+        )
+    mesh, batch, memory = _SLICE_RECIPES[arg]
+    c = get_config(arg.rpartition(',')[0])
+    c.mesh.shape = mesh
+    c.mesh.rules = (('embed', ('fsdp', 'sequence')),)
+    c.train.batch_size = batch
+    c.train.update(memory)
     return c

@@ -235,39 +235,58 @@ def _operands(rest: str) -> list[str]:
     return re.findall(r'%([\w.\-]+)', rest.split(')', 1)[0])
 
 
-def _fusion_io(lines: list[str]) -> tuple[dict[int, int | None], int | None]:
+def _fusion_io(comps: dict, name: str, memo: dict) -> tuple[dict[int, int | None], int | None]:
     """({parameter index: bytes read, or None for the whole operand}, bytes written or None for
-    the whole result) of a fused computation: parameters used only through slices read the
-    slices; the buffer a dynamic-update-slice root updates in place is neither read nor
-    rewritten (only the update is written)."""
+    the whole result) of the fused computation `name`: parameters used only through slices (also
+    inside nested fusions) read the slices; the buffer a dynamic-update-slice root updates in
+    place is neither read nor rewritten (only the update is written)."""
+    if name in memo:
+        return memo[name]
+    memo[name] = ({}, None)  # (no recursion into itself)
     shapes, params, uses = {}, {}, collections.defaultdict(list)
+    nested = {}  # instruction -> its fused computation
     root = None
-    for line in lines:
+    for line in comps[name]:
         op = _OP.match(line)
         if not op:
             continue
-        name = re.match(r'^\s*(?:ROOT )?%?([\w.\-]+) =', line).group(1)
-        shapes[name] = op.group(1)
+        iname = re.match(r'^\s*(?:ROOT )?%?([\w.\-]+) =', line).group(1)
+        shapes[iname] = op.group(1)
         if op.group(2) == 'parameter':
-            params[name] = int(re.match(r'(\d+)', op.group(3)).group(1))
+            params[iname] = int(re.match(r'(\d+)', op.group(3)).group(1))
+        if op.group(2) == 'fusion':
+            callee = re.search(r'calls=%?([\w.\-]+)', line)
+            if callee and callee.group(1) in comps:
+                nested[iname] = callee.group(1)
         for i, o in enumerate(_operands(op.group(3))):
-            uses[o].append((op.group(2), i, name))
+            uses[o].append((op.group(2), i, iname))
         if line.lstrip().startswith('ROOT'):
-            root = (op.group(2), _operands(op.group(3)), name)
+            root = (op.group(2), _operands(op.group(3)), iname)
     written = None
     in_place = set()
     if root and root[0] == 'dynamic-update-slice':
         in_place.add(root[1][0])
         written = _hbm_arrays(shapes.get(root[1][1], ''))
+
+    def sliced(kind: str, i: int, user: str) -> int | None:
+        """Bytes one use reads of its operand i, when it reads only a slice of it."""
+        if kind in _SLICES and i == 0:
+            return _hbm_arrays(shapes[user])
+        if kind == 'fusion' and user in nested:
+            return _fusion_io(comps, nested[user], memo)[0].get(i)
+        return None
+
     read = {}
     for pname, idx in params.items():
         u = uses.get(pname, [])
+        parts = [sliced(k, i, n) for k, i, n in u]
         if pname in in_place and all(k == 'dynamic-update-slice' and i == 0 for k, i, _ in u):
             read[idx] = 0
-        elif u and all(k in _SLICES and i == 0 for k, i, _ in u):
-            read[idx] = sum(_hbm_arrays(shapes[n]) for _, _, n in u)
+        elif u and all(p is not None for p in parts):
+            read[idx] = sum(parts)
         else:
             read[idx] = None
+    memo[name] = (read, written)
     return read, written
 
 
@@ -318,9 +337,7 @@ def hbm_traffic(text: str) -> HBMTraffic:
             if kind == 'fusion':
                 callee = re.search(r'calls=%?([\w.\-]+)', line)
                 if callee and callee.group(1) in comps:
-                    if callee.group(1) not in fused:
-                        fused[callee.group(1)] = _fusion_io(comps[callee.group(1)])
-                    read, written = fused[callee.group(1)]
+                    read, written = _fusion_io(comps, callee.group(1), fused)
                     reads = [r if read.get(i) is None else read[i] for i, r in enumerate(reads)]
                     write = write if written is None else written
             b = m * (sum(reads) + write)

@@ -17,6 +17,7 @@ from sora_jax.aot import report as report_lib
 from sora_jax.aot import topology
 from sora_jax.models import attention_kernels
 from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.train import state as state_lib
 
 
 def check(
@@ -87,4 +88,7 @@ def check(
     if task == 'train':
         rep['remat'] = model.get('remat')
         rep['param_dtype'] = model.get('param_dtype')
+        rep['train_memory'] = {  # train/state.py's memory options
+            k: config.train.get(k, d) for k, d in state_lib.MEMORY_DEFAULTS.items()
+        }
     return rep

@@ -111,6 +111,21 @@ ROWS['14b_720p_train_v5p-64_chunked'] = (
     ['--config.model.attention=chunked'],
 )
 ROWS['vae_720p_decode_v5p-8'] = ('t2v_14b,720p', 'decode', R720, 'v5p-8', [(M(1, 1, 1, 4), 1)])
+# configs/wan21.py's slice recipes: bf16 first moment, no EMA, params over fsdp x sequence
+ROWS['14b_720p_train_v5p-8_recipe'] = (
+    't2v_14b,720p,v5p8',
+    'train',
+    R720,
+    'v5p-8',
+    [(M(1, 1, 1, 4), 1)],
+)
+ROWS['1.3b_720p_train_v5e-8_recipe'] = (
+    't2v_1.3b,720p,v5e8',
+    'train',
+    R720,
+    'v5e-8',
+    [(M(1, 2, 1, 4), 2)],
+)
 PRIORITY = [
     '14b_720p_train_v5p-64',
     '14b_480p_train_v5p-64',
@@ -184,6 +199,14 @@ def run_row(name, out, force):
     print(f'  -> {name}: fits={best.get("fits")} headroom={best.get("headroom")}', flush=True)
 
 
+def _terms(roof: dict) -> str:
+    """The roofline's terms (aot/report.py); rows compiled before the HBM term show '-' for it."""
+    if not roof:
+        return '-'
+    hbm = f'{roof["hbm_s"]:.2f}' if 'hbm_s' in roof else '-'
+    return f'{roof["compute_s"]:.2f} / {hbm} / {roof["ici_s"]:.2f}'
+
+
 def table(out):
     """Writes <out>/table.md from the rows' JSON reports (and prints it)."""
     rows = []
@@ -220,6 +243,7 @@ def table(out):
                     ('yes' if r.get('fits') else 'no'),
                     f'{cb:.1f}' if cb is not None else '-',
                     f'{roof["step_s"]:.2f}' if roof else '-',
+                    _terms(roof),
                     f'{100 * roof["mfu"]:.0f}%' if roof else '-',
                 ]
             )
@@ -227,8 +251,9 @@ def table(out):
         )
     head = (
         '| row | slice | mesh (d,f,t,s) | batch | attention | remat | GiB per chip (total / HBM) '
-        '| fits | collective GiB per step | roofline s/step (estimate) | MFU bound (estimate) |\n'
-        '|---|---|---|---|---|---|---|---|---|---|---|\n'
+        '| fits | collective GiB per step | roofline s/step (estimate) | compute / HBM / ICI s '
+        '| MFU at the estimate |\n'
+        '|---|---|---|---|---|---|---|---|---|---|---|---|\n'
     )
     with open(os.path.join(out, 'table.md'), 'w') as f:
         f.write(head + '\n'.join(rows) + '\n')

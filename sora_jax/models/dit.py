@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from sora_jax.models import attention as attn_lib
 from sora_jax.models import layers, rope
@@ -32,6 +33,14 @@ REMAT_POLICIES = {
     'full': jax.checkpoint_policies.nothing_saveable,
     'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     'dots_all': jax.checkpoint_policies.checkpoint_dots,
+    # 'full', with each block's input (the residual stream the backward pass recomputes the block
+    # from) kept in pinned host memory instead of HBM (MaxDiffusion's HIDDEN_STATE_WITH_OFFLOAD)
+    'offload': jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[],
+        names_which_can_be_offloaded=['block_input'],
+        offload_src='device',
+        offload_dst='pinned_host',
+    ),
 }
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -522,6 +531,7 @@ class DiT(nnx.Module):
 
         def body(carry, xs):
             block_state, flag = xs
+            carry = checkpoint_name(carry, 'block_input')  # what remat 'offload' keeps on the host
             block = nnx.merge(gdef, block_state)
             out = block(carry, ctx, ctx_mask, temb6, angles, img)
             return (out if flag is None else jnp.where(flag, carry, out)), None

@@ -30,6 +30,7 @@ from flax import struct
 EMA_MODES = ('device', 'host', 'off')
 MEMORIES = ('device', 'host')
 MOMENT_DTYPES = ('', 'float32', 'bfloat16')  # '': as the params (optax's default)
+MEMORY_DEFAULTS = dict(mu_dtype='', nu_dtype='', ema='device', optimizer_memory='device')
 
 
 @struct.dataclass
@@ -52,11 +53,11 @@ class TrainState:
 
 
 def ema_mode(cfg) -> str:
-    return str(cfg.train.get('ema', 'device'))
+    return str(cfg.train.get('ema', MEMORY_DEFAULTS['ema']))
 
 
 def optimizer_memory(cfg) -> str:
-    return str(cfg.train.get('optimizer_memory', 'device'))
+    return str(cfg.train.get('optimizer_memory', MEMORY_DEFAULTS['optimizer_memory']))
 
 
 def create(

@@ -99,6 +99,7 @@ def validate_config(config) -> None:
             t.batch_size,
             f'must be divisible by train.grad_accum_steps={t.grad_accum_steps}.',
         )
+    _check_memory_options(t)
     if not 0.0 <= t.ema_decay < 1.0:
         raise _err('train.ema_decay', t.ema_decay, 'must be in [0, 1).')
     if not t.learning_rate > 0:
@@ -140,6 +141,32 @@ def validate_config(config) -> None:
         _check_sizes(config)
     elif 'vae' in config:
         _check_vae_sizes(config)
+
+
+def _check_memory_options(t) -> None:
+    """train.mu_dtype / nu_dtype / ema / optimizer_memory (`train/state.py`)."""
+    from sora_jax.train import state as state_lib
+
+    for key in ('mu_dtype', 'nu_dtype'):
+        v = t.get(key, '')
+        if v not in state_lib.MOMENT_DTYPES:
+            raise _err(
+                f'train.{key}',
+                v,
+                "use 'bfloat16' (2 bytes a parameter) or '' / 'float32' (as the params).",
+            )
+    if t.get('ema', 'device') not in state_lib.EMA_MODES:
+        raise _err(
+            'train.ema',
+            t.ema,
+            "use 'device', 'host' or 'off' (EMA in HBM, in pinned host memory, or none).",
+        )
+    if t.get('optimizer_memory', 'device') not in state_lib.MEMORIES:
+        raise _err(
+            'train.optimizer_memory',
+            t.optimizer_memory,
+            "use 'device' or 'host' (AdamW moments in HBM or in pinned host memory).",
+        )
 
 
 def _check_dtypes(config) -> None:

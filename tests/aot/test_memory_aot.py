@@ -1,0 +1,131 @@
+"""The train-state memory options compiled for a 4-chip TPU slice (v5p-8) on the tiny Wan config,
+and the HBM-traffic count the roofline uses (`aot/hlo.hbm_traffic`, `aot/report`)."""
+
+import importlib.util
+import os
+
+import pytest
+
+from sora_jax.aot import hlo, report, run
+
+pytest.importorskip('libtpu', reason='libtpu is in the [test] extra')
+
+_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan21.py')
+_spec = importlib.util.spec_from_file_location('wan21_config_memory_aot', _PATH)
+wan21 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(wan21)
+
+
+@pytest.mark.parametrize(
+    'train',
+    [
+        dict(
+            mu_dtype='bfloat16',
+            nu_dtype='bfloat16',
+            ema='host',
+            optimizer_memory='host',
+            remat='offload',
+        ),
+        dict(mu_dtype='bfloat16', ema='off', param_dtype='bfloat16'),
+    ],
+    ids=['host_offloads', 'smaller_state'],
+)
+def test_memory_options_compile_for_v5p(train):
+    c = wan21.get_config('tiny')
+    c.mesh.shape = (1, 4, 1, 1)
+    c.train.update(train)
+    rep = run.check(c, 'v5p-8', 'train', num_frames=5, height=32, width=32, batch_size=4)
+    assert rep['fits'] and rep['chips'] == 4
+    mem, n = rep['memory_bytes'], rep['params']
+    bf16_master = train.get('param_dtype') == 'bfloat16'
+    # per chip: params (4 or 2 bytes), moments (2 + 2 | 2 + 4 bytes), EMA (4 | 0), sharded 4 ways
+    params = (2 if bf16_master else 4) * n / 4
+    moments = (2 + (2 if train.get('nu_dtype') else 4)) * n / 4
+    if train.get('ema') == 'host':
+        # the HBM holds the params (and the batch); EMA and moments are in pinned host memory
+        assert mem['argument'] < params + 0.1 * moments
+        assert mem['host'] >= 0.9 * (moments + 4 * n / 4)
+        # both cross the host link twice a step, and the blocks' inputs go out and come back
+        assert rep['hbm']['host_bytes'] >= 2 * 0.9 * (moments + 4 * n / 4)
+        assert rep['hbm']['host_copies'] > 0
+    else:
+        assert params + moments <= mem['argument'] < 1.1 * (params + moments) + 2**20
+        assert mem['host'] == 0 and rep['hbm']['host_bytes'] == 0
+    r = rep['roofline']
+    assert r['step_s'] == max(r['compute_s'], r['hbm_s'], r['ici_s'], r['host_s'])
+    assert r['hbm_s'] > 0 and rep['hbm']['bytes'] > 0
+
+
+_HLO = """HloModule m
+
+%cond (p: (s32[], f32[4,8], f32[4,8])) -> pred[] {
+  %p = (s32[], f32[4,8], f32[4,8]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[] constant(4)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+%slice_fusion (param_0: f32[4,8], param_1: s32[]) -> f32[1,8] {
+  %param_0 = f32[4,8]{1,0} parameter(0)
+  %param_1 = s32[] parameter(1)
+  %z = s32[] constant(0)
+  ROOT %ds = f32[1,8]{1,0} dynamic-slice(%param_0, %param_1, %z), dynamic_slice_sizes={1,8}
+}
+
+%update_fusion (param_0: f32[4,8], param_1: f32[1,8], param_2: s32[]) -> f32[4,8] {
+  %param_0 = f32[4,8]{1,0} parameter(0)
+  %param_1 = f32[1,8]{1,0} parameter(1)
+  %param_2 = s32[] parameter(2)
+  %z = s32[] constant(0)
+  ROOT %dus = f32[4,8]{1,0} dynamic-update-slice(%param_0, %param_1, %param_2, %z)
+}
+
+%body (p: (s32[], f32[4,8], f32[4,8])) -> (s32[], f32[4,8], f32[4,8]) {
+  %p = (s32[], f32[4,8], f32[4,8]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %w = f32[4,8]{1,0} get-tuple-element(%p), index=1
+  %acc = f32[4,8]{1,0} get-tuple-element(%p), index=2
+  %row = f32[1,8]{1,0} fusion(%w, %i), kind=kLoop, calls=%slice_fusion
+  %acc2 = f32[4,8]{1,0} fusion(%acc, %row, %i), kind=kLoop, calls=%update_fusion
+  ROOT %t = (s32[], f32[4,8], f32[4,8]) tuple(%i, %w, %acc2)
+}
+
+ENTRY %main (a: f32[4,8], b: f32[4,8]) -> f32[4,8] {
+  %a = f32[4,8]{1,0} parameter(0)
+  %b = f32[4,8]{1,0:S(5)} parameter(1)
+  %cs = (f32[4,8]{1,0}, f32[4,8]{1,0:S(5)}, u32[]{:S(2)}) copy-start(%b)
+  %cd = f32[4,8]{1,0} copy-done(%cs)
+  %t0 = (s32[], f32[4,8], f32[4,8]) tuple(%a, %a, %cd)
+  %loop = (s32[], f32[4,8], f32[4,8]) while(%t0), condition=%cond, body=%body
+  %out = f32[4,8]{1,0} get-tuple-element(%loop), index=2
+  ROOT %e = f32[4,8]{1,0} exponential(%out)
+}
+"""
+
+
+def test_hbm_traffic_counts_slices_in_place_updates_and_trips():
+    t = hlo.hbm_traffic(_HLO)
+    row = 8 * 4  # one f32[1,8] row
+    # each of 4 trips: the slice fusion reads one row (not the [4,8] stack) and writes it; the
+    # update fusion reads the row and writes it in place (the [4,8] buffer is not re-read); both
+    # read the s32 loop index
+    assert t.by_op['fusion'] == 4 * (2 * row + 2 * row + 2 * 4)
+    assert t.by_op['exponential'] == 2 * 4 * row  # outside the loop: once
+    assert t.host == 4 * row and t.host_copies == 1  # the copy from pinned host memory
+    assert t.kernel == 0
+    assert t.total == sum(t.by_op.values())
+
+
+def test_splash_bytes_count_tile_rereads():
+    """The forward re-reads K and V once per query tile: doubling the tokens quadruples that
+    part; a training step with remat is forward twice + backward."""
+    m = dict(dim=256, num_heads=2, depth=3, remat='full')
+    f1 = report.splash_hbm_bytes(m, 4096, 1, 0, train=False, block=512)
+    f2 = report.splash_hbm_bytes(m, 8192, 1, 0, train=False, block=512)
+    d, heads, depth = 128, 2, 3
+    kv = lambda n: 2 * 2 * d * n * (n // 512)  # bf16 k and v, once per query tile
+    io = lambda n: 2 * 2 * d * n  # q read, o written
+    assert f1 == pytest.approx(heads * depth * (kv(4096) + io(4096)))
+    assert f2 - heads * depth * io(8192) == pytest.approx(4 * (f1 - heads * depth * io(4096)))
+    tr = report.splash_hbm_bytes(m, 4096, 1, 0, train=True, block=512)
+    assert tr > 3 * f1
