@@ -168,3 +168,28 @@ def test_mp4_run_writes_only_the_named_file(tmp_path):
     from sora_jax.safety import provenance
 
     assert provenance.read(str(tmp_path / 'clip.gif'))['valid']
+
+
+def test_nan_checkpoint_is_an_error_not_a_black_video(tmp_path):
+    """A checkpoint whose weights hold NaN (a corrupted array file) is refused on load, one line
+    (status 5), nothing written or signed."""
+    import jax
+
+    from configs import shapes as shapes_config
+    from sora_jax.parallel import mesh as mesh_lib
+    from sora_jax.train import checkpoint as ckpt
+    from sora_jax.train import loop
+    from sora_jax.train.objectives import flow as flow_objective
+
+    c = shapes_config.get_config('tiny')
+    mesh = mesh_lib.make_mesh((1, 1, 1, 1), devices=jax.devices()[:1])
+    _, state, *_ = loop.init_state(c, mesh, mesh_lib.rules_dict(), flow_objective)
+    leaves, tree = jax.tree.flatten(state.ema_params)
+    leaves[0] = leaves[0].at[0].set(float('nan'))
+    state = state.replace(ema_params=jax.tree.unflatten(tree, leaves))
+    mngr = ckpt.manager(tmp_path / 'run' / 'checkpoints', async_save=False)
+    ckpt.save(mngr, 1, state, config=c)
+    out = tmp_path / 'a.png'
+    r = _run(['--mode=t2i', f'--out={out}', f'--checkpoint={tmp_path / "run"}'], tmp_path)
+    _one_error(r, 5, f'cannot read checkpoint {tmp_path / "run"}')
+    assert 'NaN' in r.stderr and not out.exists()
