@@ -27,7 +27,9 @@ shapes, elastic walls, gravity along rows, a grey bar that hides objects), never
 5. Motion and physics from the clean box centres, per axis: turning points (zigzag, 0.8 px) split
    the track into segments. Rows fit either straight segments or parabolas split at the floor
    only; parabolas with gravity > `GRAVITY_MIN` px/frame^2 that fit better mean falling. At rest:
-   within `STILL_TOL` px; any turning point: bouncing; else moving, named by the dominant axis.
+   within `STILL_TOL` px; any turning point, or a diagonal run (the smaller displacement
+   component >= `DIAGONAL` x the larger; moving objects move along an axis): bouncing; else
+   moving, named by the dominant axis.
    Physics holds when every segment fits within `FIT_RMS` px, speeds agree within `SPEED_TOL`
    (relative) across every bounce and between the halves of a straight run, every bounce is at a
    wall (the segments' crossing within `WALL_TOL` px of it) with the normal velocity reversed,
@@ -63,6 +65,7 @@ FILL_TRIANGLE = 0.64  # box fill below: triangle (0.5)
 STILL_TOL = 1.0  # px: every clean centre within this of the median: at rest
 TURN = 0.8  # px: a reversal larger than this is a turning point
 FIT_RMS = 0.5  # px: residual of a segment's line / parabola fit
+DIAGONAL = 0.3  # a straight run whose smaller component is this much of the larger: bouncing
 SPEED_TOL = 0.2  # relative: speed kept across a bounce and along a run
 WALL_TOL = 1.5  # px: a bounce's crossing point from the wall
 GRAVITY_MIN = 0.06  # px/frame^2: less is no gravity
@@ -133,6 +136,7 @@ class ClipVerdict:
     physics: bool
     permanence: bool | None  # None: nothing went behind the occluder
     passages: int  # hidden passages seen (joined or failed)
+    passages_failed: int  # of those, the ones that broke permanence
     stability: bool
     flicker: float
     problems: tuple[str, ...]
@@ -370,8 +374,8 @@ def _merge_passages(tracks: list[Track], t: int, h: int, w: int, occ) -> tuple[l
                 pred = _predict(src, blob.frame, half, occ, h, w)
                 if pred is not None:
                     e = min(e, float(np.linalg.norm(pred - _completed(blob, half, occ))))
-            if e < err:
-                best, err = b, e
+            if e < MERGE_GATE and (best is None or (b.start, e) < (best.start, err)):
+                best, err = b, e  # the first to come out where the motion says
         if best is not None:
             k = len(a.blobs)
             a.blobs += best.blobs
@@ -511,6 +515,8 @@ def _motion_and_physics(tr: Track, h: int, w: int) -> None:
         tr.motion = 'falling'
     elif _turns(x[:, 0]) or _turns(x[:, 1]):
         tr.motion = 'bouncing'
+    elif (lambda d: np.abs(d).min() >= DIAGONAL * np.abs(d).max())(x[-1] - x[0]):
+        tr.motion = 'bouncing'  # a diagonal run: this world's bouncing between two bounces
     else:
         d = x[-1] - x[0]
         ax = int(np.argmax(np.abs(d)))
@@ -632,6 +638,7 @@ def judge_clip(frames, prompt: Any) -> ClipVerdict:
         physics=physics,
         permanence=(not perm) if passages else None,
         passages=len(passages),
+        passages_failed=len(perm),
         stability=stability,
         flicker=flicker,
         problems=tuple(problems),

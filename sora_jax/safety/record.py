@@ -100,14 +100,14 @@ def _for_data(config, sources) -> dict:
     name = str(config.data.get('name', 'shapes'))
     if name in ('folder', 'video_folder'):
         return _for_folder(config.data, sources)
-    if name != 'shapes':
+    if name not in ('shapes', 'world'):
         raise ValueError(
-            f"config.data.name={name!r}: no data record for it; use 'shapes' or 'folder'."
+            f"config.data.name={name!r}: no data record for it; use 'shapes', 'world' or 'folder'."
         )
     from sora_jax.data import shapes
 
     return build(
-        f'shapes (synthetic, sora_jax.data.shapes, seed {config.get("seed", 0)})',
+        f'{name} (synthetic, sora_jax.data.{name}, seed {config.get("seed", 0)})',
         version=getattr(shapes, 'VERSION', '1'),
         clips=[],
         synthetic=True,

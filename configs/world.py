@@ -1,0 +1,186 @@
+"""The world family: a video VAE that compresses time and space, and a DiT on its latents, trained
+on the physics world (sora_jax/data/world.py: one or two objects moving, bouncing, falling or
+resting, an occluder, 33 frames of 64x64; docs/world.md).
+
+Args (`--config=configs/world.py:ARG`):
+  vae_image  stage 1: the causal VAE (8x space, 16 latent channels) on single frames of the world
+             (a causal VAE codes frame 0 alone: an image is a 1-frame video, 1/33 of a clip).
+  vae        stage 2: stage 1 inflated to video (past-frame taps start at 0) with 4x time: clips
+             of 17 frames (1 + 4k, so it codes 33) plus 25% single frames.
+  dit        stage 3: byte text encoder + DiT on the stage-2 VAE's latents of 33-frame clips:
+             [9, 8, 8, 16] latents, (1, 2, 2) patches -> 144 tokens.
+  dit_long   stage 4: `dit` trained on from its last step (fresh schedule, lower peak).
+  tiny_vae, tiny   tiny and fast: what tests/train/test_world_train.py trains.
+
+Why 4x time and 8x space (Wan 2.1's factors): a 33x64x64 clip becomes 9x8x8 latents (x16
+channels, 48x fewer numbers than pixels) and, in (1, 2, 2) patches, 144 tokens: attention over
+144 tokens costs about what the shapes DiT pays for 64-128, so a DiT step of 32 clips fits a CPU
+budget. 4x space with (1, 4, 4) patches gives the same tokens but a 4x larger latent cache and a
+DiT patch embedding that must do the VAE's work; 2x time doubles the tokens (272). The objects
+are 9-13 px across: 8x space leaves them 1-2 latent pixels, which 16 channels can describe (one
+colour, one of three shapes, a sub-pixel position). 4x time is the risky factor: the shapes
+family's 4x-time VAE reached only 20.9 dB in 600 steps at 32x32 (configs/shapes.py), so here
+the spatial code is learnt first on frames (stage 1) and time is added by inflation (stage 2),
+and stage 2 gets the larger share of the VAE's time.
+
+The planned recipe on 2 CPU cores (about 8 hours in four stages; each stage checkpoints every
+250 steps and resumes exactly when its command is run again):
+  python experiments/train.py --config=configs/world.py:vae_image --workdir=workdirs/world_vae_image
+  python experiments/train.py --config=configs/world.py:vae --workdir=workdirs/world_vae
+  python experiments/train.py --config=configs/world.py:dit --workdir=workdirs/world_dit
+  python experiments/train.py --config=configs/world.py:dit_long --workdir=workdirs/world_dit_long
+  python experiments/export.py --dit=workdirs/world_dit_long --dst=checkpoints/world
+Budgets per stage (from step times measured with a few steps, docs/world.md): in each stage
+function's docstring below. Not trained yet: the results go to docs/world.md when they exist.
+"""
+
+import os
+
+import ml_collections as mlc
+
+from sora_jax import config_files
+
+# The shared base (data / text / model / flow / train / mesh / sample sections): configs/shapes.py
+# by path, as --config=configs/world.py loads us.
+shapes = config_files.load_module(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'shapes.py')
+)
+
+# Eval prompts for the fixed-prompt previews: one and two objects, en and es.
+EVAL_PROMPTS = (
+    'a red circle bouncing and a blue square falling',
+    'un círculo rojo rebotando y un cuadrado azul cayendo',
+    'a green triangle moving to the right, behind a grey vertical bar',
+    'a yellow square falling',
+)
+
+
+def get_config(arg: str = 'dit') -> mlc.ConfigDict:
+    if arg in ('vae_image', 'vae', 'tiny_vae'):
+        c = shapes.get_config('tiny_vae')
+        _world_data(c)
+        _vae(c, arg)
+    elif arg in ('dit', 'dit_long', 'tiny'):
+        c = shapes.get_config('dit_pixel')  # the unmodified base of the shapes family
+        _world_data(c)
+        _dit(c, arg)
+    else:
+        raise ValueError(
+            f'configs/world.py: unknown arg {arg!r}; use vae_image, vae, dit, dit_long, tiny or '
+            'tiny_vae.'
+        )
+    return c
+
+
+def _world_data(c: mlc.ConfigDict) -> None:
+    d = c.data
+    for key in ('holdout', 'max_objects', 'backgrounds', 'size_scale'):  # shapes-only knobs
+        del d[key]
+    d.name = 'world'  # sora_jax/data/builders/world.py
+    d.num_frames, d.height, d.width = 33, 64, 64  # T, H, W (used when data.sizes is empty)
+    d.sizes = ((33, 64, 64),)  # (T, H, W) buckets, cut from 33-frame scenes
+    d.size_weights = ()  # relative frequency of each bucket
+    d.num_objects = (1, 2)  # object counts drawn from
+    d.occluder_prob = 0.4  # chance of a grey bar the objects pass behind
+    d.split_seed = 0  # world.holdout_split(split_seed): held-out pairs and combinations
+    d.num_train = 8192  # train clips
+    d.num_validation = 64  # validation clips (training distribution, another stream)
+
+
+def _vae(c: mlc.ConfigDict, arg: str) -> None:
+    """The world VAE: 4x time (two of three levels halve time), 8x space, 16 channels.
+
+    vae_image: 1,500 steps of 16 single frames. Measured 0.9 s/step with a few steps on a loaded
+    machine (docs/world.md) -> about 25 min; budget 45 min.
+    vae: 2,500 steps of 4 clips of 17 frames (25% single frames), warm-started from vae_image.
+    Measured 2.7 s/step -> about 1 h 55 min; budget 2 h."""
+    v = c.vae
+    v.base_dim = 24  # channels of the first level
+    v.z_dim = 16  # latent channels
+    v.dim_mult = (1, 2, 4, 4)  # per level; 3 downsamplings -> 8x space
+    v.temperal_downsample = (False, True, True)  # as Wan 2.1: the last two halve time -> 4x
+    v.num_res_blocks = 1
+    v.sample_posterior = False  # deterministic latent (see configs/shapes.py:_shipped_vae)
+    c.train.ema_decay = 0.995
+    c.train.checkpoint_every = 250
+    c.train.keep_checkpoints = 2
+    c.train.eval_every = 0
+    c.data.num_validation = 32
+    if arg == 'vae_image':
+        c.data.sizes = ((1, 64, 64),)
+        c.data.num_train = 8192
+        c.train.batch_size = 16
+        c.train.num_steps = 1500
+        c.train.learning_rate = 2e-3
+        c.train.warmup_steps = 100
+    elif arg == 'vae':
+        c.train.init_from = 'workdirs/world_vae_image'
+        c.train.init_from_ema = False
+        v.inflate_from_image = True
+        c.data.sizes = ((17, 64, 64), (1, 64, 64))
+        c.data.size_weights = (0.75, 0.25)
+        c.data.num_train = 4096
+        c.train.batch_size = 4
+        c.train.num_steps = 2500
+        c.train.learning_rate = 5e-4
+        c.train.warmup_steps = 100
+    else:  # tiny_vae: the same layout, narrow, on 5-frame clips
+        v.base_dim, v.z_dim = 4, 4
+        c.data.sizes = ((5, 64, 64),)
+        c.data.num_train, c.data.num_validation = 8, 2
+        c.train.num_steps, c.train.batch_size, c.train.warmup_steps = 4, 2, 1
+        c.train.learning_rate = 3e-3
+        c.train.log_every, c.train.checkpoint_every = 1, 2
+
+
+def _dit(c: mlc.ConfigDict, arg: str) -> None:
+    """The world DiT on the stage-2 VAE's latents: 144 tokens per 33-frame clip.
+
+    dit: 6,000 steps of 32 clips. Measured 2.0 s/step with a few steps (random latents of the
+    real shapes; docs/world.md) -> about 3 h 20 min, plus about 10 min to render and encode the
+    8,192 clips; budget 3 h 40 min.
+    dit_long: 2,000 more steps from dit's last (fresh schedule, peak 3e-4) -> about 1 h 10 min;
+    budget 1 h 20 min."""
+    c.autoencoder = 'workdirs/world_vae'
+    c.latent_channels = 16  # = vae.z_dim
+    c.text.max_length = 128  # two objects and a bar: captions are <= 120 bytes
+    c.text.position = 'rope'
+    c.model.patch_size = (1, 2, 2)
+    c.model.dim, c.model.num_heads, c.model.ffn_dim, c.model.depth = 256, 4, 1024, 8
+    c.model.pooled_text = True
+    c.model.zero_init = True
+    c.flow.timestep_sampling = 'uniform'
+    c.flow.shift = 3.0
+    c.sample.shift = 3.0
+    c.sample.num_frames, c.sample.height, c.sample.width = 33, 64, 64
+    c.sample.fps = 16
+    c.sample.display_scale = 2
+    c.train.eval_prompts = EVAL_PROMPTS
+    c.train.eval_num_videos = len(EVAL_PROMPTS)
+    c.train.eval_every = 0
+    c.train.batch_size = 32
+    c.train.learning_rate = 6e-4
+    c.train.warmup_steps = 200
+    c.train.ema_decay = 0.998
+    c.train.checkpoint_every = 250
+    c.train.keep_checkpoints = 2
+    c.train.num_steps = 6000
+    if arg == 'dit_long':
+        c.train.init_from = 'workdirs/world_dit'
+        c.train.num_steps = 2000
+        c.train.learning_rate = 3e-4
+        c.train.warmup_steps = 50
+    elif arg == 'tiny':  # pixel space, tiny model, 5-frame clips
+        c.autoencoder = 'none'
+        c.latent_channels = 3
+        c.data.sizes = ((5, 64, 64),)
+        c.data.num_train, c.data.num_validation = 8, 2
+        c.model.patch_size = (1, 8, 8)
+        c.text.dim, c.text.depth = 32, 1
+        c.model.dim, c.model.num_heads, c.model.ffn_dim, c.model.depth = 32, 2, 64, 2
+        c.model.text_dim = 32
+        c.train.num_steps, c.train.batch_size, c.train.warmup_steps = 4, 2, 1
+        c.train.learning_rate = 3e-3
+        c.train.log_every, c.train.checkpoint_every = 1, 2
+        c.train.eval_num_videos, c.train.eval_prompts = 0, ()
+        c.sample.num_frames, c.sample.steps = 5, 2
