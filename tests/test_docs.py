@@ -82,7 +82,8 @@ def _all_commands():
 
 @pytest.fixture(scope='module')
 def script_flags():
-    """Script name -> the flag names its --helpfull lists (all modules' flags; `noX` for bools)."""
+    """Script name -> the flag names its --helpfull lists (all modules' flags; `noX` for bools),
+    or [the last line of its output] when it fails before printing them."""
     names = sorted({s for _, s, _ in _all_commands()})
     names = [n for n in names if os.path.isfile(os.path.join(ROOT, 'experiments', f'{n}.py'))]
     env = dict(os.environ, JAX_PLATFORMS='cpu')
@@ -101,6 +102,8 @@ def script_flags():
             flags.add(flag)
             if no:
                 flags.add('no' + flag)
+        if 'helpfull' not in flags:  # the script failed before absl printed its help
+            return name, (r.stdout + r.stderr).strip().splitlines()[-1:] or ['no output']
         return name, flags
 
     with ThreadPoolExecutor(4) as pool:
@@ -140,6 +143,9 @@ def test_scripts_accept_their_flags(script_flags, load_config):
                 bad.append(f'{rel}: experiments/{script}.py does not exist')
                 continue
             accepted = script_flags[script]
+            if isinstance(accepted, list):
+                bad.append(f'{rel}: experiments/{script}.py --helpfull failed: {accepted[0]}')
+                continue
             own = [a.split('=', 1)[1] for a in args if a.startswith('--config=')]
             for a in args:
                 if not a.startswith('--') or a == '--':
