@@ -8,6 +8,9 @@ import pytest
 from sora_jax.data import shapes
 from sora_jax.safety import robustness
 from sora_jax.safety import watermark as wm
+from sora_jax.safety import watermark_code as wm_code
+from sora_jax.safety import watermark_embed as wm_embed
+from sora_jax.safety import watermark_layout as wm_layout
 
 MID, KEY = 0xBEEF, 4242
 
@@ -52,11 +55,11 @@ def test_budget_is_per_video():
     assert min(frames) >= 40.1 - 20 * np.log10(wm.FRAME_OVER) - 0.05
     cap = wm.MAX_RMS
     need = np.array([0.5, 0.9, 1.1, 1.2, 1.25, 1.25]) * cap
-    c = wm._frame_caps(need)
+    c = wm_embed.frame_cap(need)
     assert 1.0 * cap < c < 1.25 * cap
     np.testing.assert_allclose(np.mean(np.minimum(need, c) ** 2), cap**2)
-    assert wm._frame_caps(need * 0.5) == cap * wm.FRAME_OVER  # nothing binds
-    assert wm._frame_caps(np.full(4, 3.0) * cap) == pytest.approx(cap)  # all need more: the cap
+    assert wm_embed.frame_cap(need * 0.5) == cap * wm.FRAME_OVER  # nothing binds
+    assert wm_embed.frame_cap(np.full(4, 3.0) * cap) == pytest.approx(cap)  # all need more: the cap
 
 
 def test_change_is_along_the_luma_weights():
@@ -64,7 +67,7 @@ def test_change_is_along_the_luma_weights():
     to R, G and B would (ratio 1.0): it is made along (0.299, 0.587, 0.114)."""
     for clip in (robustness.natural_clip(0)[:4], _shapes(0)[:4]):
         d = wm.embed(clip, MID, KEY).astype(np.float64) - clip
-        ratio = np.sqrt(np.mean(wm._luma(d) ** 2) / np.mean(d**2))
+        ratio = np.sqrt(np.mean(wm_layout.luma(d) ** 2) / np.mean(d**2))
         per_channel = np.abs(d).reshape(-1, 3).mean(0)
         print(f'\nluma per unit RMS {ratio:.3f}, mean |change| R G B {per_channel.round(2)}')
         assert 1.12 <= ratio <= 1.16
@@ -145,9 +148,9 @@ def test_t2i_image_written_as_png(tmp_path):
 def test_fast_analysis_matches_pywt_dct():
     """The detector's separable matrices equal the Haar-LL + DCT analysis the embedder uses."""
     x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64))
-    a = wm._ll_dct_matrix()
-    fast = (a @ x @ a.T).reshape(2, -1)[:, wm._layout()[0]]
-    np.testing.assert_allclose(fast, wm._analysis(x), atol=1e-9)
+    a = wm_layout.ll_dct_matrix()
+    fast = (a @ x @ a.T).reshape(2, -1)[:, wm_layout.layout()[0]]
+    np.testing.assert_allclose(fast, wm_layout.analysis(x), atol=1e-9)
 
 
 def test_cheapest_flips_in_cost_order():
@@ -157,7 +160,7 @@ def test_cheapest_flips_in_cost_order():
     w = np.sort(np.random.default_rng(1).uniform(0, 1, 12))
     every = [c for k in range(wm.LIST_FLIPS + 1) for c in itertools.combinations(range(12), k)]
     brute = sorted(w[list(c)].sum() for c in every)
-    got = wm._cheapest_flips(w, 300)
+    got = wm_code.cheapest_flips(w, 300)
     assert len(got) == len(set(got)) == 300 and got[0] == ()
     assert max(len(c) for c in got) == wm.LIST_FLIPS
     np.testing.assert_allclose([w[list(c)].sum() for c in got], brute[:300], atol=1e-12)
@@ -171,7 +174,7 @@ def test_list_decoder_flips_a_cheap_bit_outside_the_least_reliable_few():
     import itertools
 
     rng = np.random.default_rng(3)
-    bits = (wm._codeword(MID, KEY) > 0).astype(np.uint8)
+    bits = (wm_code.codeword(MID, KEY) > 0).astype(np.uint8)
     rel = np.sort(rng.uniform(0.05, 1.0, wm.N_BITS))[rng.permutation(wm.N_BITS)]
     order = np.argsort(rel)
     hard = bits.copy()
@@ -183,12 +186,12 @@ def test_list_decoder_flips_a_cheap_bit_outside_the_least_reliable_few():
         for c in itertools.combinations(range(wm.N_BITS), k)
     )
     assert cheaper == 436 < wm.LIST
-    fixed, flips = wm._list_decode(hard, rel)
+    fixed, flips = wm_code.list_decode(hard, rel)
     assert fixed is not None and (fixed == bits).all() and flips == 2
-    assert wm._list_decode(hard, rel, size=cheaper)[0] is None
-    assert (wm._list_decode(hard, rel, size=cheaper + 1)[0] == bits).all()
+    assert wm_code.list_decode(hard, rel, size=cheaper)[0] is None
+    assert (wm_code.list_decode(hard, rel, size=cheaper + 1)[0] == bits).all()
     passes = sum(
-        wm._list_decode(
+        wm_code.list_decode(
             rng.integers(0, 2, wm.N_BITS).astype(np.uint8), rng.uniform(0, 1, wm.N_BITS)
         )[0]
         is not None
