@@ -87,17 +87,11 @@ def test_bit_accuracy_after_transform(marked, name):
 
 
 def test_combination_sets_script(tmp_path):
-    """experiments/watermark_eval.py --sets and --fpr_only. The combination (crop 10% + half size
-    + middle half + CRF 28) on 8 shapes clips of seed 9 and 8 natural clips 300-307, written as
-    sample.py writes them: they read 0.93 (found 6/8) and 1.00 (8/8); with the budget on the
-    intended rather than the written change 0.96 (7/8) and 1.00 (8/8) (one 8-clip set moves by a
-    few hundredths either way: over 168 shapes clips that change raised the mean 0.940 -> 0.953,
-    README); with a budget per frame instead of per video 0.94 (6/8) and 1.00 (8/8); with the
-    list of flips of the 8 least reliable bits (12 candidates x 93 patterns) 0.93 (4/8) and 0.99
-    (7/8); before the change along the luma weights (lattice step 100, 12 refined crops) 0.93
-    (4/8) and 0.98 (6/8); the format before that (one best crop, CRC-16 with a 4-bit Chase
-    search) 0.855 and 0.898. The >= 0.95 target is met on these natural clips; on the shapes
-    generator's clips over 168 clips, not on every 8-clip set such as this one (README)."""
+    """experiments/watermark_eval.py --sets, --fpr_only and --timing_clips. The combination (crop
+    10% + half size + middle half + CRF 28) on 8 shapes clips of seed 9 and 8 natural clips
+    300-307, written as sample.py writes them. Natural clips meet the >= 0.95 bit-accuracy target
+    set by set; the shapes generator's clips meet it on average over many sets (docs/safety.md),
+    not on every 8-clip set such as this one, hence its lower bound here."""
     import json
     import os
     import subprocess
@@ -169,8 +163,8 @@ def test_cheapest_flips_in_cost_order():
 def test_list_decoder_flips_a_cheap_bit_outside_the_least_reliable_few():
     """Two wrong bits, the least reliable and the 25th least reliable of 54: the list tries the
     flip patterns cheapest first, so it decodes exactly when it is longer than the number of
-    cheaper patterns (436 here, brute force; the previous list, flips of the 8 least reliable
-    bits, could not reach the 25th). Random readings pass about LIST / 2^22 of the time."""
+    cheaper patterns (436 here, brute force; a list of the flips of the few least reliable bits
+    would never reach the 25th). Random readings pass about LIST / 2^22 of the time."""
     import itertools
 
     rng = np.random.default_rng(3)
