@@ -209,6 +209,8 @@ def _swap_remote(tmp: str, dst: str) -> None:
             )
         staged.rmtree()
     staging.copy_missing(tmp, staged)
+    with open(os.path.join(tmp, MARKER), encoding='utf-8') as f:  # hidden: copy_missing skips it
+        (staged / MARKER).write_text(f.read())
     if out.exists():
         out.rmtree()  # check_dst: empty or a marked bundle
     staged.rename(out)
