@@ -1,10 +1,11 @@
 """Text-to-video rectified-flow objective: the Denoiser (byte text encoder + DiT) predicts the
-velocity of x_t = (1 - t) x0 + t eps
-(or, with `flow.prediction='data'`, the clean x0, converted to a velocity by `flow.to_velocity`). Text is dropped to the empty prompt with probability
+velocity of x_t = (1 - t) x0 + t eps (or, with `flow.prediction='data'`, the clean x0, converted
+to a velocity by `flow.to_velocity`). Text is dropped to the empty prompt with probability
 `flow.text_dropout` so the model learns the unconditional velocity for classifier-free guidance.
 
-Batches hold `latents` [B, T, H, W, C] (pre-encoded by a VAE) or, in pixel space, `video`
-[B, T, H, W, 3] in [-1, 1]; plus `text_ids` [B, L].
+`loss_fn` reads `latents` [B, T, H, W, C] (pre-encoded by a VAE) or, in pixel space, `video`
+[B, T, H, W, 3] in [-1, 1]; plus `text_ids` [B, L]. The loop hands the step whichever of
+`video`, `latents`, `text_ids` and `context` the batch holds.
 
 The model (`build_model`) is `models/denoiser.py`'s, the one sampling restores into.
 """
@@ -20,7 +21,7 @@ from sora_jax.models.denoiser import (
     build_model,  # noqa: F401  (the objective's model: loop.py)
     conditioning_enabled,
 )
-from sora_jax.models.text import BOS, PAD
+from sora_jax.models.text import BOS
 
 
 def null_text(ids: jax.Array) -> jax.Array:
@@ -67,9 +68,3 @@ def loss_fn(model: Denoiser, batch, rng: jax.Array, config):
     v = flow.to_velocity(model(x_in, t, ids), x_t, t, f.get('prediction', 'velocity'))
     loss = flow.flow_loss(v, flow.velocity_target(x0, noise), mask=loss_weight)
     return loss, dict(metrics, flow_loss=loss, t_mean=t.mean())
-
-
-def batch_spec(config) -> dict:
-    """Which batch keys this objective reads (the loop passes only these to the device)."""
-    del config
-    return {'text_ids': PAD}
