@@ -177,10 +177,5 @@ class LoRALinear(nnx.LoRALinear):
         return y + self.lora_scale * self.lora(x)
 
 
-def split_params(model: nnx.Module):
-    """(graphdef, adapters, base): the adapters (`nnx.LoRAParam`) and every other parameter."""
-    return nnx.split(model, nnx.LoRAParam, nnx.Param)
-
-
 def count(state) -> int:
     return sum(x.size for x in jax.tree.leaves(state))

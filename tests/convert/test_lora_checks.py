@@ -1,7 +1,7 @@
 """Broken LoRA files are refused before any tensor is used, with the file's name in every error:
-a truncated file, a header length larger than the file (a bare MemoryError before), a header
-that is not JSON, a tensor whose bytes do not match its shape (a reshape error before), NaN
-values, a non-finite --lora scale, and an adapter for another model size."""
+a truncated file, a header length larger than the file (not a bare MemoryError), a header that
+is not JSON, a tensor whose bytes do not match its shape (not a reshape error), NaN values, a
+non-finite --lora scale, and an adapter for another model size."""
 
 import struct
 

@@ -169,7 +169,8 @@ def test_holdout_never_generated():
 
 def test_background_kinds_and_size_scale():
     """`backgrounds` restricts the kinds drawn; `size_scale` multiplies radii (same draws) and the
-    shapes still fit; defaults reproduce the old stream; bad values are clear errors."""
+    shapes still fit; the default draws what passing every kind draws; bad values are clear
+    errors."""
     for i in range(12):
         plain = S.sample_scene(4, i, num_frames=T, height=H, width=W, backgrounds=('plain',))
         assert plain.background['kind'] == 'plain'
