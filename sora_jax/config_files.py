@@ -9,7 +9,8 @@ is installed from (`pip install -e .` of a clone: the directory above `sora_jax/
 a package directory (`configs/` has an `__init__.py`) is imported as a module of that package
 (`configs.wan21`): the module that `from configs import wan21` gives where the repository root
 is on sys.path (pytest), so both ways share one module object. Other files are executed afresh
-on every call.
+on every call, with this checkout's `configs` package importable (`from configs import shapes`
+in a config file of one's own).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def load_module(path: str | os.PathLike) -> ModuleType:
     pkg = _package(p.parent)
     if pkg is not None:
         return importlib.import_module(f'{pkg.__name__}.{p.stem}')
+    if (REPO_ROOT / 'configs').is_dir():  # a config file elsewhere may build on `configs.*`
+        _package(REPO_ROOT / 'configs')
     spec = importlib.util.spec_from_file_location(f'_config_file_{p.stem}', p)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
