@@ -358,7 +358,7 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
                             config,
                             graphdef,
                             objective,
-                            state.eval_params,
+                            state_lib.on_device(state.eval_params),
                             mesh,
                             rules,
                             frozen=state.frozen,
@@ -368,9 +368,9 @@ def _train(config, workdir: str, objective, pre: '_Preemption') -> dict[str, Any
                         tracker,
                         previews,
                         done,
-                        state.eval_params
+                        state_lib.on_device(state.eval_params)
                         if state.frozen is None
-                        else nnx.merge_state(state.eval_params, state.frozen),
+                        else nnx.merge_state(state_lib.on_device(state.eval_params), state.frozen),
                         config,
                     )
                     t0 = time.time()  # evaluation time is not training time
@@ -419,9 +419,10 @@ def _count(skipped: dict[str, list]) -> int:
 
 
 def _state_finite(state) -> jax.Array:
-    """True when params, EMA params and optimizer state hold no NaN/Inf."""
+    """True when params, EMA params and optimizer state hold no NaN/Inf (leaves kept in pinned
+    host memory are copied to the device one by one: TPUs compute on device memory only)."""
     leaves = [
-        jnp.all(jnp.isfinite(x))
+        jnp.all(jnp.isfinite(jax.device_put(x, jax.memory.Space.Device)))
         for x in jax.tree.leaves((state.params, state.ema_params, state.opt_state))
         if jnp.issubdtype(x.dtype, jnp.inexact)
     ]

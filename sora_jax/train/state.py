@@ -87,6 +87,17 @@ def place(shardings: TrainState, cfg) -> TrainState:
     return shardings
 
 
+def on_device(tree):
+    """The tree with its leaves in device memory: leaves kept in pinned host memory (train.ema /
+    train.optimizer_memory 'host') are copied, same sharding; the others are returned as they
+    are. For computations outside the train step (evaluation, previews): TPUs compute on device
+    memory only."""
+    host = lambda x: getattr(getattr(x, 'sharding', None), 'memory_kind', None) == 'pinned_host'
+    return jax.tree.map(
+        lambda x: jax.device_put(x, x.sharding.with_memory_kind('device')) if host(x) else x, tree
+    )
+
+
 def _adam_nu_dtype(b1: float, b2: float, mu_dtype, nu_dtype) -> optax.GradientTransformation:
     """optax.scale_by_adam with the second moment stored in `nu_dtype` (optax casts nu back to
     the stored dtype after each update; the update itself is computed in float32)."""

@@ -6,6 +6,7 @@ moves bytes), and that its checkpoint restores into the same next step."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import shapes as shapes_config
@@ -13,6 +14,7 @@ from sora_jax.io import checkpoint as ckpt_io
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.train import checkpoint as ckpt
 from sora_jax.train import loop
+from sora_jax.train import state as state_lib
 from sora_jax.train import step as step_lib
 from sora_jax.train.objectives import flow as flow_objective
 from sora_jax.train.validate import validate_config
@@ -136,21 +138,40 @@ def test_moving_bytes_changes_no_value(default_run, train):
         ({}, dict(mu_dtype='bfloat16'), 0.02),
         ({}, dict(mu_dtype='bfloat16', nu_dtype='bfloat16'), 0.02),
         ({'remat': 'offload'}, {}, 1e-5),
-        ({'param_dtype': 'bfloat16'}, {}, 0.03),
     ],
-    ids=['mu_bf16', 'mu_nu_bf16', 'remat_offload', 'bf16_master_weights'],
+    ids=['mu_bf16', 'mu_nu_bf16', 'remat_offload'],
 )
 def test_lower_precision_trains_like_float32(default_run, model, train, tol):
-    """bf16 moments / bf16 master weights: the loss curve of 30 steps within `tol` of the
-    float32 run's, step by step on average and at the end (the step-to-step spread of the loss
-    here is ~0.1); remat 'offload' recomputes the same numbers."""
+    """bf16 moments: the loss curve of 30 steps within `tol` of the float32 run's, step by step
+    on average and at the end (the step-to-step spread of the loss here is ~0.1); remat
+    'offload' recomputes the same numbers."""
     losses, state = _train(_config(model, **train))
     ref_losses, _ = default_run
     assert losses[-10:].mean() < 0.8 * losses[:3].mean()  # it trains
     assert abs(losses - ref_losses).mean() < tol
     assert abs(losses[-10:].mean() - ref_losses[-10:].mean()) < tol
-    if 'param_dtype' in model:
-        assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype('bfloat16')}
+
+
+def test_bf16_master_weights_train_and_drop_small_updates(default_run):
+    """model.param_dtype='bfloat16' trains (the loss falls as far as float32's), and shows its
+    trade: a fine-tuning step (AdamW at lr 1e-5 moves each weight by ~1e-5) leaves most bf16
+    weights of size ~0.02 unchanged (their half-ulp is 2^-9 of the value, ~4e-5), where every
+    float32 weight moves."""
+    losses, state = _train(_config({'param_dtype': 'bfloat16'}))
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype('bfloat16')}
+    assert losses[-10:].mean() < 0.8 * losses[:3].mean()
+    assert losses[-10:].mean() < default_run[0][-10:].mean() + 0.1
+    c = _config(learning_rate=1e-5, warmup_steps=0, weight_decay=0.0)
+    tx, _ = state_lib.make_optimizer(c)
+    k1, k2 = jax.random.split(jax.random.key(0))
+    w = 0.02 * jax.random.normal(k1, (256, 256))
+    g = jax.random.normal(k2, (256, 256))
+    unchanged = {}
+    for dt in (jnp.float32, jnp.bfloat16):
+        p = {'w': w.astype(dt)}
+        upd, _ = tx.update({'w': g.astype(dt)}, tx.init(p), p)
+        unchanged[dt] = float(jnp.mean(optax.apply_updates(p, upd)['w'] == p['w']))
+    assert unchanged[jnp.float32] < 0.01 and unchanged[jnp.bfloat16] > 0.5
 
 
 def test_checkpoint_with_options_restores_the_next_step(tmp_path):
@@ -182,7 +203,7 @@ def test_checkpoint_with_options_restores_the_next_step(tmp_path):
             x, y = jax.random.key_data(x), jax.random.key_data(y)
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     want = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state.params)
-    params, _ = ckpt_io.restore_params(tmp_path, want, ema=True)
+    params, _ = ckpt_io.restore_params(tmp_path / 'checkpoints', want, ema=True)
     for a, p in zip(_leaves(params), _leaves(state.params)):
         np.testing.assert_array_equal(a, p)
 
@@ -198,3 +219,16 @@ def test_checkpoint_with_options_restores_the_next_step(tmp_path):
 def test_bad_option_values(key, value, match):
     with pytest.raises(ValueError, match=match):
         validate_config(_config(**{key: value}))
+
+
+def test_on_device_copies_host_leaves_only():
+    """Evaluation and previews read the EMA through state.on_device: a leaf in pinned host
+    memory comes back in device memory with the same values; a device leaf is returned as is."""
+    dev = jax.devices()[0]
+    host = jax.device_put(
+        jnp.arange(3.0), jax.sharding.SingleDeviceSharding(dev, memory_kind='pinned_host')
+    )
+    on_dev = jnp.zeros(2)
+    out = state_lib.on_device({'a': host, 'b': on_dev})
+    assert out['a'].sharding.memory_kind == 'device' and out['b'] is on_dev
+    np.testing.assert_array_equal(np.asarray(out['a']), [0.0, 1.0, 2.0])
