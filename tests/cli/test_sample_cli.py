@@ -98,7 +98,7 @@ def test_second_process_loads_from_the_cache_and_verbosity_brings_info_back(firs
     assert len(INFO.findall(r.stderr)) >= 10  # Orbax's restore chatter is back with --verbosity
     assert 'JAX persistent compilation cache: ' + str(cache) in r.stderr
     # The progress bar's host callback keeps the sampler itself out of the cache (--noprogress).
-    assert "Not writing persistent cache entry for 'jit__sample' because it uses host" in r.stderr
+    assert "Not writing persistent cache entry for 'jit_denoise' because it uses host" in r.stderr
 
 
 def test_off_switches(tmp_path):
