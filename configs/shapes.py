@@ -314,7 +314,7 @@ def _longer(c: mlc.ConfigDict) -> None:
 
       python experiments/train.py --config=configs/shapes.py:dit_p3 --workdir=workdirs/shapes_dit_p3
     On 2 CPU cores: 2,800 steps in 139 min (about 3.0 s/step). Held-out combinations: colour and
-    motion 1.00, shape 1.00 / 0.90 (en / es): the shipped model (docs/results.md)."""
+    motion 1.00, shape 1.00 / 0.93 (en / es): the shipped model (docs/results.md)."""
     c.train.init_from = 'workdirs/shapes_dit_p2'
     c.train.num_steps = 2800
     c.train.learning_rate = 3e-4
