@@ -35,6 +35,7 @@ CORE = [
 TEST = [
     'pytest>=8',
     'pytest-xdist>=3.5',
+    'ruff==0.17.6',  # make lint, tests/test_style.py (one formatter version: pyproject.toml)
     'nbclient>=0.10',
     'nbformat>=5.10',
     'ipykernel>=6.29',
