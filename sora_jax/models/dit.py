@@ -23,7 +23,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from sora_jax.models import attention as attn_lib
-from sora_jax.models import layers, rope
+from sora_jax.models import kv_cache, layers, rope
 from sora_jax.models import lora as lora_lib
 from sora_jax.models.config import fields_from_config
 from sora_jax.parallel.mesh import constrain
@@ -77,6 +77,8 @@ class DiTConfig:
     # image tokens. Their own key/value projections in attn2.
     image_pos_len: int = 0  # FLF2V: learned positions over the [first, last] image
     # tokens (diffusers pos_embed_seq_len, 514); 0 = none
+    causal_chunk: int = 0  # latent frames per chunk of block-causal self-attention (tokens of
+    # chunk c attend to chunks <= c; autoregressive rollouts, pipeline/rollout.py); 0 = full
 
     @classmethod
     def from_config(cls, cfg: Any) -> 'DiTConfig':
@@ -124,6 +126,16 @@ class DiTConfig:
             raise ValueError(
                 f'model.image_pos_len={self.image_pos_len} needs image tokens; set '
                 'model.image_dim (1280 for Wan CLIP features) or image_pos_len=0.'
+            )
+        if self.causal_chunk < 0 or self.causal_chunk % self.patch_size[0]:
+            raise ValueError(
+                f'model.causal_chunk={self.causal_chunk} must be 0 (full attention) or a '
+                f'positive multiple of the temporal patch {self.patch_size[0]}.'
+            )
+        if self.causal_chunk and self.context_parallel != 'none':
+            raise ValueError(
+                f'model.causal_chunk={self.causal_chunk} runs without context parallelism; set '
+                "model.context_parallel='none'."
             )
         bad = [m for m, r, _ in self.lora if m not in lora_lib.MODULES or int(r) < 1]
         if bad:
@@ -188,11 +200,8 @@ class Attention(nnx.Module):
             self.add_v_proj = layers.linear(dim, dim, ('embed', 'heads'), **kw)
             self.norm_added_k = layers.RMSNorm(dim, eps=eps)
 
-    def __call__(self, x, context=None, context_mask=None, angles=None, image_context=None):
-        """x: [B, N, D]; context: [B, L, D] (None = self-attention); mask: [B, L];
-        image_context: [B, S, D] image tokens (I2V cross-attention only): attended separately
-        (no mask) with add_k_proj / add_v_proj, the two attention outputs summed."""
-        src = x if context is None else context
+    def _project(self, x, src, angles):
+        """(q [B, N, H, hd], k, v [B, L, H, hd]), RoPE applied to q and k when angles is given."""
         q = self.norm_q(self.to_q(x))
         k = self.norm_k(self.to_k(src))
         v = self.to_v(src)
@@ -200,6 +209,49 @@ class Attention(nnx.Module):
         if angles is not None:
             q = rope.apply_rope(q, angles)
             k = rope.apply_rope(k, angles)
+        return q, k, v
+
+    def causal_self_attention(self, x, angles, block_tokens: int, past=None):
+        """Block-causal self-attention: x: [B, N, D] holds N / block_tokens chunks; tokens of
+        chunk c attend to chunks <= c and to `past` (a (k, v, valid) triple of earlier tokens:
+        k, v [B, S, H, hd] after RoPE, valid [B, S]) -> (out [B, N, D], k, v [B, N, H, hd]).
+
+        One attention call per chunk over [past, chunks <= c], so every kernel serves it and no
+        [N, N] mask is built."""
+        q, k, v = self._project(x, x, angles)
+        b, n = q.shape[:2]
+        if n % block_tokens:
+            raise ValueError(
+                f'{n} tokens are not whole chunks of {block_tokens}; the latent frames must be '
+                'a multiple of model.causal_chunk.'
+            )
+        outs = []
+        for end in range(block_tokens, n + 1, block_tokens):
+            kk, vv, mask = k[:, :end], v[:, :end], None
+            if past is not None:
+                pk, pv, pvalid = past
+                kk = jnp.concatenate([pk.astype(k.dtype), kk], 1)
+                vv = jnp.concatenate([pv.astype(v.dtype), vv], 1)
+                mask = jnp.concatenate([pvalid, jnp.ones((b, end), bool)], 1)
+            outs.append(
+                attn_lib.dot_product_attention(
+                    q[:, end - block_tokens : end],
+                    kk,
+                    vv,
+                    mask,
+                    impl=self.impl,
+                    chunk_size=self.chunk,
+                )
+            )
+        out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, 1)
+        return self.to_out(rearrange(out, 'b n h d -> b n (h d)')), k, v
+
+    def __call__(self, x, context=None, context_mask=None, angles=None, image_context=None):
+        """x: [B, N, D]; context: [B, L, D] (None = self-attention); mask: [B, L];
+        image_context: [B, S, D] image tokens (I2V cross-attention only): attended separately
+        (no mask) with add_k_proj / add_v_proj, the two attention outputs summed."""
+        src = x if context is None else context
+        q, k, v = self._project(x, src, angles)
         q = constrain(q, ('act_batch', 'act_length', 'act_heads', None))
         out = attn_lib.dot_product_attention(
             q,
@@ -268,10 +320,12 @@ class DiTBlock(nnx.Module):
         self.scale_shift_table = nnx.Param(init, out_sharding=(None, None, 'norm'))
         self.dtype = dt
 
-    def __call__(self, x, context, context_mask, temb6, angles, image_context=None):
+    def __call__(self, x, context, context_mask, temb6, angles, image_context=None, causal=None):
         """x: [B, N, D]; temb6: [B, 6, D] float32 (time projection), or [B, N, 6, D] with
         per-token timesteps (Wan 2.2 TI2V); angles: [N, head_dim/2]; image_context: [B, S, D]
-        embedded image tokens (I2V) or None."""
+        embedded image tokens (I2V) or None. `causal` ((block_tokens, past) with past None or
+        this block's (k, v, valid) cache): block-causal self-attention, and the return value is
+        (x, (k, v)) with this block's keys/values of x's tokens."""
         if temb6.ndim == 4:  # per token: each modulation row [B, N, D]
             mod = self.scale_shift_table[...][:, None] + temb6
             parts = [p[:, :, 0] for p in jnp.split(mod, 6, axis=2)]
@@ -280,12 +334,19 @@ class DiTBlock(nnx.Module):
             parts = jnp.split(mod, 6, axis=1)
         shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = parts
         h = layers.modulate(self.norm1(x), shift_msa, scale_msa).astype(self.dtype)
-        x = (x.astype(jnp.float32) + self.attn1(h, angles=angles) * gate_msa).astype(x.dtype)
+        kv = None
+        if causal is None:
+            a = self.attn1(h, angles=angles)
+        else:
+            a, k, v = self.attn1.causal_self_attention(h, angles, *causal)
+            kv = (k, v)
+        x = (x.astype(jnp.float32) + a * gate_msa).astype(x.dtype)
         h = self.norm2(x).astype(self.dtype)
         x = x + self.attn2(h, context, context_mask, image_context=image_context).astype(x.dtype)
         h = layers.modulate(self.norm3(x), c_shift, c_scale).astype(self.dtype)
         x = (x.astype(jnp.float32) + self.ffn(h).astype(jnp.float32) * c_gate).astype(x.dtype)
-        return constrain(x, ('act_batch', 'act_length', 'act_embed'))
+        x = constrain(x, ('act_batch', 'act_length', 'act_embed'))
+        return x if causal is None else (x, kv)
 
 
 class PatchEmbed(nnx.Module):
@@ -468,7 +529,25 @@ class DiT(nnx.Module):
         """`skip` (optional, bool [B, depth]): per example, blocks that act as the identity (the
         weakened model of skip-layer guidance); None runs every block. `image` ([B, S, image_dim],
         I2V models only, model.image_dim > 0): CLIP image features, attended in every block's
-        cross-attention through their own key/value projections."""
+        cross-attention through their own key/value projections. With model.causal_chunk > 0
+        self-attention is block-causal over chunks of that many latent frames."""
+        return self._forward(x, t, context, context_mask, skip, image)[0]
+
+    def chunk(self, x, t, context, context_mask=None, *, cache=None, frame_offset=0, image=None):
+        """One step of a chunked rollout (causal models only): x [B, T, H, W, Cin] is the chunk
+        (T a multiple of model.causal_chunk) whose first latent frame sits at absolute frame
+        `frame_offset` (may be traced; RoPE positions are offset by it), attending to itself
+        block-causally and to `cache` (`models/kv_cache.KVCache` of the past chunks, or None).
+        Returns (velocity like x, `ChunkKV` of x's tokens in every block) so the caller can write
+        the clean chunk into the cache (`kv_cache.write_chunk`)."""
+        if not self.cfg.causal_chunk:
+            raise ValueError(
+                'DiT.chunk needs a causal model: set model.causal_chunk > 0 (latent frames per '
+                'chunk).'
+            )
+        return self._forward(x, t, context, context_mask, None, image, cache, frame_offset)
+
+    def _forward(self, x, t, context, context_mask, skip, image, cache=None, frame_offset=0):
         cfg = self.cfg
         if (image is None) != (not cfg.image_dim):
             raise ValueError(
@@ -497,14 +576,27 @@ class DiT(nnx.Module):
                 f'timesteps have shape {t.shape}; expected ({b},) or per token '
                 f'({b}, {math.prod(grid)}) for the token grid {grid}.'
             )
-        angles = rope.rope_angles(grid, cfg.head_dim, cfg.rope_theta)
+        pt = cfg.patch_size[0]
+        if cfg.causal_chunk and grid[0] % (cfg.causal_chunk // pt):
+            raise ValueError(
+                f'latent frames={tt} are not whole chunks of model.causal_chunk='
+                f'{cfg.causal_chunk}; use a multiple of it.'
+            )
+        if cfg.causal_chunk:
+            offset = (jnp.asarray(frame_offset) // pt, 0, 0)
+            angles = rope.rope_angles(grid, cfg.head_dim, cfg.rope_theta, offset)
+        else:
+            angles = rope.rope_angles(grid, cfg.head_dim, cfg.rope_theta)
         h = self.patch_embedding(x)  # [B, N, D]
         h = constrain(h, ('act_batch', 'act_length', 'act_embed'))
         temb, temb6, ctx = self.condition_embedder(
             t.astype(jnp.float32) * cfg.timestep_scale, context, context_mask
         )
         img = None if image is None else self.condition_embedder.image_embedder(image)
-        h = self._run_blocks(h, ctx, context_mask, temb6, angles, skip, img)
+        causal = None
+        if cfg.causal_chunk:
+            causal = ((cfg.causal_chunk // pt) * grid[1] * grid[2], cache)
+        h, kv = self._run_blocks(h, ctx, context_mask, temb6, angles, skip, img, causal)
         if t.ndim == 2:  # per token: temb [B, N, D] -> shift, scale [B, N, D]
             mod = self.scale_shift_table[...][:, None] + temb[:, :, None]
             shift, scale = [p[:, :, 0] for p in jnp.split(mod, 2, axis=2)]
@@ -513,7 +605,7 @@ class DiT(nnx.Module):
         h = layers.modulate(self.norm_out(h), shift, scale).astype(DTYPES[cfg.dtype])
         out = self.proj_out(h).astype(jnp.float32)
         pt, ph, pw = cfg.patch_size
-        return rearrange(
+        out = rearrange(
             out,
             'b (f h w) (pt ph pw c) -> b (f pt) (h ph) (w pw) c',
             f=grid[0],
@@ -523,30 +615,43 @@ class DiT(nnx.Module):
             ph=ph,
             pw=pw,
         )
+        return out, kv
 
-    def _run_blocks(self, h, ctx, ctx_mask, temb6, angles, skip=None, img=None):
+    def _run_blocks(self, h, ctx, ctx_mask, temb6, angles, skip=None, img=None, causal=None):
+        """h [B, N, D] through every block -> (h, ChunkKV | None). `causal`: (block_tokens,
+        KVCache | None) for block-causal self-attention (the keys/values come back stacked
+        [depth, B, N, H, hd]), or None for full attention."""
         gdef, state = nnx.split(self.blocks)
         # skip [B, depth] -> [depth, B, 1, 1], scanned with the blocks
         flags = None if skip is None else jnp.transpose(skip)[:, :, None, None]
+        cache = None if causal is None else causal[1]
+        past_all = None if cache is None else (cache.k, cache.v)
 
         def body(carry, xs):
-            block_state, flag = xs
+            block_state, flag, past = xs
             carry = checkpoint_name(carry, 'block_input')  # what remat 'offload' keeps on the host
             block = nnx.merge(gdef, block_state)
-            out = block(carry, ctx, ctx_mask, temb6, angles, img)
-            return (out if flag is None else jnp.where(flag, carry, out)), None
+            if causal is None:
+                out = block(carry, ctx, ctx_mask, temb6, angles, img)
+                kv = None
+            else:
+                layer_past = None if past is None else (*past, cache.valid)
+                out, kv = block(carry, ctx, ctx_mask, temb6, angles, img, (causal[0], layer_past))
+            return (out if flag is None else jnp.where(flag, carry, out)), kv
 
         policy = REMAT_POLICIES[self.cfg.remat]
         if self.cfg.remat != 'none':
             body = jax.checkpoint(body, policy=policy, prevent_cse=not self.cfg.scan_layers)
         if self.cfg.scan_layers:
-            h, _ = jax.lax.scan(body, h, (state, flags))
-            return h
-        for i in range(self.cfg.depth):
-            h, _ = body(
-                h, (jax.tree.map(lambda a: a[i], state), None if flags is None else flags[i])
-            )
-        return h
+            h, kv = jax.lax.scan(body, h, (state, flags, past_all))
+        else:
+            kvs = []
+            for i in range(self.cfg.depth):
+                layer = jax.tree.map(lambda a: a[i], (state, flags, past_all))
+                h, kv = body(h, layer)
+                kvs.append(kv)
+            kv = None if causal is None else jax.tree.map(lambda *a: jnp.stack(a), *kvs)
+        return h, (None if kv is None else kv_cache.ChunkKV(*kv))
 
 
 def dit_config(config) -> DiTConfig:
