@@ -454,10 +454,10 @@ class TextToVideo:
                     self.params, self.params_2, x, inputs, graphdef=self.graphdef, plan=plan
                 )
                 x = jax.block_until_ready(x)
-        bad = int(np.size(x) - np.count_nonzero(np.isfinite(np.asarray(x))))
+        bad = int(x.size - jnp.count_nonzero(jnp.isfinite(x)))  # on device
         if bad:
             raise ValueError(
-                f'sampling produced non-finite latents ({bad} of {np.size(x)} values NaN/inf); '
+                f'sampling produced non-finite latents ({bad} of {x.size} values NaN/inf); '
                 'check guidance_scale / LoRA scale / the checkpoint.'
             )
         return x
