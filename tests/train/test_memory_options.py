@@ -158,7 +158,9 @@ def test_bf16_master_weights_train_and_drop_small_updates(default_run):
     weights of size ~0.02 unchanged (their half-ulp is 2^-9 of the value, ~4e-5), where every
     float32 weight moves."""
     losses, state = _train(_config({'param_dtype': 'bfloat16'}))
-    assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype('bfloat16')}
+    leaves = jax.tree.leaves(state.params)
+    bf16 = sum(x.size for x in leaves if x.dtype == jnp.bfloat16)
+    assert bf16 > 0.5 * sum(x.size for x in leaves)  # the weights (the text tables stay f32)
     assert losses[-10:].mean() < 0.8 * losses[:3].mean()
     assert losses[-10:].mean() < default_run[0][-10:].mean() + 0.1
     c = _config(learning_rate=1e-5, warmup_steps=0, weight_decay=0.0)
@@ -187,6 +189,7 @@ def test_checkpoint_with_options_restores_the_next_step(tmp_path):
         mngr = ckpt.manager(tmp_path / 'checkpoints')
         ckpt.save(mngr, 1, state, config=c)
         mngr.wait_until_finished()
+        saved = _leaves(state.params)  # the step donates the state
         abstract = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings
         )
@@ -202,9 +205,9 @@ def test_checkpoint_with_options_restores_the_next_step(tmp_path):
         if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
             x, y = jax.random.key_data(x), jax.random.key_data(y)
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    want = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state.params)
+    want = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract.params)
     params, _ = ckpt_io.restore_params(tmp_path / 'checkpoints', want, ema=True)
-    for a, p in zip(_leaves(params), _leaves(state.params)):
+    for a, p in zip(_leaves(params), saved):
         np.testing.assert_array_equal(a, p)
 
 
