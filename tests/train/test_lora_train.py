@@ -20,7 +20,7 @@ from sora_jax.train import lora as lora_train
 from sora_jax.train import sources as sources_lib
 from sora_jax.train import step as step_lib
 from sora_jax.train.objectives import flow as flow_objective
-from tests.test_pipeline_imports import fresh_to_q_kernel
+from tests.pipeline.test_pipeline_imports import fresh_to_q_kernel
 
 MESH = (2, 2, 2, 1)
 

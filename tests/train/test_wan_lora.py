@@ -23,7 +23,7 @@ from sora_jax.train import lora as lora_train
 from sora_jax.train import sources as sources_lib
 from sora_jax.train.objectives import flow_context
 from tests.parity.wan_fixture import SENTENCES, make_tiny_wan_folder
-from tests.test_pipeline_imports import fresh_to_q_kernel
+from tests.pipeline.test_pipeline_imports import fresh_to_q_kernel
 
 PROMPT = SENTENCES[0]
 
