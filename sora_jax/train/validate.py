@@ -109,6 +109,18 @@ def validate_config(config) -> None:
     flow_cfg = config.get('flow', None)
     if flow_cfg is not None and flow_cfg.get('prediction', 'velocity') not in ('velocity', 'data'):
         raise _err('flow.prediction', flow_cfg.prediction, "use 'velocity' or 'data' (x0).")
+    if config.objective == 'diffusion_forcing':  # train/objectives/diffusion_forcing.py
+        chunk = config.get('model', {}).get('causal_chunk', 0)
+        if not _is_int(chunk) or chunk < 1:
+            raise _err(
+                'model.causal_chunk',
+                chunk,
+                'diffusion forcing needs latent frames per chunk >= 1 (a block-causal DiT).',
+            )
+        if flow_cfg is not None and flow_cfg.get('prediction', 'velocity') != 'velocity':
+            raise _err(
+                'flow.prediction', flow_cfg.prediction, "diffusion forcing trains 'velocity'."
+            )
     _check_dtypes(config)
     _check_data(config)
     shape = tuple(config.mesh.shape)
