@@ -98,7 +98,12 @@ def _final_metrics(log_text: str) -> dict[str, float]:
 
 
 def _error_line(log_text: str) -> str:
-    lines = [ln for ln in log_text.splitlines() if 'Error' in ln or 'error:' in ln]
+    """The last error line of a run's log: the CLIs' one-line `ERROR: ...` or a traceback's."""
+    lines = [
+        ln
+        for ln in log_text.splitlines()
+        if ln.startswith('ERROR:') or 'Error' in ln or 'error:' in ln
+    ]
     return lines[-1].strip()[:300] if lines else ''
 
 
