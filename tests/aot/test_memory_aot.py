@@ -153,3 +153,34 @@ def test_splash_bytes_count_tile_rereads():
     assert f2 - heads * depth * io(8192) == pytest.approx(4 * (f1 - heads * depth * io(4096)))
     tr = report.splash_hbm_bytes(m, 4096, 1, 0, train=True, block=512)
     assert tr > 3 * f1
+
+
+_NESTED = """HloModule n
+
+%inner (param_0: f32[4,8], param_1: s32[]) -> f32[1,8] {
+  %param_0 = f32[4,8]{1,0} parameter(0)
+  %param_1 = s32[] parameter(1)
+  %z = s32[] constant(0)
+  ROOT %ds = f32[1,8]{1,0} dynamic-slice(%param_0, %param_1, %z), dynamic_slice_sizes={1,8}
+}
+
+%outer (param_0: f32[4,8], param_1: s32[]) -> f32[1,8] {
+  %param_0 = f32[4,8]{1,0} parameter(0)
+  %param_1 = s32[] parameter(1)
+  %row = f32[1,8]{1,0} fusion(%param_0, %param_1), kind=kLoop, calls=%inner
+  ROOT %e = f32[1,8]{1,0} exponential(%row)
+}
+
+ENTRY %main (a: f32[4,8], i: s32[]) -> f32[1,8] {
+  %a = f32[4,8]{1,0} parameter(0)
+  %i = s32[] parameter(1)
+  ROOT %f = f32[1,8]{1,0} fusion(%a, %i), kind=kOutput, calls=%outer
+}
+"""
+
+
+def test_hbm_traffic_follows_slices_into_nested_fusions():
+    """The scan's saved block inputs [depth, ...] reach the backward's matmul fusions through a
+    nested fusion that slices one block: one row is read, not the stack."""
+    t = hlo.hbm_traffic(_NESTED)
+    assert t.by_op['fusion'] == 32 + 4 + 32  # the row and the index read, the row written
