@@ -203,7 +203,7 @@ def sign_outputs(pipe, paths, off, F, prompt_moderated: bool = True) -> None:
     hash (covering its VAE and the LoRAs), the LoRA files and scales, the data record."""
     if 'credentials' in off:
         return
-    from sora_jax.safety import provenance, record
+    from sora_jax.safety import moderation, provenance, record
 
     rec = record.load(pipe.checkpoint_path) if pipe.checkpoint_path else None
     vae = provenance.autoencoder_dir(pipe.checkpoint_path) if pipe.checkpoint_path else None
@@ -220,6 +220,9 @@ def sign_outputs(pipe, paths, off, F, prompt_moderated: bool = True) -> None:
         prompt_moderated=prompt_moderated,
         loras=provenance.lora_entries(pipe.loras),
         autoencoder=vae,
+        consent=moderation.consent_entries(F.prompt, F.moderation_policy, F.mode)
+        if prompt_moderated
+        else None,
     )
     dev = False
     for p in paths:

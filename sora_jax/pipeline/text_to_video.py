@@ -34,6 +34,7 @@ from sora_jax.pipeline.encoders import ByteText, CLIPImage
 from sora_jax.pipeline.family import ModelFamily
 from sora_jax.pipeline.options import DenoisePlan, SampleOptions, skip_guidance
 from sora_jax.safety import moderation as moderation_lib
+from sora_jax.safety import output_check
 from sora_jax.safety import watermark as watermark_lib
 
 MAX_FRAMES = 1024
@@ -295,7 +296,7 @@ class TextToVideo:
                 f'prompt must be a non-empty string (or list of them), got {prompt!r}.'
             )
         if kw['moderation']:
-            moderation_lib.Moderator.load(self.moderation_policy).enforce(prompts)
+            moderation_lib.Moderator.load(self.moderation_policy).enforce(prompts, mode=kw['mode'])
         else:
             logging.warning('Prompt moderation is OFF for this call (moderation=False).')
         negative_prompt = kw['negative_prompt']
@@ -473,8 +474,11 @@ class TextToVideo:
 
     def finish(self, frames: jax.Array, opts: SampleOptions) -> np.ndarray:
         """frames [B, T, H, W, 3] in [-1, 1] -> uint8, with the invisible watermark (unless
-        turned off, or the frames are under 32x32)."""
+        turned off, or the frames are under 32x32). With moderation on, a sample of each
+        clip's frames goes through the output check first (OutputRefused; safety/output_check)."""
         frames = self._to_uint8(frames)
+        if opts.moderation:
+            output_check.check_output(frames)
         if not opts.watermark:
             logging.warning('Watermark is OFF for this call (watermark=False).')
             return frames

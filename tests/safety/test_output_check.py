@@ -118,3 +118,39 @@ def test_nudenet_on_benign_frames():
     for c in clips:
         (v,) = output_check.enforce(c[None], det)
         assert v.allowed and len(v.verdicts) == 4
+
+
+def test_pipeline_checks_outputs(tmp_path, monkeypatch):
+    """TextToVideo's finish stage runs the configured output check: a classifier that calls
+    everything 'nsfw' refuses the call (nothing returned, so nothing written); with
+    moderation=False the check is off."""
+    pytest.importorskip('torch')
+    transformers = pytest.importorskip('transformers')
+    from configs import shapes as shapes_cfg
+    from sora_jax.pipeline import TextToVideo
+
+    d = str(tmp_path / 'always_nsfw')
+    cfg = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=2,
+        id2label={0: 'normal', 1: 'nsfw'},
+        label2id={'normal': 0, 'nsfw': 1},
+    )
+    vit = transformers.ViTForImageClassification(cfg)
+    vit.classifier.weight.data.zero_()
+    vit.classifier.bias.data[:] = vit.classifier.bias.data.new_tensor([0.0, 4.0])
+    vit.save_pretrained(d)
+    transformers.ViTImageProcessor(size={'height': 32, 'width': 32}).save_pretrained(d)
+    monkeypatch.setenv(output_check.OUTPUT_CHECK_ENV, d)
+    tiny = shapes_cfg.get_config('tiny')
+    tiny.sample.height = tiny.sample.width = 32
+    pipe = TextToVideo.from_config(tiny)
+    with pytest.raises(output_check.OutputRefused, match="'sexual_content', clip 0"):
+        pipe('a red circle', num_inference_steps=1, progress=False)
+    frames = pipe('a red circle', num_inference_steps=1, progress=False, moderation=False)
+    assert frames.dtype == np.uint8 and frames.shape[0] == 1
