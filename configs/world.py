@@ -6,7 +6,7 @@ Args (`--config=configs/world.py:ARG`):
   vae_image  stage 1: the causal VAE (8x space, 16 latent channels) on single frames of the world
              (a causal VAE codes frame 0 alone: an image is a 1-frame video, 1/33 of a clip).
   vae        stage 2: stage 1 inflated to video (past-frame taps start at 0) with 4x time: clips
-             of 17 frames (1 + 4k, so it codes 33) plus 25% single frames.
+             of 9 frames (1 + 4k: a causal VAE so trained codes 33) plus 25% single frames.
   dit        stage 3: byte text encoder + DiT on the stage-2 VAE's latents of 33-frame clips:
              [9, 8, 8, 16] latents, (1, 2, 2) patches -> 144 tokens.
   dit_long   stage 4: `dit` trained on from its last step (fresh schedule, lower peak).
@@ -30,8 +30,9 @@ The planned recipe on 2 CPU cores (about 8 hours in four stages; each stage chec
   python experiments/train.py --config=configs/world.py:dit --workdir=workdirs/world_dit
   python experiments/train.py --config=configs/world.py:dit_long --workdir=workdirs/world_dit_long
   python experiments/export.py --dit=workdirs/world_dit_long --dst=checkpoints/world
-Budgets per stage (from step times measured with a few steps, docs/world.md): in each stage
-function's docstring below. Not trained yet: the results go to docs/world.md when they exist.
+Budgets per stage (from step costs measured with a few steps, docs/world.md): in each stage
+function's docstring below; about 7 h in all. Not trained yet: the results go to
+docs/world.md when they exist.
 """
 
 import os
@@ -90,12 +91,16 @@ def _world_data(c: mlc.ConfigDict) -> None:
 def _vae(c: mlc.ConfigDict, arg: str) -> None:
     """The world VAE: 4x time (two of three levels halve time), 8x space, 16 channels.
 
-    vae_image: 1,500 steps of 16 single frames. Measured 0.9 s/step with a few steps on a loaded
-    machine (docs/world.md) -> about 25 min; budget 45 min.
-    vae: 2,500 steps of 4 clips of 17 frames (25% single frames), warm-started from vae_image.
-    Measured 2.7 s/step -> about 1 h 55 min; budget 2 h."""
+    Step cost, measured with 3 steps after compiling (random clips of the real shape; the
+    snippet in docs/world.md), in CPU-seconds (about half that in wall time on 2 idle cores at
+    best; the machine was at load 16-23 from other jobs when measured):
+    vae_image: 2.0 CPU-s per step of 16 single frames -> 2,000 steps in about 35 min, plus about
+    6 min to render the 8,192 scenes the frames are cut from; budget 45 min.
+    vae: 5.8 CPU-s per step of 4 clips of 9 frames at base_dim 16 -> 2,000 steps, warm-started
+    from vae_image, in about 1 h 40 min; budget 2 h. (At base_dim 24 a step of 16 frames took
+    5.5 CPU-s: base_dim 16 keeps both stages within budget.)"""
     v = c.vae
-    v.base_dim = 24  # channels of the first level
+    v.base_dim = 16  # channels of the first level
     v.z_dim = 16  # latent channels
     v.dim_mult = (1, 2, 4, 4)  # per level; 3 downsamplings -> 8x space
     v.temperal_downsample = (False, True, True)  # as Wan 2.1: the last two halve time -> 4x
@@ -110,25 +115,26 @@ def _vae(c: mlc.ConfigDict, arg: str) -> None:
         c.data.sizes = ((1, 64, 64),)
         c.data.num_train = 8192
         c.train.batch_size = 16
-        c.train.num_steps = 1500
+        c.train.num_steps = 2000
         c.train.learning_rate = 2e-3
         c.train.warmup_steps = 100
     elif arg == 'vae':
         c.train.init_from = 'workdirs/world_vae_image'
         c.train.init_from_ema = False
         v.inflate_from_image = True
-        c.data.sizes = ((17, 64, 64), (1, 64, 64))
+        c.data.sizes = ((9, 64, 64), (1, 64, 64))
         c.data.size_weights = (0.75, 0.25)
         c.data.num_train = 4096
         c.train.batch_size = 4
-        c.train.num_steps = 2500
+        c.train.num_steps = 2000
         c.train.learning_rate = 5e-4
         c.train.warmup_steps = 100
-    else:  # tiny_vae: the same layout, narrow, on 5-frame clips
+    else:  # tiny_vae: narrow, two downsamplings (4x space, 2x time), 5-frame 48x48 clips
         v.base_dim, v.z_dim = 4, 4
-        c.data.sizes = ((5, 64, 64),)
-        c.data.num_train, c.data.num_validation = 8, 2
-        c.train.num_steps, c.train.batch_size, c.train.warmup_steps = 4, 2, 1
+        v.dim_mult, v.temperal_downsample = (1, 2, 2), (False, True)
+        c.data.sizes = ((5, 48, 48),)
+        c.data.num_train, c.data.num_validation = 16, 8
+        c.train.num_steps, c.train.batch_size, c.train.warmup_steps = 4, 8, 1
         c.train.learning_rate = 3e-3
         c.train.log_every, c.train.checkpoint_every = 1, 2
 
@@ -136,11 +142,13 @@ def _vae(c: mlc.ConfigDict, arg: str) -> None:
 def _dit(c: mlc.ConfigDict, arg: str) -> None:
     """The world DiT on the stage-2 VAE's latents: 144 tokens per 33-frame clip.
 
-    dit: 6,000 steps of 32 clips. Measured 2.0 s/step with a few steps (random latents of the
-    real shapes; docs/world.md) -> about 3 h 20 min, plus about 10 min to render and encode the
-    8,192 clips; budget 3 h 40 min.
-    dit_long: 2,000 more steps from dit's last (fresh schedule, peak 3e-4) -> about 1 h 10 min;
-    budget 1 h 20 min."""
+    Step cost, measured with 3 steps after compiling (random latents of the real shape [32, 9, 8,
+    8, 16], /tmp-free script in docs/world.md): 6.5 CPU-seconds per step, i.e. about 3.3 s on
+    2 idle cores at best (the machine was at load 26 from other jobs: 28 s wall).
+    dit: 3,000 steps of 32 clips -> about 2 h 45 min, plus about 10 min to render and encode the
+    8,192 clips; budget 3 h 15 min.
+    dit_long: 1,000 more steps from dit's last (fresh schedule, peak 3e-4) -> about 55 min;
+    budget 1 h."""
     c.autoencoder = 'workdirs/world_vae'
     c.latent_channels = 16  # = vae.z_dim
     c.text.max_length = 128  # two objects and a bar: captions are <= 120 bytes
@@ -164,23 +172,23 @@ def _dit(c: mlc.ConfigDict, arg: str) -> None:
     c.train.ema_decay = 0.998
     c.train.checkpoint_every = 250
     c.train.keep_checkpoints = 2
-    c.train.num_steps = 6000
+    c.train.num_steps = 3000
     if arg == 'dit_long':
         c.train.init_from = 'workdirs/world_dit'
-        c.train.num_steps = 2000
+        c.train.num_steps = 1000
         c.train.learning_rate = 3e-4
         c.train.warmup_steps = 50
-    elif arg == 'tiny':  # pixel space, tiny model, 5-frame clips
+    elif arg == 'tiny':  # pixel space, tiny model, 5-frame 48x48 clips
         c.autoencoder = 'none'
         c.latent_channels = 3
-        c.data.sizes = ((5, 64, 64),)
-        c.data.num_train, c.data.num_validation = 8, 2
+        c.data.sizes = ((5, 48, 48),)
+        c.data.num_train, c.data.num_validation = 16, 8
         c.model.patch_size = (1, 8, 8)
         c.text.dim, c.text.depth = 32, 1
         c.model.dim, c.model.num_heads, c.model.ffn_dim, c.model.depth = 32, 2, 64, 2
         c.model.text_dim = 32
-        c.train.num_steps, c.train.batch_size, c.train.warmup_steps = 4, 2, 1
+        c.train.num_steps, c.train.batch_size, c.train.warmup_steps = 4, 8, 1
         c.train.learning_rate = 3e-3
         c.train.log_every, c.train.checkpoint_every = 1, 2
         c.train.eval_num_videos, c.train.eval_prompts = 0, ()
-        c.sample.num_frames, c.sample.steps = 5, 2
+        c.sample.num_frames, c.sample.height, c.sample.width, c.sample.steps = 5, 48, 48, 2
