@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import types
 from typing import Iterator, NamedTuple
 
 import jax
@@ -47,22 +46,24 @@ class RolloutOptions:
     num_chunks: int
     window: int = 4
     sink_frames: int = 0
-    num_inference_steps: int = 8
-    guidance_scale: float = 4.0
-    shift: float = 1.0
-    sampler: str = 'euler'
-    height: int | None = None  # pixels; None: config.sample's
+    # the rest as `TextToVideo.__call__` takes them; None: config.sample's
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    shift: float | None = None
+    sampler: str | None = None
+    height: int | None = None
     width: int | None = None
     seed: int = 0
-    negative_prompt: str = ''
+    negative_prompt: str | None = None
+    moderation: bool = True
     watermark: bool = True
     progress: bool = True
 
     def check(self, chunk: int) -> None:
-        if self.num_chunks < 1 or self.window < 0 or self.num_inference_steps < 1:
+        if self.num_chunks < 1 or self.window < 0:
             raise ValueError(
-                f'rollout num_chunks={self.num_chunks}, window={self.window}, steps='
-                f'{self.num_inference_steps}: need num_chunks >= 1, window >= 0, steps >= 1.'
+                f'rollout num_chunks={self.num_chunks}, window={self.window}: need '
+                'num_chunks >= 1 and window >= 0.'
             )
         if not 0 <= self.sink_frames <= chunk:
             raise ValueError(
@@ -183,10 +184,32 @@ def rollout(pipe, prompt: str, options: RolloutOptions) -> Iterator[Chunk]:
     chunk = causal_chunk(pipe)
     options.check(chunk)
     s = pipe.config.sample
-    height = int(options.height or s.height)
-    width = int(options.width or s.width)
     sf, tf = pipe.spatial_factor, pipe.temporal_factor
-    _, height, width = pipe.check_size(frames_of(1, chunk, tf), height, width)
+    # the pipeline's own checks, defaults and prompt moderation, for one chunk's frames
+    opts = pipe.check_inputs(
+        prompt,
+        num_frames=frames_of(1, chunk, tf),
+        height=options.height,
+        width=options.width,
+        num_inference_steps=options.num_inference_steps,
+        guidance_scale=options.guidance_scale,
+        negative_prompt=options.negative_prompt,
+        sampler=options.sampler,
+        shift=options.shift,
+        seed=options.seed,
+        mode='t2v',
+        strength=0.7,
+        guidance_interval=(0.0, 1.0),
+        skip_guidance_scale=0.0,
+        skip_layers=None,
+        skip_guidance_interval=None,
+        output_type='np',
+        progress=options.progress,
+        moderation=options.moderation,
+        watermark=options.watermark,
+        guidance_scale_2=None,
+    )
+    height, width = opts.height, opts.width
     dit_cfg = nnx.merge(pipe.graphdef, pipe.params).cfg
     b = 1
     latent_shape = (b, chunk, height // sf, width // sf, pipe.latent_channels)
@@ -197,7 +220,7 @@ def rollout(pipe, prompt: str, options: RolloutOptions) -> Iterator[Chunk]:
     layout = kv_cache.CacheLayout(
         chunk_tokens, window, (options.sink_frames // pt) * tokens_per_frame
     )
-    context, context_mask = pipe.text([prompt, options.negative_prompt])
+    context, context_mask = pipe.encode_prompt(opts)  # [2, L, D]: conditional, unconditional
     cache = kv_cache.empty_cache(
         layout,
         depth=dit_cfg.depth,
@@ -207,10 +230,9 @@ def rollout(pipe, prompt: str, options: RolloutOptions) -> Iterator[Chunk]:
         dtype=jnp.dtype(dit_cfg.dtype),
     )
     decoder = StreamDecoder(pipe.vae)
-    finish_opts = types.SimpleNamespace(watermark=options.watermark)  # what finish() reads
     fps = float(s.get('fps', 16))
     total = frames_of(options.num_chunks, chunk, tf) / fps
-    key = jax.random.key(options.seed)
+    key = jax.random.key(opts.seed)
     with tqdm(
         total=round(total, 2), desc='video seconds', unit='s', disable=not options.progress
     ) as bar:
@@ -223,13 +245,13 @@ def rollout(pipe, prompt: str, options: RolloutOptions) -> Iterator[Chunk]:
                 context,
                 context_mask,
                 jnp.int32(i),
-                jnp.float32(options.guidance_scale),
+                jnp.float32(opts.guidance_scale),
                 graphdef=pipe.graphdef,
                 layout=layout,
-                steps=options.num_inference_steps,
-                sampler=options.sampler,
-                shift=float(options.shift),
+                steps=opts.num_inference_steps,
+                sampler=opts.sampler,
+                shift=float(opts.shift),
             )
-            frames = pipe.finish(decoder(lat), finish_opts)
+            frames = pipe.finish(decoder(lat), opts)
             bar.update(round(frames.shape[1] / fps, 2))
             yield Chunk(i, lat, frames)
