@@ -171,6 +171,7 @@ def cli_run(wan, tmp_path_factory):
             '--width=48',
             '--steps=2',
             f'--out={out}',
+            '--gif',
         ],
         cwd=REPO,
         capture_output=True,
