@@ -70,7 +70,8 @@ def test_tiny_train_step_compiles_for_v5p(tiny_train_report):
     assert rep['collectives']['all-gather']['executed'] >= 1
     assert rep['collectives']['all-gather']['bytes'] > 0
     r = rep['roofline']
-    assert r['step_s'] == pytest.approx(max(r['compute_s'], r['ici_s']))
+    assert r['step_s'] == pytest.approx(max(r['compute_s'], r['hbm_s'], r['ici_s'], r['host_s']))
+    assert r['bound'] in ('compute', 'hbm', 'ici') and r['hbm_s'] > 0
     assert 0 < r['mfu'] <= 1
     assert rep['executed_flops_per_device'] > rep['model_flops_per_device'] > 0  # remat 'full'
     assert rep['remat'] == 'full' and rep['param_dtype'] == 'float32'
