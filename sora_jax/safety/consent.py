@@ -55,7 +55,7 @@ class Registry:
         if not os.path.isfile(path):
             raise ValueError(
                 f'consent registry {path!r} does not exist; pass an existing .jsonl/.json file '
-                f'(--consent_registry or ${CONSENT_ENV}), or none for an empty registry.'
+                f'(${CONSENT_ENV}), or none for an empty registry.'
             )
         with open(path, encoding='utf-8') as f:
             text = f.read()

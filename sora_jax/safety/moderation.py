@@ -72,7 +72,7 @@ class PromptRefused(ValueError):
         self.category, self.description, self.match = category, description, match
         extra = (
             ' A real person may be depicted only with their consent: add an entry to the '
-            'consent registry (--consent_registry / $SORA_JAX_CONSENT, '
+            'consent registry ($SORA_JAX_CONSENT, '
             'sora_jax/safety/consent.py).'
             if category == REAL_PERSON
             else ''
