@@ -150,6 +150,13 @@ flags.DEFINE_string(
     '$SORA_JAX_C2PA_CERT, else a development CA under ~/.config/sora_jax.',
 )
 flags.DEFINE_string('c2pa_key', None, 'PEM private key of --c2pa_cert; default $SORA_JAX_C2PA_KEY.')
+flags.DEFINE_float(
+    'seconds',
+    None,
+    'Causal checkpoints (model.causal_chunk > 0): this many seconds of video, chunk by chunk '
+    'with a key/value cache (sora_jax/pipeline/rollout.py; t2v).',
+)
+flags.DEFINE_integer('window', 4, 'With --seconds: past chunks each chunk attends to.')
 flags.mark_flags_as_required(['checkpoint', 'prompt'])
 
 
@@ -158,6 +165,27 @@ def _call(pipe, height, width):
     from sora_jax.io import video as video_io
 
     F = flags.FLAGS
+    if F.seconds is not None:  # a causal checkpoint's chunked rollout
+        from sora_jax.pipeline import rollout
+
+        if F.mode != 't2v':
+            raise ValueError(f'--seconds runs mode t2v only, got --mode={F.mode}.')
+        opts = rollout.RolloutOptions(
+            num_chunks=1,
+            window=F.window,
+            num_inference_steps=F.steps,
+            guidance_scale=F.guidance_scale,
+            shift=F.shift,
+            sampler=F.sampler,
+            height=height,
+            width=width,
+            seed=F.seed,
+            negative_prompt=F.negative_prompt,
+            moderation=F.moderation,
+            watermark=F.watermark,
+            progress=F.progress,
+        )
+        return rollout.sample_seconds(pipe, F.prompt, F.seconds, opts)
     image = video = None
     if F.image:
         image = video_io.read_image(F.image, height=height, width=width)

@@ -255,3 +255,20 @@ def rollout(pipe, prompt: str, options: RolloutOptions) -> Iterator[Chunk]:
             frames = pipe.finish(decoder(lat), opts)
             bar.update(round(frames.shape[1] / fps, 2))
             yield Chunk(i, lat, frames)
+
+
+def sample_seconds(pipe, prompts, seconds: float, options: RolloutOptions) -> np.ndarray:
+    """`seconds` of video per prompt, chunk by chunk (`rollout`), as uint8 [B, T, H, W, 3]
+    with T = round(seconds * fps) frames (`options.num_chunks` is replaced by what that needs)."""
+    fps = float(pipe.config.sample.get('fps', 16))
+    n_frames = int(round(float(seconds) * fps))
+    if not np.isfinite(seconds) or n_frames < 1:
+        raise ValueError(f'seconds={seconds} gives no frame at {fps:g} fps; use seconds > 0.')
+    chunk = causal_chunk(pipe)
+    n = chunks_for_frames(n_frames, chunk, pipe.temporal_factor)
+    opts = dataclasses.replace(options, num_chunks=n)
+    clips = [
+        np.concatenate([c.frames for c in rollout(pipe, p, opts)], 1)[:, :n_frames]
+        for p in ([prompts] if isinstance(prompts, str) else list(prompts))
+    ]
+    return np.concatenate(clips, 0)
