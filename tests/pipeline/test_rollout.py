@@ -100,3 +100,22 @@ def test_long_video_bench_memory_is_flat():
     assert last.seconds >= 4.0 > first.seconds >= 2.0
     assert last.peak_live_bytes == first.peak_live_bytes
     assert first.s_per_video_s > 0 and last.s_per_video_s > 0
+
+
+def test_stream_decoder_equals_whole_decode():
+    """Latent chunks fed one after another through the causal VAE's feature cache decode to the
+    frames a decode of the whole latent video gives (with the DiT's extra latent statistics)."""
+    from sora_jax.models import vae as vae_lib
+    from sora_jax.models.frozen_vae import FrozenVAE
+
+    vae = vae_lib.WanVAE(vae_lib.tiny_config(), rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(vae)
+    frozen = FrozenVAE(graphdef, state, None).with_stats([0.1, -0.2, 0.3, 0.0], [1.5, 0.5, 1, 2])
+    z = jax.random.normal(jax.random.key(0), (1, 6, 4, 4, 4))
+    whole = frozen.decode(z)
+    decoder = rollout_lib.StreamDecoder(frozen)
+    parts = [decoder(z[:, i : i + 2]) for i in range(0, 6, 2)]
+    assert [p.shape[1] for p in parts] == [5, 8, 8]  # 1 + 4, then 4 per latent frame
+    got = jnp.concatenate(parts, 1)
+    assert got.shape == whole.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(whole), atol=1e-5)
