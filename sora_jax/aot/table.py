@@ -119,6 +119,14 @@ ROWS['14b_720p_train_v5p-8_recipe'] = (
     'v5p-8',
     [(M(1, 1, 1, 4), 1)],
 )
+ROWS['14b_720p_train_v5p-8_recipe_ema_host'] = (  # the EMA kept in pinned host memory
+    't2v_14b,720p,v5p8',
+    'train',
+    R720,
+    'v5p-8',
+    [(M(1, 1, 1, 4), 1)],
+    ['--config.train.ema=host'],
+)
 ROWS['1.3b_720p_train_v5e-8_recipe'] = (
     't2v_1.3b,720p,v5e8',
     'train',
