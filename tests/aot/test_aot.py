@@ -7,6 +7,8 @@ from sora_jax.aot import compile as compile_lib
 from sora_jax.aot import hlo, report, run, topology
 from sora_jax.train import perf
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip('libtpu', reason='libtpu is in the [test] extra')
 
 

@@ -14,6 +14,8 @@ from sora_jax.aot import hlo, report, run, topology
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.train import loop
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip('libtpu', reason='libtpu is in the [test] extra')
 
 _PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan21.py')

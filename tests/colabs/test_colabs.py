@@ -9,6 +9,8 @@ from nbclient import NotebookClient
 
 from tests.xla import xla_flags
 
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 

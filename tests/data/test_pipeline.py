@@ -266,6 +266,7 @@ def tokenizer_picklable_by_value():
     cloudpickle.unregister_pickle_by_value(module)
 
 
+@pytest.mark.slow
 def test_worker_processes_match_and_resume(one_size, tokenizer_picklable_by_value):
     del tokenizer_picklable_by_value
     kw = dict(

@@ -12,6 +12,8 @@ from sora_jax.evaluation import capabilities
 from sora_jax.io import video as video_io
 from sora_jax.pipeline import TextToVideo
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope='module')
 def pipe():

@@ -14,6 +14,8 @@ from sora_jax.io.video import read_video, write_video
 from sora_jax.models.vae import VAEConfig, WanVAE
 from tests.xla import xla_flags
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

@@ -13,6 +13,8 @@ import pytest
 from sora_jax.data import shapes
 from sora_jax.evaluation import shapes_judge as sj
 
+pytestmark = pytest.mark.slow
+
 T, H, W = 17, 32, 32
 KEYS = ('shape', 'color', 'motion')
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -7,6 +7,8 @@ import pytest
 from sora_jax.evaluation import vae_bench
 from sora_jax.models.vae import VAEConfig
 
+pytestmark = pytest.mark.slow
+
 FRAMES = (5, 33)
 # Smaller than tiny_config (one down level, 2x time / space) so the 8 compiles stay quick.
 MICRO = VAEConfig(

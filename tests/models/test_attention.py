@@ -87,6 +87,7 @@ def test_auto_follows_the_mesh_being_compiled_for():
     assert seen == ['splash']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('nq,nk,chunk', [(37, 37, 8), (50, 21, 16)])
 def test_chunked_gradient_matches_xla(nq, nk, chunk):
     """The chunked kernel's flash-style backward (custom VJP) equals autodiff of plain attention."""
@@ -101,6 +102,7 @@ def test_chunked_gradient_matches_xla(nq, nk, chunk):
             np.testing.assert_allclose(np.asarray(g), np.asarray(gr), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('masked_row', [False, True])
 def test_xla_kernel_and_its_gradient_match_jax(masked_row):
     """'xla' (own gradient: saved probabilities, rowsum(dO * O)) equals autodiff through

@@ -25,6 +25,7 @@ def model():
     return DiT(CFG, rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('thw', [(1, 4, 4), (3, 8, 4), (5, 4, 12), (2, 6, 6)])
 def test_output_shape_any_size(model, thw):
     x = jax.random.normal(jax.random.key(1), (2, *thw, 4))
@@ -41,6 +42,7 @@ def test_bad_shape_is_clear_error(model):
         model(jnp.zeros((1, 2, 4, 4, 3)), jnp.zeros((1,)), jnp.zeros((1, 3, 16)))
 
 
+@pytest.mark.slow
 def test_scan_equals_unrolled(model):
     import dataclasses
 
@@ -55,6 +57,7 @@ def test_scan_equals_unrolled(model):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_remat_same_gradients(model):
     import dataclasses
 
@@ -73,6 +76,7 @@ def test_remat_same_gradients(model):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_context_mask_matters_and_padding_ignored(model):
     x = jax.random.normal(jax.random.key(7), (1, 2, 4, 4, 4))
     ctx = jax.random.normal(jax.random.key(8), (1, 6, 16))
@@ -165,6 +169,7 @@ def test_zero_init_starts_every_block_as_identity():
     assert float(jnp.abs(ref(x, t, ctx)).max()) > 0
 
 
+@pytest.mark.slow
 def test_skip_turns_chosen_blocks_into_the_identity_per_example():
     """`skip` [B, depth]: a row skipping block i equals the model whose block i is removed;
     rows skipping nothing are unchanged, and scan == unrolled with skips."""

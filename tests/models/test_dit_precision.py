@@ -46,6 +46,7 @@ def _loss_and_grads(cfg, params, batch):
     return jax.jit(jax.value_and_grad(loss))(params)
 
 
+@pytest.mark.slow
 def test_bf16_compute_close_to_f32(setup):
     params, batch, (l32, g32) = setup
     l16, g16 = _loss_and_grads(dataclasses.replace(CFG, dtype='bfloat16'), params, batch)

@@ -14,6 +14,7 @@ from sora_jax.train import checkpoint as ckpt
 from sora_jax.train.objectives import vae as vae_objective
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('use_gan, disc_weight', [(False, 0.1), (True, 0.1), (True, 0.0)])
 def test_load_keeps_the_vae_of_any_vae_run(tmp_path, use_gan, disc_weight):
     c = shapes_config.get_config('tiny_vae')

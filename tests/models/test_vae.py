@@ -100,6 +100,7 @@ def test_invalid_latent_shape_raises(vae):
         vae.latent_shape(6, 16, 16)
 
 
+@pytest.mark.slow
 def test_chunked_equals_whole(fns, video, latents):
     mean_c, logvar_c = fns['encode_chunked'](video)
     mean, logvar = fns['encode'](video)
@@ -112,6 +113,7 @@ def test_chunked_equals_whole(fns, video, latents):
     assert float(jnp.std(rec)) > 0.05  # not trivially zero
 
 
+@pytest.mark.slow
 def test_chunked_memory_is_flat_in_frames(vae):
     graphdef, state = nnx.split(vae)
 
@@ -199,6 +201,7 @@ def wide(video):
     return jnp.concatenate([video[:1, :5, :8]] * 11, axis=3)[:, :, :, :256]  # [1, 5, 8, 256, 3]
 
 
+@pytest.mark.slow
 def test_tiled_decode_close_to_untiled(vae, wide):
     z = jax.jit(vae.encode)(wide)[0]  # [1, 2, 2, 64, 4]
     ref = jax.jit(lambda z: vae.decode_chunked(z, clip=False))(z)
@@ -222,6 +225,7 @@ def test_tiled_encode_close_to_untiled(vae, wide):
     assert mean_err < 0.05 * float(jnp.std(ref)), mean_err
 
 
+@pytest.mark.slow
 def test_streaming_equals_chunked_and_compiles_once_per_chunk_shape(vae, fns, video, latents):
     mean = jnp.concatenate([m for m, _ in V.stream_encode(vae, np.asarray(video))], axis=1)
     np.testing.assert_allclose(mean, latents, atol=1e-5)

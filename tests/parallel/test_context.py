@@ -16,6 +16,8 @@ from sora_jax.models.dit import DiT, DiTConfig
 from sora_jax.parallel import context
 from sora_jax.parallel import mesh as mesh_lib
 
+pytestmark = pytest.mark.slow
+
 
 def _qkv(b=2, n=32, h=4, d=8, seed=0):
     ks = jax.random.split(jax.random.key(seed), 4)

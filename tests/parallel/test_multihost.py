@@ -19,6 +19,8 @@ import pytest
 
 from tests.xla import xla_flags
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, 'experiments', 'train.py')
 

@@ -30,6 +30,8 @@ distributed.initialize(coordinator, 2, int(pid))
 from sora_jax.data import latents as L, pipeline as P
 from sora_jax.data.builders import shapes as B
 from tests.parallel.test_multihost_data import CONFIG, KW, STEPS, RESUME_AT, encode
+
+pytestmark = pytest.mark.slow
 sources = B.build_shapes(data_dir, CONFIG)  # built by the test: only opened here
 it = P.make_iterator(sources['train'], **KW)
 batches = [next(it) for _ in range(STEPS)]

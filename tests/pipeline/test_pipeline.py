@@ -93,6 +93,7 @@ def test_sdedit_limits(pipe):
     assert d_in < np.abs(t2v.astype(int) - video[None].astype(int)).mean() and d_t2v > 0
 
 
+@pytest.mark.slow
 def test_latent_modes_and_loop(latent_pipe):
     p = latent_pipe
     assert (p.temporal_factor, p.spatial_factor) == (2, 2)

@@ -86,6 +86,7 @@ def test_bit_accuracy_after_transform(marked, name):
     assert np.mean(accs) >= 0.99 and all(found)
 
 
+@pytest.mark.slow
 def test_combination_sets_script(tmp_path):
     """experiments/watermark_eval.py --sets, --fpr_only and --timing_clips. The combination (crop
     10% + half size + middle half + CRF 28) on 8 shapes clips of seed 9 and 8 natural clips
@@ -194,6 +195,7 @@ def test_list_decoder_flips_a_cheap_bit_outside_the_least_reliable_few():
     assert passes == 0
 
 
+@pytest.mark.slow
 def test_unmarked_clips_are_not_found():
     clips = [_shapes(i, seed=5).repeat(4, 1).repeat(4, 2) for i in range(2)]
     clips += [robustness.natural_clip(500 + i) for i in range(2)]

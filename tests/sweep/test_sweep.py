@@ -23,6 +23,8 @@ CONFIG = """
 from configs import shapes
 from sora_jax.sweep.spec import product, sweep
 
+pytestmark = pytest.mark.slow
+
 
 def get_config(arg='tiny'):
     c = shapes.get_config(arg)

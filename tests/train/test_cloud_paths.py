@@ -206,6 +206,7 @@ def test_staging_dir_must_be_local():
     assert staging.Mirror('data_cache').local == 'data_cache'  # local: used as it is
 
 
+@pytest.mark.slow
 def test_export_bundle_to_a_bucket(bucket, tmp_path):
     """experiments/export.py with a gs:// --dst: the bundle is completed locally, then copied."""
     import jax

@@ -3,12 +3,15 @@ runs on CPU through the same jit as train/loop.py and learns a fixed batch."""
 
 import jax
 import numpy as np
+import pytest
 
 from configs import wan21
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.train import loop
 from sora_jax.train import step as step_lib
 from sora_jax.train.objectives import flow_context
+
+pytestmark = pytest.mark.slow
 
 
 def test_wan_train_step_learns_a_fixed_batch():

@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = """
 from configs import shapes
 
+pytestmark = pytest.mark.slow
+
 
 def get_config(arg='tiny'):
     c = shapes.get_config(arg)

@@ -14,6 +14,8 @@ from configs import shapes as shapes_config
 from sora_jax.models import flops
 from sora_jax.train import loop, perf, tracking
 
+pytestmark = pytest.mark.slow
+
 TRAIN_KEYS = {
     'loss',
     'lr',

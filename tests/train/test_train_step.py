@@ -14,6 +14,8 @@ from sora_jax.train import loop
 from sora_jax.train import step as step_lib
 from sora_jax.train.objectives import flow as flow_objective
 
+pytestmark = pytest.mark.slow
+
 
 def _config(**train):
     c = shapes_config.get_config('tiny')

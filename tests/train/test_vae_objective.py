@@ -11,6 +11,8 @@ from sora_jax.evaluation.metrics import psnr
 from sora_jax.models import vae as V
 from sora_jax.train.objectives import vae as obj
 
+pytestmark = pytest.mark.slow
+
 
 def _config(**kw):
     c = mlc.ConfigDict()

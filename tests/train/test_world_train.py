@@ -15,6 +15,8 @@ from sora_jax.io import checkpoint as ckpt_io
 from sora_jax.train import checkpoint as ckpt
 from sora_jax.train import loop
 
+pytestmark = pytest.mark.slow
+
 
 def _run(arg: str, root: str, name: str):
     c = world_config.get_config(arg)
