@@ -12,9 +12,6 @@ docs/guarantees.md). `--dst` may be a bucket (gs://...).
 """
 
 import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 

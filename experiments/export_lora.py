@@ -4,11 +4,6 @@
   python experiments/export_lora.py --workdir=workdirs/shapes_lora --out=outputs/shapes_lora.safetensors
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from absl import flags  # noqa: E402
 
 from sora_jax import cli  # noqa: E402

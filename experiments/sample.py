@@ -18,10 +18,6 @@ bar's host callback keeps the sampler out of the cache); --nocompilation_cache t
 """
 
 import functools
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sora_jax.io import host_memory  # noqa: E402
 

@@ -8,11 +8,6 @@ config key is one line (status 2; the exit statuses are in sora_jax/cli.py and
 docs/guarantees.md); --verbosity=1 shows tracebacks.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from sora_jax.io import host_memory  # noqa: E402
 
 host_memory.retain_freed_memory()  # before jax starts its threads: no page faults per step
