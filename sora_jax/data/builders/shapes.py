@@ -94,18 +94,19 @@ class ShapesConfig(tfds.core.BuilderConfig):
             self.version = _VERSION
 
 
-def size_for_index(config: ShapesConfig, split: str, index: int) -> tuple[int, int, int]:
-    """The (T, H, W) bucket of example `index` of `split` (deterministic)."""
+def size_for_index(config, split: str, index: int, split_ids=_SPLIT_IDS) -> tuple[int, int, int]:
+    """The (T, H, W) bucket of example `index` of `split` (deterministic). `config` is any
+    builder config with `sizes`, `size_weights` and `seed` (the shapes and world builders)."""
     if len(config.sizes) == 1:
         return config.sizes[0]
     w = np.asarray(config.size_weights or [1.0] * len(config.sizes), np.float64)
-    rng = np.random.default_rng([config.seed & 0xFFFFFFFF, 7919, _SPLIT_IDS[split], index])
+    rng = np.random.default_rng([config.seed & 0xFFFFFFFF, 7919, split_ids[split], index])
     return config.sizes[int(rng.choice(len(w), p=w / w.sum()))]
 
 
-def _size_counts(config: ShapesConfig, split: str, num: int) -> list[int]:
+def size_counts(config, split: str, num: int, split_ids=_SPLIT_IDS) -> list[int]:
     """How many of examples 0..num-1 of `split` get each size of `config.sizes`."""
-    drawn = collections.Counter(size_for_index(config, split, i) for i in range(num))
+    drawn = collections.Counter(size_for_index(config, split, i, split_ids) for i in range(num))
     return [drawn[s] for s in config.sizes]
 
 
@@ -190,7 +191,7 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
         counts = {'train': c.num_train, 'validation': c.num_validation}
         # Examples per size, so the pipeline weights its size buckets without reading records.
         self.info.metadata.update(
-            size_counts={split: _size_counts(c, split, n) for split, n in counts.items()}
+            size_counts={split: size_counts(c, split, n) for split, n in counts.items()}
         )
         return {split: self._generate_examples(split, n) for split, n in counts.items() if n}
 

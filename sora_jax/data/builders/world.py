@@ -17,7 +17,6 @@ image stage) see every phase of the motion; the ground truth is cut the same way
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 import json
@@ -31,6 +30,7 @@ from etils import epath
 from tensorflow_datasets.core import utils as tfds_utils
 
 from sora_jax.data import world
+from sora_jax.data.builders import shapes as shapes_builder
 
 _SPLIT_IDS = {'train': 0, 'validation': 1, 'held_out': 2}
 _VERSION = tfds.core.Version('1.0.0')
@@ -96,16 +96,7 @@ class WorldConfig(tfds.core.BuilderConfig):
 
 def size_for_index(config: WorldConfig, split: str, index: int) -> tuple[int, int, int]:
     """The (T, H, W) bucket of example `index` of `split` (deterministic)."""
-    if len(config.sizes) == 1:
-        return config.sizes[0]
-    w = np.asarray(config.size_weights or [1.0] * len(config.sizes), np.float64)
-    rng = np.random.default_rng([config.seed & 0xFFFFFFFF, 7919, _SPLIT_IDS[split], index])
-    return config.sizes[int(rng.choice(len(w), p=w / w.sum()))]
-
-
-def _size_counts(config: WorldConfig, split: str, num: int) -> list[int]:
-    drawn = collections.Counter(size_for_index(config, split, i) for i in range(num))
-    return [drawn[s] for s in config.sizes]
+    return shapes_builder.size_for_index(config, split, index, _SPLIT_IDS)
 
 
 def make_example(config: WorldConfig, split: str, index: int) -> dict:
@@ -199,7 +190,10 @@ class PhysicsWorld(tfds.core.GeneratorBasedBuilder):
         c = self.builder_config
         counts = {'train': c.num_train, 'validation': c.num_validation, 'held_out': c.num_held_out}
         self.info.metadata.update(
-            size_counts={split: _size_counts(c, split, n) for split, n in counts.items()}
+            size_counts={
+                split: shapes_builder.size_counts(c, split, n, _SPLIT_IDS)
+                for split, n in counts.items()
+            }
         )
         return {split: self._generate_examples(split, n) for split, n in counts.items() if n}
 
