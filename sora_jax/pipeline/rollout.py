@@ -84,7 +84,7 @@ class Chunk(NamedTuple):
 
 def causal_chunk(pipe) -> int:
     """Latent frames per chunk of the pipeline's DiT, or a ValueError for a full-attention DiT."""
-    chunk = int(pipe.config.model.get('causal_chunk', 0))
+    chunk = int(nnx.merge(pipe.graphdef, pipe.params).cfg.causal_chunk)
     if chunk < 1:
         raise ValueError(
             'this checkpoint has a full-attention DiT (model.causal_chunk=0); chunked rollouts '
