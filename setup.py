@@ -45,7 +45,7 @@ TEST = [
     # colabs/sweep_and_compare.ipynb: the summary table and the loss curves.
     'pandas>=2.0',
     'matplotlib>=3.8',
-    # Parity references (CPU wheel from a local file; see README).
+    # Parity references (torch: a CPU wheel from a local file; docs/testing.md).
     'torch==2.13.0',
     'diffusers==0.42.1',
     'transformers==5.24.0',

@@ -1,4 +1,4 @@
-"""One small GIF per capability (the README's gallery), from the shipped or any shapes checkpoint.
+"""One small GIF per capability (the README's gallery, docs/gifs/), from the shipped or any shapes checkpoint.
 
   python experiments/capabilities.py --checkpoint=checkpoints/shapes --out=docs/gifs
 

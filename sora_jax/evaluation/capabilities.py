@@ -1,4 +1,4 @@
-"""One small GIF per capability (the README's gallery) from a shapes TextToVideo.
+"""One small GIF per capability (the README's gallery, docs/gifs/) from a shapes TextToVideo.
 
   records = render_all(pipe, 'docs/gifs', steps=25)   # CLI: experiments/capabilities.py
 

@@ -202,7 +202,7 @@ def run(args: Any = None) -> dict:
 
 
 def format_table(result: dict) -> str:
-    """The README table: one row per (frames, mode)."""
+    """The VAE table (docs/benchmarks.md): one row per (frames, mode)."""
     s = result['setup']
     mib = lambda x: f'{x / 2**20:8.1f}' if x is not None else '       -'
     lines = [

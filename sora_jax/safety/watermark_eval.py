@@ -9,7 +9,7 @@ The library of experiments/watermark_eval.py (`full(...)` is its default run):
       natural:0,natural:300,natural:600,natural:900,natural:1200   # the combination alone, 80 clips
   python experiments/watermark_eval.py --fpr_only --fpr_clips=800   # the false-positive rate alone
   python experiments/watermark_eval.py --fpr_only --fpr_clips=400 --fpr_start=400   # its 2nd half
-  python experiments/watermark_eval.py --timing_clips=3   # seconds per detection (README)
+  python experiments/watermark_eval.py --timing_clips=3   # seconds per detection (docs/safety.md)
 
 Two measurements side by side on 2 cores: give each OMP_NUM_THREADS=1 (with two BLAS threads
 each, the false-positive halves took 8.6 s a clip where one alone takes about 2 s).

@@ -2,7 +2,7 @@
 loads without its training workdirs, samples deterministic 16-frame clips on CPU (what
 `make demo` runs), and follows a prompt: the judge finds the prompted colour and motion in its
 clip (the second prompt is a held-out combination). The full prompt-following figures (held-out
-combinations, both languages) come from `experiments/evaluate.py`; see the README.
+combinations, both languages) come from `experiments/evaluate.py` (docs/results.md).
 """
 
 import pathlib

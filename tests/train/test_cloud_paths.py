@@ -5,7 +5,7 @@ fail; the code under test must go through epath.
 
 Covered: the run's data record, the tracker's metrics.jsonl and sample GIFs, the example-id log,
 `train.init_from` checks, checkpoint-directory resolution (workdir vs bundle) and
-`TextToVideo.from_checkpoint`'s existence check. Not covered (see README, "Cloud paths"): Orbax
+`TextToVideo.from_checkpoint`'s existence check. Not covered (docs/training.md, "Cloud paths and multi-host"): Orbax
 writes arrays through tensorstore's own gcs driver, array_record (tfds data, latent cache) opens
 local files, and tensorboardX writes gs:// through google-cloud-storage; none of them goes through
 fsspec, so a fake bucket cannot stand in for them here."""

@@ -1,5 +1,5 @@
 """LoRA on a converted Wan 2.1 folder, trained on a folder of clips (configs/wan21.py:lora_tiny):
-the README walk-through (convert -> train -> export -> sample) on a tiny random Wan. Only the
+the docs/lora.md walk-through (convert -> train -> export -> sample) on a tiny random Wan. Only the
 adapters train (the base stays bitwise the converted DiT), the checkpoint holds adapters plus the
 base pointer, and the LoRA run and its exported file sample the same video, unlike the base's."""
 
