@@ -1,14 +1,13 @@
 """The train-state memory options compiled for a 4-chip TPU slice (v5p-8) on the tiny Wan config,
 and the HBM-traffic count the roofline uses (`aot/hlo.hbm_traffic`, `aot/report`)."""
 
-import importlib.util
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import pytest
 
+from configs import wan21
 from sora_jax.aot import compile as compile_lib
 from sora_jax.aot import hlo, report, run, topology
 from sora_jax.parallel import mesh as mesh_lib
@@ -17,11 +16,6 @@ from sora_jax.train import loop
 pytestmark = pytest.mark.slow
 
 pytest.importorskip('libtpu', reason='libtpu is in the [test] extra')
-
-_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'wan21.py')
-_spec = importlib.util.spec_from_file_location('wan21_config_memory_aot', _PATH)
-wan21 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(wan21)
 
 
 def _state_bytes(config, mesh_shape):

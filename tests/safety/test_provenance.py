@@ -1,7 +1,6 @@
 """C2PA Content Credentials (sign, read back, tamper), the data record, the pipeline's defaults
 and experiments/verify.py on a signed, marked file."""
 
-import importlib.util
 import os
 
 import numpy as np
@@ -31,15 +30,6 @@ def _info(**kw):
     return provenance.manifest_info(**{**base, **kw})
 
 
-def _verify_module():
-    spec = importlib.util.spec_from_file_location(
-        'verify', os.path.join(REPO, 'experiments', 'verify.py')
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_sign_read_and_tamper(tmp_path):
     clip = wm.embed(np.random.default_rng(0).integers(0, 255, (8, 64, 64, 3), dtype=np.uint8), 5, 6)
     path = str(video_io.write_video(tmp_path / 'a.mp4', clip))
@@ -57,7 +47,8 @@ def test_sign_read_and_tamper(tmp_path):
     bad.write_bytes(bytes(data))
     rb = provenance.read(str(bad))
     assert rb['present'] and not rb['valid'] and any('mismatch' in e for e in rb['errors'])
-    verify = _verify_module()
+    from sora_jax.safety import verify
+
     good, tampered = verify.verify(path), verify.verify(str(bad))
     assert (
         good['c2pa']['valid'] and good['watermark']['found'] and good['watermark']['user_key'] == 6
