@@ -15,6 +15,8 @@ from sora_jax.models import kv_cache
 from sora_jax.models.dit import DiT, DiTConfig
 from tests.parity.wan_fixture import tiny_config
 
+pytestmark = pytest.mark.slow
+
 pytestmark = pytest.mark.slow  # compiles and samples or trains for tens of seconds
 
 CHUNK = 2  # latent frames per chunk

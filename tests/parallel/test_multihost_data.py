@@ -17,6 +17,8 @@ from sora_jax.data import pipeline as P
 from sora_jax.data.builders import shapes as B
 from tests.xla import xla_flags
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZES = ((4, 16, 16), (2, 8, 12), (6, 16, 8))
 STEPS, RESUME_AT = 12, 5
@@ -30,8 +32,6 @@ distributed.initialize(coordinator, 2, int(pid))
 from sora_jax.data import latents as L, pipeline as P
 from sora_jax.data.builders import shapes as B
 from tests.parallel.test_multihost_data import CONFIG, KW, STEPS, RESUME_AT, encode
-
-pytestmark = pytest.mark.slow
 sources = B.build_shapes(data_dir, CONFIG)  # built by the test: only opened here
 it = P.make_iterator(sources['train'], **KW)
 batches = [next(it) for _ in range(STEPS)]

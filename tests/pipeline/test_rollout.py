@@ -13,6 +13,8 @@ from sora_jax.diffusion import samplers
 from sora_jax.pipeline import TextToVideo
 from sora_jax.pipeline import rollout as rollout_lib
 
+pytestmark = pytest.mark.slow
+
 pytestmark = pytest.mark.slow  # compiles and samples or trains for tens of seconds
 
 CHUNK = 2

@@ -18,12 +18,12 @@ import pytest
 from sora_jax.sweep import spec
 from tests.xla import xla_flags
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = """
 from configs import shapes
 from sora_jax.sweep.spec import product, sweep
-
-pytestmark = pytest.mark.slow
 
 
 def get_config(arg='tiny'):

@@ -15,6 +15,8 @@ from sora_jax.train import loop
 from sora_jax.train import validate as validate_lib
 from sora_jax.train.objectives import diffusion_forcing as df
 
+pytestmark = pytest.mark.slow
+
 pytestmark = pytest.mark.slow  # compiles and samples or trains for tens of seconds
 
 CHUNK = 2  # latent frames per chunk (the temporal patch): the 4-frame tiny clips are 2 chunks

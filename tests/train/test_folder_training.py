@@ -16,11 +16,11 @@ from sora_jax.data import shapes
 from sora_jax.io import video as V
 from tests.xla import xla_flags
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = """
 from configs import shapes
-
-pytestmark = pytest.mark.slow
 
 
 def get_config(arg='tiny'):

@@ -28,11 +28,11 @@ from configs import shapes as shapes_config
 from sora_jax.train import sources as sources_lib
 from tests.xla import xla_flags
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = """
 from configs import shapes
-
-pytestmark = pytest.mark.slow
 
 
 def get_config(arg='tiny'):
