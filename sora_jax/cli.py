@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import difflib
 import errno
+import os
 import sys
+import threading
 
 from absl import app, flags
 
@@ -51,17 +53,49 @@ class UnreadableError(ValueError):
 @contextlib.contextmanager
 def reading(what: str, fix: str):
     """Any exception while reading `what` -> UnreadableError('cannot read WHAT: cause; FIX')
-    (the original stays chained, and --verbosity=1 shows its traceback)."""
+    (the original stays chained, and --verbosity=1 shows its traceback).
+
+    In a CLI (`run`), a failed Orbax read leaves TensorStore reads in flight that report back,
+    from their own threads, to an event loop the failure closed: each prints 'RuntimeError:
+    Event loop is closed' with a traceback, around and after the one-line error. They say
+    nothing about the file, so while reading, stderr takes writes from the main thread only,
+    and after a failure nothing more (the error line goes to the stream it had)."""
+    global _error_stream
+    mute = _in_cli and not _verbose()
+    saved = sys.stderr
+    if mute:
+        sys.stderr = _MainThreadOnly(saved)
     try:
         yield
     except (KeyboardInterrupt, SystemExit, MemoryError, UnreadableError):
         raise
-    except OSError as e:
-        if e.errno in _DISK - {errno.EACCES, errno.EPERM}:
-            raise
-        raise UnreadableError(f'cannot read {what}: {one_line(e)}; {fix}') from e
     except Exception as e:  # noqa: BLE001 - every reader error is the file's, not ours
+        if isinstance(e, OSError) and e.errno in _DISK - {errno.EACCES, errno.EPERM}:
+            raise
+        if mute:
+            _error_stream = saved
+            saved.flush()
+            sys.stderr = open(os.devnull, 'w')  # noqa: SIM115 - this process is about to exit
+            mute = False
         raise UnreadableError(f'cannot read {what}: {one_line(e)}; {fix}') from e
+    finally:
+        if mute:
+            sys.stderr = saved
+
+
+class _MainThreadOnly:
+    """A stream that passes on the main thread's writes and drops other threads'."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        if threading.current_thread() is threading.main_thread():
+            return self._stream.write(text)
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def one_line(e: BaseException, limit: int = 400) -> str:
@@ -101,8 +135,12 @@ def _verbose() -> bool:
         return False
 
 
+_in_cli = False  # set by run(): only a CLI process mutes stderr after a failed read
+_error_stream = None  # where `fail` writes once a failed read has muted stderr
+
+
 def fail(code: int, message: str):
-    print(f'ERROR: {message}', file=sys.stderr, flush=True)
+    print(f'ERROR: {message}', file=_error_stream or sys.stderr, flush=True)
     sys.exit(code)
 
 
@@ -184,4 +222,6 @@ def parse_flags(argv):
 
 def run(main):
     """app.run(main) with one-line errors for bad flags and expected failures."""
+    global _in_cli
+    _in_cli = True
     app.run(guard(main), flags_parser=parse_flags)

@@ -13,6 +13,7 @@ reported with a warning when a config is read or a training manager opens (`warn
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Mapping
 
@@ -69,15 +70,17 @@ def load_config(directory: str | os.PathLike, step: int | None = None) -> mlc.Co
         )
     directory = directory.absolute()
     warn_unfinished(directory)
-    mngr = _reader(directory)
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-        raise ValueError(
-            f'no complete checkpoint in {os.fspath(directory)!r}; train first '
-            '(experiments/train.py --workdir=...) or point at another directory.'
-        )
-    cfg = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
-    return mlc.ConfigDict(_lists_to_tuples(cfg))
+    # Closed on every path: a manager left open at exit (after a read error) has Orbax's
+    # background threads print tracebacks after the CLI's one-line error.
+    with contextlib.closing(_reader(directory)) as mngr:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise ValueError(
+                f'no complete checkpoint in {os.fspath(directory)!r}; train first '
+                '(experiments/train.py --workdir=...) or point at another directory.'
+            )
+        cfg = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+        return mlc.ConfigDict(_lists_to_tuples(cfg))
 
 
 def checkpoint_dir(path: str | os.PathLike) -> str:
@@ -103,65 +106,67 @@ def restore_params(
     `missing_ok` (fine-tuning a model that adds modules), parameters the checkpoint lacks come
     back as None and parameters only the checkpoint has are ignored."""
     directory = epath.Path(directory).absolute()
-    mngr = _reader(directory)
-    if step is None:
-        step = mngr.latest_step()
+    with contextlib.closing(_reader(directory)) as mngr:
         if step is None:
-            raise ValueError(f'no complete checkpoint in {os.fspath(directory)!r}.')
-    elif step not in (saved_steps := mngr.all_steps()):
-        raise ValueError(
-            f'{os.fspath(directory)!r} has no checkpoint at step {step}; it holds '
-            f'steps {sorted(saved_steps)}. Pass one of them (or no step: the newest).'
-        )
-    key = 'ema_params' if ema and _holds(mngr, step, 'ema_params') else 'params'
-    saved = _saved_leaves(mngr, step, key, directory)  # a run with train.ema='off': its params
-    want = _flat(abstract_params)
-    missing = [k for k in want if k not in saved]
-    bad = [
-        f'{".".join(k)}: saved {saved[k][1] if k in saved else None} vs model {want[k].shape}'
-        for k in want
-        if k in saved and saved[k][1] != tuple(want[k].shape)
-    ]
-    if not missing_ok:
-        bad += [f'{".".join(k)}: saved {saved[k][1]} vs model None' for k in saved if k not in want]
-        bad += [f'{".".join(k)}: saved None vs model {want[k].shape}' for k in missing]
-    if bad:
-        more = f' (+{len(bad) - 5} more)' if len(bad) > 5 else ''
-        raise ValueError(
-            f'{os.fspath(directory)!r} step {step}: {len(bad)} parameters differ '
-            f'from the model: {"; ".join(sorted(bad)[:5])}{more}.'
-        )
-    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # addressable on every host
-    item, args = {}, {}
-    for k, a in want.items():  # nested dicts in the saved layout, only what both trees hold
-        if k not in saved:
-            continue
-        path = saved[k][0]
-        node_i, node_a = item, args
-        for part in path[:-1]:
-            node_i, node_a = node_i.setdefault(part, {}), node_a.setdefault(part, {})
-        node_i[path[-1]] = a
-        node_a[path[-1]] = ocp.ArrayRestoreArgs(
-            sharding=getattr(a, 'sharding', None) or dev, dtype=a.dtype
-        )
-    out = mngr.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item={key: item}, restore_args={key: args}, partial_restore=True
+            step = mngr.latest_step()
+            if step is None:
+                raise ValueError(f'no complete checkpoint in {os.fspath(directory)!r}.')
+        elif step not in (saved_steps := mngr.all_steps()):
+            raise ValueError(
+                f'{os.fspath(directory)!r} has no checkpoint at step {step}; it holds '
+                f'steps {sorted(saved_steps)}. Pass one of them (or no step: the newest).'
             )
-        ),
-    )['state'][key]
-    values = {}
-    for k in want:
-        if k in saved:
-            node = out
-            for part in saved[k][0]:
-                node = node[part]
-            values[k] = node
-    leaves = [values.get(k) for k in want]
-    treedef = jax.tree_util.tree_structure(abstract_params)
-    return jax.tree_util.tree_unflatten(treedef, leaves), step
+        key = 'ema_params' if ema and _holds(mngr, step, 'ema_params') else 'params'
+        saved = _saved_leaves(mngr, step, key, directory)  # a run with train.ema='off': its params
+        want = _flat(abstract_params)
+        missing = [k for k in want if k not in saved]
+        bad = [
+            f'{".".join(k)}: saved {saved[k][1] if k in saved else None} vs model {want[k].shape}'
+            for k in want
+            if k in saved and saved[k][1] != tuple(want[k].shape)
+        ]
+        if not missing_ok:
+            bad += [
+                f'{".".join(k)}: saved {saved[k][1]} vs model None' for k in saved if k not in want
+            ]
+            bad += [f'{".".join(k)}: saved None vs model {want[k].shape}' for k in missing]
+        if bad:
+            more = f' (+{len(bad) - 5} more)' if len(bad) > 5 else ''
+            raise ValueError(
+                f'{os.fspath(directory)!r} step {step}: {len(bad)} parameters differ '
+                f'from the model: {"; ".join(sorted(bad)[:5])}{more}.'
+            )
+        dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # addressable on every host
+        item, args = {}, {}
+        for k, a in want.items():  # nested dicts in the saved layout, only what both trees hold
+            if k not in saved:
+                continue
+            path = saved[k][0]
+            node_i, node_a = item, args
+            for part in path[:-1]:
+                node_i, node_a = node_i.setdefault(part, {}), node_a.setdefault(part, {})
+            node_i[path[-1]] = a
+            node_a[path[-1]] = ocp.ArrayRestoreArgs(
+                sharding=getattr(a, 'sharding', None) or dev, dtype=a.dtype
+            )
+        out = mngr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item={key: item}, restore_args={key: args}, partial_restore=True
+                )
+            ),
+        )['state'][key]
+        values = {}
+        for k in want:
+            if k in saved:
+                node = out
+                for part in saved[k][0]:
+                    node = node[part]
+                values[k] = node
+        leaves = [values.get(k) for k in want]
+        treedef = jax.tree_util.tree_structure(abstract_params)
+        return jax.tree_util.tree_unflatten(treedef, leaves), step
 
 
 def _name(entry) -> str:
