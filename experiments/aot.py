@@ -21,6 +21,9 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # compile for the TPU; run nothin
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from sora_jax import config_files  # noqa: E402
+
+config_files.register_configs()  # config files outside configs/ may import configs.*
 config_flags.DEFINE_config_file('config', None, 'Config file (FILE.py:ARG).', lock_config=True)
 flags.DEFINE_string('topology', None, 'v5p-64 | v5e-8 | v6e-256 | v5p:4x4x2 ...')
 flags.DEFINE_enum('task', 'train', ['train', 'sample', 'decode'], 'Which step to compile.')

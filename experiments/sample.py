@@ -26,9 +26,14 @@ host_memory.retain_freed_memory()  # before jax starts its threads: no page faul
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from sora_jax import cli, generate  # noqa: E402
+from sora_jax import (  # noqa: E402
+    cli,
+    config_files,  # noqa: E402
+    generate,
+)
 from sora_jax.io import compile_cache  # noqa: E402  (defines --compilation_cache)
 
+config_files.register_configs()  # config files outside configs/ may import configs.*
 config_flags.DEFINE_config_file(
     'config',
     None,

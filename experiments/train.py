@@ -15,9 +15,10 @@ host_memory.retain_freed_memory()  # before jax starts its threads: no page faul
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from sora_jax import cli  # noqa: E402
+from sora_jax import cli, config_files  # noqa: E402
 from sora_jax.io import compile_cache  # noqa: E402  (defines --compilation_cache)
 
+config_files.register_configs()  # config files outside configs/ may import configs.*
 config_flags.DEFINE_config_file('config', None, 'Config file (FILE.py:ARG).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and TensorBoard logs.')
 flags.mark_flags_as_required(['config', 'workdir'])

@@ -60,14 +60,20 @@ def _package(directory: Path) -> ModuleType | None:
     return pkg if directory in paths else None
 
 
+def register_configs() -> None:
+    """Makes this checkout's `configs` package importable (`from configs import shapes`) for
+    config files that absl's --config flag loads by path from anywhere (the CLIs call it)."""
+    if (REPO_ROOT / 'configs').is_dir():
+        _package(REPO_ROOT / 'configs')
+
+
 def load_module(path: str | os.PathLike) -> ModuleType:
     """The module of config file `path` (see the module docstring for how it is found)."""
     p = resolve(path)
     pkg = _package(p.parent)
     if pkg is not None:
         return importlib.import_module(f'{pkg.__name__}.{p.stem}')
-    if (REPO_ROOT / 'configs').is_dir():  # a config file elsewhere may build on `configs.*`
-        _package(REPO_ROOT / 'configs')
+    register_configs()  # a config file elsewhere may build on `configs.*`
     spec = importlib.util.spec_from_file_location(f'_config_file_{p.stem}', p)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
