@@ -157,6 +157,7 @@ def test_damaged_checkpoint_is_one_line(damaged, tmp_path, name):
     assert not (tmp_path / 'a.png').exists()
 
 
+@pytest.mark.slow
 def test_mp4_run_writes_only_the_named_file(tmp_path):
     out = tmp_path / 'clip.mp4'
     r = _run(['--steps=1', '--noprogress', f'--out={out}'], tmp_path)

@@ -93,6 +93,7 @@ def test_only_adapters_train_base_bitwise_unchanged(base):
     assert a.sharding.spec[:2] == k.sharding.spec[:2]
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_adapters_and_resume_is_exact(base):
     root, base_dir, _ = base
     c = _config(os.path.join(root, 'data'), base_dir)

@@ -19,6 +19,8 @@ from sora_jax.train import step as step_lib
 from sora_jax.train.objectives import flow as flow_objective
 from sora_jax.train.validate import validate_config
 
+pytestmark = pytest.mark.slow
+
 STEPS = 30
 
 

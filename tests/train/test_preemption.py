@@ -219,9 +219,7 @@ def test_nonfinite_streak_stops_the_run_and_checkpoints_stay_finite(runs):
     work = base / 'nan'
     err = (base / 'nan.err').read_text()
     assert rc == 7, err[-3000:]  # cli.EXIT['nonfinite']: an expected failure, one line
-    assert (
-        'ERROR: 2 non-finite steps in a row at step 4 (train.max_nonfinite=2)' in err
-    )
+    assert 'ERROR: 2 non-finite steps in a row at step 4 (train.max_nonfinite=2)' in err
     assert 'step 3: non-finite loss or gradient; update skipped (1 in a row, 1 in all)' in err
     logged = read_ids(work)
     assert [r['step'] for r in logged] == [1, 2, 3, 4]

@@ -25,6 +25,8 @@ from sora_jax.train.objectives import flow_context
 from tests.parity.wan_fixture import SENTENCES, make_tiny_wan_folder
 from tests.pipeline.test_pipeline_imports import fresh_to_q_kernel
 
+pytestmark = pytest.mark.slow
+
 PROMPT = SENTENCES[0]
 
 
