@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,7 @@ from jax.ad_checkpoint import checkpoint_name
 from sora_jax.models import attention as attn_lib
 from sora_jax.models import kv_cache, layers, rope
 from sora_jax.models import lora as lora_lib
+from sora_jax.models import quantize as quantize_lib
 from sora_jax.models.config import fields_from_config
 from sora_jax.parallel.mesh import constrain
 
@@ -153,6 +154,17 @@ class DiTConfig:
         return sum(math.prod(x.shape) for x in jax.tree.leaves(state))
 
 
+class CrossKV(NamedTuple):
+    """One cross-attention layer's keys/values ([B, L, H, hd]; with a leading [depth] axis when
+    stacked over the blocks, as `DiT.text_kv` returns them), and I2V's image-token ones
+    ([B, S, H, hd], None without image tokens)."""
+
+    k: jax.Array
+    v: jax.Array
+    k_img: jax.Array | None = None
+    v_img: jax.Array | None = None
+
+
 def _table_init(rngs: nnx.Rngs, rows: int, cfg: DiTConfig) -> jax.Array:
     """A modulation table [1, rows, dim]: N(0, 1 / dim) as Wan, or zeros with cfg.zero_init."""
     key = rngs.params()  # drawn either way: zero_init leaves the other parameters' init unchanged
@@ -246,36 +258,54 @@ class Attention(nnx.Module):
         out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, 1)
         return self.to_out(rearrange(out, 'b n h d -> b n (h d)')), k, v
 
-    def __call__(self, x, context=None, context_mask=None, angles=None, image_context=None):
-        """x: [B, N, D]; context: [B, L, D] (None = self-attention); mask: [B, L];
+    def cross_kv(self, context, image_context=None) -> 'CrossKV':
+        """The keys/values cross-attention takes from its sources: context [B, L, D] -> k, v
+        [B, L, H, hd] (k qk-normed), and for I2V image_context [B, S, D] -> k_img, v_img
+        [B, S, H, hd]. They depend on the text (and image) alone, so a sampler computes them
+        once per call (`DiT.text_kv`) instead of at every step."""
+        split = lambda a: rearrange(a, 'b n (h d) -> b n h d', h=self.heads)
+        k, v = split(self.norm_k(self.to_k(context))), split(self.to_v(context))
+        if not self.added_kv:
+            return CrossKV(k, v)
+        if image_context is None:
+            raise ValueError(
+                'this cross-attention has image key/value projections '
+                '(model.image_dim > 0): pass the image tokens.'
+            )
+        k_img = split(self.norm_added_k(self.add_k_proj(image_context)))
+        return CrossKV(k, v, k_img, split(self.add_v_proj(image_context)))
+
+    def __call__(
+        self, x, context=None, context_mask=None, angles=None, image_context=None, kv=None
+    ):
+        """x: [B, N, D]; context: [B, L, D] (None and no `kv` = self-attention); mask: [B, L];
         image_context: [B, S, D] image tokens (I2V cross-attention only): attended separately
-        (no mask) with add_k_proj / add_v_proj, the two attention outputs summed."""
-        src = x if context is None else context
-        q, k, v = self._project(x, src, angles)
+        (no mask) with add_k_proj / add_v_proj, the two attention outputs summed. `kv`
+        (cross-attention): this layer's `CrossKV` from `cross_kv`, used instead of projecting
+        context / image_context again."""
+        if context is None and kv is None:
+            q, k, v = self._project(x, x, angles)
+            q = constrain(q, ('act_batch', 'act_length', 'act_heads', None))
+            out = attn_lib.dot_product_attention(
+                q,
+                k,
+                v,
+                context_mask,
+                impl=self.impl,
+                chunk_size=self.chunk,
+                context_parallel=self.context_parallel,
+            )
+            return self.to_out(rearrange(out, 'b n h d -> b n (h d)'))
+        if kv is None:
+            kv = self.cross_kv(context, image_context)
+        q = rearrange(self.norm_q(self.to_q(x)), 'b n (h d) -> b n h d', h=self.heads)
         q = constrain(q, ('act_batch', 'act_length', 'act_heads', None))
         out = attn_lib.dot_product_attention(
-            q,
-            k,
-            v,
-            context_mask,
-            impl=self.impl,
-            chunk_size=self.chunk,
-            context_parallel=self.context_parallel if context is None else 'none',
+            q, kv.k, kv.v, context_mask, impl=self.impl, chunk_size=self.chunk
         )
         if self.added_kv:
-            if image_context is None:
-                raise ValueError(
-                    'this cross-attention has image key/value projections '
-                    '(model.image_dim > 0): pass the image tokens.'
-                )
-            k_img = rearrange(
-                self.norm_added_k(self.add_k_proj(image_context)),
-                'b s (h d) -> b s h d',
-                h=self.heads,
-            )
-            v_img = rearrange(self.add_v_proj(image_context), 'b s (h d) -> b s h d', h=self.heads)
             out = out + attn_lib.dot_product_attention(
-                q, k_img, v_img, None, impl=self.impl, chunk_size=self.chunk
+                q, kv.k_img, kv.v_img, None, impl=self.impl, chunk_size=self.chunk
             ).astype(out.dtype)
         return self.to_out(rearrange(out, 'b n h d -> b n (h d)'))
 
@@ -320,12 +350,23 @@ class DiTBlock(nnx.Module):
         self.scale_shift_table = nnx.Param(init, out_sharding=(None, None, 'norm'))
         self.dtype = dt
 
-    def __call__(self, x, context, context_mask, temb6, angles, image_context=None, causal=None):
+    def __call__(
+        self,
+        x,
+        context,
+        context_mask,
+        temb6,
+        angles,
+        image_context=None,
+        causal=None,
+        cross_kv=None,
+    ):
         """x: [B, N, D]; temb6: [B, 6, D] float32 (time projection), or [B, N, 6, D] with
         per-token timesteps (Wan 2.2 TI2V); angles: [N, head_dim/2]; image_context: [B, S, D]
         embedded image tokens (I2V) or None. `causal` ((block_tokens, past) with past None or
         this block's (k, v, valid) cache): block-causal self-attention, and the return value is
-        (x, (k, v)) with this block's keys/values of x's tokens."""
+        (x, (k, v)) with this block's keys/values of x's tokens. `cross_kv`: this block's
+        precomputed cross-attention `CrossKV` (context / image_context are then not read)."""
         if temb6.ndim == 4:  # per token: each modulation row [B, N, D]
             mod = self.scale_shift_table[...][:, None] + temb6
             parts = [p[:, :, 0] for p in jnp.split(mod, 6, axis=2)]
@@ -342,7 +383,8 @@ class DiTBlock(nnx.Module):
             kv = (k, v)
         x = (x.astype(jnp.float32) + a * gate_msa).astype(x.dtype)
         h = self.norm2(x).astype(self.dtype)
-        x = x + self.attn2(h, context, context_mask, image_context=image_context).astype(x.dtype)
+        a = self.attn2(h, context, context_mask, image_context=image_context, kv=cross_kv)
+        x = x + a.astype(x.dtype)
         h = layers.modulate(self.norm3(x), c_shift, c_scale).astype(self.dtype)
         x = (x.astype(jnp.float32) + self.ffn(h).astype(jnp.float32) * c_gate).astype(x.dtype)
         x = constrain(x, ('act_batch', 'act_length', 'act_embed'))
@@ -472,6 +514,29 @@ class ConditionEmbedder(nnx.Module):
         return temb, temb6, self.text_embedder(context)
 
 
+class Embedded(NamedTuple):
+    """What the blocks and the head take besides the tokens (`DiT.embed`), rows as the input's."""
+
+    temb: jax.Array  # [B, D] time embedding (per token: [B, N, D]), float32
+    temb6: jax.Array  # [B, 6, D] its modulation projection (per token: [B, N, 6, D])
+    ctx: jax.Array  # [B, L, D] text features at model width
+    context_mask: jax.Array | None  # [B, L]
+    img: jax.Array | None  # [B, S, D] embedded image tokens (I2V) or None
+    angles: jax.Array  # [N, head_dim / 2] RoPE angles of the token grid
+    grid: tuple[int, int, int]  # the token grid (f, h, w): static
+
+    def rows(self, start, size: int) -> 'Embedded':
+        """Rows start..start+size-1 of every per-row field (`start` may be traced)."""
+        take = lambda a: None if a is None else jax.lax.dynamic_slice_in_dim(a, start, size, 0)
+        return self._replace(
+            temb=take(self.temb),
+            temb6=take(self.temb6),
+            ctx=take(self.ctx),
+            context_mask=take(self.context_mask),
+            img=take(self.img),
+        )
+
+
 class DiT(nnx.Module):
     """velocity = DiT(x_t: [B, T, H, W, Cin], t: [B] in [0, 1], context: [B, L, text_dim]).
 
@@ -525,13 +590,37 @@ class DiT(nnx.Module):
             grid.append(n // p)
         return tuple(grid)
 
-    def __call__(self, x, t, context, context_mask=None, skip=None, image=None):
+    def __call__(self, x, t, context, context_mask=None, skip=None, image=None, text_kv=None):
         """`skip` (optional, bool [B, depth]): per example, blocks that act as the identity (the
         weakened model of skip-layer guidance); None runs every block. `image` ([B, S, image_dim],
         I2V models only, model.image_dim > 0): CLIP image features, attended in every block's
         cross-attention through their own key/value projections. With model.causal_chunk > 0
-        self-attention is block-causal over chunks of that many latent frames."""
-        return self._forward(x, t, context, context_mask, skip, image)[0]
+        self-attention is block-causal over chunks of that many latent frames. `text_kv`:
+        `text_kv(context, image)` computed beforehand (a sampler's steps share it): the blocks
+        attend to it instead of projecting the text and image tokens again."""
+        return self._forward(x, t, context, context_mask, skip, image, text_kv=text_kv)[0]
+
+    def text_kv(self, context, image=None) -> CrossKV:
+        """Every block's cross-attention keys/values of the text context [B, L, text_dim] (and
+        I2V's image features [B, S, image_dim]): `CrossKV` with k, v [depth, B, L, H, hd] (and
+        k_img, v_img [depth, B, S, H, hd]). They do not depend on x_t or t, so a sampler
+        computes them once per call and passes them to every step (`__call__(text_kv=...)`);
+        the result equals recomputing them (tests/models/test_text_kv_cache.py)."""
+        cfg = self.cfg
+        if (image is None) != (not cfg.image_dim):
+            raise ValueError(
+                f'model.image_dim={cfg.image_dim}: text_kv needs image= exactly when the DiT '
+                'has image tokens (CLIP features [B, S, image_dim]).'
+            )
+        ctx = self.condition_embedder.text_embedder(context)
+        img = None if image is None else self.condition_embedder.image_embedder(image)
+        gdef, state = nnx.split(self.blocks)
+
+        def one(block_state):
+            block = nnx.merge(gdef, quantize_lib.dequantize(block_state))
+            return block.attn2.cross_kv(ctx, img)
+
+        return jax.lax.map(one, state)
 
     def chunk(self, x, t, context, context_mask=None, *, cache=None, frame_offset=0, image=None):
         """One step of a chunked rollout (causal models only): x [B, T, H, W, Cin] is the chunk
@@ -547,7 +636,36 @@ class DiT(nnx.Module):
             )
         return self._forward(x, t, context, context_mask, None, image, cache, frame_offset)
 
-    def _forward(self, x, t, context, context_mask, skip, image, cache=None, frame_offset=0):
+    def _forward(
+        self, x, t, context, context_mask, skip, image, cache=None, frame_offset=0, text_kv=None
+    ):
+        cfg = self.cfg
+        h, e = self._embed(x, t, context, context_mask, skip, image, frame_offset)
+        causal = None
+        if cfg.causal_chunk:
+            pt = cfg.patch_size[0]
+            causal = ((cfg.causal_chunk // pt) * e.grid[1] * e.grid[2], cache)
+        h, kv = self._run_blocks(
+            h, e.ctx, context_mask, e.temb6, e.angles, skip, e.img, causal, text_kv=text_kv
+        )
+        return self.head(h, e), kv
+
+    def embed(self, x, t, context, context_mask=None, image=None) -> tuple[jax.Array, 'Embedded']:
+        """The DiT up to its first block: (tokens h [B, N, D], `Embedded`) for the same inputs as
+        `__call__`; `run_blocks` and `head` finish it (`head(run_blocks(*embed(...)), e)` is `__call__`).
+        Step caches (pipeline/step_cache.py) run the stack in parts this way."""
+        return self._embed(x, t, context, context_mask, None, image, 0)
+
+    def run_blocks(self, h, e: 'Embedded', start: int = 0, stop: int | None = None):
+        """h [B, N, D] through blocks start..stop-1 (static ints; stop None: the last) -> h."""
+        stop = self.cfg.depth if stop is None else stop
+        if not 0 <= start < stop <= self.cfg.depth:
+            raise ValueError(f'blocks {start}..{stop} must satisfy 0 <= start < stop <= depth.')
+        return self._run_blocks(
+            h, e.ctx, e.context_mask, e.temb6, e.angles, None, e.img, None, layers=(start, stop)
+        )[0]
+
+    def _embed(self, x, t, context, context_mask, skip, image, frame_offset):
         cfg = self.cfg
         if (image is None) != (not cfg.image_dim):
             raise ValueError(
@@ -593,11 +711,12 @@ class DiT(nnx.Module):
             t.astype(jnp.float32) * cfg.timestep_scale, context, context_mask
         )
         img = None if image is None else self.condition_embedder.image_embedder(image)
-        causal = None
-        if cfg.causal_chunk:
-            causal = ((cfg.causal_chunk // pt) * grid[1] * grid[2], cache)
-        h, kv = self._run_blocks(h, ctx, context_mask, temb6, angles, skip, img, causal)
-        if t.ndim == 2:  # per token: temb [B, N, D] -> shift, scale [B, N, D]
+        return h, Embedded(temb, temb6, ctx, context_mask, img, angles, grid)
+
+    def head(self, h, e: 'Embedded'):
+        """h [B, N, D] after the last block -> output [B, T, H, W, out_channels] (float32)."""
+        cfg, temb, grid = self.cfg, e.temb, e.grid
+        if temb.ndim == 3:  # per token: temb [B, N, D] -> shift, scale [B, N, D]
             mod = self.scale_shift_table[...][:, None] + temb[:, :, None]
             shift, scale = [p[:, :, 0] for p in jnp.split(mod, 2, axis=2)]
         else:
@@ -615,39 +734,66 @@ class DiT(nnx.Module):
             ph=ph,
             pw=pw,
         )
-        return out, kv
+        return out
 
-    def _run_blocks(self, h, ctx, ctx_mask, temb6, angles, skip=None, img=None, causal=None):
-        """h [B, N, D] through every block -> (h, ChunkKV | None). `causal`: (block_tokens,
-        KVCache | None) for block-causal self-attention (the keys/values come back stacked
-        [depth, B, N, H, hd]), or None for full attention."""
+    def _run_blocks(
+        self,
+        h,
+        ctx,
+        ctx_mask,
+        temb6,
+        angles,
+        skip=None,
+        img=None,
+        causal=None,
+        layers=None,
+        text_kv=None,
+    ):
+        """h [B, N, D] through every block (`layers` (start, stop): those alone) -> (h,
+        ChunkKV | None). `causal`: (block_tokens, KVCache | None) for block-causal
+        self-attention (the keys/values come back stacked [depth, B, N, H, hd]), or None for
+        full attention. `text_kv` (`CrossKV` [depth, ...] from `text_kv`): the blocks'
+        cross-attention keys/values, scanned with them. Quantized kernels (models/quantize.py)
+        are dequantized one block at a time."""
         gdef, state = nnx.split(self.blocks)
+        if text_kv is not None and text_kv.k.shape[:2] != (self.cfg.depth, h.shape[0]):
+            raise ValueError(
+                f'text_kv keys have shape {text_kv.k.shape}; expected [depth={self.cfg.depth}, '
+                f'batch={h.shape[0]}, L, heads, head_dim] (DiT.text_kv of these rows).'
+            )
         # skip [B, depth] -> [depth, B, 1, 1], scanned with the blocks
         flags = None if skip is None else jnp.transpose(skip)[:, :, None, None]
+        depth = self.cfg.depth
+        if layers is not None and tuple(layers) != (0, depth):
+            start, stop = layers
+            state, flags, text_kv = jax.tree.map(lambda a: a[start:stop], (state, flags, text_kv))
+            depth = stop - start
         cache = None if causal is None else causal[1]
         past_all = None if cache is None else (cache.k, cache.v)
 
         def body(carry, xs):
-            block_state, flag, past = xs
+            block_state, flag, past, ckv = xs
             carry = checkpoint_name(carry, 'block_input')  # what remat 'offload' keeps on the host
-            block = nnx.merge(gdef, block_state)
+            block = nnx.merge(gdef, quantize_lib.dequantize(block_state))
             if causal is None:
-                out = block(carry, ctx, ctx_mask, temb6, angles, img)
+                out = block(carry, ctx, ctx_mask, temb6, angles, img, cross_kv=ckv)
                 kv = None
             else:
                 layer_past = None if past is None else (*past, cache.valid)
-                out, kv = block(carry, ctx, ctx_mask, temb6, angles, img, (causal[0], layer_past))
+                out, kv = block(
+                    carry, ctx, ctx_mask, temb6, angles, img, (causal[0], layer_past), ckv
+                )
             return (out if flag is None else jnp.where(flag, carry, out)), kv
 
         policy = REMAT_POLICIES[self.cfg.remat]
         if self.cfg.remat != 'none':
             body = jax.checkpoint(body, policy=policy, prevent_cse=not self.cfg.scan_layers)
         if self.cfg.scan_layers:
-            h, kv = jax.lax.scan(body, h, (state, flags, past_all))
+            h, kv = jax.lax.scan(body, h, (state, flags, past_all, text_kv))
         else:
             kvs = []
-            for i in range(self.cfg.depth):
-                layer = jax.tree.map(lambda a: a[i], (state, flags, past_all))
+            for i in range(depth):
+                layer = jax.tree.map(lambda a: a[i], (state, flags, past_all, text_kv))
                 h, kv = body(h, layer)
                 kvs.append(kv)
             kv = None if causal is None else jax.tree.map(lambda *a: jnp.stack(a), *kvs)
