@@ -241,20 +241,33 @@ def two_experts(
     quantization the compare is on the integer timestep the DiT sees (diffusers' int64 `t`).
     `high`, `low` and the result are velocity functions (x, t: [B]) whose rows share one time
     (as `sample` calls them); both branches compile, one runs per step (`lax.cond`)."""
-    threshold = boundary_ratio * num_train_timesteps  # float64, as diffusers computes it
 
     def velocity(x, t):
-        if quantization:  # integer timesteps: t_int >= threshold <=> t_int >= ceil(threshold)
-            t_int = jnp.round(t[0] * quantization) * (num_train_timesteps // quantization)
-            is_high = t_int >= math.ceil(threshold)
-        else:
-            is_high = t[0] >= boundary_ratio
+        is_high = high_noise(t, boundary_ratio, quantization, num_train_timesteps)
         return jax.lax.cond(is_high, high, low, x, t)
 
     return velocity
 
 
+def high_noise(
+    t: jax.Array, boundary_ratio: float, quantization: int | None, num_train_timesteps: int = 1000
+) -> jax.Array:
+    """Whether the step at times t [B] (rows share one time) belongs to Wan 2.2's high-noise
+    expert (`two_experts`): a bool scalar."""
+    threshold = boundary_ratio * num_train_timesteps  # float64, as diffusers computes it
+    if quantization:  # integer timesteps: t_int >= threshold <=> t_int >= ceil(threshold)
+        t_int = jnp.round(t[0] * quantization) * (num_train_timesteps // quantization)
+        return t_int >= math.ceil(threshold)
+    return t[0] >= boundary_ratio
+
+
 # ----------------------------------------------------------------------------- sampling
+
+
+def num_evaluations(method: str, num_steps: int) -> int:
+    """Model evaluations of one sampling run ("stages" of `_tables`): Heun's 2 per step but one
+    on the final step, one per step for the others."""
+    return 2 * num_steps - 1 if method == 'heun' else num_steps
 
 
 def _tables(method: str, sig: np.ndarray, quantize: int | None):
@@ -297,18 +310,23 @@ def _tables(method: str, sig: np.ndarray, quantize: int | None):
     return (t, t_next, tm, coef), done, sig32[0]
 
 
-def _make_step(method: str, velocity_fn: VelocityFn, step_callback, dtype):
-    """One stage: (state, (t, t_next, t_model, coef)) -> (state, x). state[0] is x.
+def _make_step(method: str, velocity_fn, step_callback, dtype):
+    """One stage: ((state, carry), (t, t_next, t_model, coef)) -> ((state, carry), x). state[0]
+    is x; `velocity_fn(x, t, carry) -> (v, carry)`.
 
     Every method has exactly one ``velocity_fn`` call site, so a big model is traced and compiled
     once (Heun alternates predictor / corrector stages with `jnp.where` selects).
     """
 
-    def vel(x, tm):
-        tt = jnp.full((x.shape[0],), tm, dtype)
-        return velocity_fn(x, tt).astype(dtype)
+    def step(state_carry, row):
+        state, carry = state_carry
 
-    def step(state, row):
+        def vel(x, tm):
+            nonlocal carry
+            tt = jnp.full((x.shape[0],), tm, dtype)
+            v, carry = velocity_fn(x, tt, carry)
+            return v.astype(dtype)
+
         t, t_next, tm, c = row
         x = state[0]
         if method == 'euler':
@@ -335,7 +353,7 @@ def _make_step(method: str, velocity_fn: VelocityFn, step_callback, dtype):
         if step_callback is not None:
             x_cb = step_callback(x_new, t_next).astype(dtype)
             x_new = x_cb if done is True else jnp.where(done, x_cb, x_new)
-        return (x_new,) + tuple(new[1:]), x_new
+        return ((x_new,) + tuple(new[1:]), carry), x_new
 
     return step
 
@@ -356,6 +374,7 @@ def sample(
     loop: str = 'scan',
     callback=None,
     return_trajectory: bool = False,
+    velocity_carry=None,
 ):
     """Integrate from ``noise`` (the state at t = sigmas[0]) to t = 0 and return x0.
 
@@ -373,6 +392,9 @@ def sample(
       integer timestep ``int(1000 t)`` to Wan); the solver math always uses the exact t.
     loop: 'scan' (jit-friendly, one trace) or 'python' (jitted step, host ``callback(i, t_next, x)``).
     return_trajectory: also return the states after every step, [N, B, ...].
+    velocity_carry: a pytree carried from one model evaluation to the next (a step cache's
+      state, pipeline/step_cache.py): then ``velocity_fn(x, t, carry) -> (v, carry)``, and the
+      return value is ``(x0, carry)`` (``(x0, traj, carry)`` with ``return_trajectory``).
     """
     if method not in METHODS:
         raise ValueError(f'unknown sampler {method!r}; use one of {METHODS}.')
@@ -381,10 +403,22 @@ def sample(
     if callback is not None and loop != 'python':
         raise ValueError("a host callback needs loop='python'.")
     if guidance is not None:
+        if velocity_carry is not None:
+            raise ValueError('guidance= wraps a plain velocity_fn; give no velocity_carry with it.')
         velocity_fn = cfg_velocity(velocity_fn, guidance, guidance_interval)
+    stateful = velocity_carry is not None
+
+    def finish(x, traj, carry):
+        out = (x, traj) if return_trajectory else (x,)
+        out = out + ((carry,) if stateful else ())
+        return out if len(out) > 1 else out[0]
+
+    if not stateful:
+        plain = velocity_fn
+        velocity_fn = lambda x, t, carry: (plain(x, t), carry)
     if sigmas is None and t_start == 0.0:  # SDEdit at strength 0: nothing to integrate
         x = jnp.asarray(noise, jnp.promote_types(jnp.asarray(noise).dtype, jnp.float32))
-        return (x, x[None][:0]) if return_trajectory else x
+        return finish(x, x[None][:0], velocity_carry)
     sig = (
         make_sigmas(num_steps, shift, t_start=t_start) if sigmas is None else _check_sigmas(sigmas)
     )
@@ -404,6 +438,7 @@ def sample(
     }[method]
     step = _make_step(method, velocity_fn, step_callback, dtype)
 
+    state = (state, velocity_carry)
     if loop == 'scan':
         body = step if return_trajectory else (lambda st, row: (step(st, row)[0], None))
         state, traj = jax.lax.scan(body, state, rows)
@@ -419,7 +454,8 @@ def sample(
             if return_trajectory:
                 traj.append(x_s)
             if callback is not None:
-                callback(i, float(rows64[1][s_idx]), state[0])
+                callback(i, float(rows64[1][s_idx]), state[0][0])
             i += 1
         traj = jnp.stack(traj) if return_trajectory else None
-    return (state[0], traj) if return_trajectory else state[0]
+    (state, carry) = state
+    return finish(state[0], traj, carry)
