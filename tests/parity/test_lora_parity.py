@@ -209,9 +209,10 @@ def test_unknown_keys_are_listed(base, tmp_path):
     sd = {
         'transformer.blocks.0.attn1.to_q.lora_A.weight': torch.zeros(RANK, 24),
         'transformer.blocks.0.attn1.to_q.lora_B.weight': torch.zeros(24, RANK),
-        'transformer.condition_embedder.time_proj.lora_A.weight': torch.zeros(RANK, 24),
-        'transformer.blocks.0.norm2.diff': torch.zeros(24),
+        'transformer.condition_embedder.time_projx.lora_A.weight': torch.zeros(RANK, 24),
+        'transformer.condition_embedder.time_projx.lora_B.weight': torch.zeros(24, RANK),
+        'transformer.blocks.0.norm9.diff': torch.zeros(24),
     }
     save_file(sd, str(tmp_path / 'odd.safetensors'))
-    with pytest.raises(ValueError, match=r'2 keys .*norm2\.diff.*condition_embedder\.time_proj'):
+    with pytest.raises(ValueError, match=r'2 keys .*norm9\.diff.*condition_embedder\.time_projx'):
         lora_files.read(str(tmp_path / 'odd.safetensors'))
