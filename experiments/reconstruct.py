@@ -8,9 +8,11 @@
 
 The input is trimmed to 1 + 4k frames and centre-cropped to multiples of the spatial factor, then
 encoded and decoded chunked (memory flat in length), tiled when the frame is larger than the
-config's tile or with --tile. OUT.mp4 (and OUT.gif) show input | reconstruction side by side;
+config's tile or with --tile. OUT.mp4 shows input | reconstruction side by side (--gif adds OUT.gif);
 with --noside_by_side OUT.mp4 holds the reconstruction alone (the fitted input's frame count and
 size), and --out_reconstruction=FILE writes the reconstruction alone as well as the comparison.
+Outputs are checked before the VAE loads and written whole (temporary name, then renamed); an
+existing file is refused without --overwrite, and nothing is written that no flag names.
 Metrics compare the uint8 reconstruction with the fitted uint8 input (before mp4 compression).
 `--suite=shapes` scores `--num` clips of 17x32x32 from a scene stream training never saw, drawn
 like the VAE's training data (its config's data.backgrounds / size_scale / max_objects).
@@ -33,8 +35,7 @@ flags.DEFINE_string('input', None, 'Video file to reconstruct.')
 flags.DEFINE_string(
     'out',
     None,
-    'Side-by-side mp4 (a .gif is written next to it); the '
-    'reconstruction alone with --noside_by_side.',
+    'Side-by-side video (.mp4 / .webm / .gif); the reconstruction alone with --noside_by_side.',
 )
 flags.DEFINE_bool(
     'side_by_side',
@@ -44,8 +45,10 @@ flags.DEFINE_bool(
 flags.DEFINE_string(
     'out_reconstruction',
     None,
-    'Also write the reconstruction alone here (.mp4 / .webm / .gif; a .gif next to it).',
+    'Also write the reconstruction alone here (.mp4 / .webm / .gif).',
 )
+flags.DEFINE_bool('gif', False, 'Also write a .gif beside each video output (same name, .gif).')
+flags.DEFINE_bool('overwrite', False, 'Replace the outputs (--out, --out_reconstruction, --json).')
 flags.DEFINE_bool(
     'tile', False, 'Force spatial tiling (else only when the frame is larger than the tile).'
 )
@@ -65,13 +68,25 @@ flags.mark_flags_as_required(['checkpoint'])
 FLAGS = flags.FLAGS
 
 
+def _outputs(out: str | None) -> list[str]:
+    """The files one video flag writes: the video, and with --gif a .gif beside it."""
+    if not out:
+        return []
+    gif = str(pathlib.Path(out).with_suffix('.gif'))
+    return [out, gif] if FLAGS.gif and gif != out else [out]
+
+
 def _write(out: str, frames) -> None:
+    """Writes `out` (and its --gif) whole: all reserved first, each renamed into place."""
+    from sora_jax.io import outputs
     from sora_jax.io.video import write_video
 
-    write_video(out, frames, fps=FLAGS.fps)
-    write_video(pathlib.Path(out).with_suffix('.gif'), frames, fps=FLAGS.fps)
+    with outputs.reserved(_outputs(out), overwrite=FLAGS.overwrite) as reserved:
+        for r in reserved:
+            write_video(r.tmp, frames, fps=FLAGS.fps)
+        written = [r.commit() for r in reserved]
     print(
-        f'wrote {out} and {pathlib.Path(out).with_suffix(".gif")} ({frames.shape[0]} frames, '
+        f'wrote {" and ".join(written)} ({frames.shape[0]} frames, '
         f'{frames.shape[1]}x{frames.shape[2]})'
     )
 
@@ -152,14 +167,20 @@ def main(argv):
     del argv
     if (FLAGS.input is None) == (FLAGS.suite is None):
         raise app.UsageError('give exactly one of --input=VIDEO or --suite=shapes.')
+    from sora_jax.io import outputs
     from sora_jax.io.video import VIDEO_EXTENSIONS
 
-    for name in ('out', 'out_reconstruction'):
-        path = FLAGS[name].value
-        if path and pathlib.Path(path).suffix.lower() not in VIDEO_EXTENSIONS:
-            raise app.UsageError(
-                f'--{name}={path!r}: use a video extension {list(VIDEO_EXTENSIONS)}.'
+    for name in ('out', 'out_reconstruction'):  # refused before the VAE loads
+        for path in _outputs(FLAGS[name].value):
+            outputs.check(
+                path, overwrite=FLAGS.overwrite, formats=VIDEO_EXTENSIONS, flag=f'--{name}'
             )
+    if FLAGS.json:
+        outputs.check(FLAGS.json, overwrite=FLAGS.overwrite, flag='--json')
+    if FLAGS.suite and not FLAGS.out and FLAGS.json and FLAGS.samples:
+        outputs.check(
+            pathlib.Path(FLAGS.json).with_suffix('.mp4'), overwrite=FLAGS.overwrite, flag='--json'
+        )
     compile_cache.enable()
     from sora_jax.models import frozen_vae
 
@@ -178,8 +199,7 @@ def main(argv):
         flush=True,
     )
     if FLAGS.json:
-        pathlib.Path(FLAGS.json).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(FLAGS.json).write_text(json.dumps(result, indent=2))
+        outputs.write_text(FLAGS.json, json.dumps(result, indent=2), overwrite=FLAGS.overwrite)
         print(f'wrote {FLAGS.json}')
 
 

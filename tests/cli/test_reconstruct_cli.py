@@ -1,6 +1,8 @@
 """experiments/reconstruct.py writes the reconstruction alone (--noside_by_side, or
 --out_reconstruction next to the side-by-side comparison): the fitted input's frame count and
-size, and the PSNR it prints matches the written file (up to h264 at crf 18). Shipped VAE."""
+size, and the PSNR it prints matches the written file (up to h264 at crf 18); a .gif only with
+--gif; an existing output is refused (exit 4) before the VAE loads, untouched, unless
+--overwrite. Shipped VAE."""
 
 import os
 import re
@@ -36,6 +38,7 @@ def test_reconstruction_alone(tmp_path):
         f'--out={alone}',
         '--noside_by_side',
         f'--out_reconstruction={also}',
+        '--gif',
     ]
     env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags(), PYTHONPATH=ROOT)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -49,3 +52,9 @@ def test_reconstruction_alone(tmp_path):
         assert read_video(path.with_suffix('.gif')).shape == fitted.shape
         assert abs(_psnr(out, fitted) - printed) < 2.0, (_psnr(out, fitted), printed)
     assert printed > 22.0  # shapes clips are what the shipped VAE was trained on
+
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 4, (r.returncode, r.stderr[-2000:])
+    assert 'exists; pass --overwrite' in r.stderr and 'PSNR' not in r.stdout
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing touched or added

@@ -91,7 +91,7 @@ def test_cli_round_trip_matches_library(workdir, input_video, tmp_path):
     printed_ssim = float(re.search(r'SSIM (\S+)', r.stdout).group(1))
     side = read_video(out)
     assert side.shape == (9, 16, 2 * 20 + 2, 3)
-    assert read_video(out.with_suffix('.gif')).shape[0] == 9
+    assert not out.with_suffix('.gif').exists()  # no file that no flag names
 
     # The same round trip here: a GAN workdir loads as its plain WanVAE part.
     from sora_jax.models import frozen_vae
