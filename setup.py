@@ -30,6 +30,7 @@ CORE = [
     'cryptography>=42',  # safety/
     'snowballstemmer>=2.2',  # safety/moderation.py: English + Spanish stems (BSD)
     'PyStemmer>=2.2',  # the same stemmers in C, used by snowballstemmer (MIT/BSD)
+    'qwix==0.1.8',  # models/quantize.py: int8 / fp8 weight-only sampling (Apache-2.0)
 ]
 
 TEST = [
