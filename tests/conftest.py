@@ -12,6 +12,7 @@ import atexit
 import importlib.util
 import os
 import shutil
+import subprocess
 import tempfile
 
 import pytest
@@ -56,3 +57,27 @@ def load_config():
     from sora_jax import config_files
 
     return config_files.load
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory nothing can be written in: a read-only tmpfs mount when running as root (root
+    ignores permission bits, not a read-only filesystem), else a 0555 directory."""
+    ro = tmp_path / 'ro'
+    ro.mkdir()
+    if os.geteuid() != 0:
+        ro.chmod(0o555)
+        yield ro
+        ro.chmod(0o755)
+        return
+    r = subprocess.run(
+        ['mount', '-t', 'tmpfs', '-o', 'ro,size=64k', 'tmpfs', str(ro)],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        pytest.skip(f'root, and no read-only mount here: {r.stderr.strip()}')
+    try:
+        yield ro
+    finally:
+        subprocess.run(['umount', str(ro)], check=True)

@@ -73,6 +73,12 @@ def test_refused_before_loading(tmp_path, flags, message):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != 'c') == []
 
 
+def test_read_only_output_is_refused_before_loading(tmp_path, read_only_dir):
+    r = _run(['--mode=t2i', f'--out={read_only_dir / "a.png"}'], tmp_path)
+    _one_error(r, 2, 'cannot write in')
+    assert list(read_only_dir.iterdir()) == []
+
+
 def test_broken_and_nan_lora_files_name_the_file(tmp_path):
     from safetensors.numpy import save_file
 
