@@ -131,8 +131,13 @@ def acquire(path: str, what: str = '') -> Lock:
                     'can write to.'
                 ) from None
             raise
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            json.dump(owner, f)
+        try:
+            with os.fdopen(fd, 'w', encoding='utf-8') as f:
+                json.dump(owner, f)
+        except BaseException:  # e.g. a full disk: no empty lock file left behind
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
         return Lock(path, owner)
     raise LockedError(f'{path}: lost the race for this lock three times; retry.', {})
 

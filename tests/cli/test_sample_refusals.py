@@ -200,3 +200,41 @@ def test_nan_checkpoint_is_an_error_not_a_black_video(tmp_path):
     r = _run(['--mode=t2i', f'--out={out}', f'--checkpoint={tmp_path / "run"}'], tmp_path)
     _one_error(r, 5, f'cannot read checkpoint {tmp_path / "run"}')
     assert 'NaN' in r.stderr and not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('free', [0, 8192])
+def test_full_disk_is_one_line_and_leaves_nothing(tmp_path, free):
+    """A full disk (no room for the lock) or one that fills while the video is written (8 KiB
+    free): exit 6, one line, the user's file on it untouched and no lock or partial output left
+    (a tmpfs mount filled by the user's file; root only)."""
+    if os.geteuid() != 0:
+        pytest.skip('mounting a small filesystem needs root')
+    disk = tmp_path / 'disk'
+    disk.mkdir()
+    r = subprocess.run(
+        ['mount', '-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        pytest.skip(f'no tmpfs mount here: {r.stderr.strip()}')
+    try:
+        mine = disk / 'mine.bin'
+        with open(mine, 'wb', buffering=0) as f:  # fill it: the user's file takes every block
+            try:
+                while True:
+                    f.write(b'\1' * 4096)
+            except OSError:
+                pass
+        if free:
+            os.truncate(mine, mine.stat().st_size - free)
+        size = mine.stat().st_size
+        r = _run(['--steps=1', '--noprogress', f'--out={disk / "clip.mp4"}'], tmp_path)
+        errors = [line for line in r.stderr.splitlines() if line.startswith('ERROR: ')]
+        assert r.returncode == 6, r.stderr[-3000:]
+        assert len(errors) == 1 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+        assert sorted(p.name for p in disk.iterdir()) == ['mine.bin']
+        assert mine.stat().st_size == size
+    finally:
+        subprocess.run(['umount', str(disk)], check=True)
