@@ -2,6 +2,10 @@
 
   python experiments/sample.py --checkpoint=checkpoints/shapes --prompt="a red circle moving to the left" --out=outputs/red.mp4
   python experiments/sample.py --checkpoint=... --prompt=... --mode=i2v --image=first.png --out=...
+  python experiments/sample.py --checkpoint=WAN_FLF2V --config=configs/wan21.py:i2v_14b_720p \
+      --prompt=... --mode=flf2v --image=first.png --last_image=last.png --out=...
+  python experiments/sample.py --checkpoint=WAN --prompt=... --lora=LIGHTX2V.safetensors \
+      --distill_preset=lightx2v_4step --out=...     (4 steps, guidance 1, no unconditional pass)
   python experiments/sample.py --checkpoint=checkpoints/shapes --prompt="a green square" --mode=t2i --out=outputs/square.png
 
 Every input is checked before any weight is loaded (sora_jax/generate.py: finite numbers, sizes
@@ -81,9 +85,21 @@ flags.DEFINE_string('sampler', None, 'euler | heun | unipc | dpmpp_2m.')
 flags.DEFINE_float('shift', None, 'Timestep shift.')
 flags.DEFINE_integer('seed', 0, 'Random seed.')
 flags.DEFINE_string(
-    'mode', 't2v', 't2v | t2i | i2v | extend | extend_backward | connect | loop | v2v.'
+    'mode', 't2v', 't2v | t2i | i2v | flf2v | extend | extend_backward | connect | loop | v2v.'
 )
-flags.DEFINE_string('image', None, 'Image file for i2v / loop.')
+flags.DEFINE_string(
+    'image',
+    None,
+    'Image file for i2v / flf2v (the first frame) / loop. A Wan I2V model takes any size (resized '
+    'for the VAE, CLIP sees it as given; without --height/--width the size follows its aspect).',
+)
+flags.DEFINE_string('last_image', None, 'flf2v: image file of the last frame.')
+flags.DEFINE_string(
+    'distill_preset',
+    None,
+    'Sampling schedule of a step-distilled LoRA (sora_jax/pipeline/distill.py): lightx2v_4step '
+    '(timesteps 1000/750/500/250, shift 5, Euler, guidance 1 with no unconditional pass).',
+)
 flags.DEFINE_multi_string(
     'video', None, 'Video file for extend / v2v (twice for connect: head, tail).'
 )
@@ -158,6 +174,18 @@ flags.DEFINE_float(
     'with a key/value cache (sora_jax/pipeline/rollout.py; t2v).',
 )
 flags.DEFINE_integer('window', 4, 'With --seconds: past chunks each chunk attends to.')
+flags.DEFINE_bool(
+    'text_kv_cache',
+    None,
+    'Cross-attention keys/values of the prompts computed once per call, not at every step '
+    '(default config.sample.text_kv_cache, on; --notext_kv_cache recomputes them per step).',
+)
+flags.DEFINE_string(
+    'quantize',
+    None,
+    'int8 | fp8: sample with weight-only quantized DiT block kernels (qwix, per output '
+    'channel; sora_jax/models/quantize.py, docs/fast_inference.md). Default: as loaded.',
+)
 flags.mark_flags_as_required(['checkpoint', 'prompt'])
 
 
@@ -187,8 +215,13 @@ def _call(pipe, height, width):
             progress=F.progress,
         )
         return rollout.sample_seconds(pipe, F.prompt, F.seconds, opts)
-    image = video = None
-    if F.image:
+    image = video = last_image = None
+    if pipe.wan_i2v:  # any size: resized for the VAE, CLIP sees the file as it is
+        image = video_io.read_image(F.image) if F.image else None
+        last_image = video_io.read_image(F.last_image) if F.last_image else None
+        if F.height is None and F.width is None:  # the image's aspect ratio
+            height = width = None
+    elif F.image:
         image = video_io.read_image(F.image, height=height, width=width)
     if F.video:
         vids = [video_io.resize_video(video_io.read_video(v), height, width) for v in F.video]
@@ -208,6 +241,8 @@ def _call(pipe, height, width):
         seed=F.seed,
         mode=F.mode,
         image=image,
+        last_image=last_image,
+        distill_preset=F.distill_preset,
         video=video,
         strength=F.strength,
         skip_guidance_scale=F.skip_guidance_scale,
@@ -215,6 +250,7 @@ def _call(pipe, height, width):
         moderation=F.moderation,
         watermark=F.watermark,
         progress=F.progress,
+        text_kv_cache=F.text_kv_cache,
     )
     if not F.profile_dir:
         return call()

@@ -8,12 +8,13 @@ Refused before loading (each a one-line ValueError naming the flag, the value an
 non-finite or negative numbers (--guidance_scale=nan, --shift=inf), sizes <= 0 or above
 `MAX_SIDE` pixels a side / `MAX_FRAMES` frames, a size whose output alone (float32 frames)
 needs more than half this machine's memory (`memory_bytes`), prompts that are not valid UTF-8,
-LoRA files that do not parse or hold NaN values (`convert/lora.py` check_file / read; their
-shapes are checked against the model as soon as it is loaded, before anything compiles), an
---out that is a directory, in an unwritable place, exists (without --overwrite), is being
-written by another process, or cannot carry Content Credentials (.webm, unless
---nocredentials). Nothing is written that the user did not name: the .gif beside a video only
-with --gif. A checkpoint that cannot be read is one `cli.UnreadableError` line (exit status 5).
+a --quantize that is not int8 / fp8, LoRA files that do not parse or hold NaN values
+(`convert/lora.py` check_file / read; their shapes are checked against the model as soon as
+it is loaded, before anything compiles), an --out that is a directory, in an unwritable place,
+exists (without --overwrite), is being written by another process, or cannot carry Content
+Credentials (.webm, unless --nocredentials). Nothing is written that the user did not name:
+the .gif beside a video only with --gif. A checkpoint that cannot be read is one
+`cli.UnreadableError` line (exit status 5).
 """
 
 from __future__ import annotations
@@ -147,9 +148,9 @@ def load(F):
                 from configs import wan21
 
                 config = wan21.get_config('t2v_1.3b')
-            pipe = TextToVideo.from_wan(F.checkpoint, config)
+            pipe = TextToVideo.from_wan(F.checkpoint, config, quantize=F.quantize)
         else:
-            pipe = TextToVideo.from_checkpoint(F.checkpoint, ema=F.ema)
+            pipe = TextToVideo.from_checkpoint(F.checkpoint, ema=F.ema, quantize=F.quantize)
     return pipe
 
 
@@ -243,6 +244,9 @@ def check(F) -> tuple[str, list[str], list[tuple[str, float]]]:
     """Everything checkable before loading: (extension, output paths, LoRAs)."""
     ext = check_out(F.out, F.mode, F.credentials)
     check_numbers(F)
+    from sora_jax.models import quantize
+
+    quantize.check(F.quantize)  # before the weights load
     check_prompts(F.prompt)
     if F.negative_prompt is not None:
         check_prompts([F.negative_prompt])
@@ -251,9 +255,14 @@ def check(F) -> tuple[str, list[str], list[tuple[str, float]]]:
         outputs.check(p, overwrite=F.overwrite)
     if F.num_frames and F.height and F.width:
         check_memory(len(F.prompt), F.num_frames, F.height, F.width, F.display_scale or 1)
-    for name in ('image',):
-        if getattr(F, name) and not os.path.isfile(getattr(F, name)):
-            raise ValueError(f'--{name}={getattr(F, name)!r} does not exist.')
+    for name in ('image', 'last_image'):
+        path = getattr(F, name, None)
+        if path and not os.path.isfile(path):
+            raise ValueError(f'--{name}={path!r} does not exist.')
+        if path:  # decodable, before any weight loads
+            from sora_jax.io import video as video_io
+
+            video_io.read_image(path)
     for v in F.video or ():
         if not os.path.isfile(v):
             raise ValueError(f'--video={v!r} does not exist.')

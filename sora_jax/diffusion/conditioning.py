@@ -41,7 +41,7 @@ import numpy as np
 
 from sora_jax.diffusion.flow import add_noise
 
-MODES = ('t2v', 'i2v', 'extend', 'extend_backward', 'connect', 'loop', 'v2v', 't2i')
+MODES = ('t2v', 'i2v', 'extend', 'extend_backward', 'connect', 'loop', 'v2v', 't2i', 'flf2v')
 TRAIN_MODES = ('t2v', 'i2v', 'extend', 'extend_backward', 'connect', 'loop')
 
 
@@ -264,6 +264,11 @@ def condition_from_frames(
     latent_shape: (B, T_lat, h, w, C) of the latents to generate; frame_shape: (T, H, W) pixels.
     """
     _check_mode(mode)
+    if mode == 'flf2v':  # Wan I2V models only (image_condition.py); the pipeline routes it
+        raise ValueError(
+            "mode='flf2v' needs a Wan image-to-video model; a frame-mask model takes the first "
+            "and last frames as mode='connect' with video=(head, tail)."
+        )
     b, t_lat = latent_shape[:2]
     num_frames, height, width = frame_shape
     tf = max(temporal_factor, 1)

@@ -39,6 +39,7 @@ class ModelFamily:
     image_channels: bool = False  # Wan 2.1 I2V: input [x_t, tf mask channels, image latents]
     expand_timesteps: bool = False  # Wan 2.2 TI2V: per-token timesteps, known frames clean
     boundary_ratio: float | None = None  # Wan 2.2 A14B: expert switch at t = boundary_ratio
+    image_pos_len: int = 0  # Wan 2.1 FLF2V: image tokens of [first, last] (0: one image)
 
     @property
     def two_experts(self) -> bool:
@@ -77,6 +78,7 @@ class ModelFamily:
         return cls.of_config(
             config,
             image_channels=dit_cfg.in_channels != dit_cfg.out_channels,
+            image_pos_len=int(getattr(dit_cfg, 'image_pos_len', 0) or 0),
             expand_timesteps=expand,
             boundary_ratio=boundary,
         )

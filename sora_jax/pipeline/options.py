@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from sora_jax.pipeline.family import ModelFamily
+from sora_jax.pipeline.step_cache import StepCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,13 @@ class SampleOptions:
     progress: bool
     moderation: bool
     watermark: bool
+    cache: StepCache = StepCache()  # step cache (pipeline/step_cache.py); kind 'none': off
+    # the sampling times t_0 = 1 > ... > t_N = 0 when not the sampler's own schedule of
+    # (num_inference_steps, shift): a distilled LoRA's (`pipeline/distill.py`) or the call's
+    sigmas: tuple[float, ...] | None = None
+    # every block's cross-attention keys/values of the text (and I2V image tokens) computed once
+    # per call and reused at every step (config.sample.text_kv_cache); False recomputes them
+    text_kv_cache: bool = True
 
     @property
     def batch(self) -> int:
@@ -66,6 +74,9 @@ class DenoisePlan:
     # progress: a host callback ticks the bar each step; JAX never writes a program with host
     # callbacks to the persistent compilation cache, so progress=False compiles a cacheable one.
     progress: bool
+    cache: StepCache = StepCache()  # step cache (pipeline/step_cache.py); kind 'none': off
+    sigmas: tuple[float, ...] | None = None  # the schedule, t_0 ... t_N = 0 (None: make_sigmas)
+    text_kv_cache: bool = True  # cross-attention K/V once per call (`DiT.text_kv`), not per step
 
 
 def skip_guidance(s, depth: int, scale, layers, interval):

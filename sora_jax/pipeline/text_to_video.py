@@ -27,8 +27,10 @@ from sora_jax.diffusion import conditioning as cond_lib
 from sora_jax.diffusion import image_condition, samplers
 from sora_jax.io import video as video_io
 from sora_jax.models import denoiser
+from sora_jax.models import quantize as quantize_lib
 from sora_jax.models.frozen_vae import FrozenVAE
-from sora_jax.pipeline import loading
+from sora_jax.pipeline import distill as distill_lib
+from sora_jax.pipeline import loading, step_cache
 from sora_jax.pipeline.denoise import DiTInputs, denoise
 from sora_jax.pipeline.encoders import ByteText, CLIPImage
 from sora_jax.pipeline.family import ModelFamily
@@ -81,6 +83,9 @@ class TextToVideo:
         self.image_encoder = image_encoder
         self.graphdef, self.params, self.params_2 = dit_graphdef, dit_params, params_2
         self._base = (dit_graphdef, dit_params)  # the DiT without LoRAs (set_loras)
+        self._base_2 = params_2  # the second expert as loaded (set_quantize)
+        self.quantize: str | None = None  # 'int8' | 'fp8': the sampled weights (set_quantize)
+        self._lora_merge = merge_loras
         self.loras: tuple[tuple[str, float], ...] = ()
         self.text = text
         self.vae = vae
@@ -88,6 +93,7 @@ class TextToVideo:
             functools.partial(denoise, tick=self._tick), static_argnames=('graphdef', 'plan')
         )
         self._bar = None
+        self.last_cache_stats = None  # step_cache.CacheStats of the last call with a cache
         # Safeguards (docs/safety.md): on unless a call turns them off.
         self.moderation_policy = None  # None: $SORA_JAX_POLICY or sora_jax/safety/policy.json
         self.checkpoint_path, self.checkpoint_hash = None, None
@@ -115,11 +121,37 @@ class TextToVideo:
         if loras and self.family.two_experts:
             raise ValueError('LoRAs on a two-expert (Wan 2.2 A14B) model are not supported yet.')
         self.loras = tuple((os.fspath(p), float(s)) for p, s in loras)
-        self.graphdef, self.params = lora_files.apply(
+        self._lora_merge = merge
+        self.graphdef, params = lora_files.apply(
             *self._base, [lora_files.read(p, s) for p, s in self.loras], merge=merge
         )
+        self.params = self._quantized(params)
         if self.loras:
             logging.info('LoRAs %s %s.', self.loras, 'merged' if merge else 'kept separate')
+
+    def set_quantize(self, quantize: str | None) -> None:
+        """Sample with weight-only quantized DiT block kernels: 'int8' or 'fp8' (e4m3, per output
+        channel, through qwix: `models/quantize.py`), or None for the weights as loaded. The
+        loaded weights move to host memory (LoRAs set later are merged into them, then
+        quantized); the device keeps the quantized ones. Both experts of a two-expert model."""
+        self.quantize = quantize_lib.check(quantize)
+        if self.quantize:
+            self._base = (self._base[0], jax.device_get(self._base[1]))
+            self._base_2 = jax.device_get(self._base_2)
+        self.set_loras(self.loras, merge=self._lora_merge)
+        self.params_2 = self._quantized(self._base_2)
+        if self.quantize:
+            logging.info(
+                'DiT weights %s: %.1f MB on the device.',
+                self.quantize,
+                quantize_lib.weight_bytes((self.params, self.params_2)) / 1e6,
+            )
+
+    def _quantized(self, params):
+        """`params` (a DiT's) on the device, quantized when set_quantize asked for it."""
+        if params is None or not self.quantize:
+            return None if params is None else jax.device_put(params)
+        return jax.device_put(quantize_lib.quantize_params(params, self.quantize))
 
     def set_checkpoint(self, path: str) -> None:
         """Records where the weights came from; the watermark's model id is its hash."""
@@ -131,10 +163,17 @@ class TextToVideo:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, ema: bool = True) -> 'TextToVideo':
+    def from_checkpoint(
+        cls, path: str | os.PathLike, *, ema: bool = True, quantize: str | None = None
+    ) -> 'TextToVideo':
         """A training workdir (or shipped bundle): `<path>/checkpoints/<step>/`; a LoRA run loads
-        its base with its adapters merged in. Non-finite weights are a ValueError."""
-        return loading.from_checkpoint(cls, path, ema=ema)
+        its base with its adapters merged in. Non-finite weights are a ValueError. `quantize`:
+        'int8' | 'fp8' weight-only DiT kernels (`set_quantize`), checked before loading."""
+        quantize_lib.check(quantize)
+        pipe = loading.from_checkpoint(cls, path, ema=ema)
+        if quantize:
+            pipe.set_quantize(quantize)
+        return pipe
 
     @classmethod
     def from_config(cls, config, seed: int = 0, vae: FrozenVAE | None = None) -> 'TextToVideo':
@@ -150,12 +189,19 @@ class TextToVideo:
         return cls(config, nnx.graphdef(model.dit), params['dit'], text, vae)
 
     @classmethod
-    def from_wan(cls, path: str | os.PathLike, config=None) -> 'TextToVideo':
+    def from_wan(
+        cls, path: str | os.PathLike, config=None, *, quantize: str | None = None
+    ) -> 'TextToVideo':
         """A Wan 2.1 / 2.2 folder converted by experiments/convert_wan.py; `config` supplies the
         sampling defaults (configs/wan21.py, configs/wan22.py), e.g. UniPC, 50 steps, guidance 5,
         shift, negative prompt. A Wan 2.2 folder's model_index.json gives `boundary_ratio` (with
-        `transformer_2/`) and `expand_timesteps`; config.sample.boundary_ratio, if set, wins."""
-        return loading.from_wan(cls, path, config)
+        `transformer_2/`) and `expand_timesteps`; config.sample.boundary_ratio, if set, wins.
+        `quantize`: 'int8' | 'fp8' weight-only DiT kernels (`set_quantize`), checked first."""
+        quantize_lib.check(quantize)
+        pipe = loading.from_wan(cls, path, config)
+        if quantize:
+            pipe.set_quantize(quantize)
+        return pipe
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -233,6 +279,11 @@ class TextToVideo:
         moderation: bool = True,
         watermark: bool = True,
         guidance_scale_2: float | None = None,
+        last_image=None,
+        sigmas=None,
+        distill_preset: str | None = None,
+        text_kv_cache: bool | None = None,
+        cache=None,
     ) -> np.ndarray:
         """Returns uint8 frames [B, T, H, W, 3] (T = num_frames, less the pinned tail for 'loop'),
         or with output_type='latent' the sampled latents [B, T', h, w, C] (float32).
@@ -247,7 +298,28 @@ class TextToVideo:
         `guidance_scale_2` (two-expert Wan 2.2 A14B models only; default config.sample.
         guidance_scale_2, else guidance_scale): the CFG scale of the low-noise expert.
         None means the config's default for every size and scale; 0 or a non-finite value is
-        an error."""
+        an error.
+        `last_image` (mode='flf2v', a Wan first-and-last-frame model): the clip's last frame, as
+        `image` is its first. Wan image-to-video models take an image of any size: it is
+        resized (Lanczos, as diffusers' VideoProcessor) to height x width for the VAE while CLIP
+        sees it as given; with height and width both None they follow the image's aspect ratio
+        at the config's area (`image_condition.fit_area`, as the Wan examples do).
+        `sigmas` (t_0 ... t_N = 0): the sampling times instead of the sampler's schedule of
+        (num_inference_steps, shift). `distill_preset` (`pipeline/distill.py`, e.g.
+        'lightx2v_4step'): the steps, times, guidance (1: no unconditional pass) and sampler a
+        step-distilled LoRA was trained for; options left None take its values.
+        `text_kv_cache` (default config.sample.text_kv_cache, on): every DiT block's
+        cross-attention keys/values of the prompts (and I2V image tokens) computed once per call
+        and reused at every step; False recomputes them each step (the same result).
+        `cache` (default config.sample.cache, 'none'): a step cache, 'magcache' / 'firstblock' /
+        'taylorseer' with config.sample's knobs or a `step_cache.StepCache`; DiT evaluations it
+        skips are reported in `self.last_cache_stats` (`step_cache.CacheStats`) and the log."""
+        if self.family.image_channels and image is not None and height is None and width is None:
+            s = self.config.sample
+            mod = self.spatial_factor * max(self.patch[1:])
+            height, width = image_condition.fit_area(
+                np.shape(image)[-3:-1], int(s.height) * int(s.width), mod
+            )
         opts = self.check_inputs(
             prompt,
             num_frames=num_frames,
@@ -270,9 +342,13 @@ class TextToVideo:
             moderation=moderation,
             watermark=watermark,
             guidance_scale_2=guidance_scale_2,
+            sigmas=sigmas,
+            distill_preset=distill_preset,
+            text_kv_cache=text_kv_cache,
+            cache=cache,
         )
         context, context_mask = self.encode_prompt(opts)
-        cond = self.prepare_condition(opts, image, video)
+        cond = self.prepare_condition(opts, image, video, last_image)
         inputs = DiTInputs(
             cond.mask, cond.known, context, context_mask, cond.image_latents, cond.image_tokens
         )
@@ -328,11 +404,38 @@ class TextToVideo:
         num_frames = int(s.num_frames if num_frames is None else num_frames)
         height = int(s.height if kw['height'] is None else kw['height'])
         width = int(s.width if kw['width'] is None else kw['width'])
-        steps = kw['num_inference_steps']
+        steps, sigmas, preset = kw['num_inference_steps'], kw.get('sigmas'), None
+        quantization = s.get('timestep_quantization', None)
+        if kw.get('distill_preset') is not None:
+            preset = distill_lib.get(kw['distill_preset'])
+            for name, v, want in (
+                ('sigmas', sigmas, None),
+                ('num_inference_steps', steps, preset.num_steps),
+                ('shift', kw['shift'], preset.shift),
+            ):
+                if v is not None and v != want:
+                    raise ValueError(
+                        f'{name}={v!r} conflicts with distill_preset={preset.name!r} (its '
+                        f'{name} is {want}); leave {name} unset.'
+                    )
+            sigmas = preset.sigmas()
+            quantization = None  # LightX2V / FlowMatchEuler hand the DiT float timesteps
+        if sigmas is not None:
+            sigmas = distill_lib.check_sigmas(sigmas)
+            if steps is not None and steps != len(sigmas) - 1:
+                raise ValueError(
+                    f'num_inference_steps={steps} but sigmas has {len(sigmas) - 1} steps; '
+                    'leave num_inference_steps unset.'
+                )
+            if mode == 'v2v':
+                raise ValueError("mode='v2v' starts at t = strength; it takes no sigmas.")
+            steps = len(sigmas) - 1
         steps = int(s.steps if steps is None else steps)
         if steps < 1 or steps > 1000:
             raise ValueError(f'num_inference_steps={steps} must be in [1, 1000].')
         guidance = kw['guidance_scale']
+        if guidance is None and preset is not None:
+            guidance = preset.guidance_scale
         guidance = float(s.guidance_scale if guidance is None else guidance)
         guidance_2 = kw['guidance_scale_2']
         if guidance_2 is not None and not self.family.two_experts:
@@ -351,10 +454,12 @@ class TextToVideo:
         ):
             if not math.isfinite(float(v)):
                 raise ValueError(f'{name}={v!r} must be a finite number.')
-        method = s.sampler if kw['sampler'] is None else kw['sampler']
+        method = kw['sampler']
+        method = (preset.sampler if preset else s.sampler) if method is None else method
         if method not in samplers.METHODS:
             raise ValueError(f'sampler={method!r} is not one of {samplers.METHODS}.')
-        shift = float(s.shift if kw['shift'] is None else kw['shift'])
+        shift = kw['shift'] if kw['shift'] is not None else preset.shift if preset else s.shift
+        shift = float(shift)
         skip_scale, skip_layers, skip_interval = skip_guidance(
             s,
             self.family.depth,
@@ -364,6 +469,12 @@ class TextToVideo:
         )
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f'strength={strength} must be in [0, 1].')
+        cache = step_cache.resolve(kw.get('cache'), s, self.family.depth)
+        if cache.on and skip_scale > 0:
+            raise ValueError(
+                f'cache={cache.kind!r} runs without skip-layer guidance; set '
+                'skip_guidance_scale=0 or cache=None.'
+            )
         return SampleOptions(
             prompts=tuple(prompts),
             negative_prompts=tuple(negs),
@@ -383,23 +494,35 @@ class TextToVideo:
             skip_guidance_scale=skip_scale,
             skip_layers=skip_layers,
             skip_guidance_interval=skip_interval,
-            timestep_quantization=s.get('timestep_quantization', None),
+            timestep_quantization=quantization,
             output_type=kw['output_type'],
             progress=bool(kw['progress']),
             moderation=bool(kw['moderation']),
             watermark=bool(kw['watermark']),
+            sigmas=sigmas,
+            cache=cache,
+            text_kv_cache=bool(
+                s.get('text_kv_cache', True)
+                if kw.get('text_kv_cache') is None
+                else kw['text_kv_cache']
+            ),
         )
 
     def encode_prompt(self, opts: SampleOptions):
         """(context [2B, L, D], mask [2B, L] | None): B conditional rows, then B unconditional."""
         return self.text(list(opts.prompts) + list(opts.negative_prompts))
 
-    def prepare_condition(self, opts: SampleOptions, image, video) -> 'Condition':
+    def prepare_condition(self, opts: SampleOptions, image, video, last_image=None) -> 'Condition':
         """The frames a mode conditions on, in latent space (`diffusion/conditioning.py`), or a
         Wan 2.1 I2V model's image channels and tokens (`diffusion/image_condition.py`)."""
         shape = (opts.batch, *opts.latent_size, self.latent_channels)
         if self.family.image_channels:
-            return self._image_channels(opts, shape, image, video)
+            return self._image_channels(opts, shape, image, video, last_image)
+        if last_image is not None or opts.mode == 'flf2v':
+            raise ValueError(
+                f'mode={opts.mode!r} with last_image= needs a Wan image-to-video model; this '
+                "model conditions on frames: use mode='connect' with video=(head, tail)."
+            )
         fc = cond_lib.condition_from_frames(
             opts.mode,
             self.encode,
@@ -447,14 +570,21 @@ class TextToVideo:
                 skip_layers=opts.skip_layers,
                 skip_guidance_interval=opts.skip_guidance_interval,
                 progress=opts.progress,
+                sigmas=opts.sigmas,
+                text_kv_cache=opts.text_kv_cache,
+                cache=opts.cache,
             )
             steps = opts.num_inference_steps
             with tqdm(total=steps, desc='sampling', disable=not opts.progress) as bar:
                 self._bar = bar
-                x = self._jit_denoise(
+                x, carry = self._jit_denoise(
                     self.params, self.params_2, x, inputs, graphdef=self.graphdef, plan=plan
                 )
                 x = jax.block_until_ready(x)
+            self.last_cache_stats = None
+            if carry is not None:
+                self.last_cache_stats = step_cache.stats(opts.cache, carry)
+                logging.info('%s', self.last_cache_stats)
         bad = int(x.size - jnp.count_nonzero(jnp.isfinite(x)))  # on device
         if bad:
             raise ValueError(
@@ -500,19 +630,46 @@ class TextToVideo:
     def _to_uint8(x) -> np.ndarray:
         return video_io.to_uint8(jax.device_get(x))
 
-    def _image_channels(self, opts: SampleOptions, shape, image, video) -> 'Condition':
-        """Wan 2.1 I2V inputs as `WanImageToVideoPipeline` makes them: no frame mask, the
-        channels [B, T', h, w, tf + C] of [image, zeros...] and the CLIP tokens [B, S, D]."""
-        if opts.mode != 'i2v' or image is None or video is not None:
+    def _image_channels(
+        self, opts: SampleOptions, shape, image, video, last_image=None
+    ) -> 'Condition':
+        """Wan 2.1 I2V / FLF2V inputs as `WanImageToVideoPipeline` makes them: no frame mask, the
+        channels [B, T', h, w, tf + C] of [image, zeros... (, last image)] (resized to the
+        sampling size) and the CLIP tokens [B, S, D] ([B, 2S, D]: first, last) of the images as
+        given."""
+        flf = opts.mode == 'flf2v'
+        if opts.mode not in ('i2v', 'flf2v') or image is None or video is not None:
             raise ValueError(
                 f'mode={opts.mode!r}: this is a Wan image-to-video model; call it with '
-                "mode='i2v' and image= (the first frame, [H, W, 3] or [B, H, W, 3])."
+                "mode='i2v' and image= (the first frame, [H, W, 3] or [B, H, W, 3]), or "
+                "mode='flf2v' with image= and last_image=."
+            )
+        if flf != (last_image is not None):
+            raise ValueError(
+                "mode='flf2v' needs last_image= (the last frame), and only mode='flf2v' takes "
+                f'it; got mode={opts.mode!r} with last_image={"set" if not flf else None}.'
+            )
+        pos_len = self.family.image_pos_len
+        if self.image_encoder is not None and flf and not pos_len:
+            raise ValueError(
+                "mode='flf2v' needs a first-and-last-frame model (a DiT with the FLF2V image "
+                'position table, diffusers pos_embed_seq_len, e.g. Wan2.1-FLF2V-14B-720P); this '
+                "I2V model takes one image: use mode='i2v'."
+            )
+        if self.image_encoder is not None and pos_len and not flf:
+            raise ValueError(
+                'this is a first-and-last-frame (FLF2V) model: call it with '
+                "mode='flf2v', image= and last_image=."
             )
         mask, known = cond_lib.build_condition('t2v', shape)
-        img, pixels = image_condition.first_frame_video(
-            image, opts.batch, opts.num_frames, opts.height, opts.width
+        imgs, pixels = image_condition.condition_video(
+            image, opts.batch, opts.num_frames, opts.height, opts.width, last_image
         )
         lat = self.encode(jnp.asarray(pixels))
-        y = image_condition.condition_channels(lat, opts.num_frames, self.temporal_factor)
-        tokens = None if self.image_encoder is None else self.image_encoder(img)
+        y = image_condition.condition_channels(
+            lat, opts.num_frames, self.temporal_factor, last_frame=flf
+        )
+        tokens = None
+        if self.image_encoder is not None:  # [B, S, D] per image; FLF2V: [first; last]
+            tokens = jnp.concatenate([self.image_encoder(x) for x in imgs], axis=1)
         return Condition(mask, known, opts.num_frames, y, tokens)

@@ -277,14 +277,14 @@ def test_i2v_model_refuses_other_modes(i2v):
     _, _, _, pipe = i2v
     with pytest.raises(ValueError, match="image-to-video model; call it with mode='i2v'"):
         pipe('a cat', num_frames=5, height=32, width=32, progress=False)
-    with pytest.raises(ValueError, match='image has shape'):
+    with pytest.raises(ValueError, match='image has shape'):  # any size, but an RGB image
         pipe(
             'a cat',
             num_frames=5,
             height=32,
             width=32,
             mode='i2v',
-            image=np.zeros((16, 16, 3), np.uint8),
+            image=np.zeros((16, 16), np.uint8),
             progress=False,
         )
 

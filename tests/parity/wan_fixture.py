@@ -86,6 +86,8 @@ def diffusers_kwargs(c) -> dict:
                 if m.get('image_dim', 0)
                 else {}
             ),
+            # FLF2V: the learned positions of the [first, last] image tokens
+            **({'pos_embed_seq_len': m.image_pos_len} if m.get('image_pos_len', 0) else {}),
         ),
         'vae': dict(
             base_dim=v.base_dim,
