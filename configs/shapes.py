@@ -178,6 +178,9 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
     c.sample.skip_layers = (2,)  # DiT blocks the weakened model skips (skip guidance > 0)
     c.sample.skip_guidance_interval = (0.0, 1.0)  # (t_lo, t_hi) where skip guidance applies
     c.sample.shift = 1.0  # sampling timestep shift
+    c.sample.cache = 'none'  # step cache: none | magcache | firstblock | taylorseer
+    c.sample.cache_threshold = None  # its threshold (None: 0.06 magcache, 0.05 firstblock)
+    c.sample.cache_mag_ratios = ()  # magcache: this model's calibrated magnitude ratios
     c.sample.fps = 8  # frames per second of written videos
     c.sample.display_scale = 4  # written videos are upscaled (nearest) by this factor
 
