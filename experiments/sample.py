@@ -186,7 +186,77 @@ flags.DEFINE_string(
     'int8 | fp8: sample with weight-only quantized DiT block kernels (qwix, per output '
     'channel; sora_jax/models/quantize.py, docs/fast_inference.md). Default: as loaded.',
 )
+flags.DEFINE_enum(
+    'cache',
+    None,
+    ['none', 'magcache', 'firstblock', 'taylorseer'],
+    'Step cache (sora_jax/pipeline/step_cache.py, docs/fast_inference.md): DiT evaluations '
+    'skipped when a cached value stands in; default config.sample.cache (none).',
+)
+flags.DEFINE_float(
+    'cache_threshold',
+    None,
+    'magcache: accumulated error bound; firstblock: relative L1 of the first block residual '
+    '(default config.sample.cache_threshold, else 0.06 / 0.05).',
+)
+flags.DEFINE_integer('cache_max_skip', None, 'magcache: consecutive skips at most (3).')
+flags.DEFINE_float(
+    'cache_retention_ratio', None, 'magcache: leading fraction of steps never skipped (0.2).'
+)
+flags.DEFINE_list(
+    'cache_mag_ratios',
+    None,
+    'magcache: the magnitude ratios of this model (default config.sample.cache_mag_ratios); '
+    '--cache_calibrate prints them.',
+)
+flags.DEFINE_bool(
+    'cache_calibrate', False, 'magcache: skip nothing, print the magnitude ratios of this run.'
+)
+flags.DEFINE_integer('cache_interval', None, 'taylorseer: evaluations between full ones (5).')
+flags.DEFINE_integer('cache_warmup', None, 'taylorseer: first evaluations computed (3).')
+flags.DEFINE_integer('cache_order', None, 'taylorseer: Taylor order (1).')
 flags.mark_flags_as_required(['checkpoint', 'prompt'])
+
+
+def _cache(pipe):
+    """The --cache* flags as a `step_cache.StepCache` (None: config.sample's)."""
+    from sora_jax.pipeline import step_cache
+
+    F = flags.FLAGS
+    kind = 'magcache' if F.cache_calibrate and F.cache is None else F.cache
+    if kind is None:
+        return None
+    return step_cache.build(
+        pipe.config.sample,
+        kind,
+        threshold=F.cache_threshold,
+        max_skip=F.cache_max_skip,
+        retention_ratio=F.cache_retention_ratio,
+        mag_ratios=None if F.cache_mag_ratios is None else [float(r) for r in F.cache_mag_ratios],
+        calibrate=F.cache_calibrate,
+        interval=F.cache_interval,
+        warmup=F.cache_warmup,
+        order=F.cache_order,
+    )
+
+
+def _timed(pipe, call):
+    """call() -> frames, printing its seconds (compiling included: a second run with
+    --noprogress reads the compiled sampler from the cache) and what a step cache skipped."""
+    import time
+
+    start = time.perf_counter()
+    frames = call()
+    stats = pipe.last_cache_stats
+    line = f'sampled in {time.perf_counter() - start:.2f} s'
+    print(line + (f'; {stats}' if stats else ''), flush=True)
+    if stats and stats.mag_ratios:
+        print(
+            'magcache ratios: --cache_mag_ratios='
+            + ','.join(f'{r:.5f}' for r in stats.mag_ratios[0]),
+            flush=True,
+        )
+    return frames
 
 
 def _call(pipe, height, width):
@@ -250,10 +320,11 @@ def _call(pipe, height, width):
         moderation=F.moderation,
         watermark=F.watermark,
         progress=F.progress,
+        cache=_cache(pipe),
         text_kv_cache=F.text_kv_cache,
     )
     if not F.profile_dir:
-        return call()
+        return _timed(pipe, call)
     import jax
 
     if F.profile_warmup:

@@ -97,16 +97,9 @@ def resolve(cache, defaults, depth: int) -> StepCache:
     checked. `defaults`: config.sample (its `cache`, `cache_threshold`, ... if set)."""
     if isinstance(cache, StepCache):
         return cache.check(depth)
-    kind = defaults.get('cache', 'none') if cache is None else cache
-    if not isinstance(kind, str):
+    if cache is not None and not isinstance(cache, str):
         raise ValueError(f'cache={cache!r} must be a kind name {KINDS} or a StepCache.')
-    threshold = defaults.get('cache_threshold', None)
-    threshold = DEFAULT_THRESHOLD.get(kind, 0.0) if threshold is None else float(threshold)
-    return StepCache(
-        kind=kind,
-        threshold=threshold,
-        mag_ratios=tuple(float(r) for r in defaults.get('cache_mag_ratios', ())),
-    ).check(depth)
+    return build(defaults, cache).check(depth)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,3 +377,23 @@ def two_experts(high, low, boundary_ratio: float, quantization: int | None) -> C
         return jax.lax.cond(is_high, high, low, x, t, carry)
 
     return velocity
+
+
+def build(defaults, kind: str | None = None, **knobs) -> StepCache:
+    """A StepCache from a kind and knobs (None: config.sample `defaults` for the kind and
+    threshold, the dataclass defaults for the rest), unchecked (`TextToVideo` checks it)."""
+    kind = defaults.get('cache', 'none') if kind is None else kind
+    threshold = knobs.pop('threshold', None)
+    if threshold is None:
+        threshold = defaults.get('cache_threshold', None)
+    threshold = DEFAULT_THRESHOLD.get(kind, 0.0) if threshold is None else float(threshold)
+    ratios = knobs.pop('mag_ratios', None)
+    if ratios is None:
+        ratios = defaults.get('cache_mag_ratios', ())
+    set_knobs = {k: v for k, v in knobs.items() if v is not None}
+    return StepCache(
+        kind=kind,
+        threshold=threshold,
+        mag_ratios=tuple(float(r) for r in ratios),
+        **set_knobs,
+    )
