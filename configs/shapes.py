@@ -181,6 +181,7 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
     c.sample.cache = 'none'  # step cache: none | magcache | firstblock | taylorseer
     c.sample.cache_threshold = None  # its threshold (None: 0.06 magcache, 0.05 firstblock)
     c.sample.cache_mag_ratios = ()  # magcache: this model's calibrated magnitude ratios
+    c.sample.text_kv_cache = True  # cross-attention K/V of the text once per call, not per step
     c.sample.fps = 8  # frames per second of written videos
     c.sample.display_scale = 4  # written videos are upscaled (nearest) by this factor
 

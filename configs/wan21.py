@@ -159,6 +159,7 @@ def get_config(arg: str = 't2v_1.3b') -> mlc.ConfigDict:
     c.sample.steps = 50  # sampling steps
     c.sample.guidance_scale = 5.0  # classifier-free guidance
     c.sample.shift = shift  # flow shift: 3.0 at 480p, 5.0 at 720p
+    c.sample.text_kv_cache = True  # cross-attention K/V of the text once per call, not per step
     c.sample.timestep_quantization = 1000  # DiT sees int(1000 t), as Wan / diffusers' UniPC pass it
     c.sample.cache = 'none'  # step cache: none | magcache | firstblock | taylorseer
     c.sample.cache_threshold = None  # its threshold (None: 0.06 magcache, 0.05 firstblock)

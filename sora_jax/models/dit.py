@@ -524,16 +524,19 @@ class Embedded(NamedTuple):
     img: jax.Array | None  # [B, S, D] embedded image tokens (I2V) or None
     angles: jax.Array  # [N, head_dim / 2] RoPE angles of the token grid
     grid: tuple[int, int, int]  # the token grid (f, h, w): static
+    text_kv: CrossKV | None = None  # [depth, B, L, H, hd] precomputed (`DiT.text_kv`) or None
 
     def rows(self, start, size: int) -> 'Embedded':
         """Rows start..start+size-1 of every per-row field (`start` may be traced)."""
         take = lambda a: None if a is None else jax.lax.dynamic_slice_in_dim(a, start, size, 0)
+        take_kv = lambda a: jax.lax.dynamic_slice_in_dim(a, start, size, 1)  # [depth, B, ...]
         return self._replace(
             temb=take(self.temb),
             temb6=take(self.temb6),
             ctx=take(self.ctx),
             context_mask=take(self.context_mask),
             img=take(self.img),
+            text_kv=None if self.text_kv is None else jax.tree.map(take_kv, self.text_kv),
         )
 
 
@@ -650,11 +653,14 @@ class DiT(nnx.Module):
         )
         return self.head(h, e), kv
 
-    def embed(self, x, t, context, context_mask=None, image=None) -> tuple[jax.Array, 'Embedded']:
+    def embed(
+        self, x, t, context, context_mask=None, image=None, text_kv=None
+    ) -> tuple[jax.Array, 'Embedded']:
         """The DiT up to its first block: (tokens h [B, N, D], `Embedded`) for the same inputs as
         `__call__`; `run_blocks` and `head` finish it (`head(run_blocks(*embed(...)), e)` is `__call__`).
         Step caches (pipeline/step_cache.py) run the stack in parts this way."""
-        return self._embed(x, t, context, context_mask, None, image, 0)
+        h, e = self._embed(x, t, context, context_mask, None, image, 0)
+        return h, e._replace(text_kv=text_kv)
 
     def run_blocks(self, h, e: 'Embedded', start: int = 0, stop: int | None = None):
         """h [B, N, D] through blocks start..stop-1 (static ints; stop None: the last) -> h."""
@@ -662,7 +668,16 @@ class DiT(nnx.Module):
         if not 0 <= start < stop <= self.cfg.depth:
             raise ValueError(f'blocks {start}..{stop} must satisfy 0 <= start < stop <= depth.')
         return self._run_blocks(
-            h, e.ctx, e.context_mask, e.temb6, e.angles, None, e.img, None, layers=(start, stop)
+            h,
+            e.ctx,
+            e.context_mask,
+            e.temb6,
+            e.angles,
+            None,
+            e.img,
+            None,
+            layers=(start, stop),
+            text_kv=e.text_kv,
         )[0]
 
     def _embed(self, x, t, context, context_mask, skip, image, frame_offset):
