@@ -351,3 +351,45 @@ def hbm_traffic(text: str) -> HBMTraffic:
         host_copies=copies,
         by_op={k: float(v) for k, v in by_op.most_common()},
     )
+
+
+def _dims(shape: str) -> list[int]:
+    m = _ARRAY.search(shape)
+    return [int(d) for d in m.group(2).split(',') if d] if m else []
+
+
+def matmul_flops(text: str) -> float:
+    """FLOPs per device per step of the module's convolutions and dots, each counted with the
+    trip counts of the loops around it (XLA's cost analysis counts a loop body once):
+    a convolution 2 x output elements x (kernel elements / output features), which covers grouped
+    convolutions; a dot 2 x output elements x the contracted size. Pallas kernels (custom calls)
+    are not seen. What a conv net's roofline (the VAE decode: its frame chunks are a lax.scan)
+    divides by the chip's peak."""
+    comps, entry = _computations(text)
+    mult = _multiplicities(comps, entry)
+    total = 0.0
+    for name, lines in comps.items():
+        m = mult.get(name, 0.0)
+        if not m:
+            continue
+        shapes = {}
+        for line in lines:
+            op = _OP.match(line)
+            if not op:
+                continue
+            shapes[re.match(r'^\s*(?:ROOT )?%?([\w.\-]+) =', line).group(1)] = op.group(1)
+            kind = op.group(2)
+            if kind not in ('convolution', 'dot'):
+                continue
+            out = math.prod(_dims(op.group(1)))
+            lhs, rhs = (_dims(shapes.get(o, '')) for o in _operands(op.group(3))[:2])
+            if kind == 'convolution':
+                labels = re.search(r'dim_labels=\w+_(\w+)->', line)
+                o = labels.group(1).index('o') if labels else len(rhs) - 1
+                per_out = math.prod(rhs) // rhs[o] if rhs else 0
+            else:
+                cd = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', line)
+                idx = [int(i) for i in cd.group(1).split(',') if i] if cd else []
+                per_out = math.prod(lhs[i] for i in idx) if lhs else 0
+            total += m * 2 * out * per_out
+    return float(total)

@@ -9,8 +9,11 @@ Figures are per device (one TPU chip). Flops:
   executed_flops   model + attention, plus one more forward when remat recomputes it
                    (all three from `models/flops.dit_flops`, the count training logs and
                    benchmarks use)
+  hlo_flops        the optimized HLO's convolutions and dots with loop trip counts
+                   (`hlo.matmul_flops`; no Pallas kernel): the decode task's flops, a VAE being
+                   all convolutions, and a cross-check of the analytic count for the others
 The roofline time is the largest of its terms, each a time the step cannot beat:
-  compute_s  executed_flops / peak bf16
+  compute_s  executed_flops / peak bf16 (decode: hlo_flops / peak bf16)
   hbm_s      HBM bytes / HBM bandwidth: bytes every instruction reads and writes, counted with
              loop trip counts (`hlo.hbm_traffic`), the splash kernels' share replaced by
              `splash_hbm_bytes` (their K/V and Q/dO blocks are re-read once per tile)
@@ -193,6 +196,7 @@ def build(
         headroom=round(1 - mem['total'] / chip.hbm_bytes, 3),
         xla_flops=float(ca.get('flops', 0.0)),
         xla_bytes_accessed=float(ca.get('bytes accessed', 0.0)),
+        hlo_flops=hlo.matmul_flops(hlo_text),
         collectives=coll,
         kernels=hlo.custom_kernels(hlo_text),
         hbm=_hbm(hlo_text),
@@ -202,17 +206,21 @@ def build(
     )
     if 'inputs' in info:  # the sample task's model inputs: {name: shape}
         rep['inputs'] = {k: list(v) for k, v in info['inputs'].items()}
-    if info['task'] in ('train', 'sample'):
+    if info['task'] in ('train', 'sample', 'decode'):
         clips = batch_size * (2 if info['task'] == 'sample' else 1)
         train = info['task'] == 'train'
-        fl = flops.dit_flops(
-            info['model'], info['tokens_per_clip'], clips, text_length, train=train
-        )
-        per_dev = {
-            'model_flops': fl.model / n_dev,
-            'attention_flops': fl.attention / n_dev,
-            'executed_flops': fl.executed / n_dev,
-        }
+        if info['task'] == 'decode':  # a conv net: every FLOP is an HLO convolution or dot
+            per_dev = dict.fromkeys(('model_flops', 'executed_flops'), rep['hlo_flops'])
+            per_dev['attention_flops'] = 0.0
+        else:
+            fl = flops.dit_flops(
+                info['model'], info['tokens_per_clip'], clips, text_length, train=train
+            )
+            per_dev = {
+                'model_flops': fl.model / n_dev,
+                'attention_flops': fl.attention / n_dev,
+                'executed_flops': fl.executed / n_dev,
+            }
         t_compute = per_dev['executed_flops'] / chip.bf16_flops
         t_ici = traffic / chip.ici_bw
         hbm = rep['hbm']
@@ -331,11 +339,17 @@ def text(rep: dict) -> str:
         )
     if 'roofline' in rep:
         r = rep['roofline']
-        lines.append(
-            f'flops per chip: executed {rep["executed_flops_per_device"]:.3g} (6N.tokens '
-            f'{rep["model_flops_per_device"]:.3g}, attention '
-            f'{rep["attention_flops_per_device"]:.3g}; XLA counts {rep["xla_flops"]:.3g})'
-        )
+        if rep['task'] == 'decode':
+            lines.append(
+                f'flops per chip: {rep["hlo_flops"]:.3g} (convolutions with loop trip counts; '
+                f'XLA counts {rep["xla_flops"]:.3g})'
+            )
+        else:
+            lines.append(
+                f'flops per chip: executed {rep["executed_flops_per_device"]:.3g} (6N.tokens '
+                f'{rep["model_flops_per_device"]:.3g}, attention '
+                f'{rep["attention_flops_per_device"]:.3g}; XLA counts {rep["xla_flops"]:.3g})'
+            )
         lines.append(
             f'roofline estimate: {r["step_s"]:.3f} s/step ({r["bound"]}-bound: compute '
             f'{r["compute_s"]:.3f} s, HBM {r.get("hbm_s", 0):.3f} s, ICI {r["ici_s"]:.3f} s'

@@ -23,7 +23,8 @@ AOT_SCRIPT = REPO_ROOT / 'experiments' / 'aot.py'
 
 R480, R720 = (81, 480, 832), (81, 720, 1280)
 M = lambda *s: '(' + ','.join(map(str, s)) + ')'
-# row -> (config arg, task, (frames, h, w), topology, [(mesh, batch), ...], extra flags)
+# row -> (config arg, task, (frames, h, w), topology, [(mesh, batch), ...], extra flags); the
+# config arg is configs/wan21.py's unless it names its file ('wan22.py:ti2v_5b')
 ROWS = {}
 # Parameters over fsdp x sequence: with sequence parallelism every chip still holds 1/n of the
 # weights and optimizer state (the default rules shard them over fsdp only).
@@ -110,7 +111,37 @@ ROWS['14b_720p_train_v5p-64_chunked'] = (
     [(M(1, 16, 1, 2), 16)],
     ['--config.model.attention=chunked'],
 )
-ROWS['vae_720p_decode_v5p-8'] = ('t2v_14b,720p', 'decode', R720, 'v5p-8', [(M(1, 1, 1, 4), 1)])
+# The VAE's chunked decode of one clip (what sampling runs once after the DiT steps): the
+# weights are replicated and one clip is not split, so every chip decodes the whole clip.
+for res, r in (('480p', R480), ('720p', R720)):
+    for topo in ('v5e-8', 'v5p-8'):
+        mesh = M(1, 1, 1, 8) if topo == 'v5e-8' else M(1, 1, 1, 4)
+        ROWS[f'vae_{res}_decode_{topo}'] = (f't2v_14b,{res}', 'decode', r, topo, [(mesh, 1)])
+# Wan 2.2 TI2V-5B at its own size: 704x1280 (the VAE's 16x times the 2x2 patch divides 704, not
+# 720), 121 frames. Training is the flow objective of the other rows (one timestep per clip).
+R704 = (121, 704, 1280)
+ROWS['ti2v5b_704p_train_v5p-8'] = (
+    'wan22.py:ti2v_5b',
+    'train',
+    R704,
+    'v5p-8',
+    [(M(1, 4, 1, 1), 4), (M(1, 2, 1, 2), 2), (M(1, 1, 1, 4), 1)],
+    FS,
+)
+ROWS['ti2v5b_704p_sample_v5p-8'] = (
+    'wan22.py:ti2v_5b',
+    'sample',
+    R704,
+    'v5p-8',
+    [(M(1, 1, 1, 4), 1)],
+)
+ROWS['ti2v5b_704p_decode_v5p-8'] = (
+    'wan22.py:ti2v_5b',
+    'decode',
+    R704,
+    'v5p-8',
+    [(M(1, 1, 1, 4), 1)],
+)
 # configs/wan21.py's slice recipes: bf16 first moment, no EMA, params over fsdp x sequence
 ROWS['14b_720p_train_v5p-8_recipe'] = (
     't2v_14b,720p,v5p8',
@@ -168,7 +199,7 @@ def run_row(name, out, force):
         cmd = [
             sys.executable,
             os.path.relpath(AOT_SCRIPT),
-            f'--config=configs/wan21.py:{cfg}',
+            f'--config=configs/{cfg if ".py:" in cfg else "wan21.py:" + cfg}',
             f'--topology={topo}',
             f'--task={task}',
             f'--num_frames={nf}',

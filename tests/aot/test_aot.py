@@ -188,10 +188,53 @@ def test_splash_under_ulysses_context_parallelism():
 def test_vae_chunked_decode_compiles():
     c = _tiny((1, 1, 1, 4))
     rep = run.check(c, 'v5p-8', 'decode', num_frames=17, height=64, width=64, batch_size=1)
-    assert rep['fits'] and rep['attention'] is None and 'roofline' not in rep
+    assert rep['fits'] and rep['attention'] is None
     # the VAE's weights (replicated, float32) are the arguments, plus the latents
     assert rep['memory_bytes']['argument'] >= 4 * rep['params']
     assert rep['latent'] == [5, 8, 8]
+    # the roofline's flops are the convolutions with the chunk scan's trips (the first latent
+    # frame, then a lax.scan over the other 4): well above XLA's count of the body once
+    r = rep['roofline']
+    assert rep['executed_flops_per_device'] == rep['hlo_flops'] > 2 * rep['xla_flops'] > 0
+    assert r['compute_s'] == pytest.approx(rep['hlo_flops'] / rep['chip_figures']['bf16_flops'])
+    assert r['hbm_s'] > 0 and r['step_s'] == max(r['compute_s'], r['hbm_s'], r['ici_s'])
+    assert 'convolutions with loop trip counts' in report.text(rep)
+
+
+def test_matmul_flops_count_loop_trips():
+    """A scan of 6 trips, each a 3x3 convolution and a dot, compiled for a v5p chip: the HLO
+    count is 6 x the count of one trip (which XLA's cost analysis agrees with, its elementwise
+    flops aside), while XLA's cost analysis of the scan sees its body once."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    dev = topology.devices(topology.resolve('v5p-8'))[:1]
+    sh = NamedSharding(jax.sharding.Mesh(dev, ('x',)), PartitionSpec())
+    args = [
+        jax.ShapeDtypeStruct(s, jnp.bfloat16, sharding=sh)
+        for s in ((1, 32, 32, 128), (3, 3, 128, 128), (512, 384), (384, 384))
+    ]
+
+    def compiled(n):
+        def f(x, w, a, b):
+            def body(c, _):
+                y = jax.lax.conv_general_dilated(
+                    c[0], w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+                )
+                return (jnp.tanh(y), jnp.tanh(c[1] @ b)), None
+
+            return jax.lax.scan(body, (x, a), None, length=n)[0]
+
+        c = jax.jit(f).lower(*args).compile()
+        ca = c.cost_analysis()
+        return hlo.matmul_flops(c.as_text()), (ca[0] if isinstance(ca, (list, tuple)) else ca)
+
+    one, ca1 = compiled(1)
+    six, ca6 = compiled(6)
+    assert one == pytest.approx(ca1['flops'], rel=0.02) and one > 1e8
+    assert six == pytest.approx(6 * one, rel=1e-6)
+    assert ca6['flops'] < 2 * one
 
 
 def test_wan_i2v_sample_compiles():
