@@ -382,14 +382,14 @@ def matmul_flops(text: str) -> float:
             if kind not in ('convolution', 'dot'):
                 continue
             out = math.prod(_dims(op.group(1)))
-            lhs, rhs = (_dims(shapes.get(o, '')) for o in _operands(op.group(3))[:2])
+            lhs, rhs = ([_dims(shapes.get(o, '')) for o in _operands(op.group(3))] + [[], []])[:2]
             if kind == 'convolution':
                 labels = re.search(r'dim_labels=\w+_(\w+)->', line)
                 o = labels.group(1).index('o') if labels else len(rhs) - 1
-                per_out = math.prod(rhs) // rhs[o] if rhs else 0
+                per_out = math.prod(rhs) // rhs[o] if o < len(rhs) and rhs[o] else 0
             else:
                 cd = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', line)
                 idx = [int(i) for i in cd.group(1).split(',') if i] if cd else []
-                per_out = math.prod(lhs[i] for i in idx) if lhs else 0
+                per_out = math.prod(lhs[i] for i in idx) if all(i < len(lhs) for i in idx) else 0
             total += m * 2 * out * per_out
     return float(total)
