@@ -42,8 +42,7 @@ shapes, elastic walls, gravity along rows, a grey bar that hides objects), never
    objects, and background flicker <= `FLICKER_MAX` (mean |frame[t+1] - frame[t]|, 0..255, over
    pixels background in both frames).
 
-`judge_window` judges frames [start, start + W) of a long clip against the prompt, with the
-drift of sharpness and colours against a reference window (the first).
+Windows of a long clip, with their drift against the first: `world_windows.judge_window`.
 """
 
 from __future__ import annotations
@@ -147,7 +146,7 @@ class ClipVerdict:
 
 
 # ----------------------------------------------------------------------------- pixels
-def _check(frames) -> np.ndarray:
+def check_frames(frames) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(
@@ -559,7 +558,7 @@ def prompt_objects(objects: Any) -> list[tuple[str, str, str]]:
 
 def track(frames) -> tuple[list[Track], list, float, np.ndarray]:
     """(tracks, passages, flicker, occluder mask) of a clip uint8 [T, H, W, 3]."""
-    f = _check(frames)
+    f = check_frames(frames)
     t, h, w, _ = f.shape
     bg = estimate_background(f)
     occ = occluder_mask(bg)
@@ -642,75 +641,4 @@ def judge_clip(frames, prompt: Any) -> ClipVerdict:
         stability=stability,
         flicker=flicker,
         problems=tuple(problems),
-    )
-
-
-# ----------------------------------------------------------------------------- windows
-@dataclasses.dataclass(frozen=True)
-class WindowStats:
-    sharpness: float  # mean |Laplacian| of the frames (0..255 units)
-    object_rgb: dict  # colour name -> mean core RGB [3] of its blobs
-    background_rgb: np.ndarray  # [3] mean background colour
-
-
-@dataclasses.dataclass(frozen=True)
-class WindowVerdict:
-    start: int
-    stop: int
-    verdict: ClipVerdict
-    stats: WindowStats
-    sharpness_ratio: float  # this window's sharpness / the reference's
-    color_drift: float  # mean |object colour - reference| over colours both hold (0..255)
-    background_drift: float  # |background colour - reference| (0..255)
-
-    @property
-    def ok(self) -> bool:
-        """Colour, shape and motion as prompted, nothing vanishing or duplicated."""
-        v = self.verdict
-        return v.binding and v.stability and v.permanence is not False
-
-
-def window_stats(frames) -> WindowStats:
-    f = _check(frames)
-    bg = estimate_background(f)
-    lap = np.abs(ndimage.laplace(f.mean(-1), mode='nearest')[:, 1:-1, 1:-1]).mean()
-    rgbs: dict[str, list] = {}
-    for blobs in find_blobs(f, bg, occluder_mask(bg)):
-        for b in blobs:
-            rgbs.setdefault(b.color, []).append(b.rgb)
-    return WindowStats(
-        float(lap), {k: np.mean(v, 0) for k, v in rgbs.items()}, bg.reshape(-1, 3).mean(0)
-    )
-
-
-def judge_window(
-    frames, prompt: Any, start: int, window: int, reference: WindowStats | None = None
-) -> WindowVerdict:
-    """Judges frames [start, start + window) of a long clip uint8 [T, H, W, 3] against the
-    prompt: colour and shape kept, motion as prompted, no vanishing or duplication (the clip
-    judge on the window), and drift against `reference` (`window_stats` of the first window;
-    None: this window is the reference)."""
-    frames = np.asarray(frames)
-    if not 0 <= start or start + window > len(frames):
-        raise ValueError(
-            f'window [{start}, {start + window}) is outside the {len(frames)} frames; '
-            'pick start and window inside the clip.'
-        )
-    clip = frames[start : start + window]
-    stats = window_stats(clip)
-    ref = reference or stats
-    common = [c for c in stats.object_rgb if c in ref.object_rgb]
-    drift = (
-        float(np.mean([np.abs(stats.object_rgb[c] - ref.object_rgb[c]).mean() for c in common]))
-        if common
-        else float('nan')
-    )
-    return WindowVerdict(
-        start,
-        start + window,
-        judge_clip(clip, prompt),
-        stats,
-        stats.sharpness / max(ref.sharpness, 1e-6),
-        drift,
-        float(np.abs(stats.background_rgb - ref.background_rgb).mean()),
     )

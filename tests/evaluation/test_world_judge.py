@@ -7,6 +7,7 @@ import pytest
 
 from sora_jax.data import world
 from sora_jax.evaluation import world_judge as J
+from sora_jax.evaluation import world_windows
 
 # 50 clips of each category: one object, two objects, behind a bar, bouncing / falling
 CATEGORIES = {
@@ -87,8 +88,8 @@ def test_windows_of_a_long_clip():
     s = world.sample_scene(5, 3, num_frames=66, num_objects=(1,), occluder_prob=0.0,
                            motions=('bouncing',))  # fmt: skip
     video = world.render(s)
-    first = J.judge_window(video, s, 0, 33)
-    second = J.judge_window(video, s, 33, 33, reference=first.stats)
+    first = world_windows.judge_window(video, s, 0, 33)
+    second = world_windows.judge_window(video, s, 33, 33, reference=first.stats)
     assert first.ok and second.ok
     assert abs(second.sharpness_ratio - 1) < 0.15 and second.color_drift < 3.0
     # a washed-out, blurred window drifts in sharpness and colour
@@ -97,7 +98,7 @@ def test_windows_of_a_long_clip():
     worn = video.astype(np.float32)
     worn[33:] = ndimage.gaussian_filter(worn[33:], (0, 1.5, 1.5, 0)) * 0.8 + 20
     worn = np.clip(np.round(worn), 0, 255).astype(np.uint8)
-    third = J.judge_window(worn, s, 33, 33, reference=first.stats)
+    third = world_windows.judge_window(worn, s, 33, 33, reference=first.stats)
     assert third.sharpness_ratio < 0.7 and third.color_drift > 15.0
     with pytest.raises(ValueError, match='outside'):
-        J.judge_window(video, s, 40, 33)
+        world_windows.judge_window(video, s, 40, 33)
