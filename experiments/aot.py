@@ -37,6 +37,12 @@ flags.DEFINE_integer(
     '1 otherwise; sampling compiles the 2x CFG batch).',
 )
 flags.DEFINE_integer('text_length', None, 'Text tokens (default: config.text.max_length).')
+flags.DEFINE_string(
+    'quantize',
+    None,
+    'int8 | fp8 (--task=sample): weight-only quantized DiT block kernels, as '
+    'experiments/sample.py --quantize samples (sora_jax/models/quantize.py).',
+)
 flags.DEFINE_string('json', None, 'Write the report here.')
 flags.mark_flags_as_required(['config', 'topology'])
 
@@ -57,6 +63,7 @@ def main(argv):
         width=f.width or int(c.sample.width),
         batch_size=batch,
         text_length=f.text_length,
+        quantize=f.quantize,
     )
     rep['command'] = ' '.join(['python', 'experiments/aot.py'] + sys.argv[1:])
     print(report.text(rep), flush=True)

@@ -54,6 +54,11 @@ flags.DEFINE_float(
     'noise', 0.0, 'ground_truth: Gaussian noise std (0..255) applied before judging.'
 )
 flags.DEFINE_bool('ema', True, 'Sample the EMA parameters.')
+flags.DEFINE_string(
+    'quantize',
+    None,
+    'suite=shapes: int8 | fp8 weight-only DiT block kernels (as experiments/sample.py --quantize).',
+)
 flags.DEFINE_list('colors', None, 'suite=shapes: only prompts of these colours (default: all).')
 flags.DEFINE_multi_string(
     'lora',
@@ -117,7 +122,7 @@ def shapes_suite(F) -> tuple[dict, dict]:
         raise ValueError('--suite=shapes needs --checkpoint=DIR (a workdir or checkpoints/shapes).')
     from sora_jax.pipeline import TextToVideo
 
-    pipe = TextToVideo.from_checkpoint(F.checkpoint, ema=F.ema)
+    pipe = TextToVideo.from_checkpoint(F.checkpoint, ema=F.ema, quantize=F.quantize)
     if F.lora:
         from sora_jax.convert.lora import parse_spec
 
@@ -143,6 +148,7 @@ def shapes_suite(F) -> tuple[dict, dict]:
     settings = {
         'checkpoint': F.checkpoint,
         'lora': F.lora,
+        'quantize': F.quantize,
         'colors': F.colors,
         'num_per_combo': F.num_per_combo,
         'steps': F.steps,

@@ -24,6 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sora_jax.models import attention_kernels
+from sora_jax.models import quantize as quantize_lib
 from sora_jax.parallel import mesh as mesh_lib
 
 TASKS = ('train', 'sample', 'decode')
@@ -139,10 +140,12 @@ def _compile_train(config, mesh, rules, shape: Shape, hbm_bytes: float | None = 
     return compiled, dict(params=n, model=config.model.to_dict())
 
 
-def _compile_sample(config, mesh, rules, shape: Shape, hbm_bytes=None):
+def _compile_sample(config, mesh, rules, shape: Shape, hbm_bytes=None, quantize=None):
     """One guided DiT forward, with the inputs the pipeline gives the model at every step: Wan 2.1
     I2V (model.image_dim > 0) its model.in_channels-wide input (noise, mask, image latents) and
-    the CLIP image tokens; Wan 2.2 TI2V (sample.expand_timesteps) one timestep per token."""
+    the CLIP image tokens; Wan 2.2 TI2V (sample.expand_timesteps) one timestep per token.
+    `quantize` ('int8' | 'fp8'): the block kernels as `models/quantize.py` stores them (qvalues
+    sharded like the kernels), dequantized one block at a time inside the scan, as sampling runs."""
     objective = objective_module(config)
     c = int(config.latent_channels)
     image_dim = int(config.model.get('image_dim', 0) or 0)
@@ -161,6 +164,7 @@ def _compile_sample(config, mesh, rules, shape: Shape, hbm_bytes=None):
     graphdef, params = nnx.split(model, nnx.Param)[0], nnx.state(model, nnx.Param)
     shardings = mesh_lib.state_shardings(params, mesh, rules)
     params = _abstract(params, shardings)
+    params = quantize_lib.abstract_params(params, quantize)
     b2 = 2 * shape.batch_size  # conditional + unconditional rows
     lt, lh, lw = shape.latent(config)
     dt = jnp.dtype(config.model.dtype)
@@ -186,10 +190,14 @@ def _compile_sample(config, mesh, rules, shape: Shape, hbm_bytes=None):
 
     with jax.set_mesh(mesh), mesh_lib.use_rules(rules):
         compiled = jax.jit(forward, out_shardings=sh(5)).lower(*args).compile()
-    n = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+    n = sum(math.prod(x.shape) for x in jax.tree.leaves(params, is_leaf=quantize_lib.is_quantized))
     names = ('latents', 'timesteps', 'context', 'image')
     return compiled, dict(
-        params=n, model=config.model.to_dict(), inputs={k: a.shape for k, a in zip(names, args[1:])}
+        params=n,
+        param_bytes=quantize_lib.weight_bytes(params),
+        quantize=quantize,
+        model=config.model.to_dict(),
+        inputs={k: a.shape for k, a in zip(names, args[1:])},
     )
 
 
@@ -221,15 +229,19 @@ def _compile_decode(config, mesh, rules, shape: Shape, hbm_bytes=None):
     return compiled, dict(params=n, model=config.vae.to_dict())
 
 
-def compile_task(config, task: str, mesh, shape: Shape, rules=None, hbm_bytes=None):
-    """(compiled executable, info) of one task for `mesh` (abstract inputs only)."""
+def compile_task(config, task: str, mesh, shape: Shape, rules=None, hbm_bytes=None, quantize=None):
+    """(compiled executable, info) of one task for `mesh` (abstract inputs only); `quantize`
+    ('int8' | 'fp8', task 'sample' only): weight-only quantized DiT block kernels."""
     if task not in TASKS:
         raise ValueError(f'--task={task!r} is not one of {TASKS}.')
+    if quantize_lib.check(quantize) and task != 'sample':
+        raise ValueError(f'--quantize={quantize} applies to --task=sample, not {task!r}.')
     rules = mesh_lib.rules_dict(config.mesh.get('rules', ()) if rules is None else rules)
     platform = mesh.devices.flat[0].platform
     impl = attention_kernels.resolve_impl(config.model.attention, platform)
     fn = {'train': _compile_train, 'sample': _compile_sample, 'decode': _compile_decode}[task]
-    compiled, info = fn(config, mesh, rules, shape, hbm_bytes)
+    kw = {'quantize': quantize} if task == 'sample' else {}
+    compiled, info = fn(config, mesh, rules, shape, hbm_bytes, **kw)
     info.update(
         attention=impl if task != 'decode' else None,
         task=task,

@@ -16,6 +16,7 @@ from sora_jax.aot import compile as compile_lib
 from sora_jax.aot import report as report_lib
 from sora_jax.aot import topology
 from sora_jax.models import attention_kernels
+from sora_jax.models import quantize as quantize_lib
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.train import state as state_lib
 
@@ -30,10 +31,14 @@ def check(
     width: int,
     batch_size: int,
     text_length: int | None = None,
+    quantize: str | None = None,
 ) -> dict:
+    """`quantize` ('int8' | 'fp8'): task 'sample' with weight-only quantized DiT block kernels."""
     sl = topology.resolve(topology_name)
     if task not in compile_lib.TASKS:
         raise ValueError(f'--task={task!r} is not one of {compile_lib.TASKS}.')
+    if quantize_lib.check(quantize) and task != 'sample':
+        raise ValueError(f'--quantize={quantize} applies to --task=sample, not {task!r}.')
     text_length = int(config.text.max_length if text_length is None else text_length)
     shape = compile_lib.Shape(num_frames, height, width, batch_size, text_length)
     shape.latent(config)  # size errors before anything is built
@@ -59,7 +64,7 @@ def check(
     t0 = time.time()
     try:
         compiled, info = compile_lib.compile_task(
-            config, task, mesh, shape, hbm_bytes=sl.spec.hbm_bytes
+            config, task, mesh, shape, hbm_bytes=sl.spec.hbm_bytes, quantize=quantize
         )
     except Exception as e:  # XLA refuses a program that does not fit: report it
         msg = str(e)
@@ -85,6 +90,9 @@ def check(
         compile_s=time.time() - t0,
     )
     rep['clip'] = dict(num_frames=num_frames, height=height, width=width, text_length=text_length)
+    if task == 'sample':
+        rep['quantize'] = quantize_lib.check(quantize)
+        rep['param_bytes'] = info['param_bytes']  # the DiT's weights as stored, all chips
     if task == 'train':
         rep['remat'] = model.get('remat')
         rep['param_dtype'] = model.get('param_dtype')

@@ -188,3 +188,22 @@ def test_pipeline_samples_quantized_and_restores():
     assert len(_kernels(experts.params)) == len(_kernels(experts.params_2)) > 0
     rel = np.abs(experts('a red circle', **KW) - ref).max() / np.abs(ref).max()
     assert 0 < rel < 0.2, rel
+
+
+@pytest.mark.slow
+def test_aot_sampling_step_holds_the_quantized_weights():
+    """experiments/aot.py --task=sample --quantize=int8 on the tiny Wan over fsdp 4: the compiled
+    step's arguments per chip shrink with the weights (qvalues sharded like the kernels)."""
+    from configs import wan21
+    from sora_jax.aot import run
+
+    c = wan21.get_config('tiny')
+    c.mesh.shape = (1, 4, 1, 1)
+    kw = dict(num_frames=5, height=64, width=64, batch_size=2)
+    full = run.check(c, 'v5p-8', 'sample', **kw)
+    q = run.check(c, 'v5p-8', 'sample', quantize='int8', **kw)
+    assert full['fits'] and q['fits'] and q['quantize'] == 'int8' and full['quantize'] is None
+    assert q['param_bytes'] < 0.6 * full['param_bytes']  # f32 -> int8 on the block kernels
+    assert q['memory_bytes']['argument'] < full['memory_bytes']['argument']
+    with pytest.raises(ValueError, match='--quantize=int8 applies to --task=sample'):
+        run.check(c, 'v5p-8', 'train', quantize='int8', **kw)
