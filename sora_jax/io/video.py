@@ -3,12 +3,14 @@
 Frames are uint8 `[T, H, W, 3]` on disk and in memory; models work in float
 `[-1, 1]` (`to_float` / `to_uint8` convert). Containers are chosen by file
 extension: `.mp4` (h264, lossy), `.gif` (palette, lossy in colour), `.webm`
-(vp9); `write_image` writes one frame as `.png` (lossless) or `.jpg`. Reading anything that is not a decodable video raises `ValueError`
+(vp9); `VideoStream` writes a video piece by piece as its frames come (a long rollout);
+`write_image` writes one frame as `.png` (lossless) or `.jpg`. Reading anything that is not a decodable video raises `ValueError`
 naming the file and ffmpeg's complaint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import re
@@ -93,6 +95,80 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float = 8.0) -> pathl
         kwargs['crf'] = 18  # near-transparent quality; tiny clips stay small anyway
     mediapy.write_video(path, frames, fps=fps, **kwargs)
     return path
+
+
+class VideoStream:
+    """A video written as its frames come: an open ffmpeg pipe (`mediapy.VideoWriter`, the
+    encoder `write_video` uses, with the same codec and quality), so a long rollout never holds
+    its frames. `add` takes uint8 [T, H, W, 3] pieces (T may vary); `close` finishes the file
+    and returns the frames written; `abort` stops ffmpeg and removes the file.
+
+        with VideoStream(tmp, fps=16) as out:    # a reserved temporary name (io/outputs.py)
+            for piece in pieces:
+                out.add(piece)
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float = 8.0):
+        self.path = pathlib.Path(path)
+        self.codec = _CODECS.get(self.path.suffix.lower())
+        if self.codec is None:
+            raise ValueError(
+                f'Unsupported video extension {self.path.suffix!r} for {self.path}; use one of '
+                f'{sorted(_CODECS)}.'
+            )
+        if fps <= 0:
+            raise ValueError(f'fps must be > 0, got {fps}.')
+        self.fps = float(fps)
+        self.frames = 0
+        self._writer = None
+        self._shape = None
+
+    def add(self, frames: Any) -> None:
+        frames = _check_frames(frames)
+        if self._writer is None:
+            _configure_ffmpeg()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            kwargs = {'crf': 18} if self.codec == 'h264' else {}
+            self._shape = frames.shape[1:3]
+            self._writer = mediapy.VideoWriter(
+                self.path, self._shape, codec=self.codec, fps=self.fps, **kwargs
+            )
+            self._writer.__enter__()
+        if frames.shape[1:3] != self._shape:
+            raise ValueError(
+                f'frames of {frames.shape[1:3]} px added to a {self._shape} video {self.path}.'
+            )
+        for frame in frames:
+            self._writer.add_image(frame)
+        self.frames += len(frames)
+
+    def close(self) -> int:
+        """Finishes the file (ValueError if no frame was added); returns its frame count."""
+        if self._writer is None:
+            raise ValueError(f'no frame was added to {self.path}; nothing to write.')
+        writer, self._writer = self._writer, None
+        writer.close()
+        return self.frames
+
+    def abort(self) -> None:
+        """Stops the encoder and removes the file."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            proc = getattr(writer, '_proc', None)
+            if proc is not None:
+                proc.kill()
+            with contextlib.suppress(Exception):  # ffmpeg was killed: its error is expected
+                writer.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> 'VideoStream':
+        return self
+
+    def __exit__(self, exc_type, *_: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def write_image(path: str | os.PathLike, image: Any) -> pathlib.Path:
