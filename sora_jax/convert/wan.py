@@ -190,6 +190,8 @@ def dit_config_from_hf(hf: Mapping[str, Any] | str, **overrides):
     )
     if image_dim:  # Wan 2.1 I2V / FLF2V
         kw.update(image_dim=image_dim, image_pos_len=hf.get('pos_embed_seq_len') or 0)
+    if hf.get('causal_chunk'):  # a causal generator (convert/causal_wan.py): block-causal chunks
+        kw['causal_chunk'] = int(hf['causal_chunk'])
     kw.update(overrides)
     return DiTConfig.from_config(kw)
 
