@@ -7,6 +7,8 @@
   python experiments/sample.py --checkpoint=WAN --prompt=... --lora=LIGHTX2V.safetensors \
       --distill_preset=lightx2v_4step --out=...     (4 steps, guidance 1, no unconditional pass)
   python experiments/sample.py --checkpoint=checkpoints/shapes --prompt="a green square" --mode=t2i --out=outputs/square.png
+  python experiments/sample.py --checkpoint=CAUSAL --seconds=60 --segment_seconds=10 --prompt=... \
+      --out=outputs/minute.mp4    (a causal checkpoint, chunk by chunk: docs/long_video.md)
 
 Every input is checked before any weight is loaded (sora_jax/generate.py: finite numbers, sizes
 up to 4096 px a side and 1024 frames and within this machine's memory, UTF-8 prompts, LoRA
@@ -22,6 +24,8 @@ bar's host callback keeps the sampler out of the cache); --nocompilation_cache t
 """
 
 import functools
+import glob
+import os
 
 from sora_jax.io import host_memory  # noqa: E402
 
@@ -35,7 +39,10 @@ from sora_jax import (  # noqa: E402
     config_files,  # noqa: E402
     generate,
 )
-from sora_jax.io import compile_cache  # noqa: E402  (defines --compilation_cache)
+from sora_jax.io import (  # noqa: E402
+    compile_cache,  # (defines --compilation_cache)
+    outputs,
+)
 
 config_files.register_configs()  # config files outside configs/ may import configs.*
 config_flags.DEFINE_config_file(
@@ -171,9 +178,24 @@ flags.DEFINE_float(
     'seconds',
     None,
     'Causal checkpoints (model.causal_chunk > 0): this many seconds of video, chunk by chunk '
-    'with a key/value cache (sora_jax/pipeline/rollout.py; t2v).',
+    'with a key/value cache (sora_jax/pipeline/rollout.py; t2v), written as the frames come. '
+    '--num_frames beyond the clip length of a causal checkpoint does the same.',
 )
-flags.DEFINE_integer('window', 4, 'With --seconds: past chunks each chunk attends to.')
+flags.DEFINE_integer(
+    'window',
+    None,
+    'Chunked rollouts: past chunks each chunk attends to (default 4, or what a converted causal '
+    "checkpoint's causal.json says).",
+)
+flags.DEFINE_integer(
+    'sink_frames', None, 'Chunked rollouts: first latent frames kept in the cache for ever.'
+)
+flags.DEFINE_float(
+    'segment_seconds',
+    None,
+    'Chunked rollouts: also write OUT_000.mp4, OUT_001.mp4, ... of this many seconds each, '
+    'each signed and in place as soon as it is complete (docs/long_video.md).',
+)
 flags.DEFINE_bool(
     'text_kv_cache',
     None,
@@ -264,27 +286,6 @@ def _call(pipe, height, width):
     from sora_jax.io import video as video_io
 
     F = flags.FLAGS
-    if F.seconds is not None:  # a causal checkpoint's chunked rollout
-        from sora_jax.pipeline import rollout
-
-        if F.mode != 't2v':
-            raise ValueError(f'--seconds runs mode t2v only, got --mode={F.mode}.')
-        opts = rollout.RolloutOptions(
-            num_chunks=1,
-            window=F.window,
-            num_inference_steps=F.steps,
-            guidance_scale=F.guidance_scale,
-            shift=F.shift,
-            sampler=F.sampler,
-            height=height,
-            width=width,
-            seed=F.seed,
-            negative_prompt=F.negative_prompt,
-            moderation=F.moderation,
-            watermark=F.watermark,
-            progress=F.progress,
-        )
-        return rollout.sample_seconds(pipe, F.prompt, F.seconds, opts)
     image = video = last_image = None
     if pipe.wan_i2v:  # any size: resized for the VAE, CLIP sees the file as it is
         image = video_io.read_image(F.image) if F.image else None
@@ -338,14 +339,117 @@ def _call(pipe, height, width):
     return frames
 
 
+def _rollout_wanted(F) -> bool:
+    """--seconds, --num_frames beyond the clip of a causal checkpoint, or t2v on a converted
+    causal generator (its causal.json: it is only ever sampled chunk by chunk): the chunked
+    rollout (checked from the checkpoint's files, before any weight loads). A full-attention
+    checkpoint samples any --num_frames in one call, as before."""
+    from sora_jax.pipeline import rollout
+
+    wanted = F.seconds is not None
+    if not wanted and F.mode == 't2v' and rollout.sampling_defaults(F.checkpoint):
+        wanted = True
+    if not wanted and F.num_frames:
+        chunk, clip = rollout.causal_clip(F.checkpoint, F.config)
+        wanted = chunk > 0 and F.num_frames > clip
+    if wanted and (F.mode != 't2v' or F.gif):
+        raise ValueError(
+            f'a chunked rollout (--seconds, or --num_frames beyond a causal clip) runs --mode=t2v '
+            f'without --gif; got --mode={F.mode}{" --gif" if F.gif else ""}.'
+        )
+    if F.segment_seconds is not None:
+        if not wanted:
+            raise ValueError(
+                '--segment_seconds cuts a chunked rollout: pass --seconds, or --num_frames '
+                'beyond the clip length of a causal checkpoint.'
+            )
+        if not F.segment_seconds > 0:
+            raise ValueError(f'--segment_seconds={F.segment_seconds} must be > 0.')
+        for out in generate.output_paths(
+            F.out, os.path.splitext(F.out)[1] or '.mp4', len(F.prompt), False
+        ):
+            taken = sorted(glob.glob(glob.escape(os.path.splitext(out)[0]) + '_[0-9][0-9][0-9]*'))
+            if taken and not F.overwrite:
+                raise outputs.OutputExistsError(
+                    f'--segment_seconds: {taken[0]} exists; pass --overwrite or another --out.'
+                )
+    return wanted
+
+
+def _stream(F, checked) -> list[str]:
+    """The chunked rollout of each prompt, written as its frames come (`rollout.stream_to_file`:
+    an ffmpeg pipe onto the reserved temporary name; with --segment_seconds also segment files,
+    each signed and committed when complete); the whole file is signed and committed last."""
+    import time
+
+    from sora_jax.pipeline import rollout
+
+    ext, paths, loras = checked
+    with outputs.reserved(paths, overwrite=F.overwrite) as held:
+        pipe = generate.load(F)
+        generate.apply_loras(pipe, loras, F.lora_merge)
+        off = generate.safeguards(pipe, F)
+        s = pipe.config.sample
+        rollout.causal_chunk(pipe)  # a full-attention checkpoint: one line, before compiling
+        height, width = F.height or s.height, F.width or s.width
+        scale = int(F.display_scale or s.get('display_scale', 1))
+        n = F.num_frames or s.num_frames
+        if F.seconds is not None:
+            n = rollout.frames_for_seconds(pipe, F.seconds)
+        fps = float(s.get('fps', 16))
+        seg = max(1, int(round(F.segment_seconds * fps))) if F.segment_seconds else 0
+        opts = rollout.options_for(
+            pipe,
+            window=F.window,
+            sink_frames=F.sink_frames,
+            num_inference_steps=F.steps,
+            guidance_scale=F.guidance_scale,
+            shift=F.shift,
+            sampler=F.sampler,
+            height=height,
+            width=width,
+            seed=F.seed,
+            negative_prompt=F.negative_prompt,
+            moderation=F.moderation,
+            watermark=F.watermark,
+            progress=F.progress,
+        )
+
+        def seal(tmp_paths):
+            generate.sign_outputs(pipe, tmp_paths, off, F, prompt_moderated=F.moderation)
+
+        start, written = time.perf_counter(), []
+        for prompt, r in zip(F.prompt, held):
+            names = rollout.segment_paths(r.path, -(-n // seg)) if seg else []
+            written += rollout.stream_to_file(
+                rollout.frames(pipe, prompt, n, opts),
+                r,
+                fps,
+                scale=scale,
+                segment_frames=seg,
+                reserve_segment=lambda k, names=names: outputs.reserve(
+                    names[k], overwrite=F.overwrite
+                ),
+                seal=seal,
+            )
+        print(f'sampled in {time.perf_counter() - start:.2f} s', flush=True)
+    for w in written:
+        print(f'wrote {w}', flush=True)
+    return written
+
+
 def main(argv):
     del argv
     F = flags.FLAGS
     if not F['verbosity'].present:  # quiet: no Orbax / JAX INFO chatter; --verbosity=0 shows it
         logging.set_verbosity(logging.WARNING)
     checked = generate.check(F)  # before anything is loaded, compiled or cached
+    stream = _rollout_wanted(F)
     compile_cache.enable()
-    generate.run(F, _call, checked)
+    if stream:
+        _stream(F, checked)
+    else:
+        generate.run(F, _call, checked)
 
 
 if __name__ == '__main__':

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Iterator, NamedTuple
+import json
+import os
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +34,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from sora_jax.diffusion import conditioning as cond_lib
 from sora_jax.diffusion import samplers
 from sora_jax.models import kv_cache
 from sora_jax.models import vae as vae_lib
@@ -55,6 +58,12 @@ class RolloutOptions:
     width: int | None = None
     seed: int = 0
     negative_prompt: str | None = None
+    # a few-step causal generator's schedule (convert/causal_wan.py): the times t_0 > ... > 0
+    # (None: the sampler's own from steps and shift), and `renoise`: each step predicts the
+    # clean chunk x0 = x - t v and draws fresh noise at the next time, (1 - t') x0 + t' eps, as
+    # CausVid and Self-Forcing sample (None: sampler above)
+    sigmas: tuple[float, ...] | None = None
+    renoise: bool = False
     moderation: bool = True
     watermark: bool = True
     progress: bool = True
@@ -70,6 +79,8 @@ class RolloutOptions:
                 f'rollout sink_frames={self.sink_frames} must lie in [0, {chunk}] (frames of '
                 'the first chunk kept in the cache).'
             )
+        if self.renoise and self.sigmas is None:
+            raise ValueError('rollout renoise=True needs its sigmas (t_0 > ... > t_N = 0).')
 
 
 class Chunk(NamedTuple):
@@ -105,7 +116,20 @@ def chunks_for_frames(num_frames: int, chunk: int, temporal_factor: int) -> int:
     return max(1, -(-latent // chunk))
 
 
-@functools.partial(jax.jit, static_argnames=('graphdef', 'layout', 'steps', 'sampler', 'shift'))
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        'graphdef',
+        'layout',
+        'steps',
+        'sampler',
+        'shift',
+        'sigmas',
+        'renoise',
+        'cfg',
+        'frame_masks',
+    ),
+)
 def chunk_step(
     params,
     cache: kv_cache.KVCache,
@@ -114,35 +138,72 @@ def chunk_step(
     context_mask,
     index,
     guidance_scale,
+    key=None,
     *,
     graphdef,
     layout: kv_cache.CacheLayout,
     steps: int,
     sampler: str,
     shift: float,
+    sigmas: tuple[float, ...] | None = None,
+    renoise: bool = False,
+    cfg: bool = True,
+    frame_masks: bool = False,
 ):
     """noise [B, chunk, h, w, C] -> (clean latents, cache with this chunk written). context:
-    [2B, L, D] conditional rows then unconditional; the cache has 2B rows. `index` (traced): the
-    chunk's number, so every chunk runs this one compiled program."""
+    with `cfg`, [2B, L, D] conditional rows then unconditional and a cache of 2B rows; without
+    (guidance 1: the conditional pass alone), [B, L, D] and B rows. `index` (traced): the
+    chunk's number, so every chunk runs this one compiled program. `renoise` (with `sigmas`):
+    x0-prediction steps with fresh noise from `key` between them (RolloutOptions).
+    `frame_masks`: a DiT trained with frame-mask conditioning gets [x, 0, 0] (t2v: no frame
+    known, `diffusion/conditioning.model_input`)."""
     dit = nnx.merge(graphdef, params)
     offset = index * dit.cfg.causal_chunk
 
-    def model_fn(x2, t2):  # [2B, ...] rows: conditional, unconditional
-        v, _ = dit.chunk(x2, t2, context, context_mask, cache=cache, frame_offset=offset)
+    def dit_in(x):
+        if not frame_masks:
+            return x
+        return cond_lib.model_input(x, jnp.zeros(x.shape[:2], x.dtype), jnp.zeros_like(x))
+
+    def model_fn(x, t):  # [2B, ...] rows with cfg: conditional, unconditional
+        v, _ = dit.chunk(dit_in(x), t, context, context_mask, cache=cache, frame_offset=offset)
         return v
 
-    x0 = samplers.sample(
-        model_fn,
-        noise,
-        method=sampler,
-        num_steps=steps,
-        shift=shift,
-        guidance=guidance_scale,
-    )
-    both = jnp.concatenate([x0, x0], 0)
+    guidance = guidance_scale if cfg else None
+    if renoise:
+        x0 = _renoise_sample(model_fn, noise, sigmas, key, guidance)
+    else:
+        x0 = samplers.sample(
+            model_fn,
+            noise,
+            method=sampler,
+            num_steps=steps,
+            shift=shift,
+            sigmas=None if sigmas is None else np.asarray(sigmas, np.float64),
+            guidance=guidance,
+        )
+    both = jnp.concatenate([x0, x0], 0) if cfg else x0
     zeros = jnp.zeros((both.shape[0],), jnp.float32)
-    _, kv = dit.chunk(both, zeros, context, context_mask, cache=cache, frame_offset=offset)
+    _, kv = dit.chunk(dit_in(both), zeros, context, context_mask, cache=cache, frame_offset=offset)
     return x0, kv_cache.write_chunk(cache, kv, index, layout)
+
+
+def _renoise_sample(model_fn, noise, sigmas, key, guidance):
+    """CausVid / Self-Forcing few-step sampling: at each t_i the model's velocity gives the
+    clean estimate x0 = x - t_i v; the next state is x0 noised afresh to t_{i+1}; the last
+    estimate is the sample."""
+    if guidance is not None:
+        model_fn = samplers.cfg_velocity(model_fn, guidance)
+    x = noise.astype(jnp.float32)
+    b = x.shape[0]
+    for i, (t, t_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        v = model_fn(x, jnp.full((b,), t, jnp.float32)).astype(jnp.float32)
+        x0 = x - t * v
+        if t_next == 0:
+            return x0
+        eps = jax.random.normal(jax.random.fold_in(key, i), x.shape, jnp.float32)
+        x = (1.0 - t_next) * x0 + t_next * eps
+    return x
 
 
 class StreamDecoder:
@@ -221,10 +282,14 @@ def rollout(pipe, prompt: str, options: RolloutOptions) -> Iterator[Chunk]:
         chunk_tokens, window, (options.sink_frames // pt) * tokens_per_frame
     )
     context, context_mask = pipe.encode_prompt(opts)  # [2, L, D]: conditional, unconditional
+    cfg = float(opts.guidance_scale) != 1.0  # guidance 1: the conditional pass alone
+    if not cfg:
+        context = context[:b]
+        context_mask = None if context_mask is None else context_mask[:b]
     cache = kv_cache.empty_cache(
         layout,
         depth=dit_cfg.depth,
-        batch=2 * b,
+        batch=(2 if cfg else 1) * b,
         heads=dit_cfg.num_heads,
         head_dim=dit_cfg.head_dim,
         dtype=jnp.dtype(dit_cfg.dtype),
@@ -233,6 +298,7 @@ def rollout(pipe, prompt: str, options: RolloutOptions) -> Iterator[Chunk]:
     fps = float(s.get('fps', 16))
     total = frames_of(options.num_chunks, chunk, tf) / fps
     key = jax.random.key(opts.seed)
+    sigmas = None if options.sigmas is None else tuple(float(x) for x in options.sigmas)
     with tqdm(
         total=round(total, 2), desc='video seconds', unit='s', disable=not options.progress
     ) as bar:
@@ -246,29 +312,177 @@ def rollout(pipe, prompt: str, options: RolloutOptions) -> Iterator[Chunk]:
                 context_mask,
                 jnp.int32(i),
                 jnp.float32(opts.guidance_scale),
+                jax.random.fold_in(jax.random.fold_in(key, i), 1 << 20),  # renoise draws
                 graphdef=pipe.graphdef,
                 layout=layout,
                 steps=opts.num_inference_steps,
                 sampler=opts.sampler,
                 shift=float(opts.shift),
+                sigmas=sigmas,
+                renoise=options.renoise,
+                cfg=cfg,
+                frame_masks=pipe.conditioned,
             )
             frames = pipe.finish(decoder(lat), opts)
             bar.update(round(frames.shape[1] / fps, 2))
             yield Chunk(i, lat, frames)
 
 
-def sample_seconds(pipe, prompts, seconds: float, options: RolloutOptions) -> np.ndarray:
-    """`seconds` of video per prompt, chunk by chunk (`rollout`), as uint8 [B, T, H, W, 3]
-    with T = round(seconds * fps) frames (`options.num_chunks` is replaced by what that needs)."""
+CAUSAL_JSON = 'causal.json'  # a converted causal Wan folder's sampling settings (convert/)
+
+
+def sampling_defaults(path: str | None) -> dict:
+    """The rollout settings a converted causal checkpoint was published with (`causal.json`
+    beside its transformer/: sigmas, renoise, guidance_scale, window, sink_frames), or {}."""
+    if not path:
+        return {}
+    f = os.path.join(os.fspath(path), CAUSAL_JSON)
+    if not os.path.isfile(f):
+        return {}
+    with open(f) as fh:
+        d = json.load(fh)
+    keys = ('sigmas', 'renoise', 'guidance_scale', 'window', 'sink_frames')
+    out = {k: d[k] for k in keys if d.get(k) is not None}
+    if 'sigmas' in out:
+        out['sigmas'] = tuple(float(x) for x in out['sigmas'])
+    return out
+
+
+def options_for(pipe, **kw) -> RolloutOptions:
+    """RolloutOptions from call arguments (None: not given), the checkpoint's
+    `sampling_defaults` filling what is not given, then RolloutOptions' own defaults."""
+    given = {k: v for k, v in kw.items() if v is not None}
+    return RolloutOptions(**{'num_chunks': 1, **sampling_defaults(pipe.checkpoint_path), **given})
+
+
+def causal_clip(path: str, wan_config=None) -> tuple[int, int]:
+    """(model.causal_chunk, config.sample.num_frames) of a checkpoint, read from its files
+    before any weight loads: a training workdir / bundle's saved config, or a converted Wan
+    folder's transformer/config.json (its sampling config `wan_config`, default
+    configs/wan21.py:t2v_1.3b, gives the clip length). (0, n) for a full-attention model."""
+    path = os.fspath(path)
+    hf = os.path.join(path, 'transformer', 'config.json')
+    if os.path.isfile(hf):
+        with open(hf) as fh:
+            chunk = int(json.load(fh).get('causal_chunk') or 0)
+        if wan_config is None:
+            from configs import wan21
+
+            wan_config = wan21.get_config('t2v_1.3b')
+        return chunk, int(wan_config.sample.num_frames)
+    cdir = os.path.join(path, 'checkpoints')
+    if not os.path.isdir(cdir):
+        return 0, 0
+    from sora_jax.io import checkpoint as ckpt
+
+    config = ckpt.load_config(cdir)
+    return int(config.model.get('causal_chunk', 0) or 0), int(config.sample.num_frames)
+
+
+def frames_for_seconds(pipe, seconds: float) -> int:
+    """round(seconds * config.sample.fps) frames, or a ValueError when that is none."""
     fps = float(pipe.config.sample.get('fps', 16))
-    n_frames = int(round(float(seconds) * fps))
-    if not np.isfinite(seconds) or n_frames < 1:
+    n_frames = int(round(float(seconds) * fps)) if np.isfinite(seconds) else 0
+    if n_frames < 1:
         raise ValueError(f'seconds={seconds} gives no frame at {fps:g} fps; use seconds > 0.')
+    return n_frames
+
+
+def frames(pipe, prompt: str, num_frames: int, options: RolloutOptions) -> Iterator[np.ndarray]:
+    """Exactly `num_frames` uint8 frames [B, T, H, W, 3] of one prompt, in pieces as the chunks
+    come (`rollout` with the fewest chunks that give them; the last piece is cut)."""
+    if num_frames < 1:
+        raise ValueError(f'num_frames={num_frames} must be >= 1.')
     chunk = causal_chunk(pipe)
-    n = chunks_for_frames(n_frames, chunk, pipe.temporal_factor)
-    opts = dataclasses.replace(options, num_chunks=n)
+    n = chunks_for_frames(num_frames, chunk, pipe.temporal_factor)
+    left = num_frames
+    for c in rollout(pipe, prompt, dataclasses.replace(options, num_chunks=n)):
+        piece = c.frames[:, :left]
+        left -= piece.shape[1]
+        if piece.shape[1]:
+            yield piece
+
+
+def sample_frames(pipe, prompts, num_frames: int, options: RolloutOptions) -> np.ndarray:
+    """`num_frames` frames per prompt, chunk by chunk (`rollout`), as uint8 [B, T, H, W, 3]
+    (`options.num_chunks` is replaced by what that needs)."""
     clips = [
-        np.concatenate([c.frames for c in rollout(pipe, p, opts)], 1)[:, :n_frames]
+        np.concatenate(list(frames(pipe, p, num_frames, options)), 1)
         for p in ([prompts] if isinstance(prompts, str) else list(prompts))
     ]
     return np.concatenate(clips, 0)
+
+
+def sample_seconds(pipe, prompts, seconds: float, options: RolloutOptions) -> np.ndarray:
+    """`seconds` of video per prompt, chunk by chunk (`rollout`), as uint8 [B, T, H, W, 3]
+    with T = round(seconds * fps) frames (`options.num_chunks` is replaced by what that needs)."""
+    return sample_frames(pipe, prompts, frames_for_seconds(pipe, seconds), options)
+
+
+def segment_paths(out: str, count: int) -> list[str]:
+    """The segment files of an output: OUT_000.mp4, OUT_001.mp4, ... (`count` of them)."""
+    root, ext = os.path.splitext(out)
+    return [f'{root}_{k:03d}{ext}' for k in range(count)]
+
+
+def stream_to_file(
+    pieces: Iterable[np.ndarray],
+    out,
+    fps: float,
+    *,
+    scale: int = 1,
+    segment_frames: int = 0,
+    reserve_segment: Callable[[int], object] | None = None,
+    seal: Callable[[list[str]], None] = lambda paths: None,
+) -> list[str]:
+    """Writes uint8 pieces [1, T, H, W, 3] (`frames`) to `out` (an `io/outputs.Reserved`) as
+    they come: an ffmpeg pipe onto its temporary name (`io/video.VideoStream`), so the frames
+    never pile up. With `segment_frames` > 0 the same frames also go to segment files of that
+    many frames (the last may be shorter): segment k is reserved when its first frame comes
+    (`reserve_segment(k)` -> Reserved), and as soon as it is full it is closed, sealed
+    (`seal([tmp])`: Content Credentials) and committed, so the start of a long video can be
+    watched while the rest renders. The whole file is sealed and committed at the end. On an
+    error every open temporary file is removed (committed segments stay). `scale`: nearest
+    upscale (config.sample.display_scale). Returns the paths committed, segments first."""
+    from sora_jax.io import video as video_io
+
+    if segment_frames and reserve_segment is None:
+        raise ValueError('segment_frames needs reserve_segment (the segment files).')
+    done: list[str] = []
+    whole, main = video_io.VideoStream(out.tmp, fps), out
+    seg = seg_out = None
+    k = 0
+    try:
+        for piece in pieces:
+            clip = piece[0]
+            if scale > 1:
+                clip = np.repeat(np.repeat(clip, scale, axis=1), scale, axis=2)
+            whole.add(clip)
+            while segment_frames and len(clip):
+                if seg is None:
+                    seg_out = reserve_segment(k)
+                    seg = video_io.VideoStream(seg_out.tmp, fps)
+                take = clip[: segment_frames - seg.frames]
+                seg.add(take)
+                clip = clip[len(take) :]
+                if seg.frames == segment_frames:
+                    seg, seg_out = _finish(seg, seg_out, seal, done), None
+                    k += 1
+        if seg is not None:  # the last, shorter segment
+            seg, seg_out = _finish(seg, seg_out, seal, done), None
+        whole, main = _finish(whole, main, seal, done), None
+    except BaseException:  # (a failed commit keeps its file itself: io/outputs.py)
+        for stream, reserved in ((seg, seg_out), (whole, main)):
+            if stream is not None:
+                stream.abort()
+            if reserved is not None:
+                reserved.abort()
+        raise
+    return done
+
+
+def _finish(stream, reserved, seal, done: list[str]) -> None:
+    """Closes a stream, seals and commits its file (appended to `done`)."""
+    stream.close()
+    seal([reserved.tmp])
+    done.append(reserved.commit())
