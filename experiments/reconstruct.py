@@ -15,7 +15,8 @@ Outputs are checked before the VAE loads and written whole (temporary name, then
 existing file is refused without --overwrite, and nothing is written that no flag names.
 Metrics compare the uint8 reconstruction with the fitted uint8 input (before mp4 compression).
 `--suite=shapes` scores `--num` clips of 17x32x32 from a scene stream training never saw, drawn
-like the VAE's training data (its config's data.backgrounds / size_scale / max_objects).
+like the VAE's training data (its config's data.backgrounds / size_scale / max_objects);
+`--suite=world` 33x64x64 clips of the physics world (`--size=1,64,64`: single frames).
 """
 
 import json
@@ -58,9 +59,17 @@ flags.DEFINE_bool(
     True,
     'Chunked causal encode/decode (always on; kept for the documented command line).',
 )
-flags.DEFINE_enum('suite', None, ['shapes'], 'Evaluate on held-out generated clips instead.')
+flags.DEFINE_enum(
+    'suite',
+    None,
+    ['shapes', 'world'],
+    'Evaluate on held-out generated clips instead: shapes (data/shapes.py) or the physics world '
+    '(data/world.py).',
+)
 flags.DEFINE_integer('num', 32, 'Clips for --suite.')
-flags.DEFINE_list('size', ['17', '32', '32'], 'T,H,W of the --suite clips.')
+flags.DEFINE_list(
+    'size', None, 'T,H,W of the --suite clips (default: 17,32,32 shapes; 33,64,64 world).'
+)
 flags.DEFINE_integer('samples', 4, 'Side-by-side sample clips written for --suite.')
 flags.DEFINE_string('json', None, 'Write the metrics to this JSON file.')
 flags.DEFINE_float('fps', 8.0, 'Frames per second of the written videos.')
@@ -125,17 +134,21 @@ def reconstruct_suite(vae) -> dict:
 
     from sora_jax.evaluation import reconstruction as rec
 
-    t, h, w = (int(x) for x in FLAGS.size)
+    size = FLAGS.size or (['33', '64', '64'] if FLAGS.suite == 'world' else ['17', '32', '32'])
+    t, h, w = (int(x) for x in size)
     data = vae.config.data if 'data' in vae.config else {}
-    clips = rec.heldout_shapes(  # the distribution the VAE was trained on, unseen scenes
-        FLAGS.num,
-        t,
-        h,
-        w,
-        max_objects=int(data.get('max_objects', 2)),
-        backgrounds=tuple(data.get('backgrounds', ())) or None,
-        size_scale=float(data.get('size_scale', 1.0)),
-    )
+    if FLAGS.suite == 'world':
+        clips = rec.heldout_world(FLAGS.num, t, h, w)
+    else:
+        clips = rec.heldout_shapes(  # the distribution the VAE was trained on, unseen scenes
+            FLAGS.num,
+            t,
+            h,
+            w,
+            max_objects=int(data.get('max_objects', 2)),
+            backgrounds=tuple(data.get('backgrounds', ())) or None,
+            size_scale=float(data.get('size_scale', 1.0)),
+        )
     clips = np.stack([rec.fit_video(c, vae.temporal_factor, vae.spatial_factor)[0] for c in clips])
     recon, metrics = rec.reconstruct_video(vae, clips, tile=_tile())
     out = FLAGS.out or (str(pathlib.Path(FLAGS.json).with_suffix('.mp4')) if FLAGS.json else None)
@@ -150,7 +163,7 @@ def reconstruct_suite(vae) -> dict:
         k = min(FLAGS.samples, len(clips))
         _write(FLAGS.out_reconstruction, np.concatenate(list(recon[:k]), axis=1))
     return dict(
-        suite='shapes',
+        suite=FLAGS.suite,
         seed=rec.HELDOUT_SEED,
         num=int(len(clips)),
         size=list(clips.shape[1:4]),
@@ -166,7 +179,7 @@ def reconstruct_suite(vae) -> dict:
 def main(argv):
     del argv
     if (FLAGS.input is None) == (FLAGS.suite is None):
-        raise app.UsageError('give exactly one of --input=VIDEO or --suite=shapes.')
+        raise app.UsageError('give exactly one of --input=VIDEO or --suite=shapes|world.')
     from sora_jax.io import outputs
     from sora_jax.io.video import VIDEO_EXTENSIONS
 

@@ -21,7 +21,8 @@ from flax import nnx
 from sora_jax.evaluation.metrics import psnr_per_frame, ssim_per_frame
 from sora_jax.io.video import to_float, to_uint8
 
-HELDOUT_SEED = 90_210  # shapes scene stream for held-out VAE evaluation (training uses 2s, 2s+1)
+HELDOUT_SEED = 90_210  # scene stream for held-out VAE evaluation (shapes training uses 2s, 2s+1;
+# the world's splits 3s, 3s+1, 3s+2)
 
 
 def fit_video(
@@ -162,3 +163,21 @@ def heldout_shapes(
             for i in range(num)
         ]
     )
+
+
+def heldout_world(
+    num: int, num_frames: int = 33, height: int = 64, width: int = 64, seed: int = HELDOUT_SEED
+) -> np.ndarray:
+    """uint8 [num, T, H, W, 3] physics-world clips (sora_jax/data/world.py) drawn like the
+    training split's scenes, from a scene stream no split of the world builder uses; clips
+    shorter than a scene (33 frames; single frames for an image VAE) are cut from one at a
+    fixed offset per clip, as the builder cuts its short clips."""
+    from sora_jax.data import world
+
+    scene_frames = max(num_frames, 33)
+    clips = []
+    for i in range(num):
+        scene = world.sample_scene(seed, i, num_frames=scene_frames, height=height, width=width)
+        start = (7 * i) % (scene_frames - num_frames + 1)
+        clips.append(world.render(scene)[start : start + num_frames])
+    return np.stack(clips)

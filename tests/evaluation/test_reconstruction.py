@@ -136,3 +136,18 @@ def test_batched_clips_equal_one_by_one(workdir):
     assert m['psnr'] == pytest.approx(np.mean(m['psnr_per_clip']), abs=1e-4)
     with pytest.raises(ValueError, match='not a valid video length'):
         rec.reconstruct_video(vae, clips[:, :4])
+
+
+def test_heldout_world_clips_are_new_scenes():
+    """--suite=world draws the training distribution from a stream no builder split uses."""
+    from sora_jax.data import world
+    from sora_jax.data.builders import world as world_builder
+
+    clips = rec.heldout_world(2, 9, 48, 48)
+    assert clips.shape == (2, 9, 48, 48, 3) and clips.dtype == np.uint8
+    np.testing.assert_array_equal(clips, rec.heldout_world(2, 9, 48, 48))
+    first = rec.heldout_world(1)[0]  # [33, 64, 64, 3], as the builder's defaults
+    cfg = world_builder.WorldConfig(name='t')
+    for split in ('train', 'validation'):
+        assert not np.array_equal(world_builder.make_example(cfg, split, 0)['video'], first)
+    assert world.render(world.sample_scene(rec.HELDOUT_SEED, 0)).shape == first.shape
