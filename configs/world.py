@@ -10,7 +10,9 @@ Args (`--config=configs/world.py:ARG`):
   dit        stage 3: byte text encoder + DiT on the stage-2 VAE's latents of 33-frame clips:
              [9, 8, 8, 16] latents, (1, 2, 2) patches -> 144 tokens.
   dit_long   stage 4: `dit` trained on from its last step (fresh schedule, lower peak).
-  tiny_vae, tiny   tiny and fast: what tests/train/test_world_train.py trains.
+  dit_causal stage 5 (long videos, docs/long_video.md): `dit_long` fine-tuned block-causal
+             (model.causal_chunk = 3 latent frames) with diffusion forcing, for chunked rollouts.
+  tiny_vae, tiny, tiny_causal   tiny and fast: what tests/train/test_world_train.py trains.
 
 Why 4x time and 8x space (Wan 2.1's factors): a 33x64x64 clip becomes 9x8x8 latents (x16
 channels, 48x fewer numbers than pixels) and, in (1, 2, 2) patches, 144 tokens: attention over
@@ -29,6 +31,7 @@ The planned recipe on 2 CPU cores (about 8 hours in four stages; each stage chec
   python experiments/train.py --config=configs/world.py:vae --workdir=workdirs/world_vae
   python experiments/train.py --config=configs/world.py:dit --workdir=workdirs/world_dit
   python experiments/train.py --config=configs/world.py:dit_long --workdir=workdirs/world_dit_long
+  python experiments/train.py --config=configs/world.py:dit_causal --workdir=workdirs/world_dit_causal
   python experiments/export.py --dit=workdirs/world_dit_long --dst=checkpoints/world
 Budgets per stage (from step costs measured with a few steps, docs/world.md): in each stage
 function's docstring below; about 7 h in all. Not trained yet: the results go to
@@ -61,14 +64,14 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
         c = shapes.get_config('tiny_vae')
         _world_data(c)
         _vae(c, arg)
-    elif arg in ('dit', 'dit_long', 'tiny'):
+    elif arg in ('dit', 'dit_long', 'dit_causal', 'tiny', 'tiny_causal'):
         c = shapes.get_config('dit_pixel')  # the unmodified base of the shapes family
         _world_data(c)
         _dit(c, arg)
     else:
         raise ValueError(
-            f'configs/world.py: unknown arg {arg!r}; use vae_image, vae, dit, dit_long, tiny or '
-            'tiny_vae.'
+            f'configs/world.py: unknown arg {arg!r}; use vae_image, vae, dit, dit_long, '
+            'dit_causal, tiny, tiny_causal or tiny_vae.'
         )
     return c
 
@@ -178,7 +181,11 @@ def _dit(c: mlc.ConfigDict, arg: str) -> None:
         c.train.num_steps = 1000
         c.train.learning_rate = 3e-4
         c.train.warmup_steps = 50
-    elif arg == 'tiny':  # pixel space, tiny model, 5-frame 48x48 clips
+    elif arg == 'dit_causal':
+        _causal(c, chunk=3)
+    elif arg in ('tiny', 'tiny_causal'):  # pixel space, tiny model, 5-frame 48x48 clips
+        if arg == 'tiny_causal':
+            _causal(c, chunk=2)  # its objective and mask; the tiny schedule below wins
         c.autoencoder = 'none'
         c.latent_channels = 3
         c.data.sizes = ((5, 48, 48),)
@@ -192,3 +199,33 @@ def _dit(c: mlc.ConfigDict, arg: str) -> None:
         c.train.log_every, c.train.checkpoint_every = 1, 2
         c.train.eval_num_videos, c.train.eval_prompts = 0, ()
         c.sample.num_frames, c.sample.height, c.sample.width, c.sample.steps = 5, 48, 48, 2
+        if arg == 'tiny_causal':  # 6 pixel frames: 3 chunks of 2, trained from scratch
+            c.train.init_from = ''
+            c.data.sizes = ((6, 48, 48),)
+            c.sample.num_frames = 6
+
+
+def _causal(c: mlc.ConfigDict, chunk: int) -> None:
+    """The causal stage: `dit_long` fine-tuned block-causal with diffusion forcing, so
+    `pipeline/rollout.py` can sample chunk after chunk with a key/value cache (docs/long_video.md).
+
+    Chunk 3: `model.causal_chunk` cuts the latent frames into equal chunks from frame 0 (the first
+    latent frame, which the causal VAE codes alone, is simply the first frame of chunk 0), so it
+    must divide the 9 latent frames of a 33-frame clip: 1, 3 or 9. 9 is one chunk (no causality
+    to learn); 1 gives each clip 9 chunks but a first chunk of one latent frame (1 video frame)
+    and 3x more rollout steps per second; 3 is CausVid's and Self-Forcing's num_frame_per_block,
+    gives 3 chunks per clip (so every clip trains chunk 0, a chunk with one past chunk and one
+    with two) and chunks of 12 video frames = 0.75 s at 16 fps (the first: 9 frames).
+
+    Step cost, measured with 3 steps after compiling (random latents [32, 9, 8, 8, 16], the
+    snippet in docs/world.md with `dit_causal`): 6.7 CPU-seconds per step (dit: 6.5; the causal
+    mask runs one attention call per chunk, diffusion forcing one forward), at load 11-14 from
+    other jobs. dit_causal: 800 steps of 32 clips from dit_long's last (fresh schedule, peak
+    1e-4) -> about 45 min on 2 idle cores at best, plus the latent encoding if `dit`'s cache
+    is not reused (about 10 min); budget 1 h. Not trained yet."""
+    c.objective = 'diffusion_forcing'  # a noise level per chunk (train/objectives/)
+    c.model.causal_chunk = chunk  # latent frames per chunk of block-causal self-attention
+    c.train.init_from = 'workdirs/world_dit_long'  # the full-attention model, its last step
+    c.train.num_steps = 800  # a fine-tune: the weights already denoise, only the mask is new
+    c.train.learning_rate = 1e-4  # a third of dit_long's peak: adapt, do not relearn
+    c.train.warmup_steps = 50  # fresh optimizer state

@@ -1,6 +1,7 @@
-"""A tiny training run on the physics world (configs/world.py:tiny_vae and :tiny, 4 steps each,
-in process): the world's data builds and batches, the losses are finite and the VAE's falls, and
-a run resumed from its step-2 checkpoint ends bitwise where the uninterrupted one did."""
+"""A tiny training run on the physics world (configs/world.py:tiny_vae, :tiny and :tiny_causal, 4
+steps each, in process): the world's data builds and batches, the losses are finite and the VAE's
+falls, the causal one trains diffusion forcing (chunks of one clip at different noise levels),
+and a run resumed from its step-2 checkpoint ends bitwise where the uninterrupted one did."""
 
 import json
 import os
@@ -38,7 +39,7 @@ def _params(work: str):
     return params
 
 
-@pytest.mark.parametrize('arg', ['tiny_vae', 'tiny'])
+@pytest.mark.parametrize('arg', ['tiny_vae', 'tiny', 'tiny_causal'])
 def test_tiny_world_run_trains_and_resumes_exactly(arg, tmp_path):
     root = str(tmp_path)
     c, work_a, metrics, losses = _run(arg, root, 'a')  # 4 steps, checkpoints at 2 and 4
@@ -46,6 +47,9 @@ def test_tiny_world_run_trains_and_resumes_exactly(arg, tmp_path):
     assert np.all(np.isfinite(losses))
     if arg == 'tiny_vae':  # reconstruction from a random init falls within a few steps
         assert np.mean(losses[2:]) < losses[0], losses
+    if arg == 'tiny_causal':  # block-causal DiT, one noise level per chunk of 2 frames
+        assert c.objective == 'diffusion_forcing' and c.model.causal_chunk == 2
+        assert metrics['t_chunk_spread'] > 0.05, metrics
     # resume: b starts from a's step-2 checkpoint and trains steps 3-4 on the same batches
     os.makedirs(os.path.join(root, 'b', 'checkpoints'))
     shutil.copytree(
