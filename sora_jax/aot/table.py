@@ -158,6 +158,24 @@ ROWS['14b_720p_train_v5p-8_recipe_ema_host'] = (  # the EMA kept in pinned host 
     [(M(1, 1, 1, 4), 1)],
     ['--config.train.ema=host'],
 )
+# Each memory option alone (configs/wan21.py:t2v_14b,720p's default state otherwise), on the
+# recipe's layout: what each buys at 720x1280x81 on v5p-8 (docs/tpu_memory.md)
+for opt, flag in (
+    ('default', []),
+    ('mu_bf16', ['--config.train.mu_dtype=bfloat16']),
+    ('ema_off', ['--config.train.ema=off']),
+    ('ema_host', ['--config.train.ema=host']),
+    ('opt_host', ['--config.train.optimizer_memory=host']),
+    ('remat_offload', ['--config.train.remat=offload']),
+):
+    ROWS[f'14b_720p_train_v5p-8_seq4_{opt}'] = (
+        't2v_14b,720p',
+        'train',
+        R720,
+        'v5p-8',
+        [(M(1, 1, 1, 4), 1)],
+        FS + flag,
+    )
 ROWS['1.3b_720p_train_v5e-8_recipe'] = (
     't2v_1.3b,720p,v5e8',
     'train',
