@@ -350,7 +350,10 @@ def _rollout_wanted(F) -> bool:
     if not wanted and F.mode == 't2v' and rollout.sampling_defaults(F.checkpoint):
         wanted = True
     if not wanted and F.num_frames:
-        chunk, clip = rollout.causal_clip(F.checkpoint, F.config)
+        try:
+            chunk, clip = rollout.causal_clip(F.checkpoint, F.config)
+        except Exception:  # unreadable: generate.load reports it, with its exit status
+            chunk, clip = 0, 0
         wanted = chunk > 0 and F.num_frames > clip
     if wanted and (F.mode != 't2v' or F.gif):
         raise ValueError(
