@@ -3,27 +3,30 @@ on the physics world (sora_jax/data/world.py: one or two objects moving, bouncin
 resting, an occluder, 33 frames of 64x64; docs/world.md).
 
 Args (`--config=configs/world.py:ARG`):
-  vae_image  stage 1: the causal VAE (8x space, 16 latent channels) on single frames of the world
-             (a causal VAE codes frame 0 alone: an image is a 1-frame video, 1/33 of a clip).
+  vae_image  stage 1: the causal VAE (4x space, 8 latent channels) on single frames of the world
+             (a causal VAE codes frame 0 alone: an image is a 1-frame video, 1/33 of a clip),
+             warm-started from the shipped shapes VAE (checkpoints/shapes/vae: the same levels,
+             spatial only; the time convolutions it lacks start from their initialisation).
   vae        stage 2: stage 1 inflated to video (past-frame taps start at 0) with 4x time: clips
              of 9 frames (1 + 4k: a causal VAE so trained codes 33) plus 25% single frames.
   dit        stage 3: byte text encoder + DiT on the stage-2 VAE's latents of 33-frame clips:
-             [9, 8, 8, 16] latents, (1, 2, 2) patches -> 144 tokens.
+             [9, 16, 16, 8] latents, (1, 4, 4) patches -> 144 tokens.
   dit_long   stage 4: `dit` trained on from its last step (fresh schedule, lower peak).
   dit_causal stage 5 (long videos, docs/long_video.md): `dit_long` fine-tuned block-causal
              (model.causal_chunk = 3 latent frames) with diffusion forcing, for chunked rollouts.
   tiny_vae, tiny, tiny_causal   tiny and fast: what tests/train/test_world_train.py trains.
 
-Why 4x time and 8x space (Wan 2.1's factors): a 33x64x64 clip becomes 9x8x8 latents (x16
-channels, 48x fewer numbers than pixels) and, in (1, 2, 2) patches, 144 tokens: attention over
-144 tokens costs about what the shapes DiT pays for 64-128, so a DiT step of 32 clips fits a CPU
-budget. 4x space with (1, 4, 4) patches gives the same tokens but a 4x larger latent cache and a
-DiT patch embedding that must do the VAE's work; 2x time doubles the tokens (272). The objects
-are 9-13 px across: 8x space leaves them 1-2 latent pixels, which 16 channels can describe (one
-colour, one of three shapes, a sub-pixel position). 4x time is the risky factor: the shapes
-family's 4x-time VAE reached only 20.9 dB in 600 steps at 32x32 (configs/shapes.py), so here
-the spatial code is learnt first on frames (stage 1) and time is added by inflation (stage 2),
-and stage 2 gets the larger share of the VAE's time.
+Why 4x time and 4x space: a 33x64x64 clip becomes 9x16x16 latents (x8 channels, 22x fewer
+numbers than pixels) and, in (1, 4, 4) patches, 144 tokens: attention over 144 tokens costs
+about what the shapes DiT pays for 64-128, so a DiT step of 32 clips fits a CPU budget. Wan 2.1's
+8x space (16 channels, (1, 2, 2) patches: the same 144 tokens) was tried first and failed here:
+after 1,537 steps of stage 1 its frames came back as grey blobs on a flat background (16
+held-out frames: objects off by 70 of 255 per channel, 22 dB), where the shipped 4x shapes VAE,
+never trained on this world, already gives 29.8 dB and objects within 9 of 255 (docs/world.md).
+The objects are 9-13 px across: 8x leaves them 1-2 latent pixels, too few for a network this
+narrow to learn in a CPU budget; 4x leaves them 2-3. 2x time would double the tokens (288).
+4x time is the risky factor, so the spatial code comes first (stage 1, frames), time is added
+by inflation (stage 2), and stage 2 gets the larger share of the VAE's time.
 
 The planned recipe on 2 CPU cores (about 8 hours in four stages; each stage checkpoints every
 250 steps and resumes exactly when its command is run again):
@@ -92,21 +95,18 @@ def _world_data(c: mlc.ConfigDict) -> None:
 
 
 def _vae(c: mlc.ConfigDict, arg: str) -> None:
-    """The world VAE: 4x time (two of three levels halve time), 8x space, 16 channels.
+    """The world VAE: 4x time (both downsamplings halve time), 4x space, 8 channels: the
+    shipped shapes VAE's levels (base_dim 16, dim_mult (1, 2, 2)) with time downsampling.
 
-    Step cost, measured with 3 steps after compiling (random clips of the real shape; the
-    snippet in docs/world.md), in CPU-seconds (about half that in wall time on 2 idle cores at
-    best; the machine was at load 16-23 from other jobs when measured):
-    vae_image: 2.0 CPU-s per step of 16 single frames -> 2,000 steps in about 35 min, plus about
-    6 min to render the 8,192 scenes the frames are cut from; budget 45 min.
-    vae: 5.8 CPU-s per step of 4 clips of 9 frames at base_dim 16 -> 2,000 steps, warm-started
-    from vae_image, in about 1 h 40 min; budget 2 h. (At base_dim 24 a step of 16 frames took
-    5.5 CPU-s: base_dim 16 keeps both stages within budget.)"""
+    Budgets (wall time on this machine while other jobs ran; the stage log in docs/world.md
+    holds what each stage took): vae_image 800 steps of 16 single frames, warm-started from the
+    shipped shapes VAE, about 30 min plus 2 min to render the 8,192 scenes; vae 2,000 steps of
+    4 clips of 9 frames, about 2 h."""
     v = c.vae
     v.base_dim = 16  # channels of the first level
-    v.z_dim = 16  # latent channels
-    v.dim_mult = (1, 2, 4, 4)  # per level; 3 downsamplings -> 8x space
-    v.temperal_downsample = (False, True, True)  # as Wan 2.1: the last two halve time -> 4x
+    v.z_dim = 8  # latent channels
+    v.dim_mult = (1, 2, 2)  # per level; 2 downsamplings -> 4x space
+    v.temperal_downsample = (True, True)  # both halve time -> 4x
     v.num_res_blocks = 1
     v.sample_posterior = False  # deterministic latent (see configs/shapes.py:_shipped_vae)
     c.train.ema_decay = 0.995
@@ -115,12 +115,13 @@ def _vae(c: mlc.ConfigDict, arg: str) -> None:
     c.train.eval_every = 0
     c.data.num_validation = 32
     if arg == 'vae_image':
+        c.train.init_from = 'checkpoints/shapes/vae'  # its EMA weights; time convs start fresh
         c.data.sizes = ((1, 64, 64),)
         c.data.num_train = 8192
         c.train.batch_size = 16
-        c.train.num_steps = 2000
-        c.train.learning_rate = 2e-3
-        c.train.warmup_steps = 100
+        c.train.num_steps = 800
+        c.train.learning_rate = 1e-3
+        c.train.warmup_steps = 50
     elif arg == 'vae':
         c.train.init_from = 'workdirs/world_vae_image'
         c.train.init_from_ema = False
@@ -145,18 +146,18 @@ def _vae(c: mlc.ConfigDict, arg: str) -> None:
 def _dit(c: mlc.ConfigDict, arg: str) -> None:
     """The world DiT on the stage-2 VAE's latents: 144 tokens per 33-frame clip.
 
-    Step cost, measured with 3 steps after compiling (random latents of the real shape [32, 9, 8,
-    8, 16], /tmp-free script in docs/world.md): 6.5 CPU-seconds per step, i.e. about 3.3 s on
+    Step cost, measured with 3 steps after compiling (random latents [32, 9, 8, 8, 16] in (1, 2, 2)
+    patches, the same 144 tokens as [9, 16, 16, 8] in (1, 4, 4); script in docs/world.md): 6.5 CPU-seconds per step, i.e. about 3.3 s on
     2 idle cores at best (the machine was at load 26 from other jobs: 28 s wall).
     dit: 3,000 steps of 32 clips -> about 2 h 45 min, plus about 10 min to render and encode the
     8,192 clips; budget 3 h 15 min.
     dit_long: 1,000 more steps from dit's last (fresh schedule, peak 3e-4) -> about 55 min;
     budget 1 h."""
     c.autoencoder = 'workdirs/world_vae'
-    c.latent_channels = 16  # = vae.z_dim
+    c.latent_channels = 8  # = vae.z_dim
     c.text.max_length = 128  # two objects and a bar: captions are <= 120 bytes
     c.text.position = 'rope'
-    c.model.patch_size = (1, 2, 2)
+    c.model.patch_size = (1, 4, 4)  # [9, 16, 16] latents -> 9 x 4 x 4 = 144 tokens
     c.model.dim, c.model.num_heads, c.model.ffn_dim, c.model.depth = 256, 4, 1024, 8
     c.model.pooled_text = True
     c.model.zero_init = True
@@ -217,7 +218,7 @@ def _causal(c: mlc.ConfigDict, chunk: int) -> None:
     gives 3 chunks per clip (so every clip trains chunk 0, a chunk with one past chunk and one
     with two) and chunks of 12 video frames = 0.75 s at 16 fps (the first: 9 frames).
 
-    Step cost, measured with 3 steps after compiling (random latents [32, 9, 8, 8, 16], the
+    Step cost, measured with 3 steps after compiling (random latents [32, 9, 8, 8, 16]: 144 tokens, as now; the
     snippet in docs/world.md with `dit_causal`): 6.7 CPU-seconds per step (dit: 6.5; the causal
     mask runs one attention call per chunk, diffusion forcing one forward), at load 11-14 from
     other jobs. dit_causal: 800 steps of 32 clips from dit_long's last (fresh schedule, peak
