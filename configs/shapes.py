@@ -101,6 +101,7 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
     c.model.remat = 'none'  # none | full | dots | dots_all
     c.model.pooled_text = False  # also feed the mean text feature to adaLN (not in Wan 2.1)
     c.model.zero_init = False  # adaLN-Zero init: every block starts as the identity
+    c.model.causal_chunk = 0  # >0: block-causal over chunks of this many latent frames (rollouts)
 
     c.flow = mlc.ConfigDict()
     c.flow.timestep_sampling = 'logit_normal'  # logit_normal | uniform
