@@ -3,10 +3,12 @@
   python experiments/benchmark.py dit --json=bench_dit.json      # train step vs PyTorch, MFU
   python experiments/benchmark.py sample --json=bench_sample.json  # TextToVideo seconds/clip
   python experiments/benchmark.py vae --json=bench_vae.json      # VAE encode/decode by length
+  python experiments/benchmark.py fast_inference --json=bench_fast.json  # caches, text K/V, int8/fp8
 
 Each subcommand is one library call: `dit` -> `sora_jax.bench.dit.run` (what is timed, how load
 from other processes is judged, and which FLOPs MFU counts are in its docstring), `sample` ->
-`sora_jax.bench.sample.run`, `vae` -> `sora_jax.evaluation.vae_bench.run` (its --vae_* flags).
+`sora_jax.bench.sample.run`, `vae` -> `sora_jax.evaluation.vae_bench.run` (its --vae_* flags),
+`fast_inference` -> `sora_jax.bench.fast_inference.run` (its --fast_* flags, --rounds).
 """
 
 import json
@@ -19,7 +21,7 @@ host_memory.retain_freed_memory()  # before jax starts its threads (see the modu
 
 from absl import app, flags  # noqa: E402
 
-from sora_jax.bench import dit, machine, profile, sample, table  # noqa: E402
+from sora_jax.bench import dit, fast_inference, machine, profile, sample, table  # noqa: E402
 from sora_jax.evaluation import vae_bench  # noqa: E402
 
 flags.DEFINE_string('json', None, 'Write the figures to this JSON file.')
@@ -93,6 +95,27 @@ flags.DEFINE_string(
 flags.DEFINE_integer('sample_steps', 10, 'Sampling steps.')
 flags.DEFINE_integer('sample_frames', 0, 'Frames per clip (0: the config default).')
 flags.DEFINE_integer('sample_size', 0, 'Height = width in pixels (0: the config default).')
+# fast_inference
+flags.DEFINE_string(
+    'fast_checkpoint', 'checkpoints/shapes', 'Shapes model timed and judged per cache (empty: skip).'
+)
+flags.DEFINE_list('fast_colors', [], 'Shapes prompts of these colours only (default: every one).')
+flags.DEFINE_list('fast_languages', ['en'], 'Shapes prompt languages.')
+flags.DEFINE_bool('fast_holdout_only', True, 'Shapes prompts of the held-out pairs only.')
+flags.DEFINE_integer('fast_shapes_steps', 25, 'Shapes sampling steps.')
+flags.DEFINE_list('fast_wan', ['tiny', 't2v_1.3b'], 'configs/wan21.py DiTs, random weights.')
+flags.DEFINE_integer('fast_wan_steps', 8, 'Wan sampler steps.')
+flags.DEFINE_list('fast_wan_latent', ['2', '8', '8'], "Wan latent T',h,w (patch 1,2,2).")
+flags.DEFINE_integer('fast_text_len', 512, 'Wan text tokens (random features).')
+flags.DEFINE_list('fast_firstblock', ['0.05', '0.1'], 'First-Block Cache thresholds.')
+flags.DEFINE_list('fast_magcache', ['0.06', '0.12'], 'MagCache thresholds.')
+flags.DEFINE_list('fast_taylorseer', ['3', '5'], 'TaylorSeer intervals.')
+flags.DEFINE_float(
+    'fast_min_round_s', 1.0, 'A variant is called repeatedly within a round for at least this.'
+)
+flags.DEFINE_list(
+    'fast_memory', ['tiny', 't2v_1.3b', 't2v_14b'], 'configs/wan21.py DiTs whose bytes are counted.'
+)
 vae_bench.define_flags()
 FLAGS = flags.FLAGS
 
@@ -143,7 +166,41 @@ def bench_vae(f) -> dict:
     return result
 
 
-SUBCOMMANDS = {'dit': bench_dit, 'sample': bench_sample, 'vae': bench_vae}
+def bench_fast_inference(f) -> dict:
+    kinds = ('firstblock', 'magcache', 'taylorseer')
+    result = fast_inference.run(
+        fast_inference.FastInferenceBench(
+            checkpoint=f.fast_checkpoint or None,
+            colors=tuple(f.fast_colors),
+            languages=tuple(f.fast_languages),
+            holdout_only=f.fast_holdout_only,
+            shapes_steps=f.fast_shapes_steps,
+            wan=tuple(f.fast_wan),
+            wan_steps=f.fast_wan_steps,
+            wan_latent=tuple(int(s) for s in f.fast_wan_latent),
+            text_len=f.fast_text_len,
+            settings=tuple(
+                (k, tuple(float(v) for v in getattr(f, f'fast_{k}')))
+                for k in kinds
+                if getattr(f, f'fast_{k}')
+            ),
+            memory=tuple(f.fast_memory),
+            rounds=f.rounds,
+            min_round_s=f.fast_min_round_s,
+            quiet_share=f.quiet_share,
+            quiet_load=f.quiet_load,
+        )
+    )
+    print(fast_inference.format_markdown(result), flush=True)  # its own markdown tables
+    return result
+
+
+SUBCOMMANDS = {
+    'dit': bench_dit,
+    'sample': bench_sample,
+    'vae': bench_vae,
+    'fast_inference': bench_fast_inference,
+}
 
 
 def main(argv):
@@ -157,7 +214,7 @@ def main(argv):
             os.environ.get('XLA_FLAGS', '') + ' ' + profile.XLA_CPU_TRACE_FLAG
         ).strip()
     figures = SUBCOMMANDS[argv[1]](FLAGS)
-    if argv[1] != 'vae':
+    if argv[1] not in ('vae', 'fast_inference'):  # those print their own tables
         print(table.format_table(argv[1], figures))
     if figures.get('warning'):
         print(f'WARNING: {figures["warning"]}', file=sys.stderr)
