@@ -55,6 +55,12 @@ flags.DEFINE_float(
 )
 flags.DEFINE_bool('ema', True, 'Sample the EMA parameters.')
 flags.DEFINE_string(
+    'vae',
+    None,
+    'suite=world without --checkpoint: judge the truth after a round trip through this VAE '
+    '(a VAE workdir or bundle/vae): the ceiling of a DiT on its latents.',
+)
+flags.DEFINE_string(
     'quantize',
     None,
     'suite=shapes: int8 | fp8 weight-only DiT block kernels (as experiments/sample.py --quantize).',
@@ -166,6 +172,12 @@ def world_suite(F) -> tuple[dict, dict]:
     from sora_jax.evaluation import world_eval
 
     model = world_eval.ground_truth_model
+    if F.vae and F.checkpoint:
+        raise ValueError('--vae judges the truth through a VAE; drop --checkpoint (or --vae).')
+    if F.vae:
+        from sora_jax.models import frozen_vae
+
+        model = world_eval.vae_round_trip_model(frozen_vae.load(F.vae))
     if F.checkpoint:
         from sora_jax.pipeline import TextToVideo
 
@@ -179,7 +191,11 @@ def world_suite(F) -> tuple[dict, dict]:
         batch_size=F.batch_size,
         seed=F.seed,
     )
-    return summary, {'checkpoint': F.checkpoint, 'num_per_category': F.num_per_category}
+    return summary, {
+        'checkpoint': F.checkpoint,
+        'vae': F.vae,
+        'num_per_category': F.num_per_category,
+    }
 
 
 SUITES = {'shapes': shapes_suite, 'ground_truth': ground_truth_suite, 'world': world_suite}

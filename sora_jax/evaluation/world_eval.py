@@ -82,6 +82,18 @@ def ground_truth_model(prompts: list[str], scenes: list[world.Scene]) -> np.ndar
     return np.stack([world.render(s) for s in scenes])
 
 
+def vae_round_trip_model(vae) -> Callable:
+    """The generator's clips encoded and decoded by `vae` (a `frozen_vae.FrozenVAE`): what the
+    judge sees of the truth after the autoencoder, the ceiling of a DiT on its latents."""
+    from sora_jax.evaluation import reconstruction
+
+    def fn(prompts: list[str], scenes: list[world.Scene]) -> np.ndarray:
+        recon, _ = reconstruction.reconstruct_video(vae, ground_truth_model(prompts, scenes))
+        return recon
+
+    return fn
+
+
 def _as_fn(model, steps, guidance_scale, seed) -> Callable:
     if not hasattr(model, 'from_checkpoint'):  # a plain callable
         return model
