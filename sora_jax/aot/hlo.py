@@ -16,7 +16,9 @@ entry, loop bodies, called computations; not the insides of fusions) reads its o
 writes its result. A fusion that only slices an operand (the scan's dynamic-slice of one block's
 weights out of the stacked [depth, ...] parameters) reads the slice; one that updates a buffer
 in place (dynamic-update-slice) writes the update. Arrays in other memory spaces (VMEM, host)
-are not HBM traffic; copies to and from pinned host memory are counted apart (`host`). Pallas
+are not HBM traffic; copies to and from pinned host memory are counted apart (`host`): whole
+arrays (copy-start) and the slices remat 'offload' writes into and reads out of a host buffer
+(dynamic-update-slice-start / dynamic-slice-start). Pallas
 kernels (custom calls) are counted from their operands and results (`kernel`): what their
 blocks re-read is not in the HLO, so the report replaces this part with an analytic count.
 """
@@ -331,6 +333,20 @@ def hbm_traffic(text: str) -> HBMTraffic:
                     by_op['host copy'] += m * size  # the HBM side of the copy
                 else:
                     by_op['copy'] += m * 2 * size
+                continue
+            if kind in ('dynamic-update-slice-start', 'dynamic-slice-start') and 'S(5)' in (
+                op.group(1)
+            ):  # remat 'offload': one block's saved input written to / read from a host buffer
+                size = sum(
+                    math.prod(int(d) for d in dims.split(',')) * _BYTES[dt]
+                    for dt, dims, layout in re.findall(
+                        r'\b(' + '|'.join(_BYTES) + r')\[([\d,]+)\](\{[^}]*\})?', op.group(1)
+                    )
+                    if 'S(5)' not in (layout or '')
+                )
+                host += m * size
+                copies += m
+                by_op['host copy'] += m * size
                 continue
             reads = [_hbm_arrays(shapes.get(o, '')) for o in operands]
             write = _hbm_arrays(op.group(1))

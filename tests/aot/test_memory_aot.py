@@ -136,6 +136,51 @@ def test_hbm_traffic_counts_slices_in_place_updates_and_trips():
     assert t.total == sum(t.by_op.values())
 
 
+_OFFLOAD_HLO = """HloModule m
+
+%cond (p: (s32[], f32[8,1,64], f32[1,64])) -> pred[] {
+  %p = (s32[], f32[8,1,64], f32[1,64]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[] constant(8)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+%body (p: (s32[], f32[8,1,64], f32[1,64])) -> (s32[], f32[8,1,64], f32[1,64]) {
+  %p = (s32[], f32[8,1,64]{2,1,0:S(5)}, f32[1,64]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %buf = f32[8,1,64]{2,1,0:S(5)} get-tuple-element(%p), index=1
+  %x = f32[1,64]{1,0} get-tuple-element(%p), index=2
+  %x3 = f32[1,1,64]{2,1,0} bitcast(%x)
+  %z = s32[] constant(0)
+  %us = ((f32[8,1,64]{2,1,0:S(5)}, f32[1,1,64]{2,1,0}, s32[], s32[], s32[]), f32[8,1,64]{2,1,0:S(5)}, u32[]{:S(2)}) dynamic-update-slice-start(%buf, %x3, %i, %z, %z)
+  %ud = f32[8,1,64]{2,1,0:S(5)} dynamic-update-slice-done(%us)
+  %ss = ((f32[8,1,64]{2,1,0:S(5)}, s32[], s32[], s32[]), f32[1,1,64]{2,1,0}, u32[]{:S(2)}) dynamic-slice-start(%ud, %i, %z, %z), dynamic_slice_sizes={1,1,64}
+  %sd = f32[1,1,64]{2,1,0} dynamic-slice-done(%ss)
+  %y = f32[1,64]{1,0} bitcast(%sd)
+  ROOT %t = (s32[], f32[8,1,64], f32[1,64]) tuple(%i, %ud, %y)
+}
+
+ENTRY %main (a: f32[1,64]) -> f32[1,64] {
+  %a = f32[1,64]{1,0} parameter(0)
+  %h = f32[8,1,64]{2,1,0:S(5)} custom-call(), custom_call_target="AllocateBuffer"
+  %z = s32[] constant(0)
+  %t0 = (s32[], f32[8,1,64], f32[1,64]) tuple(%z, %h, %a)
+  %loop = (s32[], f32[8,1,64], f32[1,64]) while(%t0), condition=%cond, body=%body
+  ROOT %out = f32[1,64]{1,0} get-tuple-element(%loop), index=2
+}
+"""
+
+
+def test_hbm_traffic_counts_remat_offload_slices_as_host_traffic():
+    """remat 'offload' writes each block's input into a pinned-host buffer
+    (dynamic-update-slice-start) and reads it back (dynamic-slice-start): one [1,1,64] f32 slice
+    each way per trip, host-link bytes, not HBM bytes (the [8,1,64] host buffer is not read)."""
+    t = hlo.hbm_traffic(_OFFLOAD_HLO)
+    row = 64 * 4
+    assert t.host == 8 * 2 * row and t.host_copies == 16
+    assert 'dynamic-update-slice-start' not in t.by_op and 'dynamic-slice-start' not in t.by_op
+
+
 def test_splash_bytes_count_tile_rereads():
     """The forward re-reads K and V once per query tile: doubling the tokens quadruples that
     part; a training step with remat is forward twice + backward."""
