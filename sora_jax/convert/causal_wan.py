@@ -46,7 +46,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sora_jax.convert import wan
+from sora_jax.convert import lora, wan
 from sora_jax.io.checkpoint import save_flat
 from sora_jax.pipeline.distill import DistillPreset
 
@@ -90,16 +90,8 @@ LAYOUTS = {
     'causvid': CausalLayout('causvid', ('generator',), (1000, 757, 522), False, 8.0),
 }
 
-# original Wan 2.1 names -> the diffusers names `wan.dit_key_map` maps
-_TOP = {
-    'patch_embedding': 'patch_embedding',
-    'text_embedding.0': 'condition_embedder.text_embedder.linear_1',
-    'text_embedding.2': 'condition_embedder.text_embedder.linear_2',
-    'time_embedding.0': 'condition_embedder.time_embedder.linear_1',
-    'time_embedding.2': 'condition_embedder.time_embedder.linear_2',
-    'time_projection.1': 'condition_embedder.time_proj',
-    'head.head': 'proj_out',
-}
+# original Wan 2.1 names -> the diffusers names `wan.dit_key_map` maps (text-to-video: no img_emb)
+_TOP = {k: v for k, v in lora.ORIGINAL_TOP.items() if not k.startswith('img_emb.')}
 _BLOCK = {
     'self_attn.q': 'attn1.to_q',
     'self_attn.k': 'attn1.to_k',

@@ -98,7 +98,7 @@ _WAN_BLOCK = {
     'cross_attn.norm_k_img': 'attn2.norm_added_k',
     'norm3': 'norm2',  # Wan's cross-attention LayerNorm (norm1 / norm2 have no weights)
 }
-_WAN_TOP = {
+ORIGINAL_TOP = {  # original-Wan top-level module -> diffusers module (I2V: img_emb)
     'patch_embedding': 'patch_embedding',
     'text_embedding.0': 'condition_embedder.text_embedder.linear_1',
     'text_embedding.2': 'condition_embedder.text_embedder.linear_2',
@@ -281,7 +281,7 @@ def _source_key(module: str, block: int | None, suffix: str | None) -> str:
     """The diffusers state-dict key of a file's module (original-Wan or diffusers names);
     `suffix` None: the modulation table (Wan's `modulation`, diffusers' scale_shift_table)."""
     if block is None:
-        name = 'scale_shift_table' if suffix is None else _WAN_TOP.get(module, module)
+        name = 'scale_shift_table' if suffix is None else ORIGINAL_TOP.get(module, module)
     elif suffix is None:
         name = 'scale_shift_table'
     elif module in _SOURCE:
