@@ -9,6 +9,7 @@ Tests of the cache itself give their CLIs a directory of their own (tests/cli/te
 """
 
 import atexit
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -59,6 +60,30 @@ def load_config():
     return config_files.load
 
 
+@contextlib.contextmanager
+def _tmpfs(path, options: str):
+    """`path` (an empty directory) mounted as a tmpfs with `options` for the block; skips the
+    test where mounting is not possible (not root, no mount)."""
+    if os.geteuid() != 0:
+        pytest.skip('mounting a filesystem needs root')
+    r = subprocess.run(
+        ['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(path)], capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        pytest.skip(f'no tmpfs mount here: {r.stderr.strip()}')
+    try:
+        yield path
+    finally:
+        subprocess.run(['umount', str(path)], check=True)
+
+
+@pytest.fixture
+def tmpfs():
+    """`with tmpfs(path, 'size=256k'):` mounts a tmpfs on the empty directory `path` for the block
+    (skips the test where mounting is not possible)."""
+    return _tmpfs
+
+
 @pytest.fixture
 def read_only_dir(tmp_path):
     """A directory nothing can be written in: a read-only tmpfs mount when running as root (root
@@ -70,14 +95,5 @@ def read_only_dir(tmp_path):
         yield ro
         ro.chmod(0o755)
         return
-    r = subprocess.run(
-        ['mount', '-t', 'tmpfs', '-o', 'ro,size=64k', 'tmpfs', str(ro)],
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode != 0:
-        pytest.skip(f'root, and no read-only mount here: {r.stderr.strip()}')
-    try:
+    with _tmpfs(ro, 'ro,size=64k'):
         yield ro
-    finally:
-        subprocess.run(['umount', str(ro)], check=True)

@@ -11,6 +11,7 @@ naming the file and ffmpeg's complaint.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pathlib
 import re
@@ -77,6 +78,23 @@ def _check_frames(frames: Any) -> np.ndarray:
     return frames
 
 
+_FFMPEG_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def _disk_errors(path: pathlib.Path):
+    """ffmpeg reports a full (or read-only, over-quota) disk as text in mediapy's RuntimeError
+    or as a broken pipe: re-raised as the OSError it is, so the CLIs say so in one line."""
+    try:
+        yield
+    except (RuntimeError, BrokenPipeError) as e:
+        text = str(e)
+        for code in _FFMPEG_DISK_ERRORS:
+            if os.strerror(code) in text:
+                raise OSError(code, f'{os.strerror(code)} while writing {path}', str(path)) from e
+        raise
+
+
 def write_video(path: str | os.PathLike, frames: Any, fps: float = 8.0) -> pathlib.Path:
     """Writes uint8 `[T, H, W, 3]` frames; codec from the extension; makes parent dirs."""
     path = pathlib.Path(path)
@@ -93,7 +111,8 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float = 8.0) -> pathl
     kwargs = {} if codec == 'h264' else {'codec': codec}
     if codec == 'h264':
         kwargs['crf'] = 18  # near-transparent quality; tiny clips stay small anyway
-    mediapy.write_video(path, frames, fps=fps, **kwargs)
+    with _disk_errors(path):
+        mediapy.write_video(path, frames, fps=fps, **kwargs)
     return path
 
 
@@ -138,8 +157,9 @@ class VideoStream:
             raise ValueError(
                 f'frames of {frames.shape[1:3]} px added to a {self._shape} video {self.path}.'
             )
-        for frame in frames:
-            self._writer.add_image(frame)
+        with _disk_errors(self.path):
+            for frame in frames:
+                self._writer.add_image(frame)
         self.frames += len(frames)
 
     def close(self) -> int:
@@ -147,7 +167,8 @@ class VideoStream:
         if self._writer is None:
             raise ValueError(f'no frame was added to {self.path}; nothing to write.')
         writer, self._writer = self._writer, None
-        writer.close()
+        with _disk_errors(self.path):
+            writer.close()
         return self.frames
 
     def abort(self) -> None:
