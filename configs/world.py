@@ -8,7 +8,9 @@ Args (`--config=configs/world.py:ARG`):
              warm-started from the shipped shapes VAE (checkpoints/shapes/vae: the same levels,
              spatial only; the time convolutions it lacks start from their initialisation).
   vae        stage 2: stage 1 inflated to video (past-frame taps start at 0) with 4x time: clips
-             of 9 frames (1 + 4k: a causal VAE so trained codes 33) plus 25% single frames.
+             of 9 frames plus 25% single frames.
+  vae_long   stage 2b: stage 2 on 33-frame clips too: trained on 9 frames only, the VAE codes
+             those at 31.5 dB but drifts past them (frames 10-33 fall to 16-26 dB).
   dit        stage 3: byte text encoder + DiT on the stage-2 VAE's latents of 33-frame clips:
              [9, 16, 16, 8] latents, (1, 4, 4) patches -> 144 tokens.
   dit_long   stage 4: `dit` trained on from its last step (fresh schedule, lower peak).
@@ -32,6 +34,7 @@ The planned recipe on 2 CPU cores (about 8 hours in four stages; each stage chec
 250 steps and resumes exactly when its command is run again):
   python experiments/train.py --config=configs/world.py:vae_image --workdir=workdirs/world_vae_image
   python experiments/train.py --config=configs/world.py:vae --workdir=workdirs/world_vae
+  python experiments/train.py --config=configs/world.py:vae_long --workdir=workdirs/world_vae_long
   python experiments/train.py --config=configs/world.py:dit --workdir=workdirs/world_dit
   python experiments/train.py --config=configs/world.py:dit_long --workdir=workdirs/world_dit_long
   python experiments/train.py --config=configs/world.py:dit_causal --workdir=workdirs/world_dit_causal
@@ -63,7 +66,7 @@ EVAL_PROMPTS = (
 
 
 def get_config(arg: str = 'dit') -> mlc.ConfigDict:
-    if arg in ('vae_image', 'vae', 'tiny_vae'):
+    if arg in ('vae_image', 'vae', 'vae_long', 'tiny_vae'):
         c = shapes.get_config('tiny_vae')
         _world_data(c)
         _vae(c, arg)
@@ -73,7 +76,7 @@ def get_config(arg: str = 'dit') -> mlc.ConfigDict:
         _dit(c, arg)
     else:
         raise ValueError(
-            f'configs/world.py: unknown arg {arg!r}; use vae_image, vae, dit, dit_long, '
+            f'configs/world.py: unknown arg {arg!r}; use vae_image, vae, vae_long, dit, dit_long, '
             'dit_causal, tiny, tiny_causal or tiny_vae.'
         )
     return c
@@ -133,6 +136,16 @@ def _vae(c: mlc.ConfigDict, arg: str) -> None:
         c.train.num_steps = 2000
         c.train.learning_rate = 5e-4
         c.train.warmup_steps = 100
+    elif arg == 'vae_long':  # stage 2 codes 9 frames well, 33 not: after 9 it drifts
+        c.train.init_from = 'workdirs/world_vae'
+        c.train.init_from_ema = False
+        c.data.sizes = ((33, 64, 64), (9, 64, 64))
+        c.data.size_weights = (0.5, 0.5)
+        c.data.num_train = 2048
+        c.train.batch_size = 2
+        c.train.num_steps = 600
+        c.train.learning_rate = 2e-4
+        c.train.warmup_steps = 50
     else:  # tiny_vae: narrow, two downsamplings (4x space, 2x time), 5-frame 48x48 clips
         v.base_dim, v.z_dim = 4, 4
         v.dim_mult, v.temperal_downsample = (1, 2, 2), (False, True)
@@ -153,7 +166,7 @@ def _dit(c: mlc.ConfigDict, arg: str) -> None:
     8,192 clips; budget 3 h 15 min.
     dit_long: 1,000 more steps from dit's last (fresh schedule, peak 3e-4) -> about 55 min;
     budget 1 h."""
-    c.autoencoder = 'workdirs/world_vae'
+    c.autoencoder = 'workdirs/world_vae_long'
     c.latent_channels = 8  # = vae.z_dim
     c.text.max_length = 128  # two objects and a bar: captions are <= 120 bytes
     c.text.position = 'rope'
