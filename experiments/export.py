@@ -1,6 +1,10 @@
 """Export a trained DiT (+ its VAE) as a self-contained inference bundle, e.g. checkpoints/shapes.
 
   python experiments/export.py --dit=workdirs/shapes_dit --dst=checkpoints/shapes [--dtype=float16] [--step=N]
+  python experiments/export.py --vae=workdirs/world_vae_long --dst=checkpoints/world_vae
+
+`--vae` exports a VAE workdir alone (float32 parameters, no optimizer state): what
+`config.autoencoder` and `reconstruct.py --checkpoint` take, small enough to keep in git.
 
 The bundle holds only EMA parameters (`--noema`: the raw ones; no optimizer state), in
 `--dtype` (float16 halves the size; sampling casts back to float32), the DiT's config with
@@ -18,6 +22,7 @@ from absl import flags  # noqa: E402
 from sora_jax import cli  # noqa: E402
 
 flags.DEFINE_string('dit', None, 'DiT training workdir.')
+flags.DEFINE_string('vae', None, 'A VAE training workdir to export alone (instead of --dit).')
 flags.DEFINE_string('dst', None, 'Bundle directory to write (new, empty, or an earlier bundle).')
 flags.DEFINE_enum('dtype', 'float16', ['float16', 'bfloat16', 'float32'], 'Stored parameter dtype.')
 flags.DEFINE_bool(
@@ -29,10 +34,10 @@ flags.DEFINE_bool(
 flags.DEFINE_integer(
     'step',
     None,
-    'DiT checkpoint step to export (default: the newest; the '
+    'Checkpoint step to export (default: the newest; the '
     'workdir keeps train.keep_checkpoints of them).',
 )
-flags.mark_flags_as_required(['dit', 'dst'])
+flags.mark_flags_as_required(['dst'])
 
 
 def main(argv):
@@ -40,13 +45,21 @@ def main(argv):
     from sora_jax import export
 
     F = flags.FLAGS
+    if (F.dit is None) == (F.vae is None):
+        raise ValueError('give exactly one of --dit=WORKDIR (a bundle) or --vae=WORKDIR.')
+    src, what = (F.dit, 'DiT') if F.dit else (F.vae, 'VAE')
     with cli.reading(
-        f'the DiT workdir {F.dit}', 'pass a training --workdir whose checkpoints are complete'
+        f'the {what} workdir {src}', 'pass a training workdir whose checkpoints are complete'
     ):
         from sora_jax.io import checkpoint as ckpt_io
 
-        ckpt_io.load_config(os.path.join(F.dit, 'checkpoints'))
-    size = export.export_bundle(F.dit, F.dst, F.dtype, ema=F.ema, step=F.step)
+        config = ckpt_io.load_config(os.path.join(src, 'checkpoints'))
+    if F.vae and config.objective != 'vae':
+        raise ValueError(f'--vae={F.vae!r} holds a {config.objective!r} run; use --dit for it.')
+    if F.dit:
+        size = export.export_bundle(F.dit, F.dst, F.dtype, ema=F.ema, step=F.step)
+    else:
+        size = export.export_vae(F.vae, F.dst, ema=F.ema, step=F.step)
     print(f'wrote {F.dst} ({size / 2**20:.1f} MiB)')
 
 

@@ -130,24 +130,15 @@ def export_bundle(
     size in bytes. See the module docstring for what `dst` may be and how it is replaced."""
     from etils import epath
 
-    from sora_jax.data import staging
     from sora_jax.io import checkpoint as ckpt
-    from sora_jax.io import lock as lock_lib
     from sora_jax.safety import record
     from sora_jax.train.objectives import flow as flow_objective
     from sora_jax.train.objectives import vae as vae_objective
 
-    remote = staging.is_remote(dst)
-    dst = dst.rstrip('/') if remote else _real(dst)
     config = ckpt.load_config(str(epath.Path(dit) / 'checkpoints'))
     has_vae = config.autoencoder not in ('none', '', None)
-    check_dst(dst, [dit] + ([config.autoencoder] if has_vae else []))
-    parent = tempfile.gettempdir() if remote else os.path.dirname(dst)
-    os.makedirs(parent, exist_ok=True)
-    name = os.path.basename(dst)
-    held = None if remote else lock_lib.acquire(os.path.join(parent, f'.{name}.lock'), 'export')
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f'.{name}.new-')
-    try:
+
+    def fill(tmp: str) -> dict:
         if has_vae:
             vstep, n = export_params(
                 config.autoencoder, os.path.join(tmp, 'vae'), vae_objective.build_model, 'float32'
@@ -161,30 +152,62 @@ def export_bundle(
             c.exported_weights = 'ema' if ema else 'raw'
             return c
 
-        step, n = export_params(
+        step_, n = export_params(
             dit, tmp, flow_objective.build_model, dtype, edit, ema=ema, step=step
         )
-        print(f'DiT: step {step}, {n:,} params ({dtype}, {"EMA" if ema else "raw"} weights)')
+        print(f'DiT: step {step_}, {n:,} params ({dtype}, {"EMA" if ema else "raw"} weights)')
         rec = record.load(dit) or record.for_config(config)  # the run's record, else its config's
         record.write(tmp, rec)
         print(
             f'data record: {rec["dataset"]}, {rec["clips"]} clips, '
             f'sha256 {record.record_hash(rec)[:16]}'
         )
-        marker = {
-            'source': _real(dit),
-            'step': int(step),
-            'dtype': dtype,
-            'weights': 'ema' if ema else 'raw',
-            'written': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-        }
+        return {'source': _real(dit), 'step': int(step_), 'dtype': dtype}
+
+    return _write_bundle(dst, [dit] + ([config.autoencoder] if has_vae else []), fill, ema)
+
+
+def export_vae(vae: str, dst: str, ema: bool = True, step: int | None = None) -> int:
+    """Writes a VAE training workdir's parameters alone (float32, no optimizer state) to `dst`,
+    a directory `frozen_vae.load` and `config.autoencoder` take; the same rules for `dst` as
+    `export_bundle`. A stage of a recipe can so be kept (and committed) without its workdir."""
+    from sora_jax.train.objectives import vae as vae_objective
+
+    def fill(tmp: str) -> dict:
+        step_, n = export_params(vae, tmp, vae_objective.build_model, 'float32', ema=ema, step=step)
+        print(f'VAE: step {step_}, {n:,} params (float32, {"EMA" if ema else "raw"} weights)')
+        return {'source': _real(vae), 'step': int(step_), 'dtype': 'float32', 'kind': 'vae'}
+
+    return _write_bundle(dst, [vae], fill, ema)
+
+
+def _write_bundle(dst: str, sources: list[str], fill, ema: bool) -> int:
+    """Checks `dst`, locks it, lets `fill(tmp)` write the bundle into a temporary directory
+    beside it (returning the marker's fields), writes the marker and swaps the bundle in."""
+    from sora_jax.data import staging
+    from sora_jax.io import lock as lock_lib
+
+    remote = staging.is_remote(dst)
+    dst = dst.rstrip('/') if remote else _real(dst)
+    check_dst(dst, sources)
+    parent = tempfile.gettempdir() if remote else os.path.dirname(dst)
+    os.makedirs(parent, exist_ok=True)
+    name = os.path.basename(dst)
+    held = None if remote else lock_lib.acquire(os.path.join(parent, f'.{name}.lock'), 'export')
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f'.{name}.new-')
+    try:
+        marker = fill(tmp)
+        marker.update(
+            weights='ema' if ema else 'raw',
+            written=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        )
         with open(os.path.join(tmp, MARKER), 'w', encoding='utf-8') as f:
             json.dump(marker, f, indent=1)
         size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(tmp) for f in fs)
         if remote:
             _swap_remote(tmp, dst)
         else:
-            check_dst(dst, [dit])  # still missing, empty or a bundle
+            check_dst(dst, sources[:1])  # still missing, empty or a bundle
             _swap_in(tmp, dst)
     finally:
         if os.path.isdir(tmp):

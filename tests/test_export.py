@@ -142,3 +142,26 @@ def json_of(path):
     import json
 
     return json.loads(Path(path).read_text())
+
+
+def test_export_vae_alone(tmp_path):
+    """export.py --vae: the VAE's parameters alone, loadable as config.autoencoder, equal to the
+    source's; the same rules for --dst (a user's folder refused, an earlier export replaced)."""
+    from sora_jax.models import frozen_vae
+
+    src = str(REPO / 'checkpoints' / 'shapes' / 'vae')
+    dst = tmp_path / 'world_vae'
+    size = export.export_vae(src, str(dst))
+    assert 0 < size < 4 << 20 and export.is_bundle(str(dst))
+    a, b = frozen_vae.load(src), frozen_vae.load(str(dst))
+    assert a.step == b.step
+    for x, y in zip(jax.tree.leaves(a.state), jax.tree.leaves(b.state)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert abs(export.export_vae(src, str(dst)) - size) < 64 << 10  # the earlier one replaced
+    assert frozen_vae.load(str(dst)).step == a.step
+    mine = tmp_path / 'mine'
+    mine.mkdir()
+    (mine / 'notes.txt').write_text('keep')
+    with pytest.raises(ValueError, match='is not a bundle export wrote'):
+        export.export_vae(src, str(mine))
+    assert (mine / 'notes.txt').read_text() == 'keep'
