@@ -76,7 +76,8 @@ def test_benchmark_json(tmp_path):
         assert v[name]['speedup'] > 0 and v[name]['seconds'] > 0
 
     dit = fig['memory']['dits']['configs/wan21.py:tiny']
-    assert dit['params'] == 22168 and dit['bf16_bytes'] == 2 * dit['params']
+    assert dit['params'] == 22168
+    assert 2 * dit['params'] <= dit['bf16_bytes'] < 4 * dit['params']  # a few f32 leaves stay
     assert dit['fp8_bytes'] == dit['int8_bytes'] < dit['bf16_bytes']
     assert '| full |' in proc.stdout and '| configs/wan21.py:tiny | 22,168 |' in proc.stdout
 
