@@ -35,6 +35,7 @@ The planned recipe on 2 CPU cores (about 8 hours in four stages; each stage chec
   python experiments/train.py --config=configs/world.py:vae_image --workdir=workdirs/world_vae_image
   python experiments/train.py --config=configs/world.py:vae --workdir=workdirs/world_vae
   python experiments/train.py --config=configs/world.py:vae_long --workdir=workdirs/world_vae_long
+  python experiments/export.py --vae=workdirs/world_vae_long --dst=checkpoints/world_vae
   python experiments/train.py --config=configs/world.py:dit --workdir=workdirs/world_dit
   python experiments/train.py --config=configs/world.py:dit_long --workdir=workdirs/world_dit_long
   python experiments/train.py --config=configs/world.py:dit_causal --workdir=workdirs/world_dit_causal
@@ -166,7 +167,7 @@ def _dit(c: mlc.ConfigDict, arg: str) -> None:
     8,192 clips; budget 3 h 15 min.
     dit_long: 1,000 more steps from dit's last (fresh schedule, peak 3e-4) -> about 55 min;
     budget 1 h."""
-    c.autoencoder = 'workdirs/world_vae_long'
+    c.autoencoder = 'checkpoints/world_vae'  # stage 2b exported (export.py --vae), in git
     c.latent_channels = 8  # = vae.z_dim
     c.text.max_length = 128  # two objects and a bar: captions are <= 120 bytes
     c.text.position = 'rope'
