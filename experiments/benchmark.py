@@ -97,7 +97,9 @@ flags.DEFINE_integer('sample_frames', 0, 'Frames per clip (0: the config default
 flags.DEFINE_integer('sample_size', 0, 'Height = width in pixels (0: the config default).')
 # fast_inference
 flags.DEFINE_string(
-    'fast_checkpoint', 'checkpoints/shapes', 'Shapes model timed and judged per cache (empty: skip).'
+    'fast_checkpoint',
+    'checkpoints/shapes',
+    'Shapes model timed and judged per cache (empty: skip).',
 )
 flags.DEFINE_list('fast_colors', [], 'Shapes prompts of these colours only (default: every one).')
 flags.DEFINE_list('fast_languages', ['en'], 'Shapes prompt languages.')
