@@ -396,6 +396,7 @@ def _vae(c: mlc.ConfigDict, tiny: bool) -> None:
     c.vae.disc_dim = 32  # discriminator width
     c.vae.disc_layers = 2  # discriminator strided layers
     c.vae.inflate_from_image = False  # warm start from an image VAE: past-frame taps start at 0
+    c.vae.edge_weight = 0.0  # extra L1 weight near edges (objectives/vae.py:edge_weights)
     c.train.num_steps = 1500
     c.train.batch_size = 4
     c.train.learning_rate = 1e-3

@@ -236,3 +236,36 @@ def test_inflate_from_image_codes_each_frame_like_an_image():
     )
     off = obj.adapt_warm_start(params, _config(temperal_downsample=(False,)))
     assert off is params  # the knob off: params untouched
+
+
+def test_edge_weights_mark_objects_not_flat_or_smooth_regions():
+    h = w = 32
+    yy, xx = np.mgrid[:h, :w]
+    smooth = np.stack([xx / w - 0.5, yy / h - 0.5, 0 * xx], -1)  # a gentle gradient
+    frame = smooth.copy()
+    frame[10:16, 20:26] = (1.0, -1.0, -1.0)  # a 6x6 red square
+    video = jnp.asarray(frame, jnp.float32)[None, None]  # [1, 1, H, W, 3]
+    wts = np.asarray(obj.edge_weights(video, 4.0))[0, 0, ..., 0]
+    assert wts.shape == (h, w)
+    assert np.allclose(wts[:4, :4], 1.0, atol=0.2)  # far from the square: about 1
+    assert wts[10:16, 20:26].min() == pytest.approx(5.0)  # the whole square within radius 5
+    assert wts[12, 10] < 1.2 and wts[12, 14] == pytest.approx(5.0)  # and 5 px around it
+    flat = np.asarray(obj.edge_weights(jnp.zeros((1, 2, 8, 8, 3)), 4.0))
+    assert np.all(flat == 1.0)
+
+
+def test_edge_weighted_loss_counts_errors_near_edges_more(setup):
+    model = setup[0]
+    video = jnp.full((1, 3, 24, 24, 3), -0.5).at[:, :, 4:8, 4:8].set(0.8)  # a square, flat ground
+    rng = jax.random.key(0)
+    config = _config(sample_posterior=False, edge_weight=4.0)
+    loss, m = obj.loss_fn(model, {'video': video}, rng, config)
+    recon, mean, logvar = obj.reconstruct(model, video, rng, config)
+    err = jnp.abs(recon - video)
+    w = obj.edge_weights(video, 4.0)
+    assert float(jnp.max(w)) == 5.0 and float(jnp.min(w)) == 1.0
+    kl = float(jnp.mean(V.posterior_kl(mean, logvar))) / video[0].size
+    expected = float(jnp.mean(w * err) / jnp.mean(w)) + 1e-3 * kl
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(m['rec_loss']) == pytest.approx(float(jnp.mean(err)), rel=1e-5)  # stays L1
+    assert abs(float(loss) - float(m['rec_loss'])) > 1e-3  # and the loss is not plain L1
