@@ -61,17 +61,24 @@ class Item:
     scene: world.Scene
 
 
+def held_out_scene(category: str, lang_index: int, index: int, seed: int = 0) -> world.Scene:
+    """Scene `index` of the held-out stream of `category` for the `lang_index`-th language of an
+    evaluation (what `items` draws; `world_long` walks the same streams)."""
+    c = list(CATEGORIES).index(category)
+    return world.sample_scene(
+        seed * 1000 + 10 * c + lang_index, index, subset='held_out', **CATEGORIES[category]
+    )
+
+
 def items(num_per_category: int, languages: Sequence[str] = ('en', 'es'), seed: int = 0):
     """`num_per_category` held-out scenes per category and language (distinct scenes)."""
     out = []
-    for c, (name, kw) in enumerate(CATEGORIES.items()):
+    for name in CATEGORIES:
         for li, lang in enumerate(languages):
             if lang not in world.LANGS:
                 raise ValueError(f'Unknown language {lang!r}; use a subset of {world.LANGS}.')
             for i in range(num_per_category):
-                s = world.sample_scene(
-                    seed * 1000 + 10 * c + li, i, subset='held_out', **kw
-                )  # fmt: skip
+                s = held_out_scene(name, li, i, seed)
                 out.append(Item(name, lang, world.caption(s, lang), s))
     return out
 
