@@ -42,6 +42,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 from absl import logging
+from tqdm.auto import tqdm
 
 from sora_jax.data import world
 from sora_jax.evaluation import world_eval, world_judge, world_windows
@@ -130,6 +131,38 @@ def checkpoint_clock(path: str) -> tuple[int, float]:
         )
     config = ckpt.load_config(cdir)
     return int(config.model.get('causal_chunk', 0) or 0), float(config.sample.get('fps', 16))
+
+
+def plan_runs(
+    checkpoint: str | None, method: str | None, baseline: str | None, options: LongOptions
+) -> list[tuple[str | None, str]]:
+    """(checkpoint, method) of each run of a comparison, checked before any weight loads:
+    `checkpoint` by `method` (default: rollout if it is causal, else extend; without a
+    checkpoint, the truth), then `baseline` (a full-attention checkpoint) by extend. A
+    ValueError names a method that does not fit its checkpoint, or seconds under one window."""
+    runs = []
+    if checkpoint:
+        chunk, fps = checkpoint_clock(checkpoint)
+        method = method or ('rollout' if chunk else 'extend')
+        if method == 'truth':
+            raise ValueError('method=truth runs no model; drop the checkpoint.')
+        check_method(method, chunk)
+        runs.append((checkpoint, method, fps))
+    elif method not in (None, 'truth'):
+        raise ValueError(f'method={method} needs a checkpoint (--checkpoint=DIR).')
+    else:
+        runs.append((None, 'truth', WORLD_FPS))
+    if baseline:
+        chunk, fps = checkpoint_clock(baseline)
+        if chunk:
+            raise ValueError(
+                f'baseline {baseline!r} is causal (model.causal_chunk={chunk}); the baseline is '
+                'a full-attention checkpoint run by chained extend.'
+            )
+        runs.append((baseline, 'extend', fps))
+    for _, _, fps in runs:
+        plan(options, fps)
+    return [(path, m) for path, m, _ in runs]
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -377,7 +410,8 @@ def evaluate_long(
         overlap = options.overlap if options.overlap is not None else default_overlap(clip, tf)
         check_overlap(overlap, clip, tf)
     records = []
-    for i, it in enumerate(jobs):
+    bar = tqdm(jobs, desc=f'{method} prompts', unit='prompt', disable=not options.progress)
+    for i, it in enumerate(bar):
         seed = options.seed + 1000 * i
         if method == 'truth':
             pieces = truth_frames(it.scene, num_frames)
@@ -390,7 +424,7 @@ def evaluate_long(
             ro = rollout.options_for(
                 pipe, window=options.rollout_window, sink_frames=options.sink_frames,
                 num_inference_steps=options.steps, guidance_scale=options.guidance_scale,
-                seed=seed, progress=options.progress,
+                seed=seed, progress=False,
             )  # fmt: skip
             pieces = rollout_frames(pipe, it.prompt, num_frames, ro)
         objects = world_judge.prompt_objects(it.scene)
