@@ -442,6 +442,7 @@ def evaluate_long(
         [r['windows'] for r in records], fps, window, options.edge_seconds, options.bucket_seconds
     )
     settings = {k: v for k, v in dataclasses.asdict(options).items() if k != 'progress'}
+    settings['languages'] = list(options.languages)  # as JSON gives it back
     if method == 'extend':
         settings['overlap'] = overlap
     return LongResult(method, checkpoint, fps, window, num_frames, settings, records, summary)
