@@ -68,6 +68,7 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer('rollout_window', 4, 'suite=world_long, rollout: past chunks attended.')
 flags.DEFINE_integer('sink_frames', 0, 'suite=world_long, rollout: first latent frames kept.')
+flags.DEFINE_bool('progress', True, 'suite=world_long: a progress bar over the prompts.')
 flags.DEFINE_integer('num_per_combo', 1, 'Samples per (shape, colour, motion) and language.')
 flags.DEFINE_integer('steps', 25, 'Sampling steps.')
 flags.DEFINE_float('guidance_scale', None, 'Classifier-free guidance; default from the config.')
@@ -247,6 +248,7 @@ def world_long_suite(F) -> tuple[dict, dict]:
         overlap=F.overlap,
         rollout_window=F.rollout_window,
         sink_frames=F.sink_frames,
+        progress=F.progress,
     )
     runs = world_long.plan_runs(F.checkpoint, F.method, F.baseline, options)
     if F.plot:
