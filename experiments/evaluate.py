@@ -235,7 +235,7 @@ def world_long_suite(F) -> tuple[dict, dict]:
     """A minute (--seconds) of held-out world prompts judged window by window
     (sora_jax/evaluation/world_long.py): --checkpoint by --method, and --baseline by extend.
     Every flag and checkpoint is checked before a weight loads."""
-    from sora_jax.evaluation import world_long
+    from sora_jax.evaluation import world_long, world_long_report
 
     options = world_long.LongOptions(
         seconds=F.seconds,
@@ -261,9 +261,9 @@ def world_long_suite(F) -> tuple[dict, dict]:
 
             pipe = TextToVideo.from_checkpoint(path, ema=F.ema)
         results.append(world_long.evaluate_long(pipe, method, options, checkpoint=path))
-        print(world_long.table(results[-1]) + '\n', flush=True)
+        print(world_long_report.table(results[-1]) + '\n', flush=True)
     if F.plot:
-        print(f'wrote {world_long.plot(results, F.plot)}')
+        print(f'wrote {world_long_report.plot(results, F.plot)}')
     summary = {'results': [r.to_json() for r in results]}
     return summary, {'checkpoint': F.checkpoint, 'baseline': F.baseline, 'seconds': F.seconds}
 

@@ -4,8 +4,8 @@ video is cut into consecutive windows of W frames (default 2 s: 33 frames at 16 
 by `world_windows.judge_window` against the prompt, with the first window as the drift reference.
 
   result = evaluate_long(pipe, 'rollout', LongOptions(seconds=60, num_prompts=8))
-  print(table(result)); plot([result, baseline], 'docs/world_long.png')
   json.dump(result.to_json(), f)
+  world_long_report.table(result); world_long_report.plot([result, baseline], 'long.png')
 
 Methods (how `seconds` of one prompt are made; frames are judged as they come, so no more than
 a window and a clip are held):
@@ -18,7 +18,9 @@ a window and a clip are held):
            of 33 for the world VAE's 4x time). The pipeline has no overlap setting of its own.
   truth    no model: the scene's own objects simulated by the world's law for the whole video
            (`world.simulate`, the same start as the 33-frame clip). The judge's ceiling: the
-           world has no object-object collisions, so two objects may pass through each other.
+           world has no object-object collisions, so two objects may pass through each other;
+           each window records whether they touch in it (`contact`), and the figures are also
+           given for the windows where they never do (`apart`) and where they do (`touching`).
 
 Prompts: the two-object scenes of the `physics` category (bouncing or falling, no bar) of the
 held-out streams `--suite=world` draws (`world_eval.held_out_scene`), languages alternating;
@@ -239,15 +241,36 @@ def rollout_frames(pipe, prompt: str, num_frames: int, options) -> Iterator[np.n
         yield piece[0]
 
 
-def truth_frames(scene: world.Scene, num_frames: int, piece: int = 64) -> Iterator[np.ndarray]:
-    """The scene's objects run on by the world's law (`world.simulate` from the clip's first
-    state) for `num_frames`, drawn as `world.render` draws, in pieces of `piece` frames."""
-    layers = []
+def truth_paths(scene: world.Scene, num_frames: int) -> list[np.ndarray]:
+    """Each object's centre [T, 2] run on by the world's law (`world.simulate` from the clip's
+    first state) for `num_frames`."""
+    paths = []
     for o in scene.objects:
         lo, hi = world.walls(o.shape, o.size, scene.height, scene.width)
-        tr = world.simulate(o.position[0], o.velocity[0], o.gravity, lo, hi, num_frames)
+        paths.append(world.simulate(o.position[0], o.velocity[0], o.gravity, lo, hi, num_frames))
+    return [p.position for p in paths]
+
+
+def truth_contact(scene: world.Scene, paths: Sequence[np.ndarray], gap: float = 2.0) -> np.ndarray:
+    """bool [T]: the two objects within touching distance (|centre difference| < the sum of
+    their extents + `gap` px on both axes, the distance a world scene keeps them apart). The
+    world has no collisions: touching objects overlap, and the judge sees one blob for two."""
+    if len(paths) < 2:
+        return np.zeros(len(paths[0]), bool)
+    a, b = scene.objects
+    d = np.abs(paths[0] - paths[1])  # [T, 2]
+    return np.all(d < a.extent + b.extent + gap, axis=1)
+
+
+def truth_frames(
+    scene: world.Scene, num_frames: int, piece: int = 64, paths=None
+) -> Iterator[np.ndarray]:
+    """The scene's objects on their `truth_paths` for `num_frames`, drawn as `world.render`
+    draws, in pieces of `piece` frames."""
+    layers = []
+    for o, pos in zip(scene.objects, paths or truth_paths(scene, num_frames)):
         rgb = np.broadcast_to(np.float32(world.COLORS[o.color].rgb), (num_frames, 3))
-        layers.append((o, tr.position, rgb))
+        layers.append((o, pos, rgb))
     for a in range(0, num_frames, piece):
         b = min(a + piece, num_frames)
         drawn = [
@@ -284,6 +307,7 @@ def window_record(v: world_windows.WindowVerdict, index: int, fps: float) -> dic
         'color_drift': _num(v.color_drift),
         'background_drift': _num(v.background_drift),
         'problems': list(c.problems),
+        'contact': None,  # the truth: the two objects touched in the window (else unknown)
     }
 
 
@@ -346,6 +370,7 @@ def aggregate(
     ]
     first = [w for ws in per_prompt for w in ws[:k]]
     last = [w for ws in per_prompt for w in ws[-k:]]
+    known = [w for w in flat if w.get('contact') is not None]
     crit = {c: _mean([None if w[c] is None else float(w[c]) for w in flat]) for c in CRITERIA}
     return {
         'windows_per_prompt': n_win,
@@ -356,6 +381,9 @@ def aggregate(
         'last': _figures(last),
         'overall': _figures(flat),
         'criteria': crit,
+        # the truth only: windows where the objects never touch / touch somewhere
+        'apart': _figures([w for w in known if not w['contact']]) if known else None,
+        'touching': _figures([w for w in known if w['contact']]) if known else None,
     }
 
 
@@ -413,8 +441,11 @@ def evaluate_long(
     bar = tqdm(jobs, desc=f'{method} prompts', unit='prompt', disable=not options.progress)
     for i, it in enumerate(bar):
         seed = options.seed + 1000 * i
+        touch = None
         if method == 'truth':
-            pieces = truth_frames(it.scene, num_frames)
+            paths = truth_paths(it.scene, num_frames)
+            touch = truth_contact(it.scene, paths)
+            pieces = truth_frames(it.scene, num_frames, paths=paths)
         elif method == 'extend':
             pieces = extend_frames(
                 pipe, it.prompt, num_frames, overlap=overlap, seed=seed,
@@ -430,6 +461,9 @@ def evaluate_long(
         objects = world_judge.prompt_objects(it.scene)
         t0 = time.perf_counter()
         windows = list(judge_windows(pieces, objects, window, fps))
+        if touch is not None:
+            for w in windows:
+                w['contact'] = bool(touch[w['start'] : w['stop']].any())
         records.append({
             'prompt': it.prompt, 'lang': it.lang, 'objects': [list(o) for o in objects],
             'windows': windows, 'seconds_taken': time.perf_counter() - t0,
@@ -446,62 +480,3 @@ def evaluate_long(
     if method == 'extend':
         settings['overlap'] = overlap
     return LongResult(method, checkpoint, fps, window, num_frames, settings, records, summary)
-
-
-# ----------------------------------------------------------------------------- reports
-def _fmt(x, spec: str) -> str:
-    return '-' if x is None else format(x, spec)
-
-
-def table(result: LongResult) -> str:
-    """Markdown: one row per time bucket (pass rate, drift), then the first / last / overall."""
-    s = result.summary
-    lines = [
-        f'{result.label}: {len(result.prompts)} prompts, {result.num_frames} frames at '
-        f'{result.fps:g} fps, windows of {result.window} frames',
-        '',
-        '| seconds | windows | pass rate | colour drift | background drift | sharpness ratio |',
-        '|---|---|---|---|---|---|',
-    ]
-    rows = [(f'{r["start_s"]:g}-{r["stop_s"]:g}', r) for r in s['buckets']]
-    rows += [
-        (f'first {s["edge_windows"]} windows', s['first']),
-        (f'last {s["edge_windows"]} windows', s['last']),
-        ('all', s['overall']),
-    ]
-    for name, r in rows:
-        lines.append(
-            f'| {name} | {r["n"]} | {_fmt(r["pass_rate"], ".2f")} | '
-            f'{_fmt(r["color_drift"], ".1f")} | {_fmt(r["background_drift"], ".1f")} | '
-            f'{_fmt(r["sharpness_ratio"], ".2f")} |'
-        )
-    return '\n'.join(lines)
-
-
-def plot(results: Sequence[LongResult], path: str) -> str:
-    """Per-window pass rate and colour drift against time (window centres), one line per
-    result, written to `path` (PNG). Needs matplotlib (the [test] extra)."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    fig, (ax_pass, ax_drift) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
-    for r in results:
-        w = r.summary['per_window']
-        x = [(p['index'] + 0.5) * r.window / r.fps for p in w]
-        ax_pass.plot(x, [p['pass_rate'] for p in w], marker='o', ms=3, label=r.label)
-        drift = [np.nan if p['color_drift'] is None else p['color_drift'] for p in w]
-        ax_drift.plot(x, drift, marker='o', ms=3, label=r.label)
-    ax_pass.set_ylabel('windows passed')
-    ax_pass.set_ylim(-0.05, 1.05)
-    ax_drift.set_ylabel('colour drift (0..255)')
-    ax_drift.set_xlabel('seconds of video (window centre)')
-    ax_pass.legend(loc='lower left', fontsize=8)
-    for ax in (ax_pass, ax_drift):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -17,6 +17,7 @@ import pytest
 from sora_jax.data import world
 from sora_jax.evaluation import world_eval, world_judge
 from sora_jax.evaluation import world_long as wl
+from sora_jax.evaluation import world_long_report as report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHIPPED = os.path.join(ROOT, 'checkpoints', 'shapes')  # a full-attention DiT
@@ -54,6 +55,12 @@ def test_aggregate_on_synthetic_verdicts():
         (10.0, 10, 0.2),
     ]
     assert s['criteria']['physics'] == 1.0 and s['criteria']['permanence'] is None
+    assert s['apart'] is None and s['touching'] is None  # contact is known for the truth only
+    for w, touch in zip(a, [1, 1, 0, 0, 0, 1, 1, 1, 1, 1]):
+        w['contact'] = bool(touch)
+    s = wl.aggregate([a], fps=16.0, window=33)
+    assert (s['apart']['n'], s['apart']['pass_rate']) == (3, 1.0)
+    assert (s['touching']['n'], s['touching']['pass_rate']) == (7, 2 / 7)
     assert s['criteria']['binding'] == pytest.approx(0.5)
     # a video shorter than 2k windows: first and last overlap, k is capped at the count
     short = wl.aggregate([a[:3]], fps=16.0, window=33)
@@ -109,6 +116,9 @@ def test_truth_first_window_is_the_scene_and_passes(scene):
     """The truth run on for 3 windows: its first 33 frames are the scene's own clip; judged in
     pieces of any size the windows are the same; the first passes with no drift; a clip with
     its colours swapped half way fails its window."""
+    paths = wl.truth_paths(scene, 99)
+    assert not wl.truth_contact(scene, paths)[:33].any()  # a world scene keeps them apart
+    assert wl.truth_contact(scene, [paths[0], paths[0] + 1.0]).all()
     pieces = list(wl.truth_frames(scene, 99, piece=7))
     assert sum(len(p) for p in pieces) == 99
     video = np.concatenate(pieces)
@@ -134,11 +144,13 @@ def test_truth_evaluation_and_json_round_trip():
     oks = [w['ok'] for p in r.prompts for w in p['windows']]
     assert r.summary['overall']['pass_rate'] == pytest.approx(np.mean(oks))
     assert r.prompts[0]['windows'][0]['ok']  # the scene's own clip
+    assert all(isinstance(w['contact'], bool) for p in r.prompts for w in p['windows'])
+    assert r.summary['apart']['n'] + r.summary['touching']['n'] == r.summary['overall']['n']
     text = json.dumps(r.to_json(), allow_nan=False)  # strict JSON: no NaN
     back = wl.LongResult.from_json(json.loads(text))
     assert back == r and back.label == 'truth'
-    table = wl.table(r)
-    assert '| 0-10 | 4 |' in table and '| all | 4 |' in table
+    table = report.table(r)
+    assert '| 0-10 | 4 |' in table and '| all | 4 |' in table and '| objects touch |' in table
     with pytest.raises(ValueError, match='runs no model'):
         wl.evaluate_long(object(), 'truth')
 
@@ -189,7 +201,7 @@ def test_plot_writes_a_png(tmp_path):
     a = [_window(i, ok) for i, ok in enumerate([1, 0, 1])]
     r = wl.LongResult('rollout', '/x/causal', 16.0, 33, 99, {}, [{'windows': a}],
                       wl.aggregate([a], 16.0, 33))  # fmt: skip
-    path = wl.plot([r, wl.LongResult.from_json(r.to_json())], str(tmp_path / 'p' / 'long.png'))
+    path = report.plot([r, wl.LongResult.from_json(r.to_json())], str(tmp_path / 'p' / 'long.png'))
     with Image.open(path) as im:
         assert im.format == 'PNG' and im.size[0] > 300
     assert r.label == 'rollout (causal)'
