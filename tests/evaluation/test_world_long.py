@@ -223,6 +223,7 @@ def _error_line(r) -> str:
     return lines[-1]
 
 
+@pytest.mark.slow  # two CLI processes (imports, a config read): ~40 s on the shared CPU
 def test_cli_bad_flags_are_one_line_before_loading():
     assert 'needs a causal checkpoint' in _error_line(
         _evaluate(f'--checkpoint={SHIPPED}', '--method=rollout')
