@@ -1,7 +1,7 @@
 """Export a trained DiT (+ its VAE) as a self-contained inference bundle, e.g. checkpoints/shapes.
 
   python experiments/export.py --dit=workdirs/shapes_dit --dst=checkpoints/shapes [--dtype=float16] [--step=N]
-  python experiments/export.py --vae=workdirs/world_vae_long --dst=checkpoints/world_vae
+  python experiments/export.py --vae=workdirs/world_vae_frames --dst=checkpoints/world_vae
 
 `--vae` exports a VAE workdir alone (float32 parameters, no optimizer state): what
 `config.autoencoder` and `reconstruct.py --checkpoint` take, small enough to keep in git.
