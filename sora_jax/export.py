@@ -181,6 +181,13 @@ def export_vae(vae: str, dst: str, ema: bool = True, step: int | None = None) ->
     return _write_bundle(dst, [vae], fill, ema)
 
 
+def _dir_mode() -> int:
+    """The mode `os.makedirs` gives a new directory under the process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
 def _write_bundle(dst: str, sources: list[str], fill, ema: bool) -> int:
     """Checks `dst`, locks it, lets `fill(tmp)` write the bundle into a temporary directory
     beside it (returning the marker's fields), writes the marker and swaps the bundle in."""
@@ -195,6 +202,7 @@ def _write_bundle(dst: str, sources: list[str], fill, ema: bool) -> int:
     name = os.path.basename(dst)
     held = None if remote else lock_lib.acquire(os.path.join(parent, f'.{name}.lock'), 'export')
     tmp = tempfile.mkdtemp(dir=parent, prefix=f'.{name}.new-')
+    os.chmod(tmp, _dir_mode())  # mkdtemp's 0700 would make the bundle private once renamed
     try:
         marker = fill(tmp)
         marker.update(

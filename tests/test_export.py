@@ -153,6 +153,9 @@ def test_export_vae_alone(tmp_path):
     dst = tmp_path / 'world_vae'
     size = export.export_vae(src, str(dst))
     assert 0 < size < 4 << 20 and export.is_bundle(str(dst))
+    plain = tmp_path / 'plain'
+    plain.mkdir()
+    assert dst.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # not mkdtemp's 0700
     a, b = frozen_vae.load(src), frozen_vae.load(str(dst))
     assert a.step == b.step
     for x, y in zip(jax.tree.leaves(a.state), jax.tree.leaves(b.state)):
