@@ -6,6 +6,9 @@
           `pipeline.TextToVideo` runs it every sampling step (with Wan 2.1 I2V's image channels
           and CLIP tokens, Wan 2.2 TI2V's per-token timesteps)
   decode  the VAE's chunked causal decode (`models/frozen_vae._decode`, the pipeline's)
+  rollout one chunk of a causal DiT's chunked rollout (`pipeline/rollout.chunk_step`: the
+          sampler's steps on the CFG batch attending to a key/value cache of `window` past
+          chunks, then the cache write): the one program every chunk of a video of any length runs
 
 `compile_task(config, task, mesh, ...)` returns (compiled, info): `info` holds what the report
 needs besides the executable (token counts, parameter counts, the attention kernel chosen).
@@ -27,7 +30,7 @@ from sora_jax.models import attention_kernels
 from sora_jax.models import quantize as quantize_lib
 from sora_jax.parallel import mesh as mesh_lib
 
-TASKS = ('train', 'sample', 'decode')
+TASKS = ('train', 'sample', 'decode', 'rollout')
 
 
 @dataclasses.dataclass
@@ -229,9 +232,137 @@ def _compile_decode(config, mesh, rules, shape: Shape, hbm_bytes=None):
     return compiled, dict(params=n, model=config.vae.to_dict())
 
 
-def compile_task(config, task: str, mesh, shape: Shape, rules=None, hbm_bytes=None, quantize=None):
+# The cache's axes [depth, 2B, S, heads, head_dim] as the activations': rows over the batch axes,
+# cache slots (past tokens) over the sequence axis like the tokens they came from, heads over tensor.
+CACHE_AXES = ('layers', 'act_batch', 'act_length', 'act_heads', None)
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutShape:
+    """The chunked rollout's sizes (`pipeline/rollout.RolloutOptions`): a ring of `window` past
+    chunks after `sink_frames` kept latent frames of chunk 0; `steps` of `sampler` per chunk
+    (None: config.sample's)."""
+
+    window: int = 4
+    sink_frames: int = 0
+    steps: int | None = None
+    sampler: str | None = None
+
+
+def _compile_rollout(config, mesh, rules, shape: Shape, hbm_bytes=None, rollout=None):
+    """`pipeline/rollout.chunk_step` for one chunk of `model.causal_chunk` latent frames at
+    shape's height x width, lowered as the rollout calls it: abstract bf16 parameters sharded as
+    sampling shards them, a key/value cache [depth, 2B, S, heads, head_dim] (S = sink tokens +
+    window x chunk tokens) with its slots over the sequence axis, noise [B, chunk, h, w, C], the
+    text context [2B, L, D], and a traced chunk index, so the compiled program (and its memory)
+    is the one every chunk runs, whatever the video's length."""
+    from sora_jax.diffusion import samplers
+    from sora_jax.models import kv_cache
+    from sora_jax.models.dit import DTYPES
+    from sora_jax.pipeline import rollout as rollout_lib
+
+    ro = rollout or RolloutShape()
+    chunk = int(config.model.get('causal_chunk', 0) or 0)
+    if chunk < 1:
+        raise ValueError(
+            'task rollout compiles a causal DiT: set --config.model.causal_chunk=3 (latent '
+            'frames per chunk, as CausVid / Self-Forcing) or another multiple of the patch.'
+        )
+    if ro.window < 1:
+        raise ValueError(f'--rollout_window={ro.window}: need >= 1 past chunk in the cache.')
+    if not 0 <= ro.sink_frames <= chunk:
+        raise ValueError(f'--rollout_sink_frames={ro.sink_frames} must lie in [0, {chunk}].')
+    objective = objective_module(config)
+    model = nnx.eval_shape(lambda: objective.build_model(config, nnx.Rngs(0)))
+    graphdef, params = nnx.split(model, nnx.Param)[0], nnx.state(model, nnx.Param)
+    params = _abstract(params, mesh_lib.state_shardings(params, mesh, rules))
+    cfg = model.cfg
+    c = int(config.latent_channels)
+    _, lh, lw = shape.latent(config)  # the size checks of the other tasks
+    pt, ph, pw = cfg.patch_size
+    per_frame = (lh // ph) * (lw // pw)
+    layout = kv_cache.CacheLayout(
+        (chunk // pt) * per_frame, ro.window, (ro.sink_frames // pt) * per_frame
+    )
+    b, b2 = shape.batch_size, 2 * shape.batch_size
+    dt = jnp.dtype(DTYPES[cfg.dtype])
+    sh = lambda nd: mesh_lib.batch_sharding(mesh, nd, rules)
+    cache_shape = (cfg.depth, b2, layout.size, cfg.num_heads, cfg.head_dim)
+    spec = mesh_lib._fit(mesh_lib.logical_to_spec(CACHE_AXES, rules), cache_shape, mesh)
+    kv_sh = NamedSharding(mesh, spec)
+    cache = kv_cache.KVCache(
+        jax.ShapeDtypeStruct(cache_shape, dt, sharding=kv_sh),
+        jax.ShapeDtypeStruct(cache_shape, dt, sharding=kv_sh),
+        jax.ShapeDtypeStruct(
+            (b2, layout.size), jnp.bool_, sharding=NamedSharding(mesh, P(*spec[1:3]))
+        ),
+    )
+    noise_shape = (b, chunk, lh, lw, c)  # B rows: replicated when B does not split
+    noise_sh = NamedSharding(mesh, mesh_lib._fit(sh(5).spec, noise_shape, mesh))
+    noise = jax.ShapeDtypeStruct(noise_shape, jnp.float32, sharding=noise_sh)
+    ctx = jax.ShapeDtypeStruct((b2, shape.text_length, int(cfg.text_dim)), dt, sharding=sh(3))
+    scalar = lambda d: jax.ShapeDtypeStruct((), d, sharding=NamedSharding(mesh, P()))
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(mesh, P()))
+    s = config.sample
+    steps = int(ro.steps or s.get('steps', s.get('num_inference_steps', 50)))
+    sampler = str(ro.sampler or s.get('sampler', 'unipc'))
+    with jax.set_mesh(mesh), mesh_lib.use_rules(rules):
+        compiled = rollout_lib.chunk_step.lower(
+            params,
+            cache,
+            noise,
+            ctx,
+            None,
+            scalar(jnp.int32),  # the chunk index: traced, one program for every chunk
+            scalar(jnp.float32),
+            key,
+            graphdef=graphdef,
+            layout=layout,
+            steps=steps,
+            sampler=sampler,
+            shift=float(s.get('shift', 1.0)),
+        ).compile()
+    n = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+    cache_bytes = 2 * math.prod(kv_sh.shard_shape(cache_shape)) * dt.itemsize
+    tf = 2 ** sum(bool(x) for x in config.vae.temperal_downsample)
+    return compiled, dict(
+        params=n,
+        model=config.model.to_dict(),
+        tokens_per_clip=layout.chunk_tokens,
+        latent=(chunk, lh, lw),
+        inputs={'noise': noise.shape, 'context': ctx.shape, 'cache_k': cache_shape},
+        rollout=dict(
+            chunk_frames=chunk,
+            window=ro.window,
+            sink_frames=ro.sink_frames,
+            chunk_tokens=layout.chunk_tokens,
+            cache_tokens=layout.size,
+            cache_bytes_per_chip=cache_bytes,
+            steps=steps,
+            sampler=sampler,
+            # the sampler's DiT calls on the CFG batch, plus one on the clean chunk (the cache write)
+            evaluations=samplers.num_evaluations(sampler, steps) + 1,
+            video_frames=shape.num_frames,
+            chunks=rollout_lib.chunks_for_frames(shape.num_frames, chunk, tf),
+            frames_per_chunk=chunk * tf,
+        ),
+    )
+
+
+def compile_task(
+    config,
+    task: str,
+    mesh,
+    shape: Shape,
+    rules=None,
+    hbm_bytes=None,
+    quantize=None,
+    rollout: RolloutShape | None = None,
+):
     """(compiled executable, info) of one task for `mesh` (abstract inputs only); `quantize`
-    ('int8' | 'fp8', task 'sample' only): weight-only quantized DiT block kernels."""
+    ('int8' | 'fp8', task 'sample' only): weight-only quantized DiT block kernels; `rollout`
+    (task 'rollout'): the cache window and sampler of the chunked rollout."""
     if task not in TASKS:
         raise ValueError(f'--task={task!r} is not one of {TASKS}.')
     if quantize_lib.check(quantize) and task != 'sample':
@@ -239,13 +370,17 @@ def compile_task(config, task: str, mesh, shape: Shape, rules=None, hbm_bytes=No
     rules = mesh_lib.rules_dict(config.mesh.get('rules', ()) if rules is None else rules)
     platform = mesh.devices.flat[0].platform
     impl = attention_kernels.resolve_impl(config.model.attention, platform)
-    fn = {'train': _compile_train, 'sample': _compile_sample, 'decode': _compile_decode}[task]
+    fn = {
+        'train': _compile_train,
+        'sample': _compile_sample,
+        'decode': _compile_decode,
+        'rollout': _compile_rollout,
+    }[task]
     kw = {'quantize': quantize} if task == 'sample' else {}
+    if task == 'rollout':
+        kw = {'rollout': rollout}
     compiled, info = fn(config, mesh, rules, shape, hbm_bytes, **kw)
-    info.update(
-        attention=impl if task != 'decode' else None,
-        task=task,
-        tokens_per_clip=shape.tokens(config),
-        latent=shape.latent(config),
-    )
+    info.update(attention=impl if task != 'decode' else None, task=task)
+    if task != 'rollout':  # the rollout's tokens and latent are one chunk's
+        info.update(tokens_per_clip=shape.tokens(config), latent=shape.latent(config))
     return compiled, info

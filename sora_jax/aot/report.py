@@ -38,14 +38,22 @@ GiB = 1024**3
 
 
 def splash_hbm_bytes(
-    model: dict, tokens: int, batch: int, text_length: int, *, train: bool, block: int = 0
+    model: dict,
+    tokens: int,
+    batch: int,
+    text_length: int,
+    *,
+    train: bool,
+    block: int = 0,
+    kv_tokens: int | None = None,
 ) -> float:
     """HBM bytes of the splash attention kernels of one step over `batch` clips (all devices;
     bf16 q, k, v), counted as their tiles run (`models/attention_kernels._splash_local`): the
     forward reads q once and k, v once per q tile, writes o; the backward's dq kernel reads
     k, v once per q tile, the dkv kernel q and do once per k tile. Self-attention over the
     `tokens` video tokens and cross-attention over `text_length` text tokens, in every block;
-    training runs the forward twice with remat (recompute) and the backward once."""
+    training runs the forward twice with remat (recompute) and the backward once. `kv_tokens`:
+    self-attention keys when they are more than the queries (a chunked rollout's cache + chunk)."""
     from sora_jax.models import attention_kernels
 
     heads, depth = int(model['num_heads']), int(model['depth'])
@@ -61,7 +69,7 @@ def splash_hbm_bytes(
         return fwd, dq + dkv
 
     total = 0.0
-    for nk in (tokens, text_length):
+    for nk in (kv_tokens or tokens, text_length):
         if not nk:
             continue
         fwd, bwd = one(tokens, nk)
@@ -206,10 +214,25 @@ def build(
     )
     if 'inputs' in info:  # the sample task's model inputs: {name: shape}
         rep['inputs'] = {k: list(v) for k, v in info['inputs'].items()}
-    if info['task'] in ('train', 'sample', 'decode'):
-        clips = batch_size * (2 if info['task'] == 'sample' else 1)
+    if 'rollout' in info:
+        rep['rollout'] = dict(info['rollout'])
+    if info['task'] in ('train', 'sample', 'decode', 'rollout'):
+        clips = batch_size * (2 if info['task'] in ('sample', 'rollout') else 1)
         train = info['task'] == 'train'
-        if info['task'] == 'decode':  # a conv net: every FLOP is an HLO convolution or dot
+        ro = info.get('rollout')
+        if ro:  # one chunk: `evaluations` DiT calls of chunk_tokens queries, keys + the cache
+            fl = flops.dit_flops(
+                info['model'], info['tokens_per_clip'], clips, text_length, train=False
+            )
+            d, depth = int(info['model']['dim']), int(info['model']['depth'])
+            cache_attn = 4.0 * clips * depth * d * info['tokens_per_clip'] * ro['cache_tokens']
+            e = ro['evaluations']
+            per_dev = {
+                'model_flops': e * fl.model / n_dev,
+                'attention_flops': e * (fl.attention + cache_attn) / n_dev,
+                'executed_flops': e * (fl.executed + cache_attn) / n_dev,
+            }
+        elif info['task'] == 'decode':  # a conv net: every FLOP is an HLO convolution or dot
             per_dev = dict.fromkeys(('model_flops', 'executed_flops'), rep['hlo_flops'])
             per_dev['attention_flops'] = 0.0
         else:
@@ -227,8 +250,14 @@ def build(
         if info['attention'] == 'splash':
             hbm['attention_bytes'] = (
                 splash_hbm_bytes(
-                    info['model'], info['tokens_per_clip'], clips, text_length, train=train
+                    info['model'],
+                    info['tokens_per_clip'],
+                    clips,
+                    text_length,
+                    train=train,
+                    kv_tokens=ro and info['tokens_per_clip'] + ro['cache_tokens'],
                 )
+                * (ro['evaluations'] if ro else 1)
                 / n_dev
             )
             hbm['bytes'] = hbm['bytes'] - hbm['kernel_bytes'] + hbm['attention_bytes']
@@ -252,7 +281,7 @@ def build(
         )
     per_device_clips = (
         batch_size
-        * (2 if info['task'] == 'sample' else 1)
+        * (2 if info['task'] in ('sample', 'rollout') else 1)
         / max(1, mesh_shape.get('data', 1) * mesh_shape.get('fsdp', 1))
     )
     rep['advice'] = advice(
@@ -327,6 +356,16 @@ def text(rep: dict) -> str:
         f'attention {rep.get("attention")}, batch {rep["batch_size"]}'
     ]
     mem = rep.get('memory_bytes', {})
+    if 'rollout' in rep:
+        ro = rep['rollout']
+        lines.append(
+            f'one chunk of {ro["chunk_frames"]} latent frames ({ro["chunk_tokens"]} tokens), '
+            f'cache of {ro["window"]} chunks + {ro["sink_frames"]} sink frames '
+            f'({ro["cache_tokens"]} tokens, {g(ro["cache_bytes_per_chip"])} a chip), '
+            f'{ro["evaluations"]} DiT calls ({ro["sampler"]}, {ro["steps"]} steps, + the cache '
+            f'write); the same program for each of the {ro["chunks"]} chunks of '
+            f'{ro["video_frames"]} frames, or any other number'
+        )
     if 'error' in rep:
         lines.append(f'DOES NOT FIT / FAILED: {rep["error"]}')
     if 'total' in mem:

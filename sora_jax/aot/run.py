@@ -32,8 +32,10 @@ def check(
     batch_size: int,
     text_length: int | None = None,
     quantize: str | None = None,
+    rollout: compile_lib.RolloutShape | None = None,
 ) -> dict:
-    """`quantize` ('int8' | 'fp8'): task 'sample' with weight-only quantized DiT block kernels."""
+    """`quantize` ('int8' | 'fp8'): task 'sample' with weight-only quantized DiT block kernels;
+    `rollout` (task 'rollout'): the chunked rollout's cache window, sinks and sampler."""
     sl = topology.resolve(topology_name)
     if task not in compile_lib.TASKS:
         raise ValueError(f'--task={task!r} is not one of {compile_lib.TASKS}.')
@@ -46,12 +48,13 @@ def check(
     mesh = mesh_lib.make_mesh(tuple(config.mesh.shape), devices=devices)
     mesh_shape = dict(mesh.shape)
     groups = mesh_shape['data'] * mesh_shape['fsdp']
-    rows = batch_size * (2 if task == 'sample' else 1)
+    cfg_rows = task in ('sample', 'rollout')  # the classifier-free-guidance batch: 2B rows
+    rows = batch_size * (2 if cfg_rows else 1)
     if rows % groups:
         raise ValueError(
             f'--batch_size={batch_size} gives {rows} rows, not divisible by the '
             f'data x fsdp axes ({groups}) of mesh {mesh_shape}; use a multiple of '
-            f'{groups // (2 if task == "sample" and groups % 2 == 0 else 1)}.'
+            f'{groups // (2 if cfg_rows and groups % 2 == 0 else 1)}.'
         )
     model = (
         compile_lib.train_config(config).model.to_dict()
@@ -64,7 +67,13 @@ def check(
     t0 = time.time()
     try:
         compiled, info = compile_lib.compile_task(
-            config, task, mesh, shape, hbm_bytes=sl.spec.hbm_bytes, quantize=quantize
+            config,
+            task,
+            mesh,
+            shape,
+            hbm_bytes=sl.spec.hbm_bytes,
+            quantize=quantize,
+            rollout=rollout,
         )
     except Exception as e:  # XLA refuses a program that does not fit: report it
         msg = str(e)

@@ -315,3 +315,60 @@ def table(out):
     with open(os.path.join(out, 'table.md'), 'w') as f:
         f.write(head + '\n'.join(rows) + '\n')
     print(head + '\n'.join(rows))
+
+
+# Sora's headline size: 10 s at 1080p. Wan 14B, one guided DiT forward at 161 frames (10 s at
+# Wan's 16 fps) x 1088 x 1920 (1080 is not a multiple of the VAE's 8x times the 2x2 patch; 1088
+# is): a 41 x 136 x 240 latent, 334,560 tokens a clip. Tokens split over the sequence axis.
+R1080 = (161, 1088, 1920)
+ROWS['14b_1080p_10s_sample_v5p-64'] = (
+    't2v_14b,720p',
+    'sample',
+    R1080,
+    'v5p-64',
+    [(M(2, 1, 1, 16), 1), (M(1, 1, 1, 32), 1)],
+)
+ROWS['14b_1080p_10s_sample_v6e-64'] = (
+    't2v_14b,720p',
+    'sample',
+    R1080,
+    'v6e-64',
+    [(M(2, 1, 2, 16), 1), (M(2, 1, 4, 8), 1)],
+)
+ROWS['14b_1080p_10s_sample_v6e-256'] = (
+    't2v_14b,720p',
+    'sample',
+    R1080,
+    'v6e-256',
+    [(M(2, 1, 4, 32), 1)],
+)
+# The chunked, cached sampler (`--task=rollout`: `pipeline/rollout.chunk_step`, one program for
+# every chunk): a causal Wan DiT with 3 latent frames a chunk (CausVid / Self-Forcing), a cache
+# of 4 past chunks (the sampler's default; `_window8`: 8), over a 60 s video (961 frames at 16
+# fps: 81 chunks). Tokens and cache slots split over the sequence axis, as the sample rows.
+R60S_480, R60S_720 = (961, 480, 832), (961, 720, 1280)
+CAUSAL = ['--config.model.causal_chunk=3']
+# 1.3B on v5e-8 with the weights replicated; 14B on v5p-8 likewise, and on v5e-8 with the weights
+# and heads split 8 ways over tensor (as its sample rows: 28 GB of bf16 weights fit no v5e chip).
+for size, arg, topo, mesh in (
+    ('1.3b', 't2v_1.3b', 'v5e-8', M(1, 1, 1, 8)),
+    ('14b', 't2v_14b', 'v5p-8', M(1, 1, 1, 4)),
+    ('14b', 't2v_14b', 'v5e-8', M(1, 1, 8, 1)),
+):
+    for res, r in (('480p', R60S_480), ('720p', R60S_720)):
+        ROWS[f'{size}_{res}_rollout_{topo}'] = (
+            f'{arg},{res}',
+            'rollout',
+            r,
+            topo,
+            [(mesh, 1)],
+            CAUSAL,
+        )
+ROWS['1.3b_480p_rollout_v5e-8_window8'] = (
+    't2v_1.3b,480p',
+    'rollout',
+    R60S_480,
+    'v5e-8',
+    [(M(1, 1, 1, 8), 1)],
+    CAUSAL + ['--rollout_window=8'],
+)
