@@ -14,8 +14,8 @@ a window and a clip are held):
   extend   the baseline, a full-attention checkpoint: a first clip of the clip length the model
            was trained on (config.sample.num_frames) by t2v, then `mode='extend'` chained: each
            call is conditioned on the last `overlap` frames of the previous one and adds
-           clip - overlap frames (default overlap: a third of the clip's latent frames, 9 frames
-           of 33 for the world VAE's 4x time). The pipeline has no overlap setting of its own.
+           clip - overlap frames (default overlap: a third of the clip's token frames, 9 frames
+           of 33 for the world model). The pipeline has no overlap setting of its own.
   truth    no model: the scene's own objects simulated by the world's law for the whole video
            (`world.simulate`, the same start as the 33-frame clip). The judge's ceiling: the
            world has no object-object collisions, so two objects may pass through each other;
@@ -192,11 +192,14 @@ def prompts(
 
 
 # ----------------------------------------------------------------------------- the methods
-def default_overlap(clip_frames: int, temporal_factor: int) -> int:
-    """Known frames per extend call: a third of the clip's latent frames (at least one), as
-    pixel frames that fill whole latents (1 + (k - 1) x factor; 33 frames at 4x: 9)."""
+def default_overlap(clip_frames: int, temporal_factor: int, temporal_patch: int = 1) -> int:
+    """Known frames per extend call: a third of the clip's token frames (latent frames / the
+    DiT's temporal patch; at least one), as video frames that fill whole latents
+    (1 + (k - 1) x factor). 33 frames: 9, with the world VAE coding frames alone and (3, 4, 4)
+    patches (11 token frames, 3 known) as with a 4x-time VAE and (1, ...) patches."""
     latents = 1 + (clip_frames - 1) // temporal_factor
-    return 1 + (max(1, latents // 3) - 1) * temporal_factor
+    known = max(1, latents // temporal_patch // 3) * temporal_patch
+    return 1 + (known - 1) * temporal_factor
 
 
 def check_overlap(overlap: int, clip_frames: int, temporal_factor: int) -> int:
@@ -217,8 +220,9 @@ def extend_frames(
     frames of the previous clip and yielding its clip - overlap new frames (the last cut).
     `call`: further keyword arguments of every pipeline call (steps, guidance, ...)."""
     clip = int(pipe.config.sample.num_frames)
-    tf = int(pipe.temporal_factor)
-    overlap = check_overlap(default_overlap(clip, tf) if overlap is None else overlap, clip, tf)
+    tf, pt = int(pipe.temporal_factor), int(getattr(pipe, 'patch', (1,))[0])
+    overlap = default_overlap(clip, tf, pt) if overlap is None else overlap
+    check_overlap(overlap, clip, tf)
     call = {'progress': False, **call}
     video = pipe(prompt, num_frames=clip, seed=seed, **call)[0]  # [clip, H, W, 3]
     made, k = 0, 0
@@ -434,8 +438,8 @@ def evaluate_long(
     jobs = prompts(options.num_prompts, options.languages, options.seed, options.num_objects)
     if method == 'extend':  # before anything compiles
         clip = int(pipe.config.sample.num_frames)
-        tf = int(pipe.temporal_factor)
-        overlap = options.overlap if options.overlap is not None else default_overlap(clip, tf)
+        tf, pt = int(pipe.temporal_factor), int(pipe.patch[0])
+        overlap = options.overlap if options.overlap is not None else default_overlap(clip, tf, pt)
         check_overlap(overlap, clip, tf)
     records = []
     bar = tqdm(jobs, desc=f'{method} prompts', unit='prompt', disable=not options.progress)

@@ -85,6 +85,8 @@ def test_plan_and_checks():
     with pytest.raises(ValueError, match='full-attention baseline'):
         wl.check_method('extend', 3)
     assert wl.default_overlap(33, 4) == 9 and wl.default_overlap(5, 1) == 1
+    assert wl.default_overlap(33, 1, 3) == 9  # frames alone, (3, 4, 4) patches: 3 of 11
+    assert wl.default_overlap(33, 1) == 11
     assert wl.check_overlap(5, 33, 4) == 5
     for bad in (4, 0, 33):
         with pytest.raises(ValueError, match='whole latent frames'):
