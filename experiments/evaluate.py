@@ -44,6 +44,12 @@ flags.DEFINE_integer(
     'num_per_category', 64, 'suite=world: held-out prompts per category, language.'
 )
 flags.DEFINE_string('json', None, 'Write the figures here as JSON.')
+flags.DEFINE_string(
+    'gifs',
+    None,
+    'suite=world: write judged strips of the first passed and failed clip of each category '
+    'here (world_model_right.gif, world_model_wrong.gif, their captions in world_model.json).',
+)
 flags.DEFINE_enum(
     'method',
     None,
@@ -215,6 +221,7 @@ def world_suite(F) -> tuple[dict, dict]:
         from sora_jax.pipeline import TextToVideo
 
         model = TextToVideo.from_checkpoint(F.checkpoint, ema=F.ema)
+    examples = {} if F.gifs else None
     summary = world_eval.evaluate_world(
         model,
         F.num_per_category,
@@ -223,7 +230,16 @@ def world_suite(F) -> tuple[dict, dict]:
         guidance_scale=F.guidance_scale,
         batch_size=F.batch_size,
         seed=F.seed,
+        examples=examples,
     )
+    if F.gifs:
+        import json
+        import os
+
+        rows = world_eval.write_strips(examples, F.gifs)
+        with open(os.path.join(F.gifs, 'world_model.json'), 'w', encoding='utf-8') as f:
+            json.dump(rows, f, indent=1, ensure_ascii=False)
+        print(f'wrote {len(rows)} judged clips to {F.gifs}')
     return summary, {
         'checkpoint': F.checkpoint,
         'vae': F.vae,

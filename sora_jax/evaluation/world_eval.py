@@ -156,9 +156,18 @@ def evaluate_world(
     guidance_scale: float | None = None,
     batch_size: int = 32,
     seed: int = 0,
+    examples: dict | None = None,
+    examples_per_category: int = 1,
 ) -> dict:
-    """Generates the held-out prompts with `model`, judges every clip; summary + records."""
+    """Generates the held-out prompts with `model`, judges every clip; summary + records.
+
+    `examples`: a dict filled with {'right': [...], 'wrong': [...]}, each entry (record, uint8
+    video [T, H, W, 3]): the first `examples_per_category` passed and failed clips of each
+    category, for `write_strips`."""
     jobs = items(num_per_category, languages, seed)
+    if examples is not None:
+        examples.setdefault('right', [])
+        examples.setdefault('wrong', [])
     fn = _as_fn(model, steps, guidance_scale, seed)
     records, t_gen, t_judge = [], 0.0, 0.0
     for b, start in enumerate(range(0, len(jobs), batch_size)):
@@ -171,6 +180,10 @@ def evaluate_world(
         t1 = time.perf_counter()
         for it, video in zip(chunk, videos):
             records.append(_record(it, world_judge.judge_clip(np.asarray(video), it.scene)))
+            if examples is not None:
+                kept = examples['right' if records[-1]['all'] else 'wrong']
+                if sum(r['category'] == it.category for r, _ in kept) < examples_per_category:
+                    kept.append((records[-1], np.asarray(video)))
         t_gen += t1 - t0
         t_judge += time.perf_counter() - t1
         logging.info('batch %d: %d/%d clips judged', b, len(records), len(jobs))
@@ -253,13 +266,57 @@ def report(summary: dict) -> str:
     return '\n'.join(lines)
 
 
+def _write_strip(path: str, clips: list[tuple[np.ndarray, bool]], scale: int, fps: int) -> None:
+    """Clips uint8 [T, H, W, 3] side by side in one GIF, each framed green (the judge passed
+    it) or red (it failed); shorter clips hold their last frame."""
+    from PIL import Image
+
+    t = max(len(v) for v, _ in clips)
+    framed = []
+    for video, ok in clips:
+        video = np.concatenate([video, np.repeat(video[-1:], t - len(video), 0)])
+        f = np.pad(video, ((0, 0), (2, 2), (2, 2), (0, 0)))
+        f[:, :, :2] = f[:, :, -2:] = f[:, :2] = f[:, -2:] = (40, 200, 60) if ok else (220, 40, 40)
+        framed.append(f)
+    frames = np.concatenate(framed, axis=2).repeat(scale, 1).repeat(scale, 2)
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(
+        path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0,
+        optimize=True,
+    )  # fmt: skip
+
+
+def write_strips(
+    examples: dict, out_dir: str, prefix: str = 'world_model', scale: int = 2, fps: int = 16
+) -> list[dict]:
+    """`evaluate_world(..., examples=)`'s clips as two judged GIF strips in `out_dir`:
+    `{prefix}_right.gif` (passed) and `{prefix}_wrong.gif` (failed), left to right in the order
+    judged; returns one {strip, panel, category, prompt, all, problems} per panel."""
+    import os
+
+    os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    for kind in ('right', 'wrong'):
+        kept = examples.get(kind, [])
+        if not kept:
+            continue
+        strip = f'{prefix}_{kind}'
+        _write_strip(
+            os.path.join(out_dir, f'{strip}.gif'), [(v, r['all']) for r, v in kept], scale, fps
+        )
+        for i, (r, _) in enumerate(kept):
+            rows.append(
+                {'strip': strip, 'panel': i, 'category': r['category'], 'prompt': r['prompt'],
+                 'all': r['all'], 'problems': r['problems']}
+            )  # fmt: skip
+    return rows
+
+
 def write_examples(out_dir: str, seed: int = 0, scale: int = 2, fps: int = 16) -> list[dict]:
     """Two judged GIF strips into `out_dir`: world_right.gif (a ground-truth clip of each
     category, each judged) and world_wrong.gif (a clip with each of `world.CORRUPTIONS`, each
     judged); returns one {strip, panel, prompt, all, problems} per panel (left to right)."""
     import os
-
-    from PIL import Image
 
     panels, rows = {'world_right': [], 'world_wrong': []}, []
     for c, (name, kw) in enumerate(CATEGORIES.items()):
@@ -285,17 +342,8 @@ def write_examples(out_dir: str, seed: int = 0, scale: int = 2, fps: int = 16) -
                 {'strip': strip, 'panel': label, 'prompt': world.caption(s, 'en'),
                  'all': v.all, 'problems': list(v.problems)}
             )  # fmt: skip
-            framed = np.pad(video, ((0, 0), (2, 2), (2, 2), (0, 0)))
-            framed[:, :, :2] = framed[:, :, -2:] = framed[:, :2] = framed[:, -2:] = (
-                (40, 200, 60) if v.all else (220, 40, 40)  # green: passed, red: flagged
-            )
-            clips.append(framed)
-        strip_frames = np.concatenate(clips, axis=2).repeat(scale, 1).repeat(scale, 2)
-        images = [Image.fromarray(f) for f in strip_frames]
-        images[0].save(
-            os.path.join(out_dir, f'{strip}.gif'), save_all=True, append_images=images[1:],
-            duration=round(1000 / fps), loop=0, optimize=True,
-        )  # fmt: skip
+            clips.append((video, v.all))
+        _write_strip(os.path.join(out_dir, f'{strip}.gif'), clips, scale, fps)
     return rows
 
 

@@ -75,3 +75,32 @@ def test_vae_round_trip_is_judged():
     assert 0 < np.abs(recon.astype(int) - truth).mean() < 20
     summary = world_eval.evaluate_world(fn, 1, ('en',))
     assert summary['groups']['all/all']['color'] >= 0.75
+
+
+def test_judged_strips_of_passed_and_failed_samples(tmp_path):
+    """evaluate_world(examples=) keeps the first passed and failed clip of each category, and
+    write_strips frames them green and red, side by side, in two GIFs."""
+    from PIL import Image
+
+    def half_wrong(prompts, scenes):  # odd clips with red and blue swapped
+        good = world_eval.ground_truth_model(prompts, scenes)
+        bad = _swap_red_blue(prompts, scenes)
+        return np.stack([bad[i] if i % 2 else good[i] for i in range(len(scenes))])
+
+    examples = {}
+    world_eval.evaluate_world(half_wrong, 2, ('en',), batch_size=4, examples=examples)
+    right, wrong = examples['right'], examples['wrong']
+    assert right and all(r['all'] for r, _ in right)
+    assert wrong and not any(r['all'] for r, _ in wrong)
+    for kept in (right, wrong):
+        cats = [r['category'] for r, _ in kept]
+        assert len(cats) == len(set(cats))  # one per category
+    rows = world_eval.write_strips(examples, str(tmp_path))
+    assert [r['strip'] for r in rows] == ['world_model_right'] * len(right) + [
+        'world_model_wrong'
+    ] * len(wrong)
+    gif = Image.open(tmp_path / 'world_model_wrong.gif')
+    t, h, w, _ = wrong[0][1].shape
+    assert gif.size == (2 * len(wrong) * (w + 4), 2 * (h + 4)) and gif.n_frames == t
+    corner = np.asarray(gif.convert('RGB'))[0, 0]
+    assert corner[0] > 150 and corner[1] < 100  # framed red: the judge failed it
