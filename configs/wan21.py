@@ -122,6 +122,7 @@ def get_config(arg: str = 't2v_1.3b') -> mlc.ConfigDict:
     c.model.param_dtype = 'bfloat16'  # weights as loaded
     c.model.scan_layers = True  # lax.scan over blocks (compile time flat in depth)
     c.model.remat = 'none'  # none | full | dots | dots_all (training only)
+    c.model.causal_chunk = 0  # >0: block-causal chunks of this many latent frames (CausVid: 3)
 
     c.vae = mlc.ConfigDict()  # sora_jax.models.vae.VAEConfig (= diffusers AutoencoderKLWan)
     c.vae.base_dim = 96  # channels of the first level
