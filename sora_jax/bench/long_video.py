@@ -12,6 +12,9 @@ the runtime included). It reports, at 5 s and at the end:
                     chunk, which compiles, left out): the fastest chunk, as bench/timing's
                     best-of (on a shared machine the fastest chunk shows the cost without the
                     other processes' interference), and the median beside it
+  cpu_s_per_video_s the median chunk's CPU time (user + system of this process) x chunks per
+                    second: the work per second of video, which other processes' load moves far
+                    less than the wall time
 
     python -m sora_jax.bench.long_video --seconds=60 --size=32 --json=/tmp/long_video.json
 """
@@ -33,6 +36,7 @@ class Mark(NamedTuple):
     peak_rss_bytes: int
     s_per_video_s: float
     median_s_per_video_s: float
+    cpu_s_per_video_s: float
 
 
 def _rss_peak() -> int:
@@ -84,19 +88,21 @@ def measure(
         moderation=False,  # the sampler's cost alone (the output check samples each chunk)
         progress=False,
     )
-    done, times, live, rss = [], [], [], []
-    t0 = time.perf_counter()
+    done, times, cpu, live, rss = [], [], [], [], []
+    t0, c0 = time.perf_counter(), time.process_time()
     frames = 0
     for c in rollout_lib.rollout(pipe, 'a red circle bouncing and a blue square falling', opts):
         frames += c.frames.shape[1]
-        now = time.perf_counter()
+        now, cnow = time.perf_counter(), time.process_time()
         times.append(now - t0)
-        t0 = now
+        cpu.append(cnow - c0)
+        t0, c0 = now, cnow
         done.append(frames / fps)
         live.append(_live_bytes())
         rss.append(_rss_peak())
     done = np.asarray(done)
     times = np.asarray(times)
+    cpu = np.asarray(cpu)
     out = []
     for m in marks:
         upto = int(np.searchsorted(done, m - 1e-9)) + 1  # chunks up to second m
@@ -111,6 +117,7 @@ def measure(
                 int(max(rss[:upto])),
                 per_chunk_s / video_s_per_chunk,
                 float(np.median(times[recent])) / video_s_per_chunk,
+                float(np.median(cpu[recent])) / video_s_per_chunk,
             )
         )
     return out
@@ -133,18 +140,24 @@ def main(argv=None) -> dict:
         'peak_live_ratio': last.peak_live_bytes / first.peak_live_bytes,
         'peak_rss_ratio': last.peak_rss_bytes / first.peak_rss_bytes,
         'time_per_second_ratio': last.s_per_video_s / first.s_per_video_s,
+        'median_time_per_second_ratio': last.median_s_per_video_s / first.median_s_per_video_s,
+        'cpu_per_second_ratio': last.cpu_s_per_video_s / first.cpu_s_per_video_s,
     }
-    print(f'{"video s":>8} {"live MiB":>9} {"peak RSS MiB":>13} {"s / video s":>12} {"median":>8}')
+    print(
+        f'{"video s":>8} {"live MiB":>9} {"peak RSS MiB":>13} {"s / video s":>12} {"median":>8} '
+        f'{"CPU-s / video s":>16}'
+    )
     for m in marks:
         print(
             f'{m.seconds:8.2f} {m.peak_live_bytes / 2**20:9.3f} '
             f'{m.peak_rss_bytes / 2**20:13.1f} {m.s_per_video_s:12.4f} '
-            f'{m.median_s_per_video_s:8.4f}'
+            f'{m.median_s_per_video_s:8.4f} {m.cpu_s_per_video_s:16.4f}'
         )
     print(
         f'ratios {first.seconds:.0f} s -> {last.seconds:.0f} s: live '
         f'{result["peak_live_ratio"]:.3f}, RSS {result["peak_rss_ratio"]:.3f}, time per second '
-        f'{result["time_per_second_ratio"]:.3f}'
+        f'{result["time_per_second_ratio"]:.3f} (median {result["median_time_per_second_ratio"]:.3f}, '
+        f'CPU {result["cpu_per_second_ratio"]:.3f})'
     )
     if a.json:
         with open(a.json, 'w') as f:

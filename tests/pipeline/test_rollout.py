@@ -104,6 +104,7 @@ def test_long_video_bench_memory_is_flat():
     assert last.seconds >= 4.0 > first.seconds >= 2.0
     assert last.peak_live_bytes == first.peak_live_bytes
     assert first.s_per_video_s > 0 and last.s_per_video_s > 0
+    assert first.cpu_s_per_video_s > 0 and last.cpu_s_per_video_s > 0
 
 
 def test_stream_decoder_equals_whole_decode():
