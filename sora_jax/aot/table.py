@@ -348,12 +348,14 @@ ROWS['14b_1080p_10s_sample_v6e-256'] = (
 # fps: 81 chunks). Tokens and cache slots split over the sequence axis, as the sample rows.
 R60S_480, R60S_720 = (961, 480, 832), (961, 720, 1280)
 CAUSAL = ['--config.model.causal_chunk=3']
-# 1.3B on v5e-8 with the weights replicated; 14B on v5p-8 likewise, and on v5e-8 with the weights
-# and heads split 8 ways over tensor (as its sample rows: 28 GB of bf16 weights fit no v5e chip).
-for size, arg, topo, mesh in (
-    ('1.3b', 't2v_1.3b', 'v5e-8', M(1, 1, 1, 8)),
-    ('14b', 't2v_14b', 'v5p-8', M(1, 1, 1, 4)),
-    ('14b', 't2v_14b', 'v5e-8', M(1, 1, 8, 1)),
+# First the sample rows' layout (weights replicated, tokens and cache slots over sequence), then
+# heads over tensor: splash reads every key of a layer on each chip, and XLA gathers the cache's
+# slots whole, so only a tensor split divides the gathered cache. 14B on v5e-8: tensor 8, as its
+# sample rows (28 GB of bf16 weights fit no v5e chip).
+for size, arg, topo, meshes in (
+    ('1.3b', 't2v_1.3b', 'v5e-8', [M(1, 1, 1, 8), M(1, 1, 4, 2)]),
+    ('14b', 't2v_14b', 'v5p-8', [M(1, 1, 1, 4), M(1, 1, 4, 1)]),
+    ('14b', 't2v_14b', 'v5e-8', [M(1, 1, 8, 1)]),
 ):
     for res, r in (('480p', R60S_480), ('720p', R60S_720)):
         ROWS[f'{size}_{res}_rollout_{topo}'] = (
@@ -361,7 +363,7 @@ for size, arg, topo, mesh in (
             'rollout',
             r,
             topo,
-            [(mesh, 1)],
+            [(m, 1) for m in meshes],
             CAUSAL,
         )
 ROWS['1.3b_480p_rollout_v5e-8_window8'] = (
