@@ -1,6 +1,7 @@
 """Inference needs nothing from the training package (DESIGN.md: `pipeline` imports nothing from
-`train/`): importing `sora_jax.pipeline` and loading the shipped bundle (DiT checkpoint + its
-frozen VAE) in a fresh process leave no `sora_jax.train` module in sys.modules. LoRA runs are
+`train/`): importing `sora_jax.pipeline`, then loading the shipped bundle (DiT checkpoint + its
+frozen VAE), in one fresh process leave no `sora_jax.train` module in sys.modules (checked after
+each). LoRA runs are
 checked the same way where their fixtures live (tests/train/test_lora_train.py,
 tests/train/test_wan_lora.py), with `fresh_to_q_kernel`."""
 
@@ -18,13 +19,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CKPT = ROOT / 'checkpoints' / 'shapes'
 
 
-def train_modules_after(code: str) -> list[str]:
-    """The `sora_jax.train*` modules a fresh Python process has imported after running `code`."""
-    script = (
-        f'{code}\nimport json, sys\n'
-        "print(json.dumps(sorted(m for m in sys.modules if m == 'sora_jax.train' or "
-        "m.startswith('sora_jax.train.'))))"
-    )
+# Prints the `sora_jax.train*` modules imported so far, on one line of a fresh process's stdout.
+SHOW_TRAIN_MODULES = (
+    "print('train modules:', json.dumps(sorted(m for m in sys.modules if m == 'sora_jax.train' "
+    "or m.startswith('sora_jax.train.'))))"
+)
+
+
+def train_modules_printed(code: str) -> list[list[str]]:
+    """Runs `code` in a fresh Python process (json and sys imported) with SHOW_TRAIN_MODULES
+    appended; one list of `sora_jax.train*` module names per SHOW_TRAIN_MODULES line it ran."""
+    script = f'import json, sys\n{code}\n{SHOW_TRAIN_MODULES}'
     env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags(), PYTHONPATH=str(ROOT))
     r = subprocess.run(
         [sys.executable, '-c', script],
@@ -35,7 +40,15 @@ def train_modules_after(code: str) -> list[str]:
         cwd=ROOT,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    prefix = 'train modules: '
+    return [
+        json.loads(line[len(prefix) :]) for line in r.stdout.splitlines() if line.startswith(prefix)
+    ]
+
+
+def train_modules_after(code: str) -> list[str]:
+    """The `sora_jax.train*` modules a fresh Python process has imported after running `code`."""
+    return train_modules_printed(code)[-1]
 
 
 def fresh_to_q_kernel(checkpoint: str, out) -> tuple[list[str], np.ndarray]:
@@ -51,14 +64,15 @@ def fresh_to_q_kernel(checkpoint: str, out) -> tuple[list[str], np.ndarray]:
     return train_modules_after(code), np.load(out)
 
 
-def test_importing_the_pipeline_imports_no_train_module():
-    assert train_modules_after('import sora_jax.pipeline') == []
-
-
-def test_loading_the_shipped_bundle_imports_no_train_module():
+def test_pipeline_and_the_shipped_bundle_import_no_train_module():
+    """One fresh process: after `import sora_jax.pipeline`, then after loading the bundle (its own
+    VAE included)."""
     code = (
+        f'import sora_jax.pipeline\n{SHOW_TRAIN_MODULES}\n'
         'from sora_jax.pipeline import TextToVideo\n'
         f'pipe = TextToVideo.from_checkpoint({str(CKPT)!r})\n'
         'assert pipe.vae is not None and pipe.vae.step >= 0'
-    )  # the bundle's own VAE loaded
-    assert train_modules_after(code) == []
+    )
+    after_import, after_load = train_modules_printed(code)
+    assert after_import == []
+    assert after_load == []
