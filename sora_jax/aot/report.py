@@ -156,7 +156,14 @@ def advice(
         )
     if task == 'train' and model.get('remat', 'none') == 'none':
         out.append('--config.train.remat=full (recompute each block in the backward pass)')
-    if temp > 0.4 * hbm:
+    if task == 'rollout' and temp > 0.4 * hbm:  # the key/value cache dominates
+        out.append(
+            "heads over the 'tensor' axis (e.g. --config.mesh.shape='(1,1,4,"
+            f"{max(1, n_dev // 4)})', a count that divides the heads): splash reads every cached "
+            "key of a layer on each chip, so slots split over 'sequence' are all-gathered"
+        )
+        out.append('a smaller cache: --rollout_window (past chunks each chunk attends to)')
+    elif temp > 0.4 * hbm:
         if per_device_clips > 1:
             out.append('a smaller batch per chip (--batch_size, or more data/fsdp chips)')
         out.append(

@@ -79,3 +79,13 @@ def test_rollout_needs_a_causal_model():
         run.check(
             _causal(chunk=0), 'v5p-8', 'rollout', num_frames=49, height=64, width=64, batch_size=1
         )
+
+
+def test_rollout_advice_names_the_tensor_axis_and_the_window():
+    """A rollout whose temporaries overflow (XLA's figure for Wan 1.3B at 720p on v5e-8 with the
+    cache's slots over 8 sequence chips: 17.49 GiB) is told to split heads, not sequence."""
+    g = 2**30
+    mesh = {'data': 1, 'fsdp': 1, 'tensor': 1, 'sequence': 8}
+    out = report.advice('rollout', False, {'temp': 17.49 * g}, 14.9 * g, {}, mesh, 'splash', 2)
+    assert any("'tensor'" in a for a in out) and any('--rollout_window' in a for a in out)
+    assert not any('batch' in a for a in out)
