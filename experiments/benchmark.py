@@ -109,11 +109,19 @@ flags.DEFINE_list('fast_wan', ['tiny', 't2v_1.3b'], 'configs/wan21.py DiTs, rand
 flags.DEFINE_integer('fast_wan_steps', 8, 'Wan sampler steps.')
 flags.DEFINE_list('fast_wan_latent', ['2', '8', '8'], "Wan latent T',h,w (patch 1,2,2).")
 flags.DEFINE_integer('fast_text_len', 512, 'Wan text tokens (random features).')
+flags.DEFINE_enum(
+    'fast_wan_dtype',
+    'float32',
+    ['', 'float32', 'bfloat16'],
+    "Random Wan DiTs' weights and compute ('': the config's; float32: what a CPU computes in).",
+)
 flags.DEFINE_list('fast_firstblock', ['0.05', '0.1'], 'First-Block Cache thresholds.')
 flags.DEFINE_list('fast_magcache', ['0.06', '0.12'], 'MagCache thresholds.')
 flags.DEFINE_list('fast_taylorseer', ['3', '5'], 'TaylorSeer intervals.')
 flags.DEFINE_float(
-    'fast_min_round_s', 1.0, 'A variant is called repeatedly within a round for at least this.'
+    'fast_min_round_s',
+    1.0,
+    'A variant is called repeatedly within a round for at least this (0: once).',
 )
 flags.DEFINE_list(
     'fast_memory', ['tiny', 't2v_1.3b', 't2v_14b'], 'configs/wan21.py DiTs whose bytes are counted.'
@@ -181,6 +189,7 @@ def bench_fast_inference(f) -> dict:
             wan_steps=f.fast_wan_steps,
             wan_latent=tuple(int(s) for s in f.fast_wan_latent),
             text_len=f.fast_text_len,
+            wan_dtype=f.fast_wan_dtype,
             settings=tuple(
                 (k, tuple(float(v) for v in getattr(f, f'fast_{k}')))
                 for k in kinds

@@ -15,7 +15,8 @@ Three parts, each optional:
           parity tests' DiT, and 't2v_1.3b'): the jitted sampler alone (`pipeline/denoise.py`,
           CFG, the config's sampler and guidance, `wan_steps` steps) on `wan_latent` latents and
           `text_len` random text tokens, full against each cache and against recomputing the
-          cross-attention keys / values at every step (`text_kv_cache=False`).
+          cross-attention keys / values at every step (`text_kv_cache=False`). The random
+          DiT is built and run in `wan_dtype` (`random_dit`, see there for why float32 on CPU).
   memory  bytes of the Wan DiTs' weights in bf16, int8 and fp8 (`models/quantize.py`, from
           shapes via `nnx.eval_shape`, nothing allocated), and the quantized AOT sampling rows
           found in `aot_dir` (read, not recompiled).
@@ -60,12 +61,14 @@ class FastInferenceBench:
     wan: tuple[str, ...] = ('tiny', 't2v_1.3b')  # configs/wan21.py args (): the part skipped
     wan_steps: int = 8
     wan_latent: tuple[int, int, int] = (2, 8, 8)  # latent T', h, w (patch 1, 2, 2)
+    wan_dtype: str = 'float32'  # the random Wan DiTs' weights and compute ('': the config's)
     text_len: int = 512  # text tokens (Wan pads prompts to 512)
     settings: tuple[tuple[str, tuple[float, ...]], ...] = tuple(SETTINGS.items())
     memory: tuple[str, ...] = ('tiny', 't2v_1.3b', 't2v_14b')  # configs/wan21.py args
     aot_dir: str = 'docs/aot'
     rounds: int = 3
     min_round_s: float = 1.0  # a variant's calls are repeated within a round to last this long
+    # (<= 0: one call each, with no extra call to size the rounds)
     quiet_share: float = 0.1  # 'loaded' above this share of all cores used by others
     quiet_load: float | None = None  # without /proc/stat: 'loaded' above this load average
 
@@ -77,6 +80,8 @@ class FastInferenceBench:
         for kind, values in self.settings:
             if kind not in KINDS or kind == 'none' or not values:
                 raise ValueError(f'settings: {kind}={values}; kinds are {KINDS[1:]} with values.')
+        if self.wan_dtype not in ('', 'float32', 'bfloat16'):
+            raise ValueError(f"wan_dtype={self.wan_dtype!r}: use '', 'float32' or 'bfloat16'.")
         if self.wan_steps < 2 or self.shapes_steps < 2:
             raise ValueError(
                 f'wan_steps={self.wan_steps}, shapes_steps={self.shapes_steps}: need >= 2 '
@@ -104,15 +109,18 @@ def _timed(
     """variants {name: fn()} (name 'full' first). Each is first called once through
     `first_calls[name]` (default: itself; it compiles, and its result is kept), then `rounds`
     interleaved rounds of `iters` calls each, `iters` chosen so that the full variant's calls
-    take at least `min_round_s` a round (a call of a few ms is timed over many).
+    take at least `min_round_s` a round (a call of a few ms is timed over many; one call when
+    `min_round_s` <= 0, which spares the extra call that sizes the rounds).
     -> (first results, {figures: per name (seconds per call), iters, load figures})."""
     first, first_s = {}, {}
     for name, fn in variants.items():
         t0 = time.perf_counter()
         first[name] = (first_calls or variants)[name]()
         first_s[name] = time.perf_counter() - t0
-    one = timing.mean_s(variants['full'], 1)
-    iters = max(1, math.ceil(min_round_s / max(one, 1e-6)))
+    iters = 1
+    if min_round_s > 0:
+        one = timing.mean_s(variants['full'], 1)
+        iters = max(1, math.ceil(min_round_s / max(one, 1e-6)))
     load_before = machine.load_average()
     others = machine.OtherLoad()
     times = timing.interleaved(variants, rounds, iters)
@@ -227,16 +235,44 @@ def shapes_part(opts: FastInferenceBench) -> dict:
 # ----------------------------------------------------------------------------- wan
 
 
+def _dit_init(cfg, seed: int = 0):
+    """The jittable function building a random DiT(cfg) (see `random_dit`)."""
+    import jax
+    from flax import nnx
+
+    from sora_jax.models.dit import DiT
+
+    return lambda: DiT(cfg, rngs=nnx.Rngs(jax.random.key(seed, impl='rbg')))
+
+
+def random_dit(cfg, seed: int = 0):
+    """A DiT(cfg) with random weights, built in one jitted call -> (graphdef, params).
+
+    The keys are 'rbg' (XLA's RngBitGenerator), not JAX's default threefry: on the CPU,
+    threefry's counters and bit arrays for the stacked [depth, ...] kernels are materialized
+    whole, 13.9 GB of temporaries to build a Wan 1.3B (2.84 GB of bf16 weights); rbg's are
+    0.07 GB. The weights are created in cfg.param_dtype directly.
+
+    Run the DiT on a CPU in float32 (`FastInferenceBench.wan_dtype`): XLA's CPU backend computes a
+    bf16 dot in float32 and converts each stacked bf16 kernel to float32 before the block scan,
+    so a jitted bf16 sampler holds float32 copies of the weights next to them (1.3B: 5.84 GB of
+    temporaries with 2.86 GB of bf16 arguments, against 0.75 GB with 5.69 GB of float32 ones)."""
+    import jax
+    from flax import nnx
+
+    graphdef, params = nnx.split(jax.jit(_dit_init(cfg, seed))())
+    return graphdef, jax.block_until_ready(params)
+
+
 def wan_part(opts: FastInferenceBench, arg: str) -> dict:
     """The jitted CFG sampler of a random Wan 2.1 DiT at configs/wan21.py:`arg` dims: full vs
     each cache setting and vs text_kv_cache=False."""
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from flax import nnx
 
     from sora_jax import config_files
-    from sora_jax.models.dit import DiT, dit_config
+    from sora_jax.models.dit import dit_config
     from sora_jax.pipeline import ModelFamily
     from sora_jax.pipeline.denoise import DiTInputs, denoise
     from sora_jax.pipeline.options import DenoisePlan
@@ -245,7 +281,9 @@ def wan_part(opts: FastInferenceBench, arg: str) -> dict:
 
     config = config_files.load(f'configs/wan21.py:{arg}')
     cfg = dit_config(config)
-    graphdef, params = nnx.split(jax.jit(lambda: DiT(cfg, rngs=nnx.Rngs(0)))())
+    if opts.wan_dtype:
+        cfg = dataclasses.replace(cfg, dtype=opts.wan_dtype, param_dtype=opts.wan_dtype)
+    graphdef, params = random_dit(cfg)
     n_params = int(sum(a.size for a in jax.tree.leaves(params)))
     s = config.sample
     t_, h_, w_ = opts.wan_latent

@@ -120,8 +120,33 @@ def test_aot_rows_are_the_quantized_reports(tmp_path):
         (dict(settings=(('teacache', (0.1,)),)), 'teacache'),
         (dict(settings=(('firstblock', ()),)), 'firstblock'),
         (dict(wan_steps=1), 'wan_steps'),
+        (dict(wan_dtype='float16'), 'wan_dtype'),
     ],
 )
 def test_bad_options(kw, match):
     with pytest.raises(ValueError, match=match):
         fast_inference.FastInferenceBench(**kw).check()
+
+
+def test_random_dit_in_its_dtype_with_small_init_temporaries(load_config):
+    """The random Wan DiT is created in its param_dtype, with rbg keys whose init needs less
+    scratch than the weights it makes (threefry's: 2.8x the tiny DiT's bytes, 4.9x a 1.3B's)."""
+    import dataclasses
+
+    import jax
+    import numpy as np
+
+    from sora_jax.models.dit import dit_config
+
+    cfg = dataclasses.replace(
+        dit_config(load_config('configs/wan21.py:tiny')), dtype='bfloat16', param_dtype='bfloat16'
+    )
+    mem = jax.jit(fast_inference._dit_init(cfg)).lower().compile().memory_analysis()
+    assert mem.temp_size_in_bytes < mem.output_size_in_bytes / 2, mem
+    _, params = fast_inference.random_dit(cfg)
+    leaves = jax.tree.leaves(params)
+    bf16 = sum(a.nbytes for a in leaves if a.dtype == jax.numpy.bfloat16)
+    assert bf16 > 0.9 * sum(a.nbytes for a in leaves)  # a few f32 norms / tables stay
+    assert all(np.isfinite(np.asarray(a, np.float32)).all() for a in leaves)
+    random = [a for a in leaves if float(np.std(np.asarray(a, np.float32))) > 0]  # not 0 / 1
+    assert sum(a.nbytes for a in random) > 0.5 * sum(a.nbytes for a in leaves)
