@@ -71,6 +71,8 @@ GRAVITY_MIN = 0.06  # px/frame^2: less is no gravity
 GRAVITY_TOL = 0.25  # relative: gravity agreement between arcs
 MERGE_GATE = 6.0  # px: a track out of the occluder joins the one that went in
 PERMANENCE_TOL = 3.0  # px: where a hidden object comes out vs its predicted position
+PURE_TOL = 30.0  # |pixel - palette colour|: a pixel fully covered by an object of that colour
+SPLIT_MIN = 4  # px of pure pixels of a second colour: a blob of two objects, split
 FLICKER_MAX = 2.0  # mean |frame[t+1] - frame[t]| over background pixels
 
 _NAMES = list(world.COLORS)
@@ -87,7 +89,8 @@ class Blob(NamedTuple):
     half: np.ndarray  # [2] box half size (row, col)
     area: float
     fill: float
-    clean: bool  # away from the occluder
+    clean: bool  # away from the occluder and from any other object
+    touch: bool = False  # part of two objects' merged blob (one may be drawn over the other)
 
 
 @dataclasses.dataclass
@@ -193,6 +196,47 @@ def _name(rgb: np.ndarray, bg: np.ndarray) -> str:
     return _NAMES[int(np.argmin(np.linalg.norm(d[None] - a[:, None] * v, axis=-1)))]
 
 
+def _mixes() -> dict[int, set[int]]:
+    """Palette colour -> the pairs of other colours whose mixture passes within `PURE_TOL` of it
+    (red and yellow anti-aliased into each other look orange): colour index k -> {i * K + j}."""
+    k_ = len(_NAMES)
+    a = np.linspace(0.0, 1.0, 101)[:, None, None]
+    out: dict[int, set[int]] = {k: set() for k in range(k_)}
+    for i, j in itertools.combinations(range(k_), 2):
+        mix = a * _TABLE[i] + (1 - a) * _TABLE[j]  # [101, 1, 3]
+        near = np.linalg.norm(mix - _TABLE[None], axis=-1).min(0)  # [K]
+        for k in np.nonzero(near < PURE_TOL)[0]:
+            if k not in (i, j):
+                out[int(k)] |= {i * k_ + j, j * k_ + i}
+    return out
+
+
+_MIXES = _mixes()
+
+
+def _parts(rgb: np.ndarray, comp: np.ndarray) -> tuple[list[tuple[np.ndarray, str | None]], bool]:
+    """Splits a component bool [h, w] of a frame crop float [h, w, 3] by colour. Pure pixels
+    are those within `PURE_TOL` of a palette colour (fully covered by an object of it); a colour
+    that is the mixture of two others shown is their anti-aliased edge and is left out. Each
+    colour with `SPLIT_MIN` px or more seeds a part, every pixel going to the nearest seed:
+    two objects overlapping make one component, one drawn over the other. Returns ([(mask,
+    colour name or None: name it from its core)], touch: a second colour shows, split or
+    not)."""
+    near = np.linalg.norm(rgb[..., None, :] - _TABLE, axis=-1)  # [h, w, K]
+    which = np.where((near.min(-1) < PURE_TOL) & comp, np.argmin(near, -1), -1)
+    counts = np.bincount(which[which >= 0], minlength=len(_NAMES))
+    shown = set(np.nonzero(counts)[0].tolist())
+    k_ = len(_NAMES)
+    real = [k for k in shown if not any(i * k_ + j in _MIXES[k] for i in shown for j in shown)]
+    seeds = sorted((k for k in real if counts[k] >= SPLIT_MIN), key=lambda k: -counts[k])
+    touch = len(real) > 1
+    if len(seeds) < 2:
+        return [(comp, _NAMES[seeds[0]] if seeds and touch else None)], touch
+    dist = np.stack([ndimage.distance_transform_edt(which != k) for k in seeds])  # [P, h, w]
+    owner = np.argmin(dist, 0)
+    return [(comp & (owner == p), _NAMES[k]) for p, k in enumerate(seeds)], True
+
+
 def find_blobs(f: np.ndarray, bg: np.ndarray, occ: np.ndarray) -> list[list[Blob]]:
     """Per frame, the blobs of a clip float [T, H, W, 3] (see the module docstring, 2)."""
     t, h, w, _ = f.shape
@@ -207,31 +251,33 @@ def find_blobs(f: np.ndarray, bg: np.ndarray, occ: np.ndarray) -> list[list[Blob
         i = sl[0].start
         r0, r1 = max(sl[1].start - 1, 0), min(sl[1].stop + 1, h)
         c0, c1 = max(sl[2].start - 1, 0), min(sl[2].stop + 1, w)
-        comp = labels[i, r0:r1, c0:c1] == j
-        d = dist[i, r0:r1, c0:c1]
-        core = comp & (d >= 0.8 * d[comp].max())
-        rgb = np.median(f[i, r0:r1, c0:c1][core], 0)
-        local_bg = bg[r0:r1, c0:c1]
-        color = _name(rgb, local_bg[core].mean(0))
-        v = _TABLE[_NAMES.index(color)] - local_bg  # [h, w, 3]
-        alpha = (diff[i, r0:r1, c0:c1] * v).sum(-1) / np.maximum((v * v).sum(-1), 1e-6)
-        alpha = alpha / max(1.0, float(np.median(alpha[core])))
-        win = ndimage.binary_dilation(comp) & ((labels[i, r0:r1, c0:c1] == 0) | comp)
-        alpha = np.where(win, np.clip(alpha, 0.0, 1.0), 0.0)
-        area = float(alpha.sum())
-        if area < MIN_AREA:
-            continue
-        rp, cp = alpha.max(1), alpha.max(0)
-        size = np.array([rp.sum(), cp.sum()])
-        center = np.array(
-            [
-                r0 + ((np.arange(len(rp)) + 0.5) * rp).sum() / size[0],
-                c0 + ((np.arange(len(cp)) + 0.5) * cp).sum() / size[1],
-            ]
-        )
-        clean = not near_occ[r0:r1, c0:c1][comp].any()
-        fill = area / max(size[0] * size[1], 1e-6)
-        out[i].append(Blob(i, color, rgb, center, size / 2, area, fill, clean))
+        lab = labels[i, r0:r1, c0:c1]
+        parts, touch = _parts(f[i, r0:r1, c0:c1], lab == j)
+        for comp, color in parts:
+            d = dist[i, r0:r1, c0:c1]
+            core = comp & (d >= 0.8 * d[comp].max())
+            rgb = np.median(f[i, r0:r1, c0:c1][core], 0)
+            local_bg = bg[r0:r1, c0:c1]
+            color = color or _name(rgb, local_bg[core].mean(0))
+            v = _TABLE[_NAMES.index(color)] - local_bg  # [h, w, 3]
+            alpha = (diff[i, r0:r1, c0:c1] * v).sum(-1) / np.maximum((v * v).sum(-1), 1e-6)
+            alpha = alpha / max(1.0, float(np.median(alpha[core])))
+            win = ndimage.binary_dilation(comp) & ((lab == 0) | comp)
+            alpha = np.where(win, np.clip(alpha, 0.0, 1.0), 0.0)
+            area = float(alpha.sum())
+            if area < MIN_AREA:
+                continue
+            rp, cp = alpha.max(1), alpha.max(0)
+            size = np.array([rp.sum(), cp.sum()])
+            center = np.array(
+                [
+                    r0 + ((np.arange(len(rp)) + 0.5) * rp).sum() / size[0],
+                    c0 + ((np.arange(len(cp)) + 0.5) * cp).sum() / size[1],
+                ]
+            )
+            clean = not touch and not near_occ[r0:r1, c0:c1][comp].any()
+            fill = area / max(size[0] * size[1], 1e-6)
+            out[i].append(Blob(i, color, rgb, center, size / 2, area, fill, clean, touch))
     return out
 
 
@@ -250,7 +296,9 @@ def _reflect(p: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.where(p > hi, 2 * hi - p, p)
 
 
-def _link(per_frame: list[list[Blob]], h: int, w: int) -> list[Track]:
+def _link(per_frame: list[list[Blob]], h: int, w: int, occ: np.ndarray) -> list[Track]:
+    """Frame-to-frame links (module docstring, 4). A track merged with another object's blob
+    is predicted by its own motion before the merge (`_predict`), not by its cut parts."""
     tracks: list[Track] = []
     size = np.array([h, w], np.float64)
     for f, blobs in enumerate(per_frame):
@@ -262,6 +310,11 @@ def _link(per_frame: list[list[Blob]], h: int, w: int) -> list[Track]:
             known = prev is not None and prev.frame == f - 2 and prev.clean and last.clean
             vel = last.center - prev.center if known else np.zeros(2)
             pred = _reflect(last.center + vel, last.half, size - last.half)
+            if last.touch:
+                free = [b.half for b in tr.blobs if b.clean]
+                half = np.median(free, 0) if free else last.half
+                pred = _predict(tr, f, half, occ, h, w)
+                pred = last.center if pred is None else pred
             jolt = 0.0  # the last change of velocity (a bounce): so much less certain
             if known and len(tr.blobs) > 2 and tr.blobs[-3].frame == f - 3:
                 jolt = float(np.linalg.norm(vel - (prev.center - tr.blobs[-3].center)))
@@ -291,9 +344,11 @@ def _fit(t: np.ndarray, x: np.ndarray, deg: int) -> tuple[np.ndarray, float]:
 
 
 def _points(tr: Track, half: np.ndarray, occ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(frames [N], box centres [N, 2]) of every blob, those cut by the bar rebuilt."""
-    t = np.array([b.frame for b in tr.blobs], np.float64)
-    return t, np.array([_completed(b, half, occ) for b in tr.blobs]).reshape(-1, 2)
+    """(frames [N], box centres [N, 2]) of every blob not merged with another object's (its
+    box is cut by the other object), those cut by the bar rebuilt."""
+    blobs = [b for b in tr.blobs if not b.touch]
+    t = np.array([b.frame for b in blobs], np.float64)
+    return t, np.array([_completed(b, half, occ) for b in blobs]).reshape(-1, 2)
 
 
 def _gravity(t: np.ndarray, y: np.ndarray) -> float:
@@ -309,6 +364,8 @@ def _predict(tr: Track, frame: int, half, occ, h: int, w: int) -> np.ndarray | N
     gravity, run by the world's law (walls; backwards in time for a frame before the start).
     None: under 2 samples in that run."""
     t, x = _points(tr, half, occ)
+    if len(t) < 2:
+        return None
     g = _gravity(t, x[:, 0]) if len(t) >= 5 else 0.0
     if frame < t[0]:
         t, x = -t[::-1], x[::-1]
@@ -367,12 +424,12 @@ def _merge_passages(tracks: list[Track], t: int, h: int, w: int, occ) -> tuple[l
                 b = Track([x for x in b.blobs if x.frame > a.end])
                 if not b.blobs or b.blobs[0].clean:
                     continue
-            la, fb = a.blobs[-1], b.blobs[0]
             e = np.inf
-            for src, dst, blob in ((a, b, fb), (b, a, la)):
+            for src, blob, slack in (_anchor(a, b, 0), _anchor(b, a, -1)):
                 pred = _predict(src, blob.frame, half, occ, h, w)
                 if pred is not None:
-                    e = min(e, float(np.linalg.norm(pred - _completed(blob, half, occ))))
+                    d = float(np.linalg.norm(pred - _completed(blob, half, occ)))
+                    e = min(e, max(d - slack, 0.0))
             if e < MERGE_GATE and (best is None or (b.start, e) < (best.start, err)):
                 best, err = b, e  # the first to come out where the motion says
         if best is not None:
@@ -385,9 +442,32 @@ def _merge_passages(tracks: list[Track], t: int, h: int, w: int, occ) -> tuple[l
             clean = [x.half for x in a.blobs if x.clean]
             half = np.median(clean, 0) if clean else a.blobs[0].half
             pred = _predict(a, t - 3, half, occ, h, w)
-            if pred is not None and _clear_of(pred, a, occ):
+            if pred is not None and _clear_of(pred, a, occ) and not _under(pred, a, tracks, t - 3):
                 passages.append((np.inf, a, None))
     return tracks, passages
+
+
+def _anchor(src: Track, dst: Track, end: int) -> tuple[Track, Blob, float]:
+    """(src, the blob of dst nearest src's side that is not merged with another object's, 0),
+    or (src, dst's blob at that end, its half size) when every blob of dst is merged: its box
+    is cut by the other object, so its centre may be off by that much. `end`: 0 (dst comes
+    after src) or -1 (before)."""
+    blobs = dst.blobs if end == 0 else dst.blobs[::-1]
+    free = next((x for x in blobs if not x.touch), None)
+    return (src, free, 0.0) if free is not None else (src, blobs[0], float(blobs[0].half.max()))
+
+
+def _under(center: np.ndarray, tr: Track, tracks: list[Track], frame: int) -> bool:
+    """Whether track `tr`'s box at `center` overlaps another track's blob at `frame`: it may
+    still be hidden behind (drawn under) that object."""
+    half = np.median([b.half for b in tr.blobs], 0)
+    for other in tracks:
+        if other is tr:
+            continue
+        for b in other.blobs:
+            if b.frame == frame and np.all(np.abs(b.center - center) < b.half + half + 1.0):
+                return True
+    return False
 
 
 def _clear_of(center: np.ndarray, tr: Track, occ: np.ndarray) -> bool:
@@ -562,7 +642,7 @@ def track(frames) -> tuple[list[Track], list, float, np.ndarray]:
     t, h, w, _ = f.shape
     bg = estimate_background(f)
     occ = occluder_mask(bg)
-    tracks = _link(find_blobs(f, bg, occ), h, w)
+    tracks = _link(find_blobs(f, bg, occ), h, w, occ)
     tracks, passages = _merge_passages(tracks, t, h, w, occ)
     return tracks, passages, temporal_flicker(f, bg), occ
 
