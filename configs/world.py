@@ -148,7 +148,7 @@ def _dit(c: mlc.ConfigDict, arg: str) -> None:
     from dit's last (fresh schedule, peak 3e-4). Measured wall times: docs/world.md."""
     c.autoencoder = 'checkpoints/world_vae'  # stage 2 exported (export.py --vae), in git
     c.latent_channels = 8  # = vae.z_dim
-    c.text.max_length = 128  # two objects and a bar: captions are <= 120 bytes
+    c.text.max_length = 160  # the longest caption (es, two objects, a bar) is 147 UTF-8 bytes
     c.text.position = 'rope'
     c.model.patch_size = (3, 4, 4)  # [33, 16, 16] latents -> 11 x 4 x 4 = 176 tokens
     c.model.dim, c.model.num_heads, c.model.ffn_dim, c.model.depth = 256, 4, 1024, 8

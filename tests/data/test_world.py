@@ -132,6 +132,23 @@ def test_captions_en_es():
         world.caption([('circle', 'teal', 'still')])
 
 
+def test_world_text_encoder_holds_the_longest_caption():
+    """configs/world.py's byte tokenizer keeps every caption whole: the longest is two of the
+    longest objects behind a bar, in Spanish (accents are two bytes)."""
+    from sora_jax import config_files
+    from sora_jax.models.text import ByteTokenizer
+
+    objs = [(s, c, m) for s in world.SHAPES for c in world.COLORS for m in world.MOTIONS]
+    longest = max(
+        len(world.caption([o, o], lang, bar).encode())
+        for o in objs
+        for lang in world.LANGS
+        for bar in world.OCCLUDER_WORDS
+    )
+    room = ByteTokenizer(config_files.load('configs/world.py:dit').text.max_length).max_length - 1
+    assert longest <= room, f'{longest} bytes > {room}: raise text.max_length in configs/world.py'
+
+
 def test_held_out_split_is_seeded_and_kept_out():
     assert world.holdout_split(0) == world.HOLDOUT
     assert world.holdout_split(1) != world.HOLDOUT
