@@ -157,12 +157,17 @@ def advice(
     if task == 'train' and model.get('remat', 'none') == 'none':
         out.append('--config.train.remat=full (recompute each block in the backward pass)')
     if task == 'rollout' and temp > 0.4 * hbm:  # the key/value cache dominates
+        if mesh_shape.get('sequence', 1) > 1:
+            out.append(
+                "heads over the 'tensor' axis (e.g. --config.mesh.shape='(1,1,4,"
+                f"{max(1, n_dev // 4)})', a count that divides the heads): splash reads every "
+                "cached key of a layer on each chip, so slots split over 'sequence' are "
+                'all-gathered'
+            )
         out.append(
-            "heads over the 'tensor' axis (e.g. --config.mesh.shape='(1,1,4,"
-            f"{max(1, n_dev // 4)})', a count that divides the heads): splash reads every cached "
-            "key of a layer on each chip, so slots split over 'sequence' are all-gathered"
+            'a smaller cache: --rollout_window (past chunks each chunk attends to), or a '
+            'slice with more chips on the tensor axis'
         )
-        out.append('a smaller cache: --rollout_window (past chunks each chunk attends to)')
     elif temp > 0.4 * hbm:
         if per_device_clips > 1:
             out.append('a smaller batch per chip (--batch_size, or more data/fsdp chips)')

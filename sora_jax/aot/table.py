@@ -374,3 +374,11 @@ ROWS['1.3b_480p_rollout_v5e-8_window8'] = (
     [(M(1, 1, 1, 8), 1)],
     CAUSAL + ['--rollout_window=8'],
 )
+ROWS['14b_720p_rollout_v5e-8_window2'] = (  # a cache of 4 chunks does not fit a v5e chip at 720p
+    't2v_14b,720p',
+    'rollout',
+    R60S_720,
+    'v5e-8',
+    [(M(1, 1, 8, 1), 1)],
+    CAUSAL + ['--rollout_window=2'],
+)

@@ -89,3 +89,8 @@ def test_rollout_advice_names_the_tensor_axis_and_the_window():
     out = report.advice('rollout', False, {'temp': 17.49 * g}, 14.9 * g, {}, mesh, 'splash', 2)
     assert any("'tensor'" in a for a in out) and any('--rollout_window' in a for a in out)
     assert not any('batch' in a for a in out)
+    # heads already over all 8 chips (14B at 720p on v5e-8): only the window or a larger slice
+    tp = dict(mesh, tensor=8, sequence=1)
+    out = report.advice('rollout', False, {'temp': 22.65 * g}, 14.9 * g, {}, tp, 'splash', 2)
+    assert out and not any("'tensor' axis" in a for a in out)
+    assert any('--rollout_window' in a for a in out)
