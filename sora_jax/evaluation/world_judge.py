@@ -7,7 +7,9 @@ from pixels and checks it against a prompt and against the world's laws.
   verdict.problems                                               # why it failed, in words
 
 `frames`: uint8 [T, H, W, 3]. The judge knows the world's vocabulary and laws (colours, the three
-shapes, elastic walls, gravity along rows, a grey bar that hides objects), never the clip's truth:
+shapes, elastic walls, gravity along rows, a grey bar that hides objects, no object-object
+collisions: two objects pass through each other, the later drawn over the other), never the
+clip's truth:
 
 1. Background: per-pixel temporal median over frames where the pixel is not object-like (chroma
    max - min channel > `OBJECT_CHROMA`, grown by 2 px); pixels that never are (an object at
@@ -16,14 +18,24 @@ shapes, elastic walls, gravity along rows, a grey bar that hides objects), never
 2. Blobs: pixels farther than `SEG_THRESHOLD` from the background, connected components per
    frame; colour = the palette colour nearest the blob's core along its mixing line with the
    background; alpha (coverage) = projection on (colour - background). Area = sum(alpha); box
-   size = sums of the row / column maxima of alpha; box centre from the same profiles. A blob is
-   clean when it keeps 2 px away from the occluder (a partly hidden object's box is cut).
+   size = sums of the row / column maxima of alpha; box centre from the same profiles.
+   Two objects that overlap make one component: pixels within `PURE_TOL` of a palette colour
+   (fully covered by one object) name the colours it shows (a colour that is the mixture of two
+   others shown, e.g. orange between red and yellow, is their anti-aliased edge, not an
+   object), and each colour with `SPLIT_MIN` px or more seeds a part of its own, every pixel
+   going to the nearest seed; a blob showing two colours `touch`es another object. A blob is
+   clean when it keeps 2 px away from the occluder and touches no other object (a partly
+   hidden object's box is cut).
 3. Shape from the fill of its box (area / box area, clean frames, median): a circle fills pi/4,
    a square 1, a triangle 1/2; thresholds halfway (`FILL_SQUARE`, `FILL_TRIANGLE`).
 4. Tracking: frame-to-frame links to the prediction (last velocity, reflected at the walls) within
-   3 px + half the speed (plus the object's size when a blob is cut by the occluder); a track that
-   goes behind the occluder is joined to the one that comes out within `MERGE_GATE` px of where
-   its motion (fitted, reflected at the walls) says: a passage.
+   3 px + half the speed (plus the object's size when a blob is not clean); a track merged with
+   another object is predicted by its motion before the merge (fitted, run by the world's law),
+   never by colour, so two crossing objects keep their tracks. A track that goes out of sight
+   (behind the occluder, or wholly behind another object) is joined to the one that comes out
+   within `MERGE_GATE` px of where its motion (fitted, reflected at the walls) says: a passage.
+   Blobs merged with another object's are left out of the fit, and where the motion is checked
+   against them the part first seen whole is used.
 5. Motion and physics from the clean box centres, per axis: turning points (zigzag, 0.8 px) split
    the track into segments. Rows fit either straight segments or parabolas split at the floor
    only; parabolas with gravity > `GRAVITY_MIN` px/frame^2 that fit better mean falling. At rest:
@@ -35,12 +47,15 @@ shapes, elastic walls, gravity along rows, a grey bar that hides objects), never
    wall (the segments' crossing within `WALL_TOL` px of it) with the normal velocity reversed,
    and the gravity of the parabolas agrees within `GRAVITY_TOL`.
 6. Permanence: each passage comes out with the same colour and shape, within `PERMANENCE_TOL`
-   px of the predicted position (at its first clean frame); a track that goes behind the bar and
-   should have come out (predicted clear of it 2 frames before the end) but does not fails.
+   px of the predicted position (at its first frame seen, rebuilt if cut by the bar; its first
+   frame not merged with the other object); a track that goes out of sight and should have come
+   out (predicted clear of the bar and of every other object 2 frames before the end) but does
+   not fails. So an object that vanishes while crossing another, or two objects that swap
+   colours as they cross, fail.
 7. Stability: no track changes colour (2+ clean frames) or shape (over 25% of clean frames), none
-   starts or ends in the open (away from the bar) inside the clip, no more tracks than prompt
-   objects, and background flicker <= `FLICKER_MAX` (mean |frame[t+1] - frame[t]|, 0..255, over
-   pixels background in both frames).
+   starts or ends in the open (clean: away from the bar and from other objects) inside the clip,
+   no more tracks than prompt objects, and background flicker <= `FLICKER_MAX` (mean
+   |frame[t+1] - frame[t]|, 0..255, over pixels background in both frames).
 
 Windows of a long clip, with their drift against the first: `world_windows.judge_window`.
 """
@@ -136,7 +151,7 @@ class ClipVerdict:
     num_tracks: int
     binding: bool  # every attribute of every object right, on one object each, none extra
     physics: bool
-    permanence: bool | None  # None: nothing went behind the occluder
+    permanence: bool | None  # None: nothing went out of sight (behind the bar or an object)
     passages: int  # hidden passages seen (joined or failed)
     passages_failed: int  # of those, the ones that broke permanence
     stability: bool
@@ -399,8 +414,9 @@ def _completed(blob: Blob, half: np.ndarray, occ: np.ndarray) -> np.ndarray:
 
 
 def _merge_passages(tracks: list[Track], t: int, h: int, w: int, occ) -> tuple[list, list]:
-    """Joins tracks across the occluder; returns (tracks, passages [(error px, track, k)]): k is
-    where the joined part starts in track.blobs, None for a track that never came out."""
+    """Joins tracks across the occluder or another object that hid them; returns (tracks,
+    passages [(error px, track, k)]): k is where the joined part starts in track.blobs, None for
+    a track that never came out."""
     passages, done = [], set()
     while True:  # the earliest unjoined end first; a joined track may go behind again
         ends = [
@@ -669,7 +685,8 @@ def judge_clip(frames, prompt: Any) -> ClipVerdict:
     perm = []
     for err, tr, k in passages:
         if k is None:
-            perm.append(f'{tr.color} {tr.shape} went behind the bar and never came out')
+            where = 'another object' if tr.blobs[-1].touch else 'the bar'
+            perm.append(f'{tr.color} {tr.shape} went behind {where} and never came out')
             continue
         before, after = Track(tr.blobs[:k]), Track(tr.blobs[k:])
         _describe(before)
