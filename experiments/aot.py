@@ -65,6 +65,7 @@ flags.DEFINE_integer(
     'rollout_steps', None, '--task=rollout: steps per chunk (config.sample.steps).'
 )
 flags.DEFINE_string('rollout_sampler', None, '--task=rollout: sampler (config.sample.sampler).')
+ROLLOUT_FLAGS = ('rollout_window', 'rollout_sink_frames', 'rollout_steps', 'rollout_sampler')
 flags.DEFINE_string('json', None, 'Write the report here.')
 flags.mark_flags_as_required(['config', 'topology'])
 
@@ -76,6 +77,9 @@ def main(argv):
 
     f = flags.FLAGS
     c = f.config
+    given = [n for n in ROLLOUT_FLAGS if f[n].present]
+    if given and f.task != 'rollout':
+        raise ValueError(f'--{given[0]} applies to --task=rollout, not --task={f.task}.')
     batch = f.batch_size or (int(c.train.batch_size) if f.task == 'train' else 1)
     rep = run.check(
         c,
