@@ -19,7 +19,7 @@ from sora_jax.evaluation import world_judge
 @dataclasses.dataclass(frozen=True)
 class WindowStats:
     sharpness: float  # mean |Laplacian| of the frames (0..255 units)
-    object_rgb: dict  # colour name -> mean core RGB [3] of its blobs
+    object_rgb: dict  # colour name -> mean core RGB [3] of its blobs (not merged with another)
     background_rgb: np.ndarray  # [3] mean background colour
 
 
@@ -47,7 +47,8 @@ def window_stats(frames) -> WindowStats:
     rgbs: dict[str, list] = {}
     for blobs in world_judge.find_blobs(f, bg, world_judge.occluder_mask(bg)):
         for b in blobs:
-            rgbs.setdefault(b.color, []).append(b.rgb)
+            if not b.touch:  # a part of two objects' merged blob: its core mixes their colours
+                rgbs.setdefault(b.color, []).append(b.rgb)
     return WindowStats(
         float(lap), {k: np.mean(v, 0) for k, v in rgbs.items()}, bg.reshape(-1, 3).mean(0)
     )
