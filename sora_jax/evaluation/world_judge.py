@@ -34,8 +34,8 @@ clip's truth:
    never by colour, so two crossing objects keep their tracks. A track that goes out of sight
    (behind the occluder, or wholly behind another object) is joined to the one that comes out
    within `MERGE_GATE` px of where its motion (fitted, reflected at the walls) says: a passage.
-   Blobs merged with another object's are left out of the fit, and where the motion is checked
-   against them the part first seen whole is used.
+   Blobs merged with another object's are left out of the fit, and a passage out from behind
+   another object is checked at its first blob not merged with the other's.
 5. Motion and physics from the clean box centres, per axis: turning points (zigzag, 0.8 px) split
    the track into segments. Rows fit either straight segments or parabolas split at the floor
    only; parabolas with gravity > `GRAVITY_MIN` px/frame^2 that fit better mean falling. At rest:
