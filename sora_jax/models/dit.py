@@ -779,14 +779,18 @@ class DiT(nnx.Module):
         # skip [B, depth] -> [depth, B, 1, 1], scanned with the blocks
         flags = None if skip is None else jnp.transpose(skip)[:, :, None, None]
         depth = self.cfg.depth
-        if layers is not None and tuple(layers) != (0, depth):
-            start, stop = layers
-            state, flags, text_kv = jax.tree.map(lambda a: a[start:stop], (state, flags, text_kv))
-            depth = stop - start
+        start, stop = (0, depth) if layers is None else layers
         cache = None if causal is None else causal[1]
         past_all = None if cache is None else (cache.k, cache.v)
+        stacked = (state, flags, past_all, text_kv)
+        # A part of the stack (step caches) scans the layer indices and reads each layer's slice
+        # inside the loop: slicing the stacked arrays first (a[start:stop]) copies every weight
+        # of those layers on each call (5.5 GB for 29 of Wan 1.3B's 30 float32 blocks).
+        part = (start, stop) != (0, depth)
 
         def body(carry, xs):
+            if part:
+                xs = jax.tree.map(lambda a: a[xs], stacked)
             block_state, flag, past, ckv = xs
             carry = checkpoint_name(carry, 'block_input')  # what remat 'offload' keeps on the host
             block = nnx.merge(gdef, quantize_lib.dequantize(block_state))
@@ -804,12 +808,11 @@ class DiT(nnx.Module):
         if self.cfg.remat != 'none':
             body = jax.checkpoint(body, policy=policy, prevent_cse=not self.cfg.scan_layers)
         if self.cfg.scan_layers:
-            h, kv = jax.lax.scan(body, h, (state, flags, past_all, text_kv))
+            h, kv = jax.lax.scan(body, h, jnp.arange(start, stop) if part else stacked)
         else:
             kvs = []
-            for i in range(depth):
-                layer = jax.tree.map(lambda a: a[i], (state, flags, past_all, text_kv))
-                h, kv = body(h, layer)
+            for i in range(start, stop):
+                h, kv = body(h, i if part else jax.tree.map(lambda a: a[i], stacked))
                 kvs.append(kv)
             kv = None if causal is None else jax.tree.map(lambda *a: jnp.stack(a), *kvs)
         return h, (None if kv is None else kv_cache.ChunkKV(*kv))
