@@ -108,9 +108,10 @@ class Blob(NamedTuple):
     touch: bool = False  # part of two objects' merged blob (one may be drawn over the other)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Track:
-    """One object over the clip (clean box centres drive motion and physics)."""
+    """One object over the clip (clean box centres drive motion and physics). Tracks compare
+    by identity: the judge grows and removes them in place, and their blobs hold arrays."""
 
     blobs: list[Blob]
     color: str = ''

@@ -113,3 +113,15 @@ def test_an_object_vanishing_at_a_crossing_fails(crossings, which):
         drawn[which, k:] = False
         v = J.judge_clip(_draw(scene, pos, drawn=drawn), scene)
         assert not _ok(v), (world.caption(scene), v.problems)
+
+
+def test_tracks_are_removed_by_identity():
+    """Joining a passage removes the other tracks that end on the joined blob (`tracks.remove`):
+    tracks holding array-valued blobs must compare by identity, not field by field."""
+    blob = lambda f, c: J.Blob(
+        f, 'red', np.zeros(3), np.array([c, c], float), np.ones(2), 9.0, 0.8, True
+    )
+    a, b = J.Track([blob(0, 5.0)]), J.Track([blob(1, 6.0)])
+    tracks = [a, b]
+    tracks.remove(b)
+    assert tracks == [a] and a != J.Track(list(a.blobs))
