@@ -158,16 +158,17 @@ ROWS['14b_720p_train_v5p-8_recipe_ema_host'] = (  # the EMA kept in pinned host 
     [(M(1, 1, 1, 4), 1)],
     ['--config.train.ema=host'],
 )
-# Each memory option alone (configs/wan21.py:t2v_14b,720p's default state otherwise), on the
-# recipe's layout: what each buys at 720x1280x81 on v5p-8 (docs/tpu_memory.md)
-for opt, flag in (
-    ('default', []),
+# The memory options of the train state and activations (docs/tpu_memory.md), each alone
+MEMORY_OPTIONS = (
     ('mu_bf16', ['--config.train.mu_dtype=bfloat16']),
     ('ema_off', ['--config.train.ema=off']),
     ('ema_host', ['--config.train.ema=host']),
     ('opt_host', ['--config.train.optimizer_memory=host']),
     ('remat_offload', ['--config.train.remat=offload']),
-):
+)
+# Each option alone (configs/wan21.py:t2v_14b,720p's default state otherwise), on the recipe's
+# layout: what each buys at 720x1280x81 on v5p-8
+for opt, flag in (('default', []), *MEMORY_OPTIONS):
     ROWS[f'14b_720p_train_v5p-8_seq4_{opt}'] = (
         't2v_14b,720p',
         'train',
@@ -184,14 +185,8 @@ ROWS['1.3b_720p_train_v5e-8_recipe'] = (
     [(M(1, 2, 1, 4), 2)],
 )
 # The same options on a v5e-8, for the model that trains there (14B's 16-byte state is 26.6 GiB
-# a chip over 8 chips, above v5e's 15.75): 1.3B at 720x1280x81, the recipe's layout and batch
-for opt, flag in (
-    ('mu_bf16', ['--config.train.mu_dtype=bfloat16']),
-    ('ema_off', ['--config.train.ema=off']),
-    ('ema_host', ['--config.train.ema=host']),
-    ('opt_host', ['--config.train.optimizer_memory=host']),
-    ('remat_offload', ['--config.train.remat=offload']),
-):
+# a chip over 8 chips, above v5e's 14.9 GiB): 1.3B at 720x1280x81, the recipe's layout and batch
+for opt, flag in MEMORY_OPTIONS:
     ROWS[f'1.3b_720p_train_v5e-8_recipe_{opt}'] = (
         't2v_1.3b,720p,v5e8',
         'train',
