@@ -231,10 +231,14 @@ def test_streaming_equals_chunked_and_compiles_once_per_chunk_shape(vae, fns, vi
     np.testing.assert_allclose(mean, latents, atol=1e-5)
     frames = jnp.concatenate(list(V.stream_decode(vae, latents, clip=False)), axis=1)
     np.testing.assert_allclose(frames, fns['decode_chunked'](latents), atol=1e-5)
+    # The jitted chunk functions are cached per graphdef for the process, so another test file
+    # on this worker may have compiled other shapes: count what this clip adds.
+    first, nxt = V._stream_fns(nnx.graphdef(vae), 'decode')
+    compiled = (first._cache_size(), nxt._cache_size())
+    assert min(compiled) >= 1
     longer = jnp.concatenate([latents, latents], axis=1)  # 6 latent frames: no new compile
     assert len(list(V.stream_decode(vae, longer))) == 6
-    first, nxt = V._stream_fns(nnx.graphdef(vae), 'decode')
-    assert (first._cache_size(), nxt._cache_size()) == (1, 1)
+    assert (first._cache_size(), nxt._cache_size()) == compiled
 
 
 @pytest.mark.parametrize(

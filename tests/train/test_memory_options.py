@@ -3,6 +3,8 @@ model.remat='offload', model.param_dtype='bfloat16'; `train/state.py`) on the ti
 what each stores, that a run with it trains like the default (bit for bit where the option only
 moves bytes), and that its checkpoint restores into the same next step."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,15 +113,23 @@ def test_state_layout_of_each_option():
     'train', [dict(ema='host'), dict(optimizer_memory='host'), dict(ema='off')], ids=str
 )
 def test_moving_bytes_changes_no_value(default_run, train):
-    """EMA / optimizer state in host memory, or no EMA: the same losses and params, bit for bit;
-    the EMA (when kept) equal too, and the state stays where the config put it."""
+    """EMA / optimizer state in host memory: the same losses and params, bit for bit; the EMA
+    equal too, and the state stays where the config put it. No EMA: a step program without the
+    EMA's ops, which XLA may fuse differently (sum orders): the losses equal to float32 rounding,
+    the weights within what that rounding grows to over the run's Adam steps (2.7e-5 seen; an
+    EMA's lag would be orders larger)."""
     losses, state = _train(_config(**train))
     ref_losses, ref = default_run
-    np.testing.assert_array_equal(losses, ref_losses)
+    if train.get('ema') == 'off':
+        np.testing.assert_allclose(losses, ref_losses, rtol=2e-6)
+        equal = functools.partial(np.testing.assert_allclose, rtol=1e-3, atol=2e-4)
+    else:
+        np.testing.assert_array_equal(losses, ref_losses)
+        equal = np.testing.assert_array_equal
     for a, b in zip(_leaves(state.params), _leaves(ref.params)):
-        np.testing.assert_array_equal(a, b)
+        equal(a, b)
     for a, b in zip(_leaves(state.opt_state), _leaves(ref.opt_state)):
-        np.testing.assert_array_equal(a, b)
+        equal(a, b)
     if train.get('ema') == 'off':
         assert state.ema_params is None
         assert state.eval_params is state.params
