@@ -140,18 +140,23 @@ def _vae(c: mlc.ConfigDict, arg: str) -> None:
 
 def _dit(c: mlc.ConfigDict, arg: str) -> None:
     """The world DiT on stage 2's latents: [33, 16, 16, 8] per 33-frame clip, (3, 4, 4) patches,
-    176 tokens.
+    176 tokens of 3 x 4 x 4 x 8 = 384 values each.
 
-    Step cost: at 144 tokens (the 4x-time design's [9, 16, 16, 8] in (1, 4, 4)) 6.5 CPU-seconds
-    a step of 32 clips (script in docs/world.md); 176 tokens cost about 1.2x that. dit: 3,000
-    steps, about 3.5 h on 2 cores, plus encoding the 8,192 clips once; dit_long: 1,000 more steps
-    from dit's last (fresh schedule, peak 3e-4). Measured wall times: docs/world.md."""
+    384 wide: a DiT narrower than its patches predicts each token's 384 velocity values from a
+    smaller width, so part of the noise can never be removed (a loss floor of at least
+    (384 - width) / 384, and samples that stay noisy). The first world DiT, 256 wide and 8 deep,
+    plateaued at a flow loss of 0.6 (docs/world.md). Depth 4 keeps the step cost of that one.
+
+    Step cost (the script in docs/world.md, 2 idle cores): 7.6 CPU-seconds, 4.1 s of wall a step
+    of 32 clips. dit: 3,000 steps, about 3.5 h, plus encoding the 8,192 clips once; dit_long:
+    1,000 more steps from dit's last (fresh schedule, peak 3e-4). Measured wall times:
+    docs/world.md."""
     c.autoencoder = 'checkpoints/world_vae'  # stage 2 exported (export.py --vae), in git
     c.latent_channels = 8  # = vae.z_dim
     c.text.max_length = 160  # the longest caption (es, two objects, a bar) is 147 UTF-8 bytes
     c.text.position = 'rope'
     c.model.patch_size = (3, 4, 4)  # [33, 16, 16] latents -> 11 x 4 x 4 = 176 tokens
-    c.model.dim, c.model.num_heads, c.model.ffn_dim, c.model.depth = 256, 4, 1024, 8
+    c.model.dim, c.model.num_heads, c.model.ffn_dim, c.model.depth = 384, 6, 1536, 4
     c.model.pooled_text = True
     c.model.zero_init = True
     c.flow.timestep_sampling = 'uniform'

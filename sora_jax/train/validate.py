@@ -14,6 +14,7 @@ import math
 import os
 
 import jax
+from absl import logging
 
 
 def _err(key, value, fix):
@@ -267,6 +268,27 @@ def _check_model(config) -> None:
         and m.text_dim != config.text.dim
     ):
         raise _err('model.text_dim', m.text_dim, f'must equal text.dim={config.text.dim}.')
+    narrow = narrower_than_patch(config)
+    if narrow:
+        logging.warning('%s', narrow)
+
+
+def narrower_than_patch(config) -> str | None:
+    """A warning when the DiT is narrower than the values one token predicts (patch volume x
+    latent channels), else None. Such a model sees and predicts each token's velocity through a
+    smaller width, so part of the noise can never be removed: the flow loss keeps a floor of at
+    least (values - width) / values and samples stay noisy. Valid, so a warning, not an error
+    (tiny test models are narrow on purpose)."""
+    m = config.model
+    values = math.prod(tuple(m.patch_size)) * int(config.get('latent_channels', 3))
+    if m.dim >= values:
+        return None
+    return (
+        f'config.model.dim={m.dim} is narrower than the {values} values a token predicts '
+        f'(patch {tuple(m.patch_size)} x {config.get("latent_channels", 3)} channels): the '
+        f'flow loss cannot go below {(values - m.dim) / values:.2f} and samples stay noisy; '
+        f'set model.dim >= {values} or use smaller patches.'
+    )
 
 
 def _check_vae_sizes(config) -> None:
