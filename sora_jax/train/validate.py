@@ -279,13 +279,13 @@ def narrower_than_patch(config) -> str | None:
     smaller width, so part of the noise can never be removed: the flow loss keeps a floor of at
     least (values - width) / values and samples stay noisy. Valid, so a warning, not an error
     (tiny test models are narrow on purpose)."""
-    m = config.model
-    values = math.prod(tuple(m.patch_size)) * int(config.get('latent_channels', 3))
+    m, channels = config.model, int(config.get('latent_channels', 3))
+    values = math.prod(tuple(m.patch_size)) * channels
     if m.dim >= values:
         return None
     return (
         f'config.model.dim={m.dim} is narrower than the {values} values a token predicts '
-        f'(patch {tuple(m.patch_size)} x {config.get("latent_channels", 3)} channels): the '
+        f'(patch {tuple(m.patch_size)} x {channels} channels): the '
         f'flow loss cannot go below {(values - m.dim) / values:.2f} and samples stay noisy; '
         f'set model.dim >= {values} or use smaller patches.'
     )
