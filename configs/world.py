@@ -142,10 +142,11 @@ def _dit(c: mlc.ConfigDict, arg: str) -> None:
     """The world DiT on stage 2's latents: [33, 16, 16, 8] per 33-frame clip, (3, 4, 4) patches,
     176 tokens of 3 x 4 x 4 x 8 = 384 values each.
 
-    384 wide: a DiT narrower than its patches predicts each token's 384 velocity values from a
-    smaller width, so part of the noise can never be removed (a loss floor of at least
-    (384 - width) / 384, and samples that stay noisy). The first world DiT, 256 wide and 8 deep,
-    plateaued at a flow loss of 0.6 (docs/world.md). Depth 4 keeps the step cost of that one.
+    It predicts the clean latents (flow.prediction='data', trained with the velocity loss):
+    near t = 1 a velocity is mostly noise, and a DiT no wider than its 384-value tokens cannot
+    carry all of it. Predicting velocity, the first world DiT (256 wide, 8 deep) stopped at a
+    flow loss of 0.6 and the second (384 wide, 4 deep) still sampled noise at step 1,000
+    (docs/world.md). Depth 4 keeps the first one's step cost.
 
     Step cost (the script in docs/world.md, 2 idle cores): 7.6 CPU-seconds, 4.1 s of wall a step
     of 32 clips. dit: 3,000 steps, about 3.5 h, plus encoding the 8,192 clips once; dit_long:
@@ -159,6 +160,7 @@ def _dit(c: mlc.ConfigDict, arg: str) -> None:
     c.model.dim, c.model.num_heads, c.model.ffn_dim, c.model.depth = 384, 6, 1536, 4
     c.model.pooled_text = True
     c.model.zero_init = True
+    c.flow.prediction = 'data'  # x0 out, velocity loss: its tokens are as wide as the DiT
     c.flow.timestep_sampling = 'uniform'
     c.flow.shift = 3.0
     c.sample.shift = 3.0

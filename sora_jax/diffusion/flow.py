@@ -21,14 +21,18 @@ TIMESTEP_METHODS = ('logit_normal', 'uniform')
 
 
 def _bcast(t: jax.Array, x: jax.Array) -> jax.Array:
-    """t: [B] (or scalar) -> [B, 1, ..., 1] broadcastable against x: [B, ...]."""
+    """t: [B] (or scalar) -> [B, 1, ..., 1] broadcastable against x: [B, ...]. A t already of
+    x's rank (per frame, e.g. [B, T, 1, 1, 1] in diffusion forcing) broadcasts as it is."""
     t = jnp.asarray(t, dtype=x.dtype)
     if t.ndim == 0:
         return t
+    if t.ndim == x.ndim and t.shape[0] == x.shape[0]:
+        jnp.broadcast_shapes(t.shape, x.shape)  # raises on a shape that does not broadcast
+        return t
     if t.ndim != 1 or t.shape[0] != x.shape[0]:
         raise ValueError(
-            f't must be a scalar or [B] with B = {x.shape[0]}, got shape {t.shape}; '
-            'pass one time per example.'
+            f't must be a scalar, [B] or of rank {x.ndim} with B = {x.shape[0]}, got shape '
+            f'{t.shape}; pass one time per example (or per frame, broadcastable).'
         )
     return t.reshape(t.shape + (1,) * (x.ndim - 1))
 

@@ -35,7 +35,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from sora_jax.diffusion import conditioning as cond_lib
-from sora_jax.diffusion import samplers
+from sora_jax.diffusion import flow, samplers
 from sora_jax.models import kv_cache
 from sora_jax.models import vae as vae_lib
 
@@ -128,6 +128,7 @@ def chunks_for_frames(num_frames: int, chunk: int, temporal_factor: int) -> int:
         'renoise',
         'cfg',
         'frame_masks',
+        'prediction',
     ),
 )
 def chunk_step(
@@ -149,14 +150,16 @@ def chunk_step(
     renoise: bool = False,
     cfg: bool = True,
     frame_masks: bool = False,
+    prediction: str = 'velocity',
 ):
     """noise [B, chunk, h, w, C] -> (clean latents, cache with this chunk written). context:
-    with `cfg`, [2B, L, D] conditional rows then unconditional and a cache of 2B rows; without
-    (guidance 1: the conditional pass alone), [B, L, D] and B rows. `index` (traced): the
-    chunk's number, so every chunk runs this one compiled program. `renoise` (with `sigmas`):
-    x0-prediction steps with fresh noise from `key` between them (RolloutOptions).
-    `frame_masks`: a DiT trained with frame-mask conditioning gets [x, 0, 0] (t2v: no frame
-    known, `diffusion/conditioning.model_input`)."""
+        with `cfg`, [2B, L, D] conditional rows then unconditional and a cache of 2B rows; without
+        (guidance 1: the conditional pass alone), [B, L, D] and B rows. `index` (traced): the
+        chunk's number, so every chunk runs this one compiled program. `renoise` (with `sigmas`):
+        x0-prediction steps with fresh noise from `key` between them (RolloutOptions).
+        `frame_masks`: a DiT trained with frame-mask conditioning gets [x, 0, 0] (t2v: no frame
+        known, `diffusion/conditioning.model_input`). `prediction`: what the DiT outputs
+    (`flow.to_velocity`; the family's, config.flow.prediction)."""
     dit = nnx.merge(graphdef, params)
     offset = index * dit.cfg.causal_chunk
 
@@ -166,8 +169,8 @@ def chunk_step(
         return cond_lib.model_input(x, jnp.zeros(x.shape[:2], x.dtype), jnp.zeros_like(x))
 
     def model_fn(x, t):  # [2B, ...] rows with cfg: conditional, unconditional
-        v, _ = dit.chunk(dit_in(x), t, context, context_mask, cache=cache, frame_offset=offset)
-        return v
+        out, _ = dit.chunk(dit_in(x), t, context, context_mask, cache=cache, frame_offset=offset)
+        return flow.to_velocity(out, x, t, prediction)
 
     guidance = guidance_scale if cfg else None
     if renoise:
@@ -322,6 +325,7 @@ def rollout(pipe, prompt: str, options: RolloutOptions) -> Iterator[Chunk]:
                 renoise=options.renoise,
                 cfg=cfg,
                 frame_masks=pipe.conditioned,
+                prediction=pipe.prediction,
             )
             frames = pipe.finish(decoder(lat), opts)
             bar.update(round(frames.shape[1] / fps, 2))

@@ -53,6 +53,24 @@ def test_data_prediction_gives_the_true_velocity():
         flow.to_velocity(x0, xt, t, 'eps')
 
 
+def test_data_prediction_with_a_time_per_frame():
+    """Diffusion forcing's t [B, T, 1, 1, 1] (one per latent frame): each frame converts as a
+    clip at that frame's t would; a t that does not broadcast is refused."""
+    k1, k2 = jax.random.split(jax.random.key(4))
+    x0 = jax.random.normal(k1, (2, 4, 3, 3, 2))
+    eps = jax.random.normal(k2, x0.shape)
+    t = jnp.array([[0.2, 0.2, 0.9, 0.9], [0.6, 0.6, 0.03, 0.03]])[:, :, None, None, None]
+    xt = (1 - t) * x0 + t * eps
+    out = x0 + 0.05 * eps  # an imperfect x0 prediction
+    v = flow.to_velocity(out, xt, t, 'data')
+    for f in range(4):
+        tf = t[:, f, 0, 0, 0]
+        want = flow.to_velocity(out[:, f], xt[:, f], tf, 'data')
+        np.testing.assert_allclose(v[:, f], want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match='broadcast|incompatible'):
+        flow.to_velocity(out, xt, jnp.ones((2, 3, 1, 1, 1)), 'data')
+
+
 def test_flow_loss_values():
     v_pred = jnp.array([[1.0, 2.0], [3.0, 4.0]])
     target = jnp.zeros((2, 2))

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from configs import shapes as shapes_config
-from sora_jax.diffusion import samplers
+from sora_jax.diffusion import flow, samplers
 from sora_jax.pipeline import TextToVideo
 from sora_jax.pipeline import rollout as rollout_lib
 
@@ -22,14 +22,29 @@ STEPS = 2
 GUIDANCE = 3.0
 
 
+_PIPES = {}
+
+
+def _pipe(prediction: str) -> TextToVideo:
+    if prediction not in _PIPES:
+        c = shapes_config.get_config('tiny')
+        c.model.causal_chunk = CHUNK
+        c.flow.prediction = prediction
+        _PIPES[prediction] = TextToVideo.from_config(c, seed=0)
+    return _PIPES[prediction]
+
+
 @pytest.fixture(scope='module')
 def pipe():
-    c = shapes_config.get_config('tiny')
-    c.model.causal_chunk = CHUNK
-    return TextToVideo.from_config(c, seed=0)
+    return _pipe('velocity')
 
 
-def test_rollout_streams_chunks_equal_to_uncached_recomputation(pipe):
+@pytest.mark.parametrize('prediction', ['velocity', 'data'])
+def test_rollout_streams_chunks_equal_to_uncached_recomputation(prediction):
+    """Also with an x0-predicting DiT (flow.prediction='data'): the rollout converts its output
+    to a velocity as the full-clip sampler does."""
+    pipe = _pipe(prediction)
+    assert pipe.prediction == prediction
     opts = rollout_lib.RolloutOptions(
         num_chunks=3,
         window=0,
@@ -57,6 +72,9 @@ def test_rollout_streams_chunks_equal_to_uncached_recomputation(pipe):
         prev = jnp.concatenate(past, 1) if past else None
 
         def model_fn(x2, t2, prev=prev):
+            return flow.to_velocity(dit_fn(x2, t2, prev), x2, t2, prediction)
+
+        def dit_fn(x2, t2, prev):
             if prev is None:
                 return dit(x2, t2, ctx, mask)
             full = jnp.concatenate([jnp.concatenate([prev, prev], 0), x2], 1)

@@ -233,19 +233,26 @@ def test_long_prompt_warns_and_truncates(caplog):
     assert not caplog.records
 
 
-def test_a_dit_narrower_than_its_patches_warns(caplog, load_config):
-    """The world DiT's (3, 4, 4) patches of 8 latent channels hold 384 values: 384 wide passes,
-    256 wide (the first world DiT, whose loss stopped at 0.6) warns with the floor and the fix."""
-    from sora_jax.train.validate import narrower_than_patch
+def test_a_velocity_dit_no_wider_than_its_patches_warns(caplog, load_config):
+    """The world DiT's (3, 4, 4) patches of 8 latent channels hold 384 values. It predicts x0
+    (flow.prediction='data'): no warning. Predicting velocity, 384 wide (sampled noise) and 256
+    wide (the first world DiT, loss stuck at 0.6) warn, the narrower with its floor; the shapes
+    DiT, 256 wide for 128 values, does not."""
+    from sora_jax.train.validate import too_narrow_for_velocity
 
     world = load_config('configs/world.py:dit')
-    assert narrower_than_patch(world) is None
+    assert world.flow.prediction == 'data'
+    assert too_narrow_for_velocity(world) is None
+    world.flow.prediction = 'velocity'
+    msg = too_narrow_for_velocity(world)
+    assert msg.startswith('config.model.dim=384 is no wider than the 384 values'), msg
+    assert 'below' not in msg and "set flow.prediction='data'" in msg
     world.model.dim, world.model.num_heads = 256, 4
-    msg = narrower_than_patch(world)
-    assert msg.startswith('config.model.dim=256 is narrower than the 384 values'), msg
-    assert 'below 0.33' in msg and 'model.dim >= 384' in msg
+    msg = too_narrow_for_velocity(world)
+    assert msg.startswith('config.model.dim=256 is no wider than the 384 values'), msg
+    assert 'below 0.33' in msg and 'model.dim > 384' in msg
     with caplog.at_level(logging.WARNING):
         validate_config(world)
-    assert any('narrower than the 384 values' in r.getMessage() for r in caplog.records)
+    assert any('no wider than the 384 values' in r.getMessage() for r in caplog.records)
     dit = shapes_config.get_config('dit')  # (4, 2, 2) x 8 = 128 values, 256 wide
-    assert narrower_than_patch(dit) is None
+    assert too_narrow_for_velocity(dit) is None

@@ -15,8 +15,6 @@ from sora_jax.train import loop
 from sora_jax.train import validate as validate_lib
 from sora_jax.train.objectives import diffusion_forcing as df
 
-pytestmark = pytest.mark.slow
-
 pytestmark = pytest.mark.slow  # compiles and samples or trains for tens of seconds
 
 CHUNK = 2  # latent frames per chunk (the temporal patch): the 4-frame tiny clips are 2 chunks
@@ -69,6 +67,39 @@ def test_chunks_get_their_own_noise_levels():
     dist = np.abs(np.asarray(seen['x']) - np.asarray(batch['video']))
     dist = dist.reshape(4, n_chunks, -1).mean(-1)
     assert (np.argmax(dist, 1) == np.argmax(t_chunk, 1)).all(), (dist, t_chunk)
+
+
+def test_data_prediction_is_a_velocity_at_each_chunks_time():
+    """flow.prediction='data': the DiT's output is x0, and the loss is the velocity loss of
+    (x_t - x0_hat) / max(t_c, 0.05), each frame at its own chunk's t_c (not one t per clip)."""
+    c = _config()
+    c.flow.prediction = 'data'
+    validate_lib.validate_config(c)
+    model = df.build_model(c, nnx.Rngs(0))
+    batch = _batch(c)
+    seen = {}
+    dit_call = type(model.dit).__call__
+
+    def spy(self, x, t, *a, **kw):
+        seen['x'], seen['t'] = x, t
+        seen['out'] = dit_call(self, x, t, *a, **kw)
+        return seen['out']
+
+    type(model.dit).__call__ = spy
+    try:
+        loss, _ = df.loss_fn(model, batch, jax.random.key(3), c)
+    finally:
+        type(model.dit).__call__ = dit_call
+    x0 = np.asarray(batch['video'], np.float64)
+    x_t, out = np.asarray(seen['x'], np.float64), np.asarray(seen['out'], np.float64)
+    n_chunks = c.data.num_frames // CHUNK
+    t_chunk = np.asarray(seen['t']).reshape(4, n_chunks, -1)[:, :, 0]
+    t_frame = np.repeat(t_chunk, CHUNK, 1)[:, :, None, None, None].astype(np.float64)
+    noise = (x_t - (1 - t_frame) * x0) / t_frame
+    want = np.mean(((x_t - out) / np.maximum(t_frame, 0.05) - (noise - x0)) ** 2)
+    np.testing.assert_allclose(float(loss), want, rtol=1e-4)
+    as_velocity = np.mean((out - (noise - x0)) ** 2)  # the output read as a velocity instead
+    assert abs(as_velocity - want) > 1e-2 * want, (as_velocity, want)
 
 
 def test_config_needs_a_causal_model():

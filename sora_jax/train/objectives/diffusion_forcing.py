@@ -3,9 +3,11 @@ noise level per chunk of latent frames, for a block-causal DiT (`model.causal_ch
 
 Each chunk c of `model.causal_chunk` latent frames gets its own t_c (drawn as `flow.py`'s t is,
 from `config.flow`): x_t = (1 - t_c) x0 + t_c eps frame by frame, and the DiT sees t_c on every
-token of the chunk (the per-token timesteps Wan 2.2 TI2V uses). A causal model trained so
-denoises a chunk given past chunks at any noise level, clean ones included: what the chunked
-rollout (`pipeline/rollout.py`) asks of it, with the past clean in the key/value cache.
+token of the chunk (the per-token timesteps Wan 2.2 TI2V uses). Its output is a velocity or,
+with `flow.prediction='data'`, x0, converted frame by frame at its chunk's t_c. A causal model
+trained so denoises a chunk given past chunks at any noise level, clean ones included: what
+the chunked rollout (`pipeline/rollout.py`) asks of it, with the past clean in the key/value
+cache.
 
 Selected with `config.objective = 'diffusion_forcing'`; batches, text dropout and the model
 (`models/denoiser.py`'s Denoiser, as `flow.py`) are flow's. `loss_fn` reads `latents`
@@ -65,7 +67,9 @@ def loss_fn(model: Denoiser, batch, rng: jax.Array, config):
     ids = jnp.where(drop[:, None], null_text(ids), ids)
     grid = model.dit.check_input(x0.shape)
     t_tok = token_times(t_chunk, cfg.causal_chunk // cfg.patch_size[0], grid)
-    v = model(x_t, t_tok, ids)
+    v = flow.to_velocity(
+        model(x_t, t_tok, ids), x_t, t_frame, config.flow.get('prediction', 'velocity')
+    )
     loss = flow.flow_loss(v, flow.velocity_target(x0, noise))
     spread = (t_chunk.max(1) - t_chunk.min(1)).mean()  # how far apart one clip's chunks are
     return loss, dict(flow_loss=loss, t_mean=t_chunk.mean(), t_chunk_spread=spread)
