@@ -216,9 +216,10 @@ def _causal(c: mlc.ConfigDict, chunk: int) -> None:
     frames alone) = one token frame: 11 chunks per clip, so every clip trains a first chunk and
     chunks with 1 to 10 past ones, and a rollout makes 3 frames (0.19 s at 16 fps) per chunk.
 
-    Step cost at 144 tokens (the snippet in docs/world.md with `dit_causal`): 6.7 CPU-seconds a
-    step (dit: 6.5; the causal mask runs one attention call per chunk). dit_causal: 800 steps of
-    32 clips from dit_long's last (fresh schedule, peak 1e-4), `dit`'s latent cache reused."""
+    Step cost at 176 tokens (the snippet in docs/world.md with `dit_causal`, 2 idle cores):
+    9.3 CPU-seconds and 5.0 s of wall a step of 32 clips (dit: 8.1-8.4 and 4.5-4.6 in the same
+    runs; the causal mask runs one attention call per chunk). dit_causal: 800 steps of 32 clips
+    from dit_long's last (fresh schedule, peak 1e-4), `dit`'s latent cache reused."""
     c.objective = 'diffusion_forcing'  # a noise level per chunk (train/objectives/)
     c.model.causal_chunk = chunk  # latent frames per chunk of block-causal self-attention
     c.train.init_from = 'workdirs/world_dit_long'  # the full-attention model, its last step
