@@ -148,10 +148,10 @@ def _dit(c: mlc.ConfigDict, arg: str) -> None:
     flow loss of 0.6 and the second (384 wide, 4 deep) still sampled noise at step 1,000
     (docs/world.md). Depth 4 keeps the first one's step cost.
 
-    Step cost (the script in docs/world.md, 2 idle cores): 7.6 CPU-seconds, 4.1 s of wall a step
-    of 32 clips. dit: 3,000 steps, about 3.5 h, plus encoding the 8,192 clips once; dit_long:
-    1,000 more steps from dit's last (fresh schedule, peak 3e-4). Measured wall times:
-    docs/world.md."""
+    Step cost (the script in docs/world.md, 2 idle cores): 8.1-8.4 CPU-seconds, 4.5-4.6 s of
+    wall a step of 32 clips. dit: 3,000 steps, about 3.8 h, plus encoding the 8,192 clips once;
+    dit_long: 1,000 more steps from dit's last (fresh schedule, peak 3e-4). Measured wall
+    times: docs/world.md."""
     c.autoencoder = 'checkpoints/world_vae'  # stage 2 exported (export.py --vae), in git
     c.latent_channels = 8  # = vae.z_dim
     c.text.max_length = 160  # the longest caption (es, two objects, a bar) is 147 UTF-8 bytes

@@ -153,13 +153,13 @@ def chunk_step(
     prediction: str = 'velocity',
 ):
     """noise [B, chunk, h, w, C] -> (clean latents, cache with this chunk written). context:
-        with `cfg`, [2B, L, D] conditional rows then unconditional and a cache of 2B rows; without
-        (guidance 1: the conditional pass alone), [B, L, D] and B rows. `index` (traced): the
-        chunk's number, so every chunk runs this one compiled program. `renoise` (with `sigmas`):
-        x0-prediction steps with fresh noise from `key` between them (RolloutOptions).
-        `frame_masks`: a DiT trained with frame-mask conditioning gets [x, 0, 0] (t2v: no frame
-        known, `diffusion/conditioning.model_input`). `prediction`: what the DiT outputs
-    (`flow.to_velocity`; the family's, config.flow.prediction)."""
+    with `cfg`, [2B, L, D] conditional rows then unconditional and a cache of 2B rows; without
+    (guidance 1: the conditional pass alone), [B, L, D] and B rows. `index` (traced): the
+    chunk's number, so every chunk runs this one compiled program. `renoise` (with `sigmas`):
+    x0-prediction steps with fresh noise from `key` between them (RolloutOptions).
+    `frame_masks`: a DiT trained with frame-mask conditioning gets [x, 0, 0] (t2v: no frame
+    known, `diffusion/conditioning.model_input`). `prediction`: what the DiT outputs, converted
+    to a velocity by `flow.to_velocity` (the family's config.flow.prediction)."""
     dit = nnx.merge(graphdef, params)
     offset = index * dit.cfg.causal_chunk
 
