@@ -7,7 +7,9 @@
 `config.autoencoder` and `reconstruct.py --checkpoint` take, small enough to keep in git.
 
 The bundle holds only EMA parameters (`--noema`: the raw ones; no optimizer state), in
-`--dtype` (float16 halves the size; sampling casts back to float32), the DiT's config with
+`--dtype` (float16 halves the size; sampling casts back to float32; int8 stores the DiT's block
+kernels as int8 with per-channel scales, the rest float16, and samples as `--quantize=int8`
+does on the float16 bundle, in about 60% of its size), the DiT's config with
 `autoencoder='vae'`, and the VAE as `<dst>/vae` in the same layout (sora_jax/export.py).
 `--dst` must be new, empty, or a bundle this command wrote; it may not be, hold or lie inside
 the DiT or VAE workdir. An old bundle is replaced only once the new one is complete (atomic
@@ -24,7 +26,12 @@ from sora_jax import cli  # noqa: E402
 flags.DEFINE_string('dit', None, 'DiT training workdir.')
 flags.DEFINE_string('vae', None, 'A VAE training workdir to export alone (instead of --dit).')
 flags.DEFINE_string('dst', None, 'Bundle directory to write (new, empty, or an earlier bundle).')
-flags.DEFINE_enum('dtype', 'float16', ['float16', 'bfloat16', 'float32'], 'Stored parameter dtype.')
+flags.DEFINE_enum(
+    'dtype',
+    'float16',
+    ['float16', 'bfloat16', 'float32', 'int8'],
+    'Stored parameter dtype (int8: the DiT block kernels, sampled as --quantize=int8 does).',
+)
 flags.DEFINE_bool(
     'ema',
     True,

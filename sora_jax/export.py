@@ -50,14 +50,37 @@ def export_params(
     config = ckpt_io.load_config(cdir)
     abstract = nnx.state(nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0))), nnx.Param)
     params, step = ckpt_io.restore_params(cdir, abstract, ema=ema, step=step)
-    params = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), params)
+    if dtype == 'int8':
+        item = _int8_item(params)
+    else:
+        params = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), params)
+        item = {'ema_params': params}
     if edit_config is not None:
         config = edit_config(config)
     mngr = ckpt.manager(os.path.join(dst_workdir, 'checkpoints'), keep=1, async_save=False)
-    ckpt.save(mngr, step, {'ema_params': params}, config=config, force=True)
+    ckpt.save(mngr, step, item, config=config, force=True)
     mngr.wait_until_finished()
     n = sum(x.size for x in jax.tree.leaves(params))
     return step, n
+
+
+def _int8_item(params) -> dict:
+    """A Denoiser's params as an int8 bundle stores them: the DiT's block-stack kernels as int8
+    with one float32 scale per block and output channel (`models/quantize.py`, the quantization
+    `--quantize=int8` applies at load), quantized from their float16 values, so sampling the
+    int8 bundle equals sampling the float16 bundle with `--quantize=int8`; every other parameter
+    float16. The scales are their own tree, `ema_scales`."""
+    import jax
+    import jax.numpy as jnp
+
+    from sora_jax.models import quantize as quantize_lib
+
+    half = lambda x: x.astype(jnp.float16)  # noqa: E731
+    params = jax.tree.map(lambda x: half(x).astype(jnp.float32), params)
+    qvalues, scales = quantize_lib.split(quantize_lib.quantize_params(params['dit'], 'int8'))
+    params['dit'] = qvalues
+    params = jax.tree.map(lambda x: x if x.dtype == jnp.int8 else half(x), params)
+    return {'ema_params': params, 'ema_scales': {'dit': scales}}
 
 
 def _real(p: str) -> str:

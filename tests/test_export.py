@@ -14,6 +14,8 @@ import pytest
 
 from configs import shapes as shapes_config
 from sora_jax import export
+from sora_jax.io import checkpoint as ckpt_io
+from sora_jax.models import quantize as quantize_lib
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.pipeline import TextToVideo
 from sora_jax.train import checkpoint as ckpt
@@ -46,6 +48,60 @@ def test_export_ema_or_raw_weights(tmp_path, ema):
         np.testing.assert_array_equal(
             np.asarray(got), np.asarray(jnp.asarray(want, jnp.float16), np.float32)
         )
+
+
+def test_int8_bundle_samples_as_the_float16_bundle_quantized(tmp_path):
+    """--dtype=int8 stores the DiT's block kernels as int8 + per-channel scales: loading it gives
+    exactly the QArrays `--quantize=int8` makes of the float16 bundle, the same samples, in less
+    space; set_quantize(None) samples its dequantized weights (the same numbers)."""
+    c = shapes_config.get_config('tiny')
+    mesh = mesh_lib.make_mesh((1, 1, 1, 1), devices=jax.devices()[:1])
+    _, state, *_ = loop.init_state(c, mesh, mesh_lib.rules_dict(), flow_objective)
+    leaves, tree = jax.tree.flatten(state.ema_params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    leaves = [a + 0.05 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]
+    state = state.replace(ema_params=jax.tree.unflatten(tree, leaves))
+    mngr = ckpt.manager(tmp_path / 'run' / 'checkpoints', async_save=False)
+    ckpt.save(mngr, 3, state, config=c)
+    mngr.wait_until_finished()
+    for dtype in ('float16', 'int8'):
+        export.export_params(
+            str(tmp_path / 'run'), str(tmp_path / dtype), flow_objective.build_model, dtype
+        )
+    p8 = TextToVideo.from_checkpoint(tmp_path / 'int8')
+    p16 = TextToVideo.from_checkpoint(tmp_path / 'float16', quantize='int8')
+    assert p8.quantize == 'int8'
+    flat = lambda p: dict(  # noqa: E731
+        jax.tree_util.tree_leaves_with_path(p, is_leaf=quantize_lib.is_quantized)
+    )
+    f8, f16 = flat(p8.params), flat(p16.params)
+    assert f8.keys() == f16.keys()
+    q = [k for k, x in f8.items() if quantize_lib.is_quantized(x)]
+    assert q and all(quantize_lib.is_quantized(f16[k]) for k in q)
+    for k, x in f8.items():
+        if k in q:
+            assert x.qvalue.dtype == jnp.int8
+            np.testing.assert_array_equal(np.asarray(x.qvalue), np.asarray(f16[k].qvalue))
+            np.testing.assert_array_equal(np.asarray(x.scale), np.asarray(f16[k].scale))
+        else:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(f16[k]))
+    kw = dict(num_inference_steps=2, seed=0, progress=False, moderation=False, watermark=False)
+    kw.update(output_type='latent')
+    out8 = np.asarray(p8('a red circle', **kw))
+    np.testing.assert_array_equal(out8, np.asarray(p16('a red circle', **kw)))
+    p8.set_quantize(None)  # its dequantized weights at full precision: the same numbers
+    np.testing.assert_allclose(np.asarray(p8('a red circle', **kw)), out8, rtol=0, atol=1e-5)
+    p16.set_quantize(None)  # the float16 weights themselves: quantizing changed the sample
+    err = np.abs(np.asarray(p16('a red circle', **kw)) - out8).max() / np.abs(out8).max()
+    assert 1e-5 < err < 0.05, err
+    # As stored: the kernels int8, the rest float16, one float32 scale per block and channel.
+    saved = ckpt_io.restore_tree(tmp_path / 'int8' / 'checkpoints', 'ema_params', 3)
+    dtypes = [str(x.dtype) for x in jax.tree.leaves(saved)]
+    assert dtypes.count('int8') == len(q) and set(dtypes) == {'int8', 'float16'}
+    scales = jax.tree.leaves(
+        ckpt_io.restore_tree(tmp_path / 'int8' / 'checkpoints', 'ema_scales', 3)
+    )
+    assert len(scales) == len(q) and all(x.dtype == jnp.float32 for x in scales)
 
 
 def test_export_picks_a_step_and_names_the_saved_ones(tmp_path):

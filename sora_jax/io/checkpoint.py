@@ -169,6 +169,30 @@ def restore_params(
         return jax.tree_util.tree_unflatten(treedef, leaves), step
 
 
+def restore_tree(directory: str | os.PathLike, key: str, step: int) -> dict | None:
+    """The whole `key` tree of checkpoint `step` as saved (nested dicts of single-device
+    arrays in their saved dtypes), e.g. an int8 bundle's `ema_scales`; None if the step holds
+    no such tree."""
+    directory = epath.Path(directory).absolute()
+    with contextlib.closing(_reader(directory)) as mngr:
+        if not _holds(mngr, step, key):
+            return None
+        meta = mngr.item_metadata(step)['state']
+        meta = getattr(meta, 'tree', meta)
+        dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta[key])
+        args = jax.tree.map(lambda m: ocp.ArrayRestoreArgs(sharding=dev, dtype=m.dtype), meta[key])
+        out = mngr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item={key: item}, restore_args={key: args}, partial_restore=True
+                )
+            ),
+        )
+        return out['state'][key]
+
+
 def _name(entry) -> str:
     """DictKey / SequenceKey / GetAttrKey -> str ('0' and 0 alike)."""
     for attr in ('key', 'idx', 'name'):

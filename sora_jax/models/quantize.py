@@ -12,6 +12,9 @@ the embedders / head outside the stack stay as loaded.
     params = quantize.quantize_params(params, 'int8')  # an nnx.State of DiT params
     quantize.weight_bytes(params)                      # bytes as stored (qvalues + scales)
 
+A bundle stores them so (`export.py --dtype=int8`): `split` gives the int8 qvalues in the
+kernels' places and the scales as a tree of their own; `join` rebuilds the QArrays at load.
+
 `quantize_params` is a jitted tree map, so sharded params stay sharded (the qvalues take the
 kernel's sharding); `abstract_params` gives the quantized shapes and shardings of abstract params
 for ahead-of-time compiles (`aot/compile.py`).
@@ -44,9 +47,7 @@ def check(quantize: str | None) -> str | None:
 
 def _quantized_path(path) -> bool:
     """A block-stack linear kernel: .../blocks/.../kernel (not a LoRA adapter, norm or bias)."""
-    keys = [str(getattr(k, 'key', getattr(k, 'name', k))) for k in path]
-    if keys and keys[-1] == 'value':  # the nnx.Variable's own node
-        keys = keys[:-1]
+    keys = _keys(path)
     return 'blocks' in keys and keys[-1] == 'kernel'
 
 
@@ -103,14 +104,75 @@ def is_quantized(x) -> bool:
     return isinstance(x, qwix.QArray)
 
 
+def holds_quantized(tree) -> bool:
+    return any(is_quantized(x) for x in jax.tree.leaves(tree, is_leaf=is_quantized))
+
+
+def qtype_name(tree) -> str:
+    """'int8' or 'fp8': the qtype of the (first) QArray in `tree`."""
+    q = next(x for x in jax.tree.leaves(tree, is_leaf=is_quantized) if is_quantized(x))
+    return next(name for name, t in QTYPES.items() if jnp.dtype(q.qtype) == jnp.dtype(t))
+
+
 def dequantize(tree):
     """Every QArray in `tree` (e.g. one block's state inside the scan) back to a dense array of
     its scale's dtype; a tree without QArrays is returned as is."""
-    if not any(is_quantized(x) for x in jax.tree.leaves(tree, is_leaf=is_quantized)):
+    if not holds_quantized(tree):
         return tree
     return jax.tree.map(
         lambda x: qwix.dequantize(x) if is_quantized(x) else x, tree, is_leaf=is_quantized
     )
+
+
+def split(params):
+    """Quantized params -> (the same tree with each QArray's qvalues in its place, {'path/to':
+    scale} nested by path parts): two plain array trees a checkpoint can hold."""
+    scales: dict = {}
+
+    def one(path, x):
+        if not is_quantized(x):
+            return x
+        node = scales
+        keys = _keys(path)
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = x.scale
+        return x.qvalue
+
+    return jax.tree_util.tree_map_with_path(one, params, is_leaf=is_quantized), scales
+
+
+def join(params, scales, quantize: str):
+    """`split`'s two trees (qvalues restored in any dtype: they are cast back exactly) -> params
+    with a QArray at each kernel `scales` names; a kernel named but missing is a ValueError."""
+    qtype = QTYPES[check(quantize)]
+    seen = []
+
+    def one(path, x):
+        node = scales
+        for k in _keys(path):
+            if not isinstance(node, dict) or k not in node:
+                return x
+            node = node[k]
+        if isinstance(node, dict):
+            return x
+        seen.append(path)
+        return qwix.QArray(qvalue=jnp.asarray(x).astype(qtype), scale=node, qtype=qtype)
+
+    out = jax.tree_util.tree_map_with_path(one, params)
+    want = len(jax.tree.leaves(scales))
+    if len(seen) != want:
+        raise ValueError(
+            f'{want} quantization scales but {len(seen)} matching kernels: the bundle does not '
+            'belong to this model; re-export it.'
+        )
+    return out
+
+
+def _keys(path) -> list[str]:
+    """A tree path's names, without the trailing `value` of an nnx.Variable's own node."""
+    keys = [str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path]
+    return keys[:-1] if keys and keys[-1] == 'value' else keys
 
 
 def weight_bytes(params) -> int:

@@ -12,6 +12,7 @@ from flax import nnx
 
 from sora_jax.io import checkpoint as ckpt
 from sora_jax.models import denoiser, frozen_vae
+from sora_jax.models import quantize as quantize_lib
 from sora_jax.models.frozen_vae import FrozenVAE
 from sora_jax.pipeline.encoders import CLIPImage, UMT5Text
 from sora_jax.pipeline.family import ModelFamily
@@ -34,6 +35,9 @@ def from_checkpoint(cls, path: str | os.PathLike, *, ema: bool = True):
     )
     params, step = ckpt.restore_params(cdir, abstract, ema=ema)
     ckpt.check_finite(params, f'{path} step {step}')
+    scales = ckpt.restore_tree(cdir, 'ema_scales', step) if ema else None
+    if scales is not None:  # an int8 bundle (export.py --dtype=int8): QArrays, sampled as stored
+        params['dit'] = quantize_lib.join(params['dit'], scales['dit'], 'int8')
     logging.info('Loaded %s params of step %d from %s', 'EMA' if ema else 'raw', step, path)
     vae = load_vae(config.autoencoder, relative_to=path)
     if vae is not None:

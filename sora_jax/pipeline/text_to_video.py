@@ -85,6 +85,9 @@ class TextToVideo:
         self._base = (dit_graphdef, dit_params)  # the DiT without LoRAs (set_loras)
         self._base_2 = params_2  # the second expert as loaded (set_quantize)
         self.quantize: str | None = None  # 'int8' | 'fp8': the sampled weights (set_quantize)
+        if quantize_lib.holds_quantized(dit_params):  # an int8 bundle: sampled as stored
+            self.quantize = quantize_lib.qtype_name(dit_params)
+            self._base = (dit_graphdef, jax.device_get(quantize_lib.dequantize(dit_params)))
         self._lora_merge = merge_loras
         self.loras: tuple[tuple[str, float], ...] = ()
         self.text = text
