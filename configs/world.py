@@ -33,7 +33,7 @@ command is run again):
   python experiments/train.py --config=configs/world.py:dit --workdir=workdirs/world_dit
   python experiments/train.py --config=configs/world.py:dit_long --workdir=workdirs/world_dit_long
   python experiments/train.py --config=configs/world.py:dit_causal --workdir=workdirs/world_dit_causal
-  python experiments/export.py --dit=workdirs/world_dit_long --dst=checkpoints/world
+  python experiments/export.py --dit=workdirs/world_dit_long --dst=checkpoints/world --dtype=int8
 Each stage's command, wall time and result: docs/world.md.
 """
 
