@@ -149,14 +149,7 @@ def restore_params(
             node_a[path[-1]] = ocp.ArrayRestoreArgs(
                 sharding=getattr(a, 'sharding', None) or dev, dtype=a.dtype
             )
-        out = mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item={key: item}, restore_args={key: args}, partial_restore=True
-                )
-            ),
-        )['state'][key]
+        out = _restore_part(mngr, step, key, item, args)
         values = {}
         for k in want:
             if k in saved:
@@ -182,15 +175,19 @@ def restore_tree(directory: str | os.PathLike, key: str, step: int) -> dict | No
         dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta[key])
         args = jax.tree.map(lambda m: ocp.ArrayRestoreArgs(sharding=dev, dtype=m.dtype), meta[key])
-        out = mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item={key: item}, restore_args={key: args}, partial_restore=True
-                )
-            ),
-        )
-        return out['state'][key]
+        return _restore_part(mngr, step, key, item, args)
+
+
+def _restore_part(mngr, step: int, key: str, item, args):
+    """The `key` tree of a saved train state, only the leaves `item` holds (partial restore)."""
+    return mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item={key: item}, restore_args={key: args}, partial_restore=True
+            )
+        ),
+    )['state'][key]
 
 
 def _name(entry) -> str:
